@@ -1,0 +1,292 @@
+"""The job spec: one YAML file describes a whole gream job.
+
+Key paths are a public contract (scripts, CLI overrides and later stages read them), so fields are
+only ever added here, never renamed. Every model forbids unknown keys so a typo fails loudly.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class SpecError(Exception):
+    """A spec that cannot be used; the CLI turns it into exit code 2."""
+
+    exit_code = 2
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataSpec(_Section):
+    path: str = "data/office"
+    name: str = "Office"
+    split: Literal["loo", "temporal"] = "loo"
+    max_history: int = Field(20, ge=1, le=1024)
+    min_interactions: int = Field(3, ge=1)
+    short_users: Literal["drop", "error"] = "drop"
+    temporal_ratio: tuple[float, float, float] = (0.8, 0.1, 0.1)
+
+
+class RewriteSpec(_Section):
+    """Optional teacher-LLM rewrite of item text (GREAM), cached and resumable."""
+
+    enabled: bool = False
+    endpoint: str | None = None  # OpenAI-compatible base URL; None = local vLLM engine
+    model: str | None = None
+    max_tokens: int = Field(160, ge=8)
+
+
+class IndexSpec(_Section):
+    levels: int = Field(3, ge=1, le=8)
+    codes: int = Field(256, ge=2, le=65536)
+    balanced: bool = True
+    seed: int = 0
+    kmeans_iters: int = Field(25, ge=1)
+    encoder: str = "minilm"  # "minilm" | a Hugging Face causal LM folder (mean pooled)
+    text_fields: list[str] = ["title", "brand", "categories", "description", "reviews"]
+    max_text_chars: int = Field(1024, ge=16)
+    embed_batch_size: int = Field(64, ge=1)
+    import_file: str | None = None  # an existing NAME.*.index.json to use instead of k-means
+    rewrite: RewriteSpec = RewriteSpec()
+
+
+class ModelSpec(_Section):
+    backbone: str = "embedded:tiny-qwen3"  # or a Hugging Face folder
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # Size of the embedded backbone; ignored for a folder backbone.
+    hidden_size: int = Field(256, ge=32)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    bpe_vocab: int = Field(4000, ge=300)
+
+
+class LoraSpec(_Section):
+    enabled: bool = False
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+class ReasoningSpec(_Section):
+    """Teacher-written chain of thought for the reasoning curriculum."""
+
+    enabled: bool = False
+    teacher: str | None = None  # Hugging Face folder for a local vLLM engine
+    endpoint: str | None = None  # or an OpenAI-compatible endpoint
+    max_examples: int = Field(2000, ge=1)
+    max_tokens: int = Field(256, ge=16)
+
+
+class SftSpec(_Section):
+    epochs: int = Field(3, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(32, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_len: int = Field(256, ge=16)
+    zero_stage: int = Field(2, ge=0, le=3)
+    warmup_new_tokens_steps: int = Field(0, ge=0)
+    tasks: list[Literal["seqrec", "item2index", "index2item", "fusion_title", "fusion_sid", "preference"]] = [
+        "seqrec", "item2index", "index2item", "fusion_title", "fusion_sid"]
+    curriculum: Literal["gream", "uniform", "sequential"] = "gream"
+    gamma: float = Field(1.5, gt=0)
+    max_train_examples: int | None = Field(None, ge=1)
+    lora: LoraSpec = LoraSpec()
+    reasoning: ReasoningSpec = ReasoningSpec()
+
+
+class RlSpec(_Section):
+    steps: int = Field(30, ge=1)
+    group_size: int = Field(8, ge=2)
+    prompts_per_step: int = Field(16, ge=1)
+    advantage: Literal["srpo", "grpo", "dr_grpo"] = "srpo"
+    mode: Literal["direct", "reasoning"] = "direct"
+    reward: Literal["residual", "binary", "beam"] = "residual"
+    beta: float = Field(0.5, gt=0)
+    passk_k: int = Field(4, ge=1)
+    beam_width: int = Field(4, ge=1)
+    lr: float = Field(2e-5, gt=0)
+    kl_coef: float = Field(0.001, ge=0)
+    clip_low: float = Field(0.2, ge=0)
+    clip_high: float = Field(0.2, ge=0)
+    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(16, ge=1)
+    max_think_tokens: int = Field(128, ge=1)
+    max_resample_rounds: int = Field(3, ge=0)
+    tis_cap: float | None = Field(None, gt=0)  # truncated importance sampling cap; None = off
+    micro_batch_size: int = Field(32, ge=1)
+    zero_stage: int = Field(2, ge=0, le=3)
+    offload: bool = False
+    seed: int = 0
+
+
+class EvalSpec(_Section):
+    ks: list[int] = [1, 5, 10]
+    beam_width: int = Field(10, ge=1)
+    max_users: int | None = Field(None, ge=1)
+    pass_samples: int = Field(10, ge=1)
+    temperature: float = Field(0.7, gt=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _beam_covers_k(self) -> "EvalSpec":
+        if self.beam_width < max(self.ks):
+            raise ValueError(f"beam_width ({self.beam_width}) must be >= max(ks) ({max(self.ks)})")
+        return self
+
+
+class RolloutCluster(_Section):
+    num_workers: int = Field(1, ge=1)
+    gpus_per_worker: float = Field(0, ge=0)
+    tensor_parallel: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1, gt=0)
+    kv_cache_gib: float = Field(1.0, gt=0)  # CPU only; GPU uses gpu_memory_utilization
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+
+
+class LearnerCluster(_Section):
+    num_ranks: int = Field(1, ge=1)
+    gpus_per_rank: float = Field(0, ge=0)
+    cpus_per_rank: float = Field(1, gt=0)
+
+
+class RewardCluster(_Section):
+    replicas: int = Field(1, ge=1)
+    host: str = "127.0.0.1"
+    token: str | None = None
+
+
+class ClusterSpec(_Section):
+    address: str | None = None  # None = start a local Ray; "auto" or "ray://host:port" to join
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_cpus: int | None = Field(None, ge=1)
+    rollout: RolloutCluster = RolloutCluster()
+    learner: LearnerCluster = LearnerCluster()
+    reward: RewardCluster = RewardCluster()
+
+
+class LoggingSpec(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    tensorboard: bool = True
+    wandb_project: str | None = None
+
+
+class CheckpointSpec(_Section):
+    every: int = Field(10, ge=1)
+    keep: int = Field(2, ge=1)
+
+
+class JobSpec(_Section):
+    name: str
+    run_dir: str = "runs/${name}"
+    stages: list[Literal["index", "sft", "rl", "eval"]] = ["index", "sft", "rl", "eval"]
+    data: DataSpec = DataSpec()
+    index: IndexSpec = IndexSpec()
+    model: ModelSpec = ModelSpec()
+    sft: SftSpec = SftSpec()
+    rl: RlSpec = RlSpec()
+    eval: EvalSpec = EvalSpec()
+    cluster: ClusterSpec = ClusterSpec()
+    logging: LoggingSpec = LoggingSpec()
+    checkpoint: CheckpointSpec = CheckpointSpec()
+
+    # Where the spec came from; relative paths in it resolve against the working directory.
+    source: str | None = Field(None, exclude=True)
+
+    @property
+    def run_path(self) -> Path:
+        return Path(self.run_dir.replace("${name}", self.name))
+
+    def stage_dir(self, stage: str) -> Path:
+        return self.run_path / stage
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of the named sections, used to tell whether a stage's artefacts still match."""
+        dumped = self.model_dump(mode="json")
+        blob = json.dumps({s: dumped[s] for s in sections}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _allowed_keys(model: type[BaseModel], path: list[str]) -> tuple[type[BaseModel] | None, list[str]]:
+    """Walk the model tree along `path` to list the keys allowed at its end."""
+    for part in path:
+        field = model.model_fields.get(part)
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None, []
+        model = ann
+    return model, [k for k in model.model_fields if k != "source"]
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        key = ".".join(loc) or "<root>"
+        if e["type"] == "extra_forbidden":
+            _, allowed = _allowed_keys(JobSpec, loc[:-1])
+            close = difflib.get_close_matches(loc[-1], allowed, n=1)
+            hint = f" (did you mean '{'.'.join(loc[:-1] + close)}'?)" if close else ""
+            lines.append(f"{source}: unknown key '{key}'{hint}; allowed here: {', '.join(allowed)}")
+        elif e["type"] == "missing":
+            lines.append(f"{source}: missing required key '{key}'")
+        else:
+            lines.append(f"{source}: key '{key}': {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _parse_scalar(text: str) -> Any:
+    # YAML scalar rules so `--set rl.steps=5` gives an int and `--set x=[1,2]` a list.
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
+    for item in overrides:
+        if "=" not in item:
+            raise SpecError(f"{source}: override '{item}' must look like key.path=value")
+        key, value = item.split("=", 1)
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise SpecError(f"{source}: override '{key}': '{part}' is not a section")
+            node = child
+        node[parts[-1]] = _parse_scalar(value)
+    return raw
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{source}: cannot read spec ({exc.strerror})") from exc
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"{source}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from exc
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: top level must be a mapping of keys, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [], source)
+    try:
+        spec = JobSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError(_format_errors(exc, source)) from exc
+    spec.source = source
+    return spec
+
+
+def dump_spec(spec: JobSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
