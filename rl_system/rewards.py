@@ -1,0 +1,136 @@
+"""Verifiable rewards for generated semantic IDs (DESIGN.md section 4).
+
+Everything here works on code arrays: a batch of N SIDs of depth D is an int64 array [N, D] whose
+entry [i, l] is the code of level l (`<a_12>` is code 12 of level 0); -1 marks "no SID" (a
+completion that failed the format gate). Parsing text into such arrays is the only per-completion
+Python work; scoring a batch is a handful of numpy operations.
+
+Residual reward normalisation. GREAM's official code gives 0.5 / 0.707 / 0.866 / 0.95 / 1.0 for
+1 / 2 / 3 / 4 / 5 matched levels of a 5-level SID whose last level is the dedup ordinal. That is
+r = (l / H) ** beta with H = the number of *semantic* levels (4 here: the dedup level does not
+count), beta = 0.5, and a partial match capped at 0.95: matching all four semantic levels but the
+wrong dedup ordinal names a different item, so it earns (4/4) ** 0.5 = 1 capped to 0.95, and only
+the exact item earns 1. Without a dedup level H = D and the cap only matters for deep SIDs.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import numpy as np
+
+Mode = Literal["direct", "reasoning"]
+
+PARTIAL_CAP = 0.95  # the most a non-exact SID can earn (official GREAM value, see module doc)
+
+_SID_TOKEN = re.compile(r"<([a-z])_(\d+)>")
+_SID_ONLY = re.compile(r"\s*((?:<[a-z]_\d+>)+)\s*")
+# `.*?` inside <think> cannot swallow a second </think> or the answer: the whole completion must be
+# exactly one think block followed by one answer block.
+_REASONING = re.compile(r"\s*<think>((?:(?!</?think>|</?answer>).)*)</think>\s*<answer>\s*((?:<[a-z]_\d+>)+)\s*</answer>\s*",
+                        re.DOTALL)
+
+
+@dataclass(frozen=True)
+class ParsedBatch:
+    codes: np.ndarray  # int64 [N, D], -1 where format_ok is False
+    format_ok: np.ndarray  # bool [N]
+
+
+@dataclass(frozen=True)
+class RewardBatch:
+    """Per-completion reward components, all arrays of length N."""
+
+    format_ok: np.ndarray  # bool
+    exact: np.ndarray  # bool
+    lcp: np.ndarray  # int64, matched levels (prefix length), 0 when format_ok is False
+    residual: np.ndarray  # float64
+    binary: np.ndarray  # float64
+    beam: np.ndarray | None  # float64, best residual reward among beam candidates; None without beams
+
+
+def sid_codes(sid: str, depth: int) -> np.ndarray | None:
+    """Codes of one SID string like `<a_1><b_2><c_3>`, or None unless it has exactly `depth` levels in order."""
+    tokens = _SID_TOKEN.findall(sid)
+    if len(tokens) != depth:
+        return None
+    for level, (letter, _) in enumerate(tokens):
+        if ord(letter) - ord("a") != level:
+            return None
+    return np.array([int(code) for _, code in tokens], dtype=np.int64)
+
+
+def sid_of(completion: str, mode: Mode) -> str | None:
+    """The SID substring of a completion, or None when the completion fails the format gate."""
+    pattern = _SID_ONLY if mode == "direct" else _REASONING
+    match = pattern.fullmatch(completion)
+    if match is None:
+        return None
+    return match.group(match.lastindex)
+
+
+def parse_completions(completions: Sequence[str], mode: Mode, depth: int) -> ParsedBatch:
+    """Apply the format gate and parse the SID of each completion into a code row."""
+    if mode not in ("direct", "reasoning"):
+        raise ValueError(f"mode must be 'direct' or 'reasoning', got {mode!r}")
+    codes = np.full((len(completions), depth), -1, dtype=np.int64)
+    ok = np.zeros(len(completions), dtype=bool)
+    for i, text in enumerate(completions):
+        sid = sid_of(text, mode)
+        row = sid_codes(sid, depth) if sid is not None else None
+        if row is not None:
+            codes[i] = row
+            ok[i] = True
+    return ParsedBatch(codes, ok)
+
+
+def parse_sids(sids: Sequence[str], depth: int) -> ParsedBatch:
+    """Parse bare SID strings (beam candidates) into code rows."""
+    return parse_completions(sids, "direct", depth)
+
+
+def prefix_match(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Longest common prefix in levels between pred [..., D] and target (broadcastable to pred).
+
+    A -1 in pred never matches, so an unparsed completion has LCP 0.
+    """
+    equal = (pred == target) & (pred >= 0)
+    return np.cumprod(equal, axis=-1).sum(axis=-1).astype(np.int64)
+
+
+def residual_reward(lcp: np.ndarray, depth: int, semantic_levels: int, beta: float = 0.5,
+                    partial_cap: float = PARTIAL_CAP) -> np.ndarray:
+    """r = (min(l, H) / H) ** beta, capped at partial_cap unless all `depth` levels match (then 1)."""
+    if not 1 <= semantic_levels <= depth:
+        raise ValueError(f"semantic_levels must be in [1, depth={depth}], got {semantic_levels}")
+    lcp = np.asarray(lcp)
+    partial = np.minimum((np.minimum(lcp, semantic_levels) / semantic_levels) ** beta, partial_cap)
+    return np.where(lcp >= depth, 1.0, partial)
+
+
+def score(parsed: ParsedBatch, targets: np.ndarray, semantic_levels: int, beta: float = 0.5,
+          beams: np.ndarray | None = None, partial_cap: float = PARTIAL_CAP) -> RewardBatch:
+    """All reward components for a parsed batch against target codes [N, D].
+
+    beams: optional candidate codes [N, B, D] (-1 rows for unparsable candidates); the beam reward
+    is the best residual reward among a completion's candidates, and 0 if the completion itself
+    failed the format gate.
+    """
+    targets = np.asarray(targets, dtype=np.int64)
+    if targets.shape != parsed.codes.shape:
+        raise ValueError(f"targets have shape {targets.shape}, expected {parsed.codes.shape} (one SID per completion)")
+    depth = targets.shape[1]
+    lcp = prefix_match(parsed.codes, targets)
+    exact = lcp == depth
+    residual = residual_reward(lcp, depth, semantic_levels, beta, partial_cap)
+    beam = None
+    if beams is not None:
+        beams = np.asarray(beams, dtype=np.int64)
+        if beams.ndim != 3 or beams.shape[0] != targets.shape[0] or beams.shape[2] != depth:
+            raise ValueError(f"beams have shape {beams.shape}, expected [N={targets.shape[0]}, B, D={depth}]")
+        beam_lcp = prefix_match(beams, targets[:, None, :])
+        best = residual_reward(beam_lcp, depth, semantic_levels, beta, partial_cap).max(axis=1, initial=0.0)
+        beam = np.where(parsed.format_ok, best, 0.0)
+    return RewardBatch(format_ok=parsed.format_ok, exact=exact, lcp=lcp, residual=residual,
+                       binary=exact.astype(np.float64), beam=beam)
