@@ -66,6 +66,7 @@ class ModelSpec(_Section):
     num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     bpe_vocab: int = Field(4000, ge=300)
+    seed: int = 0  # weight init of the embedded backbone and of new token rows
 
 
 class LoraSpec(_Section):

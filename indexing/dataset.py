@@ -17,7 +17,7 @@ import numpy as np
 class DataError(Exception):
     """Unusable dataset files; the CLI turns it into a non-zero exit."""
 
-    exit_code = 3
+    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,83 @@
+"""The `gream` command line.
+
+Handlers import their stage lazily so `gream config show` does not pay for torch, vLLM or Ray.
+Bad input (spec or data) exits 2 with a message naming the file and key.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from cluster.logs import setup_logging
+from cluster.spec import JobSpec, SpecError, dump_spec, load_spec
+
+log = logging.getLogger("gream")
+
+
+def _spec(args) -> JobSpec:
+    spec = load_spec(args.spec, args.set)
+    setup_logging(spec.logging.level)
+    return spec
+
+
+def cmd_config_show(args) -> None:
+    print(dump_spec(_spec(args)), end="")
+
+
+def cmd_data_stats(args) -> None:
+    from indexing.dataset import load_from_spec, split_from_spec, stats
+
+    spec = _spec(args)
+    ds = load_from_spec(spec)
+    out = stats(ds, split_from_spec(spec, ds))
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return
+    width = max(len(k) for k in out)
+    for key, value in out.items():
+        print(f"{key:<{width}}  {value}")
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="job spec YAML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec key, e.g. --set rl.steps=5 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gream", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    config = sub.add_parser("config", help="inspect job specs").add_subparsers(dest="action", required=True)
+    p = config.add_parser("show", help="print the resolved spec")
+    _add_spec_args(p)
+    p.set_defaults(func=cmd_config_show)
+
+    data = sub.add_parser("data", help="inspect datasets").add_subparsers(dest="action", required=True)
+    p = data.add_parser("stats", help="users, items, interactions, sequence lengths, items without text")
+    _add_spec_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=cmd_data_stats)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SpecError as exc:
+        print(f"gream: spec error:\n{exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # data errors carry their own exit code; anything else is a bug
+        code = getattr(exc, "exit_code", None)
+        if code is None:
+            raise
+        print(f"gream: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Job spec validation: typed sections, key-path errors, overrides, the shipped configs."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster.spec import SpecError, load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["demo", "smollm2-office", "qwen3-4b-beauty"])
+def test_shipped_configs_validate(name):
+    spec = load_spec(ROOT / "configs" / f"{name}.yaml")
+    assert spec.name == name
+    assert spec.run_path.name == name
+
+
+def test_stable_key_paths_exist():
+    spec = load_spec(ROOT / "configs/demo.yaml")
+    for path in ["name", "run_dir", "data.path", "data.name", "data.split", "data.max_history", "index.levels",
+                 "index.codes", "index.balanced", "model.backbone", "sft.epochs", "rl.steps", "rl.group_size",
+                 "rl.prompts_per_step", "rl.advantage", "rl.mode", "cluster.rollout.num_workers",
+                 "cluster.learner.num_ranks", "cluster.reward.replicas", "checkpoint.every", "checkpoint.keep"]:
+        node = spec
+        for part in path.split("."):
+            node = getattr(node, part)
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "job.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_misspelt_key_names_path_file_and_suggestion(tmp_path):
+    p = _write(tmp_path, "name: x\nrl:\n  group_sise: 4\n")
+    with pytest.raises(SpecError) as err:
+        load_spec(p)
+    msg = str(err.value)
+    assert str(p) in msg and "rl.group_sise" in msg and "rl.group_size" in msg
+
+
+def test_wrong_type_and_range(tmp_path):
+    with pytest.raises(SpecError, match=r"rl\.steps"):
+        load_spec(_write(tmp_path, "name: x\nrl: {steps: many}\n"))
+    with pytest.raises(SpecError, match=r"rl\.group_size.*greater than or equal to 2"):
+        load_spec(_write(tmp_path, "name: x\nrl: {group_size: 1}\n"))
+    with pytest.raises(SpecError, match=r"rl\.advantage.*'srpo', 'grpo' or 'dr_grpo'"):
+        load_spec(_write(tmp_path, "name: x\nrl: {advantage: ppo}\n"))
+
+
+def test_missing_name_and_malformed_yaml(tmp_path):
+    with pytest.raises(SpecError, match="missing required key 'name'"):
+        load_spec(_write(tmp_path, "rl: {steps: 3}\n"))
+    with pytest.raises(SpecError, match=r"malformed YAML at line 4, column 6"):
+        load_spec(_write(tmp_path, "name: x\nrl:\n  steps: 3\n   lr: 1\n"))
+
+
+def test_overrides_parse_scalars_and_validate(tmp_path):
+    spec = load_spec(ROOT / "configs/demo.yaml", ["rl.steps=5", "data.split=temporal", "eval.ks=[1,5]"])
+    assert spec.rl.steps == 5 and spec.data.split == "temporal" and spec.eval.ks == [1, 5]
+    with pytest.raises(SpecError, match="rl.stepz"):
+        load_spec(ROOT / "configs/demo.yaml", ["rl.stepz=5"])
+    with pytest.raises(SpecError, match="must look like key.path=value"):
+        load_spec(ROOT / "configs/demo.yaml", ["rl.steps"])
+
+
+def test_cli_exit_code_2_on_bad_spec(tmp_path):
+    p = _write(tmp_path, "name: x\ndata:\n  splt: loo\n")
+    res = subprocess.run([sys.executable, "-m", "cluster.cli", "config", "show", str(p)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 2
+    assert "data.splt" in res.stderr and str(p) in res.stderr and "data.split" in res.stderr
+
+
+def test_cli_config_show_resolves_overrides():
+    res = subprocess.run([sys.executable, "-m", "cluster.cli", "config", "show", "configs/demo.yaml",
+                          "--set", "rl.steps=7"], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert "steps: 7" in res.stdout and "group_size: 8" in res.stdout
