@@ -1,0 +1,69 @@
+"""Run the stages a spec lists, in order, skipping those whose artefacts match the spec.
+
+A stage is done when its folder holds `stage.json` with the hash of the spec sections it depends
+on; changing any of those sections (or deleting the folder) makes it run again, and every later
+stage with it, because later hashes include the earlier sections.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+
+from cluster.logs import fields
+from cluster.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+# stage -> (module with run(spec), spec sections its artefacts depend on)
+STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "index": ("indexing.build", ("data", "index")),
+    "sft": ("sft.trainer", ("data", "index", "model", "sft")),
+    "rl": ("rl_system.train", ("data", "index", "model", "sft", "rl")),
+    "eval": ("rl_system.evaluate", ("data", "index", "model", "sft", "rl", "eval")),
+}
+
+
+def _marker(spec: JobSpec, stage: str):
+    return spec.stage_dir(stage) / "stage.json"
+
+
+def stage_hash(spec: JobSpec, stage: str) -> str:
+    return spec.section_hash(*STAGES[stage][1])
+
+
+def is_done(spec: JobSpec, stage: str) -> bool:
+    marker = _marker(spec, stage)
+    if not marker.exists():
+        return False
+    try:
+        return json.loads(marker.read_text()).get("hash") == stage_hash(spec, stage)
+    except json.JSONDecodeError:
+        return False
+
+
+def mark_done(spec: JobSpec, stage: str, seconds: float) -> None:
+    marker = _marker(spec, stage)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"stage": stage, "hash": stage_hash(spec, stage), "seconds": round(seconds, 1)}))
+
+
+def run_stage(spec: JobSpec, stage: str, force: bool = False):
+    if not force and is_done(spec, stage):
+        log.info("stage up to date, skipped", extra=fields(stage=stage, folder=str(spec.stage_dir(stage))))
+        return None
+    module = importlib.import_module(STAGES[stage][0])
+    start = time.perf_counter()
+    log.info("stage started", extra=fields(stage=stage))
+    result = module.run(spec)
+    seconds = time.perf_counter() - start
+    mark_done(spec, stage, seconds)
+    log.info("stage finished", extra=fields(stage=stage, seconds=round(seconds, 1)))
+    return result
+
+
+def launch(spec: JobSpec) -> None:
+    spec.run_path.mkdir(parents=True, exist_ok=True)
+    for stage in spec.stages:
+        run_stage(spec, stage)

@@ -1,0 +1,68 @@
+"""Per-step metrics: one JSON object per line in `metrics.jsonl`, mirrored to TensorBoard.
+
+The JSONL file is the contract scripts and the dashboard read; it is appended and flushed every
+step so a crash loses at most the step in flight. Lists (histograms) go to TensorBoard as
+histograms and stay lists in JSON.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    def __init__(self, folder: Path, tensorboard: bool = True, resume_from_step: int | None = None):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / "metrics.jsonl"
+        if resume_from_step is not None:
+            self._truncate_after(resume_from_step)
+        self._file = self.path.open("a")
+        self._tb = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(folder / "tensorboard"))
+
+    def _truncate_after(self, step: int) -> None:
+        # On resume, steps after the checkpoint are re-run; keep one record per step.
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", -1) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, step: int, metrics: dict[str, Any]) -> None:
+        record = {"step": step, **metrics}
+        self._file.write(json.dumps(record, default=_jsonable) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) for v in value):
+                    import numpy as np
+
+                    # A list is a histogram over its index (e.g. LCP length 0..H): expand to samples.
+                    counts = np.asarray(value, dtype=float)
+                    if counts.sum() > 0 and np.allclose(counts, counts.round()):
+                        self._tb.add_histogram(key, np.repeat(np.arange(len(counts)), counts.astype(int)), step)
+                elif isinstance(value, (int, float)) and math.isfinite(value):
+                    self._tb.add_scalar(key, value, step)
+            self._tb.flush()
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

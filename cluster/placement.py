@@ -1,0 +1,85 @@
+"""Ray start-up and one placement group per role.
+
+Learner ranks share one group (they form one DeepSpeed job and should pack together). Each
+rollout worker and each reward replica gets a group of its own, so the rollout pool can grow or
+shrink at run time without touching the learner's reservation.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from cluster.logs import fields
+from cluster.spec import JobSpec
+
+log = logging.getLogger(__name__)
+
+
+def logical_cpus_needed(spec: JobSpec) -> float:
+    c = spec.cluster
+    return (c.learner.num_ranks * c.learner.cpus_per_rank
+            + c.rollout.num_workers * c.rollout.cpus_per_worker * c.rollout.tensor_parallel
+            + c.reward.replicas)
+
+
+def init_ray(spec: JobSpec, address: str | None = None) -> None:
+    """Join `address` (or spec.cluster.address); without one, start a local Ray sized for the spec."""
+    if ray.is_initialized():
+        return
+    address = address or spec.cluster.address
+    # Workers must import the repo's packages; the driver's working tree ships with the job.
+    env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=True)
+    else:
+        # Logical CPUs may exceed the cores: actors mostly wait on each other, so reserving whole
+        # cores per role would leave a 2-core laptop unable to place the job at all.
+        need = logical_cpus_needed(spec) + 1
+        num_cpus = spec.cluster.num_cpus or max(int(need + 0.999), os.cpu_count() or 1)
+        ray.init(num_cpus=num_cpus, runtime_env=env, include_dashboard=False, log_to_driver=True)
+    log.info("ray ready", extra=fields(resources=ray.cluster_resources()))
+
+
+@dataclass
+class RoleGroup:
+    name: str
+    group: PlacementGroup
+
+    def strategy(self, bundle_index: int = 0) -> PlacementGroupSchedulingStrategy:
+        return PlacementGroupSchedulingStrategy(placement_group=self.group,
+                                                placement_group_bundle_index=bundle_index)
+
+    def remove(self) -> None:
+        remove_placement_group(self.group)
+
+
+def _reserve(name: str, bundles: list[dict[str, float]], strategy: str = "PACK", timeout_s: float = 120) -> RoleGroup:
+    bundles = [{k: v for k, v in b.items() if v > 0} for b in bundles]
+    group = placement_group(bundles, strategy=strategy, name=name)
+    ready = group.wait(timeout_seconds=timeout_s)
+    if not ready:
+        remove_placement_group(group)
+        raise RuntimeError(f"placement group '{name}' ({bundles}) could not be placed within {timeout_s:.0f}s; "
+                           f"cluster has {ray.available_resources()}")
+    return RoleGroup(name, group)
+
+
+def learner_group(spec: JobSpec) -> RoleGroup:
+    c = spec.cluster.learner
+    bundle = {"CPU": c.cpus_per_rank, "GPU": c.gpus_per_rank}
+    return _reserve(f"{spec.name}-learner", [bundle] * c.num_ranks)
+
+
+def rollout_group(spec: JobSpec, worker_index: int) -> RoleGroup:
+    c = spec.cluster.rollout
+    bundle = {"CPU": c.cpus_per_worker * c.tensor_parallel, "GPU": c.gpus_per_worker * c.tensor_parallel}
+    return _reserve(f"{spec.name}-rollout-{worker_index}-{os.urandom(3).hex()}", [bundle])
+
+
+def reward_group(spec: JobSpec, replica: int) -> RoleGroup:
+    return _reserve(f"{spec.name}-reward-{replica}-{os.urandom(3).hex()}", [{"CPU": 1}])

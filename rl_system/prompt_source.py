@@ -1,0 +1,66 @@
+"""The RL data cursor: training prompts in a seeded order, resumable to the exact position.
+
+The order depends only on the seed and the epoch, never on how many rollout workers share the
+work, so a resumed run (with any pool size) draws the prompts the uninterrupted run would have.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from indexing.dataset import Example
+from indexing.sid import SidIndex
+from sft.prompts import render_seqrec_prompt
+
+
+@dataclass(frozen=True)
+class Prompt:
+    uid: int  # position in the endless stream (epoch * n + offset): unique across the run
+    user: int
+    text: str
+    target: int
+    target_codes: tuple[int, ...]
+
+
+class PromptSource:
+    def __init__(self, examples: Sequence[Example], index: SidIndex, tokenizer, seed: int, reasoning: bool = False):
+        if not examples:
+            raise ValueError("PromptSource needs at least one training example")
+        self.examples = list(examples)
+        self.index = index
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.reasoning = reasoning
+        self.cursor = 0  # prompts drawn so far
+        self._order_epoch = -1
+        self._order: np.ndarray | None = None
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._order_epoch:
+            self._order = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+            self._order_epoch = epoch
+        return self._order
+
+    def render(self, uid: int, example: Example) -> Prompt:
+        history = [self.index.text(i) for i in example.history]
+        text = render_seqrec_prompt(self.tokenizer, history, reasoning=self.reasoning)
+        return Prompt(uid, example.user, text, example.target, self.index.codes(example.target))
+
+    def next(self, n: int) -> list[Prompt]:
+        out = []
+        for uid in range(self.cursor, self.cursor + n):
+            epoch, offset = divmod(uid, len(self.examples))
+            out.append(self.render(uid, self.examples[int(self._permutation(epoch)[offset])]))
+        self.cursor += n
+        return out
+
+    def state(self) -> dict:
+        return {"cursor": self.cursor, "seed": self.seed, "num_examples": len(self.examples)}
+
+    def restore(self, state: dict) -> None:
+        if state["seed"] != self.seed or state["num_examples"] != len(self.examples):
+            raise ValueError(f"checkpointed data cursor (seed {state['seed']}, {state['num_examples']} examples) "
+                             f"does not match this run (seed {self.seed}, {len(self.examples)} examples)")
+        self.cursor = int(state["cursor"])
