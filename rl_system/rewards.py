@@ -134,3 +134,25 @@ def score(parsed: ParsedBatch, targets: np.ndarray, semantic_levels: int, beta: 
         beam = np.where(parsed.format_ok, best, 0.0)
     return RewardBatch(format_ok=parsed.format_ok, exact=exact, lcp=lcp, residual=residual,
                        binary=exact.astype(np.float64), beam=beam)
+
+
+def semantic_levels(index_codes: np.ndarray) -> int:
+    """Levels that carry meaning in an index [items, D]: D - 1 if the last level is a dedup ordinal, else D.
+
+    The last level is a dedup ordinal exactly when, in every group of items sharing the first D - 1
+    codes, the last codes are 0, 1, ..., size - 1 (the item's position in its collision group).
+    A k-means level or an imported tokenizer's level has arbitrary codes there.
+    """
+    codes = np.asarray(index_codes, dtype=np.int64)
+    if codes.ndim != 2 or codes.shape[0] == 0:
+        raise ValueError(f"index codes must be a non-empty [items, levels] array, got shape {codes.shape}")
+    depth = codes.shape[1]
+    if depth < 2:
+        return depth
+    order = np.lexsort(codes[:, ::-1].T)  # rows sorted by prefix, then by the last code
+    rows = codes[order]
+    new_group = np.ones(len(rows), dtype=bool)
+    new_group[1:] = (rows[1:, :-1] != rows[:-1, :-1]).any(axis=1)
+    group_start = np.maximum.accumulate(np.where(new_group, np.arange(len(rows)), 0))
+    ordinal = np.arange(len(rows)) - group_start
+    return depth - 1 if np.array_equal(rows[:, -1], ordinal) else depth

@@ -103,3 +103,25 @@ def test_score_shape_mismatch_is_a_clear_error():
         score(parsed, np.zeros((2, 2)), semantic_levels=2)
     with pytest.raises(ValueError, match="beams have shape"):
         score(parsed, np.zeros((1, 2)), semantic_levels=2, beams=np.zeros((1, 2)))
+
+
+def test_semantic_levels_detects_a_dedup_level():
+    from rl_system.rewards import semantic_levels
+
+    dedup = np.array([[1, 2, 0], [1, 2, 1], [3, 4, 0], [1, 5, 0], [1, 2, 2]])
+    assert semantic_levels(dedup) == 2
+    no_dedup = np.array([[1, 2, 7], [1, 2, 1], [3, 4, 0]])
+    assert semantic_levels(no_dedup) == 3
+    gap = np.array([[1, 2, 0], [1, 2, 2]])  # ordinal 1 missing: not a dedup level
+    assert semantic_levels(gap) == 3
+    assert semantic_levels(np.array([[4], [5]])) == 1
+
+
+def test_semantic_levels_of_bundled_indexes():
+    from pathlib import Path
+
+    from indexing.sid import read_index_codes
+    from rl_system.rewards import semantic_levels
+
+    office = read_index_codes(Path(__file__).resolve().parents[1] / "data/office/Office.unitok5.index.json")
+    assert semantic_levels(np.array(list(office.values()))) == 5

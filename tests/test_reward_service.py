@@ -1,0 +1,109 @@
+"""Real Ray actors serving real ZMQ sockets."""
+import json
+
+import msgpack
+import numpy as np
+import pytest
+import ray
+import zmq
+
+from rl_system.reward_service import (RewardClient, RewardScorer, RewardServiceError, RewardTimeout, start_replicas)
+
+TOKEN = "s3cret"
+# Item 0..3; the last level is a dedup ordinal (items 0 and 1 collide on <a_1><b_2>).
+INDEX = {"0": ["<a_1>", "<b_2>", "<c_0>"], "1": ["<a_1>", "<b_2>", "<c_1>"], "2": ["<a_1>", "<b_3>", "<c_0>"],
+         "3": ["<a_4>", "<b_2>", "<c_0>"]}
+
+
+@pytest.fixture(scope="module")
+def index_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("index") / "Toy.index.json"
+    path.write_text(json.dumps(INDEX))
+    return path
+
+
+@pytest.fixture(scope="module")
+def service(index_path):
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    actors, endpoints = start_replicas(index_path, replicas=2, token=TOKEN)
+    yield actors, endpoints
+    ray.get([a.stop.remote() for a in actors])
+    ray.shutdown()
+
+
+def test_in_process_scorer_uses_semantic_levels(index_path):
+    scorer = RewardScorer.from_file(index_path)
+    assert scorer.semantic_levels == 2 and scorer.depth == 3
+    _, out = scorer.score(["<a_1><b_2><c_1>", "<a_1><b_2><c_0>", "<a_1><b_3><c_0>"], [0, 0, 0])
+    np.testing.assert_allclose(out.residual, [0.95, 1.0, np.sqrt(0.5)])
+
+
+def test_binds_loopback_and_scores_across_replicas(service):
+    actors, endpoints = service
+    assert all(ep.startswith("tcp://127.0.0.1:") for ep in endpoints) and len(set(endpoints)) == 2
+    completions = ["<a_1><b_2><c_0>", "<a_1><b_2><c_1>", "<a_1><b_9><c_0>", "nonsense"] * 2
+    with RewardClient(endpoints, token=TOKEN, timeout_s=10, min_chunk=2) as client:
+        before = ray.get([a.stats.remote() for a in actors])
+        reply = client.score(completions, [0] * 8)
+        after = ray.get([a.stats.remote() for a in actors])
+    assert reply.format_ok.tolist() == [True, True, True, False] * 2
+    assert reply.exact.tolist() == [True, False, False, False] * 2
+    assert reply.lcp.tolist() == [3, 2, 1, 0] * 2
+    np.testing.assert_allclose(reply.residual, [1.0, 0.95, np.sqrt(0.5), 0.0] * 2)
+    assert reply.binary.tolist() == [1.0, 0.0, 0.0, 0.0] * 2
+    assert reply.item.tolist() == [0, 1, -1, -1] * 2
+    assert reply.codes[3].tolist() == [-1, -1, -1]
+    assert reply.beam is None
+    # The batch was split: each replica scored half of it.
+    assert [a["completions"] - b["completions"] for a, b in zip(after, before)] == [4, 4]
+
+
+def test_reasoning_mode_and_beam_reward(service):
+    _, endpoints = service
+    completions = ["<think>pens</think><answer><a_1><b_3><c_0></answer>", "<answer><a_1><b_2><c_0></answer>"]
+    beams = [["<a_1><b_3><c_0>", "<a_1><b_2><c_0>"], ["<a_1><b_2><c_0>", "<a_1><b_2><c_0>"]]
+    with RewardClient(endpoints, token=TOKEN, timeout_s=10) as client:
+        reply = client.score(completions, [0, 0], beams=beams, mode="reasoning")
+    assert reply.format_ok.tolist() == [True, False]
+    np.testing.assert_allclose(reply.residual, [np.sqrt(0.5), 0.0])
+    np.testing.assert_allclose(reply.beam, [1.0, 0.0])
+
+
+def test_malformed_requests_get_errors_and_service_survives(service):
+    _, endpoints = service
+    with RewardClient(endpoints[:1], token=TOKEN, timeout_s=10) as client:
+        bad = client.send_raw(0, b"\xc1 definitely not msgpack")
+        assert not bad["ok"] and "not valid msgpack" in bad["error"]
+        missing = client.send_raw(0, msgpack.packb({"id": 7, "token": TOKEN, "completions": ["x"]}))
+        assert missing["id"] == 7 and "'targets' must be a list" in missing["error"]
+        not_a_map = client.send_raw(0, msgpack.packb([1, 2, 3]))
+        assert not not_a_map["ok"]
+        with pytest.raises(RewardServiceError, match=r"item ids \[99\] have no SID"):
+            client.score(["<a_1><b_2><c_0>"], [99])
+        with pytest.raises(RewardServiceError, match="2 completions but 1 targets"):
+            client.score(["a", "b"], [0])
+        with pytest.raises(RewardServiceError, match="same number of candidates"):
+            client.score(["a", "b"], [0, 0], beams=[["<a_1><b_2><c_0>"], []])
+        assert client.score(["<a_1><b_2><c_0>"], [0]).exact.tolist() == [True]
+
+
+def test_wrong_or_missing_token_is_rejected(service):
+    actors, endpoints = service
+    rejected_before = ray.get(actors[0].stats.remote())["rejected"]
+    for token in ("wrong", None):
+        with RewardClient(endpoints[:1], token=token, timeout_s=10) as client:
+            with pytest.raises(RewardServiceError, match="unauthorized"):
+                client.score(["<a_1><b_2><c_0>"], [0])
+    assert ray.get(actors[0].stats.remote())["rejected"] == rejected_before + 2
+
+
+def test_client_times_out_with_a_clear_error():
+    ctx = zmq.Context.instance()
+    silent = ctx.socket(zmq.ROUTER)  # accepts the request, never answers
+    port = silent.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        with RewardClient([f"tcp://127.0.0.1:{port}"], timeout_s=0.3) as client:
+            with pytest.raises(RewardTimeout, match=f"127.0.0.1:{port} within 0.3s"):
+                client.score(["<a_1>"], [0])
+    finally:
+        silent.close(linger=0)
