@@ -1,24 +1,26 @@
 """Prefix trie over the token ids of every SID, queried with tensor operations only.
 
 Shared by evaluation (constrained beam), rollouts (vLLM logits processor) and serving. A decoding
-step holds one trie state per row; a query costs a few gathers and one scatter whatever the batch
-size, with no Python loop over rows or over the vocabulary.
+step holds one trie state per row; a query is a few gathers and block writes whatever the batch
+size, with no Python loop over rows or over the vocabulary (only over the <= depth + 1 levels).
 
-Layout. Nodes are numbered breadth first; node 0 is the root, leaves (complete SIDs) sit at depth D.
-The tokens that may follow a node at depth d are drawn from `columns[d]`: the distinct token ids
-found at position d of any SID (for a leaf, the end tokens). `allowed[node, j]` says whether token
-`columns[depth[node], j]` may follow the node. Rows are padded to the widest depth; padding columns
-point at a token that is never allowed at that depth, so scattering a padded row writes only
-False / -inf there. Memory is num_nodes x max-tokens-per-level bytes (about 12 MB for 12k items of
-4 x 256 codes). Transitions use one sorted key array (node * V + token) and `searchsorted`.
+Layout. Nodes are numbered breadth first: node 0 is the root, the nodes of depth d are the range
+`level_start[d]..level_start[d+1]-1`, and the leaves (complete SIDs) are the last block. The tokens
+that may follow a depth-d node are drawn from `columns[d]`, the distinct token ids found at
+position d of any SID (for leaves: the end tokens). Each inner node keeps one bit per column of its
+depth (`bits`, packed 8 per byte: 32 bytes per node for 256 codes, about 1 MB for Beauty). A mask
+query unpacks the bits of every row and writes them as one [rows, columns] block per depth present
+in the batch; when a level's tokens are contiguous ids, as they are after `add_tokens` of the SID
+vocabulary, that block is a plain slice of the output. Transitions search one sorted key array
+(node * V + token) with `searchsorted`.
 
 States: a node id >= 0, `INVALID` (-1) once a step left the trie, `CLOSED` (-2) after an end token
-followed a complete SID. Both non-node states allow only the end tokens, so a row that somehow
-left the trie is closed at once and a softmax over its logits never sees an all -inf row.
+followed a complete SID. Both non-node states allow only the end tokens, so a row that somehow left
+the trie closes at once and a softmax over its logits never meets an all -inf row.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 
@@ -27,33 +29,32 @@ from indexing.sid import SidError, SidIndex
 INVALID = -1
 CLOSED = -2
 
+Cols = slice | torch.Tensor  # a level's token ids: a slice when contiguous, else an index tensor
+Group = tuple[torch.Tensor | None, Cols, torch.Tensor]  # rows (None: all), columns, allowed bits
+
 
 class SidTrie:
     def __init__(
         self,
         *,
-        depth: int,
         vocab_size: int,
-        num_sids: int,
-        node_depth: torch.Tensor,
-        allowed: torch.Tensor,
-        columns: torch.Tensor,
+        level_start: list[int],
+        columns: list[torch.Tensor],
+        bits: torch.Tensor,
         edge_keys: torch.Tensor,
         edge_child: torch.Tensor,
         leaf_sid: torch.Tensor,
-        end_token_ids: torch.Tensor,
     ) -> None:
-        self.depth = depth
         self.vocab_size = vocab_size
-        self.num_sids = num_sids
-        # Row num_nodes of node_depth / allowed is the shared row of INVALID and CLOSED states.
-        self.node_depth = node_depth
-        self.allowed = allowed
-        self.columns = columns
+        self.level_start = level_start
+        self.columns = columns  # columns[depth] is the end tokens
+        self.bits = bits
         self.edge_keys = edge_keys
         self.edge_child = edge_child
         self.leaf_sid = leaf_sid
-        self.end_token_ids = end_token_ids
+        self._bounds = torch.tensor(level_start[1:-1])  # first node id of depths 1..D
+        self._shifts = torch.arange(8, dtype=torch.uint8)
+        self._cols = [_as_cols(c) for c in columns]
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -67,8 +68,9 @@ class SidTrie:
         """Trie of token-id sequences, all of the same depth, over a vocabulary of `vocab_size`.
 
         `end_token_ids` may follow a complete SID (EOS in direct mode, `</answer>` in reasoning mode).
+        Duplicate sequences collapse into one leaf, which remembers the first row (`sid_of_leaf`).
         """
-        seqs = torch.as_tensor(sids, dtype=torch.long) if not isinstance(sids, torch.Tensor) else sids.long().cpu()
+        seqs = sids.long().cpu() if isinstance(sids, torch.Tensor) else torch.as_tensor(sids, dtype=torch.long)
         if seqs.ndim != 2 or seqs.shape[0] == 0 or seqs.shape[1] == 0:
             raise SidError(f"SIDs must form a non-empty [num_sids, depth] table of token ids, got shape {tuple(seqs.shape)}")
         n, depth = seqs.shape
@@ -78,64 +80,38 @@ class SidTrie:
         if ends.numel() == 0 or int(ends.min()) < 0 or int(ends.max()) >= vocab_size:
             raise SidError(f"end_token_ids must be a non-empty list of ids in [0, {vocab_size}), got {list(end_token_ids)}")
         ends = torch.unique(ends)
-        overlap = set(ends.tolist()) & set(torch.unique(seqs).tolist())
-        if overlap:
-            raise SidError(f"end tokens {sorted(overlap)} also occur inside SIDs; they must be distinct")
+        overlap = torch.isin(ends, seqs)
+        if overlap.any():
+            raise SidError(f"end tokens {ends[overlap].tolist()} also occur inside SIDs; they must be distinct")
 
-        # Per depth: the column space (distinct tokens at that position) and each SID's column there.
-        col_lists = [torch.unique(seqs[:, d]) for d in range(depth)] + [ends]
-        width = max(c.numel() for c in col_lists)
-        if width >= vocab_size:
-            raise SidError(f"a SID position uses {width} distinct tokens, the whole vocabulary of {vocab_size}")
-        columns = torch.empty(depth + 1, width, dtype=torch.long)
-        for d, cols in enumerate(col_lists):
-            columns[d, : cols.numel()] = cols
-            columns[d, cols.numel():] = _first_absent(cols, vocab_size)
-
-        # Level by level, children of a node are the distinct (parent, column) pairs; numbering them
-        # in sorted key order makes every node's children contiguous and the edge keys sorted.
+        columns = [torch.unique(seqs[:, d]) for d in range(depth)] + [ends]
+        width = max(c.numel() for c in columns[:depth])
+        width += -width % 8
+        # Level by level, the children of the depth-d nodes are the distinct (parent, token) pairs;
+        # numbering them in sorted key order keeps the edge keys sorted for searchsorted.
         parent = torch.zeros(n, dtype=torch.long)
-        first_node = [0, 1]  # node ids of depth d start at first_node[d]
-        edge_parent, edge_col, edge_child = [], [], []
+        level_start = [0, 1]
+        keys, children, edge_parent, edge_col = [], [], [], []
         for d in range(depth):
-            col = torch.searchsorted(col_lists[d], seqs[:, d].contiguous())
-            key = parent * width + col
+            key = parent * vocab_size + seqs[:, d]
             uniq, inverse = torch.unique(key, return_inverse=True)
-            start = first_node[d + 1]
-            edge_parent.append(uniq // width)
-            edge_col.append(uniq % width)
-            edge_child.append(start + torch.arange(uniq.numel()))
-            parent = start + inverse
-            first_node.append(start + uniq.numel())
-        num_nodes = first_node[-1]
+            keys.append(uniq)
+            children.append(level_start[-1] + torch.arange(uniq.numel()))
+            edge_parent.append(uniq // vocab_size)
+            edge_col.append(torch.searchsorted(columns[d], uniq % vocab_size))
+            parent = level_start[-1] + inverse
+            level_start.append(level_start[-1] + uniq.numel())
+        first_leaf = level_start[-2]
 
-        node_depth = torch.empty(num_nodes + 1, dtype=torch.long)
-        for d in range(depth + 1):
-            node_depth[first_node[d]: first_node[d + 1]] = d
-        node_depth[num_nodes] = depth  # INVALID / CLOSED row behaves like a leaf: end tokens only
+        dense = torch.zeros(first_leaf, width, dtype=torch.bool)
+        dense[torch.cat(edge_parent), torch.cat(edge_col)] = True
+        weights = (1 << torch.arange(8)).to(torch.uint8)
+        bits = (dense.view(first_leaf, width // 8, 8).to(torch.uint8) * weights).sum(-1, dtype=torch.uint8)
 
-        allowed = torch.zeros(num_nodes + 1, width, dtype=torch.bool)
-        parents, cols = torch.cat(edge_parent), torch.cat(edge_col)
-        allowed[parents, cols] = True
-        allowed[first_node[depth]:, : ends.numel()] = True
-
-        # Already sorted: parents ascend across and within levels, and columns ascend with token id.
-        edge_keys = parents * vocab_size + columns[node_depth[parents], cols]
-        leaf_sid = torch.full((num_nodes,), -1, dtype=torch.long)
-        # For duplicate sequences the first SID wins; scatter_reduce keeps the smallest row index.
-        leaf_sid.scatter_reduce_(0, parent, torch.arange(n), reduce="amin", include_self=False)
-        trie = cls(
-            depth=depth,
-            vocab_size=vocab_size,
-            num_sids=first_node[depth + 1] - first_node[depth],
-            node_depth=node_depth,
-            allowed=allowed,
-            columns=columns,
-            edge_keys=edge_keys,
-            edge_child=torch.cat(edge_child),
-            leaf_sid=leaf_sid,
-            end_token_ids=ends,
-        )
+        leaf_sid = torch.full((level_start[-1] - first_leaf,), -1, dtype=torch.long)
+        leaf_sid.scatter_reduce_(0, parent - first_leaf, torch.arange(n), reduce="amin", include_self=False)
+        trie = cls(vocab_size=vocab_size, level_start=level_start, columns=columns, bits=bits,
+                   edge_keys=torch.cat(keys), edge_child=torch.cat(children), leaf_sid=leaf_sid)
         return trie.to(device)
 
     @classmethod
@@ -149,7 +125,7 @@ class SidTrie:
     ) -> "SidTrie":
         """Trie of a `SidIndex` whose tokens map to ids by `token_ids` (e.g. `tokenizer.get_vocab()`).
 
-        Row r of the trie's SIDs is `index.items()[r]`, so `item_of_leaf` maps leaves back to items.
+        Row r of the trie's SIDs is `index.items()[r]`, so `sid_of_leaf` maps leaves back to items.
         """
         rows = []
         for item in index.items():
@@ -160,24 +136,40 @@ class SidTrie:
         return cls.build(rows, vocab_size, end_token_ids, device)
 
     def to(self, device: str | torch.device) -> "SidTrie":
-        for name in ("node_depth", "allowed", "columns", "edge_keys", "edge_child", "leaf_sid", "end_token_ids"):
+        for name in ("bits", "edge_keys", "edge_child", "leaf_sid", "_bounds", "_shifts"):
             setattr(self, name, getattr(self, name).to(device))
+        self.columns = [c.to(device) for c in self.columns]
+        self._cols = [_as_cols(c) for c in self.columns]
         return self
 
     @property
     def device(self) -> torch.device:
-        return self.allowed.device
+        return self.edge_keys.device
+
+    @property
+    def depth(self) -> int:
+        return len(self.columns) - 1
+
+    @property
+    def end_token_ids(self) -> torch.Tensor:
+        return self.columns[-1]
+
+    @property
+    def first_leaf(self) -> int:
+        return self.level_start[-2]
 
     @property
     def num_nodes(self) -> int:
-        return self.leaf_sid.numel()
+        return self.level_start[-1]
 
-    # ------------------------------------------------------------------ queries
+    @property
+    def num_sids(self) -> int:
+        """Distinct SIDs (leaves)."""
+        return self.num_nodes - self.first_leaf
+
+    # ------------------------------------------------------------------ transitions
     def root(self, batch: int) -> torch.Tensor:
         return torch.zeros(batch, dtype=torch.long, device=self.device)
-
-    def _row(self, states: torch.Tensor) -> torch.Tensor:
-        return torch.where(states >= 0, states, self.num_nodes)
 
     def advance(self, states: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Next state of every row after `tokens` [B]: a child node, CLOSED after an end token at a
@@ -187,10 +179,8 @@ class SidTrie:
         pos = torch.searchsorted(self.edge_keys, key).clamp(max=self.edge_keys.numel() - 1)
         # An out-of-range token would alias another node's key, so it is rejected explicitly.
         hit = (self.edge_keys[pos] == key) & (states >= 0) & (tokens >= 0) & (tokens < self.vocab_size)
-        nxt = torch.where(hit, self.edge_child[pos], INVALID)
-        at_leaf = (states >= 0) & (self.node_depth[self._row(states)] == self.depth)
-        closes = at_leaf & torch.isin(tokens, self.end_token_ids)
-        return torch.where(closes, CLOSED, nxt)
+        closes = self.is_leaf(states) & torch.isin(tokens, self.end_token_ids)
+        return torch.where(closes, CLOSED, torch.where(hit, self.edge_child[pos], INVALID))
 
     def states_for_prefixes(self, prefix_ids: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """States after the first `lengths[b]` tokens of row b of `prefix_ids` [B, L] (default: all L)."""
@@ -202,44 +192,74 @@ class SidTrie:
             states = torch.where(t < lengths, self.advance(states, prefix_ids[:, t]), states)
         return states
 
-    def _columns_of(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        row = self._row(states.to(self.device))
-        return self.columns[self.node_depth[row]], self.allowed[row]
+    # ------------------------------------------------------------------ allowed tokens
+    def groups(self, states: torch.Tensor) -> Iterator[Group]:
+        """The allowed tokens of a batch, one block per depth present: (rows, columns, bits).
+
+        `rows` is None when every row is at that depth (the usual case in a decoding step), so the
+        block is written without any row indexing. Leaves and non-node states form the last group,
+        over the end tokens, all allowed.
+        """
+        states = states.to(self.device)
+        node = torch.where(states >= 0, states, self.num_nodes)
+        depth = torch.searchsorted(self._bounds, node, right=True)  # non-node rows land at `depth`
+        lo, hi = int(depth.min()), int(depth.max())
+        for d in range(lo, hi + 1):
+            rows = None if lo == hi else torch.nonzero(depth == d).flatten()
+            if rows is not None and rows.numel() == 0:
+                continue
+            n_cols = self.columns[d].numel()
+            if d == self.depth:
+                count = states.numel() if rows is None else rows.numel()
+                yield rows, self._cols[d], torch.ones(count, n_cols, dtype=torch.bool, device=self.device)
+                continue
+            packed = self.bits[node if rows is None else node[rows]]
+            unpacked = (packed.unsqueeze(-1) >> self._shifts) & 1
+            yield rows, self._cols[d], unpacked.view(packed.shape[0], -1)[:, :n_cols].bool()
 
     def allowed_mask(self, states: torch.Tensor) -> torch.Tensor:
         """Bool [B, V]: the tokens each row may emit next."""
-        cols, ok = self._columns_of(states)
-        mask = torch.zeros(cols.shape[0], self.vocab_size, dtype=torch.bool, device=self.device)
-        return mask.scatter_(1, cols, ok)
+        mask = torch.zeros(states.numel(), self.vocab_size, dtype=torch.bool, device=self.device)
+        for rows, cols, bits in self.groups(states):
+            _write(mask, rows, cols, bits)
+        return mask
 
     def apply(self, logits: torch.Tensor, states: torch.Tensor, inplace: bool = False) -> torch.Tensor:
         """Logits [B, V] with every disallowed token set to -inf (in place if asked, e.g. in vLLM)."""
-        cols, ok = self._columns_of(states)
-        kept = logits.gather(1, cols).masked_fill(~ok, float("-inf"))
+        kept = [(rows, cols, _read(logits, rows, cols).masked_fill(~bits, float("-inf")))
+                for rows, cols, bits in self.groups(states)]
         out = logits.fill_(float("-inf")) if inplace else torch.full_like(logits, float("-inf"))
-        return out.scatter_(1, cols, kept)
+        for rows, cols, vals in kept:
+            _write(out, rows, cols, vals)
+        return out
 
     def topk(self, logits: torch.Tensor, states: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The k best allowed tokens per row: (values [B, k], token ids [B, k]).
+        """The k best allowed tokens per row: (values [B, k], token ids [B, k]), best first.
 
-        Works on the compact columns only, never sorting the whole vocabulary. Rows with fewer than
-        k allowed tokens are padded with -inf values; check `isfinite` before using such a token.
+        Sorts only the allowed tokens, never the whole vocabulary. Rows with fewer than k allowed
+        tokens are padded with -inf values (and an end token id); check `isfinite` before use.
         """
-        cols, ok = self._columns_of(states)
-        vals = logits.gather(1, cols).masked_fill(~ok, float("-inf"))
-        if k > vals.shape[1]:
-            pad = torch.full((vals.shape[0], k - vals.shape[1]), float("-inf"), dtype=vals.dtype, device=vals.device)
-            vals = torch.cat([vals, pad], 1)
-            cols = torch.cat([cols, cols[:, :1].expand(-1, pad.shape[1])], 1)
+        width = max(k, max(c.numel() for c in self.columns))
+        b = states.numel()
+        vals = torch.full((b, width), float("-inf"), dtype=logits.dtype, device=logits.device)
+        ids = torch.full((b, width), int(self.end_token_ids[0]), dtype=torch.long, device=self.device)
+        for rows, cols, bits in self.groups(states):
+            tokens = _col_ids(cols, self.device)
+            n = tokens.numel()
+            got = _read(logits, rows, cols).masked_fill(~bits, float("-inf"))
+            _write(vals, rows, slice(0, n), got)
+            _write(ids, rows, slice(0, n), tokens.expand(got.shape[0], n))
         top, idx = vals.topk(k, dim=1)
-        return top, cols.gather(1, idx)
+        return top, ids.gather(1, idx)
 
+    # ------------------------------------------------------------------ complete SIDs
     def is_leaf(self, states: torch.Tensor) -> torch.Tensor:
-        return (states >= 0) & (self.node_depth[self._row(states)] == self.depth)
+        return states >= self.first_leaf
 
     def sid_of_leaf(self, states: torch.Tensor) -> torch.Tensor:
         """Row index (in the build order) of the SID ending at each leaf state, -1 for other states."""
-        return torch.where(self.is_leaf(states), self.leaf_sid[states.clamp(min=0)], -1)
+        leaf = self.is_leaf(states)
+        return torch.where(leaf, self.leaf_sid[torch.where(leaf, states - self.first_leaf, 0)], -1)
 
     def contains_batch(self, seqs: torch.Tensor) -> torch.Tensor:
         """Bool [B]: whether each row of token ids [B, depth] is exactly a SID."""
@@ -253,7 +273,78 @@ class SidTrie:
         return bool(self.contains_batch(torch.as_tensor([list(seq)], dtype=torch.long, device=self.device))[0])
 
 
-def _first_absent(present: torch.Tensor, vocab_size: int) -> int:
-    """Smallest token id not in the sorted tensor `present` (exists because present < vocab_size)."""
-    ids = torch.arange(present.numel() + 1)
-    return int(ids[~torch.isin(ids, present)][0])
+def _as_cols(tokens: torch.Tensor) -> Cols:
+    """A sorted token list as a slice when it is a contiguous id range (a strided block write)."""
+    lo, hi = int(tokens[0]), int(tokens[-1]) + 1
+    return slice(lo, hi) if hi - lo == tokens.numel() else tokens
+
+
+def _col_ids(cols: Cols, device: torch.device) -> torch.Tensor:
+    return torch.arange(cols.start, cols.stop, device=device) if isinstance(cols, slice) else cols
+
+
+def _read(t: torch.Tensor, rows: torch.Tensor | None, cols: Cols) -> torch.Tensor:
+    if rows is None:
+        return t[:, cols]
+    return t[rows, cols] if isinstance(cols, slice) else t[rows.unsqueeze(1), cols]
+
+
+def _write(t: torch.Tensor, rows: torch.Tensor | None, cols: Cols, vals: torch.Tensor) -> None:
+    if rows is None:
+        t[:, cols] = vals
+    elif isinstance(cols, slice):
+        t[rows, cols] = vals
+    else:
+        t[rows.unsqueeze(1), cols] = vals
+
+
+class TrieMasker:
+    """Reusable [max_batch, V] outputs, so that a step costs O(B x allowed columns), not O(B x V).
+
+    Each call resets only the blocks the previous call wrote and writes the new ones; the tensor it
+    returns is a view of its buffer, valid until the next call. The consumer must not write into
+    it outside the allowed positions (temperature scaling, top-k/top-p and penalties on allowed
+    positions are fine); where that cannot be promised, use `SidTrie.apply(logits, states, inplace=True)`.
+    """
+
+    def __init__(self, trie: SidTrie, max_batch: int) -> None:
+        self.trie = trie
+        self.max_batch = max_batch
+        self._mask: torch.Tensor | None = None
+        self._logits: torch.Tensor | None = None
+        # (batch size, rows, columns) of every block the last call wrote: all that must be reset.
+        self._mask_written: list[tuple[int, torch.Tensor | None, Cols]] = []
+        self._logits_written: list[tuple[int, torch.Tensor | None, Cols]] = []
+
+    def _groups(self, states: torch.Tensor) -> list[Group]:
+        if states.numel() > self.max_batch:
+            raise ValueError(f"batch of {states.numel()} rows exceeds TrieMasker max_batch={self.max_batch}")
+        return list(self.trie.groups(states))
+
+    def mask(self, states: torch.Tensor) -> torch.Tensor:
+        """Bool [B, V] of allowed tokens (a view of the reused buffer)."""
+        groups = self._groups(states)
+        if self._mask is None:
+            self._mask = torch.zeros(self.max_batch, self.trie.vocab_size, dtype=torch.bool, device=self.trie.device)
+        for b, rows, cols in self._mask_written:
+            _write(self._mask[:b], rows, cols, False)
+        b = states.numel()
+        for rows, cols, bits in groups:
+            _write(self._mask[:b], rows, cols, bits)
+        self._mask_written = [(b, rows, cols) for rows, cols, _ in groups]
+        return self._mask[:b]
+
+    def apply(self, logits: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        """Logits [B, V] with disallowed tokens at -inf (a view of the reused buffer; `logits` untouched)."""
+        groups = self._groups(states)
+        if self._logits is None or self._logits.dtype != logits.dtype:
+            self._logits = torch.full((self.max_batch, self.trie.vocab_size), float("-inf"),
+                                      dtype=logits.dtype, device=self.trie.device)
+            self._logits_written = []
+        for b, rows, cols in self._logits_written:
+            _write(self._logits[:b], rows, cols, float("-inf"))
+        b = states.numel()
+        for rows, cols, bits in groups:
+            _write(self._logits[:b], rows, cols, _read(logits, rows, cols).masked_fill(~bits, float("-inf")))
+        self._logits_written = [(b, rows, cols) for rows, cols, _ in groups]
+        return self._logits[:b]

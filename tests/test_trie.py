@@ -8,7 +8,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from indexing.sid import SidError, SidIndex
-from indexing.trie import CLOSED, INVALID, SidTrie
+from indexing.trie import CLOSED, INVALID, SidTrie, TrieMasker
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -108,6 +108,24 @@ def test_from_index_maps_tokens_and_leaves():
     assert idx.items()[trie.sid_of_leaf(state).item()] == 7
     with pytest.raises(SidError, match="not in the tokenizer vocabulary"):
         SidTrie.from_index(idx, {}, vocab_size=200, end_token_ids=[0])
+
+
+def test_masker_reuses_buffers_without_stale_entries(trie):
+    dev = trie.device
+    masker = TrieMasker(trie, max_batch=4)
+    batches = [
+        (torch.tensor([[0, 0, 0], [0, 0, 0]]), torch.tensor([0, 0])),                       # root, 2 rows
+        (torch.tensor([[10, 20, 0], [10, 21, 0], [11, 22, 32], [9, 0, 0]]), torch.tensor([2, 2, 3, 1])),
+        (torch.tensor([[10, 0, 0]]), torch.tensor([1])),                                     # batch shrinks
+    ]
+    gen = torch.Generator().manual_seed(0)
+    for prefixes, lengths in batches:
+        states = trie.states_for_prefixes(prefixes.to(dev), lengths.to(dev))
+        logits = torch.randn(len(lengths), V, generator=gen).to(dev)
+        assert torch.equal(masker.mask(states), trie.allowed_mask(states))
+        torch.testing.assert_close(masker.apply(logits, states), trie.apply(logits, states))
+    with pytest.raises(ValueError, match="max_batch=4"):
+        masker.mask(trie.root(5))
 
 
 # ---------------------------------------------------------------- properties
