@@ -7,7 +7,8 @@ size, with no Python loop over rows or over the vocabulary (only over the <= dep
 Layout. Nodes are numbered breadth first: node 0 is the root, the nodes of depth d are the range
 `level_start[d]..level_start[d+1]-1`, and the leaves (complete SIDs) are the last block. The tokens
 that may follow a depth-d node are drawn from `columns[d]`, the distinct token ids found at
-position d of any SID (for leaves: the end tokens). Each inner node keeps one bit per column of its
+position d of any SID, or their whole id range when it is not much wider (for leaves: the end
+tokens). Each inner node keeps one bit per column of its
 depth (`bits`, packed 8 per byte: 32 bytes per node for 256 codes, about 1 MB for Beauty). A mask
 query unpacks the bits of every row and writes them as one [rows, columns] block per depth present
 in the batch; when a level's tokens are contiguous ids, as they are after `add_tokens` of the SID
@@ -84,7 +85,7 @@ class SidTrie:
         if overlap.any():
             raise SidError(f"end tokens {ends[overlap].tolist()} also occur inside SIDs; they must be distinct")
 
-        columns = [torch.unique(seqs[:, d]) for d in range(depth)] + [ends]
+        columns = [_level_columns(seqs[:, d]) for d in range(depth)] + [ends]
         width = max(c.numel() for c in columns[:depth])
         width += -width % 8
         # Level by level, the children of the depth-d nodes are the distinct (parent, token) pairs;
@@ -271,6 +272,15 @@ class SidTrie:
         if len(seq) != self.depth:
             return False
         return bool(self.contains_batch(torch.as_tensor([list(seq)], dtype=torch.long, device=self.device))[0])
+
+
+def _level_columns(tokens: torch.Tensor) -> torch.Tensor:
+    """The column space of one level: its distinct tokens, widened to their whole id range when that
+    range is at most 4x as wide, so that the level is written as one slice even if some codes are
+    unused (LETTER's Beauty level a uses 197 of 256 codes)."""
+    used = torch.unique(tokens)
+    lo, hi = int(used[0]), int(used[-1]) + 1
+    return torch.arange(lo, hi) if hi - lo <= 4 * used.numel() else used
 
 
 def _as_cols(tokens: torch.Tensor) -> Cols:
