@@ -128,6 +128,13 @@ class RlSpec(_Section):
     offload: bool = False
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _beam_needs_reasoning(self) -> "RlSpec":
+        # Rollout-Beam expands the SID after each sampled trace's <answer>; direct mode has no trace.
+        if self.reward == "beam" and self.mode != "reasoning":
+            raise ValueError("reward 'beam' (Rollout-Beam) needs mode 'reasoning'")
+        return self
+
 
 class EvalSpec(_Section):
     ks: list[int] = [1, 5, 10]
