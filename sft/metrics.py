@@ -1,0 +1,57 @@
+"""Top-K ranking metrics for next-item prediction with one target per example.
+
+Pure functions shared by the SASRec baseline and the generative evaluation: Recall@K is 1 when the
+target is among the first K candidates; NDCG@K with a single relevant item is 1 / log2(rank + 2)
+for a 0-based rank below K, else 0 (the ideal DCG is 1). NDCG@1 equals Recall@1 and is not reported.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+
+MISSING = -1  # rank of a target that is not in the candidate list
+
+
+def rank_of(ranked: Sequence[int], target: int) -> int:
+    """0-based position of the target in a ranked candidate list, or MISSING."""
+    for pos, item in enumerate(ranked):
+        if item == target:
+            return pos
+    return MISSING
+
+
+def recall_at_k(rank: int, k: int) -> float:
+    return 1.0 if 0 <= rank < k else 0.0
+
+
+def ndcg_at_k(rank: int, k: int) -> float:
+    return 1.0 / math.log2(rank + 2) if 0 <= rank < k else 0.0
+
+
+def metric_names(ks: Iterable[int]) -> list[str]:
+    ks = sorted(set(ks))
+    return [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks if k > 1]
+
+
+def metrics_from_ranks(ranks: Sequence[int] | np.ndarray, ks: Iterable[int]) -> dict[str, float]:
+    """Mean Recall@K / NDCG@K over examples from 0-based target ranks (MISSING = not retrieved)."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    if ranks.size == 0:
+        raise ValueError("no examples to score")
+    ks = sorted(set(ks))
+    if not ks or ks[0] < 1:
+        raise ValueError(f"cut-offs must be positive integers, got {ks}")
+    found = ranks >= 0
+    gains = np.where(found, 1.0 / np.log2(np.maximum(ranks, 0) + 2), 0.0)
+    out = {f"recall@{k}": float(np.mean(found & (ranks < k))) for k in ks}
+    out.update({f"ndcg@{k}": float(np.mean(np.where(found & (ranks < k), gains, 0.0))) for k in ks if k > 1})
+    return out
+
+
+def ranking_metrics(ranked_lists: Sequence[Sequence[int]], targets: Sequence[int], ks: Iterable[int]) -> dict[str, float]:
+    """Mean Recall@K / NDCG@K from each example's ranked candidates (best first) and its target."""
+    if len(ranked_lists) != len(targets):
+        raise ValueError(f"{len(ranked_lists)} ranked lists for {len(targets)} targets")
+    return metrics_from_ranks([rank_of(r, t) for r, t in zip(ranked_lists, targets)], ks)
