@@ -54,6 +54,8 @@ class IndexSpec(_Section):
     text_fields: list[str] = ["title", "brand", "categories", "description", "reviews"]
     max_text_chars: int = Field(1024, ge=16)
     embed_batch_size: int = Field(64, ge=1)
+    # "auto": bfloat16 autocast where the CPU multiplies bf16 natively (AMX/AVX512-BF16), else float32
+    embed_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     import_file: str | None = None  # an existing NAME.*.index.json to use instead of k-means
     rewrite: RewriteSpec = RewriteSpec()
 
