@@ -1,0 +1,172 @@
+"""Optional teacher-LLM rewrite of fused item text (GREAM), cached on disk and resumable.
+
+GREAM has a strong LLM rewrite each item as objective attributes followed by the subjective
+experience buyers report, which gives the encoder cleaner, more comparable descriptions. The
+teacher is an OpenAI-compatible endpoint (any server speaking `/chat/completions`) or a local
+vLLM engine. Every finished batch is appended to a JSONL cache keyed by teacher, prompt and text,
+so an interrupted rewrite resumes where it stopped and a re-run costs nothing.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Sequence
+
+from tqdm import tqdm
+
+from indexing.text import truncate
+
+log = logging.getLogger(__name__)
+
+PROMPT = (
+    "Rewrite the product listing below as one paragraph of at most 120 words. First state its "
+    "objective attributes (what it is, brand, material, size, function), then the subjective "
+    "experience a buyer would have with it. Use only facts from the listing. Reply with the "
+    "paragraph only.\n\nListing: {text}"
+)
+
+
+class RewriteError(RuntimeError):
+    """The teacher could not be reached or answered something unusable."""
+
+
+class Teacher(Protocol):
+    name: str  # identifies the model in cache keys
+
+    def complete(self, prompts: list[str]) -> list[str]: ...
+
+
+class EndpointTeacher:
+    """An OpenAI-compatible chat endpoint, e.g. `http://host:8000/v1` (a vLLM or SGLang server)."""
+
+    def __init__(self, endpoint: str, model: str, max_tokens: int, timeout_s: float = 120, workers: int = 8) -> None:
+        self.url = endpoint.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.max_tokens = max_tokens
+        self.timeout_s = timeout_s
+        self.workers = workers
+        self.name = f"endpoint:{model}"
+        self._api_key = os.environ.get("OPENAI_API_KEY")  # sent only when the user set one
+
+    def _one(self, prompt: str) -> str:
+        body = json.dumps({"model": self.model, "max_tokens": self.max_tokens, "temperature": 0,
+                           "messages": [{"role": "user", "content": prompt}]}).encode()
+        headers = {"Content-Type": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                reply = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise RewriteError(f"{self.url}: HTTP {exc.code}: {exc.read()[:300].decode(errors='replace')}") from exc
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            raise RewriteError(f"{self.url}: cannot reach the teacher endpoint ({exc})") from exc
+        except json.JSONDecodeError as exc:
+            raise RewriteError(f"{self.url}: reply is not JSON ({exc.msg})") from exc
+        try:
+            return reply["choices"][0]["message"]["content"] or ""
+        except (KeyError, IndexError, TypeError):
+            raise RewriteError(f"{self.url}: reply lacks choices[0].message.content: {str(reply)[:300]}") from None
+
+    def complete(self, prompts: list[str]) -> list[str]:
+        with ThreadPoolExecutor(self.workers) as pool:
+            return list(pool.map(self._one, prompts))
+
+
+class VllmTeacher:
+    """A local vLLM engine over a Hugging Face model folder (the engine starts on first use)."""
+
+    def __init__(self, model: str, max_tokens: int, device_type: str, kv_cache_gib: float,
+                 gpu_memory_utilization: float) -> None:
+        self.model = model
+        self.max_tokens = max_tokens
+        self.name = f"vllm:{Path(model).name}"
+        self._device_type = device_type
+        self._kv_cache_gib = kv_cache_gib
+        self._gpu_memory_utilization = gpu_memory_utilization
+        self._llm = None
+
+    def complete(self, prompts: list[str]) -> list[str]:
+        from vllm import LLM, SamplingParams
+
+        if self._llm is None:
+            kwargs = {}
+            if self._device_type == "cpu":
+                # On CPU the KV cache is host memory; vLLM's default share of it fails (DESIGN.md 8).
+                os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(self._kv_cache_gib))))
+            else:
+                kwargs["gpu_memory_utilization"] = self._gpu_memory_utilization
+            self._llm = LLM(model=self.model, max_model_len=2048, **kwargs)
+        params = SamplingParams(max_tokens=self.max_tokens, temperature=0.0)
+        outputs = self._llm.chat([[{"role": "user", "content": p}] for p in prompts], params, use_tqdm=False)
+        return [o.outputs[0].text for o in outputs]
+
+
+class RewriteCache:
+    """Append-only JSONL of {"key", "text"}; a line cut short by a crash is ignored on load."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.entries: dict[str, str] = {}
+        if self.path.exists():
+            for n, line in enumerate(self.path.read_text().splitlines(), 1):
+                try:
+                    row = json.loads(line)
+                    self.entries[row["key"]] = row["text"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    log.warning("%s: line %d unreadable (interrupted write?), will redo that item", self.path, n)
+
+    def add(self, rows: dict[str, str]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            for key, text in rows.items():
+                f.write(json.dumps({"key": key, "text": text}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.entries.update(rows)
+
+
+def cache_key(teacher_name: str, text: str) -> str:
+    return hashlib.sha256(f"{teacher_name}\0{PROMPT}\0{text}".encode()).hexdigest()
+
+
+@dataclass
+class RewriteResult:
+    texts: list[str]
+    from_cache: int
+    rewritten: int
+    kept_original: list[int]  # items whose rewrite came back empty
+
+
+def rewrite_texts(texts: Sequence[str], teacher: Teacher, cache: RewriteCache, max_chars: int,
+                  batch_size: int = 32) -> RewriteResult:
+    """Rewritten text per item; cached items are not sent again, each finished batch is cached."""
+    keys = [cache_key(teacher.name, t) for t in texts]
+    todo = [i for i, k in enumerate(keys) if k not in cache.entries]
+    from_cache = len(texts) - len(todo)
+    if todo:
+        log.info("rewriting %d item texts with %s (%d cached)", len(todo), teacher.name, from_cache)
+    for start in tqdm(range(0, len(todo), batch_size), desc="rewrite", unit="batch", disable=not todo):
+        batch = todo[start: start + batch_size]
+        replies = teacher.complete([PROMPT.format(text=texts[i]) for i in batch])
+        if len(replies) != len(batch):
+            raise RewriteError(f"{teacher.name}: {len(replies)} replies for {len(batch)} prompts")
+        cache.add({keys[i]: " ".join(r.split()) for i, r in zip(batch, replies)})
+    out, kept = [], []
+    for i, key in enumerate(keys):
+        text = truncate(cache.entries[key], max_chars)
+        if not text:
+            kept.append(i)
+            text = texts[i]
+        out.append(text)
+    if kept:
+        log.warning("teacher returned empty rewrites for %d items; their fused text is kept", len(kept))
+    return RewriteResult(out, from_cache, len(todo), kept)
