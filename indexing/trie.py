@@ -202,6 +202,8 @@ class SidTrie:
         over the end tokens, all allowed.
         """
         states = states.to(self.device)
+        if states.numel() == 0:
+            return
         node = torch.where(states >= 0, states, self.num_nodes)
         depth = torch.searchsorted(self._bounds, node, right=True)  # non-node rows land at `depth`
         lo, hi = int(depth.min()), int(depth.max())

@@ -79,6 +79,12 @@ def test_apply_and_topk_by_hand(trie):
     torch.testing.assert_close(logits.cpu(), expected)
 
 
+def test_empty_batch(trie):
+    empty = trie.root(0)
+    assert trie.allowed_mask(empty).shape == (0, V)
+    assert trie.apply(torch.zeros(0, V, device=trie.device), empty).shape == (0, V)
+
+
 def test_contains(trie):
     assert trie.contains([11, 22, 32])
     assert not trie.contains([11, 22, 30])
@@ -201,10 +207,11 @@ def test_beauty_letter_trie_builds_fast():
     raw = json.loads(path.read_text())
     vocab = {f"<{l}_{c}>": 1000 + 256 * i + c for i, l in enumerate("abcd") for c in range(256)}
     rows = [[vocab[t] for t in raw[k]] for k in raw]
-    start = time.perf_counter()
+    # CPU time, not wall time: the shared CI box may be busy with other suites (typically 0.1-0.3 s).
+    start = time.process_time()
     trie = SidTrie.build(rows, vocab_size=1000 + 4 * 256, end_token_ids=[0])
-    seconds = time.perf_counter() - start
-    assert seconds < 2.0, f"Beauty trie took {seconds:.2f} s"
+    seconds = time.process_time() - start
+    assert seconds < 2.0, f"Beauty trie took {seconds:.2f} s of CPU"
     assert trie.num_sids == len({tuple(r) for r in rows}) == 12088  # 13 LETTER duplicates collapse
     assert trie.contains_batch(torch.tensor(rows)).all()
     batch = torch.tensor(rows[:1024])
