@@ -1,0 +1,78 @@
+"""Weight push vs a raw broadcast of the same bytes on the same group.
+
+The sender (this process, rank 0) pushes a model's named parameters to `--workers` rollout workers
+(Ray actors with vLLM engines): plan through Ray + collective_rpc, buckets over the weight group,
+`reload_weights` in the engines, prefix-cache reset. The baseline broadcasts uint8 buffers of the
+same bucket sizes on the same group to the same receivers, with nothing else. Runs alternate
+`--repeats` times; medians and the ratio are printed.
+
+    python benchmarks/weight_sync.py --hidden 512 --layers 8 --workers 1
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hidden", type=int, default=512)
+    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--bucket-mib", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+
+    import ray
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cluster.device import resolve
+    from cluster.spec import JobSpec
+    from indexing.importer import import_index
+    from rl_system.rollout_worker import connect_weight_group, start_rollout_worker
+    from rl_system.vllm_engine import EngineConfig, untrained_sid_policy
+    from rl_system.weight_sync import WeightSender, free_port, plan_buckets
+
+    index = import_index(REPO / "data/office/Office.unitok5.index.json").index
+    spec = JobSpec(name="bench", run_dir=tempfile.mkdtemp(), data={"path": str(REPO / "data/office")},
+                   model={"hidden_size": args.hidden, "num_layers": args.layers, "num_heads": max(1, args.hidden // 64)})
+    model_dir, constraint = untrained_sid_policy(spec, index, spec.run_path)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    named = list(model.named_parameters())
+
+    placement = resolve("auto")
+    ray.init(num_cpus=args.workers + 1, include_dashboard=False, log_to_driver=False)
+    cfg = EngineConfig(model=str(model_dir), constraint_path=str(constraint), placement=placement,
+                       max_model_len=256, max_num_seqs=16)
+    workers = [start_rollout_worker(cfg, gpus=1 if placement.is_gpu else 0) for _ in range(args.workers)]
+    ray.get([w.weight_version.remote() for w in workers])
+    port = free_port()
+    sender = WeightSender("127.0.0.1", port, world_size=1 + args.workers, backend=placement.dist_backend,
+                          device=placement.torch_device(), bucket_bytes=args.bucket_mib << 20)
+    connect_weight_group(sender, workers, "127.0.0.1", port, placement.dist_backend)
+    sizes = [b.nbytes for b in plan_buckets(named, sender.bucket_bytes)]
+
+    push, raw, version = [], [], 0
+    for _ in range(args.repeats + 1):  # the first round warms up
+        version += 1
+        push.append(sender.push(named, version, workers).seconds)
+        raw.append(sender.broadcast_raw(sizes, workers))
+    push, raw = push[1:], raw[1:]
+    mib = sum(sizes) / (1 << 20)
+    p, r = statistics.median(push), statistics.median(raw)
+    print(f"\nmodel {sum(t.numel() for _, t in named) / 1e6:.1f}M params ({mib:.0f} MiB fp32, {len(sizes)} buckets), "
+          f"{args.workers} worker(s), backend={placement.dist_backend}; median of {args.repeats} runs")
+    print(f"{'push s':>8} {'raw broadcast s':>16} {'ratio':>7} {'push MiB/s':>11}")
+    print(f"{p:>8.3f} {r:>16.3f} {p / r:>7.3f} {mib / p:>11.0f}")
+    versions = ray.get([w.weight_version.remote() for w in workers])
+    assert versions == [version] * args.workers, versions
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

