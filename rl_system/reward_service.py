@@ -25,6 +25,7 @@ import msgpack
 import numpy as np
 import zmq
 
+from cluster.logs import fields
 from indexing.sid import SidIndex
 from rl_system import rewards
 
@@ -171,7 +172,6 @@ class RewardServer:
 
     def __init__(self, index_path: str, mode: rewards.Mode = "direct", beta: float = 0.5,
                  semantic_levels: int | None = None, host: str = "127.0.0.1", token: str | None = None):
-        logging.basicConfig(level=logging.INFO)
         self.scorer = RewardScorer.from_file(index_path, mode=mode, beta=beta, semantic_levels=semantic_levels)
         self._token = token.encode() if token else None
         self._stop = threading.Event()
@@ -184,8 +184,9 @@ class RewardServer:
         self._ready.wait()
         if self._bind_error is not None:
             raise RuntimeError(f"reward service could not bind on {host}: {self._bind_error}") from self._bind_error
-        log.info("reward service on %s (depth %d, %d semantic levels, mode %s, token %s)", self._endpoint,
-                 self.scorer.depth, self.scorer.semantic_levels, mode, "on" if token else "off")
+        log.info("reward service ready", extra=fields(endpoint=self._endpoint, depth=self.scorer.depth,
+                                                      semantic_levels=self.scorer.semantic_levels, mode=mode,
+                                                      token="on" if token else "off"))
 
     def endpoint(self) -> str:
         return self._endpoint
@@ -267,19 +268,24 @@ def reward_service_actor(num_cpus: float = 0):
 
 def start_replicas(index_path: str | Path, replicas: int, mode: rewards.Mode = "direct", beta: float = 0.5,
                    semantic_levels: int | None = None, host: str = "127.0.0.1", token: str | None = None,
-                   num_cpus: float = 0) -> tuple[list[Any], list[str]]:
-    """Start M replica actors; returns (actor handles, endpoints)."""
+                   num_cpus: float = 0, scheduling_strategies: Sequence[Any] | None = None) -> tuple[list[Any], list[str]]:
+    """Start M replica actors (optionally one placement-group strategy each); returns (handles, endpoints)."""
     import ray
 
     actor_cls = reward_service_actor(num_cpus)
-    actors = [actor_cls.remote(str(index_path), mode, beta, semantic_levels, host, token) for _ in range(replicas)]
+    if scheduling_strategies is not None and len(scheduling_strategies) != replicas:
+        raise ValueError(f"{len(scheduling_strategies)} scheduling strategies for {replicas} replicas")
+    actors = [(actor_cls.options(scheduling_strategy=scheduling_strategies[r]) if scheduling_strategies else actor_cls)
+              .remote(str(index_path), mode, beta, semantic_levels, host, token) for r in range(replicas)]
     endpoints = ray.get([a.endpoint.remote() for a in actors])
     return actors, endpoints
 
 
-def start_from_spec(spec, index_path: str | Path) -> tuple[list[Any], list[str]]:
+def start_from_spec(spec, index_path: str | Path, scheduling_strategies: Sequence[Any] | None = None
+                    ) -> tuple[list[Any], list[str]]:
     reward = spec.cluster.reward
-    return start_replicas(index_path, reward.replicas, spec.rl.mode, spec.rl.beta, host=reward.host, token=reward.token)
+    return start_replicas(index_path, reward.replicas, spec.rl.mode, spec.rl.beta, host=reward.host, token=reward.token,
+                          scheduling_strategies=scheduling_strategies)
 
 
 class RewardClient:
