@@ -160,6 +160,16 @@ def _save_cache(path: Path, cache: dict[str, np.ndarray]) -> None:
     tmp.replace(path)
 
 
+def cached_embeddings(texts: Sequence[str], encoder_name: str, cache_dir: str | Path) -> np.ndarray:
+    """Embeddings of `texts` from the cache alone (e.g. to analyse a finished build offline)."""
+    path = cache_file(cache_dir, encoder_name)
+    cache = _load_cache(path)
+    missing = [i for i, t in enumerate(texts) if _text_key(t) not in cache]
+    if missing:
+        raise EmbeddingError(f"{path}: {len(missing)} of {len(texts)} texts are not cached (first: text {missing[0]})")
+    return np.stack([cache[_text_key(t)] for t in texts]).astype(np.float32)
+
+
 def embed_texts(texts: Sequence[str], encoder: Encoder, batch_size: int, cache_dir: str | Path | None = None) -> np.ndarray:
     """float32 [len(texts), dim]; texts already in the cache are not encoded again.
 

@@ -1,0 +1,101 @@
+"""`gream index` end to end on the real Office catalog (text -> MiniLM -> balanced residual k-means
+-> dedup), the skip-when-unchanged rule, k-means on the same embeddings, and the import path."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cluster.spec import JobSpec
+from indexing import build
+from indexing.dataset import load_from_spec
+from indexing.embed import cached_embeddings
+from indexing.kmeans import KMeansError, residual_kmeans
+from indexing.sid import SidIndex, read_vocab
+from indexing.text import fuse_catalog
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def office_spec(run_dir: Path, **index) -> JobSpec:
+    return JobSpec(name="office-index", run_dir=str(run_dir),
+                   data={"path": str(ROOT / "data/office"), "name": "Office"}, index=index)
+
+
+@pytest.fixture(scope="session")
+def office_build(tmp_path_factory):
+    """The whole default index build, once per session (about 1-3 min on 2 CPU cores)."""
+    spec = office_spec(tmp_path_factory.mktemp("office_run"))
+    return spec, build.run(spec)
+
+
+def test_office_build_is_collision_free_and_balanced(office_build, capsys):
+    spec, report = office_build
+    assert not report["skipped"] and report["items"] == 2420 and report["depth"] == 4
+    assert [r["kind"] for r in report["levels"]] == ["semantic"] * 3 + ["dedup"]
+    assert all(r["usage"] >= 0.9 for r in report["levels"][:3])
+    assert report["collisions_after"]["collision_rate"] == 0.0
+    assert report["collisions_before"]["largest_group"] == report["levels"][3]["codes"]
+    assert set(report["seconds"]) >= {"load", "text", "embed", "kmeans", "dedup", "write", "total"}
+    assert report["text"]["empty_items"] == 0 and report["embedding"]["dim"] == 384
+
+    index = SidIndex.load(build.index_path(spec))
+    assert index.num_items == 2420 and index.depth == 4
+    vocab = read_vocab(build.vocab_path(spec))
+    assert vocab[:2] == ["<a_0>", "<a_1>"] and len(vocab) == 3 * 256 + report["levels"][3]["codes"]
+    assert set(vocab) >= {t for i in index.items() for t in index.tokens(i)}
+    on_disk = json.loads((spec.stage_dir("index") / "report.json").read_text())
+    assert on_disk["spec_hash"] == spec.section_hash("data", "index")
+
+    # Same spec again: nothing is rebuilt, the table is printed from the stored report.
+    again = build.run(spec)
+    assert again["skipped"] and again["spec_hash"] == report["spec_hash"]
+    assert "collision rate" in capsys.readouterr().out
+
+
+def test_changed_index_settings_rebuild_but_reuse_embeddings(office_build, tmp_path):
+    spec, report = office_build
+    shutil.copytree(spec.stage_dir("index") / "cache", tmp_path / "index" / "cache")
+    changed = office_spec(tmp_path, codes=64, levels=2)
+    rebuilt = build.run(changed)
+    assert not rebuilt["skipped"] and rebuilt["depth"] == 3
+    assert rebuilt["seconds"]["embed"] < report["seconds"]["embed"] / 3  # served from the cache
+    assert rebuilt["collisions_after"]["collision_rate"] == 0.0
+
+
+def office_embeddings(spec, report) -> np.ndarray:
+    ds = load_from_spec(spec)
+    texts = fuse_catalog(ds.items, ds.num_items, spec.index.text_fields, spec.index.max_text_chars).texts
+    return cached_embeddings(texts, report["embedding"]["encoder"], spec.stage_dir("index") / "cache")
+
+
+def test_residual_kmeans_on_office_embeddings(office_build):
+    x = office_embeddings(*office_build)
+    assert x.shape == (2420, 384)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    a = residual_kmeans(x, levels=2, n_codes=64, seed=3, iters=10, balanced=True)
+    b = residual_kmeans(x, levels=2, n_codes=64, seed=3, iters=10, balanced=True)
+    np.testing.assert_array_equal(a.codes, b.codes)  # seeded and deterministic
+    counts = np.bincount(a.codes[:, 0], minlength=64)
+    assert counts.max() <= int(np.ceil(2420 / 64)) and min(a.usage) >= 0.9
+    # Each level removes part of what is left to explain.
+    assert a.residual_mse[1] < a.residual_mse[0] < 1.0
+    plain = residual_kmeans(x, levels=2, n_codes=64, seed=3, iters=10, balanced=False)
+    assert np.bincount(plain.codes[:, 0], minlength=64).max() > counts.max()
+
+
+def test_import_build_from_unitok_file(tmp_path):
+    spec = office_spec(tmp_path, import_file=str(ROOT / "data/office/Office.unitok5.index.json"))
+    report = build.run(spec)
+    assert report["source"] == "import" and report["depth"] == 6 and report["dedup_added"]
+    assert report["collisions_before"]["unique_sids"] == 1006
+    assert report["collisions_after"]["collision_rate"] == 0.0
+    assert report["items_per_leaf_before_dedup"]["max"] == 39
+    assert SidIndex.load(build.index_path(spec)).num_items == 2420
+
+
+def test_too_many_codes_fails_before_any_work(tmp_path):
+    with pytest.raises(KMeansError, match=r"index.codes=1024 is too large for 2420 items.*index.codes <= 605"):
+        build.run(office_spec(tmp_path, codes=1024))
+    assert not (tmp_path / "index" / "cache").exists()
