@@ -189,12 +189,21 @@ class Learner:
     """One rank of the learner group. Every public method that touches the model is collective:
     call it on all ranks (LearnerGroup does)."""
 
-    def __init__(self, config: LearnerConfig, rank: int = 0, world_size: int = 1, master_addr: str = "127.0.0.1",
-                 master_port: int | None = None):
+    def __init__(self, config: LearnerConfig, rank: int = 0, world_size: int = 1):
         self.config = config
         self.rank = rank
         self.world_size = world_size
         self.placement = device_mod.resolve(config.device)
+
+    def rendezvous(self) -> tuple[str, int]:
+        """(this node's address, a free port on it): rank 0 hosts the process-group store."""
+        import ray
+
+        return ray.util.get_node_ip_address(), free_port()
+
+    def setup(self, master_addr: str = "127.0.0.1", master_port: int | None = None) -> None:
+        """Join the DeepSpeed group (collective: all ranks at once) and build policy and reference."""
+        config, rank, world_size = self.config, self.rank, self.world_size
         os.environ.setdefault("DS_ACCELERATOR", device_mod.accelerator_name() if self.placement.is_gpu else "cpu")
         os.environ.update({"MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port or free_port()),
                            "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": "0"})
@@ -368,11 +377,6 @@ class Learner:
         self.steps = int(client_state.get("learner_steps", 0))
         return client_state
 
-    def node_address(self) -> str:
-        import ray
-
-        return ray.util.get_node_ip_address()
-
 
 class LearnerGroup:
     """Driver-side handle on W learner actors: starts them as one DeepSpeed group, shards batches,
@@ -383,18 +387,17 @@ class LearnerGroup:
         import ray
 
         self.world_size = world_size
+        self.config = config
         actor_cls = ray.remote(Learner)
-        master_port = free_port()
-        # Rank 0's node hosts the rendezvous; the driver is on the head node, which holds rank 0 in the
-        # one-node case; on a cluster the placement group packs ranks, and MASTER_ADDR is the driver's IP.
-        master_addr = ray.util.get_node_ip_address()
         self.actors = []
         for rank in range(world_size):
             options: dict[str, Any] = {"num_cpus": cpus_per_rank, "num_gpus": gpus_per_rank}
             if role_group is not None:
                 options["scheduling_strategy"] = role_group.strategy(rank)
-            self.actors.append(actor_cls.options(**options).remote(config, rank, world_size, master_addr, master_port))
-        self.config = config
+            self.actors.append(actor_cls.options(**options).remote(config, rank, world_size))
+        # Rank 0 may land on any node of a cluster: its own address and port host the store.
+        master_addr, master_port = ray.get(self.actors[0].rendezvous.remote())
+        self.call("setup", master_addr, master_port)
 
     @classmethod
     def from_spec(cls, spec, model_path: str | Path, role_group=None) -> "LearnerGroup":

@@ -114,7 +114,7 @@ def test_zero2_step_raises_good_completion_and_checkpoint_round_trip(model_dir, 
         group.shutdown()
 
 
-def test_zero3_two_ranks_match_one_rank_and_export(model_dir, ray_local, tmp_path):
+def test_zero3_two_ranks_and_offload_match_one_rank_and_export(model_dir, ray_local, tmp_path):
     from transformers import AutoModelForCausalLM
 
     batch = make_batch(300)
@@ -148,3 +148,10 @@ def test_zero3_two_ranks_match_one_rank_and_export(model_dir, ray_local, tmp_pat
             np.testing.assert_allclose(local[i, :len(row)].numpy(), row, atol=1e-5)
     finally:
         group.shutdown()
+
+    offloaded = LearnerGroup(config(model_dir, zero_stage=3, offload=True), world_size=1)
+    try:
+        offloaded.train_step(batch)
+        np.testing.assert_allclose(np.concatenate(offloaded.logprobs(batch)), np.concatenate(reference_after), atol=2e-4)
+    finally:
+        offloaded.shutdown()
