@@ -95,6 +95,11 @@ class RewardScorer:
         # Dense item -> codes table (-1 rows for ids the index lacks) so targets resolve in one take().
         self._target_table = np.full((int(items.max()) + 1, self.depth), -1, dtype=np.int64)
         self._target_table[items] = codes
+        # Generated SID -> item by binary search over the index rows viewed as fixed-size byte keys.
+        keys = _row_keys(codes)
+        order = np.argsort(keys)
+        self._sorted_keys = keys[order]
+        self._sorted_items = items[order]
 
     @classmethod
     def from_file(cls, index_path: str | Path, **kwargs) -> "RewardScorer":
@@ -130,13 +135,11 @@ class RewardScorer:
         result = rewards.score(parsed, self.target_codes(targets), self.semantic_levels, self.beta, beam_codes)
         return parsed, result
 
-    def items_of(self, parsed: rewards.ParsedBatch) -> list[int]:
-        """The item each parsed SID names, -1 for malformed or unknown SIDs."""
-        out = []
-        for ok, row in zip(parsed.format_ok, parsed.codes):
-            item = self.index.item_of_codes(tuple(row.tolist())) if ok else None
-            out.append(-1 if item is None else item)
-        return out
+    def items_of(self, codes: np.ndarray) -> np.ndarray:
+        """The item each code row [N, D] names, -1 for malformed (-1 rows) or unknown SIDs."""
+        queries = _row_keys(codes)
+        pos = np.searchsorted(self._sorted_keys, queries).clip(max=len(self._sorted_keys) - 1)
+        return np.where(self._sorted_keys[pos] == queries, self._sorted_items[pos], -1)
 
     def handle(self, request: Any) -> dict[str, Any]:
         """Serve one decoded request map; raises RequestError for anything malformed."""
@@ -158,9 +161,15 @@ class RewardScorer:
             raise RequestError("request key 'beams' must be a list of lists of SID strings")
         parsed, out = self.score(request["completions"], request["targets"], beams, mode)
         return {"ok": True, "format_ok": out.format_ok.tolist(), "codes": parsed.codes.tolist(),
-                "item": self.items_of(parsed), "exact": out.exact.tolist(), "lcp": out.lcp.tolist(),
+                "item": self.items_of(parsed.codes).tolist(), "exact": out.exact.tolist(), "lcp": out.lcp.tolist(),
                 "residual": out.residual.tolist(), "binary": out.binary.tolist(),
                 "beam": None if out.beam is None else out.beam.tolist()}
+
+
+def _row_keys(codes: np.ndarray) -> np.ndarray:
+    """Each int64 row as one opaque fixed-size value, so rows sort and compare as scalars."""
+    codes = np.ascontiguousarray(codes, dtype=np.int64)
+    return codes.view(np.dtype((np.void, 8 * codes.shape[1]))).ravel()
 
 
 class RewardServer:

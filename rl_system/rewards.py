@@ -14,7 +14,9 @@ the exact item earns 1. Without a dedup level H = D and the cap only matters for
 """
 from __future__ import annotations
 
+import functools
 import re
+import string
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
@@ -24,12 +26,25 @@ Mode = Literal["direct", "reasoning"]
 
 PARTIAL_CAP = 0.95  # the most a non-exact SID can earn (official GREAM value, see module doc)
 
-_SID_TOKEN = re.compile(r"<([a-z])_(\d+)>")
 _SID_ONLY = re.compile(r"\s*((?:<[a-z]_\d+>)+)\s*")
-# `.*?` inside <think> cannot swallow a second </think> or the answer: the whole completion must be
-# exactly one think block followed by one answer block.
-_REASONING = re.compile(r"\s*<think>((?:(?!</?think>|</?answer>).)*)</think>\s*<answer>\s*((?:<[a-z]_\d+>)+)\s*</answer>\s*",
-                        re.DOTALL)
+# The think body may not hold another think or answer tag: the whole completion must be exactly one
+# think block followed by one answer block.
+_THINK = r"\s*<think>(?:(?!</?think>|</?answer>).)*</think>\s*"
+_REASONING = re.compile(_THINK + r"<answer>\s*((?:<[a-z]_\d+>)+)\s*</answer>\s*", re.DOTALL)
+
+
+@functools.lru_cache(maxsize=None)
+def _gate(mode: Mode, depth: int) -> re.Pattern:
+    """One regex per (mode, depth) that applies the format gate, the level order and the depth at
+    once and captures the D codes, so parsing a completion is a single C-level match."""
+    if not 1 <= depth <= 26:
+        raise ValueError(f"SID depth must be in 1..26 (one letter per level), got {depth}")
+    sid = "".join(f"<{string.ascii_lowercase[level]}_(\\d+)>" for level in range(depth))
+    if mode == "direct":
+        return re.compile(rf"\s*{sid}\s*")
+    if mode == "reasoning":
+        return re.compile(_THINK + rf"<answer>\s*{sid}\s*</answer>\s*", re.DOTALL)
+    raise ValueError(f"mode must be 'direct' or 'reasoning', got {mode!r}")
 
 
 @dataclass(frozen=True)
@@ -52,13 +67,8 @@ class RewardBatch:
 
 def sid_codes(sid: str, depth: int) -> np.ndarray | None:
     """Codes of one SID string like `<a_1><b_2><c_3>`, or None unless it has exactly `depth` levels in order."""
-    tokens = _SID_TOKEN.findall(sid)
-    if len(tokens) != depth:
-        return None
-    for level, (letter, _) in enumerate(tokens):
-        if ord(letter) - ord("a") != level:
-            return None
-    return np.array([int(code) for _, code in tokens], dtype=np.int64)
+    parsed = parse_sids([sid], depth)
+    return parsed.codes[0] if parsed.format_ok[0] else None
 
 
 def sid_of(completion: str, mode: Mode) -> str | None:
@@ -72,16 +82,12 @@ def sid_of(completion: str, mode: Mode) -> str | None:
 
 def parse_completions(completions: Sequence[str], mode: Mode, depth: int) -> ParsedBatch:
     """Apply the format gate and parse the SID of each completion into a code row."""
-    if mode not in ("direct", "reasoning"):
-        raise ValueError(f"mode must be 'direct' or 'reasoning', got {mode!r}")
+    gate = _gate(mode, depth)
+    matches = [gate.fullmatch(text) for text in completions]
+    ok = np.fromiter((m is not None for m in matches), dtype=bool, count=len(matches))
     codes = np.full((len(completions), depth), -1, dtype=np.int64)
-    ok = np.zeros(len(completions), dtype=bool)
-    for i, text in enumerate(completions):
-        sid = sid_of(text, mode)
-        row = sid_codes(sid, depth) if sid is not None else None
-        if row is not None:
-            codes[i] = row
-            ok[i] = True
+    if ok.any():
+        codes[ok] = np.array([m.groups() for m in matches if m is not None]).astype(np.int64)
     return ParsedBatch(codes, ok)
 
 
