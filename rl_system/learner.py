@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -310,6 +310,8 @@ class Learner:
         grad_norm = self.engine.get_global_grad_norm()
         metrics = {k: v / max(tokens, 1.0) for k, v in sums.items()}
         metrics["loss"] = metrics["pg_loss"] + cfg.kl_coef * metrics["kl"]
+        if batch.rollout_logprobs is None:
+            del metrics["logprob_diff"]  # mean |learner - rollout| logprob: unknown without rollout logprobs
         metrics.update(tokens=tokens, grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
                        step=self.steps, lr=cfg.lr)
         return metrics
@@ -467,10 +469,13 @@ class LearnerGroup:
         self.actors = []
 
 
+GLOBAL_METRICS = ("tokens", "grad_norm", "step", "lr")
+
+
 def merge_metrics(per_rank: list[dict]) -> dict:
-    """Token-weighted means of the per-rank means; grad norm and step are global already."""
+    """Token-weighted means of the per-rank means; grad norm, step and lr are global already."""
     tokens = sum(m["tokens"] for m in per_rank)
     merged = {k: sum(m[k] * m["tokens"] for m in per_rank) / max(tokens, 1.0)
-              for k in ("pg_loss", "kl", "entropy", "clip_fraction", "ratio", "tis_weight", "logprob_diff", "loss")}
+              for k in per_rank[0] if k not in GLOBAL_METRICS}
     merged.update(tokens=tokens, grad_norm=per_rank[0]["grad_norm"], step=per_rank[0]["step"], lr=per_rank[0]["lr"])
     return merged

@@ -103,8 +103,12 @@ def test_zero2_step_raises_good_completion_and_checkpoint_round_trip(model_dir, 
         assert objective(batch, after) > objective(batch, before)  # the surrogate loss went down
 
         group.save_checkpoint(tmp_path / "ckpt", {"weight_version": 1})
-        second = group.train_step(batch)
+        # Rollout logprobs 0.25 below the learner's: the learner's recomputed old logprobs expose the gap.
+        shifted = TrainBatch(batch.prompt_ids, batch.completion_ids, batch.advantages,
+                             rollout_logprobs=[[x - 0.25 for x in row] for row in after])
+        second = group.train_step(shifted)
         assert second["kl"] > 0 and second["step"] == 2
+        assert second["logprob_diff"] == pytest.approx(0.25, abs=1e-5) and "logprob_diff" not in metrics
         moved = group.logprobs(batch)
         assert not np.allclose(np.concatenate(moved), np.concatenate(after))
         state = group.load_checkpoint(tmp_path / "ckpt")
