@@ -102,6 +102,8 @@ class VllmTeacher:
             if self._device_type == "cpu":
                 # On CPU the KV cache is host memory; vLLM's default share of it fails (DESIGN.md 8).
                 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(self._kv_cache_gib))))
+                # torch.compile warm-up takes minutes on a small CPU box; eager mode starts in seconds.
+                kwargs["enforce_eager"] = True
             else:
                 kwargs["gpu_memory_utilization"] = self._gpu_memory_utilization
             self._llm = LLM(model=self.model, max_model_len=2048, **kwargs)
