@@ -3,8 +3,9 @@
 The baseline is the MiniOneRec logits processor: a dict from prefix (tuple of token ids) to the
 list of allowed next tokens, filled into the mask row by row (`mask[i, allowed] = ...`). Both sides
 run in one process on the same batch: 1024 rows drawn from the real SIDs, every SID position plus
-the closing step; the trie side includes advancing its states by the previous tokens. Each variant
-runs `--repeats` times; the median time per decoding step and the ratios are printed.
+the closing step; the trie side includes advancing its states by the previous tokens. Variants
+alternate over `--repeats` rounds; the median wall time per decoding step and the ratios are
+printed, with the ratio of CPU time beside them (less disturbed by other jobs on a shared box).
 
     mask    bool [B, V] allowed mask     naive: zeros + per-row loop | trie: allowed_mask | TrieMasker.mask
     logits  disallowed logits -> -inf    naive: MiniOneRec full_like(-inf) + loop + add
@@ -62,19 +63,28 @@ def trie_loop(trie: SidTrie, ids: torch.Tensor, steps: int, step: Callable) -> l
     return outs
 
 
-def timed(fn) -> float:
+def timed(fn: Callable) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def median_per_step(fn: Callable, repeats: int, steps: int) -> float:
-    fn()  # warm-up: first-touch allocations and lazy buffers
-    return statistics.median(timed(fn) for _ in range(repeats)) / steps
+def median_per_step(fns: dict[str, Callable], repeats: int, steps: int) -> dict[str, tuple[float, float]]:
+    """Median (wall, CPU) ms per step of each variant. Variants alternate within every repeat, so a
+    burst of load from other processes on a shared box hits all of them alike."""
+    for fn in fns.values():
+        fn()  # warm-up: first-touch allocations and lazy buffers
+    samples: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            samples[name].append(timed(fn))
+    return {name: (statistics.median(w for w, _ in runs) * 1e3 / steps, statistics.median(c for _, c in runs) * 1e3 / steps)
+            for name, runs in samples.items()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -158,13 +168,18 @@ def main(argv: list[str] | None = None) -> dict:
                 raise SystemExit(f"{name}: allowed tokens differ from the naive table (vocab {v})")
         row = {"vocab_size": v, "trie_build_s": round(build_s, 3)}
         for kind, fns in variants.items():
-            ms = {name: median_per_step(fn, args.repeats, steps) * 1e3 for name, fn in fns.items()}
-            row[kind] = {f"{k}_ms": round(x, 3) for k, x in ms.items()}
-            row[kind].update(speedup=round(ms["naive"] / ms["trie"], 1),
-                             speedup_reused=round(ms["naive"] / ms["trie_reused"], 1))
+            times = median_per_step(fns, args.repeats, steps)
+            ms = {name: wall for name, (wall, _) in times.items()}
+            cpu = {name: c for name, (_, c) in times.items()}
+            row[kind] = {**{f"{k}_ms": round(x, 3) for k, x in ms.items()},
+                         **{f"{k}_cpu_ms": round(x, 3) for k, x in cpu.items()},
+                         "speedup": round(ms["naive"] / ms["trie"], 1),
+                         "speedup_reused": round(ms["naive"] / ms["trie_reused"], 1),
+                         "cpu_speedup_reused": round(cpu["naive"] / max(cpu["trie_reused"], 1e-6), 1)}
             print(f"  vocab {v:>7} {kind:>6}: per-row python {ms['naive']:8.2f} | trie {ms['trie']:7.2f} "
                   f"({ms['naive'] / ms['trie']:5.1f}x) | trie, reused buffer {ms['trie_reused']:6.2f} "
-                  f"({ms['naive'] / ms['trie_reused']:6.1f}x)   [trie build {build_s:.2f} s]")
+                  f"({ms['naive'] / ms['trie_reused']:6.1f}x; CPU time {row[kind]['cpu_speedup_reused']:6.1f}x)"
+                  f"   [trie build {build_s:.2f} s]")
         results["by_vocab"].append(row)
     print(json.dumps(results))
     return results
