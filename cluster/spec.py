@@ -101,7 +101,8 @@ class SftSpec(_Section):
         "seqrec", "item2index", "index2item", "fusion_title", "fusion_sid"]
     curriculum: Literal["gream", "uniform", "sequential"] = "gream"
     gamma: float = Field(1.5, gt=0)
-    max_train_examples: int | None = Field(None, ge=1)
+    max_train_examples: int | None = Field(None, ge=1)  # cap per alignment task, for quick runs
+    seed: int = 0  # data order, template choice and curriculum draws
     lora: LoraSpec = LoraSpec()
     reasoning: ReasoningSpec = ReasoningSpec()
 

@@ -1,0 +1,186 @@
+"""SFT examples from the dataset split and the SID index (DESIGN.md section 3), tokenised with loss
+on the answer only.
+
+Alignment tasks: seqrec (SID history -> next SID), item2index (title -> SID), index2item
+(SID -> title), fusion_title (SID history -> next title), fusion_sid (title history -> next SID),
+preference (SID history -> teacher-written preference summary). Reasoning examples (teacher CoT)
+come from elsewhere and are rendered here so both kinds share one prompt family.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from cluster.logs import fields
+from indexing.dataset import Example
+from indexing.sid import SidIndex
+from sft.prompts import (TEMPLATES, TITLE_SEPARATOR, RenderedExample, reasoning_answer, render_completion,
+                         render_prompt, seqrec_instruction, sid_history)
+
+log = logging.getLogger(__name__)
+
+MAX_TITLE_CHARS = 120
+FUSION_SID_HISTORY = 3  # titles are long; the most recent few carry the signal
+IGNORE_INDEX = -100
+
+
+class TaskError(Exception):
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class ReasoningRecord:
+    """A teacher-written rationale for one (history, target) pair."""
+
+    history: tuple[int, ...]
+    target: int
+    rationale: str
+
+
+@dataclass(frozen=True)
+class TokenizedExample:
+    task: str
+    input_ids: list[int]
+    labels: list[int]  # IGNORE_INDEX on prompt tokens
+
+
+def title_of(items: dict[int, dict], item: int) -> str | None:
+    title = items.get(item, {}).get("title")
+    if not isinstance(title, str) or not title.strip():
+        return None
+    return " ".join(title.split())[:MAX_TITLE_CHARS]
+
+
+def _render(tokenizer, task: str, instruction: str, answer: str) -> RenderedExample:
+    return RenderedExample(task, render_prompt(tokenizer, instruction), render_completion(tokenizer, instruction, answer))
+
+
+class AlignmentBuilder:
+    """Renders the alignment tasks for one tokenizer, index and item catalogue; templates are
+    drawn with a seeded generator so a rebuild gives the same examples."""
+
+    def __init__(self, tokenizer, index: SidIndex, items: dict[int, dict], seed: int = 0):
+        self.tok = tokenizer
+        self.index = index
+        self.items = items
+        self.rng = random.Random(f"tasks:{seed}")
+        self.catalogue = index.items()  # items the item tasks cover
+
+    def restricted_to(self, items: Sequence[int]) -> "AlignmentBuilder":
+        self.catalogue = sorted(items)
+        return self
+
+    def _template(self, task: str) -> str:
+        return self.rng.choice(TEMPLATES[task])
+
+    def _history(self, history: Sequence[int]) -> str:
+        return sid_history([self.index.text(i) for i in history])
+
+    def seqrec(self, examples: Iterable[Example]) -> list[RenderedExample]:
+        out = []
+        for ex in examples:
+            template = self.rng.randrange(len(TEMPLATES["seqrec"]))
+            instruction = seqrec_instruction([self.index.text(i) for i in ex.history], template)
+            out.append(_render(self.tok, "seqrec", instruction, self.index.text(ex.target)))
+        return out
+
+    def item2index(self) -> list[RenderedExample]:
+        return [_render(self.tok, "item2index", self._template("item2index").format(title=title), self.index.text(i))
+                for i in self.catalogue if (title := title_of(self.items, i))]
+
+    def index2item(self) -> list[RenderedExample]:
+        return [_render(self.tok, "index2item", self._template("index2item").format(sid=self.index.text(i)), title)
+                for i in self.catalogue if (title := title_of(self.items, i))]
+
+    def fusion_title(self, examples: Sequence[Example], count: int) -> list[RenderedExample]:
+        out = []
+        for ex in self.sample(examples, count):
+            title = title_of(self.items, ex.target)
+            if title:
+                instruction = self._template("fusion_title").format(history=self._history(ex.history))
+                out.append(_render(self.tok, "fusion_title", instruction, title))
+        return out
+
+    def fusion_sid(self, examples: Sequence[Example], count: int) -> list[RenderedExample]:
+        out = []
+        for ex in self.sample(examples, count):
+            titles = [t for i in ex.history[-FUSION_SID_HISTORY:] if (t := title_of(self.items, i))]
+            if titles:
+                instruction = self._template("fusion_sid").format(titles=TITLE_SEPARATOR.join(titles))
+                out.append(_render(self.tok, "fusion_sid", instruction, self.index.text(ex.target)))
+        return out
+
+    def preference(self, examples: Sequence[Example], summaries: dict[int, str]) -> list[RenderedExample]:
+        """One example per user with a summary, on that user's longest training history."""
+        longest: dict[int, Example] = {}
+        for ex in examples:
+            if ex.user in summaries and len(ex.history) >= len(longest.get(ex.user, ex).history):
+                longest[ex.user] = ex
+        return [_render(self.tok, "preference", self._template("preference").format(history=self._history(ex.history)),
+                        summaries[user]) for user, ex in sorted(longest.items())]
+
+    def reasoning(self, records: Iterable[ReasoningRecord]) -> list[RenderedExample]:
+        out = []
+        for rec in records:
+            instruction = seqrec_instruction([self.index.text(i) for i in rec.history], 0, reasoning=True)
+            out.append(_render(self.tok, "reasoning", instruction, reasoning_answer(rec.rationale, self.index.text(rec.target))))
+        return out
+
+    def sample(self, rows: Sequence, count: int) -> list:
+        return self.rng.sample(list(rows), min(count, len(rows)))
+
+
+def build_alignment(builder: AlignmentBuilder, tasks: Sequence[str], train: Sequence[Example],
+                    preferences: dict[int, str] | None = None, limit: int | None = None) -> list[RenderedExample]:
+    """All alignment examples for the requested tasks. Fusion tasks get one example per catalogue
+    item, sampled from the training examples, so the item-text tasks stay in proportion. `limit`
+    caps every task (a seeded sample), for quick runs."""
+    if limit is not None:
+        train = builder.sample(train, limit)
+        builder = builder.restricted_to(builder.sample(builder.index.items(), limit))
+    need_text = {"item2index", "index2item", "fusion_title", "fusion_sid"} & set(tasks)
+    if need_text and not any(title_of(builder.items, i) for i in builder.index.items()):
+        raise TaskError(f"sft.tasks {sorted(need_text)} need item titles, but the dataset has no item "
+                        "text (NAME.item.json); drop them from sft.tasks")
+    per_item = min(len(builder.catalogue), limit or len(builder.catalogue))
+    makers = {
+        "seqrec": lambda: builder.seqrec(train),
+        "item2index": builder.item2index,
+        "index2item": builder.index2item,
+        "fusion_title": lambda: builder.fusion_title(train, per_item),
+        "fusion_sid": lambda: builder.fusion_sid(train, per_item),
+        "preference": lambda: builder.preference(train, _require_preferences(preferences)),
+    }
+    out: list[RenderedExample] = []
+    for task in tasks:
+        if task not in makers:
+            raise TaskError(f"sft.tasks: '{task}' is not a task; expected one of {sorted(makers)}")
+        made = makers[task]()
+        log.info("task examples", extra=fields(task=task, examples=len(made)))
+        out.extend(made)
+    return out
+
+
+def _require_preferences(preferences: dict[int, str] | None) -> dict[int, str]:
+    if not preferences:
+        raise TaskError("sft.tasks includes 'preference' but no teacher-written preference summaries were given")
+    return preferences
+
+
+def tokenize(tokenizer, examples: Sequence[RenderedExample], max_len: int) -> list[TokenizedExample]:
+    """Prompt and completion are tokenised apart: the prompt exactly as vLLM tokenises a text prompt
+    (special tokens added by the tokenizer's own rule), the completion without. Examples longer than
+    max_len are dropped, not cut, because a cut prompt is a different task."""
+    out, dropped = [], 0
+    prompts = tokenizer([e.prompt for e in examples])["input_ids"] if examples else []
+    completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"] if examples else []
+    for ex, p, c in zip(examples, prompts, completions):
+        if len(p) + len(c) > max_len:
+            dropped += 1
+            continue
+        out.append(TokenizedExample(ex.task, p + c, [IGNORE_INDEX] * len(p) + c))
+    if dropped:
+        log.warning("dropped over-long examples", extra=fields(dropped=dropped, max_len=max_len))
+    return out

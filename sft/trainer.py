@@ -1,0 +1,341 @@
+"""`gream sft SPEC`: SID alignment (+ optional reasoning curriculum) fine-tuning on DeepSpeed.
+
+Steps: resolve the backbone, add the SID and reasoning tokens, render and tokenise the alignment
+tasks, optionally warm up only the new token rows with the base frozen (OneRec-Think), then train
+(ZeRO-2 by default, full or LoRA) in the curriculum's batch order, and save a merged Hugging Face
+folder to `<run_dir>/sft/model/` that vLLM loads as is.
+
+Batches are left-padded so every completion ends at the last position: the LM head then runs only
+over the last `max completion length + 1` positions, which on a small model is a large share of
+the compute (the loss covers the answer tokens only anyway).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+from tqdm import tqdm
+
+from cluster.device import Placement, resolve
+from cluster.logs import fields
+from cluster.metrics_log import MetricsLog
+from indexing.dataset import load_from_spec, split_from_spec
+from indexing.sid import SidIndex, read_vocab
+from sft.backbone import REASONING_TOKENS, add_sid_tokens, load_backbone, resolve_backbone, save_backbone, torch_dtype
+from sft.curriculum import ALIGN, REASON, Step, epoch_plan
+from sft.tasks import IGNORE_INDEX, AlignmentBuilder, ReasoningRecord, TokenizedExample, build_alignment, tokenize
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY = 20  # optimizer steps between log lines
+BUCKET_BATCHES = 32  # batches sorted by length together: little padding, still a random order
+WARMUP_SHARE = 0.03
+MIN_LR_RATIO = 0.1
+DESCRIPTION_TITLES = 3
+
+
+class SftError(Exception):
+    exit_code = 2
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    labels: torch.Tensor  # [B, keep - 1]: targets of the kept positions but the last
+    keep: int  # logits_to_keep
+
+    @property
+    def answer_tokens(self) -> int:
+        return int((self.labels != IGNORE_INDEX).sum())
+
+
+def collate(examples: Sequence[TokenizedExample], pad_id: int) -> Batch:
+    """Left-pad a batch; positions count real tokens only, as in vLLM."""
+    width = max(len(e.input_ids) for e in examples)
+    answer = max(sum(1 for x in e.labels if x != IGNORE_INDEX) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[row, width - n:] = torch.tensor(e.input_ids)
+        labels[row, width - n:] = torch.tensor(e.labels)
+        mask[row, width - n:] = 1
+    positions = (mask.cumsum(1) - 1).clamp_min(0)
+    keep = min(answer + 1, width)
+    # Logits at positions width-keep .. width-2 predict tokens width-keep+1 .. width-1.
+    return Batch(ids, mask, positions, labels[:, width - keep + 1:], keep)
+
+
+def make_batches(examples: Sequence[TokenizedExample], batch_size: int, rng: random.Random) -> list[list[TokenizedExample]]:
+    """Shuffle, sort by length within buckets of BUCKET_BATCHES batches, then shuffle the batches."""
+    order = list(examples)
+    rng.shuffle(order)
+    span = batch_size * BUCKET_BATCHES
+    batches = []
+    for start in range(0, len(order), span):
+        bucket = sorted(order[start:start + span], key=lambda e: len(e.input_ids))
+        batches.extend(bucket[i:i + batch_size] for i in range(0, len(bucket), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def answer_loss(model, batch: Batch, device: torch.device) -> torch.Tensor:
+    out = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
+                position_ids=batch.position_ids.to(device), logits_to_keep=batch.keep, use_cache=False)
+    logits = out.logits[:, :-1].float()
+    return torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), batch.labels.to(device).reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+def code_descriptions(index: SidIndex, items: dict[int, dict], vocab: Sequence[str]) -> dict[str, str]:
+    """A SID code token is described by titles of items that carry it, so its new embedding row
+    starts near what those items are about (meaningful for a pretrained backbone)."""
+    titles: dict[str, list[str]] = {}
+    for item in index.items():
+        title = items.get(item, {}).get("title")
+        if not isinstance(title, str):
+            continue
+        for token in index.tokens(item):
+            bucket = titles.setdefault(token, [])
+            if len(bucket) < DESCRIPTION_TITLES:
+                bucket.append(title)
+    out = {t: "; ".join(titles[t]) for t in vocab if t in titles}
+    out.update({t: t.strip("</>") for t in REASONING_TOKENS})
+    return out
+
+
+def load_index(spec) -> tuple[SidIndex, list[str]]:
+    from indexing.build import index_path, vocab_path
+
+    path = index_path(spec)
+    if not path.exists():
+        raise SftError(f"{path}: no SID index; run the index stage first (gream index SPEC)")
+    index = SidIndex.load(path)
+    vocab = read_vocab(vocab_path(spec)) if vocab_path(spec).exists() else index.vocab()
+    missing = {t for item in index.items() for t in index.tokens(item)} - set(vocab)
+    if missing:
+        raise SftError(f"{vocab_path(spec)}: SID tokens {sorted(missing)[:5]} used by {path.name} are not in the vocabulary")
+    return index, vocab
+
+
+def init_distributed(placement: Placement) -> tuple[int, int]:
+    """Join (or, when no launcher started us, create) a one-process group for DeepSpeed."""
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    deepspeed.init_distributed(dist_backend=placement.dist_backend)
+    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+
+def deepspeed_config(spec, placement: Placement, total_steps: int, lr: float, weight_decay: float,
+                     zero_stage: int) -> dict:
+    s = spec.sft
+    dtype = spec.model.dtype
+    if dtype == "float16" and not placement.is_gpu:
+        raise SftError("model.dtype: float16 training needs a GPU; use float32 or bfloat16 on CPU")
+    return {
+        "train_micro_batch_size_per_gpu": s.batch_size,
+        "gradient_accumulation_steps": s.grad_accum,
+        "gradient_clipping": 1.0,
+        "zero_optimization": {"stage": zero_stage},
+        "bf16": {"enabled": dtype == "bfloat16"},
+        "fp16": {"enabled": dtype == "float16"},
+        # CPU: torch's AdamW instead of DeepSpeed's compiled CPU Adam (no build step needed).
+        "optimizer": {"type": "AdamW", "params": {"lr": lr, "betas": [0.9, 0.98], "eps": 1e-8,
+                                                  "weight_decay": weight_decay, "torch_adam": not placement.is_gpu}},
+        "scheduler": {"type": "WarmupCosineLR", "params": {
+            "total_num_steps": max(total_steps, 1), "warmup_num_steps": max(1, int(WARMUP_SHARE * total_steps)),
+            "warmup_type": "linear", "warmup_min_ratio": 0.0, "cos_min_ratio": MIN_LR_RATIO}},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+def apply_lora(model, spec, new_token_ids: list[int]):
+    from peft import LoraConfig, get_peft_model
+
+    lora = spec.sft.lora
+    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+                     task_type="CAUSAL_LM",
+                     # The new SID rows must learn too; only those rows of the embedding train.
+                     trainable_token_indices={"embed_tokens": new_token_ids})
+    return get_peft_model(model, cfg)
+
+
+def freeze_all_but_rows(model, rows: list[int]):
+    """Warm-up: only the given embedding rows train (tied output rows follow); returns the hook
+    handle that masks the other rows' gradients."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    emb = model.get_input_embeddings().weight
+    emb.requires_grad_(True)
+    mask = torch.zeros(emb.shape[0], 1, dtype=emb.dtype, device=emb.device)
+    mask[rows] = 1
+    out = model.get_output_embeddings()
+    handles = [emb.register_hook(lambda g: g * mask.to(g.dtype))]
+    if out is not None and out.weight is not emb:
+        out.weight.requires_grad_(True)
+        handles.append(out.weight.register_hook(lambda g: g * mask.to(g.dtype)))
+    return handles
+
+
+class Trainer:
+    def __init__(self, spec, reasoning: Sequence[ReasoningRecord] = (), preferences: dict[int, str] | None = None):
+        self.spec = spec
+        self.placement = resolve(spec.cluster.device)
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if self.placement.is_gpu else "cpu")
+        self.rank, self.world = init_distributed(self.placement)
+        self.device = self.placement.torch_device(int(os.environ.get("LOCAL_RANK", 0)))
+        self.out_dir = spec.stage_dir("sft")
+        self._prepare(reasoning, preferences)
+
+    def _prepare(self, reasoning, preferences) -> None:
+        spec = self.spec
+        ds = load_from_spec(spec)
+        split = split_from_spec(spec, ds)
+        index, vocab = load_index(spec)
+        model, tok = load_backbone(resolve_backbone(spec), "float32")
+        known = len(tok)
+        self.token_ids = add_sid_tokens(model, tok, vocab, code_descriptions(index, ds.items, vocab), spec.model.seed)
+        self.new_rows = sorted(i for i in self.token_ids.values() if i >= known)
+        builder = AlignmentBuilder(tok, index, ds.items, spec.sft.seed)
+        rendered = build_alignment(builder, spec.sft.tasks, split.train, preferences, spec.sft.max_train_examples)
+        self.align = tokenize(tok, rendered, spec.sft.max_len)
+        self.reason = tokenize(tok, builder.reasoning(reasoning), spec.sft.max_len)
+        if not self.align:
+            raise SftError("no alignment examples: check sft.tasks, sft.max_len and the dataset")
+        self.model, self.tok = model, tok
+        log.info("sft data", extra=fields(align=len(self.align), reason=len(self.reason), new_tokens=len(self.new_rows),
+                                          vocab=len(tok)))
+
+    def _engine(self, model, params, total_steps: int, lr: float, weight_decay: float, zero_stage: int):
+        import deepspeed
+
+        cfg = deepspeed_config(self.spec, self.placement, total_steps, lr, weight_decay, zero_stage)
+        engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=cfg)
+        return engine
+
+    def _epoch_batches(self, epoch: int) -> tuple[list[Step], dict[str, list]]:
+        s = self.spec.sft
+        rng = random.Random(f"batches:{s.seed}:{epoch}")
+        batches = {ALIGN: make_batches(self.align, s.batch_size, rng), REASON: make_batches(self.reason, s.batch_size, rng)}
+        plan = epoch_plan(s.curriculum, epoch, s.epochs, len(batches[ALIGN]), len(batches[REASON]), s.gamma, s.seed)
+        # Every rank takes its share of the plan; all ranks run the same number of micro-steps.
+        plan = plan[: len(plan) - len(plan) % self.world][self.rank::self.world]
+        return plan, batches
+
+    def _train_steps(self, engine, steps: Iterator[tuple[str, list]], total: int, desc: str, metrics: MetricsLog,
+                     step0: int) -> int:
+        engine.train()
+        pad = self.tok.pad_token_id
+        seen_tokens, answer_tokens, t0 = 0, 0, time.perf_counter()
+        running = {ALIGN: [], REASON: []}
+        step = step0
+        bar = tqdm(total=total, desc=desc, disable=self.rank != 0)
+        for kind, examples in steps:
+            batch = collate(examples, pad)
+            loss = answer_loss(engine, batch, self.device)
+            engine.backward(loss)
+            engine.step()
+            running[kind].append(loss.item())
+            seen_tokens += int(batch.attention_mask.sum())
+            answer_tokens += batch.answer_tokens
+            bar.update(1)
+            step += 1
+            if step % (LOG_EVERY * self.spec.sft.grad_accum) == 0 or step == step0 + total:
+                secs = time.perf_counter() - t0
+                record = {"phase": desc, "tokens_per_s": round(seen_tokens / secs, 1),
+                          "answer_tokens_per_s": round(answer_tokens / secs, 1), "lr": engine.get_lr()[0]}
+                for k, losses in running.items():
+                    if losses:
+                        record[f"loss_{k}"] = round(sum(losses) / len(losses), 4)
+                bar.set_postfix(loss=record.get("loss_align", record.get("loss_reason")), tok_s=record["tokens_per_s"])
+                if self.rank == 0:
+                    metrics.write(step, record)
+                running = {ALIGN: [], REASON: []}
+        bar.close()
+        self.tokens_per_s = seen_tokens / max(time.perf_counter() - t0, 1e-9)
+        return step
+
+    def warmup_new_tokens(self, metrics: MetricsLog) -> int:
+        """OneRec-Think token warm-up: train only the new rows on alignment batches, base frozen."""
+        n = self.spec.sft.warmup_new_tokens_steps
+        if n == 0:
+            return 0
+        handles = freeze_all_but_rows(self.model, self.new_rows)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        # No weight decay: decoupled decay would shrink the frozen rows even with zero gradients.
+        engine = self._engine(self.model, params, math.ceil(n / self.spec.sft.grad_accum), self.spec.sft.lr, 0.0,
+                              min(self.spec.sft.zero_stage, 2))
+        rng = random.Random(f"warmup:{self.spec.sft.seed}")
+        batches = make_batches(self.align, self.spec.sft.batch_size, rng)
+        steps = ((ALIGN, batches[i % len(batches)]) for i in range(n))
+        done = self._train_steps(engine, steps, n, "warmup", metrics, 0)
+        for h in handles:
+            h.remove()
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+        self.model = engine.module
+        return done
+
+    def train(self) -> Path:
+        s = self.spec.sft
+        metrics = MetricsLog(self.out_dir, tensorboard=self.spec.logging.tensorboard)
+        t_start = time.perf_counter()
+        step = self.warmup_new_tokens(metrics)
+        model = apply_lora(self.model, self.spec, self.new_rows) if s.lora.enabled else self.model
+        plans = [self._epoch_batches(e) for e in range(s.epochs)]
+        total = sum(len(plan) for plan, _ in plans)
+        engine = self._engine(model, [p for p in model.parameters() if p.requires_grad],
+                              math.ceil(total / s.grad_accum), s.lr, 0.01, s.zero_stage)
+        for epoch, (plan, batches) in enumerate(plans):
+            steps = ((st.kind, batches[st.kind][st.batch]) for st in plan)
+            step = self._train_steps(engine, steps, len(plan), f"epoch {epoch}", metrics, step)
+        train_secs = time.perf_counter() - t_start
+        path = self.save(engine)
+        summary = {"train_secs": round(train_secs, 1), "tokens_per_s": round(self.tokens_per_s, 1),
+                   "micro_steps": step, "align_examples": len(self.align), "reason_examples": len(self.reason),
+                   "model": str(path)}
+        if self.rank == 0:
+            (self.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        metrics.close()
+        log.info("sft done", extra=fields(**summary))
+        return path
+
+    def save(self, engine) -> Path:
+        """Rank 0 writes the full model (LoRA merged) in the spec's dtype; under ZeRO-3 the
+        partitioned parameters are gathered first."""
+        import deepspeed
+
+        path = self.out_dir / "model"
+        module = engine.module
+        gathered = (deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
+                    if self.spec.sft.zero_stage == 3 else contextlib.nullcontext())
+        with gathered:
+            if self.rank == 0:
+                if self.spec.sft.lora.enabled:
+                    module = module.merge_and_unload()
+                save_backbone(module.to(torch_dtype(self.spec.model.dtype)), self.tok, path)
+        return path
+
+
+def run(spec, reasoning: Sequence[ReasoningRecord] = (), preferences: dict[int, str] | None = None) -> Path:
+    """Train the SFT stage; returns the saved Hugging Face folder."""
+    return Trainer(spec, reasoning, preferences).train()

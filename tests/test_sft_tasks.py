@@ -1,0 +1,99 @@
+"""SFT task rendering and tokenisation on the real Office data with the bundled index."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from indexing.dataset import leave_one_out, load_dataset
+from sft.backbone import load_backbone
+from sft.prompts import TEMPLATES, render_seqrec_prompt
+from sft.tasks import (IGNORE_INDEX, AlignmentBuilder, ReasoningRecord, TaskError, build_alignment, title_of,
+                       tokenize)
+from sft.trainer import collate
+
+REPO = Path(__file__).resolve().parents[1]
+OFFICE = REPO / "data/office"
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_policy):
+    # The session's tiny Qwen3 with the bundled Office SIDs added (tests/conftest.py).
+    _, tok = load_backbone(tiny_policy.model_dir)
+    ds = load_dataset(OFFICE, "Office")
+    return tok, tiny_policy.index, ds, leave_one_out(ds)
+
+
+def test_seqrec_prompt_is_the_canonical_one_and_answer_is_the_sid(setup):
+    tok, index, ds, split = setup
+    builder = AlignmentBuilder(tok, index, ds.items, seed=0)
+    examples = builder.seqrec(split.train[:200])
+    canonical = 0
+    for ex, src in zip(examples, split.train[:200]):
+        assert ex.completion == index.text(src.target) + "<|im_end|>"
+        history = [index.text(i) for i in src.history]
+        assert "".join(history) in ex.prompt and ex.prompt.endswith("<|im_start|>assistant\n")
+        canonical += ex.prompt == render_seqrec_prompt(tok, history)
+    assert 0 < canonical < 200  # several templates are drawn, the RL/eval one among them
+
+
+def test_item_and_fusion_tasks(setup):
+    tok, index, ds, split = setup
+    builder = AlignmentBuilder(tok, index, ds.items, seed=0)
+    rendered = build_alignment(builder, ["item2index", "index2item", "fusion_title", "fusion_sid"], split.train)
+    by_task = {}
+    for ex in rendered:
+        by_task.setdefault(ex.task, []).append(ex)
+    titled = [i for i in index.items() if title_of(ds.items, i)]
+    assert len(by_task["item2index"]) == len(by_task["index2item"]) == len(titled)
+    assert 0 < len(by_task["fusion_title"]) <= index.num_items and 0 < len(by_task["fusion_sid"]) <= index.num_items
+    first = titled[0]
+    ex = next(e for e in by_task["index2item"] if index.text(first) in e.prompt)
+    assert ex.completion == title_of(ds.items, first) + "<|im_end|>"
+    for ex in by_task["fusion_sid"][:50]:
+        assert index.item_of(ex.completion.removesuffix("<|im_end|>")) is not None
+        assert "<a_" not in ex.prompt  # the history is written as titles
+
+
+def test_reasoning_examples_use_the_reasoning_prompt(setup):
+    tok, index, ds, split = setup
+    builder = AlignmentBuilder(tok, index, ds.items)
+    ex = split.train[5]
+    [r] = builder.reasoning([ReasoningRecord(ex.history, ex.target, "The user buys paper.")])
+    assert r.prompt == render_seqrec_prompt(tok, [index.text(i) for i in ex.history], reasoning=True)
+    assert r.completion == f"<think>The user buys paper.</think><answer>{index.text(ex.target)}</answer><|im_end|>"
+
+
+def test_tokenize_masks_the_prompt_and_collate_aligns_labels(setup):
+    tok, index, ds, split = setup
+    builder = AlignmentBuilder(tok, index, ds.items)
+    rendered = builder.seqrec(split.train[:2]) + builder.index2item()[:1]
+    toks = tokenize(tok, rendered, max_len=256)
+    for ex, t in zip(rendered, toks):
+        n_prompt = len(tok(ex.prompt)["input_ids"])
+        assert t.labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
+        assert t.labels[n_prompt:] == t.input_ids[n_prompt:] == tok(ex.completion, add_special_tokens=False)["input_ids"]
+        assert t.input_ids[-1] == tok.eos_token_id
+    batch = collate(toks, tok.pad_token_id)
+    width = batch.input_ids.shape[1]
+    for row, t in enumerate(toks):
+        n = len(t.input_ids)
+        assert batch.attention_mask[row].tolist() == [0] * (width - n) + [1] * n
+        assert batch.position_ids[row, width - n:].tolist() == list(range(n))
+        # labels[j] is the target of logit position width-keep+j: the next input token.
+        answer = [x for x in t.labels if x != IGNORE_INDEX]
+        got = [x for x in batch.labels[row].tolist() if x != IGNORE_INDEX]
+        assert got == answer
+        assert batch.labels[row, -1] == tok.eos_token_id
+    assert batch.keep == max(sum(x != IGNORE_INDEX for x in t.labels) for t in toks) + 1
+    assert len(tokenize(tok, rendered, max_len=10)) == 0  # too long: dropped, not cut
+
+
+def test_bad_task_requests(setup):
+    tok, index, ds, split = setup
+    builder = AlignmentBuilder(tok, index, ds.items)
+    with pytest.raises(TaskError, match="'preference'"):
+        build_alignment(builder, ["preference"], split.train)
+    with pytest.raises(TaskError, match="need item titles"):
+        build_alignment(AlignmentBuilder(tok, index, {}), ["index2item"], split.train)
+    assert TEMPLATES["seqrec"][0].startswith("Purchase history")

@@ -1,0 +1,92 @@
+"""SFT training on a real DeepSpeed engine (gloo on CPU) with real Office data, a few steps each."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from cluster.metrics_log import MetricsLog
+from cluster.spec import JobSpec
+from indexing.build import run as build_index
+from indexing.sid import SidIndex
+from sft.backbone import load_backbone
+from sft.tasks import AlignmentBuilder, build_alignment, tokenize
+from sft.trainer import Trainer, answer_loss, collate, run
+
+REPO = Path(__file__).resolve().parents[1]
+OFFICE = REPO / "data/office"
+
+
+def make_spec(run_dir: Path, **sft) -> JobSpec:
+    return JobSpec(
+        name="sft", run_dir=str(run_dir), data={"path": str(OFFICE)},
+        index={"import_file": str(OFFICE / "Office.unitok5.index.json")},
+        model={"hidden_size": 64, "num_layers": 1, "num_heads": 1, "bpe_vocab": 400},
+        sft={"epochs": 2, "batch_size": 8, "lr": 3e-3, "max_train_examples": 16, **sft},
+        cluster={"device": "cpu"}, logging={"tensorboard": False})
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sft")
+    build_index(make_spec(root))
+    return root
+
+
+@torch.no_grad()
+def mean_answer_loss(model, tok, examples) -> float:
+    return float(answer_loss(model.eval(), collate(examples, tok.pad_token_id), torch.device("cpu")))
+
+
+def test_full_finetune_zero2_lowers_the_loss_and_saves_a_loadable_folder(run_dir):
+    spec = make_spec(run_dir, zero_stage=2)
+    trainer = Trainer(spec)
+    before = mean_answer_loss(trainer.model, trainer.tok, trainer.align)
+    path = trainer.train()
+    model, tok = load_backbone(path)
+    after = mean_answer_loss(model, tok, trainer.align)
+    assert after < before - 0.5, (before, after)
+    index = SidIndex.load(run_dir / "index/Office.index.json")
+    sid = index.text(index.items()[0])
+    assert len(tok(sid, add_special_tokens=False)["input_ids"]) == index.depth
+    summary = json.loads((run_dir / "sft/train_summary.json").read_text())
+    assert summary["tokens_per_s"] > 0 and summary["align_examples"] == len(trainer.align)
+    records = [json.loads(line) for line in (run_dir / "sft/metrics.jsonl").read_text().splitlines()]
+    assert records and records[-1]["step"] == summary["micro_steps"] and "loss_align" in records[-1]
+
+
+def test_warmup_trains_only_the_new_rows(run_dir, tmp_path):
+    spec = make_spec(run_dir, warmup_new_tokens_steps=3)
+    trainer = Trainer(spec)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.warmup_new_tokens(MetricsLog(tmp_path, tensorboard=False))
+    after = trainer.model.state_dict()
+    emb_key = "model.embed_tokens.weight"
+    new = torch.tensor(trainer.new_rows)
+    old = torch.ones(before[emb_key].shape[0], dtype=torch.bool)
+    old[new] = False
+    assert torch.equal(before[emb_key][old], after[emb_key][old])
+    assert not torch.equal(before[emb_key][new], after[emb_key][new])
+    for key in before:
+        if key not in (emb_key, "lm_head.weight"):
+            assert torch.equal(before[key], after[key]), key
+    assert all(p.requires_grad for p in trainer.model.parameters())  # unfrozen for the main phase
+
+
+def test_lora_on_zero3_saves_merged_weights(run_dir):
+    spec = make_spec(run_dir, zero_stage=3, epochs=1, lora={"enabled": True, "r": 4, "alpha": 8})
+    trainer = Trainer(spec)
+    base_q = trainer.model.model.layers[0].self_attn.q_proj.weight.detach().clone()
+    base_emb = trainer.model.get_input_embeddings().weight.detach().clone()
+    path = run(spec)
+    model, _ = load_backbone(path)
+    keys = model.state_dict().keys()
+    assert not any("lora" in k or "token_adapter" in k for k in keys)
+    assert not torch.equal(model.model.layers[0].self_attn.q_proj.weight, base_q)  # LoRA merged in
+    emb = model.get_input_embeddings().weight
+    new = trainer.new_rows
+    assert not torch.equal(emb[new], base_emb[new])  # the SID rows trained
+    known = min(new)
+    assert torch.equal(emb[:known], base_emb[:known])  # the old vocabulary did not
