@@ -3,7 +3,8 @@
 Both sides run on the same engine, the same prompts (Office next-item prompts), the same n and the
 same length: `ignore_eos` makes every completion exactly `--tokens` long, so the only difference is
 the processor's per-step work (absorbing last step's tokens, one batched mask). Runs alternate
-constrained / unconstrained `--repeats` times; medians and the ratio are printed.
+constrained / unconstrained `--repeats` times; medians and the ratio are printed. On a shared
+machine the end-to-end ratio is noisy, so the processor's own per-step cost is also timed alone.
 
     python benchmarks/rollout.py --hidden 256 --layers 4 --prompts 64 --n 8 --tokens 7
 """
@@ -16,6 +17,41 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def processor_step_seconds(constraint_path: Path, vocab_size: int, rows: int, repeats: int) -> float:
+    """Median seconds of one V1 `apply` (absorb last tokens + mask) for `rows` direct-mode rows that
+    walk real SIDs, outside the engine: the processor's own cost with no scheduling noise."""
+    import random
+    from types import SimpleNamespace
+
+    import torch
+    from vllm import SamplingParams
+    from vllm.v1.sample.logits_processor import BatchUpdate
+
+    from rl_system.logits_processor import CONFIG_KEY, EXTRA_ARGS_KEY, ConstraintTable, TrieLogitsProcessor
+
+    table = ConstraintTable.load(constraint_path)
+    config = SimpleNamespace(additional_config={CONFIG_KEY: str(constraint_path)},
+                             scheduler_config=SimpleNamespace(max_num_seqs=rows),
+                             model_config=SimpleNamespace(get_vocab_size=lambda: vocab_size))
+    rng = random.Random(0)
+    times = []
+    for _ in range(repeats):
+        proc = TrieLogitsProcessor(config, torch.device("cpu"), False)
+        outputs = [[] for _ in range(rows)]
+        params = SamplingParams(extra_args={EXTRA_ARGS_KEY: "direct"})
+        proc.update_state(BatchUpdate(batch_size=rows, removed=[], moved=[],
+                                      added=[(i, params, [], outputs[i]) for i in range(rows)]))
+        sids = [rng.choice(table.sids) + [table.eos_id] for _ in range(rows)]
+        for t in range(len(sids[0])):
+            logits = torch.randn(rows, vocab_size)
+            start = time.perf_counter()
+            proc.apply(logits)
+            times.append(time.perf_counter() - start)
+            for out, sid in zip(outputs, sids):
+                out.append(sid[t])
+    return statistics.median(times)
 
 
 def main() -> None:
@@ -55,6 +91,10 @@ def main() -> None:
     users = sorted(ds.sequences)[: args.prompts]
     prompts = [render_seqrec_prompt(tokenizer, [index.text(i) for i in ds.sequences[u][-11:-1]]) for u in users]
 
+    from transformers import AutoConfig
+
+    vocab_size = AutoConfig.from_pretrained(model_dir).vocab_size
+    step = processor_step_seconds(Path(constraint), vocab_size, args.prompts * args.n, args.repeats)
     cfg = EngineConfig(model=str(model_dir), constraint_path=str(constraint), placement=resolve("auto"),
                        dtype=args.dtype, max_model_len=512, max_num_seqs=args.prompts * args.n)
     llm = RolloutWorker(cfg).llm
@@ -81,6 +121,9 @@ def main() -> None:
         free, cons = statistics.median(times[False]), statistics.median(times[True])
         total = args.prompts * args.n * tokens
         print(f"{tokens:>7} {free:>16.3f} {cons:>14.3f} {cons / free:>7.3f} {total / cons:>18.0f}")
+    per_step = free / max(args.tokens)
+    print(f"processor alone: {step * 1e3:.2f} ms per step for {args.prompts * args.n} rows x {vocab_size} tokens "
+          f"= {step / per_step:.1%} of an unconstrained step ({per_step * 1e3:.0f} ms at {max(args.tokens)} tokens)")
 
 
 if __name__ == "__main__":

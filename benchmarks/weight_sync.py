@@ -23,7 +23,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--bucket-mib", type=int, default=64)
+    ap.add_argument("--bucket-mib", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
 
@@ -57,18 +57,23 @@ def main() -> None:
     connect_weight_group(sender, workers, "127.0.0.1", port, placement.dist_backend)
     sizes = [b.nbytes for b in plan_buckets(named, sender.bucket_bytes)]
 
-    push, raw, version = [], [], 0
+    push, load, raw, version = [], [], [], 0
     for _ in range(args.repeats + 1):  # the first round warms up
         version += 1
-        push.append(sender.push(named, version, workers).seconds)
+        stats = sender.push(named, version, workers)
+        push.append(stats.seconds)
+        load.append(stats.load_seconds)
         raw.append(sender.broadcast_raw(sizes, workers))
-    push, raw = push[1:], raw[1:]
+    push, load, raw = push[1:], load[1:], raw[1:]
     mib = sum(sizes) / (1 << 20)
-    p, r = statistics.median(push), statistics.median(raw)
+    p, r, lo = statistics.median(push), statistics.median(raw), statistics.median(load)
     print(f"\nmodel {sum(t.numel() for _, t in named) / 1e6:.1f}M params ({mib:.0f} MiB fp32, {len(sizes)} buckets), "
           f"{args.workers} worker(s), backend={placement.dist_backend}; median of {args.repeats} runs")
-    print(f"{'push s':>8} {'raw broadcast s':>16} {'ratio':>7} {'push MiB/s':>11}")
-    print(f"{p:>8.3f} {r:>16.3f} {p / r:>7.3f} {mib / p:>11.0f}")
+    print("push = plan + packed buckets + vLLM reload_weights (+ prefix-cache reset); reload = receiver's time inside "
+          "reload_weights, excluding waits for bytes")
+    print(f"{'push s':>8} {'raw broadcast s':>16} {'ratio':>7} {'reload s':>9} {'(push - reload) / raw':>22} "
+          f"{'push MiB/s':>11}")
+    print(f"{p:>8.3f} {r:>16.3f} {p / r:>7.3f} {lo:>9.3f} {(p - lo) / r:>22.3f} {mib / p:>11.0f}")
     versions = ray.get([w.weight_version.remote() for w in workers])
     assert versions == [version] * args.workers, versions
     ray.shutdown()

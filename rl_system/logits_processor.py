@@ -202,6 +202,10 @@ class TrieConstraint:
         self.node[slots] = torch.where(new_phase == SID, new_node, node)
         self.phase[slots] = new_phase
 
+    def any_constrained(self, slots: torch.Tensor) -> bool:
+        """Whether any of `slots` is in its SID phase (a host sync on GPUs)."""
+        return bool((self.phase[slots] == SID).any())
+
     def mask_(self, logits: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """Set every token a SID-phase row may not emit to -inf, in place; other rows are untouched."""
         node = self.node[slots]
@@ -281,11 +285,16 @@ class TrieLogitsProcessor(V1LogitsProcessor):
             return logits
         self._absorb_new_tokens()
         rows = sorted(self.tracked)
-        if len(rows) == logits.shape[0]:
-            slots = torch.arange(logits.shape[0], device=self.constraint.device)
+        whole = len(rows) == logits.shape[0]
+        slots = torch.arange(logits.shape[0]) if whole else torch.tensor(rows)
+        slots = slots.to(self.constraint.device)
+        # Reasoning rows spend most steps in free text; V1 syncs every step anyway, so skip the mask then.
+        if not self.constraint.any_constrained(slots):
+            return logits
+        if whole:
             return self.constraint.mask_(logits, slots)
-        idx = torch.tensor(rows, device=logits.device)
-        logits[idx] = self.constraint.mask_(logits[idx], idx.to(self.constraint.device))
+        idx = slots.to(logits.device)
+        logits[idx] = self.constraint.mask_(logits[idx], slots)
         return logits
 
 

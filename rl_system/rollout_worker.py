@@ -120,16 +120,20 @@ class RolloutWorker:
     def init_weight_group(self, master_addr: str, port: int, rank_offset: int, world_size: int, backend: str) -> list[int]:
         return self.llm.collective_rpc("init_weight_group", args=(master_addr, port, rank_offset, world_size, backend))
 
-    def receive_weights(self, wire: list[dict], version: int) -> int:
+    def receive_weights(self, wire: list[dict], version: int) -> dict:
+        """Load a push (plan `wire`, bytes over the weight group); returns the slowest rank's receipt
+        (tensors, wait_s, load_s)."""
         with self._lock:
             start = time.perf_counter()
-            counts = self.llm.collective_rpc("receive_weights", args=(wire,))
+            receipts = self.llm.collective_rpc("receive_weights", args=(wire,))
             # Cached KV blocks were computed with the old weights.
             self.llm.reset_prefix_cache()
             self._version = version
-        log.info("received weights", extra=fields(version=version, tensors=counts[0],
+        receipt = max(receipts, key=lambda r: r["load_s"])
+        log.info("received weights", extra=fields(version=version, tensors=receipt["tensors"],
+                                                  load_secs=round(receipt["load_s"], 3),
                                                   secs=round(time.perf_counter() - start, 3)))
-        return counts[0]
+        return receipt
 
     def receive_raw_broadcast(self, sizes: list[int]) -> int:
         with self._lock:

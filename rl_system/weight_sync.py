@@ -28,7 +28,8 @@ from cluster.logs import fields
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUCKET_BYTES = 256 << 20
+# Small enough that receiving bucket i + 1 overlaps loading bucket i, large enough to amortise a call.
+DEFAULT_BUCKET_BYTES = 32 << 20
 GROUP_TIMEOUT = timedelta(minutes=10)
 _STORE_PREFIX = "gream-weights"
 
@@ -142,10 +143,11 @@ def join_group(master_addr: str, port: int, rank: int, world_size: int, backend:
     raise WeightSyncError(f"unsupported weight-sync backend '{backend}'; expected 'gloo' or 'nccl'")
 
 
-def broadcast_(group, tensor: torch.Tensor) -> None:
+def broadcast_async(group, tensor: torch.Tensor):
+    """Start a broadcast from rank 0 and return its work handle (`.wait()` to finish)."""
     opts = dist.BroadcastOptions()
     opts.rootRank = 0
-    group.broadcast([tensor], opts).wait()
+    return group.broadcast([tensor], opts)
 
 
 # --------------------------------------------------------------------------- sender
@@ -156,13 +158,15 @@ class PushStats:
     bytes: int
     buckets: int
     tensors: int
+    load_seconds: float  # slowest receiver's time inside vLLM's reload, excluding waits for bytes
 
 
 class WeightSender:
     """Rank 0 of the weight group, in the learner's rank-0 process.
 
     `receivers` are rollout-worker handles exposing `receive_weights.remote(plan, version)` (Ray
-    actors, see `RolloutWorker`); each must have joined the group (`init_weight_group`)."""
+    actors, see `RolloutWorker`) that return the receipt of `WeightReceiverExtension.receive_weights`;
+    each must have joined the group (`init_weight_group`)."""
 
     def __init__(self, master_addr: str, port: int, world_size: int, backend: str = "gloo",
                  device: torch.device | str = "cpu", bucket_bytes: int = DEFAULT_BUCKET_BYTES,
@@ -188,16 +192,24 @@ class WeightSender:
         wire = [b.to_wire() for b in buckets]
         start = time.perf_counter()
         refs = [r.receive_weights.remote(wire, version) for r in receivers]
-        offset, nbytes = 0, 0
+        offset, nbytes, in_flight = 0, 0, None
         for bucket in buckets:
             count = len(bucket.tensors)
+            # Packing bucket i + 1 overlaps the broadcast of bucket i.
             flat = pack(bucket, [t for _, t in named[offset: offset + count]], self.device)
             offset += count
-            broadcast_(self.group, flat)
+            work = broadcast_async(self.group, flat)
+            if in_flight is not None:
+                in_flight[1].wait()
+            in_flight = (flat, work)
             nbytes += flat.numel() * flat.element_size()
-        ray.get(refs)
-        stats = PushStats(version, time.perf_counter() - start, nbytes, len(buckets), len(named))
-        log.info("pushed weights", extra=fields(version=version, secs=round(stats.seconds, 3), mib=nbytes >> 20,
+        if in_flight is not None:
+            in_flight[1].wait()
+        receipts = ray.get(refs)
+        load = max(r["load_s"] for r in receipts)
+        stats = PushStats(version, time.perf_counter() - start, nbytes, len(buckets), len(named), load)
+        log.info("pushed weights", extra=fields(version=version, secs=round(stats.seconds, 3),
+                                                 load_secs=round(load, 3), mib=nbytes >> 20,
                                                  buckets=len(buckets), receivers=len(receivers)))
         return stats
 
@@ -209,8 +221,8 @@ class WeightSender:
         buffers = [torch.empty(n, dtype=torch.uint8, device=self.device) for n in sizes]
         start = time.perf_counter()
         refs = [r.receive_raw_broadcast.remote(list(sizes)) for r in receivers]
-        for buf in buffers:
-            broadcast_(self.group, buf)
+        for work in [broadcast_async(self.group, buf) for buf in buffers]:
+            work.wait()
         ray.get(refs)
         return time.perf_counter() - start
 
@@ -248,35 +260,51 @@ class WeightReceiverExtension:
         self._weight_group = join_group(master_addr, port, rank, world_size, backend)
         return rank
 
-    def _recv(self, numel: int, dtype: torch.dtype) -> torch.Tensor:
+    def _post_recv(self, numel: int, dtype: torch.dtype):
         flat = torch.empty(numel, dtype=dtype, device=self.model_runner.device)
-        broadcast_(self._weight_group, flat)
-        return flat
+        return flat, broadcast_async(self._weight_group, flat)
 
-    def receive_weights(self, wire: list[dict]) -> int:
+    def receive_weights(self, wire: list[dict]) -> dict:
+        """Stream the buckets into `reload_weights`. Returns the tensor count and the seconds spent
+        waiting for bytes vs loading them (reload, repacking, re-tying)."""
         buckets = [Bucket.from_wire(b) for b in wire]
-        received = 0
+        posted: list = []  # (flat, work) of every bucket whose receive has started
+
+        def post(i: int) -> None:
+            if i < len(buckets):
+                posted.append(self._post_recv(buckets[i].numel, dtype_of(buckets[i].dtype)))
+
+        waited = 0.0
 
         def stream() -> Iterator[tuple[str, torch.Tensor]]:
-            nonlocal received
-            for bucket in buckets:
-                flat = self._recv(bucket.numel, dtype_of(bucket.dtype))
-                received += 1
+            nonlocal waited
+            post(0)
+            for i, bucket in enumerate(buckets):
+                flat, work = posted[i]
+                start = time.perf_counter()
+                work.wait()
+                waited += time.perf_counter() - start
+                post(i + 1)  # bucket i + 1 arrives while the model loads bucket i
                 yield from unpack(bucket, flat)
+                posted[i] = None  # let the loaded bucket's buffer go
 
-        model = self.model_runner.get_model()
-        tied = _tied_parameters(model)
+        start = time.perf_counter()
+        tied = _tied_parameters(self.model_runner.get_model())
         try:
             self.model_runner.reload_weights(weights_iterator=stream())
             _retie(tied)
         finally:
             # Match every broadcast the sender makes even if loading stopped early, so the sender
             # fails through the caller's error instead of hanging in a collective.
-            for bucket in buckets[received:]:
-                self._recv(bucket.numel, dtype_of(bucket.dtype))
-        return sum(len(b.tensors) for b in buckets)
+            for i in range(len(posted), len(buckets)):
+                post(i)
+            for entry in posted:
+                if entry is not None:
+                    entry[1].wait()
+        total = time.perf_counter() - start
+        return {"tensors": sum(len(b.tensors) for b in buckets), "wait_s": waited, "load_s": total - waited}
 
     def receive_raw_broadcast(self, sizes: list[int]) -> int:
-        for n in sizes:
-            self._recv(n, torch.uint8)
+        for _, work in [self._post_recv(n, torch.uint8) for n in sizes]:
+            work.wait()
         return sum(sizes)
