@@ -1,0 +1,77 @@
+"""`gream dashboard RUN`: a live web page for one run directory, served by the standard library.
+
+Two routes: `/` (the page, cluster/dashboard_page.py) and `/api/metrics` (the run read afresh on
+every request, cluster/run_state.py). The page polls the JSON route and redraws, so the server keeps
+no state and can be started, stopped or pointed at a finished run at any time.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from functools import partial
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from cluster.dashboard_page import PAGE
+from cluster.logs import fields
+from cluster.run_state import RunDirError, read_run_state
+
+log = logging.getLogger(__name__)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def __init__(self, *args, run_dir: Path, **kwargs):
+        self.run_dir = run_dir
+        super().__init__(*args, **kwargs)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        route = self.path.split("?", 1)[0]
+        if route in ("/", "/index.html"):
+            self._send(200, "text/html; charset=utf-8", PAGE.encode())
+        elif route == "/api/metrics":
+            try:
+                body, code = read_run_state(self.run_dir).to_json(), 200
+            except RunDirError as exc:  # e.g. the run folder was removed while the page is open
+                body, code = {"error": str(exc)}, 500
+            self._send(code, "application/json", json.dumps(body, allow_nan=False).encode())
+        else:
+            self._send(404, "text/plain; charset=utf-8", f"no route {route}; try / or /api/metrics\n".encode())
+
+    def _send(self, code: int, content_type: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, fmt: str, *args) -> None:
+        # One line per poll would bury the run's own logs; keep requests at DEBUG.
+        log.debug(fmt % args)
+
+
+def make_server(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
+    """A server for `run_dir`, bound but not yet serving (port 0 picks a free port)."""
+    run_dir = Path(run_dir)
+    read_run_state(run_dir)  # fail now, with the reason, rather than on the first page load
+    server = ThreadingHTTPServer((host, port), partial(_Handler, run_dir=run_dir))
+    server.daemon_threads = True
+    return server
+
+
+def url_of(server: ThreadingHTTPServer) -> str:
+    host, port = server.server_address[:2]
+    return f"http://{host}:{port}/"
+
+
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Serve until interrupted."""
+    server = make_server(run_dir, host, port)
+    log.info("dashboard serving", extra=fields(run=str(run_dir), url=url_of(server)))
+    print(f"gream dashboard for {run_dir}: {url_of(server)}  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,0 +1,218 @@
+"""A run directory read into one snapshot: what `gream dashboard` serves and `gream status` prints.
+
+Everything here only reads files the stages write (`rl/metrics.jsonl`, `sft/metrics.jsonl`,
+`<stage>/eval.json`, `rl/status.json`, `rl/checkpoints/`), so it is safe to call while a run is
+writing them: a half-written last line of a metrics file is left for the next read.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cluster.checkpoint import CheckpointManager
+from cluster.logs import fields
+
+log = logging.getLogger(__name__)
+
+EVAL_STAGES = ("sft", "rl")
+TIME_PARTS = ("rollout", "reward", "train", "push")
+
+
+class RunDirError(Exception):
+    exit_code = 2
+
+
+@dataclass
+class Series:
+    """Per-step records as columns: `values[key][i]` belongs to `steps[i]` (None where a step lacks it)."""
+
+    steps: list[int] = field(default_factory=list)
+    values: dict[str, list[float | None]] = field(default_factory=dict)
+    latest: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_records(cls, records: list[dict[str, Any]]) -> "Series":
+        keys = list(dict.fromkeys(k for r in records for k, v in r.items() if k != "step" and _is_number(v)))
+        return cls(steps=[int(r["step"]) for r in records],
+                   values={k: [_finite(r.get(k)) for r in records] for k in keys},
+                   latest=records[-1] if records else {})
+
+    def last(self, key: str) -> float | None:
+        """The most recent value of `key`, looking back past steps that lack it."""
+        for value in reversed(self.values.get(key, [])):
+            if value is not None:
+                return value
+        return None
+
+
+@dataclass
+class RunState:
+    run_dir: Path
+    rl: Series
+    sft: Series
+    eval: dict[str, dict[str, dict[str, float]]]  # stage -> split -> metric -> value
+    status: dict[str, Any] | None  # rl/status.json as the driver wrote it
+    checkpoint: dict[str, Any] | None  # the latest complete checkpoint's step, path and manifest fields
+    read_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "read_at": self.read_at,
+            "rl": {"steps": self.rl.steps, "values": self.rl.values, "latest": _clean(self.rl.latest)},
+            "sft": {"steps": self.sft.steps, "values": self.sft.values},
+            "eval": _clean(self.eval),
+            "status": _clean(self.status),
+            "checkpoint": _clean(self.checkpoint),
+        }
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite(value: Any) -> float | None:
+    # JSON has no NaN/Infinity (browsers reject them); a gap in the line says the same thing.
+    if not _is_number(value) or not math.isfinite(value):
+        return None
+    return value
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Complete records of a metrics file; a torn last line (the writer mid-append) is skipped."""
+    if not path.exists():
+        return []
+    records = []
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                break
+            raise RunDirError(f"{path}: line {number} is not JSON ({exc.msg}); expected one object per step") from exc
+        if not isinstance(record, dict) or "step" not in record:
+            raise RunDirError(f"{path}: line {number} is not an object with a 'step' key")
+        records.append(record)
+    return records
+
+
+def _read_json(path: Path) -> Any:
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        # Writers replace these files atomically; a parse failure is a copy in progress, not data.
+        log.warning("unreadable JSON, ignored this time", extra=fields(path=str(path)))
+        return None
+
+
+def _latest_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    root = run_dir / "rl" / "checkpoints"
+    if not root.is_dir():  # CheckpointManager would create it
+        return None
+    latest = CheckpointManager(root, keep=1 << 30).latest()
+    if latest is None:
+        return None
+    meta = {k: v for k, v in latest.meta.items() if k != "files"}
+    return {**meta, "step": latest.step, "path": str(latest.path), "saved_at": latest.path.stat().st_mtime}
+
+
+def read_run_state(run_dir: str | Path) -> RunState:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: no such run directory (expected the spec's run_dir, e.g. runs/NAME)")
+    evals = {stage: result for stage in EVAL_STAGES if (result := _read_json(run_dir / stage / "eval.json"))}
+    return RunState(
+        run_dir=run_dir,
+        rl=Series.from_records(read_jsonl(run_dir / "rl" / "metrics.jsonl")),
+        sft=Series.from_records(read_jsonl(run_dir / "sft" / "metrics.jsonl")),
+        eval=evals,
+        status=_read_json(run_dir / "rl" / "status.json"),
+        checkpoint=_latest_checkpoint(run_dir),
+        read_at=time.time(),
+    )
+
+
+# --- terminal summary ---------------------------------------------------------------------------
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _ago(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "unknown time"
+    seconds = max(0.0, now - ts)
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}min ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def format_status(state: RunState) -> str:
+    """`gream status RUN`: the dashboard's numbers in a dozen lines."""
+    rl, now = state.rl, state.read_at
+    lines = [f"run {state.run_dir}"]
+    if not rl.steps:
+        lines.append("rl: no steps logged yet" + (f" (sft: {len(state.sft.steps)} logged steps, "
+                                                    f"loss_align {_fmt(state.sft.last('loss_align'))})"
+                                                    if state.sft.steps else ""))
+    else:
+        lines.append(f"rl step {rl.steps[-1]}  weight version {_fmt(rl.last('weight_version'))}  "
+                     f"groups kept {_fmt(rl.last('kept_groups'))}/{_fmt(rl.last('sampled_groups'))}")
+        lines.append(f"  reward     {_fmt(rl.last('reward/mean'))} +- {_fmt(rl.last('reward/std'))}   "
+                     f"hit rate {_fmt(rl.last('hit_rate'))}")
+        lines.append("  dropped    " + "  ".join(f"{k.split('/', 1)[1]} {_fmt(rl.last(k), 3)}"
+                                               for k in rl.values if k.startswith("dropped/")))
+        lines.append(f"  kl         {_fmt(rl.last('kl'), 6)}   entropy {_fmt(rl.last('entropy'))}   "
+                     f"clip {_fmt(rl.last('clip_fraction'))}   grad norm {_fmt(rl.last('grad_norm'))}")
+        total = rl.last("time/step")
+        parts = "  ".join(f"{p} {_fmt(rl.last(f'time/{p}'), 2)}" for p in TIME_PARTS)
+        lines.append(f"  step time  {_fmt(total, 2)}s = {parts}")
+        lines.append(f"  throughput {_fmt(rl.last('throughput/rollout_tokens_per_s'), 1)} rollout tokens/s")
+        lcp = rl.latest.get("lcp_hist")
+        if isinstance(lcp, list) and lcp:
+            lines.append("  lcp hist   " + " ".join(f"{i}:{n}" for i, n in enumerate(lcp)))
+    for stage, splits in state.eval.items():
+        for split, metrics in splits.items():
+            shown = {k: v for k, v in metrics.items() if k.startswith(("pass@", "recall@", "ndcg@"))}
+            lines.append(f"eval {stage}/{split}: " + "  ".join(f"{k} {_fmt(v)}" for k, v in shown.items()))
+    status = state.status
+    if not status:
+        lines.append("workers: no status yet")
+    else:
+        workers = status.get("workers", [])
+        alive = sum(bool(w.get("alive")) for w in workers)
+        lines.append(f"workers: {alive}/{len(workers)} alive at step {status.get('step', '-')} "
+                     f"(updated {_ago(status.get('updated'), now)})")
+        for w in workers:
+            lines.append(f"  slot {w.get('slot', '?')}: {'alive' if w.get('alive') else 'DEAD'}  "
+                         f"weight version {w.get('weight_version', '-')}")
+    ckpt = state.checkpoint
+    lines.append("checkpoint: none yet" if ckpt is None else
+                 f"checkpoint: step {ckpt['step']} ({_ago(ckpt.get('saved_at'), now)}) {ckpt['path']}")
+    return "\n".join(lines)

@@ -1,0 +1,258 @@
+"""`gream dashboard` rendered in headless Chromium, `gream status`, and the run reader behind both.
+
+The run directory is written by the real writers: MetricsLog (metrics files), CheckpointManager
+(one complete checkpoint and one truncated), write_eval with metrics computed by the real ranking
+and pass@k functions; status.json has the shape the RL driver writes.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import struct
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cluster.checkpoint import CheckpointManager
+from cluster.dashboard import make_server, url_of
+from cluster.metrics_log import MetricsLog, read_metrics
+from cluster.run_state import RunDirError, format_status, read_jsonl, read_run_state
+from rl_system.evaluate import pass_at_k, write_eval
+from sft.metrics import ranking_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+INSTALL = "apt-get update && apt-get install -y chromium"
+STEPS = 8
+NO_UPDATE_STEP = 3  # a step whose groups were all dropped: no learner metrics, as the driver logs it
+WINDOW = (1400, 1300)
+
+
+def step_record(step: int, rng: np.random.Generator) -> dict:
+    """One step as rl_system.train._step_record writes it (depth 4: LCP lengths 0..4)."""
+    lcp = rng.multinomial(64, [0.4 - 0.03 * step, 0.3, 0.15, 0.1, 0.05 + 0.03 * step]).tolist()
+    record = {"reward/mean": 0.2 + 0.05 * step + 0.01 * rng.standard_normal(), "reward/std": 0.2 - 0.01 * step,
+              "hit_rate": lcp[-1] / 64, "format_ok": 1.0, "lcp_hist": lcp, "completion_len": 5.0,
+              "completions": 64, "dropped/all_miss": 0.5 - 0.04 * step, "dropped/all_hit": 0.01 * step,
+              "dropped/constant": 0.05, "kept_groups": 4, "sampled_groups": 8, "sampling_rounds": 1,
+              "time/rollout": 1.5 + rng.random(), "time/reward": 0.1, "time/train": 2.0 + rng.random(),
+              "time/push": 0.3, "weight_version": step, "throughput/rollout_tokens_per_s": 200.0 + 10 * step}
+    record["time/step"] = sum(record[f"time/{p}"] for p in ("rollout", "reward", "train", "push"))
+    if step != NO_UPDATE_STEP:
+        record.update(kl=0.001 * step, entropy=3.0 - 0.1 * step, clip_fraction=0.01,
+                      grad_norm=float("nan") if step == 2 else 0.5, loss=0.1, pg_loss=0.1)
+    return record
+
+
+def eval_result(rng: np.random.Generator) -> dict:
+    out = {}
+    for split in ("valid", "test"):
+        ranked = [rng.permutation(20)[:10].tolist() for _ in range(30)]
+        targets = rng.integers(0, 20, 30).tolist()
+        metrics = ranking_metrics(ranked, targets, [1, 5, 10])
+        correct = rng.integers(0, 4, 30)
+        metrics.update({f"pass@{k}": float(pass_at_k(10, correct, k).mean()) for k in (1, 5, 10)})
+        out[split] = {**metrics, "format_ok": 1.0, "users": 30}
+    return out
+
+
+@pytest.fixture()
+def run_dir(tmp_path) -> Path:
+    run = tmp_path / "run"
+    rng = np.random.default_rng(0)
+    sft = MetricsLog(run / "sft", tensorboard=False)
+    for step in (50, 100, 150):
+        sft.write(step, {"phase": "align", "loss_align": 3.0 - step / 100, "tokens_per_s": 900.0})
+    sft.close()
+    write_eval(run / "sft", eval_result(rng))
+    metrics = MetricsLog(run / "rl", tensorboard=False)
+    for step in range(1, STEPS + 1):
+        metrics.write(step, step_record(step, rng))
+    metrics.close()
+    write_eval(run / "rl", eval_result(rng))
+    ckpts = CheckpointManager(run / "rl" / "checkpoints", keep=2)
+    ckpts.save(5, lambda folder: (folder / "driver.json").write_text(json.dumps({"step": 5})),
+               {"weight_version": 5, "spec_hash": "0123456789abcdef"})
+    (run / "rl" / "checkpoints" / "step-0000008").mkdir()  # killed mid-write: no manifest
+    (run / "rl" / "status.json").write_text(json.dumps({
+        "step": STEPS, "updated": time.time(),
+        "workers": [{"slot": 0, "weight_version": STEPS, "alive": True},
+                    {"slot": 1, "weight_version": STEPS - 1, "alive": False}]}))
+    return run
+
+
+@pytest.fixture()
+def server(run_dir):
+    srv = make_server(run_dir, "127.0.0.1", 0)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+class Elements(HTMLParser):
+    """Every element's tag and attributes, in document order."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.items: list[tuple[str, dict[str, str]]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        self.items.append((tag, dict(attrs)))
+
+    def having(self, tag: str, cls: str) -> list[dict[str, str]]:
+        return [a for t, a in self.items if t == tag and cls in a.get("class", "").split()]
+
+
+def chromium(url: str, tmp_path: Path, *action: str) -> str:
+    profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
+    cmd = [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--hide-scrollbars", *action, url]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+def header(dom: str, element_id: str) -> str:
+    match = re.search(rf'id="{element_id}"[^>]*>([^<]*)<', dom)
+    assert match, f"no element #{element_id} in the rendered page"
+    return match.group(1)
+
+
+def path_points(d: str) -> list[tuple[float, float]]:
+    return [(float(x), float(y)) for x, y in re.findall(r"[ML](-?[\d.]+),(-?[\d.]+)", d)]
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"headless Chromium not installed ({INSTALL})")
+def test_dashboard_renders_every_plot_with_the_run_data(run_dir, server, tmp_path):
+    records = read_metrics(run_dir / "rl" / "metrics.jsonl")
+    dom = chromium(url_of(server), tmp_path, "--dump-dom")
+    page = Elements(dom)
+
+    assert header(dom, "step") == str(STEPS)
+    assert header(dom, "ckpt").startswith("step 5 ")  # the truncated step-8 folder is not a checkpoint
+    assert 'id="error" style="display: none;"' in dom
+
+    series = {a["data-key"]: a for a in page.having("path", "series")}
+    expected = {"reward/mean", "reward/std", "hit_rate", "dropped/all_miss", "dropped/all_hit",
+                "dropped/constant", "kl", "entropy", "throughput/rollout_tokens_per_s", "loss_align"}
+    assert expected <= set(series), f"missing plots: {expected - set(series)}"
+    for key in expected - {"loss_align"}:
+        logged = sum(1 for r in records if isinstance(r.get(key), (int, float)))
+        assert int(series[key]["data-points"]) == logged, key
+        assert len(path_points(series[key]["d"])) == logged, key
+    assert int(series["kl"]["data-points"]) == STEPS - 1  # the step without an update leaves a gap
+    assert series["kl"]["d"].count("M") == 2
+    assert int(series["loss_align"]["data-points"]) == 3
+    # Rising reward: later points sit higher (smaller SVG y).
+    ys = [y for _, y in path_points(series["reward/mean"]["d"])]
+    assert ys[-1] < ys[0] and len(set(ys)) > 1
+    assert page.having("polygon", "band"), "reward mean +- std band missing"
+
+    bars = page.having("rect", "bar")
+    lcp = [int(a["data-value"]) for a in bars if a["data-key"].startswith("lcp=")]
+    assert lcp == records[-1]["lcp_hist"] and sum(lcp) == 64
+    for part in ("rollout", "reward", "train", "push"):
+        values = [float(a["data-value"]) for a in bars if a["data-key"] == f"time/{part}"]
+        np.testing.assert_allclose(values, [r[f"time/{part}"] for r in records])
+
+    rows = dict(re.findall(r'<tr class="eval-row" data-key="([^"]+)">(.*?)</tr>', dom))
+    assert set(rows) >= {"pass@1", "pass@5", "pass@10", "recall@10", "ndcg@10"}
+    runs = re.findall(r'data-run="([^"]+)">', rows["pass@5"])
+    assert runs == ["sft/valid", "sft/test", "rl/valid", "rl/test"]
+    rl_test = json.loads((run_dir / "rl" / "eval.json").read_text())["test"]
+    assert f'data-run="rl/test">{rl_test["pass@5"]:.4f}<' in rows["pass@5"]
+
+    workers = re.findall(r'<tr class="worker-row">(.*?)</tr>', dom)
+    assert len(workers) == 2 and "alive" in workers[0] and 'class="dead">dead' in workers[1]
+    assert 'class="stale">7' in workers[1]  # behind the driver's step
+
+    shot = tmp_path / "dashboard.png"
+    chromium(url_of(server), tmp_path, f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--screenshot={shot}")
+    png = shot.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert struct.unpack(">II", png[16:24]) == WINDOW
+    from PIL import Image
+
+    colours = Image.open(shot).convert("RGB").getcolors(maxcolors=1 << 20)
+    assert len(colours) > 50, "the screenshot is (nearly) blank"
+    (REPO / "artifacts").mkdir(exist_ok=True)
+    shutil.copy(shot, REPO / "artifacts" / "dashboard.png")
+
+
+def fetch(url: str) -> tuple[int, dict | str]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode()
+        return exc.code, json.loads(body) if exc.headers.get_content_type() == "application/json" else body
+
+
+def test_api_follows_the_run_and_reports_bad_files(run_dir, server):
+    status, body = fetch(url_of(server) + "api/metrics")
+    assert status == 200 and body["rl"]["steps"] == list(range(1, STEPS + 1))
+    assert body["rl"]["values"]["grad_norm"][1] is None  # NaN is not JSON: sent as a gap
+    assert body["checkpoint"]["step"] == 5 and body["status"]["workers"][1]["alive"] is False
+
+    log = MetricsLog(run_dir / "rl", tensorboard=False)  # the run goes on: the next poll sees step 9
+    log.write(STEPS + 1, step_record(STEPS + 1, np.random.default_rng(1)))
+    log.close()
+    with (run_dir / "rl" / "metrics.jsonl").open("a") as fh:
+        fh.write('{"step": 10, "reward/me')  # the writer mid-append
+    status, body = fetch(url_of(server) + "api/metrics")
+    assert status == 200 and body["rl"]["steps"][-1] == STEPS + 1
+
+    assert fetch(url_of(server) + "nope")[0] == 404
+    lines = (run_dir / "rl" / "metrics.jsonl").read_text().splitlines()
+    lines[1] = "garbage"
+    (run_dir / "rl" / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    status, body = fetch(url_of(server) + "api/metrics")
+    assert status == 500 and "metrics.jsonl: line 2 is not JSON" in body["error"]
+
+
+def test_status_summarises_the_run(run_dir, capsys):
+    from cluster.cli import main
+
+    assert main(["status", str(run_dir)]) == 0
+    text = capsys.readouterr().out
+    last = read_metrics(run_dir / "rl" / "metrics.jsonl")[-1]
+    assert f"rl step {STEPS}  weight version {STEPS}  groups kept 4/8" in text
+    assert f"reward     {last['reward/mean']:.4f} +- {last['reward/std']:.4f}" in text
+    assert f"all_miss {last['dropped/all_miss']:.3f}" in text
+    assert f"step time  {last['time/step']:.2f}s = rollout {last['time/rollout']:.2f}" in text
+    assert "lcp hist   " + " ".join(f"{i}:{n}" for i, n in enumerate(last["lcp_hist"])) in text
+    assert "workers: 1/2 alive at step 8" in text and "slot 1: DEAD  weight version 7" in text
+    assert re.search(r"checkpoint: step 5 \(\d+s ago\)", text)
+    assert "eval rl/test: recall@1" in text
+
+
+def test_empty_and_missing_run(tmp_path):
+    (tmp_path / "fresh").mkdir()
+    text = format_status(read_run_state(tmp_path / "fresh"))
+    assert "rl: no steps logged yet" in text and "workers: no status yet" in text and "checkpoint: none yet" in text
+    assert not (tmp_path / "fresh" / "rl").exists()  # reading never creates folders in the run
+    with pytest.raises(RunDirError, match="no such run directory"):
+        read_run_state(tmp_path / "absent")
+    with pytest.raises(RunDirError, match="no such run directory"):
+        make_server(tmp_path / "absent", "127.0.0.1", 0)
+
+
+def test_read_jsonl_skips_only_a_torn_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "x": 1.0}\n{"step": 2, "x": NaN}\n{"step": 3, "x"')
+    assert [r["step"] for r in read_jsonl(path)] == [1, 2]
+    path.write_text('[1, 2]\n{"step": 2}\n')
+    with pytest.raises(RunDirError, match="line 1 is not an object with a 'step' key"):
+        read_jsonl(path)
