@@ -24,7 +24,7 @@ from indexing.dedup import add_dedup_level, collision_stats
 from indexing.embed import embed_texts, load_encoder
 from indexing.importer import import_index
 from indexing.kmeans import check_codes, residual_kmeans
-from indexing.rewrite import EndpointTeacher, RewriteCache, RewriteError, VllmTeacher, rewrite_texts
+from indexing.rewrite import RewriteCache, make_teacher, rewrite_texts
 from indexing.sid import LEVEL_LETTERS, SidIndex
 from indexing.text import fuse_catalog
 
@@ -55,15 +55,7 @@ class _Phases:
 
 def _teacher(spec):
     rw = spec.index.rewrite
-    if rw.endpoint:
-        if not rw.model:
-            raise RewriteError("index.rewrite.model must name the endpoint's model when index.rewrite.endpoint is set")
-        return EndpointTeacher(rw.endpoint, rw.model, rw.max_tokens)
-    if not rw.model or not Path(rw.model).is_dir():
-        raise RewriteError(f"index.rewrite.model must be a Hugging Face model folder for a local vLLM teacher, got {rw.model!r}")
-    cl = spec.cluster.rollout
-    return VllmTeacher(rw.model, rw.max_tokens, resolve(spec.cluster.device).device_type,
-                       cl.kv_cache_gib, cl.gpu_memory_utilization)
+    return make_teacher(spec, rw.endpoint, rw.model, rw.max_tokens, "index.rewrite")
 
 
 def _items_per_prefix(codes: np.ndarray) -> dict[str, float]:

@@ -21,6 +21,7 @@ from typing import Protocol, Sequence
 
 from tqdm import tqdm
 
+from cluster.device import resolve
 from indexing.text import truncate
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,41 @@ def cache_key(teacher_name: str, text: str) -> str:
     return hashlib.sha256(f"{teacher_name}\0{PROMPT}\0{text}".encode()).hexdigest()
 
 
+def ask_cached(keys: Sequence[str], prompts: Sequence[str], teacher: Teacher, cache: RewriteCache,
+               batch_size: int = 32, desc: str = "teacher") -> int:
+    """Send the prompts whose key is not in the cache, in batches, caching every finished batch
+    (the raw reply) so an interrupted run loses at most one batch. Returns how many were sent."""
+    if len(keys) != len(prompts):
+        raise ValueError(f"{len(keys)} cache keys for {len(prompts)} prompts")
+    todo = [i for i, k in enumerate(keys) if k not in cache.entries]
+    if todo:
+        log.info("%s: asking %s for %d replies (%d cached)", desc, teacher.name, len(todo), len(keys) - len(todo))
+    for start in tqdm(range(0, len(todo), batch_size), desc=desc, unit="batch", disable=not todo):
+        batch = todo[start: start + batch_size]
+        replies = teacher.complete([prompts[i] for i in batch])
+        if len(replies) != len(batch):
+            raise RewriteError(f"{teacher.name}: {len(replies)} replies for {len(batch)} prompts")
+        cache.add({keys[i]: r for i, r in zip(batch, replies)})
+    return len(todo)
+
+
+def make_teacher(spec, endpoint: str | None, model: str | None, max_tokens: int, where: str,
+                 model_key: str = "model") -> Teacher:
+    """The teacher a spec section names: `endpoint` + the model it serves, or else a local vLLM engine
+    over the Hugging Face folder `model`. `where` and `model_key` are the spec keys of the section
+    and of its model field (`index.rewrite`, `model`), for the error messages."""
+    if endpoint:
+        if not model:
+            raise RewriteError(f"{where}.{model_key} must name the endpoint's model when {where}.endpoint is set")
+        return EndpointTeacher(endpoint, model, max_tokens)
+    if not model or not Path(model).is_dir():
+        raise RewriteError(f"{where}.{model_key} must be a Hugging Face model folder for a local vLLM teacher, "
+                           f"got {model!r}")
+    cl = spec.cluster.rollout
+    return VllmTeacher(model, max_tokens, resolve(spec.cluster.device).device_type,
+                       cl.kv_cache_gib, cl.gpu_memory_utilization)
+
+
 @dataclass
 class RewriteResult:
     texts: list[str]
@@ -152,23 +188,14 @@ def rewrite_texts(texts: Sequence[str], teacher: Teacher, cache: RewriteCache, m
                   batch_size: int = 32) -> RewriteResult:
     """Rewritten text per item; cached items are not sent again, each finished batch is cached."""
     keys = [cache_key(teacher.name, t) for t in texts]
-    todo = [i for i, k in enumerate(keys) if k not in cache.entries]
-    from_cache = len(texts) - len(todo)
-    if todo:
-        log.info("rewriting %d item texts with %s (%d cached)", len(todo), teacher.name, from_cache)
-    for start in tqdm(range(0, len(todo), batch_size), desc="rewrite", unit="batch", disable=not todo):
-        batch = todo[start: start + batch_size]
-        replies = teacher.complete([PROMPT.format(text=texts[i]) for i in batch])
-        if len(replies) != len(batch):
-            raise RewriteError(f"{teacher.name}: {len(replies)} replies for {len(batch)} prompts")
-        cache.add({keys[i]: " ".join(r.split()) for i, r in zip(batch, replies)})
+    sent = ask_cached(keys, [PROMPT.format(text=t) for t in texts], teacher, cache, batch_size, "rewrite")
     out, kept = [], []
     for i, key in enumerate(keys):
-        text = truncate(cache.entries[key], max_chars)
+        text = truncate(" ".join(cache.entries[key].split()), max_chars)
         if not text:
             kept.append(i)
             text = texts[i]
         out.append(text)
     if kept:
         log.warning("teacher returned empty rewrites for %d items; their fused text is kept", len(kept))
-    return RewriteResult(out, from_cache, len(todo), kept)
+    return RewriteResult(out, len(texts) - sent, sent, kept)

@@ -33,6 +33,7 @@ from indexing.dataset import load_from_spec, split_from_spec
 from indexing.sid import SidIndex, read_vocab
 from sft.backbone import REASONING_TOKENS, add_sid_tokens, load_backbone, resolve_backbone, save_backbone, torch_dtype
 from sft.curriculum import ALIGN, REASON, Step, epoch_plan
+from sft.reasoning_data import build_reasoning_data
 from sft.tasks import IGNORE_INDEX, AlignmentBuilder, ReasoningRecord, TokenizedExample, build_alignment, tokenize
 
 log = logging.getLogger(__name__)
@@ -336,6 +337,9 @@ class Trainer:
         return path
 
 
-def run(spec, reasoning: Sequence[ReasoningRecord] = (), preferences: dict[int, str] | None = None) -> Path:
-    """Train the SFT stage; returns the saved Hugging Face folder."""
+def run(spec, reasoning: Sequence[ReasoningRecord] | None = None, preferences: dict[int, str] | None = None) -> Path:
+    """Train the SFT stage; returns the saved Hugging Face folder. Without `reasoning` records given,
+    the teacher writes them when `sft.reasoning.enabled` (cached, so a re-run asks nothing)."""
+    if reasoning is None:
+        reasoning = build_reasoning_data(spec)
     return Trainer(spec, reasoning, preferences).train()
