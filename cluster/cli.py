@@ -77,6 +77,33 @@ def cmd_launch(args) -> None:
     launch(spec, resume=args.resume)
 
 
+def cmd_dashboard(args) -> None:
+    from cluster.dashboard import serve
+
+    setup_logging("INFO")
+    serve(args.run, args.host, args.port)
+
+
+def cmd_status(args) -> None:
+    from cluster.run_state import format_status, read_run_state
+
+    print(format_status(read_run_state(args.run)))
+
+
+def cmd_export(args) -> None:
+    from cluster.export import export, parse_step
+
+    setup_logging("INFO")
+    print(export(args.run, parse_step(args.step), args.out))
+
+
+def cmd_scale(args) -> None:
+    from cluster.control import request_scale
+
+    path = request_scale(args.run, args.rollout)
+    print(f"requested {args.rollout} rollout workers ({path}); the driver applies it before its next step")
+
+
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="job spec YAML")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -119,11 +146,32 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(p)
     p.set_defaults(func=cmd_baseline_sasrec)
 
+    p = sub.add_parser("scale", help="resize the rollout pool of a running job")
+    p.add_argument("run", help="the job's run_dir")
+    p.add_argument("--rollout", type=int, required=True, help="number of rollout workers")
+    p.set_defaults(func=cmd_scale)
+
     p = sub.add_parser("launch", help="run the spec's stages on Ray, skipping those already done")
     _add_spec_args(p)
     p.add_argument("--address", help="Ray cluster to join: auto or ray://host:port (default: spec or local)")
     p.add_argument("--resume", action="store_true", help="resume RL from the latest complete checkpoint")
     p.set_defaults(func=cmd_launch)
+
+    p = sub.add_parser("dashboard", help="serve a live web page of a run's metrics, evaluation and workers")
+    p.add_argument("run", help="run directory (the spec's run_dir, e.g. runs/NAME)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to reach it from elsewhere)")
+    p.add_argument("--port", type=int, default=8080, help="port (0 picks a free one)")
+    p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("status", help="a run at a glance: step, reward, hit rate, timings, workers, checkpoint")
+    p.add_argument("run", help="run directory (the spec's run_dir, e.g. runs/NAME)")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("export", help="write a Hugging Face folder (model, tokenizer, SID index, trie) for vLLM")
+    p.add_argument("run", help="run directory (the spec's run_dir, e.g. runs/NAME)")
+    p.add_argument("--step", required=True, help="RL checkpoint step to export, or 'sft' for the SFT model")
+    p.add_argument("out", help="output folder (must not exist or be empty)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 
