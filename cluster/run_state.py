@@ -1,7 +1,7 @@
 """A run directory read into one snapshot: what `gream dashboard` serves and `gream status` prints.
 
 Everything here only reads files the stages write (`rl/metrics.jsonl`, `sft/metrics.jsonl`,
-`<stage>/eval.json`, `rl/status.json`, `rl/checkpoints/`), so it is safe to call while a run is
+`<stage>/eval.json`, `baselines/<name>/eval.json`, `rl/status.json`, `rl/checkpoints/`), so it is safe to call while a run is
 writing them: a half-written last line of a metrics file is left for the next read.
 """
 from __future__ import annotations
@@ -55,7 +55,7 @@ class RunState:
     run_dir: Path
     rl: Series
     sft: Series
-    eval: dict[str, dict[str, dict[str, float]]]  # stage -> split -> metric -> value
+    eval: dict[str, dict[str, dict[str, float]]]  # stage or baseline -> split -> metric -> value
     status: dict[str, Any] | None  # rl/status.json as the driver wrote it
     checkpoint: dict[str, Any] | None  # the latest complete checkpoint's step, path and manifest fields
     read_at: float
@@ -136,16 +136,32 @@ def _latest_checkpoint(run_dir: Path) -> dict[str, Any] | None:
     return {**meta, "step": latest.step, "path": str(latest.path), "saved_at": latest.path.stat().st_mtime}
 
 
+def _read_evals(run_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
+    """Trained stages first, then baselines (e.g. SASRec) to compare against."""
+    baselines = run_dir / "baselines"
+    folders = [run_dir / s for s in EVAL_STAGES] + (sorted(baselines.iterdir()) if baselines.is_dir() else [])
+    out = {}
+    for folder in folders:
+        result = _read_json(folder / "eval.json")
+        if not isinstance(result, dict):
+            continue
+        # A split maps metric names to numbers; other entries (a baseline's "meta") are not results.
+        splits = {split: metrics for split, metrics in result.items()
+                  if isinstance(metrics, dict) and metrics and all(_is_number(v) for v in metrics.values())}
+        if splits:
+            out[folder.name] = splits
+    return out
+
+
 def read_run_state(run_dir: str | Path) -> RunState:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir}: no such run directory (expected the spec's run_dir, e.g. runs/NAME)")
-    evals = {stage: result for stage in EVAL_STAGES if (result := _read_json(run_dir / stage / "eval.json"))}
     return RunState(
         run_dir=run_dir,
         rl=Series.from_records(read_jsonl(run_dir / "rl" / "metrics.jsonl")),
         sft=Series.from_records(read_jsonl(run_dir / "sft" / "metrics.jsonl")),
-        eval=evals,
+        eval=_read_evals(run_dir),
         status=_read_json(run_dir / "rl" / "status.json"),
         checkpoint=_latest_checkpoint(run_dir),
         read_at=time.time(),

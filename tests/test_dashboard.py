@@ -52,15 +52,18 @@ def step_record(step: int, rng: np.random.Generator) -> dict:
     return record
 
 
-def eval_result(rng: np.random.Generator) -> dict:
+def eval_result(rng: np.random.Generator, sampled: bool = True) -> dict:
+    """Shaped as rl_system.evaluate writes it; without sampling, as the SASRec baseline does."""
     out = {}
     for split in ("valid", "test"):
         ranked = [rng.permutation(20)[:10].tolist() for _ in range(30)]
         targets = rng.integers(0, 20, 30).tolist()
         metrics = ranking_metrics(ranked, targets, [1, 5, 10])
-        correct = rng.integers(0, 4, 30)
-        metrics.update({f"pass@{k}": float(pass_at_k(10, correct, k).mean()) for k in (1, 5, 10)})
-        out[split] = {**metrics, "format_ok": 1.0, "users": 30}
+        if sampled:
+            correct = rng.integers(0, 4, 30)
+            metrics.update({f"pass@{k}": float(pass_at_k(10, correct, k).mean()) for k in (1, 5, 10)})
+            metrics.update(format_ok=1.0, users=30)
+        out[split] = metrics
     return out
 
 
@@ -78,6 +81,9 @@ def run_dir(tmp_path) -> Path:
         metrics.write(step, step_record(step, rng))
     metrics.close()
     write_eval(run / "rl", eval_result(rng))
+    (run / "baselines" / "sasrec").mkdir(parents=True)
+    write_eval(run / "baselines" / "sasrec", {**eval_result(rng, sampled=False),
+                                              "meta": {"best_epoch": 3, "dataset": "Office"}})
     ckpts = CheckpointManager(run / "rl" / "checkpoints", keep=2)
     ckpts.save(5, lambda folder: (folder / "driver.json").write_text(json.dumps({"step": 5})),
                {"weight_version": 5, "spec_hash": "0123456789abcdef"})
@@ -170,9 +176,12 @@ def test_dashboard_renders_every_plot_with_the_run_data(run_dir, server, tmp_pat
     rows = dict(re.findall(r'<tr class="eval-row" data-key="([^"]+)">(.*?)</tr>', dom))
     assert set(rows) >= {"pass@1", "pass@5", "pass@10", "recall@10", "ndcg@10"}
     runs = re.findall(r'data-run="([^"]+)">', rows["pass@5"])
-    assert runs == ["sft/valid", "sft/test", "rl/valid", "rl/test"]
+    assert runs == ["sft/valid", "sft/test", "rl/valid", "rl/test", "sasrec/valid", "sasrec/test"]
     rl_test = json.loads((run_dir / "rl" / "eval.json").read_text())["test"]
     assert f'data-run="rl/test">{rl_test["pass@5"]:.4f}<' in rows["pass@5"]
+    assert 'data-run="sasrec/test">-<' in rows["pass@5"]  # SASRec does not sample
+    sasrec_test = json.loads((run_dir / "baselines" / "sasrec" / "eval.json").read_text())["test"]
+    assert f'data-run="sasrec/test">{sasrec_test["ndcg@10"]:.4f}<' in rows["ndcg@10"]
 
     workers = re.findall(r'<tr class="worker-row">(.*?)</tr>', dom)
     assert len(workers) == 2 and "alive" in workers[0] and 'class="dead">dead' in workers[1]
@@ -235,7 +244,7 @@ def test_status_summarises_the_run(run_dir, capsys):
     assert "lcp hist   " + " ".join(f"{i}:{n}" for i, n in enumerate(last["lcp_hist"])) in text
     assert "workers: 1/2 alive at step 8" in text and "slot 1: DEAD  weight version 7" in text
     assert re.search(r"checkpoint: step 5 \(\d+s ago\)", text)
-    assert "eval rl/test: recall@1" in text
+    assert "eval rl/test: recall@1" in text and "eval sasrec/test: recall@1" in text and "meta" not in text
 
 
 def test_empty_and_missing_run(tmp_path):
