@@ -50,6 +50,22 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug(fmt % args)
 
 
+class _Once(logging.Filter):
+    """The page polls every few seconds; a standing condition (a truncated checkpoint folder stays on
+    disk) would repeat its warning on every poll. Each distinct warning passes once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.getMessage(), repr(getattr(record, "fields", None)))
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
 def make_server(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8080) -> ThreadingHTTPServer:
     """A server for `run_dir`, bound but not yet serving (port 0 picks a free port)."""
     run_dir = Path(run_dir)
@@ -66,6 +82,9 @@ def url_of(server: ThreadingHTTPServer) -> str:
 
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve until interrupted."""
+    once = _Once()
+    for name in ("cluster.checkpoint", "cluster.run_state"):
+        logging.getLogger(name).addFilter(once)
     server = make_server(run_dir, host, port)
     log.info("dashboard serving", extra=fields(run=str(run_dir), url=url_of(server)))
     print(f"gream dashboard for {run_dir}: {url_of(server)}  (Ctrl-C stops)", flush=True)

@@ -265,3 +265,22 @@ def test_read_jsonl_skips_only_a_torn_last_line(tmp_path):
     path.write_text('[1, 2]\n{"step": 2}\n')
     with pytest.raises(RunDirError, match="line 1 is not an object with a 'step' key"):
         read_jsonl(path)
+
+
+def test_gream_dashboard_command_serves_and_warns_once(run_dir):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "dashboard", str(run_dir), "--port", "0"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+        assert url, f"no URL in {line!r}"
+        for _ in range(3):  # three polls of a run with a truncated checkpoint folder
+            status, body = fetch(url.group(1) + "api/metrics")
+            assert status == 200 and body["rl"]["steps"][-1] == STEPS
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert err.count("skipping incomplete checkpoint") == 1, err
