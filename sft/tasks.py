@@ -170,11 +170,12 @@ def _require_preferences(preferences: dict[int, str] | None) -> dict[int, str]:
 
 
 def tokenize(tokenizer, examples: Sequence[RenderedExample], max_len: int) -> list[TokenizedExample]:
-    """Prompt and completion are tokenised apart: the prompt exactly as vLLM tokenises a text prompt
-    (special tokens added by the tokenizer's own rule), the completion without. Examples longer than
-    max_len are dropped, not cut, because a cut prompt is a different task."""
+    """Prompt and completion are tokenised apart, both without the tokenizer's own special tokens:
+    the chat template already wrote every marker the backbone needs, and RL and evaluation tokenise
+    prompts the same way. Examples longer than max_len are dropped, not cut, because a cut prompt
+    is a different task."""
     out, dropped = [], 0
-    prompts = tokenizer([e.prompt for e in examples])["input_ids"] if examples else []
+    prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"] if examples else []
     completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"] if examples else []
     for ex, p, c in zip(examples, prompts, completions):
         if len(p) + len(c) > max_len:

@@ -182,7 +182,7 @@ def apply_lora(model, spec, new_token_ids: list[int]):
 
 def freeze_all_but_rows(model, rows: list[int]):
     """Warm-up: only the given embedding rows train (tied output rows follow); returns the hook
-    handle that masks the other rows' gradients."""
+    handles that zero the other rows' gradients, to remove after the warm-up."""
     for p in model.parameters():
         p.requires_grad_(False)
     emb = model.get_input_embeddings().weight

@@ -70,7 +70,7 @@ def test_tokenize_masks_the_prompt_and_collate_aligns_labels(setup):
     rendered = builder.seqrec(split.train[:2]) + builder.index2item()[:1]
     toks = tokenize(tok, rendered, max_len=256)
     for ex, t in zip(rendered, toks):
-        n_prompt = len(tok(ex.prompt)["input_ids"])
+        n_prompt = len(tok(ex.prompt, add_special_tokens=False)["input_ids"])
         assert t.labels[:n_prompt] == [IGNORE_INDEX] * n_prompt
         assert t.labels[n_prompt:] == t.input_ids[n_prompt:] == tok(ex.completion, add_special_tokens=False)["input_ids"]
         assert t.input_ids[-1] == tok.eos_token_id
