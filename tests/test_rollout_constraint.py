@@ -134,3 +134,14 @@ def test_model_runner_v2_adapter_reads_committed_tokens_per_slot(tmp_path):
     state.prompt_len.gpu[1] = 1
     proc.apply_staged_writes()
     assert step([1]) == [{5, 6}]
+
+
+def test_one_pass_path_matches_the_general_mask_across_steps():
+    c = TrieConstraint(TABLE, V, max_slots=3, device="cpu")
+    c.reset([0, 1, 2], [RequestConstraint("direct"), RequestConstraint("direct", (3,)), RequestConstraint("direct", (4,))])
+    slots = torch.tensor([0, 1, 2])
+    for tokens in ([4, 6, 5], [5, EOS, EOS]):  # root / mid-SID / leaf rows, then leaves and closed rows
+        logits = torch.randn(3, V)
+        general, fast = c.mask_(logits.clone(), slots), c.mask_(logits.clone(), slots, all_constrained=True)
+        assert torch.equal(general, fast)
+        c.absorb(slots, torch.tensor(tokens))
