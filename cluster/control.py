@@ -1,0 +1,67 @@
+"""Run-time control of a running job through its run directory.
+
+`gream scale RUN --rollout N` writes `rl/control.json`; the driver reads it between steps and
+resizes the rollout pool. The driver writes `rl/status.json` after every step for `gream status`
+and the dashboard. Files (not sockets) because they work the same for a local run, a Ray job and a
+KubeRay pod with the run directory on shared storage.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from cluster.errors import BadRequest, MissingArtefact
+
+
+def control_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "rl" / "control.json"
+
+
+def status_path(run_dir: Path) -> Path:
+    return Path(run_dir) / "rl" / "status.json"
+
+
+def _atomic_write(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload))
+    tmp.replace(path)
+
+
+def request_scale(run_dir: Path, rollout_workers: int) -> Path:
+    if rollout_workers < 1:
+        raise BadRequest(f"--rollout must be >= 1, got {rollout_workers}")
+    if not (Path(run_dir) / "rl").is_dir():
+        raise MissingArtefact(f"{run_dir}: no rl/ folder; is this the run_dir of a job whose RL stage has started?")
+    path = control_path(run_dir)
+    _atomic_write(path, {"rollout_workers": rollout_workers, "requested": time.time()})
+    return path
+
+
+class ControlWatcher:
+    """Returns a new requested pool size once per request (compared by request time)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = control_path(run_dir)
+        self.seen = self._requested() or 0.0
+
+    def _requested(self) -> float | None:
+        try:
+            return float(json.loads(self.path.read_text())["requested"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def pending_scale(self) -> int | None:
+        requested = self._requested()
+        if requested is None or requested <= self.seen:
+            return None
+        self.seen = requested
+        return int(json.loads(self.path.read_text())["rollout_workers"])
+
+
+def write_status(run_dir: Path, step: int, versions: list[int], restarts: int) -> None:
+    _atomic_write(status_path(run_dir), {
+        "step": step, "updated": time.time(), "restarts": restarts,
+        "workers": [{"slot": i, "weight_version": v, "alive": True} for i, v in enumerate(versions)]})
