@@ -10,4 +10,5 @@ demo: setup
 	.venv/bin/gream launch $(SPEC)
 
 test: setup
+	@bash scripts/setup_browser.sh
 	.venv/bin/python -m pytest -q $(PYTEST_ARGS)
