@@ -31,9 +31,9 @@ class SasrecConfig:
     blocks: int = 2
     heads: int = 1
     dropout: float = 0.3
-    lr: float = 1e-3
+    lr: float = 2e-3
     weight_decay: float = 0.0
-    batch_size: int = 256
+    batch_size: int = 512
     max_epochs: int = 60
     patience: int = 5  # epochs without a better validation NDCG@10 before stopping
     seed: int = 0
