@@ -3,7 +3,6 @@ import math
 
 import numpy as np
 import pytest
-import ray
 import torch
 
 from cluster.spec import JobSpec
@@ -58,13 +57,6 @@ def model_dir(tmp_path_factory):
     return build_embedded(spec, tmp_path_factory.mktemp("tiny"))
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def make_batch(vocab: int) -> TrainBatch:
     gen = torch.Generator().manual_seed(0)
     prompt = torch.randint(3, vocab, (7,), generator=gen).tolist()
@@ -83,7 +75,7 @@ def config(model_dir, **kw) -> LearnerConfig:
     return LearnerConfig(model_path=str(model_dir), device="cpu", lr=1e-3, micro_batch_size=2, kl_coef=0.1, **kw)
 
 
-def test_zero2_step_raises_good_completion_and_checkpoint_round_trip(model_dir, ray_local, tmp_path):
+def test_zero2_step_raises_good_completion_and_checkpoint_round_trip(model_dir, ray_cluster, tmp_path):
     group = LearnerGroup(config(model_dir, zero_stage=2), world_size=1)
     try:
         vocab = 300
@@ -137,7 +129,7 @@ def plain_torch_step(model_dir, batch: TrainBatch) -> list[list[float]]:
     return [after[i, :len(c)].tolist() for i, c in enumerate(batch.completion_ids)]
 
 
-def test_zero3_two_ranks_and_offload_match_plain_torch_and_export(model_dir, ray_local, tmp_path):
+def test_zero3_two_ranks_and_offload_match_plain_torch_and_export(model_dir, ray_cluster, tmp_path):
     from transformers import AutoModelForCausalLM
 
     batch = make_batch(300)

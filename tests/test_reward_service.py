@@ -23,12 +23,12 @@ def index_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def service(index_path):
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+def service(index_path, ray_cluster):
     actors, endpoints = start_replicas(index_path, replicas=2, token=TOKEN)
     yield actors, endpoints
     ray.get([a.stop.remote() for a in actors])
-    ray.shutdown()
+    for actor in actors:
+        ray.kill(actor)
 
 
 def test_in_process_scorer_uses_semantic_levels(index_path):
