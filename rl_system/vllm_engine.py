@@ -49,11 +49,12 @@ class EngineConfig:
 def engine_config(spec, model_path: str | Path, constraint_path: str | Path) -> EngineConfig:
     """Engine settings for a spec; the context must hold the longest prompt plus a full completion."""
     rollout = spec.cluster.rollout
+    placement = resolve(spec.cluster.device)
     completion = spec.rl.max_think_tokens + spec.rl.max_new_tokens
     return EngineConfig(
         model=str(model_path),
         constraint_path=str(constraint_path),
-        placement=resolve(spec.cluster.device),
+        placement=placement,
         dtype=spec.model.dtype,
         tensor_parallel=rollout.tensor_parallel,
         kv_cache_gib=rollout.kv_cache_gib,
@@ -62,6 +63,8 @@ def engine_config(spec, model_path: str | Path, constraint_path: str | Path) -> 
         max_num_seqs=max(spec.rl.prompts_per_step * spec.rl.group_size, spec.eval.beam_width * 16, 64),
         seed=spec.rl.seed,
         max_logprobs=max(20, spec.eval.beam_width, spec.rl.beam_width),
+        # CPU: compiling buys little and costs minutes at start; GPU: keep torch.compile + CUDA graphs.
+        enforce_eager=not placement.is_gpu,
     )
 
 

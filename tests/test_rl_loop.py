@@ -56,3 +56,20 @@ def test_resume_draws_the_same_prompts_with_another_pool_size(finished_run, capl
     assert resumed[2]["data/first_uid"] == uninterrupted[2]["data/first_uid"]
     assert resumed[2]["data/last_uid"] == uninterrupted[2]["data/last_uid"]
     assert resumed[2]["weight_version"] == 3
+
+
+def test_eval_scores_both_stages_with_valid_beams(finished_run):
+    """`gream eval`: every trained stage gets eval.json with ranking metrics and Pass@K."""
+    from rl_system import evaluate
+
+    spec, _ = finished_run
+    small = spec.model_copy(update={"eval": spec.eval.model_copy(update={"max_users": 12, "pass_samples": 10})})
+    results = evaluate.run(small)
+    assert set(results) == {"sft", "rl"}
+    for stage in ("sft", "rl"):
+        written = json.loads((spec.stage_dir(stage) / "eval.json").read_text())
+        assert set(written) == {"valid", "test"}
+        for split in written.values():
+            assert {"recall@1", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "pass@1", "pass@5", "pass@10"} <= set(split)
+            assert split["users"] == 12 and split["format_ok"] == 1.0
+            assert 0.0 <= split["recall@1"] <= split["recall@5"] <= split["recall@10"] <= 1.0
