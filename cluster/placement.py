@@ -34,7 +34,7 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
         return
     address = address or spec.cluster.address
     # Workers must import the repo's packages; the driver's working tree ships with the job.
-    env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}}
+    env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING"}}
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
     else:
