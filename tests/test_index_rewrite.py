@@ -1,61 +1,17 @@
 """Teacher rewrite against a real local HTTP server speaking the OpenAI chat-completions JSON:
 cache hits, resume after an interrupted run, and error reporting."""
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from indexing.rewrite import PROMPT, EndpointTeacher, RewriteCache, RewriteError, rewrite_texts
-
-
-class ChatServer:
-    """Answers POST /v1/chat/completions with 'REWRITE(<listing>)'; can fail from the n-th request."""
-
-    def __init__(self):
-        self.requests: list[dict] = []
-        self.fail_from: int | None = None
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with outer.lock:
-                    outer.requests.append(body)
-                    failing = outer.fail_from is not None and len(outer.requests) >= outer.fail_from
-                if self.path != "/v1/chat/completions" or failing:
-                    self.send_response(500 if failing else 404)
-                    self.end_headers()
-                    self.wfile.write(b"teacher overloaded")
-                    return
-                listing = body["messages"][0]["content"].split("Listing: ", 1)[1]
-                reply = {"choices": [{"message": {"role": "assistant", "content": f"REWRITE({listing})"}}]}
-                data = json.dumps(reply).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+from tests.chat_server import ChatServer
 
 
 @pytest.fixture
 def server():
-    s = ChatServer()
-    yield s
-    s.close()
+    with ChatServer(lambda prompt: f"REWRITE({prompt.split('Listing: ', 1)[1]})") as s:
+        yield s
 
 
 TEXTS = [f"Title: item {i}." for i in range(7)]

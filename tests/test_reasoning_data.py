@@ -6,8 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from indexing.rewrite import RewriteError
 from indexing.sid import SidIndex
 from sft.reasoning_data import (build_reasoning_data, check_reply, prune_history, reasoning_dir, select_examples,
                                 title_words)
+from tests.chat_server import ChatServer
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICE = REPO / "data/office"
@@ -92,46 +91,12 @@ def test_select_examples_is_a_seeded_capped_sample_in_split_order():
     assert select_examples(train[:5], 10, seed=3) == train[:5]
 
 
-class TeacherServer:
-    """POST /v1/chat/completions. Reads the target SID and the first history line from the
-    prompt and answers in one of three ways chosen by a hash of the target: a good rationale
-    citing that history item by SID, one that answers a wrong SID, or one citing nothing. Can fail
-    (HTTP 500) from the n-th request on."""
+class Teacher:
+    """Replies for the local chat server. Reads the target SID and the first history line from
+    the prompt and answers in one of three ways chosen by a hash of the target: a good rationale
+    citing that history item by SID, one that answers a wrong SID, or one citing nothing."""
 
     MODES = ("good", "wrong_answer", "no_citation")
-
-    def __init__(self):
-        self.prompts: list[str] = []
-        self.fail_from: int | None = None
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                prompt = body["messages"][0]["content"]
-                with outer.lock:
-                    outer.prompts.append(prompt)
-                    failing = outer.fail_from is not None and len(outer.prompts) >= outer.fail_from
-                if failing:
-                    self.send_response(500)
-                    self.end_headers()
-                    self.wfile.write(b"teacher overloaded")
-                    return
-                data = json.dumps({"choices": [{"message": {"role": "assistant",
-                                                            "content": outer.reply(prompt)}}]}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     @staticmethod
     def parts(prompt: str) -> tuple[str, str]:
@@ -144,25 +109,22 @@ class TeacherServer:
         target, _ = cls.parts(prompt)
         return cls.MODES[int(hashlib.sha256(target.encode()).hexdigest(), 16) % 3]
 
-    def reply(self, prompt: str) -> str:
-        target, cited = self.parts(prompt)
-        mode = self.mode(prompt)
+    @classmethod
+    def reply(cls, prompt: str) -> str:
+        target, cited = cls.parts(prompt)
+        mode = cls.mode(prompt)
         if mode == "good":
             return f"1. Evidence: the shopper bought {cited}.\n2-5. More of the same.\n<answer>{target}</answer>"
         if mode == "wrong_answer":
             return f"1. Evidence: {cited}.\n<answer>{cited}</answer>"
         return f"1. The shopper needs something new.\n<answer>{target}</answer>"
 
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
 
 @pytest.fixture
 def server():
-    s = TeacherServer()
-    yield s
-    s.close()
+    """Answers with `Teacher.reply`; can fail (HTTP 500) from the n-th request on."""
+    with ChatServer(Teacher.reply) as s:
+        yield s
 
 
 def make_spec(run_dir: Path, **reasoning) -> JobSpec:
@@ -195,7 +157,7 @@ def test_teacher_loop_caches_resumes_filters_and_reports(server, run_dir):
     asked = answered + resent
     assert len(set(asked)) == 12
 
-    expected = {m: sum(TeacherServer.mode(p) == m for p in asked) for m in TeacherServer.MODES}
+    expected = {m: sum(Teacher.mode(p) == m for p in asked) for m in Teacher.MODES}
     assert all(expected.values()), expected  # the fixed data exercises every mode
     report = json.loads((out / "report.json").read_text())
     assert report["examples"] == 12 and (report["asked"], report["from_cache"]) == (4, 8)
