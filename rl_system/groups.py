@@ -15,7 +15,8 @@ import numpy as np
 from rl_system import advantages
 from rl_system.learner import TrainBatch
 from rl_system.prompt_source import Prompt, PromptSource
-from rl_system.reward_service import RewardClient, RewardReply
+from rl_system.reward_pool import RewardPool
+from rl_system.reward_service import RewardReply
 from rl_system.rollout_pool import RolloutPool
 from rl_system.rollout_worker import RolloutGroup
 
@@ -31,7 +32,7 @@ class ScoredGroup:
 
 
 class GroupSampler:
-    def __init__(self, spec, pool: RolloutPool, rewards: RewardClient, source: PromptSource, answer_open_id: int | None):
+    def __init__(self, spec, pool: RolloutPool, rewards: RewardPool, source: PromptSource, answer_open_id: int | None):
         self.rl = spec.rl
         self.pool = pool
         self.rewards = rewards

@@ -290,13 +290,6 @@ def start_replicas(index_path: str | Path, replicas: int, mode: rewards.Mode = "
     return actors, endpoints
 
 
-def start_from_spec(spec, index_path: str | Path, scheduling_strategies: Sequence[Any] | None = None
-                    ) -> tuple[list[Any], list[str]]:
-    reward = spec.cluster.reward
-    return start_replicas(index_path, reward.replicas, spec.rl.mode, spec.rl.beta, host=reward.host, token=reward.token,
-                          scheduling_strategies=scheduling_strategies)
-
-
 class RewardClient:
     """DEALER client over M replicas; a batch is split across replicas and scored in parallel.
 

@@ -14,7 +14,6 @@ import signal
 import time
 from pathlib import Path
 
-import ray
 from ray.exceptions import RayActorError
 
 from cluster.checkpoint import CheckpointManager
@@ -29,7 +28,7 @@ from rl_system.dynamic_sampling import BatchFiller
 from rl_system.groups import GroupSampler, rollout_metrics, train_batch
 from rl_system.learner import LearnerGroup
 from rl_system.prompt_source import PromptSource
-from rl_system.reward_service import RewardClient, start_from_spec
+from rl_system.reward_pool import RewardPool
 from rl_system.rollout_pool import RolloutPool
 
 log = logging.getLogger(__name__)
@@ -73,8 +72,7 @@ def run(spec, resume: bool = False) -> Path:
     learner_pg = learner_group(spec)
     learner = LearnerGroup.from_spec(spec, start_model, learner_pg)
     pool = RolloutPool(spec, start_model, index)
-    reward_actors, endpoints = start_from_spec(spec, idx_path)
-    rewards = RewardClient(endpoints, token=spec.cluster.reward.token)
+    rewards = RewardPool.from_spec(spec, idx_path)
     source = PromptSource(split_from_spec(spec).train, index, tokenizer, rl.seed, reasoning=rl.mode == "reasoning")
     sampler = GroupSampler(spec, pool, rewards, source, tokenizer.get_vocab().get("<answer>"))
     filler = BatchFiller(rl.prompts_per_step, rl.max_resample_rounds)
@@ -115,11 +113,9 @@ def run(spec, resume: bool = False) -> Path:
             _save(spec, ckpts, learner, source, step)                          # save
 
     metrics.close()
-    rewards.close()
+    rewards.shutdown()
     if stop.raised is None:
         learner.save_hf(rl_dir / "model")
-    for actor in reward_actors:
-        ray.kill(actor)
     pool.shutdown()
     learner.shutdown()
     learner_pg.remove()

@@ -107,3 +107,17 @@ def test_client_times_out_with_a_clear_error():
                 client.score(["<a_1>"], [0])
     finally:
         silent.close(linger=0)
+
+
+def test_dead_replica_is_replaced_and_the_batch_scored(index_path, ray_cluster):
+    from rl_system.reward_pool import RewardPool
+
+    pool = RewardPool(index_path, replicas=2, token=TOKEN, timeout_s=3)
+    try:
+        ray.kill(pool.actors[0])
+        completions = ["<a_1><b_2><c_0>", "<a_4><b_2><c_0>"] * 300  # large enough to reach both replicas
+        reply = pool.score(completions, [0, 0] * 300)
+        assert pool.replaced == 1
+        assert reply.exact.tolist() == [True, False] * 300
+    finally:
+        pool.shutdown()
