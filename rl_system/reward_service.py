@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import itertools
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -199,6 +200,10 @@ class RewardServer:
 
     def endpoint(self) -> str:
         return self._endpoint
+
+    def pid(self) -> int:
+        """The serving process, for operators (and fault tests) that need to signal it."""
+        return os.getpid()
 
     def stats(self) -> dict[str, float]:
         return dict(self._stats)
