@@ -34,6 +34,9 @@ from rl_system.rollout_pool import RolloutPool
 log = logging.getLogger(__name__)
 
 
+LEARNER_KEYS = ("kl", "entropy", "clip_fraction", "grad_norm", "loss", "pg_loss")
+
+
 class LearnerFailed(RuntimeError):
     exit_code = 4
 
@@ -92,7 +95,9 @@ def run(spec, resume: bool = False) -> Path:
         filled = filler.fill(sampler.sample)                                   # generate + reward + filter
         if not filled.kept:
             log.warning("no informative group this step; skipping the update", extra=fields(step=step))
-            trained = {}
+            # Keep every metric key on every step (scripts rely on them): null = no update happened.
+            trained = dict.fromkeys(LEARNER_KEYS)
+            sampler.seconds["train"] = 0.0
         else:
             t_train = time.perf_counter()
             try:
@@ -128,8 +133,7 @@ def _step_record(spec, step, sampler, filled, trained, push, seconds) -> dict:
     record = rollout_metrics(sampler.all_groups, sampler.source.index.depth)
     record.update({f"dropped/{k}": v for k, v in filled.shares().items()})
     record.update(kept_groups=len(filled.kept), sampled_groups=filled.sampled, sampling_rounds=filled.rounds)
-    record.update({k: trained[k] for k in ("kl", "entropy", "clip_fraction", "grad_norm", "loss", "pg_loss")
-                   if k in trained})
+    record.update({k: trained.get(k) for k in LEARNER_KEYS})
     record.update({f"time/{k}": round(v, 4) for k, v in sampler.seconds.items()})
     uids = [g.prompt.uid for g in sampler.all_groups]
     record.update({"data/first_uid": min(uids), "data/last_uid": max(uids)})
