@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 
+from cluster.errors import Resumable
 from cluster.logs import setup_logging
 from cluster.spec import JobSpec, SpecError, dump_spec, load_spec
 
@@ -169,13 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a Hugging Face folder (model, tokenizer, SID index, trie) for vLLM")
     p.add_argument("run", help="run directory (the spec's run_dir, e.g. runs/NAME)")
-    p.add_argument("--step", required=True, help="RL checkpoint step to export, or 'sft' for the SFT model")
+    p.add_argument("--step", required=True, help="RL checkpoint step to export, 'best' (named in "
+                   "rl/checkpoints/best.json, see checkpoint.best_metric) or 'sft' for the SFT model")
     p.add_argument("out", help="output folder (must not exist or be empty)")
     p.set_defaults(func=cmd_export)
     return parser
 
 
+def resume_command(argv: list[str]) -> str:
+    """The command line that stopped, with --resume: the same spec, overrides and address."""
+    return shlex.join(["gream", *(a for a in argv if a != "--resume"), "--resume"])
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
@@ -187,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         if code is None:
             raise
         print(f"gream: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if isinstance(exc, Resumable):
+            print(f"gream: resume with: {resume_command(argv)}", file=sys.stderr)
         return code
     return 0
 

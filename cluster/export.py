@@ -6,7 +6,8 @@ the file the rollout engines read), plus `gream_export.json` saying where it cam
 it as a model folder; `RolloutPool`/`EngineConfig` take it as a model dir and find the constraint
 table beside the weights.
 
-Weights come from the RL checkpoint of step N: DeepSpeed's own consolidation
+Weights come from the RL checkpoint of step N (`--step best`: the one `rl/checkpoints/best.json`
+names, see `CheckpointManager`): DeepSpeed's own consolidation
 (`zero_to_fp32`) merges the fp32 master weights of every ZeRO rank, which are loaded into the
 architecture of the model RL started from (`sft/model`, else `rl/model`) and cast to its dtype.
 `--step sft` exports the SFT model itself.
@@ -20,7 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
-from cluster.checkpoint import CheckpointManager
+from cluster.checkpoint import BEST_FILE, Checkpoint, CheckpointManager
 from cluster.logs import fields
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 EXPORT_MARKER = "gream_export.json"
 DS_TAG = "learner"  # the tag Learner.save_checkpoint writes under
 SFT = "sft"
+BEST = "best"
 
 
 class ExportError(Exception):
@@ -35,11 +37,11 @@ class ExportError(Exception):
 
 
 def parse_step(text: str) -> int | str:
-    """`--step`: a checkpoint step number or 'sft'."""
-    if text == SFT:
-        return SFT
+    """`--step`: a checkpoint step number, 'best' or 'sft'."""
+    if text in (SFT, BEST):
+        return text
     if not text.isdigit():
-        raise ExportError(f"--step must be a checkpoint step number or '{SFT}', got {text!r}")
+        raise ExportError(f"--step must be a checkpoint step number, '{BEST}' or '{SFT}', got {text!r}")
     return int(text)
 
 
@@ -62,13 +64,19 @@ def index_file(run_dir: Path) -> Path:
     return found[0]
 
 
-def checkpoint_dir(run_dir: Path, step: int) -> tuple[Path, dict]:
-    """The complete checkpoint of `step` and its manifest; an incomplete one is refused."""
+def find_checkpoint(run_dir: Path, step: int | str) -> Checkpoint:
+    """The complete checkpoint of `step` (a number or 'best'); an incomplete one is refused."""
     root = run_dir / "rl" / "checkpoints"
+    if step == BEST:
+        best = CheckpointManager(root, keep=1 << 30).best() if root.is_dir() else None
+        if best is None:
+            raise ExportError(f"{root / BEST_FILE}: no best checkpoint recorded, or the one it names is incomplete; "
+                              "export a step number instead")
+        return best
     complete = CheckpointManager(root, keep=1 << 30).complete() if root.is_dir() else []
     for ckpt in complete:
         if ckpt.step == step:
-            return ckpt.path, ckpt.meta
+            return ckpt
     steps = ", ".join(str(c.step) for c in complete) or "none"
     raise ExportError(f"{root}: no complete checkpoint for step {step}; complete checkpoints: {steps}")
 
@@ -130,9 +138,10 @@ def export(run_dir: str | Path, step: int | str, out: str | Path) -> Path:
             raise ExportError(f"{source}: no SFT model to export")
         provenance["source"] = "sft"
     else:
-        ckpt, meta = checkpoint_dir(run_dir, int(step))
-        provenance.update(source="rl", step=int(step), checkpoint=str(ckpt.resolve()),
-                          weight_version=meta.get("weight_version"), spec_hash=meta.get("spec_hash"))
+        ckpt = find_checkpoint(run_dir, step)
+        provenance.update(source="rl", step=ckpt.step, checkpoint=str(ckpt.path.resolve()),
+                          weight_version=ckpt.meta.get("weight_version"), spec_hash=ckpt.meta.get("spec_hash"),
+                          metrics=ckpt.meta.get("metrics"))
 
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -142,7 +151,7 @@ def export(run_dir: str | Path, step: int | str, out: str | Path) -> Path:
             # Already a served folder: copied as is, so the bytes are the ones SFT evaluated.
             shutil.copytree(source, tmp, dirs_exist_ok=True)
         else:
-            model = load_policy(base, consolidated_state_dict(ckpt / "learner"))
+            model = load_policy(base, consolidated_state_dict(ckpt.path / "learner"))
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
         shutil.copy2(idx, tmp / idx.name)

@@ -193,6 +193,10 @@ class LoggingSpec(_Section):
 class CheckpointSpec(_Section):
     every: int = Field(10, ge=1)
     keep: int = Field(2, ge=1)
+    # Besides the last `keep`, the checkpoint with the best value of this per-step RL metric (its
+    # mean over the steps since the previous checkpoint) is kept and named in checkpoints/best.json.
+    best_metric: str = "reward/mean"
+    best_mode: Literal["max", "min"] = "max"
 
 
 class JobSpec(_Section):

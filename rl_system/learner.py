@@ -435,6 +435,13 @@ class LearnerGroup:
                 rows[rank + j * self.world_size] = row
         return rows
 
+    def rank_of(self, error: Exception) -> int | None:
+        """The rank whose actor a RayActorError reports dead or unreachable; None for any other actor."""
+        dead = getattr(error, "actor_id", None)
+        # ActorHandle has no public id accessor; `_actor_id` is what Ray's own utilities read.
+        ids = [actor._actor_id.hex() for actor in self.actors]
+        return ids.index(dead) if dead in ids else None
+
     def call(self, method: str, *args) -> list:
         """Run a collective method on every rank; returns the per-rank results."""
         import ray

@@ -3,6 +3,10 @@
     placement groups -> learner + rollout pool + reward service
     for each step: generate -> reward -> filter -> train -> push weights -> log -> save
 
+How it stops: after `rl.steps` (exit 0); on SIGTERM/SIGINT after checkpointing the step in flight
+(`Stopped`, exit 128 + N); when a learner rank dies (`LearnerFailed`, exit 4). Both stops name
+the last complete checkpoint, and the CLI prints the command that resumes from it.
+
 Everything else (how a group is sampled, how the learner steps, how weights travel) lives in its
 own module; this file is the loop a reader should be able to hold in their head.
 """
@@ -10,18 +14,21 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import signal
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from ray.exceptions import RayActorError
 
-from cluster.checkpoint import CheckpointManager
+from cluster.checkpoint import BestRule, CheckpointManager
 from cluster.control import ControlWatcher, write_status
-from cluster.errors import MissingArtefact
+from cluster.errors import MissingArtefact, Resumable
 from cluster.logs import fields
 from cluster.metrics_log import MetricsLog
 from cluster.placement import init_ray, learner_group
+from cluster.spec import SpecError
 from indexing.dataset import split_from_spec
 from indexing.sid import SidIndex
 from rl_system.dynamic_sampling import BatchFiller
@@ -37,8 +44,19 @@ log = logging.getLogger(__name__)
 LEARNER_KEYS = ("kl", "entropy", "clip_fraction", "grad_norm", "loss", "pg_loss")
 
 
-class LearnerFailed(RuntimeError):
+class LearnerFailed(Resumable):
+    """A learner rank died: a DeepSpeed group cannot go on without one of its ranks."""
+
     exit_code = 4
+
+
+class Stopped(Resumable):
+    """SIGTERM/SIGINT: the step in flight was checkpointed. Exit code 128 + N, what a shell reports
+    for a process ended by signal N, so schedulers and scripts see a termination, not a success."""
+
+    def __init__(self, signum: int, hint: str):
+        self.exit_code = 128 + signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}; {hint}")
 
 
 class _StopFlag:
@@ -52,6 +70,52 @@ class _StopFlag:
     def _set(self, signum, _frame) -> None:
         log.warning("signal received: checkpointing after this step", extra=fields(signal=signum))
         self.raised = signum
+
+
+class _ScoreWindow:
+    """What a checkpoint is ranked by: `checkpoint.best_metric` averaged over the steps since the
+    previous checkpoint. A mean, not the last step's value, because one step's reward comes from a
+    handful of prompts and is noisy. Steps where the metric is null (no update) are left out."""
+
+    def __init__(self, spec):
+        self.metric, self.source = spec.checkpoint.best_metric, spec.source or "spec"
+        self.values: list[float] = []
+
+    def add(self, record: dict) -> None:
+        if self.metric not in record:
+            keys = sorted(k for k, v in record.items() if not isinstance(v, list))
+            raise SpecError(f"{self.source}: key 'checkpoint.best_metric': {self.metric!r} is not a per-step RL "
+                            f"metric; expected one of: {', '.join(keys)}")
+        value = record[self.metric]
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            self.values.append(float(value))
+
+    def take(self) -> dict[str, float]:
+        """{metric: mean} for the checkpoint manifest ({} when no step had a value); starts a new window."""
+        values, self.values = self.values, []
+        return {self.metric: sum(values) / len(values)} if values else {}
+
+
+def _resume_hint(ckpts: CheckpointManager) -> str:
+    latest = ckpts.latest()
+    if latest is None:
+        return "no checkpoint was complete yet, so --resume starts over from the SFT model"
+    return f"the last complete checkpoint is step {latest.step} ({latest.path}); --resume continues from it"
+
+
+@contextmanager
+def _stop_on_learner_death(learner: LearnerGroup, ckpts: CheckpointManager):
+    """A dead learner rank ends the job as LearnerFailed; any other actor's death passes through
+    (the rollout and reward pools replace their own actors before it could reach here)."""
+    try:
+        yield
+    except RayActorError as exc:
+        rank = learner.rank_of(exc)
+        if rank is None:
+            raise
+        first_line = (str(exc).strip().splitlines() or [""])[0]  # Ray's message goes on for a dozen lines
+        raise LearnerFailed(f"learner rank {rank} died ({type(exc).__name__}: {first_line}); the job stopped; "
+                            f"{_resume_hint(ckpts)}") from exc
 
 
 def sft_model_dir(spec) -> Path:
@@ -79,53 +143,51 @@ def run(spec, resume: bool = False) -> Path:
     source = PromptSource(split_from_spec(spec).train, index, tokenizer, rl.seed, reasoning=rl.mode == "reasoning")
     sampler = GroupSampler(spec, pool, rewards, source, tokenizer.get_vocab().get("<answer>"))
     filler = BatchFiller(rl.prompts_per_step, rl.max_resample_rounds)
-    ckpts = CheckpointManager(rl_dir / "checkpoints", spec.checkpoint.keep)
+    ckpts = CheckpointManager(rl_dir / "checkpoints", spec.checkpoint.keep,
+                              BestRule(spec.checkpoint.best_metric, spec.checkpoint.best_mode))
 
     step = _restore(spec, ckpts, learner, source) if resume else 0
     pool.attach_learner(learner, version=step)  # every worker starts from the learner's weights
     metrics = MetricsLog(rl_dir, spec.logging.tensorboard, resume_from_step=step if resume else None)
-    stop, control = _StopFlag(), ControlWatcher(spec.run_path)
-
-    while step < rl.steps and stop.raised is None:
-        step += 1
-        if (size := control.pending_scale()) is not None:
-            pool.scale(size)                                                   # gream scale RUN --rollout N
-        t0 = time.perf_counter()
-        sampler.reset()
-        filled = filler.fill(sampler.sample)                                   # generate + reward + filter
-        if not filled.kept:
-            log.warning("no informative group this step; skipping the update", extra=fields(step=step))
-            # Keep every metric key on every step (scripts rely on them): null = no update happened.
-            trained = dict.fromkeys(LEARNER_KEYS)
-            sampler.seconds["train"] = 0.0
-        else:
-            t_train = time.perf_counter()
-            try:
+    stop, control, window = _StopFlag(), ControlWatcher(spec.run_path), _ScoreWindow(spec)
+    with ExitStack() as teardown, _stop_on_learner_death(learner, ckpts):
+        # However the loop ends (done, signalled, a rank lost), the actors go; last in, first out.
+        for close in (learner_pg.remove, learner.shutdown, pool.shutdown, rewards.shutdown, metrics.close):
+            teardown.callback(close)
+        stopping = False
+        while step < rl.steps and not stopping:
+            step += 1
+            if (size := control.pending_scale()) is not None:
+                pool.scale(size)                                           # gream scale RUN --rollout N
+            t0 = time.perf_counter()
+            sampler.reset()
+            filled = filler.fill(sampler.sample)                           # generate + reward + filter
+            if not filled.kept:
+                log.warning("no informative group this step; skipping the update", extra=fields(step=step))
+                # Keep every metric key on every step (scripts rely on them): null = no update happened.
+                trained = dict.fromkeys(LEARNER_KEYS)
+                sampler.seconds["train"] = 0.0
+            else:
+                t_train = time.perf_counter()
                 trained = learner.train_step(train_batch(filled.kept, rl.advantage, rl.passk_k))  # train
-            except RayActorError as exc:
-                raise LearnerFailed(f"a learner rank died at step {step} ({exc.__class__.__name__}); the job "
-                                    f"stopped. Resume from the last checkpoint with: gream launch "
-                                    f"{spec.source or 'SPEC'} --resume") from exc
-            sampler.seconds["train"] = time.perf_counter() - t_train
-        t_push = time.perf_counter()
-        push = pool.push(step)                                                 # weights -> rollout workers
-        sampler.seconds["push"] = time.perf_counter() - t_push
-        record = _step_record(spec, step, sampler, filled, trained, push, time.perf_counter() - t0)
-        metrics.write(step, record)                                            # log
-        write_status(spec.run_path, step, pool.versions(), pool.restarts)
-        log.info("step", extra=fields(**{k: _short(v) for k, v in record.items() if not isinstance(v, list)}))
-        if step % spec.checkpoint.every == 0 or step == rl.steps or stop.raised is not None:
-            _save(spec, ckpts, learner, source, step)                          # save
-
-    metrics.close()
-    rewards.shutdown()
-    if stop.raised is None:
-        learner.save_hf(rl_dir / "model")
-    pool.shutdown()
-    learner.shutdown()
-    learner_pg.remove()
-    if stop.raised is not None:
-        raise SystemExit(128 + stop.raised)
+                sampler.seconds["train"] = time.perf_counter() - t_train
+            t_push = time.perf_counter()
+            push = pool.push(step)                                         # weights -> rollout workers
+            sampler.seconds["push"] = time.perf_counter() - t_push
+            record = _step_record(spec, step, sampler, filled, trained, push, time.perf_counter() - t0)
+            metrics.write(step, record)                                    # log
+            window.add(record)
+            write_status(spec.run_path, step, pool.versions(), pool.restarts)
+            log.info("step", extra=fields(**{k: _short(v) for k, v in record.items() if not isinstance(v, list)}))
+            # Read the flag once: a signal landing after this line stops the loop a step later, so
+            # the step it stops after is always one that was saved.
+            stopping = stop.raised is not None
+            if step % spec.checkpoint.every == 0 or step == rl.steps or stopping:
+                _save(spec, ckpts, learner, source, step, window.take())   # save
+        if not stopping:
+            learner.save_hf(rl_dir / "model")
+    if stopping:
+        raise Stopped(stop.raised, _resume_hint(ckpts))
     return rl_dir / "model"
 
 
@@ -148,13 +210,15 @@ def _short(v):
     return round(v, 4) if isinstance(v, float) else v
 
 
-def _save(spec, ckpts: CheckpointManager, learner: LearnerGroup, source: PromptSource, step: int) -> None:
+def _save(spec, ckpts: CheckpointManager, learner: LearnerGroup, source: PromptSource, step: int,
+          score: dict[str, float]) -> None:
     def write(folder: Path) -> None:
         learner.save_checkpoint(folder / "learner", {"step": step})
         (folder / "driver.json").write_text(json.dumps({"step": step, "weight_version": step,
                                                          "data": source.state()}))
 
-    ckpts.save(step, write, {"weight_version": step, "spec_hash": spec.section_hash("data", "index", "model", "rl")})
+    ckpts.save(step, write, {"weight_version": step, "spec_hash": spec.section_hash("data", "index", "model", "rl"),
+                             "metrics": score})
 
 
 def _restore(spec, ckpts: CheckpointManager, learner: LearnerGroup, source: PromptSource) -> int:

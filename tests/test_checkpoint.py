@@ -2,7 +2,9 @@
 import json
 import logging
 
-from cluster.checkpoint import CheckpointManager
+import pytest
+
+from cluster.checkpoint import BEST_FILE, BestRule, CheckpointManager
 from cluster.metrics_log import MetricsLog, read_metrics
 
 
@@ -50,6 +52,65 @@ def test_failed_write_leaves_previous_checkpoint(tmp_path):
         pass
     assert mgr.latest().step == 1
     assert not list((tmp_path / "ckpt").glob(".tmp-*"))
+
+
+def _save_scored(mgr, step, score):
+    return mgr.save(step, _write({"step": step}), {"metrics": {} if score is None else {"reward/mean": score}})
+
+
+def test_best_is_kept_besides_the_last_k(tmp_path):
+    mgr = CheckpointManager(tmp_path / "ckpt", keep=2, best=BestRule("reward/mean", "max"))
+    for step, score in [(1, 0.1), (2, 0.9), (3, 0.3), (4, 0.2), (5, 0.4)]:
+        _save_scored(mgr, step, score)
+    assert [c.step for c in mgr.complete()] == [2, 4, 5]  # the last 2, and step 2 for its score
+    assert json.loads((tmp_path / "ckpt" / BEST_FILE).read_text()) == {
+        "step": 2, "path": "step-0000002", "metric": "reward/mean", "mode": "max", "value": 0.9}
+    # A reader without the rule (gream export, gream status) finds the same one through best.json.
+    reader = CheckpointManager(tmp_path / "ckpt", keep=1 << 30)
+    assert reader.best().step == 2
+    assert json.loads((reader.best().path / "state.json").read_text()) == {"step": 2}
+
+    _save_scored(mgr, 6, 0.95)  # a new best: the old one is an ordinary checkpoint again, and pruned
+    assert [c.step for c in mgr.complete()] == [5, 6] and reader.best().step == 6
+
+
+def test_best_min_mode_ties_and_unscored_checkpoints(tmp_path):
+    mgr = CheckpointManager(tmp_path / "ckpt", keep=1, best=BestRule("reward/mean", "min"))
+    assert mgr.best() is None
+    _save_scored(mgr, 1, None)  # no value for the metric (e.g. no step since the last checkpoint)
+    assert mgr.best() is None and not (tmp_path / "ckpt" / BEST_FILE).exists()
+    _save_scored(mgr, 2, 0.5)
+    _save_scored(mgr, 3, 0.2)
+    _save_scored(mgr, 4, float("nan"))  # not a candidate, never the best
+    _save_scored(mgr, 5, 0.2)  # a tie goes to the later step
+    assert mgr.best().step == 5 and [c.step for c in mgr.complete()] == [5]
+    _save_scored(mgr, 6, 0.7)
+    assert mgr.best().step == 5 and [c.step for c in mgr.complete()] == [5, 6]
+
+
+def test_best_that_lost_a_file_is_not_returned(tmp_path):
+    mgr = CheckpointManager(tmp_path / "ckpt", keep=1, best=BestRule("reward/mean"))
+    best = _save_scored(mgr, 1, 0.9)
+    _save_scored(mgr, 2, 0.1)
+    (best / "sub" / "w.bin").unlink()  # best.json still names step 1, but it is incomplete now
+    assert mgr.best() is None
+    assert mgr.latest().step == 2
+
+
+def test_checkpoint_score_is_the_mean_since_the_last_checkpoint():
+    from cluster.spec import JobSpec, SpecError
+    from rl_system.train import _ScoreWindow
+
+    window = _ScoreWindow(JobSpec(name="x", checkpoint={"best_metric": "kl", "best_mode": "min"}))
+    for kl in (None, 0.2, 0.4):  # null: a step without an update has no KL
+        window.add({"reward/mean": 0.0, "kl": kl})
+    assert window.take() == {"kl": pytest.approx(0.3)}
+    assert window.take() == {}  # a new window per checkpoint
+
+    typo = _ScoreWindow(JobSpec(name="x", checkpoint={"best_metric": "reward/meen"}, source="job.yaml"))
+    with pytest.raises(SpecError, match=r"job.yaml: key 'checkpoint.best_metric': 'reward/meen' is not a per-step "
+                                        r"RL metric; expected one of: kl, reward/mean"):
+        typo.add({"reward/mean": 0.1, "kl": 0.0, "lcp_hist": [1, 2]})
 
 
 def test_metrics_jsonl_and_resume_truncation(tmp_path):

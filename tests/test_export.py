@@ -3,12 +3,13 @@ folder that transformers loads with the learner's exact weights and logits."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
-from cluster.checkpoint import CheckpointManager
+from cluster.checkpoint import BestRule, CheckpointManager
 from cluster.cli import main
 from cluster.export import EXPORT_MARKER, ExportError, export, parse_step
 from rl_system.learner import LearnerConfig, LearnerGroup, TrainBatch, completion_logits, pack
@@ -34,9 +35,8 @@ def local_logprobs(model, batch: TrainBatch) -> list[list[float]]:
 @pytest.fixture(scope="module")
 def trained_run(tiny_policy, ray_cluster, tmp_path_factory):
     """A run folder as the stages leave it: index, sft/model, and RL checkpoints of steps 1 and 2
-    written by a ZeRO-3 learner group of two ranks; returns (run, batch, per-step learner results)."""
-    import shutil
-
+    written by a ZeRO-3 learner group of two ranks, step 1 the best by reward; returns (run, batch,
+    per-step learner results)."""
     from transformers import AutoTokenizer
 
     run = tmp_path_factory.mktemp("export-run")
@@ -44,7 +44,7 @@ def trained_run(tiny_policy, ray_cluster, tmp_path_factory):
     shutil.copytree(tiny_policy.model_dir, run / "sft" / "model")
     tokenizer = AutoTokenizer.from_pretrained(run / "sft" / "model")
     batch = sid_batch(tiny_policy, tokenizer)
-    ckpts = CheckpointManager(run / "rl" / "checkpoints", keep=2)
+    ckpts = CheckpointManager(run / "rl" / "checkpoints", keep=2, best=BestRule("reward/mean"))
     cfg = LearnerConfig(model_path=str(run / "sft" / "model"), device="cpu", lr=1e-2, zero_stage=3,
                         micro_batch_size=2)
     group = LearnerGroup(cfg, world_size=2)
@@ -53,7 +53,7 @@ def trained_run(tiny_policy, ray_cluster, tmp_path_factory):
         for step in (1, 2):
             group.train_step(batch)
             ckpts.save(step, lambda folder: group.save_checkpoint(folder / "learner", {"step": step}),
-                       {"weight_version": step, "spec_hash": "test"})
+                       {"weight_version": step, "spec_hash": "test", "metrics": {"reward/mean": 1.0 / step}})
             learned[step] = {"logprobs": group.logprobs(batch), "params": dict(group.named_parameters_for_push())}
     finally:
         group.shutdown()
@@ -111,13 +111,30 @@ def test_export_cli_sft_and_errors(trained_run, tmp_path, capsys):
     with pytest.raises(ExportError, match="exists and is not empty"):
         export(run, 1, tmp_path / "sft")
     assert main(["export", str(run), "--step", "last", str(tmp_path / "y")]) == 2
-    assert "--step must be a checkpoint step number or 'sft', got 'last'" in capsys.readouterr().err
-    assert parse_step("12") == 12 and parse_step("sft") == "sft"
+    assert "--step must be a checkpoint step number, 'best' or 'sft', got 'last'" in capsys.readouterr().err
+    assert parse_step("12") == 12 and parse_step("sft") == "sft" and parse_step("best") == "best"
+
+
+def test_export_best_is_the_best_checkpoint_not_the_latest(trained_run, tmp_path):
+    from safetensors.torch import load_file
+
+    run, _, learned = trained_run
+    assert main(["export", str(run), "--step", "best", str(tmp_path / "best")]) == 0
+    marker = json.loads((tmp_path / "best" / EXPORT_MARKER).read_text())
+    assert marker["step"] == 1 and marker["metrics"] == {"reward/mean": 1.0}
+    exported = load_file(tmp_path / "best" / "model.safetensors")
+    assert exported and set(exported) <= set(learned[1]["params"])  # a tied output matrix is stored once
+    for name, tensor in exported.items():
+        torch.testing.assert_close(tensor, learned[1]["params"][name], rtol=0, atol=0, msg=name)
+
+    broken = tmp_path / "run"
+    shutil.copytree(run, broken)
+    (broken / "rl" / "checkpoints" / "best.json").unlink()
+    with pytest.raises(ExportError, match="best.json: no best checkpoint recorded"):
+        export(broken, "best", tmp_path / "out")
 
 
 def test_export_refuses_a_truncated_checkpoint(trained_run, tmp_path):
-    import shutil
-
     run, _, _ = trained_run
     broken = tmp_path / "run"
     shutil.copytree(run, broken)
