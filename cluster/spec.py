@@ -97,6 +97,10 @@ class SftSpec(_Section):
     max_len: int = Field(256, ge=16)
     zero_stage: int = Field(2, ge=0, le=3)
     warmup_new_tokens_steps: int = Field(0, ge=0)
+    # Supervise every history SID of a seqrec prompt, not only the answer: a next-item target at
+    # every position, as SASRec trains; seqrec then needs only the covering windows of each user.
+    history_loss: bool = True
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # embedding + residual-branch dropout while training
     tasks: list[Literal["seqrec", "item2index", "index2item", "fusion_title", "fusion_sid", "preference"]] = [
         "seqrec", "item2index", "index2item", "fusion_title", "fusion_sid"]
     curriculum: Literal["gream", "uniform", "sequential"] = "gream"

@@ -9,7 +9,11 @@ processor instance loads it and builds its `SidTrie` on the logits' device.
 Per request, `SamplingParams(extra_args={EXTRA_ARGS_KEY: "direct" | "reasoning"})` switches the
 constraint on (absent or None: unconstrained):
 - direct:    the SID from the first token, then EOS.
-- reasoning: free text until `<answer>`, then the SID, then `</answer>`, then EOS.
+- reasoning: `<think>`, free text, `</think>`, `<answer>`, the SID, `</answer>`, EOS. The tags are
+  forced: the first token is `<think>`; `</think>` is followed by `<answer>`; the free text may not
+  end the turn or write a tag out of order; and when the text would leave too few of the request's
+  `max_tokens` for the answer, `</think>` is forced (budget forcing). So every completion that runs
+  to its end is well formed, whatever the policy.
 
 `TrieConstraint` holds the state of every request slot as device tensors (phase, trie node), so one
 step costs a fixed handful of tensor ops for the whole batch: a batched trie transition for the
@@ -48,11 +52,15 @@ PREFIX_KEY = "sid_prefix"
 MODES = ("direct", "reasoning")
 ANSWER_OPEN = "<answer>"
 ANSWER_CLOSE = "</answer>"
+THINK_OPEN = "<think>"
+THINK_CLOSE = "</think>"
 
 # Decoding phase of a request slot.
 OFF = 0  # unconstrained
-FREE = 1  # reasoning text before `<answer>`: unconstrained until that token
+FREE = 1  # reasoning text: anything but the end of turn and out-of-order tags
 SID = 2  # inside the SID (or closing it): the trie decides
+FORCED = 3  # the next token is fixed (`<think>`, `</think>` when the budget runs out, `<answer>`)
+UNLIMITED = -1  # free-text budget of a request without max_tokens
 
 
 class ConstraintError(ValueError):
@@ -68,6 +76,8 @@ class ConstraintTable:
     eos_id: int
     answer_open_id: int | None = None
     answer_close_id: int | None = None
+    think_open_id: int | None = None
+    think_close_id: int | None = None
 
     @classmethod
     def from_index(cls, index: SidIndex, tokenizer) -> "ConstraintTable":
@@ -81,18 +91,26 @@ class ConstraintTable:
         if tokenizer.eos_token_id is None:
             raise ConstraintError("the tokenizer has no eos_token_id; constrained decoding needs one to end a SID")
         return cls(sids=rows, eos_id=int(tokenizer.eos_token_id),
-                   answer_open_id=vocab.get(ANSWER_OPEN), answer_close_id=vocab.get(ANSWER_CLOSE))
+                   answer_open_id=vocab.get(ANSWER_OPEN), answer_close_id=vocab.get(ANSWER_CLOSE),
+                   think_open_id=vocab.get(THINK_OPEN), think_close_id=vocab.get(THINK_CLOSE))
 
     @property
     def supports_reasoning(self) -> bool:
-        return self.answer_open_id is not None and self.answer_close_id is not None
+        return None not in (self.answer_open_id, self.answer_close_id, self.think_open_id, self.think_close_id)
+
+    @property
+    def answer_length(self) -> int:
+        """Tokens of a reasoning completion besides its free text: the four tags, the SID and EOS."""
+        return max(len(s) for s in self.sids) + 5
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"sids": self.sids, "eos_id": self.eos_id,
                                     "answer_open_id": self.answer_open_id,
-                                    "answer_close_id": self.answer_close_id}))
+                                    "answer_close_id": self.answer_close_id,
+                                    "think_open_id": self.think_open_id,
+                                    "think_close_id": self.think_close_id}))
         return path
 
     @classmethod
@@ -106,7 +124,8 @@ class ConstraintTable:
         if missing:
             raise ConstraintError(f"{path}: missing key(s) {sorted(missing)} in the constraint table")
         return cls(sids=raw["sids"], eos_id=raw["eos_id"], answer_open_id=raw.get("answer_open_id"),
-                   answer_close_id=raw.get("answer_close_id"))
+                   answer_close_id=raw.get("answer_close_id"), think_open_id=raw.get("think_open_id"),
+                   think_close_id=raw.get("think_close_id"))
 
     def build_trie(self, vocab_size: int, device: torch.device | str) -> SidTrie:
         # Both closers may follow a leaf; which one a request may use is decided per mode.
@@ -118,6 +137,7 @@ class ConstraintTable:
 class RequestConstraint:
     mode: str | None  # None: unconstrained
     prefix: tuple[int, ...] = ()  # SID tokens the prompt already ends with (direct mode)
+    max_tokens: int | None = None  # the request's budget, for budget forcing in reasoning mode
 
 
 def request_constraint(params: "SamplingParams") -> RequestConstraint:
@@ -131,7 +151,7 @@ def request_constraint(params: "SamplingParams") -> RequestConstraint:
         raise ConstraintError(f"SamplingParams.extra_args['{PREFIX_KEY}'] needs '{EXTRA_ARGS_KEY}': 'direct', got {mode!r}")
     if not all(isinstance(t, int) and t >= 0 for t in prefix):
         raise ConstraintError(f"SamplingParams.extra_args['{PREFIX_KEY}'] must be token ids, got {prefix!r}")
-    return RequestConstraint(mode, tuple(prefix))
+    return RequestConstraint(mode, tuple(prefix), params.max_tokens)
 
 
 def load_table(vllm_config: "VllmConfig") -> ConstraintTable:
@@ -154,31 +174,47 @@ class TrieConstraint:
         self.phase = torch.full((max_slots,), OFF, dtype=torch.long, device=self.device)
         self.node = torch.zeros(max_slots, dtype=torch.long, device=self.device)
         self.reasoning = torch.zeros(max_slots, dtype=torch.bool, device=self.device)
+        self.forced = torch.zeros(max_slots, dtype=torch.long, device=self.device)
+        self.budget = torch.full((max_slots,), UNLIMITED, dtype=torch.long, device=self.device)
         # -1 never equals a sampled token: without reasoning tokens the FREE phase is never entered.
-        self.answer_open = table.answer_open_id if table.answer_open_id is not None else -1
-        self.answer_close = table.answer_close_id if table.answer_close_id is not None else -1
+        self.answer_open, self.answer_close, self.think_open, self.think_close = (
+            -1 if t is None else t
+            for t in (table.answer_open_id, table.answer_close_id, table.think_open_id, table.think_close_id))
         self.eos = table.eos_id
+        # What free text may not write: the end of turn, and every tag but `</think>`.
+        self.banned_in_text = torch.tensor([t for t in (self.eos, self.think_open, self.answer_open, self.answer_close)
+                                            if t >= 0], dtype=torch.long, device=self.device)
         # Reused allowed-mask buffer for all-constrained batches: only the allowed blocks are written
         # and reset each step, instead of a fresh [B, V] mask.
         self.masker = TrieMasker(self.trie, max_slots)
         self.neg_inf = torch.tensor(float("-inf"), device=self.device)
 
-    def check_mode(self, mode: str | None) -> None:
-        if mode == "reasoning" and not self.table.supports_reasoning:
+    def check_mode(self, mode: str | None, max_tokens: int | None = None) -> None:
+        if mode != "reasoning":
+            return
+        if not self.table.supports_reasoning:
             raise ConstraintError(
-                f"reasoning mode needs '{ANSWER_OPEN}' and '{ANSWER_CLOSE}' in the vocabulary; this constraint table "
-                "has none")
+                f"reasoning mode needs {THINK_OPEN}, {THINK_CLOSE}, {ANSWER_OPEN} and {ANSWER_CLOSE} in the "
+                "vocabulary; this constraint table lacks some")
+        if max_tokens is not None and max_tokens < self.table.answer_length:
+            raise ConstraintError(f"reasoning mode needs max_tokens >= {self.table.answer_length} (tags, SID and EOS), "
+                                  f"got {max_tokens}")
+
+    def _free_budget(self, req: RequestConstraint) -> int:
+        return UNLIMITED if req.max_tokens is None else req.max_tokens - self.table.answer_length
 
     def reset(self, slots: Sequence[int], requests: Sequence[RequestConstraint]) -> None:
         """Start fresh requests in `slots` (one small host-to-device write per field)."""
         if not slots:
             return
         for req in requests:
-            self.check_mode(req.mode)
+            self.check_mode(req.mode, req.max_tokens)
         idx = torch.tensor(list(slots), dtype=torch.long, device=self.device)
-        phase = [OFF if r.mode is None else SID if r.mode == "direct" else FREE for r in requests]
+        phase = [OFF if r.mode is None else SID if r.mode == "direct" else FORCED for r in requests]
         self.phase[idx] = torch.tensor(phase, dtype=torch.long, device=self.device)
         self.reasoning[idx] = torch.tensor([r.mode == "reasoning" for r in requests], device=self.device)
+        self.forced[idx] = max(self.think_open, 0)
+        self.budget[idx] = torch.tensor([self._free_budget(r) for r in requests], dtype=torch.long, device=self.device)
         width = max(len(r.prefix) for r in requests)
         if width == 0:
             self.node[idx] = 0
@@ -191,38 +227,61 @@ class TrieConstraint:
 
     def move(self, src: torch.Tensor, dst: torch.Tensor) -> None:
         """Copy the state of slots `src` to slots `dst` (simultaneously, so swaps work)."""
-        for t in (self.phase, self.node, self.reasoning):
+        for t in (self.phase, self.node, self.reasoning, self.forced, self.budget):
             t[dst] = t[src].clone()
 
     def absorb(self, slots: torch.Tensor, tokens: torch.Tensor, take: torch.Tensor | None = None) -> None:
         """Advance slots by the token each sampled last step; rows where `take` is False keep their state."""
-        phase, node = self.phase[slots], self.node[slots]
-        opens = (phase == FREE) & (tokens == self.answer_open)
+        phase, node, forced, budget = self.phase[slots], self.node[slots], self.forced[slots], self.budget[slots]
+        text = (phase == FREE) | (phase == FORCED)
+        new_budget = torch.where((phase == FREE) & (budget > 0), budget - 1, budget)
         new_node = torch.where(phase == SID, self.trie.advance(node, tokens), torch.zeros_like(node))
-        new_phase = torch.where(opens, SID, phase)
+        new_phase = torch.where(text & (tokens == self.answer_open), SID, phase)
+        new_phase = torch.where(text & (tokens == self.think_open), FREE, new_phase)
+        closed = text & (tokens == self.think_close)
+        exhausted = (new_phase == FREE) & (new_budget == 0)
+        new_phase = torch.where(closed | exhausted, FORCED, new_phase)
+        new_forced = torch.where(closed, self.answer_open, torch.where(exhausted, self.think_close, forced))
         if take is not None:
-            new_node = torch.where(take, new_node, node)
-            new_phase = torch.where(take, new_phase, phase)
+            new_node, new_phase = torch.where(take, new_node, node), torch.where(take, new_phase, phase)
+            new_forced, new_budget = torch.where(take, new_forced, forced), torch.where(take, new_budget, budget)
         self.node[slots] = torch.where(new_phase == SID, new_node, node)
         self.phase[slots] = new_phase
+        self.forced[slots] = new_forced
+        self.budget[slots] = new_budget
 
     def constrained_rows(self, slots: torch.Tensor) -> tuple[bool, bool]:
         """(any, all) of `slots` in their SID phase (a host sync on GPUs)."""
         sid = self.phase[slots] == SID
         return bool(sid.any()), bool(sid.all())
 
-    def mask_(self, logits: torch.Tensor, slots: torch.Tensor, all_constrained: bool = False) -> torch.Tensor:
-        """Set every token a SID-phase row may not emit to -inf, in place; other rows are untouched.
-        `all_constrained` (every row in its SID phase, known to the caller) takes the one-pass path."""
+    def mask_(self, logits: torch.Tensor, slots: torch.Tensor, any_sid: bool = True,
+              all_sid: bool = False) -> torch.Tensor:
+        """Set every token a row may not emit to -inf, in place. The caller may say what it knows of
+        the batch (`any_sid`: some row is in its SID phase; `all_sid`: every row is) to skip work:
+        the trie mask when no row needs it, everything but the one-pass trie mask when all do."""
         node = self.node[slots]
-        if all_constrained:
+        if all_sid:
             allowed = self.masker.mask(node)
             self._forbid_wrong_closer(allowed, slots, node)
             return torch.where(allowed, logits, self.neg_inf, out=logits)
-        allowed = self.trie.allowed_mask(node)
-        self._forbid_wrong_closer(allowed, slots, node)
-        allowed |= (self.phase[slots] != SID).unsqueeze(1)
-        return logits.masked_fill_(~allowed, float("-inf"))
+        if any_sid:
+            allowed = self.trie.allowed_mask(node)
+            self._forbid_wrong_closer(allowed, slots, node)
+            allowed |= (self.phase[slots] != SID).unsqueeze(1)
+            logits.masked_fill_(~allowed, float("-inf"))
+        return self._steer_text_(logits, slots)
+
+    def _steer_text_(self, logits: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Free-text rows lose the banned tokens; forced rows keep only their forced token."""
+        phase = self.phase[slots]
+        if self.banned_in_text.numel():
+            banned = logits.index_select(1, self.banned_in_text)
+            logits[:, self.banned_in_text] = torch.where((phase == FREE).unsqueeze(1), self.neg_inf, banned)
+        token = self.forced[slots].unsqueeze(1)
+        kept = logits.gather(1, token)
+        logits.masked_fill_((phase == FORCED).unsqueeze(1), float("-inf"))
+        return logits.scatter_(1, token, kept)
 
     def _forbid_wrong_closer(self, allowed: torch.Tensor, slots: torch.Tensor, node: torch.Tensor) -> None:
         # The trie lets both closers follow a complete SID; a reasoning row at a leaf must close the
@@ -302,14 +361,13 @@ class TrieLogitsProcessor(V1LogitsProcessor):
         slots = torch.arange(logits.shape[0]) if whole else torch.tensor(rows)
         slots = slots.to(self.constraint.device)
         # V1 syncs every step anyway, so the batch's make-up picks the cheapest path: reasoning rows
-        # spend most steps in free text (no mask at all); a fully constrained batch takes one pass.
+        # spend most steps in free text (a few banned columns, no trie mask); a fully constrained
+        # batch takes one pass.
         any_sid, all_sid = self.constraint.constrained_rows(slots)
-        if not any_sid:
-            return logits
         if whole:
-            return self.constraint.mask_(logits, slots, all_constrained=all_sid)
+            return self.constraint.mask_(logits, slots, any_sid, all_sid)
         idx = slots.to(logits.device)
-        logits[idx] = self.constraint.mask_(logits[idx], slots, all_constrained=all_sid)
+        logits[idx] = self.constraint.mask_(logits[idx], slots, any_sid, all_sid)
         return logits
 
 
@@ -337,7 +395,7 @@ def _define_v2_adapter() -> type | None:
 
         def add_request(self, req_idx: int, sampling_params: "SamplingParams") -> bool:
             req = request_constraint(sampling_params)
-            self.constraint.check_mode(req.mode)
+            self.constraint.check_mode(req.mode, req.max_tokens)
             self.staged.append((req_idx, req))
             return req.mode is not None
 

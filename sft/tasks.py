@@ -1,5 +1,5 @@
 """SFT examples from the dataset split and the SID index (DESIGN.md section 3), tokenised with loss
-on the answer only.
+on the answer (and, with `history_loss`, on every history SID of a seqrec prompt).
 
 Alignment tasks: seqrec (SID history -> next SID), item2index (title -> SID), index2item
 (SID -> title), fusion_title (SID history -> next title), fusion_sid (title history -> next SID),
@@ -132,12 +132,35 @@ class AlignmentBuilder:
         return self.rng.sample(list(rows), min(count, len(rows)))
 
 
+def covering_windows(train: Sequence[Example]) -> list[Example]:
+    """The fewest training examples whose histories and targets, together, hold every training
+    target once: with the history supervised too, each user's longest example already teaches every
+    transition in its window (as SASRec trains on every position), so the shorter prefixes only
+    repeat it. Walks each user's examples back from the last; relies on the split's layout, where a
+    user's training examples are the consecutive prefixes of the sequence, the i-th predicting item
+    i+1 from the (capped) items before it."""
+    by_user: dict[int, list[Example]] = {}
+    for ex in train:
+        by_user.setdefault(ex.user, []).append(ex)
+    out = []
+    for rows in by_user.values():
+        i = len(rows) - 1
+        while i >= 0:
+            out.append(rows[i])
+            i -= len(rows[i].history) + 1
+    return out
+
+
 def build_alignment(builder: AlignmentBuilder, tasks: Sequence[str], train: Sequence[Example],
-                    preferences: dict[int, str] | None = None, limit: int | None = None) -> list[RenderedExample]:
+                    preferences: dict[int, str] | None = None, limit: int | None = None,
+                    history_loss: bool = False) -> list[RenderedExample]:
     """All alignment examples for the requested tasks. Fusion tasks get one example per catalogue
     item, sampled from the training examples, so the item-text tasks stay in proportion. `limit`
-    caps every task (a seeded sample), for quick runs."""
+    caps every task (a seeded sample), for quick runs. With `history_loss`, seqrec renders only the
+    covering windows (see `covering_windows`)."""
+    seqrec_rows = covering_windows(train) if history_loss else train
     if limit is not None:
+        seqrec_rows = builder.sample(seqrec_rows, limit)
         train = builder.sample(train, limit)
         builder = builder.restricted_to(builder.sample(builder.index.items(), limit))
     need_text = {"item2index", "index2item", "fusion_title", "fusion_sid"} & set(tasks)
@@ -146,7 +169,7 @@ def build_alignment(builder: AlignmentBuilder, tasks: Sequence[str], train: Sequ
                         "text (NAME.item.json); drop them from sft.tasks")
     per_item = min(len(builder.catalogue), limit or len(builder.catalogue))
     makers = {
-        "seqrec": lambda: builder.seqrec(train),
+        "seqrec": lambda: builder.seqrec(seqrec_rows),
         "item2index": builder.item2index,
         "index2item": builder.index2item,
         "fusion_title": lambda: builder.fusion_title(train, per_item),
@@ -169,11 +192,13 @@ def _require_preferences(preferences: dict[int, str] | None) -> dict[int, str]:
     return preferences
 
 
-def tokenize(tokenizer, examples: Sequence[RenderedExample], max_len: int) -> list[TokenizedExample]:
+def tokenize(tokenizer, examples: Sequence[RenderedExample], max_len: int,
+             history_tokens: frozenset[int] = frozenset()) -> list[TokenizedExample]:
     """Prompt and completion are tokenised apart, both without the tokenizer's own special tokens:
     the chat template already wrote every marker the backbone needs, and RL and evaluation tokenise
     prompts the same way. Examples longer than max_len are dropped, not cut, because a cut prompt
-    is a different task."""
+    is a different task. In a seqrec prompt, tokens in `history_tokens` (the SID tokens) are
+    supervised too: each history item is then a next-item target given the items before it."""
     out, dropped = [], 0
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"] if examples else []
     completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"] if examples else []
@@ -181,7 +206,9 @@ def tokenize(tokenizer, examples: Sequence[RenderedExample], max_len: int) -> li
         if len(p) + len(c) > max_len:
             dropped += 1
             continue
-        out.append(TokenizedExample(ex.task, p + c, [IGNORE_INDEX] * len(p) + c))
+        dense = history_tokens if ex.task == "seqrec" else frozenset()
+        prompt_labels = [t if t in dense else IGNORE_INDEX for t in p]
+        out.append(TokenizedExample(ex.task, p + c, prompt_labels + c))
     if dropped:
         log.warning("dropped over-long examples", extra=fields(dropped=dropped, max_len=max_len))
     return out

@@ -5,9 +5,9 @@ tasks, optionally warm up only the new token rows with the base frozen (OneRec-T
 (ZeRO-2 by default, full or LoRA) in the curriculum's batch order, and save a merged Hugging Face
 folder to `<run_dir>/sft/model/` that vLLM loads as is.
 
-Batches are left-padded so every completion ends at the last position: the LM head then runs only
-over the last `max completion length + 1` positions, which on a small model is a large share of
-the compute (the loss covers the answer tokens only anyway).
+The LM head runs only at positions that carry a target in some row of the batch (the answers, which
+left padding lines up at the end, plus the history SIDs of seqrec examples when `sft.history_loss`
+is on): on a small backbone the head over a ~5k vocabulary costs as much as the layers.
 """
 from __future__ import annotations
 
@@ -54,30 +54,26 @@ class Batch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     position_ids: torch.Tensor
-    labels: torch.Tensor  # [B, keep - 1]: targets of the kept positions but the last
-    keep: int  # logits_to_keep
+    targets: torch.Tensor  # [B, W]: the token position t predicts, IGNORE_INDEX where unsupervised
 
     @property
-    def answer_tokens(self) -> int:
-        return int((self.labels != IGNORE_INDEX).sum())
+    def supervised_tokens(self) -> int:
+        return int((self.targets != IGNORE_INDEX).sum())
 
 
 def collate(examples: Sequence[TokenizedExample], pad_id: int) -> Batch:
     """Left-pad a batch; positions count real tokens only, as in vLLM."""
     width = max(len(e.input_ids) for e in examples)
-    answer = max(sum(1 for x in e.labels if x != IGNORE_INDEX) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    targets = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     for row, e in enumerate(examples):
         n = len(e.input_ids)
         ids[row, width - n:] = torch.tensor(e.input_ids)
-        labels[row, width - n:] = torch.tensor(e.labels)
+        targets[row, width - n:width - 1] = torch.tensor(e.labels[1:])
         mask[row, width - n:] = 1
     positions = (mask.cumsum(1) - 1).clamp_min(0)
-    keep = min(answer + 1, width)
-    # Logits at positions width-keep .. width-2 predict tokens width-keep+1 .. width-1.
-    return Batch(ids, mask, positions, labels[:, width - keep + 1:], keep)
+    return Batch(ids, mask, positions, targets)
 
 
 def make_batches(examples: Sequence[TokenizedExample], batch_size: int, rng: random.Random) -> list[list[TokenizedExample]]:
@@ -93,12 +89,34 @@ def make_batches(examples: Sequence[TokenizedExample], batch_size: int, rng: ran
     return batches
 
 
-def answer_loss(model, batch: Batch, device: torch.device) -> torch.Tensor:
+def add_dropout(model, p: float) -> None:
+    """Dropout on the input embeddings and on each layer's attention and MLP outputs (before they join
+    the residual stream), active in training mode only. Qwen and Llama configs carry no hidden dropout;
+    a small backbone trained for many epochs on one catalogue overfits without it, as SASRec would."""
+    if p <= 0:
+        return
+
+    def drop(module, _inputs, output):
+        if isinstance(output, tuple):
+            return (torch.nn.functional.dropout(output[0], p, module.training), *output[1:])
+        return torch.nn.functional.dropout(output, p, module.training)
+
+    model.get_input_embeddings().register_forward_hook(drop)
+    for layer in model.get_decoder().layers:
+        layer.self_attn.register_forward_hook(drop)
+        layer.mlp.register_forward_hook(drop)
+
+
+def token_loss(model, batch: Batch, device: torch.device) -> torch.Tensor:
+    """Mean cross-entropy over the supervised tokens. The LM head runs only at positions where some
+    row has a target (through the model's own forward, so ZeRO-3 gathering and peft wrappers apply)."""
+    targets = batch.targets.to(device)
+    positions = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)
     out = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
-                position_ids=batch.position_ids.to(device), logits_to_keep=batch.keep, use_cache=False)
-    logits = out.logits[:, :-1].float()
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]), batch.labels.to(device).reshape(-1), ignore_index=IGNORE_INDEX)
+                position_ids=batch.position_ids.to(device), logits_to_keep=positions, use_cache=False)
+    logits = out.logits.float()
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[:, positions].reshape(-1),
+                                             ignore_index=IGNORE_INDEX)
 
 
 def code_descriptions(index: SidIndex, items: dict[int, dict], vocab: Sequence[str]) -> dict[str, str]:
@@ -217,11 +235,14 @@ class Trainer:
         self.token_ids = add_sid_tokens(model, tok, vocab, code_descriptions(index, ds.items, vocab), spec.model.seed)
         self.new_rows = sorted(i for i in self.token_ids.values() if i >= known)
         builder = AlignmentBuilder(tok, index, ds.items, spec.sft.seed)
-        rendered = build_alignment(builder, spec.sft.tasks, split.train, preferences, spec.sft.max_train_examples)
-        self.align = tokenize(tok, rendered, spec.sft.max_len)
+        rendered = build_alignment(builder, spec.sft.tasks, split.train, preferences, spec.sft.max_train_examples,
+                                   spec.sft.history_loss)
+        sid_ids = frozenset(self.token_ids[t] for t in vocab) if spec.sft.history_loss else frozenset()
+        self.align = tokenize(tok, rendered, spec.sft.max_len, sid_ids)
         self.reason = tokenize(tok, builder.reasoning(reasoning), spec.sft.max_len)
         if not self.align:
             raise SftError("no alignment examples: check sft.tasks, sft.max_len and the dataset")
+        add_dropout(model, spec.sft.dropout)
         self.model, self.tok = model, tok
         log.info("sft data", extra=fields(align=len(self.align), reason=len(self.reason), new_tokens=len(self.new_rows),
                                           vocab=len(tok)))
@@ -246,24 +267,24 @@ class Trainer:
                      step0: int) -> int:
         engine.train()
         pad = self.tok.pad_token_id
-        seen_tokens, answer_tokens, t0 = 0, 0, time.perf_counter()
+        seen_tokens, supervised, t0 = 0, 0, time.perf_counter()
         running = {ALIGN: [], REASON: []}
         step = step0
         bar = tqdm(total=total, desc=desc, disable=self.rank != 0)
         for kind, examples in steps:
             batch = collate(examples, pad)
-            loss = answer_loss(engine, batch, self.device)
+            loss = token_loss(engine, batch, self.device)
             engine.backward(loss)
             engine.step()
             running[kind].append(loss.item())
             seen_tokens += int(batch.attention_mask.sum())
-            answer_tokens += batch.answer_tokens
+            supervised += batch.supervised_tokens
             bar.update(1)
             step += 1
             if step % (LOG_EVERY * self.spec.sft.grad_accum) == 0 or step == step0 + total:
                 secs = time.perf_counter() - t0
                 record = {"phase": desc, "tokens_per_s": round(seen_tokens / secs, 1),
-                          "answer_tokens_per_s": round(answer_tokens / secs, 1), "lr": engine.get_lr()[0]}
+                          "supervised_tokens_per_s": round(supervised / secs, 1), "lr": engine.get_lr()[0]}
                 for k, losses in running.items():
                     if losses:
                         record[f"loss_{k}"] = round(sum(losses) / len(losses), 4)

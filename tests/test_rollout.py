@@ -4,8 +4,8 @@ import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from indexing.dataset import load_dataset
-from indexing.trie import INVALID
 from rl_system.logits_processor import ConstraintTable
+from rl_system.rewards import parse_completions
 from sft.prompts import render_seqrec_prompt
 from tests.conftest import REPO
 
@@ -23,12 +23,6 @@ def setup(tiny_policy):
 
 def is_sid(trie, tokens) -> bool:
     return trie.contains(list(tokens))
-
-
-def is_prefix(trie, tokens) -> bool:
-    if not tokens:
-        return True
-    return int(trie.states_for_prefixes(torch.tensor([list(tokens)]))[0]) != INVALID
 
 
 def test_direct_mode_yields_only_valid_sids_and_unconstrained_does_not(rollout_worker, setup):
@@ -68,25 +62,22 @@ def test_mixed_batch_constrains_only_the_rows_that_ask(rollout_worker, setup):
     assert any(not is_sid(trie, c.token_ids[:depth]) for c in free)
 
 
-def test_reasoning_mode_frees_the_text_then_constrains_the_answer(rollout_worker, setup):
+def test_reasoning_mode_is_well_formed_by_construction(rollout_worker, setup):
+    """Even the untrained policy's samples parse: the tags are forced and the thoughts are cut to
+    leave room for the answer (budget forcing), so every completion passes the reward's format gate."""
     import ray
 
     tokenizer, table, trie, histories = setup
     prompts = [render_seqrec_prompt(tokenizer, h, reasoning=True) for h in histories]
     depth = len(table.sids[0])
-    groups = ray.get(rollout_worker.generate.remote(prompts, n=8, temperature=1.0, max_tokens=160,
+    groups = ray.get(rollout_worker.generate.remote(prompts, n=8, temperature=1.0, max_tokens=40,
                                                     mode="reasoning"))
-    answered = 0
-    for c in (c for g in groups for c in g.completions):
-        ids = c.token_ids
-        if table.answer_open_id not in ids:
-            continue
-        answered += 1
-        after = ids[ids.index(table.answer_open_id) + 1:]
-        if c.finish_reason == "stop":
-            assert is_sid(trie, after[:depth]), c.text
-            assert after[depth:] == [table.answer_close_id, table.eos_id], c.text
-        else:  # cut by max_tokens: still on a trie path
-            assert is_prefix(trie, after[:depth]), c.text
-    # The untrained model reaches <answer> by chance; 128 samples x 160 tokens make that near certain.
-    assert answered >= 3
+    completions = [c for g in groups for c in g.completions]
+    assert all(c.finish_reason == "stop" and len(c.token_ids) <= 40 for c in completions)
+    assert parse_completions([c.text for c in completions], "reasoning", depth).format_ok.all()
+    for c in completions:
+        after = c.token_ids[c.token_ids.index(table.answer_open_id) + 1:]
+        assert is_sid(trie, after[:depth]) and after[depth:] == [table.answer_close_id, table.eos_id], c.text
+    # Some samples ran out of budget (forced </think> at token 40 - answer_length), some did not.
+    lengths = {len(c.token_ids) for c in completions}
+    assert max(lengths) == 40

@@ -1,6 +1,7 @@
 """The trie constraint's state machine on a hand-made trie, without an engine.
 
-Vocabulary of 12: SIDs are [3, 5], [3, 6], [4, 5]; EOS = 1, <answer> = 8, </answer> = 9.
+Vocabulary of 12: SIDs are [3, 5], [3, 6], [4, 5]; EOS = 1, <answer> = 8, </answer> = 9,
+<think> = 10, </think> = 11.
 """
 import math
 from types import SimpleNamespace
@@ -15,8 +16,10 @@ from rl_system.logits_processor import (EXTRA_ARGS_KEY, PREFIX_KEY, ConstraintEr
                                         request_constraint)
 
 V = 12
-EOS, OPEN, CLOSE = 1, 8, 9
-TABLE = ConstraintTable(sids=[[3, 5], [3, 6], [4, 5]], eos_id=EOS, answer_open_id=OPEN, answer_close_id=CLOSE)
+EOS, OPEN, CLOSE, THINK, UNTHINK = 1, 8, 9, 10, 11
+TABLE = ConstraintTable(sids=[[3, 5], [3, 6], [4, 5]], eos_id=EOS, answer_open_id=OPEN, answer_close_id=CLOSE,
+                        think_open_id=THINK, think_close_id=UNTHINK)
+TEXT = set(range(V)) - {EOS, OPEN, CLOSE, THINK}  # what free reasoning text may write
 
 
 def allowed(logits_row: torch.Tensor) -> set[int]:
@@ -33,21 +36,42 @@ def test_direct_reasoning_and_unconstrained_slots_step_through_their_phases():
     c = TrieConstraint(TABLE, V, max_slots=4, device="cpu")
     c.reset([0, 1, 2], [RequestConstraint("direct"), RequestConstraint("reasoning"), RequestConstraint(None)])
     everything = set(range(V))
-    assert masked(c, [0, 1, 2]) == [{3, 4}, everything, everything]
+    assert masked(c, [0, 1, 2]) == [{3, 4}, {THINK}, everything]
 
-    # slot 0 takes 3, slot 1 writes free text (a SID token in its reasoning is fine), slot 2 anything.
-    c.absorb(torch.tensor([0, 1, 2]), torch.tensor([3, 5, 7]))
-    assert masked(c, [0, 1, 2]) == [{5, 6}, everything, everything]
+    # slot 0 takes 3, slot 1 opens its thoughts, slot 2 anything.
+    c.absorb(torch.tensor([0, 1, 2]), torch.tensor([3, THINK, 7]))
+    assert masked(c, [0, 1, 2]) == [{5, 6}, TEXT, everything]
+    c.absorb(torch.tensor([0, 1]), torch.tensor([6, 5]))  # a SID token inside the reasoning is fine
+    assert masked(c, [0, 1]) == [{EOS}, TEXT]  # slot 0 completed [3, 6]: direct mode may only end
 
-    c.absorb(torch.tensor([0, 1]), torch.tensor([6, OPEN]))
-    # slot 0 completed [3, 6]: direct mode may only end; slot 1 opened its answer: SID from the root.
-    assert masked(c, [0, 1]) == [{EOS}, {3, 4}]
+    c.absorb(torch.tensor([1]), torch.tensor([UNTHINK]))
+    assert masked(c, [1]) == [{OPEN}]  # closing the thoughts opens the answer
+    c.absorb(torch.tensor([1]), torch.tensor([OPEN]))
+    assert masked(c, [1]) == [{3, 4}]  # SID from the root
 
     c.absorb(torch.tensor([1]), torch.tensor([4]))
     c.absorb(torch.tensor([1]), torch.tensor([5]))
     assert masked(c, [1]) == [{CLOSE}]  # reasoning at a leaf: close the answer first
     c.absorb(torch.tensor([1]), torch.tensor([CLOSE]))
     assert masked(c, [1]) == [{EOS}]
+
+
+def test_budget_forcing_closes_the_thoughts_so_the_answer_fits_max_tokens():
+    answer = TABLE.answer_length  # <think> </think> <answer> 2 SID tokens </answer> EOS
+    assert answer == 7
+    c = TrieConstraint(TABLE, V, max_slots=2, device="cpu")
+    c.reset([0, 1], [RequestConstraint("reasoning", max_tokens=answer + 2), RequestConstraint("reasoning", max_tokens=answer)])
+    for tokens in ([THINK, THINK], [2, UNTHINK]):
+        c.absorb(torch.tensor([0, 1]), torch.tensor(tokens))
+    # slot 1 had no budget for text at all: </think> right after <think>, then <answer>.
+    assert masked(c, [0, 1]) == [TEXT, {OPEN}]
+    c.absorb(torch.tensor([0]), torch.tensor([2]))  # the second and last free token
+    assert masked(c, [0]) == [{UNTHINK}]
+    for token, want in ((UNTHINK, {OPEN}), (OPEN, {3, 4}), (4, {5}), (5, {CLOSE}), (CLOSE, {EOS})):
+        c.absorb(torch.tensor([0]), torch.tensor([token]))
+        assert masked(c, [0]) == [want]
+    with pytest.raises(ConstraintError, match="max_tokens >= 7"):
+        c.reset([1], [RequestConstraint("reasoning", max_tokens=answer - 1)])
 
 
 def test_prefix_starts_a_direct_request_inside_the_trie_and_moves_keep_state():
@@ -66,9 +90,9 @@ def test_sid_tokens_out_of_the_trie_never_become_allowed_after_a_bad_token():
 
 
 def test_request_switches_are_validated():
-    assert request_constraint(SamplingParams()) == RequestConstraint(None)
-    assert request_constraint(SamplingParams(extra_args={EXTRA_ARGS_KEY: "direct", PREFIX_KEY: [3]})) == \
-        RequestConstraint("direct", (3,))
+    assert request_constraint(SamplingParams()) == RequestConstraint(None, max_tokens=16)
+    assert request_constraint(SamplingParams(extra_args={EXTRA_ARGS_KEY: "direct", PREFIX_KEY: [3]}, max_tokens=4)) == \
+        RequestConstraint("direct", (3,), 4)
     with pytest.raises(ConstraintError, match="expected one of"):
         request_constraint(SamplingParams(extra_args={EXTRA_ARGS_KEY: "sid"}))
     with pytest.raises(ConstraintError, match="needs"):
@@ -142,6 +166,6 @@ def test_one_pass_path_matches_the_general_mask_across_steps():
     slots = torch.tensor([0, 1, 2])
     for tokens in ([4, 6, 5], [5, EOS, EOS]):  # root / mid-SID / leaf rows, then leaves and closed rows
         logits = torch.randn(3, V)
-        general, fast = c.mask_(logits.clone(), slots), c.mask_(logits.clone(), slots, all_constrained=True)
+        general, fast = c.mask_(logits.clone(), slots), c.mask_(logits.clone(), slots, all_sid=True)
         assert torch.equal(general, fast)
         c.absorb(slots, torch.tensor(tokens))

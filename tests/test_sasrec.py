@@ -50,13 +50,16 @@ def test_target_ranks_count_items_scoring_higher():
 def test_run_on_office_learns_and_writes_the_eval_schema(tmp_path):
     # Users with at least 30 interactions only: a small, real slice that trains in seconds.
     spec = JobSpec(name="s", run_dir=str(tmp_path), data={"path": str(REPO / "data/office"), "min_interactions": 30},
-                   cluster={"device": "cpu"})
+                   cluster={"device": "cpu"}, eval={"max_users": 40})
     path = run(spec, SasrecConfig(max_epochs=3, batch_size=256, lr=3e-3))
     out = json.loads(path.read_text())
     assert path == tmp_path / "baselines/sasrec/eval.json"
     for split in ("valid", "test"):
-        assert list(out[split]) == metric_names([1, 5, 10])
-        assert all(0.0 <= v <= 1.0 for v in out[split].values())
+        # The same users as `gream eval` (the first eval.max_users), and every user under meta.
+        assert list(out[split]) == metric_names([1, 5, 10]) + ["users"] and out[split]["users"] == 40
+        assert out["meta"]["all_users"][split]["users"] > 40
+        assert all(0.0 <= v <= 1.0 for k, v in out[split].items() if k != "users")
     # A random ranking gives recall@10 = 10/2420 = 0.004; a few epochs are well above it.
-    assert out["valid"]["recall@10"] > 0.012 and out["test"]["ndcg@10"] <= out["test"]["recall@10"]
+    everyone = out["meta"]["all_users"]
+    assert everyone["valid"]["recall@10"] > 0.012 and everyone["test"]["ndcg@10"] <= everyone["test"]["recall@10"]
     assert out["meta"]["best_epoch"] >= 0

@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from indexing.dataset import leave_one_out, load_dataset
+from indexing.dataset import leave_one_out, load_dataset, make_split
 from sft.backbone import load_backbone
 from sft.prompts import TEMPLATES, render_seqrec_prompt
-from sft.tasks import (IGNORE_INDEX, AlignmentBuilder, ReasoningRecord, TaskError, build_alignment, title_of,
+from sft.tasks import (IGNORE_INDEX, AlignmentBuilder, ReasoningRecord, TaskError, build_alignment, covering_windows,
+                       title_of,
                        tokenize)
 from sft.trainer import collate
 
@@ -80,13 +81,50 @@ def test_tokenize_masks_the_prompt_and_collate_aligns_labels(setup):
         n = len(t.input_ids)
         assert batch.attention_mask[row].tolist() == [0] * (width - n) + [1] * n
         assert batch.position_ids[row, width - n:].tolist() == list(range(n))
-        # labels[j] is the target of logit position width-keep+j: the next input token.
-        answer = [x for x in t.labels if x != IGNORE_INDEX]
-        got = [x for x in batch.labels[row].tolist() if x != IGNORE_INDEX]
-        assert got == answer
-        assert batch.labels[row, -1] == tok.eos_token_id
-    assert batch.keep == max(sum(x != IGNORE_INDEX for x in t.labels) for t in toks) + 1
+        # targets[p] is the token at p + 1 where that token is supervised.
+        for p in range(width - 1):
+            j = p + 1 - (width - n)  # index of the next token within the example
+            want = t.labels[j] if 0 < j < n else IGNORE_INDEX
+            assert batch.targets[row, p] == want
+        assert batch.targets[row, -1] == IGNORE_INDEX and batch.targets[row, -2] == tok.eos_token_id
+    assert batch.supervised_tokens == sum(sum(x != IGNORE_INDEX for x in t.labels) for t in toks)
     assert len(tokenize(tok, rendered, max_len=10)) == 0  # too long: dropped, not cut
+
+
+def test_history_loss_supervises_every_history_sid_of_seqrec_only(setup):
+    tok, index, ds, split = setup
+    builder = AlignmentBuilder(tok, index, ds.items)
+    ex = max(split.train[:50], key=lambda e: len(e.history))
+    rendered = builder.seqrec([ex]) + builder.fusion_title([ex], 1)
+    sid_ids = frozenset(tok.convert_tokens_to_ids(index.vocab()))
+    seq, fusion = tokenize(tok, rendered, max_len=512, history_tokens=sid_ids)
+    n_prompt = len(tok(rendered[0].prompt, add_special_tokens=False)["input_ids"])
+    supervised = [t for t in seq.labels[:n_prompt] if t != IGNORE_INDEX]
+    history = [t for i in ex.history for t in tok.convert_tokens_to_ids(index.tokens(i))]
+    assert supervised == history and len(history) == index.depth * len(ex.history)
+    n_fusion = len(tok(rendered[1].prompt, add_special_tokens=False)["input_ids"])
+    assert set(fusion.labels[:n_fusion]) == {IGNORE_INDEX}
+
+
+@pytest.mark.parametrize("split_kind", ["loo", "temporal"])
+def test_covering_windows_hold_every_training_target_once(setup, split_kind):
+    tok, index, ds, _ = setup
+    split = make_split(ds, split_kind, max_history=5)
+    windows = covering_windows(split.train)
+    assert len(windows) < len(split.train)
+    by_user: dict[int, list] = {}
+    for w in windows:
+        by_user.setdefault(w.user, []).append(w)
+    targets: dict[int, list[int]] = {}
+    for ex in split.train:
+        targets.setdefault(ex.user, []).append(ex.target)
+    assert by_user.keys() == targets.keys()
+    for user, rows in by_user.items():
+        # Windows, oldest first, concatenate to the user's training targets, preceded by the
+        # sequence's first item when the oldest window starts there.
+        covered = [i for w in reversed(rows) for i in (*w.history, w.target)]
+        first = next(ex for ex in split.train if ex.user == user).history
+        assert covered in (targets[user], list(first) + targets[user])
 
 
 def test_bad_task_requests(setup):

@@ -13,7 +13,7 @@ from indexing.build import run as build_index
 from indexing.sid import SidIndex
 from sft.backbone import load_backbone
 from sft.tasks import AlignmentBuilder, build_alignment, tokenize
-from sft.trainer import Trainer, answer_loss, collate, run
+from sft.trainer import Trainer, add_dropout, collate, run, token_loss
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICE = REPO / "data/office"
@@ -36,17 +36,17 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 @torch.no_grad()
-def mean_answer_loss(model, tok, examples) -> float:
-    return float(answer_loss(model.eval(), collate(examples, tok.pad_token_id), torch.device("cpu")))
+def mean_token_loss(model, tok, examples) -> float:
+    return float(token_loss(model.eval(), collate(examples, tok.pad_token_id), torch.device("cpu")))
 
 
 def test_full_finetune_zero2_lowers_the_loss_and_saves_a_loadable_folder(run_dir):
     spec = make_spec(run_dir, zero_stage=2)
     trainer = Trainer(spec)
-    before = mean_answer_loss(trainer.model, trainer.tok, trainer.align)
+    before = mean_token_loss(trainer.model, trainer.tok, trainer.align)
     path = trainer.train()
     model, tok = load_backbone(path)
-    after = mean_answer_loss(model, tok, trainer.align)
+    after = mean_token_loss(model, tok, trainer.align)
     assert after < before - 0.5, (before, after)
     index = SidIndex.load(run_dir / "index/Office.index.json")
     sid = index.text(index.items()[0])
@@ -90,3 +90,16 @@ def test_lora_on_zero3_saves_merged_weights(run_dir):
     assert not torch.equal(emb[new], base_emb[new])  # the SID rows trained
     known = min(new)
     assert torch.equal(emb[:known], base_emb[:known])  # the old vocabulary did not
+
+
+def test_dropout_acts_in_training_mode_only(tiny_policy):
+    model, _ = load_backbone(tiny_policy.model_dir)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        plain = model(ids).logits
+        add_dropout(model, 0.5)
+        model.eval()
+        assert torch.equal(model(ids).logits, plain)
+        model.train()
+        first, second = model(ids).logits, model(ids).logits
+    assert not torch.allclose(first, second) and not torch.allclose(first, plain)
