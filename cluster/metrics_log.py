@@ -13,11 +13,12 @@ from typing import Any
 
 
 class MetricsLog:
-    def __init__(self, folder: Path, tensorboard: bool = True, resume_from_step: int | None = None):
+    def __init__(self, folder: Path, tensorboard: bool = True, resume_from_step: int = 0):
+        """Records after `resume_from_step` are dropped: 0, a fresh run, starts an empty file rather
+        than appending to a previous run's curve."""
         folder.mkdir(parents=True, exist_ok=True)
         self.path = folder / "metrics.jsonl"
-        if resume_from_step is not None:
-            self._truncate_after(resume_from_step)
+        self._truncate_after(resume_from_step)
         self._file = self.path.open("a")
         self._tb = None
         if tensorboard:

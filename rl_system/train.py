@@ -148,7 +148,7 @@ def run(spec, resume: bool = False) -> Path:
 
     step = _restore(spec, ckpts, learner, source) if resume else 0
     pool.attach_learner(learner, version=step)  # every worker starts from the learner's weights
-    metrics = MetricsLog(rl_dir, spec.logging.tensorboard, resume_from_step=step if resume else None)
+    metrics = MetricsLog(rl_dir, spec.logging.tensorboard, resume_from_step=step)
     stop, control, window = _StopFlag(), ControlWatcher(spec.run_path), _ScoreWindow(spec)
     with ExitStack() as teardown, _stop_on_learner_death(learner, ckpts):
         # However the loop ends (done, signalled, a rank lost), the actors go; last in, first out.

@@ -125,3 +125,5 @@ def test_metrics_jsonl_and_resume_truncation(tmp_path):
     log.close()
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["reward/mean"] == 0.9
+    MetricsLog(tmp_path, tensorboard=False).close()  # a fresh run does not append to the old curve
+    assert read_metrics(tmp_path / "metrics.jsonl") == []

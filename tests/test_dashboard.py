@@ -215,7 +215,7 @@ def test_api_follows_the_run_and_reports_bad_files(run_dir, server):
     assert body["rl"]["values"]["grad_norm"][1] is None  # NaN is not JSON: sent as a gap
     assert body["checkpoint"]["step"] == 5 and body["status"]["workers"][1]["alive"] is False
 
-    log = MetricsLog(run_dir / "rl", tensorboard=False)  # the run goes on: the next poll sees step 9
+    log = MetricsLog(run_dir / "rl", tensorboard=False, resume_from_step=STEPS)  # the next poll sees step 9
     log.write(STEPS + 1, step_record(STEPS + 1, np.random.default_rng(1)))
     log.close()
     with (run_dir / "rl" / "metrics.jsonl").open("a") as fh:
