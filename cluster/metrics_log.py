@@ -1,4 +1,5 @@
-"""Per-step metrics: one JSON object per line in `metrics.jsonl`, mirrored to TensorBoard.
+"""Per-step metrics: one JSON object per line in `metrics.jsonl`, mirrored to TensorBoard and,
+when `logging.wandb_project` is set, to Weights & Biases.
 
 The JSONL file is the contract scripts and the dashboard read; it is appended and flushed every
 step so a crash loses at most the step in flight. Lists (histograms) go to TensorBoard as
@@ -12,8 +13,23 @@ from pathlib import Path
 from typing import Any
 
 
+class MetricsLogError(Exception):
+    exit_code = 2
+
+
+def start_wandb(project: str, name: str, folder: Path):
+    """A W&B run (wandb is optional: not in the lock; WANDB_MODE=offline works without a network)."""
+    try:
+        import wandb
+    except ImportError as exc:
+        raise MetricsLogError(f"logging.wandb_project is {project!r} but the wandb package is not installed; "
+                              "install it into .venv (.venv/bin/pip install wandb) or unset the key") from exc
+    return wandb.init(project=project, name=name, dir=str(folder), resume="allow", id=f"{project}-{name}")
+
+
 class MetricsLog:
-    def __init__(self, folder: Path, tensorboard: bool = True, resume_from_step: int = 0):
+    def __init__(self, folder: Path, tensorboard: bool = True, resume_from_step: int = 0,
+                 wandb_project: str | None = None):
         """Records after `resume_from_step` are dropped: 0, a fresh run, starts an empty file rather
         than appending to a previous run's curve."""
         folder.mkdir(parents=True, exist_ok=True)
@@ -25,6 +41,9 @@ class MetricsLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(folder / "tensorboard"))
+        # One W&B run per stage folder, e.g. "demo-rl"; a resumed stage continues the same run.
+        name = f"{folder.parent.name}-{folder.name}"
+        self._wandb = start_wandb(wandb_project, name, folder) if wandb_project else None
 
     def _truncate_after(self, step: int) -> None:
         # On resume, steps after the checkpoint are re-run; keep one record per step.
@@ -50,11 +69,15 @@ class MetricsLog:
                 elif isinstance(value, (int, float)) and math.isfinite(value):
                     self._tb.add_scalar(key, value, step)
             self._tb.flush()
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
 
     def close(self) -> None:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()
 
 
 def _jsonable(value: Any) -> Any:

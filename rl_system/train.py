@@ -148,7 +148,8 @@ def run(spec, resume: bool = False) -> Path:
 
     step = _restore(spec, ckpts, learner, source) if resume else 0
     pool.attach_learner(learner, version=step)  # every worker starts from the learner's weights
-    metrics = MetricsLog(rl_dir, spec.logging.tensorboard, resume_from_step=step)
+    metrics = MetricsLog(rl_dir, spec.logging.tensorboard, resume_from_step=step,
+                         wandb_project=spec.logging.wandb_project)
     stop, control, window = _StopFlag(), ControlWatcher(spec.run_path), _ScoreWindow(spec)
     with ExitStack() as teardown, _stop_on_learner_death(learner, ckpts):
         # However the loop ends (done, signalled, a rank lost), the actors go; last in, first out.

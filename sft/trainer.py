@@ -319,7 +319,8 @@ class Trainer:
 
     def train(self) -> Path:
         s = self.spec.sft
-        metrics = MetricsLog(self.out_dir, tensorboard=self.spec.logging.tensorboard)
+        metrics = MetricsLog(self.out_dir, tensorboard=self.spec.logging.tensorboard,
+                             wandb_project=self.spec.logging.wandb_project)
         t_start = time.perf_counter()
         step = self.warmup_new_tokens(metrics)
         model = apply_lora(self.model, self.spec, self.new_rows) if s.lora.enabled else self.model

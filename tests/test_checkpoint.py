@@ -1,11 +1,12 @@
 """Atomic checkpoints and the per-step metrics log."""
+import importlib.util
 import json
 import logging
 
 import pytest
 
 from cluster.checkpoint import BEST_FILE, BestRule, CheckpointManager
-from cluster.metrics_log import MetricsLog, read_metrics
+from cluster.metrics_log import MetricsLog, MetricsLogError, read_metrics
 
 
 def _write(payload):
@@ -127,3 +128,10 @@ def test_metrics_jsonl_and_resume_truncation(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["reward/mean"] == 0.9
     MetricsLog(tmp_path, tensorboard=False).close()  # a fresh run does not append to the old curve
     assert read_metrics(tmp_path / "metrics.jsonl") == []
+
+
+def test_wandb_without_the_package_is_a_clear_error(tmp_path):
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here; this checks the message when it is not")
+    with pytest.raises(MetricsLogError, match="logging.wandb_project is 'proj' but the wandb package is not installed"):
+        MetricsLog(tmp_path / "rl", tensorboard=False, wandb_project="proj")
