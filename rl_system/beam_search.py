@@ -7,6 +7,10 @@ prompt plus the beam's SID prefix, with the trie processor started at that prefi
 returned top tokens are the best *allowed* tokens and their logprobs are normalised over the
 allowed set. Prefix caching makes the repeated prompt cheap. After `depth` steps every beam is a
 complete SID; beams are distinct prefixes by construction, so the results are distinct SIDs.
+
+A beam whose prefix has a single child in the trie is extended without a request: its only allowed
+token has constrained logprob 0. Deep in a sparse catalogue (and on the dedup level) most prefixes
+are like that, so this removes most requests after the first two levels.
 """
 from __future__ import annotations
 
@@ -23,8 +27,19 @@ class BeamCandidate:
     logprob: float  # sum over the SID tokens of the constrained log-probabilities
 
 
-def constrained_beam(llm, prompts: Sequence[Sequence[int]], width: int, depth: int) -> list[list[BeamCandidate]]:
-    """The best `width` SIDs (token ids, best first) that follow each prompt (token ids)."""
+def forced_steps(sids: Sequence[Sequence[int]]) -> dict[tuple[int, ...], int]:
+    """Every SID prefix with exactly one child in the trie, mapped to that child."""
+    children: dict[tuple[int, ...], set[int]] = {}
+    for sid in sids:
+        for i, token in enumerate(sid):
+            children.setdefault(tuple(sid[:i]), set()).add(token)
+    return {prefix: next(iter(kids)) for prefix, kids in children.items() if len(kids) == 1}
+
+
+def constrained_beam(llm, prompts: Sequence[Sequence[int]], width: int, depth: int,
+                     forced: dict[tuple[int, ...], int]) -> list[list[BeamCandidate]]:
+    """The best `width` SIDs (token ids, best first) that follow each prompt (token ids); `forced`
+    is `forced_steps` of the engine's SIDs."""
     from vllm import SamplingParams, TokensPrompt
 
     if width < 1 or depth < 1:
@@ -32,15 +47,18 @@ def constrained_beam(llm, prompts: Sequence[Sequence[int]], width: int, depth: i
     beams: list[list[BeamCandidate]] = [[BeamCandidate((), 0.0)] for _ in prompts]
     for _ in range(depth):
         owners, requests, params = [], [], []
+        expanded: list[list[BeamCandidate]] = [[] for _ in prompts]
         for p, live in enumerate(beams):
             for beam in live:
+                if beam.token_ids in forced:
+                    expanded[p].append(BeamCandidate(beam.token_ids + (forced[beam.token_ids],), beam.logprob))
+                    continue
                 owners.append((p, beam))
                 requests.append(TokensPrompt(prompt_token_ids=list(prompts[p]) + list(beam.token_ids)))
                 params.append(SamplingParams(
                     max_tokens=1, temperature=0.0, logprobs=width, detokenize=False,
                     extra_args={EXTRA_ARGS_KEY: "direct", PREFIX_KEY: list(beam.token_ids)}))
-        outputs = llm.generate(requests, params, use_tqdm=False)
-        expanded: list[list[BeamCandidate]] = [[] for _ in prompts]
+        outputs = llm.generate(requests, params, use_tqdm=False) if requests else []
         for (p, beam), out in zip(owners, outputs):
             # Up to width + 1 entries (the top tokens plus the sampled one); masked tokens are -inf.
             for token, lp in out.outputs[0].logprobs[0].items():

