@@ -36,13 +36,12 @@ KS = (1, 5, 10)
 def prefix_allowed_table(sids: Iterable[Sequence[int]], eos_id: int) -> dict[tuple[int, ...], list[int]]:
     """Every SID prefix (token ids, the empty one included) -> the tokens that may follow it; a
     complete SID -> [eos_id]."""
-    table: dict[tuple[int, ...], set[int]] = {}
-    for sid in sids:
-        sid = tuple(sid)
-        for i in range(len(sid)):
-            table.setdefault(sid[:i], set()).add(sid[i])
-        table[sid] = {eos_id}
-    return {prefix: sorted(tokens) for prefix, tokens in table.items()}
+    from indexing.trie import sid_children
+
+    sids = [tuple(s) for s in sids]
+    table = {prefix: sorted(tokens) for prefix, tokens in sid_children(sids).items()}
+    table.update({sid: [eos_id] for sid in sids})
+    return table
 
 
 def prefix_allowed_tokens_fn(table: dict[tuple[int, ...], list[int]], prompt_len: int, eos_id: int):

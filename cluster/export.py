@@ -67,13 +67,14 @@ def index_file(run_dir: Path) -> Path:
 def find_checkpoint(run_dir: Path, step: int | str) -> Checkpoint:
     """The complete checkpoint of `step` (a number or 'best'); an incomplete one is refused."""
     root = run_dir / "rl" / "checkpoints"
+    ckpts = CheckpointManager(root, keep=1 << 30) if root.is_dir() else None
     if step == BEST:
-        best = CheckpointManager(root, keep=1 << 30).best() if root.is_dir() else None
+        best = ckpts.best() if ckpts else None
         if best is None:
             raise ExportError(f"{root / BEST_FILE}: no best checkpoint recorded, or the one it names is incomplete; "
                               "export a step number instead")
         return best
-    complete = CheckpointManager(root, keep=1 << 30).complete() if root.is_dir() else []
+    complete = ckpts.complete() if ckpts else []
     for ckpt in complete:
         if ckpt.step == step:
             return ckpt

@@ -30,6 +30,17 @@ from indexing.sid import SidError, SidIndex
 INVALID = -1
 CLOSED = -2
 
+
+def sid_children(sids: Sequence[Sequence[int]]) -> dict[tuple[int, ...], set[int]]:
+    """Every proper prefix of the SIDs (token ids, the empty one included) -> the tokens that may
+    follow it: the trie as a plain dict, for host-side lookups that need no tensors."""
+    children: dict[tuple[int, ...], set[int]] = {}
+    for sid in sids:
+        sid = tuple(sid)
+        for i in range(len(sid)):
+            children.setdefault(sid[:i], set()).add(sid[i])
+    return children
+
 Cols = slice | torch.Tensor  # a level's token ids: a slice when contiguous, else an index tensor
 Group = tuple[torch.Tensor | None, Cols, torch.Tensor]  # rows (None: all), columns, allowed bits
 

@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
+from indexing.trie import sid_children
 from rl_system.logits_processor import EXTRA_ARGS_KEY, PREFIX_KEY
 
 
@@ -29,11 +30,7 @@ class BeamCandidate:
 
 def forced_steps(sids: Sequence[Sequence[int]]) -> dict[tuple[int, ...], int]:
     """Every SID prefix with exactly one child in the trie, mapped to that child."""
-    children: dict[tuple[int, ...], set[int]] = {}
-    for sid in sids:
-        for i, token in enumerate(sid):
-            children.setdefault(tuple(sid[:i]), set()).add(token)
-    return {prefix: next(iter(kids)) for prefix, kids in children.items() if len(kids) == 1}
+    return {prefix: next(iter(kids)) for prefix, kids in sid_children(sids).items() if len(kids) == 1}
 
 
 def constrained_beam(llm, prompts: Sequence[Sequence[int]], width: int, depth: int,

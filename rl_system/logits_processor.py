@@ -94,9 +94,11 @@ class ConstraintTable:
                    answer_open_id=vocab.get(ANSWER_OPEN), answer_close_id=vocab.get(ANSWER_CLOSE),
                    think_open_id=vocab.get(THINK_OPEN), think_close_id=vocab.get(THINK_CLOSE))
 
-    @property
-    def supports_reasoning(self) -> bool:
-        return None not in (self.answer_open_id, self.answer_close_id, self.think_open_id, self.think_close_id)
+    def require_reasoning(self) -> None:
+        if None in (self.answer_open_id, self.answer_close_id, self.think_open_id, self.think_close_id):
+            raise ConstraintError(
+                f"reasoning mode needs {THINK_OPEN}, {THINK_CLOSE}, {ANSWER_OPEN} and {ANSWER_CLOSE} in the "
+                "vocabulary; this constraint table lacks some")
 
     @property
     def answer_length(self) -> int:
@@ -192,10 +194,7 @@ class TrieConstraint:
     def check_mode(self, mode: str | None, max_tokens: int | None = None) -> None:
         if mode != "reasoning":
             return
-        if not self.table.supports_reasoning:
-            raise ConstraintError(
-                f"reasoning mode needs {THINK_OPEN}, {THINK_CLOSE}, {ANSWER_OPEN} and {ANSWER_CLOSE} in the "
-                "vocabulary; this constraint table lacks some")
+        self.table.require_reasoning()
         if max_tokens is not None and max_tokens < self.table.answer_length:
             raise ConstraintError(f"reasoning mode needs max_tokens >= {self.table.answer_length} (tags, SID and EOS), "
                                   f"got {max_tokens}")

@@ -59,9 +59,8 @@ class RolloutWorker:
     def _check_mode(self, mode: str | None) -> None:
         if mode is not None and mode not in MODES:
             raise ConstraintError(f"mode must be one of {MODES} or None, got {mode!r}")
-        if mode == "reasoning" and not self.table.supports_reasoning:
-            raise ConstraintError("reasoning mode needs <think>, </think>, <answer> and </answer> tokens; the "
-                                  "constraint table lacks some")
+        if mode == "reasoning":
+            self.table.require_reasoning()
 
     def generate(self, prompts: Sequence[Prompt], n: int, temperature: float = 1.0, max_tokens: int = 16,
                  mode: str | None | Sequence[str | None] = "direct", top_p: float = 1.0) -> list[RolloutGroup]:

@@ -165,8 +165,8 @@ def run(spec, cfg: SasrecConfig = SasrecConfig()) -> Path:
     out_dir = spec.run_path / "baselines" / "sasrec"
     out_dir.mkdir(parents=True, exist_ok=True)
     out = {"valid": result["valid"], "test": result["test"],
-           "meta": {"all_users": result["all_users"], "best_epoch": result["best_epoch"], "train_secs": round(time.perf_counter() - t0, 1),
-                    "dataset": ds.name, "split": spec.data.split, "config": asdict(cfg)}}
+           "meta": {"all_users": result["all_users"], "best_epoch": result["best_epoch"],
+                    "train_secs": round(time.perf_counter() - t0, 1), "dataset": ds.name, "split": spec.data.split, "config": asdict(cfg)}}
     path = out_dir / "eval.json"
     path.write_text(json.dumps(out, indent=2))
     log.info("sasrec done", extra=fields(path=str(path), **{f"test_{k}": round(v, 4) for k, v in out["test"].items()}))
