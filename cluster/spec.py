@@ -100,6 +100,10 @@ class SftSpec(_Section):
     # Supervise every history SID of a seqrec prompt, not only the answer: a next-item target at
     # every position, as SASRec trains; seqrec then needs only the covering windows of each user.
     history_loss: bool = True
+    # With history_loss, extra seqrec examples per user on a random (seeded) shorter prefix: the
+    # covering windows put only one target per window in the answer slot, where RL and evaluation
+    # read the prediction, against several in the history.
+    answer_prefixes: int = Field(0, ge=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # embedding + residual-branch dropout while training
     tasks: list[Literal["seqrec", "item2index", "index2item", "fusion_title", "fusion_sid", "preference"]] = [
         "seqrec", "item2index", "index2item", "fusion_title", "fusion_sid"]

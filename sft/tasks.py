@@ -151,14 +151,27 @@ def covering_windows(train: Sequence[Example]) -> list[Example]:
     return out
 
 
+def answer_prefixes(train: Sequence[Example], per_user: int, seed: int) -> list[Example]:
+    """`per_user` training examples of each user drawn at random (seeded, without replacement), to
+    add to the covering windows: more targets in the answer slot, on shorter histories too."""
+    by_user: dict[int, list[Example]] = {}
+    for ex in train:
+        by_user.setdefault(ex.user, []).append(ex)
+    rng = random.Random(f"answer-prefixes:{seed}")
+    return [ex for user in sorted(by_user) for ex in rng.sample(by_user[user], min(per_user, len(by_user[user])))]
+
+
 def build_alignment(builder: AlignmentBuilder, tasks: Sequence[str], train: Sequence[Example],
                     preferences: dict[int, str] | None = None, limit: int | None = None,
-                    history_loss: bool = False) -> list[RenderedExample]:
+                    history_loss: bool = False, extra_answers: int = 0, seed: int = 0) -> list[RenderedExample]:
     """All alignment examples for the requested tasks. Fusion tasks get one example per catalogue
     item, sampled from the training examples, so the item-text tasks stay in proportion. `limit`
     caps every task (a seeded sample), for quick runs. With `history_loss`, seqrec renders only the
-    covering windows (see `covering_windows`)."""
-    seqrec_rows = covering_windows(train) if history_loss else train
+    covering windows (see `covering_windows`) plus `extra_answers` random prefixes per user."""
+    if extra_answers and not history_loss:
+        raise TaskError("sft.answer_prefixes adds prefixes to the covering windows of sft.history_loss; "
+                        "without history_loss every prefix is trained already: set it to 0")
+    seqrec_rows = covering_windows(train) + answer_prefixes(train, extra_answers, seed) if history_loss else train
     if limit is not None:
         seqrec_rows = builder.sample(seqrec_rows, limit)
         train = builder.sample(train, limit)

@@ -236,7 +236,7 @@ class Trainer:
         self.new_rows = sorted(i for i in self.token_ids.values() if i >= known)
         builder = AlignmentBuilder(tok, index, ds.items, spec.sft.seed)
         rendered = build_alignment(builder, spec.sft.tasks, split.train, preferences, spec.sft.max_train_examples,
-                                   spec.sft.history_loss)
+                                   spec.sft.history_loss, spec.sft.answer_prefixes, spec.sft.seed)
         sid_ids = frozenset(self.token_ids[t] for t in vocab) if spec.sft.history_loss else frozenset()
         self.align = tokenize(tok, rendered, spec.sft.max_len, sid_ids)
         self.reason = tokenize(tok, builder.reasoning(reasoning), spec.sft.max_len)

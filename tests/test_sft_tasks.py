@@ -8,9 +8,8 @@ import pytest
 from indexing.dataset import leave_one_out, load_dataset, make_split
 from sft.backbone import load_backbone
 from sft.prompts import TEMPLATES, render_seqrec_prompt
-from sft.tasks import (IGNORE_INDEX, AlignmentBuilder, ReasoningRecord, TaskError, build_alignment, covering_windows,
-                       title_of,
-                       tokenize)
+from sft.tasks import (IGNORE_INDEX, AlignmentBuilder, ReasoningRecord, TaskError, answer_prefixes, build_alignment,
+                       covering_windows, title_of, tokenize)
 from sft.trainer import collate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,6 +124,26 @@ def test_covering_windows_hold_every_training_target_once(setup, split_kind):
         covered = [i for w in reversed(rows) for i in (*w.history, w.target)]
         first = next(ex for ex in split.train if ex.user == user).history
         assert covered in (targets[user], list(first) + targets[user])
+
+
+def test_answer_prefixes_add_seeded_per_user_examples_to_the_windows(setup):
+    tok, index, ds, split = setup
+    train = split.train[:300]
+    per_user: dict[int, set] = {}
+    for ex in train:
+        per_user.setdefault(ex.user, set()).add(ex)
+    extra = answer_prefixes(train, 2, seed=0)
+    assert len(extra) == sum(min(2, len(v)) for v in per_user.values())
+    drawn: dict[int, list] = {}
+    for ex in extra:
+        drawn.setdefault(ex.user, []).append(ex)
+    assert all(len(set(rows)) == len(rows) and set(rows) <= per_user[u] for u, rows in drawn.items())
+    assert extra == answer_prefixes(train, 2, seed=0) and extra != answer_prefixes(train, 2, seed=1)
+    builder = AlignmentBuilder(tok, index, ds.items)
+    rows = build_alignment(builder, ["seqrec"], train, history_loss=True, extra_answers=2)
+    assert len(rows) == len(covering_windows(train)) + len(extra)
+    with pytest.raises(TaskError, match="answer_prefixes"):
+        build_alignment(builder, ["seqrec"], train, history_loss=False, extra_answers=1)
 
 
 def test_bad_task_requests(setup):
