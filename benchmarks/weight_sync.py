@@ -2,9 +2,9 @@
 
 The sender (this process, rank 0) pushes a model's named parameters to `--workers` rollout workers
 (Ray actors with vLLM engines): plan through Ray + collective_rpc, buckets over the weight group,
-`reload_weights` in the engines, prefix-cache reset. The baseline broadcasts uint8 buffers of the
-same bucket sizes on the same group to the same receivers, with nothing else. Runs alternate
-`--repeats` times; medians and the ratio are printed.
+loading in the engines (in place for an unquantized model), prefix-cache reset. The baseline
+broadcasts uint8 buffers of the same bucket sizes on the same group to the same receivers, with
+nothing else. Runs alternate `--repeats` times; medians and the ratio are printed.
 
     python benchmarks/weight_sync.py --hidden 512 --layers 8 --workers 1
 """
@@ -57,21 +57,23 @@ def main() -> None:
     connect_weight_group(sender, workers, "127.0.0.1", port, placement.dist_backend)
     sizes = [b.nbytes for b in plan_buckets(named, sender.bucket_bytes)]
 
-    push, load, raw, version = [], [], [], 0
+    push, load, raw, in_place, version = [], [], [], [], 0
     for _ in range(args.repeats + 1):  # the first round warms up
         version += 1
         stats = sender.push(named, version, workers)
         push.append(stats.seconds)
         load.append(stats.load_seconds)
+        in_place.append(stats.in_place)
         raw.append(sender.broadcast_raw(sizes, workers))
     push, load, raw = push[1:], load[1:], raw[1:]
     mib = sum(sizes) / (1 << 20)
     p, r, lo = statistics.median(push), statistics.median(raw), statistics.median(load)
     print(f"\nmodel {sum(t.numel() for _, t in named) / 1e6:.1f}M params ({mib:.0f} MiB fp32, {len(sizes)} buckets), "
           f"{args.workers} worker(s), backend={placement.dist_backend}; median of {args.repeats} runs")
-    print("push = plan + packed buckets + vLLM reload_weights (+ prefix-cache reset); reload = receiver's time inside "
-          "reload_weights, excluding waits for bytes")
-    print(f"{'push s':>8} {'raw broadcast s':>16} {'ratio':>7} {'reload s':>9} {'(push - reload) / raw':>22} "
+    loading = "in place" if all(in_place) else "through vLLM's reload_weights"
+    print(f"push = plan + per-tensor broadcasts + loading {loading} (+ prefix-cache reset); load = receiver's time "
+          "loading, excluding waits for bytes")
+    print(f"{'push s':>8} {'raw broadcast s':>16} {'ratio':>7} {'load s':>9} {'(push - load) / raw':>22} "
           f"{'push MiB/s':>11}")
     print(f"{p:>8.3f} {r:>16.3f} {p / r:>7.3f} {lo:>9.3f} {(p - lo) / r:>22.3f} {mib / p:>11.0f}")
     versions = ray.get([w.weight_version.remote() for w in workers])

