@@ -9,7 +9,7 @@ weight version before it takes work.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,6 +34,8 @@ MAX_RESTARTS_PER_CALL = 3
 class _Slot:
     actor: Any
     group: RoleGroup
+    node: str
+    cpu_slot: int
 
 
 def constraint_table_path(model_dir: Path, index: SidIndex, tokenizer) -> Path:
@@ -62,15 +64,22 @@ class RolloutPool:
     def workers(self) -> list:
         return [s.actor for s in self.slots]
 
-    def _start(self) -> _Slot:
+    def _start(self, live: Sequence[_Slot]) -> _Slot:
         r = self.spec.cluster.rollout
-        group = rollout_group(self.spec, len(self.slots))
-        actor = start_rollout_worker(self.cfg, cpus=r.cpus_per_worker * r.tensor_parallel,
+        group = rollout_group(self.spec, len(live))
+        node = ray.util.placement_group_table(group.group)["bundles_to_node_id"][0]
+        # The lowest slot no live engine on that node holds: a replaced or added worker binds the
+        # cores its predecessor freed.
+        taken = {s.cpu_slot for s in live if s.node == node}
+        cpu_slot = next(i for i in range(len(taken) + 1) if i not in taken)
+        actor = start_rollout_worker(replace(self.cfg, cpu_slot=cpu_slot), cpus=r.cpus_per_worker * r.tensor_parallel,
                                      gpus=r.gpus_per_worker * r.tensor_parallel, scheduling_strategy=group.strategy())
-        return _Slot(actor, group)
+        return _Slot(actor, group, node, cpu_slot)
 
     def _add(self, count: int) -> None:
-        new = [self._start() for _ in range(count)]
+        new: list[_Slot] = []
+        for _ in range(count):
+            new.append(self._start(self.slots + new))
         ray.get([s.actor.weight_version.remote() for s in new])  # engines are up once this answers
         self.slots.extend(new)
         log.info("rollout workers started", extra=fields(added=count, total=len(self.slots)))
@@ -98,7 +107,7 @@ class RolloutPool:
             self._kill(dead)
         except WORKER_FAILURES:
             pass
-        self.slots[index] = self._start()
+        self.slots[index] = self._start(self.slots[:index] + self.slots[index + 1:])
         ray.get(self.slots[index].actor.weight_version.remote())
         self.restarts += 1
         log.warning("rollout worker restarted", extra=fields(slot=index, restarts=self.restarts))

@@ -36,6 +36,10 @@ class EngineConfig:
     model_runner_v2: bool | None = None
     enforce_eager: bool = True
     max_logprobs: int = 20  # beam search asks for `width` logprobs per step
+    # CPU: threads per engine rank and this engine's slot among the engines on its node; the slot
+    # picks which cores the engine binds (see `cpu_bind_list`).
+    cpu_threads: int = 1
+    cpu_slot: int = 0
 
     @property
     def use_model_runner_v2(self) -> bool:
@@ -68,7 +72,18 @@ def engine_config(spec, model_path: str | Path, constraint_path: str | Path) -> 
         max_logprobs=max(20, spec.eval.beam_width, spec.rl.beam_width),
         # CPU: compiling buys little and costs minutes at start; GPU: keep torch.compile + CUDA graphs.
         enforce_eager=not placement.is_gpu,
+        cpu_threads=max(1, int(rollout.cpus_per_worker)),
     )
+
+
+def cpu_bind_list(cores: list[int], slot: int, threads: int, ranks: int) -> str:
+    """`VLLM_CPU_OMP_THREADS_BIND` for the engine in `slot`: each of its `ranks` tensor-parallel ranks
+    gets `threads` cores of its own, slots taking consecutive cores (wrapping when the node has
+    fewer). vLLM's "auto" binding picks the same first cores for every engine on a node, so two
+    rollout workers on one machine would share one core and leave the others idle."""
+    first = slot * ranks * threads
+    lists = [[cores[(first + r * threads + j) % len(cores)] for j in range(threads)] for r in range(ranks)]
+    return "|".join(",".join(str(c) for c in sorted(set(cpus))) for cpus in lists)
 
 
 def build_llm(cfg: EngineConfig):
@@ -89,11 +104,15 @@ def build_llm(cfg: EngineConfig):
         if cfg.dtype == "float16":
             raise ValueError("model.dtype 'float16' is not supported by vLLM on CPU; use 'float32' or 'bfloat16'")
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(cfg.kv_cache_gib)))
+        if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:  # the user's own binding wins
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind_list(
+                sorted(os.sched_getaffinity(0)), cfg.cpu_slot, cfg.cpu_threads, cfg.tensor_parallel)
         # vllm-cpu's default 128-token KV blocks are longer than a recommender prompt (~50 tokens), so
         # the prefix cache, which beam search leans on (every beam re-sends the prompt), never hit.
         kwargs["block_size"] = CPU_KV_BLOCK_TOKENS
     log.info("starting vLLM engine", extra=fields(model=cfg.model, device=cfg.placement.device_type, dtype=cfg.dtype,
-                                                   tp=cfg.tensor_parallel, model_runner_v2=use_v2))
+                                                   tp=cfg.tensor_parallel, model_runner_v2=use_v2,
+                                                   cpu_bind=os.environ.get("VLLM_CPU_OMP_THREADS_BIND")))
     return LLM(
         model=cfg.model,
         tokenizer=cfg.model,

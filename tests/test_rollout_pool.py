@@ -54,6 +54,7 @@ def test_scale_up_serves_current_version(learner_and_pool):
     assert pool.versions() == [2]
     pool.scale(2)
     assert pool.versions() == [2, 2]
+    assert [s.cpu_slot for s in pool.slots] == [0, 1]  # one node: each engine binds cores of its own
     groups = pool.generate(["<|im_start|>user\nNext item?<|im_end|>\n<|im_start|>assistant\n"] * 3, n=2,
                            temperature=1.0, max_tokens=8, mode="direct")
     assert {g.weight_version for g in groups} == {2}
@@ -67,4 +68,15 @@ def test_dead_worker_is_replaced_and_its_prompts_requeued(learner_and_pool):
     groups = pool.generate(prompts, n=2, temperature=1.0, max_tokens=8, mode="direct")
     assert len(groups) == 6 and all(len(g.completions) == 2 for g in groups)
     assert pool.restarts == 1
+    assert [s.cpu_slot for s in pool.slots] == [0, 1]  # the replacement took the cores its predecessor freed
     assert pool.versions() == [3, 3] and {g.weight_version for g in groups} == {3}
+
+
+def test_cpu_bind_list_gives_each_engine_its_own_cores():
+    from rl_system.vllm_engine import cpu_bind_list
+
+    assert cpu_bind_list([0, 1], slot=0, threads=1, ranks=1) == "0"
+    assert cpu_bind_list([0, 1], slot=1, threads=1, ranks=1) == "1"
+    assert cpu_bind_list([0, 1], slot=2, threads=1, ranks=1) == "0"  # more engines than cores: wrap
+    assert cpu_bind_list([0, 1, 2, 3, 4, 5, 6, 7], slot=1, threads=2, ranks=2) == "4,5|6,7"
+    assert cpu_bind_list([2, 3, 5], slot=0, threads=2, ranks=2) == "2,3|2,5"
