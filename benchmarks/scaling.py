@@ -6,9 +6,8 @@ completions, direct mode, trie-constrained, at the RL temperature and length, th
 `RolloutPool.generate`, exactly what the RL driver calls. One pool of 2 workers (Ray actors, each
 with its own vLLM-CPU engine) serves both sides: the 1-worker side sends everything to the first
 worker, the 2-worker side shards over both, and the two alternate `--repeats` times (medians).
-vLLM-CPU binds each engine's model worker to the cores it picks for itself, which are the same cores
-for every engine on a machine; `--pin` re-binds worker i's engine processes to core i (mod cores)
-after start-up, which is what a per-worker core assignment would give. The binding is printed.
+Each engine binds cores of its own (the pool's per-node slot, `rl_system.vllm_engine.cpu_bind_list`);
+the binding of every engine process is printed.
 
 Learner: one batch built from those rollouts (rewards from `rl_system.rewards`, advantages from
 `rl.advantage`, every group kept), one `LearnerGroup` of 1 rank and one of 2 ranks (DeepSpeed,
@@ -139,13 +138,6 @@ def binding(worker) -> str:
                      f"OMP_NUM_THREADS={p.environ().get('OMP_NUM_THREADS', '-')}" for p in procs) or "no engine process"
 
 
-def pin(worker, core: int) -> None:
-    """Bind every thread of the worker's engine processes to `core` (threads started later inherit it)."""
-    for proc in engine_processes(worker):
-        for thread in proc.threads():
-            os.sched_setaffinity(thread.id, {core})
-
-
 def single_worker_view(pool):
     """The pool restricted to its first worker: `generate` then sends every prompt to that worker."""
     view = copy.copy(pool)
@@ -171,15 +163,12 @@ def scored_batch(spec, index, prompts, groups):
     return train_batch(scored, spec.rl.advantage, spec.rl.passk_k), float(reply.residual.mean())
 
 
-def measure_rollout(spec, model: Path, index, prompts, repeats: int, do_pin: bool):
+def measure_rollout(spec, model: Path, index, prompts, repeats: int):
     from rl_system.rollout_pool import RolloutPool
 
     rl = spec.rl
     pool = RolloutPool(spec, model, index, num_workers=max(SIDES))
     try:
-        if do_pin:
-            for i, worker in enumerate(pool.workers):
-                pin(worker, i % (os.cpu_count() or 1))
         views = {1: single_worker_view(pool), 2: pool}
         texts = [p.text for p in prompts]
 
@@ -249,7 +238,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--prompts", type=int, default=64, help="training prompts per generate call / learner batch")
     ap.add_argument("--n", type=int, default=8, help="completions per prompt (rl.group_size)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--pin", action="store_true", help="bind rollout worker i's engine to core i (mod cores)")
     ap.add_argument("--skip-learner", action="store_true", help="rollout side only")
     args = ap.parse_args(argv)
 
@@ -286,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prompts = PromptSource(split_from_spec(spec).train, index, tokenizer, spec.rl.seed).next(args.prompts)
     init_ray(spec)
     try:
-        roll_s, groups, tokens, bound = measure_rollout(spec, args.model, index, prompts, args.repeats, args.pin)
+        roll_s, groups, tokens, bound = measure_rollout(spec, args.model, index, prompts, args.repeats)
         batch, reward = scored_batch(spec, index, prompts, groups)
         learn_s, threads = (None, None) if args.skip_learner else measure_learner(spec, args.model, batch, args.repeats)
     finally:
@@ -296,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nmodel {args.model}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end; "
           f"median of {args.repeats} runs, sides alternating")
     for i, b in enumerate(bound):
-        print(f"rollout worker {i}{' (pinned)' if args.pin else ''}: {b}")
+        print(f"rollout worker {i}: {b}")
     print(scaling_table(f"\nrollout: {args.prompts} prompts x n={args.n} = {completions} completions, direct, "
                         f"trie-constrained, temperature {spec.rl.temperature}, <= {spec.rl.max_new_tokens} tokens "
                         f"({tokens} tokens in the last run)", "completions/s", roll_s, completions, "workers"))
