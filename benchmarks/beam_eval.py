@@ -33,6 +33,23 @@ DEFAULT_INDEX = REPO / "runs/demo/index/Office.index.json"
 KS = (1, 5, 10)
 
 
+def add_model_args(ap: argparse.ArgumentParser) -> None:
+    """`--model` and `--index`: the trained policy the benchmarks run (the demo's by default)."""
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="trained HF folder with SID tokens")
+    ap.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="the SID index the model was trained on")
+
+
+def missing_model_inputs(args: argparse.Namespace) -> str | None:
+    """What is missing of `--model` / `--index`, with how to make it; None when both are there."""
+    if not (args.model / "config.json").exists():
+        hint = ("run `make demo` or `gream sft configs/demo.yaml` first" if args.model == DEFAULT_MODEL
+                else "pass --model with a trained Hugging Face folder")
+        return f"no trained model at {args.model}: {hint}"
+    if not args.index.exists():
+        return f"no SID index at {args.index}: run `gream index configs/demo.yaml` or pass --index"
+    return None
+
+
 def prefix_allowed_table(sids: Iterable[Sequence[int]], eos_id: int) -> dict[tuple[int, ...], list[int]]:
     """Every SID prefix (token ids, the empty one included) -> the tokens that may follow it; a
     complete SID -> [eos_id]."""
@@ -91,8 +108,7 @@ def vllm_threads(pool) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="trained HF folder with SID tokens")
-    ap.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="the SID index the model was trained on")
+    add_model_args(ap)
     ap.add_argument("--spec", type=Path, default=REPO / "configs/demo.yaml", help="data, split and engine settings")
     ap.add_argument("--users", type=int, default=200, help="the first N test users")
     ap.add_argument("--width", type=int, default=10, help="beam width K (both sides)")
@@ -105,13 +121,8 @@ def main() -> int:
     ap.add_argument("--tolerance", type=float, default=0.005)
     args = ap.parse_args()
 
-    if not (args.model / "config.json").exists():
-        hint = ("run `make demo` or `gream sft configs/demo.yaml` first" if args.model == DEFAULT_MODEL
-                else "pass --model with a trained Hugging Face folder")
-        print(f"no trained model at {args.model}: {hint}", file=sys.stderr)
-        return 2
-    if not args.index.exists():
-        print(f"no SID index at {args.index}: run `gream index configs/demo.yaml` or pass --index", file=sys.stderr)
+    if problem := missing_model_inputs(args):
+        print(problem, file=sys.stderr)
         return 2
     if args.width < max(KS) or args.repeats < 1 or args.users < 1:
         ap.error(f"--width must be >= {max(KS)}, --repeats and --users >= 1")

@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/scaling.py` puts benchmarks/, not the repo, on the path
     sys.path.insert(0, str(REPO))
 
-from benchmarks.beam_eval import DEFAULT_INDEX, DEFAULT_MODEL  # noqa: E402
+from benchmarks.beam_eval import add_model_args, missing_model_inputs  # noqa: E402
 
 SIDES = (1, 2)
 PHASES = ("rollout", "reward", "train", "push")
@@ -232,8 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="print the per-phase step split of RUN's rl/metrics.jsonl (or that file) and exit")
     ap.add_argument("--skip", type=int, default=1,
                     help="with --project: leave out the first N steps (engine warm-up; default 1)")
-    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="trained HF folder with SID tokens")
-    ap.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="the SID index the model was trained on")
+    add_model_args(ap)
     ap.add_argument("--spec", type=Path, default=REPO / "configs/demo.yaml", help="data, RL and engine settings")
     ap.add_argument("--prompts", type=int, default=64, help="training prompts per generate call / learner batch")
     ap.add_argument("--n", type=int, default=8, help="completions per prompt (rl.group_size)")
@@ -244,11 +243,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.project:
         print(project(args.project, args.skip))
         return 0
-    if not (args.model / "config.json").exists():
-        print(f"no trained model at {args.model}: run `gream sft configs/demo.yaml` or pass --model", file=sys.stderr)
-        return 2
-    if not args.index.exists():
-        print(f"no SID index at {args.index}: run `gream index configs/demo.yaml` or pass --index", file=sys.stderr)
+    if problem := missing_model_inputs(args):
+        print(problem, file=sys.stderr)
         return 2
     if args.repeats < 1 or args.prompts < 2:
         ap.error("--repeats must be >= 1 and --prompts >= 2 (2 learner ranks need a row each)")

@@ -55,7 +55,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: benchmarks/ is not an installed package
     sys.path.insert(0, str(REPO))
 
-from benchmarks.beam_eval import (DEFAULT_INDEX, DEFAULT_MODEL, prefix_allowed_table,  # noqa: E402
+from benchmarks.beam_eval import (add_model_args, missing_model_inputs, prefix_allowed_table,  # noqa: E402
                                   prefix_allowed_tokens_fn)
 
 BENCH_REQUIREMENTS = REPO / "requirements/bench.txt"
@@ -276,8 +276,7 @@ def run_trl(args, model_dir: Path, index, prompts, steps: int, out_dir: Path) ->
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", type=Path, default=REPO / "configs/demo.yaml", help="data, rl and cluster settings")
-    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="SFT model (Hugging Face folder with SID tokens)")
-    ap.add_argument("--index", type=Path, default=DEFAULT_INDEX, help="the SID index the model was trained on")
+    add_model_args(ap)
     ap.add_argument("--warmup", type=int, default=3, help="steps per side before measuring (start-up, first calls)")
     ap.add_argument("--windows", type=int, default=3, help="measured windows per side and run")
     ap.add_argument("--window-steps", type=int, default=4, help="steps per measured window")
@@ -309,11 +308,8 @@ def run_benchmark(args) -> dict[str, dict]:
     from indexing.sid import SidIndex
     from rl_system.prompt_source import PromptSource
 
-    for path, what, shown in ((args.model / "config.json", "trained model", args.model),
-                              (args.index, "SID index", args.index)):
-        if not path.exists():
-            fail(f"no {what} at {shown}: run `make demo` (or `gream index` and `gream sft` on the spec) "
-                 "or pass --model/--index")
+    if problem := missing_model_inputs(args):
+        fail(problem)
     spec_data = Path(load_spec(args.spec).data.path)
     root = Path(tempfile.mkdtemp(prefix="trl_grpo_"))
     try:
