@@ -132,6 +132,14 @@ class AlignmentBuilder:
         return self.rng.sample(list(rows), min(count, len(rows)))
 
 
+def by_user(train: Sequence[Example]) -> dict[int, list[Example]]:
+    """Each user's training examples, in split order (oldest prefix first)."""
+    out: dict[int, list[Example]] = {}
+    for ex in train:
+        out.setdefault(ex.user, []).append(ex)
+    return out
+
+
 def covering_windows(train: Sequence[Example]) -> list[Example]:
     """The fewest training examples whose histories and targets, together, hold every training
     target once: with the history supervised too, each user's longest example already teaches every
@@ -139,11 +147,8 @@ def covering_windows(train: Sequence[Example]) -> list[Example]:
     repeat it. Walks each user's examples back from the last; relies on the split's layout, where a
     user's training examples are the consecutive prefixes of the sequence, the i-th predicting item
     i+1 from the (capped) items before it."""
-    by_user: dict[int, list[Example]] = {}
-    for ex in train:
-        by_user.setdefault(ex.user, []).append(ex)
     out = []
-    for rows in by_user.values():
+    for rows in by_user(train).values():
         i = len(rows) - 1
         while i >= 0:
             out.append(rows[i])
@@ -154,11 +159,9 @@ def covering_windows(train: Sequence[Example]) -> list[Example]:
 def answer_prefixes(train: Sequence[Example], per_user: int, seed: int) -> list[Example]:
     """`per_user` training examples of each user drawn at random (seeded, without replacement), to
     add to the covering windows: more targets in the answer slot, on shorter histories too."""
-    by_user: dict[int, list[Example]] = {}
-    for ex in train:
-        by_user.setdefault(ex.user, []).append(ex)
+    users = by_user(train)
     rng = random.Random(f"answer-prefixes:{seed}")
-    return [ex for user in sorted(by_user) for ex in rng.sample(by_user[user], min(per_user, len(by_user[user])))]
+    return [ex for user in sorted(users) for ex in rng.sample(users[user], min(per_user, len(users[user])))]
 
 
 def build_alignment(builder: AlignmentBuilder, tasks: Sequence[str], train: Sequence[Example],
