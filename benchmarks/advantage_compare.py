@@ -2,20 +2,20 @@
 
 Layout under `--out` (never the spec's own run_dir): `base/` holds a copy of the SFT model
 (`sft/model`) and of the SID index (`index/NAME.index.json`), which is what the rl and eval stages
-read from a run_dir; each estimator gets `<advantage>/` with `index` and `sft` linked to `base/`, and
-runs
+read from a run_dir; each estimator and RL seed gets `<advantage>/seed<k>/` with `index` and `sft`
+linked to `base/`, and runs
 
-    gream rl   SPEC --set run_dir=OUT/<advantage> --set rl.advantage=<advantage> --set rl.steps=N ...
-    gream eval SPEC --set run_dir=OUT/<advantage> ...   (with the sft link removed: the RL model only)
+    gream rl   SPEC --set run_dir=OUT/<advantage>/seed<k> --set rl.advantage=<advantage> --set rl.seed=<k> ...
+    gream eval SPEC --set run_dir=OUT/<advantage>/seed<k> ...   (sft link removed: the RL model only)
 
 and `gream eval` on `base/` once for the SFT row. A stage whose `stage.json` matches the spec (the
 same hash `gream launch` checks) is not run again, so an interrupted comparison continues where it
 stopped. Everything else (prompts, seed, lr, KL, group size, dynamic sampling) is the spec's, the
 same for every estimator. The table: mean residual reward per `--window` steps, the mean share of
 dropped groups (all-miss / all-hit / constant) over all steps, and valid/test Recall@10, NDCG@10,
-Pass@1/5/10.
+Pass@1/5/10, each the median over the seeds' runs; a second table lists test Recall@10 per seed.
 
-    python benchmarks/advantage_compare.py --steps 30
+    python benchmarks/advantage_compare.py --steps 30 --seeds 0 1 2
     python benchmarks/advantage_compare.py --steps 3 --max-users 20 --out /tmp/advcmp   # smoke
 """
 from __future__ import annotations
@@ -77,6 +77,13 @@ def column(records: Sequence[dict] | None, evaluation: dict | None, window: int)
         metrics = (evaluation or {}).get(split, {})
         col.update({f"{split} {k}": metrics.get(k) for k in EVAL_KEYS})
     return col
+
+
+def median_column(columns: Sequence[dict[str, float | None]]) -> dict[str, float | None]:
+    """Label-wise median over runs' columns (labels in first-seen order); None where no run has a value."""
+    labels = list(dict.fromkeys(label for col in columns for label in col))
+    values = {label: [col[label] for col in columns if col.get(label) is not None] for label in labels}
+    return {label: (statistics.median(v) if v else None) for label, v in values.items()}
 
 
 def format_table(columns: dict[str, dict[str, float | None]], title: str = "") -> str:
@@ -160,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-users", type=int, help="eval users per split (default: the spec's eval.max_users)")
     ap.add_argument("--window", type=int, default=10, help="steps per reward window")
     ap.add_argument("--advantages", nargs="+", choices=ADVANTAGES, default=list(ADVANTAGES))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0], help="one RL run per seed (rl.seed) and estimator")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra spec override for every run (repeatable), e.g. rl.lr=2e-5")
     ap.add_argument("--table-only", action="store_true", help="print the table from what --out holds; run nothing")
@@ -188,26 +196,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         prepare_base(base, sft_model, index_file)
         run_stage("eval", spec_path, common + [f"run_dir={base}"], base, "sft")
-        for adv in args.advantages:
-            run_dir = out / adv
-            run_dir.mkdir(parents=True, exist_ok=True)
-            link(run_dir / "index", base / "index")
-            link(run_dir / "sft", base / "sft")
-            sets = common + [f"run_dir={run_dir}", f"rl.advantage={adv}", f"rl.steps={args.steps}"]
-            run_stage("rl", spec_path, sets, run_dir, adv)
-            # gream eval evaluates every trained stage it finds: without the sft link only the RL model.
-            (run_dir / "sft").unlink()
-            try:
-                run_stage("eval", spec_path, sets, run_dir, adv)
-            finally:
+        # Seed-major: an interrupted comparison still has every estimator at the seeds it finished.
+        for seed in args.seeds:
+            for adv in args.advantages:
+                run_dir = out / adv / f"seed{seed}"
+                run_dir.mkdir(parents=True, exist_ok=True)
+                link(run_dir / "index", base / "index")
                 link(run_dir / "sft", base / "sft")
+                sets = common + [f"run_dir={run_dir}", f"rl.advantage={adv}", f"rl.steps={args.steps}",
+                                 f"rl.seed={seed}"]
+                run_stage("rl", spec_path, sets, run_dir, f"{adv} seed {seed}")
+                # gream eval evaluates every trained stage it finds: without the sft link only the RL model.
+                (run_dir / "sft").unlink()
+                try:
+                    run_stage("eval", spec_path, sets, run_dir, f"{adv} seed {seed}")
+                finally:
+                    link(run_dir / "sft", base / "sft")
 
     columns = {"sft": column(None, read_json(base / "sft" / "eval.json"), args.window)}
+    per_seed: dict[str, dict[str, float | None]] = {}
     for adv in args.advantages:
-        columns[adv] = column(read_metrics(out / adv), read_json(out / adv / "rl" / "eval.json"), args.window)
+        runs = [out / adv / f"seed{seed}" for seed in args.seeds]
+        cols = [column(read_metrics(r), read_json(r / "rl" / "eval.json"), args.window) for r in runs]
+        columns[adv] = median_column(cols)
+        per_seed[adv] = {f"seed {seed}": col.get("test recall@10") for seed, col in zip(args.seeds, cols)}
     users = {split: m.get("users") for split, m in (read_json(base / "sft" / "eval.json") or {}).items()}
     print(format_table(columns, f"\n{args.steps} RL steps per estimator from {sft_model} ({args.spec.name}); "
-                                f"eval users {users or '-'}; runs in {out}"))
+                                f"median over RL seeds {args.seeds}; eval users {users or '-'}; runs in {out}"))
+    print(format_table(per_seed, "\ntest recall@10 per RL seed"))
     return 0
 
 

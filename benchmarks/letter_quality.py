@@ -12,7 +12,6 @@ NDCG@5/10 and Pass@1/10 beside the published rows.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/letter_quality.py` puts benchmarks/, not the repo, on the path
     sys.path.insert(0, str(REPO))
 
-from benchmarks.advantage_compare import format_table, read_json, run_stage  # noqa: E402
+from benchmarks.advantage_compare import format_table, median_column, read_json, run_stage  # noqa: E402
 
 DATASETS = ("beauty", "instruments")
 KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "pass@1", "pass@10")
@@ -40,11 +39,7 @@ PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
 
 def median_test_metrics(evaluations: Sequence[dict | None]) -> dict[str, float | None]:
     """Median over the finished runs of each test metric; None where no run has it."""
-    out: dict[str, float | None] = {}
-    for key in KEYS:
-        values = [e["test"][key] for e in evaluations if e and key in e.get("test", {})]
-        out[key] = statistics.median(values) if values else None
-    return out
+    return median_column([{key: (e or {}).get("test", {}).get(key) for key in KEYS} for e in evaluations])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -114,6 +114,14 @@ class SftSpec(_Section):
     lora: LoraSpec = LoraSpec()
     reasoning: ReasoningSpec = ReasoningSpec()
 
+    @model_validator(mode="after")
+    def _prefixes_need_history_loss(self) -> "SftSpec":
+        # Caught at load time, not minutes later when the training data is built.
+        if self.answer_prefixes and not self.history_loss:
+            raise ValueError("answer_prefixes adds to the covering windows of history_loss; "
+                             "set history_loss: true or answer_prefixes: 0")
+        return self
+
 
 class RlSpec(_Section):
     steps: int = Field(30, ge=1)

@@ -1,7 +1,7 @@
 """benchmarks/advantage_compare.py: the table from tiny metrics and eval files (pure, no runs)."""
 import json
 
-from benchmarks.advantage_compare import column, dropped_shares, format_table, main, reward_windows
+from benchmarks.advantage_compare import column, dropped_shares, format_table, main, median_column, reward_windows
 
 
 def step(n, reward, miss=0.5, hit=0.0, constant=0.1, hit_rate=0.01):
@@ -40,14 +40,25 @@ def test_one_table_with_an_sft_column_without_training_rows():
     assert "valid pass@5" in rows and "test pass@10" in rows
 
 
-def test_table_only_reads_an_out_dir(tmp_path, capsys):
+def test_median_column_over_runs_skips_missing_values():
+    cols = [{"a": 0.1, "b": None}, {"a": 0.3, "c": 2.0}, {"a": 0.2, "b": 4.0}]
+    assert median_column(cols) == {"a": 0.2, "b": 4.0, "c": 2.0}
+    assert median_column([{"a": None}]) == {"a": None}
+
+
+def test_table_only_reads_an_out_dir_with_medians_over_seeds(tmp_path, capsys):
     (tmp_path / "base" / "sft").mkdir(parents=True)
     (tmp_path / "base" / "sft" / "eval.json").write_text(json.dumps(EVAL))
-    rl = tmp_path / "srpo" / "rl"
-    rl.mkdir(parents=True)
-    (rl / "metrics.jsonl").write_text("".join(json.dumps(step(i, 0.01 * i)) + "\n" for i in (1, 2, 3)))
-    (rl / "eval.json").write_text(json.dumps(EVAL))
-    assert main(["--table-only", "--out", str(tmp_path), "--advantages", "srpo", "grpo", "--steps", "3"]) == 0
-    out = capsys.readouterr().out
-    line = next(x for x in out.splitlines() if x.startswith("reward steps 1-3"))
-    assert line.split()[-3:] == ["-", "0.0200", "-"]
+    for seed, scale in ((0, 1.0), (1, 3.0), (2, 2.0)):
+        rl = tmp_path / "srpo" / f"seed{seed}" / "rl"
+        rl.mkdir(parents=True)
+        (rl / "metrics.jsonl").write_text("".join(json.dumps(step(i, 0.01 * i * scale)) + "\n" for i in (1, 2, 3)))
+        (rl / "eval.json").write_text(json.dumps({**EVAL, "test": {**EVAL["test"], "recall@10": 0.05 * scale}}))
+    assert main(["--table-only", "--out", str(tmp_path), "--advantages", "srpo", "grpo", "--steps", "3",
+                 "--seeds", "0", "1", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    line = next(x for x in out if x.startswith("reward steps 1-3"))
+    assert line.split()[-3:] == ["-", "0.0400", "-"]  # median of 0.02, 0.06, 0.04
+    assert next(x for x in out if x.startswith("test recall@10")).split()[-3:] == ["0.0700", "0.1000", "-"]
+    per_seed = out[out.index("test recall@10 per RL seed"):]
+    assert next(x for x in per_seed if x.startswith("seed 1")).split()[-2:] == ["0.1500", "-"]

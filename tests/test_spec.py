@@ -52,6 +52,13 @@ def test_wrong_type_and_range(tmp_path):
         load_spec(_write(tmp_path, "name: x\nrl: {advantage: ppo}\n"))
 
 
+def test_cross_field_checks_name_the_section(tmp_path):
+    with pytest.raises(SpecError, match=r"sft.*answer_prefixes.*history_loss"):
+        load_spec(_write(tmp_path, "name: x\nsft: {answer_prefixes: 1, history_loss: false}\n"))
+    with pytest.raises(SpecError, match=r"rl.*Rollout-Beam.*reasoning"):
+        load_spec(_write(tmp_path, "name: x\nrl: {reward: beam, mode: direct}\n"))
+
+
 def test_missing_name_and_malformed_yaml(tmp_path):
     with pytest.raises(SpecError, match="missing required key 'name'"):
         load_spec(_write(tmp_path, "rl: {steps: 3}\n"))
