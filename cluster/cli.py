@@ -65,9 +65,9 @@ def cmd_stage(stage: str):
 
 
 def cmd_baseline_sasrec(args) -> None:
-    from sft.sasrec import run
+    from sft.sasrec import SasrecConfig, run
 
-    run(_spec(args))
+    run(_spec(args), SasrecConfig(seed=args.seed))
 
 
 def cmd_launch(args) -> None:
@@ -146,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     baseline = sub.add_parser("baseline", help="reference recommenders").add_subparsers(dest="action", required=True)
     p = baseline.add_parser("sasrec", help="train and evaluate SASRec on the same split")
     _add_spec_args(p)
+    p.add_argument("--seed", type=int, default=0, help="weight init and batch order; repeat runs in their own run_dir")
     p.set_defaults(func=cmd_baseline_sasrec)
 
     p = sub.add_parser("scale", help="resize the rollout pool of a running job")

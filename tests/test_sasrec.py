@@ -63,3 +63,13 @@ def test_run_on_office_learns_and_writes_the_eval_schema(tmp_path):
     everyone = out["meta"]["all_users"]
     assert everyone["valid"]["recall@10"] > 0.012 and everyone["test"]["ndcg@10"] <= everyone["test"]["recall@10"]
     assert out["meta"]["best_epoch"] >= 0
+
+
+def test_cli_seed_reaches_the_config(monkeypatch):
+    import sft.sasrec
+    from cluster.cli import main
+
+    seen = []
+    monkeypatch.setattr(sft.sasrec, "run", lambda spec, cfg: seen.append((spec.run_dir, cfg)))
+    assert main(["baseline", "sasrec", str(REPO / "configs/demo.yaml"), "--seed", "2", "--set", "run_dir=/tmp/x"]) in (0, None)
+    assert seen[0][0] == "/tmp/x" and seen[0][1] == SasrecConfig(seed=2)
