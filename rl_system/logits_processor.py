@@ -249,16 +249,21 @@ class TrieConstraint:
         self.forced[slots] = new_forced
         self.budget[slots] = new_budget
 
-    def constrained_rows(self, slots: torch.Tensor) -> tuple[bool, bool]:
-        """(any, all) of `slots` in their SID phase (a host sync on GPUs)."""
-        sid = self.phase[slots] == SID
-        return bool(sid.any()), bool(sid.all())
+    def constrained_rows(self, slots: torch.Tensor) -> tuple[bool, bool, bool]:
+        """(any, all) of `slots` in their SID phase, and whether any is in free or forced text: one
+        host sync on GPUs."""
+        phase = self.phase[slots]
+        sid = phase == SID
+        text = (phase == FREE) | (phase == FORCED)
+        any_sid, all_sid, any_text = torch.stack([sid.any(), sid.all(), text.any()]).tolist()
+        return any_sid, all_sid, any_text
 
     def mask_(self, logits: torch.Tensor, slots: torch.Tensor, any_sid: bool = True,
-              all_sid: bool = False) -> torch.Tensor:
+              all_sid: bool = False, any_text: bool = True) -> torch.Tensor:
         """Set every token a row may not emit to -inf, in place. The caller may say what it knows of
-        the batch (`any_sid`: some row is in its SID phase; `all_sid`: every row is) to skip work:
-        the trie mask when no row needs it, everything but the one-pass trie mask when all do."""
+        the batch (`any_sid`: some row is in its SID phase; `all_sid`: every row is; `any_text`: some
+        row is in free or forced text) to skip work: the trie mask when no row needs it, everything but
+        the one-pass trie mask when all do, the full-width text steering when no row writes text."""
         node = self.node[slots]
         if all_sid:
             allowed = self.masker.mask(node)
@@ -269,7 +274,7 @@ class TrieConstraint:
             self._forbid_wrong_closer(allowed, slots, node)
             allowed |= (self.phase[slots] != SID).unsqueeze(1)
             logits.masked_fill_(~allowed, float("-inf"))
-        return self._steer_text_(logits, slots)
+        return self._steer_text_(logits, slots) if any_text else logits
 
     def _steer_text_(self, logits: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         """Free-text rows lose the banned tokens; forced rows keep only their forced token."""
@@ -362,11 +367,11 @@ class TrieLogitsProcessor(V1LogitsProcessor):
         # V1 syncs every step anyway, so the batch's make-up picks the cheapest path: reasoning rows
         # spend most steps in free text (a few banned columns, no trie mask); a fully constrained
         # batch takes one pass.
-        any_sid, all_sid = self.constraint.constrained_rows(slots)
+        flags = self.constraint.constrained_rows(slots)
         if whole:
-            return self.constraint.mask_(logits, slots, any_sid, all_sid)
+            return self.constraint.mask_(logits, slots, *flags)
         idx = slots.to(logits.device)
-        logits[idx] = self.constraint.mask_(logits[idx], slots, any_sid, all_sid)
+        logits[idx] = self.constraint.mask_(logits[idx], slots, *flags)
         return logits
 
 

@@ -169,3 +169,16 @@ def test_one_pass_path_matches_the_general_mask_across_steps():
         general, fast = c.mask_(logits.clone(), slots), c.mask_(logits.clone(), slots, all_sid=True)
         assert torch.equal(general, fast)
         c.absorb(slots, torch.tensor(tokens))
+
+
+def test_text_steering_is_skipped_only_when_no_row_writes_text():
+    # Direct rows beside unconstrained rows (mode None): no free or forced text anywhere.
+    c = TrieConstraint(TABLE, V, max_slots=3, device="cpu")
+    c.reset([0, 1, 2], [RequestConstraint("direct"), RequestConstraint(None), RequestConstraint("direct", (3,))])
+    slots = torch.tensor([0, 1, 2])
+    assert c.constrained_rows(slots) == (True, False, False)
+    logits = torch.randn(3, V)
+    assert torch.equal(c.mask_(logits.clone(), slots), c.mask_(logits.clone(), slots, True, False, False))
+    # A reasoning row starts forced into <think>: its steering is needed and reported.
+    c.reset([1], [RequestConstraint("reasoning", max_tokens=40)])
+    assert c.constrained_rows(slots) == (True, False, True)
