@@ -44,6 +44,14 @@ class RewriteSpec(_Section):
     max_tokens: int = Field(160, ge=8)
 
 
+class CollaborativeSpec(_Section):
+    """Co-occurrence vectors from the training split, mixed into what residual k-means clusters."""
+
+    weight: float = Field(0.0, ge=0.0, lt=1.0)  # share of the squared distance; 0 = text only
+    dim: int = Field(64, ge=2)
+    window: int = Field(5, ge=1)  # items before each training target that count as bought with it
+
+
 class IndexSpec(_Section):
     levels: int = Field(3, ge=1, le=8)
     codes: int = Field(256, ge=2, le=65536)
@@ -58,6 +66,13 @@ class IndexSpec(_Section):
     embed_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     import_file: str | None = None  # an existing NAME.*.index.json to use instead of k-means
     rewrite: RewriteSpec = RewriteSpec()
+    collaborative: CollaborativeSpec = CollaborativeSpec()
+
+    @model_validator(mode="after")
+    def _collaborative_needs_kmeans(self) -> "IndexSpec":
+        if self.import_file and self.collaborative.weight > 0:
+            raise ValueError("collaborative.weight applies to residual k-means; an import_file brings its own IDs")
+        return self
 
 
 class ModelSpec(_Section):

@@ -1,4 +1,5 @@
-"""`gream index SPEC`: item text -> embeddings -> residual k-means -> dedup level -> 1:1 SIDs.
+"""`gream index SPEC`: item text -> embeddings (+ collaborative vectors from the training split, when
+`index.collaborative.weight` > 0) -> residual k-means -> dedup level -> 1:1 SIDs.
 
 Writes into `<run_dir>/index/`: `NAME.index.json` (LC-Rec layout), `sid_vocab.txt` (every SID token,
 read by `sft`), `report.json` (what was built, how well, how long) and `cache/` (embeddings and
@@ -19,7 +20,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from cluster.device import resolve
-from indexing.dataset import load_from_spec
+from indexing.collaborative import collaborative_vectors, fuse
+from indexing.dataset import load_from_spec, split_from_spec
 from indexing.dedup import add_dedup_level, collision_stats
 from indexing.embed import embed_texts, load_encoder
 from indexing.importer import import_index
@@ -98,6 +100,13 @@ def _build_kmeans(spec, ds, out_dir: Path, phase: _Phases) -> tuple[SidIndex, di
         # Unit length: residual k-means then clusters directions, as cosine similarity does.
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
         info["embedding"] = {"encoder": encoder.name, "dim": int(emb.shape[1])}
+    cf = ix.collaborative
+    if cf.weight > 0:
+        with phase("collaborative"):
+            collab = collaborative_vectors(split_from_spec(spec, ds).train, ds.num_items, cf.dim, cf.window, ix.seed)
+            emb = fuse(emb, collab, cf.weight)
+            info["collaborative"] = {"weight": cf.weight, "dim": cf.dim, "window": cf.window,
+                                     "items_with_signal": int((np.abs(collab).sum(axis=1) > 0).sum())}
     with phase("kmeans"):
         km = residual_kmeans(emb, ix.levels, ix.codes, ix.seed, ix.kmeans_iters, ix.balanced)
         info["residual_mse"] = [round(m, 5) for m in km.residual_mse]

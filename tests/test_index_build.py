@@ -57,11 +57,14 @@ def test_office_build_is_collision_free_and_balanced(office_build, capsys):
 def test_changed_index_settings_rebuild_but_reuse_embeddings(office_build, tmp_path):
     spec, report = office_build
     shutil.copytree(spec.stage_dir("index") / "cache", tmp_path / "index" / "cache")
-    changed = office_spec(tmp_path, codes=64, levels=2)
+    changed = office_spec(tmp_path, codes=64, levels=2, collaborative={"weight": 0.5, "dim": 32})
     rebuilt = build.run(changed)
     assert not rebuilt["skipped"] and rebuilt["depth"] == 3
     assert rebuilt["seconds"]["embed"] < report["seconds"]["embed"] / 3  # served from the cache
     assert rebuilt["collisions_after"]["collision_rate"] == 0.0
+    # Co-occurrence vectors from the training split were mixed in: nearly every item has some.
+    assert rebuilt["collaborative"]["dim"] == 32 and rebuilt["collaborative"]["items_with_signal"] > 2300
+    assert "collaborative" in rebuilt["seconds"] and "collaborative" not in report["seconds"]
 
 
 def office_embeddings(spec, report) -> np.ndarray:
