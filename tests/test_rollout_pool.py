@@ -72,6 +72,22 @@ def test_dead_worker_is_replaced_and_its_prompts_requeued(learner_and_pool):
     assert pool.versions() == [3, 3] and {g.weight_version for g in groups} == {3}
 
 
+def test_set_cpu_bind_replaces_its_own_value_but_keeps_the_users(monkeypatch):
+    import os
+
+    from rl_system import vllm_engine
+
+    cores = sorted(os.sched_getaffinity(0))
+    monkeypatch.delenv(vllm_engine.BIND_VAR, raising=False)
+    monkeypatch.setattr(vllm_engine, "_bind_we_set", None)
+    first = vllm_engine.set_cpu_bind(slot=0, threads=1, ranks=1)
+    assert first == str(cores[0])
+    # A second in-process engine in another slot gets its own cores, not the first engine's.
+    assert vllm_engine.set_cpu_bind(slot=1, threads=1, ranks=1) == str(cores[1 % len(cores)])
+    monkeypatch.setenv(vllm_engine.BIND_VAR, "0-1")
+    assert vllm_engine.set_cpu_bind(slot=1, threads=1, ranks=1) == "0-1"
+
+
 def test_cpu_bind_list_gives_each_engine_its_own_cores():
     from rl_system.vllm_engine import cpu_bind_list
 
