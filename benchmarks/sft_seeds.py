@@ -1,0 +1,53 @@
+"""One spec's SFT quality over several seeds: `gream index`, `gream sft`, `gream eval` per seed into
+`--out/seed<k>` (`sft.seed` = k: data order, templates; a stage whose `stage.json` matches the spec is
+not run again), then the median and the per-seed values of every valid/test metric.
+
+    python benchmarks/sft_seeds.py --seeds 0 1 2 --out runs/sft_seeds/collab \\
+        --set index.collaborative.weight=0.5
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python benchmarks/sft_seeds.py` puts benchmarks/, not the repo, on the path
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.advantage_compare import format_table, median_column, read_json, run_stage  # noqa: E402
+
+KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "pass@1", "pass@10")
+
+
+def metric_column(evaluation: dict | None) -> dict[str, float | None]:
+    """`eval.json` -> "split metric" -> value, valid rows first."""
+    return {f"{split} {key}": (evaluation or {}).get(split, {}).get(key) for split in ("valid", "test") for key in KEYS}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spec", type=Path, default=REPO / "configs/demo.yaml")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--out", type=Path, required=True, help="where the runs go (one seed<k> folder each)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="spec override for every run")
+    ap.add_argument("--table-only", action="store_true", help="print the table from what --out holds; run nothing")
+    args = ap.parse_args(argv)
+
+    columns = {}
+    for seed in args.seeds:
+        run_dir = (args.out / f"seed{seed}").resolve()
+        sets = args.set + [f"run_dir={run_dir}", f"sft.seed={seed}"]
+        if not args.table_only:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            for stage in ("index", "sft", "eval"):
+                run_stage(stage, args.spec.resolve(), sets, run_dir, f"seed {seed}")
+        columns[f"seed {seed}"] = metric_column(read_json(run_dir / "sft" / "eval.json"))
+    table = {"median": median_column(list(columns.values())), **columns}
+    print(format_table(table, f"\n{args.spec.name} {' '.join(args.set)}: SFT eval per seed and median; runs in {args.out}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
