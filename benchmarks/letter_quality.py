@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/letter_quality.py` puts benchmarks/, not the repo, on the path
     sys.path.insert(0, str(REPO))
 
-from benchmarks.advantage_compare import format_table, median_column, read_json, run_stage  # noqa: E402
+from benchmarks.advantage_compare import format_table, median_column  # noqa: E402
+from benchmarks.sft_seeds import seed_evaluations  # noqa: E402
 
 DATASETS = ("beauty", "instruments")
 KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "pass@1", "pass@10")
@@ -66,15 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         common = ([f"sft.epochs={args.epochs}"] if args.epochs else []) + (
             [f"eval.max_users={args.max_users}"] if args.max_users else [])
-        evaluations = []
-        for seed in args.seeds:
-            run_dir = (args.out / name / f"seed{seed}").resolve()
-            sets = common + [f"run_dir={run_dir}", f"sft.seed={seed}"]
-            if not args.table_only:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                for stage in ("index", "sft", "eval"):
-                    run_stage(stage, spec_path, sets, run_dir, f"{name} seed {seed}")
-            evaluations.append(read_json(run_dir / "sft" / "eval.json"))
+        evaluations = list(seed_evaluations(spec_path, common, args.out / name, args.seeds, not args.table_only,
+                                            f"{name} ").values())
         runs = sum(e is not None for e in evaluations)
         columns = {"gream": median_test_metrics(evaluations)} | PUBLISHED[name]
         tables.append(format_table({k: {m: col.get(m) for m in KEYS} for k, col in columns.items()},

@@ -26,6 +26,22 @@ def metric_column(evaluation: dict | None) -> dict[str, float | None]:
     return {f"{split} {key}": (evaluation or {}).get(split, {}).get(key) for split in ("valid", "test") for key in KEYS}
 
 
+def seed_evaluations(spec_path: Path, sets: list[str], out: Path, seeds: Sequence[int], run: bool,
+                     label: str = "") -> dict[int, dict | None]:
+    """Per seed k: with `run`, `gream index`, `sft`, `eval` of `spec_path` into `out/seed<k>` with
+    `sft.seed=k` (finished stages skipped); then that run's SFT `eval.json` (None while missing)."""
+    evaluations = {}
+    for seed in seeds:
+        run_dir = (out / f"seed{seed}").resolve()
+        seed_sets = sets + [f"run_dir={run_dir}", f"sft.seed={seed}"]
+        if run:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            for stage in ("index", "sft", "eval"):
+                run_stage(stage, spec_path.resolve(), seed_sets, run_dir, f"{label}seed {seed}")
+        evaluations[seed] = read_json(run_dir / "sft" / "eval.json")
+    return evaluations
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", type=Path, default=REPO / "configs/demo.yaml")
@@ -35,15 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--table-only", action="store_true", help="print the table from what --out holds; run nothing")
     args = ap.parse_args(argv)
 
-    columns = {}
-    for seed in args.seeds:
-        run_dir = (args.out / f"seed{seed}").resolve()
-        sets = args.set + [f"run_dir={run_dir}", f"sft.seed={seed}"]
-        if not args.table_only:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            for stage in ("index", "sft", "eval"):
-                run_stage(stage, args.spec.resolve(), sets, run_dir, f"seed {seed}")
-        columns[f"seed {seed}"] = metric_column(read_json(run_dir / "sft" / "eval.json"))
+    evaluations = seed_evaluations(args.spec, args.set, args.out, args.seeds, not args.table_only)
+    columns = {f"seed {seed}": metric_column(e) for seed, e in evaluations.items()}
     table = {"median": median_column(list(columns.values())), **columns}
     print(format_table(table, f"\n{args.spec.name} {' '.join(args.set)}: SFT eval per seed and median; runs in {args.out}"))
     return 0

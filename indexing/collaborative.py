@@ -30,9 +30,8 @@ def cooccurrence(examples: Sequence[Example], num_items: int, window: int) -> sp
             if h != ex.target:
                 rows.append(ex.target)
                 cols.append(h)
-    counts = sparse.coo_matrix((np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=(num_items, num_items))
-    counts = counts.tocsr()
-    counts.sum_duplicates()
+    # Converting to CSR sums the repeated (target, history item) pairs into counts.
+    counts = sparse.coo_matrix((np.ones(len(rows), dtype=np.float64), (rows, cols)), shape=(num_items, num_items)).tocsr()
     return (counts + counts.T).tocsr()
 
 
