@@ -88,8 +88,10 @@ def sampling_metrics(pool, prompts: EvalPrompts, index: SidIndex, mode: str, n: 
     return out
 
 
-def evaluate(spec, pool, tokenizer, index: SidIndex, splits: dict[str, Sequence[Example]]) -> dict:
-    """Metrics per split, e.g. {"valid": {"recall@10": ...}, "test": {...}}."""
+def evaluate(spec, pool, tokenizer, index: SidIndex, splits: dict[str, Sequence[Example]],
+             sampling: bool = True) -> dict:
+    """Metrics per split, e.g. {"valid": {"recall@10": ...}, "test": {...}}; without `sampling`, the
+    beam metrics only (Pass@K sampling costs `eval.pass_samples` times the beam's generation)."""
     e = spec.eval
     vocab_items = {tok_id: tok for tok, tok_id in tokenizer.get_vocab().items()}
 
@@ -103,9 +105,10 @@ def evaluate(spec, pool, tokenizer, index: SidIndex, splits: dict[str, Sequence[
         examples = list(examples)[: e.max_users] if e.max_users else list(examples)
         direct = build_prompts(tokenizer, index, examples, reasoning=False)
         metrics = beam_metrics(pool, direct, token_to_item, e.beam_width, e.ks)
-        sampled = build_prompts(tokenizer, index, examples, reasoning) if reasoning else direct
-        metrics.update(sampling_metrics(pool, sampled, index, spec.rl.mode, e.pass_samples, e.temperature,
-                                        e.top_p, max_tokens, e.ks))
+        if sampling:
+            sampled = build_prompts(tokenizer, index, examples, reasoning) if reasoning else direct
+            metrics.update(sampling_metrics(pool, sampled, index, spec.rl.mode, e.pass_samples, e.temperature,
+                                            e.top_p, max_tokens, e.ks))
         metrics["users"] = len(examples)
         out[name] = metrics
         log.info("evaluated", extra=fields(split=name, **{k: round(v, 4) for k, v in metrics.items()}))

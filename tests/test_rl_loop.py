@@ -75,3 +75,19 @@ def test_eval_scores_both_stages_with_valid_beams(finished_run):
             assert {"recall@1", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "pass@1", "pass@5", "pass@10"} <= set(split)
             assert split["users"] == 12 and split["format_ok"] == 1.0
             assert 0.0 <= split["recall@1"] <= split["recall@5"] <= split["recall@10"] <= 1.0
+
+
+def test_beam_only_evaluation_of_a_run_dir(finished_run, tmp_path):
+    """benchmarks/sft_vs_sasrec.py: a run dir's SFT model, beam metrics only (no Pass@K sampling)."""
+    import yaml
+
+    from benchmarks.sft_vs_sasrec import KEYS, column, sft_all_users
+
+    spec, _ = finished_run
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
+    result = sft_all_users(spec_file, ["eval.max_users=12", "cluster.rollout.num_workers=1"], spec.run_path)
+    for split in ("valid", "test"):
+        assert set(result[split]) == set(KEYS) | {"users"} and result[split]["users"] == 12
+        assert 0.0 <= result[split]["recall@1"] <= result[split]["recall@5"] <= result[split]["recall@10"] <= 1.0
+    assert list(column(result)) == [f"{s} {k}" for s in ("valid", "test") for k in KEYS]
