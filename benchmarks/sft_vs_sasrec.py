@@ -7,8 +7,8 @@ ratio of the test Recall@10 medians (the sft issue's target: >= 1).
 Recall@10 about 0.012 there); over all 4,905 Office users it is about 0.004, small enough to compare
 one setting with another.
 
-    python benchmarks/sft_vs_sasrec.py --sft runs/sft_seeds/collab/seed0 runs/sft_seeds/collab/seed1 \\
-        --sasrec runs/demo runs/sasrec_seed1 runs/sasrec_seed2
+    python benchmarks/sft_vs_sasrec.py --sft runs/e9 runs/d3_s1 runs/d3_s2 \\
+        --sasrec runs/sasrec_s0 runs/sasrec_s1 runs/sasrec_s2
 """
 from __future__ import annotations
 
