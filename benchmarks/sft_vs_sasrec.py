@@ -41,29 +41,19 @@ def sasrec_all_users(run_dir: Path) -> dict:
 def sft_all_users(spec_path: Path, sets: list[str], run_dir: Path) -> dict:
     """Beam metrics of `run_dir`'s SFT model on its own index, every user of valid and test (`sets`
     may narrow that with `eval.max_users`)."""
-    from transformers import AutoTokenizer
-
     from cluster.placement import init_ray
     from cluster.spec import load_spec
     from indexing.build import index_path
     from indexing.dataset import split_from_spec
     from indexing.sid import SidIndex
-    from rl_system.evaluate import evaluate
-    from rl_system.rollout_pool import RolloutPool
+    from rl_system.evaluate import evaluate_model
 
     spec = load_spec(spec_path, ["eval.max_users=null", *sets, f"run_dir={run_dir.resolve()}"])
     model = spec.stage_dir("sft") / "model"
     if not (model / "config.json").exists():
         raise SystemExit(f"{model}: no trained SFT model; run `gream sft` into {run_dir} first")
     init_ray(spec)
-    index = SidIndex.load(index_path(spec))
-    split = split_from_spec(spec)
-    pool = RolloutPool(spec, model, index)
-    try:
-        return evaluate(spec, pool, AutoTokenizer.from_pretrained(model), index,
-                        {"valid": split.valid, "test": split.test}, sampling=False)
-    finally:
-        pool.shutdown()
+    return evaluate_model(spec, model, SidIndex.load(index_path(spec)), split_from_spec(spec), sampling=False)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

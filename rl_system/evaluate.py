@@ -140,11 +140,22 @@ def trained_stages(spec) -> list[tuple[str, Path]]:
     return found
 
 
-def run(spec) -> dict:
+def evaluate_model(spec, model: Path, index: SidIndex, split, sampling: bool = True) -> dict:
+    """`evaluate` of one model folder on valid and test, on a rollout pool of its own."""
     from transformers import AutoTokenizer
 
-    from cluster.placement import init_ray
     from rl_system.rollout_pool import RolloutPool
+
+    pool = RolloutPool(spec, model, index)
+    try:
+        return evaluate(spec, pool, AutoTokenizer.from_pretrained(model), index,
+                        {"valid": split.valid, "test": split.test}, sampling)
+    finally:
+        pool.shutdown()
+
+
+def run(spec) -> dict:
+    from cluster.placement import init_ray
 
     stages = trained_stages(spec)
     if not stages:
@@ -157,12 +168,7 @@ def run(spec) -> dict:
     split = split_from_spec(spec)
     results = {}
     for stage, model in stages:
-        tokenizer = AutoTokenizer.from_pretrained(model)
-        pool = RolloutPool(spec, model, index)
-        try:
-            result = evaluate(spec, pool, tokenizer, index, {"valid": split.valid, "test": split.test})
-        finally:
-            pool.shutdown()
+        result = evaluate_model(spec, model, index, split)
         write_eval(spec.stage_dir(stage), result)
         print_table(f"{stage}: {model}", result)
         results[stage] = result
