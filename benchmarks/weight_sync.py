@@ -36,7 +36,8 @@ def main() -> None:
     from indexing.importer import import_index
     from rl_system.rollout_worker import connect_weight_group, start_rollout_worker
     from rl_system.vllm_engine import EngineConfig, untrained_sid_policy
-    from rl_system.weight_sync import WeightSender, free_port, plan_buckets
+    from cluster.ranks import free_port
+    from rl_system.weight_sync import WeightSender, plan_buckets
 
     index = import_index(REPO / "data/office/Office.unitok5.index.json").index
     spec = JobSpec(name="bench", run_dir=tempfile.mkdtemp(), data={"path": str(REPO / "data/office")},

@@ -42,6 +42,26 @@ def resolve(requested: str = "auto") -> Placement:
     return Placement(requested, "nccl")
 
 
+def autocast_dtype(requested: str, device_type: str):
+    """`auto` picks bfloat16 on a GPU and on CPUs that multiply bf16 natively (AMX/AVX512-BF16), else
+    float32 (autocast off). On this machine's EPYC the demo's SFT trains 1.2x faster with it
+    (BENCHMARKS.md) and MiniLM embeds 1.6x faster, at cosine 0.9999 to the float32 embedding."""
+    import torch
+
+    if requested == "auto":
+        native = device_type != "cpu" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return torch.bfloat16 if native else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[requested]
+
+
+def autocast(device_type: str, dtype):
+    """Mixed precision around a forward pass: float32 weights, `dtype` matmuls; off for float32."""
+    import torch
+
+    return torch.autocast("cuda" if device_type.startswith("cuda") else "cpu", dtype=dtype,
+                          enabled=dtype != torch.float32)
+
+
 def accelerator_name() -> str:
     """The DeepSpeed accelerator matching our placement (DeepSpeed reads DS_ACCELERATOR)."""
     return "cuda" if _accelerator_available() else "cpu"

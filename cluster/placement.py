@@ -22,10 +22,12 @@ log = logging.getLogger(__name__)
 
 
 def logical_cpus_needed(spec: JobSpec) -> float:
+    """The larger of the two phases' needs: SFT ranks, or RL's learner, rollout and reward roles."""
     c = spec.cluster
-    return (c.learner.num_ranks * c.learner.cpus_per_rank
-            + c.rollout.num_workers * c.rollout.cpus_per_worker * c.rollout.tensor_parallel
-            + c.reward.replicas)
+    rl = (c.learner.num_ranks * c.learner.cpus_per_rank
+          + c.rollout.num_workers * c.rollout.cpus_per_worker * c.rollout.tensor_parallel
+          + c.reward.replicas)
+    return max(rl, c.sft.num_ranks * c.sft.cpus_per_rank)
 
 
 def init_ray(spec: JobSpec, address: str | None = None) -> None:
@@ -72,10 +74,17 @@ def _reserve(name: str, bundles: list[dict[str, float]], strategy: str = "PACK",
     return RoleGroup(name, group)
 
 
-def learner_group(spec: JobSpec) -> RoleGroup:
-    c = spec.cluster.learner
+def _ranks_group(name: str, c) -> RoleGroup:
     bundle = {"CPU": c.cpus_per_rank, "GPU": c.gpus_per_rank}
-    return _reserve(f"{spec.name}-learner", [bundle] * c.num_ranks)
+    return _reserve(name, [bundle] * c.num_ranks)
+
+
+def learner_group(spec: JobSpec) -> RoleGroup:
+    return _ranks_group(f"{spec.name}-learner", spec.cluster.learner)
+
+
+def sft_group(spec: JobSpec) -> RoleGroup:
+    return _ranks_group(f"{spec.name}-sft", spec.cluster.sft)
 
 
 def rollout_group(spec: JobSpec, worker_index: int) -> RoleGroup:

@@ -107,6 +107,7 @@ class ReasoningSpec(_Section):
 class SftSpec(_Section):
     epochs: int = Field(3, ge=1)
     lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)  # AdamW, decoupled; the token warm-up phase always uses 0
     batch_size: int = Field(32, ge=1)
     grad_accum: int = Field(1, ge=1)
     max_len: int = Field(256, ge=16)
@@ -120,6 +121,9 @@ class SftSpec(_Section):
     # read the prediction, against several in the history.
     answer_prefixes: int = Field(0, ge=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # embedding + residual-branch dropout while training
+    # Matmul precision of the forward pass over float32 weights (model.dtype float32); "auto": bfloat16
+    # where the device multiplies it natively (GPUs, AMX/AVX512-BF16 CPUs), else float32.
+    autocast: Literal["auto", "float32", "bfloat16"] = "auto"
     tasks: list[Literal["seqrec", "item2index", "index2item", "fusion_title", "fusion_sid", "preference"]] = [
         "seqrec", "item2index", "index2item", "fusion_title", "fusion_sid"]
     curriculum: Literal["gream", "uniform", "sequential"] = "gream"
@@ -195,6 +199,9 @@ class RolloutCluster(_Section):
 
 
 class LearnerCluster(_Section):
+    """DeepSpeed training ranks, one Ray actor each (data parallel: every rank takes a share of each
+    step's batch; for SFT, sft.batch_size is per rank)."""
+
     num_ranks: int = Field(1, ge=1)
     gpus_per_rank: float = Field(0, ge=0)
     cpus_per_rank: float = Field(1, gt=0)
@@ -211,6 +218,8 @@ class ClusterSpec(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_cpus: int | None = Field(None, ge=1)
     rollout: RolloutCluster = RolloutCluster()
+    # SFT ranks: one rank trains in the calling process; more start as Ray actors in a group of their own.
+    sft: LearnerCluster = LearnerCluster()
     learner: LearnerCluster = LearnerCluster()
     reward: RewardCluster = RewardCluster()
 

@@ -1,5 +1,6 @@
 """`gream index SPEC`: item text -> embeddings (+ collaborative vectors from the training split, when
-`index.collaborative.weight` > 0) -> residual k-means -> dedup level -> 1:1 SIDs.
+`index.collaborative.weight` > 0) -> residual k-means -> dedup level (only where code tuples
+collide) -> 1:1 SIDs.
 
 Writes into `<run_dir>/index/`: `NAME.index.json` (LC-Rec layout), `sid_vocab.txt` (every SID token,
 read by `sft`), `report.json` (what was built, how well, how long) and `cache/` (embeddings and
@@ -112,8 +113,15 @@ def _build_kmeans(spec, ds, out_dir: Path, phase: _Phases) -> tuple[SidIndex, di
         info["residual_mse"] = [round(m, 5) for m in km.residual_mse]
     with phase("dedup"):
         before = collision_stats(km.codes)
-        codes = add_dedup_level(km.codes)
-        index = SidIndex.from_array(codes, level_sizes=(ix.codes,) * ix.levels + (int(codes[:, -1].max()) + 1,))
+        sizes: tuple[int, ...] = (ix.codes,) * ix.levels
+        codes = km.codes
+        # Without collisions a dedup level would be one constant token per item: a quarter of every
+        # 3-level history spent on nothing (and all-user test Recall@10 0.086 -> 0.090 without it).
+        if before.duplicate_groups:
+            codes = add_dedup_level(km.codes)
+            sizes += (int(codes[:, -1].max()) + 1,)
+        index = SidIndex.from_array(codes, level_sizes=sizes)
+    info["dedup_added"] = bool(before.duplicate_groups)
     info["collisions_before"] = before.as_dict()
     info["items_per_leaf_before_dedup"] = _items_per_prefix(km.codes)
     return index, info

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 
 from cluster import device as device_mod
+from cluster import ranks
 from cluster.logs import fields
 from rl_system import losses
 
@@ -155,12 +155,6 @@ def micro_batches(batch: TrainBatch, size: int, count: int | None = None) -> tup
     return parts + [batch.select([0]).masked_out()] * (count - real), real
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
 def deepspeed_config(cfg: LearnerConfig, placement: device_mod.Placement) -> dict[str, Any]:
     zero: dict[str, Any] = {"stage": cfg.zero_stage}
     if cfg.offload:
@@ -196,17 +190,13 @@ class Learner:
         self.placement = device_mod.resolve(config.device)
 
     def rendezvous(self) -> tuple[str, int]:
-        """(this node's address, a free port on it): rank 0 hosts the process-group store."""
-        import ray
-
-        return ray.util.get_node_ip_address(), free_port()
+        return ranks.rendezvous()
 
     def setup(self, master_addr: str = "127.0.0.1", master_port: int | None = None) -> None:
         """Join the DeepSpeed group (collective: all ranks at once) and build policy and reference."""
         config, rank, world_size = self.config, self.rank, self.world_size
         os.environ.setdefault("DS_ACCELERATOR", device_mod.accelerator_name() if self.placement.is_gpu else "cpu")
-        os.environ.update({"MASTER_ADDR": master_addr, "MASTER_PORT": str(master_port or free_port()),
-                           "RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": "0"})
+        ranks.set_rank_env(rank, world_size, master_addr, master_port or ranks.free_port())
         import deepspeed
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.integrations import HfDeepSpeedConfig

@@ -18,11 +18,11 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from cluster.logs import fields
 from cluster.placement import RoleGroup, rollout_group
+from cluster.ranks import free_port
 from indexing.sid import SidIndex
 from rl_system.logits_processor import ConstraintTable
 from rl_system.rollout_worker import RolloutGroup, start_rollout_worker
 from rl_system.vllm_engine import engine_config
-from rl_system.weight_sync import free_port
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ go through vLLM's layerwise `model_runner.reload_weights`, which re-runs their p
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -130,12 +129,6 @@ def unpack(bucket: Bucket, flat: torch.Tensor) -> Iterator[tuple[str, torch.Tens
 
 
 # --------------------------------------------------------------------------- group
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def join_group(master_addr: str, port: int, rank: int, world_size: int, backend: str,
                timeout: timedelta = GROUP_TIMEOUT):
     """A process group of its own (not the default group, which DeepSpeed or vLLM already own).

@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import random
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +25,10 @@ from typing import Iterator, Sequence
 import torch
 from tqdm import tqdm
 
-from cluster.device import Placement, resolve
+from cluster.device import Placement, autocast, autocast_dtype, resolve
 from cluster.logs import fields
 from cluster.metrics_log import MetricsLog
+from cluster.ranks import ensure_rank_env
 from indexing.dataset import load_from_spec, split_from_spec
 from indexing.sid import SidIndex, read_vocab
 from sft.backbone import REASONING_TOKENS, add_sid_tokens, load_backbone, resolve_backbone, save_backbone, torch_dtype
@@ -107,13 +107,14 @@ def add_dropout(model, p: float) -> None:
         layer.mlp.register_forward_hook(drop)
 
 
-def token_loss(model, batch: Batch, device: torch.device) -> torch.Tensor:
+def token_loss(model, batch: Batch, device: torch.device, amp_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Mean cross-entropy over the supervised tokens. The LM head runs only at positions where some
     row has a target (through the model's own forward, so ZeRO-3 gathering and peft wrappers apply)."""
     targets = batch.targets.to(device)
     positions = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)
-    out = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
-                position_ids=batch.position_ids.to(device), logits_to_keep=positions, use_cache=False)
+    with autocast(device.type, amp_dtype):
+        out = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
+                    position_ids=batch.position_ids.to(device), logits_to_keep=positions, use_cache=False)
     logits = out.logits.float()
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[:, positions].reshape(-1),
                                              ignore_index=IGNORE_INDEX)
@@ -151,16 +152,12 @@ def load_index(spec) -> tuple[SidIndex, list[str]]:
 
 
 def init_distributed(placement: Placement) -> tuple[int, int]:
-    """Join (or, when no launcher started us, create) a one-process group for DeepSpeed."""
+    """Join the launcher's group (Ray actors of sft.distributed, torchrun) or a one-rank group of our own."""
     import deepspeed
 
-    if "RANK" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    rank, world = ensure_rank_env()
     deepspeed.init_distributed(dist_backend=placement.dist_backend)
-    return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return rank, world
 
 
 def deepspeed_config(spec, placement: Placement, total_steps: int, lr: float, weight_decay: float,
@@ -222,6 +219,9 @@ class Trainer:
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if self.placement.is_gpu else "cpu")
         self.rank, self.world = init_distributed(self.placement)
         self.device = self.placement.torch_device(int(os.environ.get("LOCAL_RANK", 0)))
+        # Weights stored in bf16/fp16 (model.dtype) train in that precision already.
+        self.amp_dtype = (autocast_dtype(spec.sft.autocast, self.placement.device_type)
+                          if spec.model.dtype == "float32" else torch.float32)
         self.out_dir = spec.stage_dir("sft")
         self._prepare(reasoning, preferences)
 
@@ -263,7 +263,7 @@ class Trainer:
         plan = plan[: len(plan) - len(plan) % self.world][self.rank::self.world]
         return plan, batches
 
-    def _train_steps(self, engine, steps: Iterator[tuple[str, list]], total: int, desc: str, metrics: MetricsLog,
+    def _train_steps(self, engine, steps: Iterator[tuple[str, list]], total: int, desc: str, metrics: MetricsLog | None,
                      step0: int) -> int:
         engine.train()
         pad = self.tok.pad_token_id
@@ -273,7 +273,7 @@ class Trainer:
         bar = tqdm(total=total, desc=desc, disable=self.rank != 0)
         for kind, examples in steps:
             batch = collate(examples, pad)
-            loss = token_loss(engine, batch, self.device)
+            loss = token_loss(engine, batch, self.device, self.amp_dtype)
             engine.backward(loss)
             engine.step()
             running[kind].append(loss.item())
@@ -289,14 +289,14 @@ class Trainer:
                     if losses:
                         record[f"loss_{k}"] = round(sum(losses) / len(losses), 4)
                 bar.set_postfix(loss=record.get("loss_align", record.get("loss_reason")), tok_s=record["tokens_per_s"])
-                if self.rank == 0:
+                if metrics is not None:
                     metrics.write(step, record)
                 running = {ALIGN: [], REASON: []}
         bar.close()
         self.tokens_per_s = seen_tokens / max(time.perf_counter() - t0, 1e-9)
         return step
 
-    def warmup_new_tokens(self, metrics: MetricsLog) -> int:
+    def warmup_new_tokens(self, metrics: MetricsLog | None) -> int:
         """OneRec-Think token warm-up: train only the new rows on alignment batches, base frozen."""
         n = self.spec.sft.warmup_new_tokens_steps
         if n == 0:
@@ -319,26 +319,29 @@ class Trainer:
 
     def train(self) -> Path:
         s = self.spec.sft
-        metrics = MetricsLog(self.out_dir, tensorboard=self.spec.logging.tensorboard,
-                             wandb_project=self.spec.logging.wandb_project)
+        # Rank 0 writes the metrics (its numbers stand for the group, as in the RL learner).
+        metrics = (MetricsLog(self.out_dir, tensorboard=self.spec.logging.tensorboard,
+                              wandb_project=self.spec.logging.wandb_project) if self.rank == 0 else None)
         t_start = time.perf_counter()
         step = self.warmup_new_tokens(metrics)
         model = apply_lora(self.model, self.spec, self.new_rows) if s.lora.enabled else self.model
         plans = [self._epoch_batches(e) for e in range(s.epochs)]
         total = sum(len(plan) for plan, _ in plans)
         engine = self._engine(model, [p for p in model.parameters() if p.requires_grad],
-                              math.ceil(total / s.grad_accum), s.lr, 0.01, s.zero_stage)
+                              math.ceil(total / s.grad_accum), s.lr, s.weight_decay, s.zero_stage)
         for epoch, (plan, batches) in enumerate(plans):
             steps = ((st.kind, batches[st.kind][st.batch]) for st in plan)
             step = self._train_steps(engine, steps, len(plan), f"epoch {epoch}", metrics, step)
         train_secs = time.perf_counter() - t_start
         path = self.save(engine)
-        summary = {"train_secs": round(train_secs, 1), "tokens_per_s": round(self.tokens_per_s, 1),
+        summary = {"train_secs": round(train_secs, 1), "ranks": self.world,
+                   "tokens_per_s": round(self.tokens_per_s, 1),  # rank 0 alone
                    "micro_steps": step, "align_examples": len(self.align), "reason_examples": len(self.reason),
                    "model": str(path)}
         if self.rank == 0:
             (self.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
         log.info("sft done", extra=fields(**summary))
         return path
 
@@ -361,7 +364,13 @@ class Trainer:
 
 def run(spec, reasoning: Sequence[ReasoningRecord] | None = None, preferences: dict[int, str] | None = None) -> Path:
     """Train the SFT stage; returns the saved Hugging Face folder. Without `reasoning` records given,
-    the teacher writes them when `sft.reasoning.enabled` (cached, so a re-run asks nothing)."""
+    the teacher writes them when `sft.reasoning.enabled` (cached, so a re-run asks nothing). With
+    `cluster.sft.num_ranks` > 1 the ranks start as Ray actors, unless a launcher (torchrun,
+    deepspeed) already made this process one rank of a larger group."""
     if reasoning is None:
         reasoning = build_reasoning_data(spec)
+    if spec.cluster.sft.num_ranks > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        from sft.distributed import train_on_ray
+
+        return train_on_ray(spec, reasoning, preferences)
     return Trainer(spec, reasoning, preferences).train()

@@ -67,6 +67,19 @@ def test_changed_index_settings_rebuild_but_reuse_embeddings(office_build, tmp_p
     assert "collaborative" in rebuilt["seconds"] and "collaborative" not in report["seconds"]
 
 
+def test_no_dedup_level_when_no_code_tuple_collides(office_build, tmp_path):
+    spec, report = office_build
+    assert report["dedup_added"]  # 3 x 256 leaves collisions on Office: the dedup level is there
+    shutil.copytree(spec.stage_dir("index") / "cache", tmp_path / "index" / "cache")
+    demo = office_spec(tmp_path, codes=512, collaborative={"weight": 0.5})  # the demo spec's index
+    built = build.run(demo)
+    assert built["collisions_before"]["duplicate_groups"] == 0 and not built["dedup_added"]
+    assert built["depth"] == 3 and [r["kind"] for r in built["levels"]] == ["semantic"] * 3
+    index = SidIndex.load(build.index_path(demo))
+    assert index.depth == 3 and len(set(map(index.text, index.items()))) == 2420
+    assert not any(t.startswith("<d_") for t in read_vocab(build.vocab_path(demo)))
+
+
 def office_embeddings(spec, report) -> np.ndarray:
     ds = load_from_spec(spec)
     texts = fuse_catalog(ds.items, ds.num_items, spec.index.text_fields, spec.index.max_text_chars).texts

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
+from cluster.device import autocast_dtype
 from cluster.metrics_log import MetricsLog
 from cluster.spec import JobSpec
 from indexing.build import run as build_index
@@ -19,13 +21,13 @@ REPO = Path(__file__).resolve().parents[1]
 OFFICE = REPO / "data/office"
 
 
-def make_spec(run_dir: Path, **sft) -> JobSpec:
+def make_spec(run_dir: Path, sft_ranks: int = 1, **sft) -> JobSpec:
     return JobSpec(
         name="sft", run_dir=str(run_dir), data={"path": str(OFFICE)},
         index={"import_file": str(OFFICE / "Office.unitok5.index.json")},
         model={"hidden_size": 64, "num_layers": 1, "num_heads": 1, "bpe_vocab": 400},
         sft={"epochs": 2, "batch_size": 8, "lr": 3e-3, "max_train_examples": 16, **sft},
-        cluster={"device": "cpu"}, logging={"tensorboard": False})
+        cluster={"device": "cpu", "sft": {"num_ranks": sft_ranks}}, logging={"tensorboard": False})
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +105,28 @@ def test_dropout_acts_in_training_mode_only(tiny_policy):
         model.train()
         first, second = model(ids).logits, model(ids).logits
     assert not torch.allclose(first, second) and not torch.allclose(first, plain)
+
+
+def test_bfloat16_autocast_changes_the_matmuls_not_the_loss(run_dir):
+    trainer = Trainer(make_spec(run_dir))
+    batch = collate(trainer.align[:8], trainer.tok.pad_token_id)
+    model = trainer.model.eval()
+    with torch.no_grad():
+        full = float(token_loss(model, batch, torch.device("cpu"), torch.float32))
+        mixed = float(token_loss(model, batch, torch.device("cpu"), torch.bfloat16))
+    assert full != mixed and abs(full - mixed) < 0.02 * full
+    assert autocast_dtype("float32", "cpu") == torch.float32
+    assert autocast_dtype("auto", "cuda") == torch.bfloat16
+
+
+def test_two_ranks_on_ray_share_each_epoch_and_save_one_model(run_dir, ray_cluster, tmp_path):
+    shutil.copytree(run_dir / "index", tmp_path / "index")
+    single = Trainer(make_spec(tmp_path))
+    before = mean_token_loss(single.model, single.tok, single.align)
+    spec = make_spec(tmp_path, sft_ranks=2)
+    path = run(spec)
+    model, tok = load_backbone(path)
+    assert mean_token_loss(model, tok, single.align) < before - 0.5
+    summary = json.loads((tmp_path / "sft/train_summary.json").read_text())
+    assert summary["ranks"] == 2
+    assert summary["micro_steps"] == sum(len(single._epoch_batches(e)[0]) // 2 for e in range(spec.sft.epochs))

@@ -22,7 +22,8 @@ def test_stable_key_paths_exist():
     for path in ["name", "run_dir", "data.path", "data.name", "data.split", "data.max_history", "index.levels",
                  "index.codes", "index.balanced", "model.backbone", "sft.epochs", "rl.steps", "rl.group_size",
                  "rl.prompts_per_step", "rl.advantage", "rl.mode", "cluster.rollout.num_workers",
-                 "cluster.learner.num_ranks", "cluster.reward.replicas", "checkpoint.every", "checkpoint.keep",
+                 "cluster.sft.num_ranks", "cluster.learner.num_ranks", "cluster.reward.replicas", "sft.autocast",
+                 "sft.weight_decay", "checkpoint.every", "checkpoint.keep",
                  "checkpoint.best_metric", "checkpoint.best_mode"]:
         node = spec
         for part in path.split("."):

@@ -4,8 +4,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from cluster.ranks import free_port
 from rl_system.rollout_worker import connect_weight_group
-from rl_system.weight_sync import (Bucket, TensorMeta, WeightSender, WeightSyncError, free_port, plan_buckets,
+from rl_system.weight_sync import (Bucket, TensorMeta, WeightSender, WeightSyncError, plan_buckets,
                                    unpack, wire_tensors)
 
 

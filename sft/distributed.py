@@ -1,0 +1,55 @@
+"""SFT over several DeepSpeed ranks (`cluster.sft.num_ranks` > 1), each a Ray actor in one placement
+group: every rank builds the same examples and batch plan and trains its share of each epoch's
+plan (see `Trainer._epoch_batches`); rank 0 writes the model and the metrics.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+from cluster import ranks
+from cluster.logs import fields
+from sft.tasks import ReasoningRecord
+
+log = logging.getLogger(__name__)
+
+
+class SftRank:
+    def rendezvous(self) -> tuple[str, int]:
+        return ranks.rendezvous()
+
+    def train(self, spec, reasoning: Sequence[ReasoningRecord], preferences: dict[int, str] | None, rank: int,
+              world_size: int, master_addr: str, master_port: int) -> str:
+        from cluster.logs import setup_logging
+        from sft.trainer import Trainer
+
+        setup_logging(spec.logging.level)
+        ranks.set_rank_env(rank, world_size, master_addr, master_port)
+        return str(Trainer(spec, reasoning, preferences).train())
+
+
+def train_on_ray(spec, reasoning: Sequence[ReasoningRecord], preferences: dict[int, str] | None) -> Path:
+    import ray
+
+    from cluster.placement import init_ray, sft_group
+    from sft.backbone import resolve_backbone
+
+    resolve_backbone(spec)  # an embedded backbone is built here once, not raced for by every rank
+    init_ray(spec)
+    c = spec.cluster.sft
+    group = sft_group(spec)
+    actor_cls = ray.remote(SftRank)
+    actors = [actor_cls.options(num_cpus=c.cpus_per_rank, num_gpus=c.gpus_per_rank,
+                                scheduling_strategy=group.strategy(rank)).remote() for rank in range(c.num_ranks)]
+    log.info("sft ranks started", extra=fields(ranks=c.num_ranks, cpus_per_rank=c.cpus_per_rank,
+                                                gpus_per_rank=c.gpus_per_rank))
+    try:
+        addr, port = ray.get(actors[0].rendezvous.remote())
+        paths = ray.get([a.train.remote(spec, list(reasoning), preferences, rank, c.num_ranks, addr, port)
+                         for rank, a in enumerate(actors)])
+    finally:
+        for actor in actors:
+            ray.kill(actor)
+        group.remove()
+    return Path(paths[0])
