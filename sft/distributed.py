@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Sequence
 
 from cluster import ranks
-from cluster.logs import fields
+from cluster.logs import fields, setup_logging
 from sft.tasks import ReasoningRecord
+from sft.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -21,9 +22,6 @@ class SftRank:
 
     def train(self, spec, reasoning: Sequence[ReasoningRecord], preferences: dict[int, str] | None, rank: int,
               world_size: int, master_addr: str, master_port: int) -> str:
-        from cluster.logs import setup_logging
-        from sft.trainer import Trainer
-
         setup_logging(spec.logging.level)
         ranks.set_rank_env(rank, world_size, master_addr, master_port)
         return str(Trainer(spec, reasoning, preferences).train())
