@@ -65,13 +65,19 @@ class IndexSpec(_Section):
     # "auto": bfloat16 autocast where the CPU multiplies bf16 natively (AMX/AVX512-BF16), else float32
     embed_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     import_file: str | None = None  # an existing NAME.*.index.json to use instead of k-means
+    # Where code tuples collide: "level" appends a dedup level (every SID one token longer), "reassign"
+    # moves the colliding items to the nearest free code of the last level (k-means only: it needs
+    # the centres).
+    collisions: Literal["level", "reassign"] = "level"
     rewrite: RewriteSpec = RewriteSpec()
     collaborative: CollaborativeSpec = CollaborativeSpec()
 
     @model_validator(mode="after")
-    def _collaborative_needs_kmeans(self) -> "IndexSpec":
+    def _kmeans_only_settings(self) -> "IndexSpec":
         if self.import_file and self.collaborative.weight > 0:
             raise ValueError("collaborative.weight applies to residual k-means; an import_file brings its own IDs")
+        if self.import_file and self.collisions == "reassign":
+            raise ValueError("collisions: reassign needs the k-means centres; an import_file gets a dedup level")
         return self
 
 
@@ -121,6 +127,9 @@ class SftSpec(_Section):
     # read the prediction, against several in the history.
     answer_prefixes: int = Field(0, ge=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # embedding + residual-branch dropout while training
+    # Decay of an exponential moving average of the weights, saved instead of the last ones; 0 = off.
+    # Needs the full weights on every rank: zero_stage <= 2.
+    weight_average: float = Field(0.0, ge=0.0, lt=1.0)
     # Matmul precision of the forward pass over float32 weights (model.dtype float32); "auto": bfloat16
     # where the device multiplies it natively (GPUs, AMX/AVX512-BF16 CPUs), else float32.
     autocast: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -134,11 +143,13 @@ class SftSpec(_Section):
     reasoning: ReasoningSpec = ReasoningSpec()
 
     @model_validator(mode="after")
-    def _prefixes_need_history_loss(self) -> "SftSpec":
+    def _compatible_options(self) -> "SftSpec":
         # Caught at load time, not minutes later when the training data is built.
         if self.answer_prefixes and not self.history_loss:
             raise ValueError("answer_prefixes adds to the covering windows of history_loss; "
                              "set history_loss: true or answer_prefixes: 0")
+        if self.weight_average and self.zero_stage == 3:
+            raise ValueError("weight_average needs the full weights on every rank; use zero_stage <= 2")
         return self
 
 

@@ -1,6 +1,6 @@
 """`gream index SPEC`: item text -> embeddings (+ collaborative vectors from the training split, when
-`index.collaborative.weight` > 0) -> residual k-means -> dedup level (only where code tuples
-collide) -> 1:1 SIDs.
+`index.collaborative.weight` > 0) -> residual k-means -> 1:1 SIDs: where code tuples collide, a
+dedup level or (`index.collisions: reassign`) colliding items moved to free last-level codes.
 
 Writes into `<run_dir>/index/`: `NAME.index.json` (LC-Rec layout), `sid_vocab.txt` (every SID token,
 read by `sft`), `report.json` (what was built, how well, how long) and `cache/` (embeddings and
@@ -23,10 +23,10 @@ import numpy as np
 from cluster.device import resolve
 from indexing.collaborative import collaborative_vectors, fuse
 from indexing.dataset import load_from_spec, split_from_spec
-from indexing.dedup import add_dedup_level, collision_stats
+from indexing.dedup import add_dedup_level, collision_stats, reassign_last_level
 from indexing.embed import embed_texts, load_encoder
 from indexing.importer import import_index
-from indexing.kmeans import check_codes, residual_kmeans
+from indexing.kmeans import check_codes, last_level_distances, residual_kmeans
 from indexing.rewrite import RewriteCache, make_teacher, rewrite_texts
 from indexing.sid import LEVEL_LETTERS, SidIndex
 from indexing.text import fuse_catalog
@@ -117,11 +117,14 @@ def _build_kmeans(spec, ds, out_dir: Path, phase: _Phases) -> tuple[SidIndex, di
         codes = km.codes
         # Without collisions a dedup level would be one constant token per item: a quarter of every
         # 3-level history spent on nothing (and all-user test Recall@10 0.086 -> 0.090 without it).
-        if before.duplicate_groups:
+        if before.duplicate_groups and ix.collisions == "reassign":
+            codes = reassign_last_level(km.codes, last_level_distances(emb, km))
+            info["reassigned_items"] = int((codes[:, -1] != km.codes[:, -1]).sum())
+        elif before.duplicate_groups:
             codes = add_dedup_level(km.codes)
             sizes += (int(codes[:, -1].max()) + 1,)
         index = SidIndex.from_array(codes, level_sizes=sizes)
-    info["dedup_added"] = bool(before.duplicate_groups)
+    info["dedup_added"] = index.depth > ix.levels
     info["collisions_before"] = before.as_dict()
     info["items_per_leaf_before_dedup"] = _items_per_prefix(km.codes)
     return index, info
@@ -201,6 +204,8 @@ def format_table(report: dict[str, Any]) -> str:
         f"{before['largest_group']}), {100 * after['collision_rate']:.2f}% after",
         f"  items per leaf before dedup: mean {leaf['mean']}, p90 {leaf['p90']:g}, max {leaf['max']} "
         f"over {leaf['prefixes']} leaves",
-        "  seconds: " + " | ".join(f"{k} {v:g}" for k, v in report["seconds"].items()),
     ]
+    if "reassigned_items" in report:
+        lines.append(f"  {report['reassigned_items']} colliding items moved to free last-level codes")
+    lines.append("  seconds: " + " | ".join(f"{k} {v:g}" for k, v in report["seconds"].items()))
     return "\n".join(lines)

@@ -21,6 +21,8 @@ from indexing.dataset import Example
 class CollaborativeError(ValueError):
     """Unusable settings for the collaborative vectors."""
 
+    exit_code = 2
+
 
 def cooccurrence(examples: Sequence[Example], num_items: int, window: int) -> sparse.csr_matrix:
     """Symmetric counts: each training target with each of the `window` items bought just before it."""

@@ -1,14 +1,21 @@
-"""The dedup level: one extra level holding an item's ordinal inside its collision group.
+"""Making item <-> SID 1:1 when residual k-means (or a published index file) gives several items the
+same code tuple.
 
-Residual k-means (and some published index files) give several items the same code tuple. Appending
-the ordinal of the item among the items sharing its tuple, in item order, makes item <-> SID 1:1
-while keeping semantically close items under one prefix (DESIGN.md section 2).
+The dedup level (DESIGN.md section 2): one extra level holding the ordinal of the item among the
+items sharing its tuple, in item order, keeping semantically close items under one prefix. Or, for
+a k-means index, the colliding items move to free codes of the last level (`reassign_last_level`).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+
+class CollisionError(ValueError):
+    """Collisions that the chosen rule cannot resolve."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -59,3 +66,35 @@ def add_dedup_level(codes: np.ndarray) -> np.ndarray:
     """codes [N, H] -> [N, H + 1] whose rows are all distinct."""
     codes = np.asarray(codes, dtype=np.int64)
     return np.concatenate([codes, dedup_ordinals(codes)[:, None]], axis=1)
+
+
+def reassign_last_level(codes: np.ndarray, last_dist: np.ndarray) -> np.ndarray:
+    """codes [N, H] -> [N, H] whose rows are all distinct, by moving items inside the last level.
+
+    In each group of items sharing a whole tuple the item nearest its last-level centre keeps it;
+    each other one, in order of that distance, takes the nearest last-level code that no item with
+    the same prefix (first H - 1 codes) holds yet (LC-Rec's fix, greedy instead of Sinkhorn). SIDs
+    keep their length, where a dedup level would add a token to every item for a few collisions.
+    `last_dist` [N, codes of the last level]: squared distances of each item's residual before the
+    last level to that level's centres.
+    """
+    codes = np.array(codes, dtype=np.int64)
+    inverse, counts = _groups(codes)
+    taken: dict[tuple, set[int]] = {}
+    for row in codes:
+        taken.setdefault(tuple(row[:-1]), set()).add(int(row[-1]))
+    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])  # rows of each tuple
+    for group in np.flatnonzero(counts > 1):
+        rows = members[group]
+        rows = rows[np.argsort(last_dist[rows, codes[rows[0], -1]], kind="stable")]
+        used = taken[tuple(codes[rows[0], :-1])]
+        for row in rows[1:]:
+            free = np.ones(last_dist.shape[1], dtype=bool)
+            free[list(used)] = False
+            if not free.any():
+                raise CollisionError(f"index.collisions: reassign: prefix {codes[row, :-1].tolist()} holds more items "
+                                     f"than the last level has codes ({last_dist.shape[1]}); use collisions: level")
+            code = int(np.where(free, last_dist[row], np.inf).argmin())
+            codes[row, -1] = code
+            used.add(code)
+    return codes

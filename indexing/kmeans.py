@@ -26,6 +26,8 @@ MIN_ITEMS_PER_CODE = 4
 class KMeansError(ValueError):
     """Settings that cannot cluster this catalog."""
 
+    exit_code = 2
+
 
 @dataclass
 class ResidualKMeans:
@@ -116,3 +118,12 @@ def residual_kmeans(x: np.ndarray, levels: int, n_codes: int, seed: int = 0, ite
         mse.append(float((residual ** 2).sum(axis=1).mean()))
         log.info("level %d: %.1f%% of %d codes used, residual mse %.4f", level + 1, 100 * usage[-1], n_codes, mse[-1])
     return ResidualKMeans(codes, centroids, usage, mse)
+
+
+def last_level_distances(x: np.ndarray, km: ResidualKMeans) -> np.ndarray:
+    """[n, codes] squared distances from each row's residual before the last level (what that level
+    clustered) to the last level's centres."""
+    residual = np.ascontiguousarray(x, dtype=np.float32).copy()
+    for level, centres in enumerate(km.centroids[:-1]):
+        residual -= centres[km.codes[:, level]]
+    return squared_distances(residual, km.centroids[-1])

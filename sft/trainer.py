@@ -35,6 +35,7 @@ from sft.backbone import REASONING_TOKENS, add_sid_tokens, load_backbone, resolv
 from sft.curriculum import ALIGN, REASON, Step, epoch_plan
 from sft.reasoning_data import build_reasoning_data
 from sft.tasks import IGNORE_INDEX, AlignmentBuilder, ReasoningRecord, TokenizedExample, build_alignment, tokenize
+from sft.weight_average import WeightAverage
 
 log = logging.getLogger(__name__)
 
@@ -223,6 +224,7 @@ class Trainer:
         self.amp_dtype = (autocast_dtype(spec.sft.autocast, self.placement.device_type)
                           if spec.model.dtype == "float32" else torch.float32)
         self.out_dir = spec.stage_dir("sft")
+        self.average: WeightAverage | None = None  # only the main phase's weights are averaged
         self._prepare(reasoning, preferences)
 
     def _prepare(self, reasoning, preferences) -> None:
@@ -275,7 +277,10 @@ class Trainer:
             batch = collate(examples, pad)
             loss = token_loss(engine, batch, self.device, self.amp_dtype)
             engine.backward(loss)
+            stepped = engine.is_gradient_accumulation_boundary()  # asked before step() counts this micro-step
             engine.step()
+            if self.average is not None and stepped:
+                self.average.update()
             running[kind].append(loss.item())
             seen_tokens += int(batch.attention_mask.sum())
             supervised += batch.supervised_tokens
@@ -329,10 +334,14 @@ class Trainer:
         total = sum(len(plan) for plan, _ in plans)
         engine = self._engine(model, [p for p in model.parameters() if p.requires_grad],
                               math.ceil(total / s.grad_accum), s.lr, s.weight_decay, s.zero_stage)
+        if s.weight_average:
+            self.average = WeightAverage((p for p in engine.module.parameters() if p.requires_grad), s.weight_average)
         for epoch, (plan, batches) in enumerate(plans):
             steps = ((st.kind, batches[st.kind][st.batch]) for st in plan)
             step = self._train_steps(engine, steps, len(plan), f"epoch {epoch}", metrics, step)
         train_secs = time.perf_counter() - t_start
+        if self.average is not None:
+            self.average.copy_to()
         path = self.save(engine)
         summary = {"train_secs": round(train_secs, 1), "ranks": self.world,
                    "tokens_per_s": round(self.tokens_per_s, 1),  # rank 0 alone

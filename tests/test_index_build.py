@@ -71,7 +71,7 @@ def test_no_dedup_level_when_no_code_tuple_collides(office_build, tmp_path):
     spec, report = office_build
     assert report["dedup_added"]  # 3 x 256 leaves collisions on Office: the dedup level is there
     shutil.copytree(spec.stage_dir("index") / "cache", tmp_path / "index" / "cache")
-    demo = office_spec(tmp_path, codes=512, collaborative={"weight": 0.5})  # the demo spec's index
+    demo = office_spec(tmp_path, codes=512, collaborative={"weight": 0.5})  # the session-6 demo index
     built = build.run(demo)
     assert built["collisions_before"]["duplicate_groups"] == 0 and not built["dedup_added"]
     assert built["depth"] == 3 and [r["kind"] for r in built["levels"]] == ["semantic"] * 3
@@ -115,3 +115,30 @@ def test_too_many_codes_fails_before_any_work(tmp_path):
     with pytest.raises(KMeansError, match=r"index.codes=1024 is too large for 2420 items.*index.codes <= 605"):
         build.run(office_spec(tmp_path, codes=1024))
     assert not (tmp_path / "index" / "cache").exists()
+
+
+def test_reassign_keeps_every_sid_three_codes_long(office_build, tmp_path):
+    spec, report = office_build
+    shutil.copytree(spec.stage_dir("index") / "cache", tmp_path / "index" / "cache")
+    built = build.run(office_spec(tmp_path, collisions="reassign"))  # 3 x 256 collides (see above)
+    groups = report["collisions_before"]["duplicate_groups"]
+    assert built["collisions_before"] == report["collisions_before"] and groups > 0
+    assert built["depth"] == 3 and not built["dedup_added"] and built["collisions_after"]["collision_rate"] == 0.0
+    # One item of each group keeps its tuple; the others move inside their prefix.
+    assert built["reassigned_items"] == report["collisions_before"]["colliding_items"] - groups
+    moved = SidIndex.load(build.index_path(office_spec(tmp_path))).as_array()
+    kept = SidIndex.load(build.index_path(spec)).as_array()[:, :3]
+    assert (moved[:, :2] == kept[:, :2]).all() and int((moved[:, 2] != kept[:, 2]).sum()) == built["reassigned_items"]
+
+
+def test_cli_names_a_reassignment_that_cannot_work(office_build, tmp_path, capsys):
+    from cluster.cli import main
+
+    spec, _ = office_build
+    shutil.copytree(spec.stage_dir("index") / "cache", tmp_path / "index" / "cache")
+    # One level: every item shares the empty prefix and 2,420 items cannot fit 512 codes.
+    code = main(["index", str(ROOT / "configs/demo.yaml"), "--set", f"run_dir={tmp_path}", "--set", "index.levels=1",
+                 "--set", "index.collisions=reassign"])
+    assert code == 2
+    assert "CollisionError: index.collisions: reassign: prefix [] holds more items" in capsys.readouterr().err
+    assert not (tmp_path / "index" / "Office.index.json").exists()

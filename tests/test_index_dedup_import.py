@@ -1,11 +1,11 @@
-"""Dedup level by hand, and import of the real UniTok / LETTER index files."""
+"""Dedup level and last-level reassignment by hand, and import of the real UniTok / LETTER index files."""
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from indexing.dedup import add_dedup_level, collision_stats, dedup_ordinals
+from indexing.dedup import CollisionError, add_dedup_level, collision_stats, dedup_ordinals, reassign_last_level
 from indexing.importer import import_index
 from indexing.sid import SidError, read_index_codes
 
@@ -23,6 +23,25 @@ def test_dedup_ordinals_by_hand():
     assert (st.items, st.unique_sids, st.colliding_items, st.duplicate_groups, st.largest_group) == (6, 3, 5, 2, 3)
     assert st.collision_rate == pytest.approx(0.5)
     assert collision_stats(out).collision_rate == 0.0
+
+
+def test_reassign_last_level_by_hand():
+    # Items 0, 2, 3 share (1, 2); item 4 also sits under prefix 1, on code 0. Last level: 4 codes.
+    codes = np.array([[1, 2], [0, 0], [1, 2], [1, 2], [1, 0]])
+    dist = np.array([[0.5, 9, 1, 9], [0, 1, 2, 3], [0.1, 0.2, 0.3, 0.4], [0.1, 5, 0.9, 0.2], [0, 1, 2, 3]])
+    out = reassign_last_level(codes, dist)
+    # Distances to code 2: item 2 0.3 (keeps it), item 3 0.9 (moves first), item 0 1.0.
+    # Item 3: free codes 1, 3 -> 3 (0.2); item 0: free code 1 only -> 1.
+    assert out[:, 1].tolist() == [1, 0, 2, 3, 0]
+    assert out[:, 0].tolist() == codes[:, 0].tolist()
+    assert collision_stats(out).collision_rate == 0.0
+    assert reassign_last_level(out, dist).tolist() == out.tolist()  # nothing collides: nothing moves
+
+
+def test_reassign_last_level_names_a_full_prefix():
+    codes = np.array([[1, 0], [1, 0], [1, 1]])
+    with pytest.raises(CollisionError, match=r"collisions: reassign: prefix \[1\] holds more items than the last level has codes \(2\); use collisions: level"):
+        reassign_last_level(codes, np.zeros((3, 2)))
 
 
 def test_import_unitok_office_resolves_duplicates():
@@ -64,3 +83,12 @@ def test_import_checks_depth_and_coverage(tmp_path):
         import_index(path, depth=3)
     with pytest.raises(SidError, match=r"missing 1 \(first \[1\]\), unknown 0"):
         import_index(path, num_items=3)
+
+
+def test_spec_refuses_reassign_with_an_imported_index(tmp_path):
+    from cluster.spec import SpecError, load_spec
+
+    spec = tmp_path / "job.yaml"
+    spec.write_text("name: x\nindex:\n  import_file: a.index.json\n  collisions: reassign\n")
+    with pytest.raises(SpecError, match=r"index.*collisions: reassign.*import_file"):
+        load_spec(spec)

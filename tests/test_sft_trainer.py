@@ -94,6 +94,29 @@ def test_lora_on_zero3_saves_merged_weights(run_dir):
     assert torch.equal(emb[:known], base_emb[:known])  # the old vocabulary did not
 
 
+def test_weight_average_is_what_gets_saved(run_dir, tmp_path, monkeypatch):
+    from sft.weight_average import WeightAverage
+
+    last = []
+    copy_to = WeightAverage.copy_to
+
+    def record_last_weights(self):
+        last.extend(p.detach().clone() for p in self.params)
+        copy_to(self)
+
+    monkeypatch.setattr(WeightAverage, "copy_to", record_last_weights)
+    shutil.copytree(run_dir / "index", tmp_path / "index")
+    trainer = Trainer(make_spec(tmp_path, weight_average=0.5))
+    path = trainer.train()
+    summary = json.loads((tmp_path / "sft/train_summary.json").read_text())
+    assert trainer.average.updates == summary["micro_steps"] > 2
+    saved = dict(load_backbone(path)[0].named_parameters())
+    names = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    assert len(names) == len(trainer.average.shadow) == len(last)
+    assert all(torch.equal(saved[n], avg) for n, avg in zip(names, trainer.average.shadow))
+    assert not all(torch.equal(saved[n], w) for n, w in zip(names, last))  # the average trails the last step
+
+
 def test_dropout_acts_in_training_mode_only(tiny_policy):
     model, _ = load_backbone(tiny_policy.model_dir)
     ids = torch.tensor([[5, 6, 7, 8, 9]])

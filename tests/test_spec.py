@@ -56,6 +56,8 @@ def test_wrong_type_and_range(tmp_path):
 def test_cross_field_checks_name_the_section(tmp_path):
     with pytest.raises(SpecError, match=r"sft.*answer_prefixes.*history_loss"):
         load_spec(_write(tmp_path, "name: x\nsft: {answer_prefixes: 1, history_loss: false}\n"))
+    with pytest.raises(SpecError, match=r"sft.*weight_average needs the full weights on every rank; use zero_stage <= 2"):
+        load_spec(_write(tmp_path, "name: x\nsft: {weight_average: 0.99, zero_stage: 3}\n"))
     with pytest.raises(SpecError, match=r"rl.*Rollout-Beam.*reasoning"):
         load_spec(_write(tmp_path, "name: x\nrl: {reward: beam, mode: direct}\n"))
 
@@ -89,3 +91,4 @@ def test_cli_config_show_resolves_overrides():
                           "--set", "rl.steps=7"], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert "steps: 7" in res.stdout and "group_size: 8" in res.stdout
+

@@ -1,0 +1,28 @@
+"""Exponential moving average of the trained weights (Polyak averaging), saved in place of the last
+weights: many epochs over one small catalogue leave the last steps' weights noisy, and their
+average generalises better than any one of them."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+
+class WeightAverage:
+    def __init__(self, params: Iterable[torch.nn.Parameter], decay: float):
+        self.params = list(params)
+        self.shadow = [p.detach().clone() for p in self.params]
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        # The TensorFlow ramp: early averages must not be dominated by the initial weights.
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - decay)
+
+    @torch.no_grad()
+    def copy_to(self) -> None:
+        for shadow, p in zip(self.shadow, self.params):
+            p.copy_(shadow)
