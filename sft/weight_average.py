@@ -11,7 +11,8 @@ import torch
 class WeightAverage:
     def __init__(self, params: Iterable[torch.nn.Parameter], decay: float):
         self.params = list(params)
-        self.shadow = [p.detach().clone() for p in self.params]
+        # float32 whatever the weights: a 1 - 0.999 step is below bfloat16's resolution.
+        self.shadow = [p.detach().float().clone() for p in self.params]
         self.decay = decay
         self.updates = 0
 
@@ -20,7 +21,7 @@ class WeightAverage:
         self.updates += 1
         # The TensorFlow ramp: early averages must not be dominated by the initial weights.
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - decay)
+        torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1.0 - decay)
 
     @torch.no_grad()
     def copy_to(self) -> None:
