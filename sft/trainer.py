@@ -3,7 +3,8 @@
 Steps: resolve the backbone, add the SID and reasoning tokens, render and tokenise the alignment
 tasks, optionally warm up only the new token rows with the base frozen (OneRec-Think), then train
 (ZeRO-2 by default, full or LoRA) in the curriculum's batch order, and save a merged Hugging Face
-folder to `<run_dir>/sft/model/` that vLLM loads as is.
+folder to `<run_dir>/sft/model/` that vLLM loads as is (with `sft.weight_average`, the moving average
+of the weights instead of the last ones).
 
 The LM head runs only at positions that carry a target in some row of the batch (the answers, which
 left padding lines up at the end, plus the history SIDs of seqrec examples when `sft.history_loss`
