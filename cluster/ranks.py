@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -36,3 +37,22 @@ def ensure_rank_env() -> tuple[int, int]:
     if "RANK" not in os.environ:
         set_rank_env(0, 1, "127.0.0.1", free_port())
     return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+
+
+def start_rank_actors(actor_cls: type, world_size: int, cpus_per_rank: float, gpus_per_rank: float,
+                      role_group=None, args: tuple = ()) -> tuple[list, str, int]:
+    """One Ray actor per rank, `actor_cls(*args, rank, world_size)`, rank r on bundle r of `role_group`
+    when one is given; returns the actors and rank 0's rendezvous (`actor_cls` has a `rendezvous`
+    method that calls this module's)."""
+    import ray
+
+    remote_cls = ray.remote(actor_cls)
+    actors = []
+    for rank in range(world_size):
+        options: dict[str, Any] = {"num_cpus": cpus_per_rank, "num_gpus": gpus_per_rank}
+        if role_group is not None:
+            options["scheduling_strategy"] = role_group.strategy(rank)
+        actors.append(remote_cls.options(**options).remote(*args, rank, world_size))
+    # Rank 0 may land on any node of a cluster: its own address and port host the store.
+    master_addr, master_port = ray.get(actors[0].rendezvous.remote())
+    return actors, master_addr, master_port

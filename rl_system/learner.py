@@ -376,19 +376,10 @@ class LearnerGroup:
 
     def __init__(self, config: LearnerConfig, world_size: int = 1, role_group=None, cpus_per_rank: float = 1,
                  gpus_per_rank: float = 0):
-        import ray
-
         self.world_size = world_size
         self.config = config
-        actor_cls = ray.remote(Learner)
-        self.actors = []
-        for rank in range(world_size):
-            options: dict[str, Any] = {"num_cpus": cpus_per_rank, "num_gpus": gpus_per_rank}
-            if role_group is not None:
-                options["scheduling_strategy"] = role_group.strategy(rank)
-            self.actors.append(actor_cls.options(**options).remote(config, rank, world_size))
-        # Rank 0 may land on any node of a cluster: its own address and port host the store.
-        master_addr, master_port = ray.get(self.actors[0].rendezvous.remote())
+        self.actors, master_addr, master_port = ranks.start_rank_actors(
+            Learner, world_size, cpus_per_rank, gpus_per_rank, role_group, (config,))
         self.call("setup", master_addr, master_port)
 
     @classmethod

@@ -17,13 +17,16 @@ log = logging.getLogger(__name__)
 
 
 class SftRank:
+    def __init__(self, rank: int, world_size: int):
+        self.rank, self.world_size = rank, world_size
+
     def rendezvous(self) -> tuple[str, int]:
         return ranks.rendezvous()
 
-    def train(self, spec, reasoning: Sequence[ReasoningRecord], preferences: dict[int, str] | None, rank: int,
-              world_size: int, master_addr: str, master_port: int) -> str:
+    def train(self, spec, reasoning: Sequence[ReasoningRecord], preferences: dict[int, str] | None,
+              master_addr: str, master_port: int) -> str:
         setup_logging(spec.logging.level)
-        ranks.set_rank_env(rank, world_size, master_addr, master_port)
+        ranks.set_rank_env(self.rank, self.world_size, master_addr, master_port)
         return str(Trainer(spec, reasoning, preferences).train())
 
 
@@ -37,15 +40,12 @@ def train_on_ray(spec, reasoning: Sequence[ReasoningRecord], preferences: dict[i
     init_ray(spec)
     c = spec.cluster.sft
     group = sft_group(spec)
-    actor_cls = ray.remote(SftRank)
-    actors = [actor_cls.options(num_cpus=c.cpus_per_rank, num_gpus=c.gpus_per_rank,
-                                scheduling_strategy=group.strategy(rank)).remote() for rank in range(c.num_ranks)]
-    log.info("sft ranks started", extra=fields(ranks=c.num_ranks, cpus_per_rank=c.cpus_per_rank,
-                                                gpus_per_rank=c.gpus_per_rank))
+    actors: list = []
     try:
-        addr, port = ray.get(actors[0].rendezvous.remote())
-        paths = ray.get([a.train.remote(spec, list(reasoning), preferences, rank, c.num_ranks, addr, port)
-                         for rank, a in enumerate(actors)])
+        actors, addr, port = ranks.start_rank_actors(SftRank, c.num_ranks, c.cpus_per_rank, c.gpus_per_rank, group)
+        log.info("sft ranks started", extra=fields(ranks=c.num_ranks, cpus_per_rank=c.cpus_per_rank,
+                                                    gpus_per_rank=c.gpus_per_rank))
+        paths = ray.get([a.train.remote(spec, list(reasoning), preferences, addr, port) for a in actors])
     finally:
         for actor in actors:
             ray.kill(actor)
