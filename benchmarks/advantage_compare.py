@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from cluster.run_layout import RunLayout
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/advantage_compare.py` puts benchmarks/ on the path, not the repo
     sys.path.insert(0, str(REPO))
@@ -104,9 +106,9 @@ def read_json(path: Path) -> dict | None:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    from cluster.run_state import read_jsonl
+    from gream.run_state import read_jsonl
 
-    return read_jsonl(run_dir / "rl" / "metrics.jsonl")
+    return read_jsonl(RunLayout(run_dir).metrics("rl"))
 
 
 # --------------------------------------------------------------------------- running the stages
@@ -145,8 +147,8 @@ def gream(command: str, spec: Path, sets: list[str], log: Path) -> float:
 
 
 def run_stage(stage: str, spec_path: Path, sets: list[str], run_dir: Path, what: str) -> None:
-    from cluster.launch import is_done
     from cluster.spec import load_spec
+    from gream.launch import is_done
 
     if is_done(load_spec(spec_path, sets), stage):
         print(f"{what}: {stage} up to date in {run_dir}, not run again", flush=True)

@@ -135,7 +135,7 @@ def main() -> int:
     from indexing.dataset import split_from_spec
     from indexing.sid import SidIndex
     from rl_system.evaluate import beam_metrics, build_prompts
-    from rl_system.rollout_pool import RolloutPool
+    from rl_system.rollout.pool import RolloutPool
     from sft.metrics import ranking_metrics
 
     data = Path(load_spec(args.spec).data.path)  # relative to the repository, wherever this runs from

@@ -20,7 +20,9 @@ import numpy as np
 
 from indexing.importer import import_index
 from indexing.sid import SidIndex
-from rl_system.reward_service import RewardClient, RewardScorer, start_replicas
+from rl_system.reward.client import RewardClient
+from rl_system.reward.scoring import RewardScorer
+from rl_system.reward.server import start_replicas
 
 ROOT = Path(__file__).resolve().parents[1]
 

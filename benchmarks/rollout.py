@@ -29,7 +29,8 @@ def processor_step_seconds(constraint_path: Path, vocab_size: int, rows: int, re
     from vllm import SamplingParams
     from vllm.v1.sample.logits_processor import BatchUpdate
 
-    from rl_system.logits_processor import CONFIG_KEY, EXTRA_ARGS_KEY, ConstraintTable, TrieLogitsProcessor
+    from rl_system.rollout.constraint import CONFIG_KEY, EXTRA_ARGS_KEY, ConstraintTable
+    from rl_system.rollout.vllm_processors import TrieLogitsProcessor
 
     table = ConstraintTable.load(constraint_path)
     config = SimpleNamespace(additional_config={CONFIG_KEY: str(constraint_path)},
@@ -74,9 +75,9 @@ def main() -> None:
     from cluster.spec import JobSpec
     from indexing.dataset import load_dataset
     from indexing.importer import import_index
-    from rl_system.logits_processor import EXTRA_ARGS_KEY
-    from rl_system.rollout_worker import RolloutWorker
-    from rl_system.vllm_engine import EngineConfig, untrained_sid_policy
+    from rl_system.rollout.constraint import EXTRA_ARGS_KEY
+    from rl_system.rollout.engine import EngineConfig, untrained_sid_policy
+    from rl_system.rollout.worker import RolloutWorker
     from sft.prompts import render_seqrec_prompt
 
     index = import_index(REPO / "data/office/Office.unitok5.index.json").index

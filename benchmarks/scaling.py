@@ -6,10 +6,10 @@ completions, direct mode, trie-constrained, at the RL temperature and length, th
 `RolloutPool.generate`, exactly what the RL driver calls. One pool of 2 workers (Ray actors, each
 with its own vLLM-CPU engine) serves both sides: the 1-worker side sends everything to the first
 worker, the 2-worker side shards over both, and the two alternate `--repeats` times (medians).
-Each engine binds cores of its own (the pool's per-node slot, `rl_system.vllm_engine.cpu_bind_list`);
+Each engine binds cores of its own (the pool's per-node slot, `rl_system.rollout.engine.cpu_bind_list`);
 the binding of every engine process is printed.
 
-Learner: one batch built from those rollouts (rewards from `rl_system.rewards`, advantages from
+Learner: one batch built from those rollouts (rewards from `rl_system.reward.functions`, advantages from
 `rl.advantage`, every group kept), one `LearnerGroup` of 1 rank and one of 2 ranks (DeepSpeed,
 gloo on CPU, ZeRO stage `rl.zero_stage`), `train_step` on that batch alternating `--repeats` times
 after a warm-up step each (medians).
@@ -100,7 +100,7 @@ def format_shares(result: dict, source: str = "") -> str:
 
 
 def project(path: str | Path, skip: int) -> str:
-    from cluster.run_state import read_jsonl
+    from gream.run_state import read_jsonl
 
     source = metrics_path(path)
     records = read_jsonl(source)
@@ -149,8 +149,9 @@ def scored_batch(spec, index, prompts, groups):
     """The learner's input for these rollouts: residual rewards, `rl.advantage`, every group kept."""
     import numpy as np
 
-    from rl_system import rewards
-    from rl_system.groups import ScoredGroup, train_batch
+    from rl_system.groups import train_batch
+    from rl_system.messages import ScoredGroup
+    from rl_system.reward import functions as rewards
 
     texts = [c.text for g in groups for c in g.completions]
     targets = np.array([p.target_codes for p, g in zip(prompts, groups) for _ in g.completions])
@@ -164,7 +165,7 @@ def scored_batch(spec, index, prompts, groups):
 
 
 def measure_rollout(spec, model: Path, index, prompts, repeats: int):
-    from rl_system.rollout_pool import RolloutPool
+    from rl_system.rollout.pool import RolloutPool
 
     rl = spec.rl
     pool = RolloutPool(spec, model, index, num_workers=max(SIDES))
@@ -198,7 +199,7 @@ def measure_learner(spec, model: Path, batch, repeats: int):
     import ray
 
     from cluster.placement import learner_group
-    from rl_system.learner import LearnerGroup
+    from rl_system.learner.group import LearnerGroup
 
     learners, groups = {}, []
     try:

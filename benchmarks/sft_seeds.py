@@ -16,7 +16,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/sft_seeds.py` puts benchmarks/, not the repo, on the path
     sys.path.insert(0, str(REPO))
 
-from benchmarks.advantage_compare import format_table, median_column, read_json, run_stage  # noqa: E402
+from benchmarks.advantage_compare import (  # noqa: E402
+    format_table,
+    median_column,
+    read_json,
+    run_stage,
+)
+from cluster.run_layout import RunLayout  # noqa: E402
 
 KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "pass@1", "pass@10")
 
@@ -38,7 +44,7 @@ def seed_evaluations(spec_path: Path, sets: list[str], out: Path, seeds: Sequenc
             run_dir.mkdir(parents=True, exist_ok=True)
             for stage in ("index", "sft", "eval"):
                 run_stage(stage, spec_path.resolve(), seed_sets, run_dir, f"{label}seed {seed}")
-        evaluations[seed] = read_json(run_dir / "sft" / "eval.json")
+        evaluations[seed] = read_json(RunLayout(run_dir).eval_file("sft"))
     return evaluations
 
 

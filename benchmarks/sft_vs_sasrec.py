@@ -21,7 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/sft_vs_sasrec.py` puts benchmarks/, not the repo, on the path
     sys.path.insert(0, str(REPO))
 
-from benchmarks.advantage_compare import format_table, median_column, read_json  # noqa: E402
+from benchmarks.advantage_compare import (  # noqa: E402
+    format_table,
+    median_column,
+    read_json,
+)
+from cluster.run_layout import RunLayout  # noqa: E402
 
 KEYS = ("recall@1", "recall@5", "recall@10", "ndcg@5", "ndcg@10")
 
@@ -31,7 +36,7 @@ def column(evaluation: dict) -> dict[str, float]:
 
 
 def sasrec_all_users(run_dir: Path) -> dict:
-    path = run_dir / "baselines" / "sasrec" / "eval.json"
+    path = RunLayout(run_dir).baselines / "sasrec" / "eval.json"
     result = read_json(path)
     if result is None or "all_users" not in result.get("meta", {}):
         raise SystemExit(f"{path}: no SASRec evaluation with meta.all_users; run `gream baseline sasrec` first")
@@ -49,7 +54,7 @@ def sft_all_users(spec_path: Path, sets: list[str], run_dir: Path) -> dict:
     from rl_system.evaluate import evaluate_model
 
     spec = load_spec(spec_path, ["eval.max_users=null", *sets, f"run_dir={run_dir.resolve()}"])
-    model = spec.stage_dir("sft") / "model"
+    model = spec.layout.model("sft")
     if not (model / "config.json").exists():
         raise SystemExit(f"{model}: no trained SFT model; run `gream sft` into {run_dir} first")
     init_ray(spec)

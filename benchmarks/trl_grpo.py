@@ -7,7 +7,7 @@ with gream's residual reward, then one optimizer step (AdamW at `rl.lr`, constan
 PPO clip `rl.clip_low`/`rl.clip_high`, k3 KL to a frozen reference at `rl.kl_coef`, token-level mean
 over the batch), fp32 on the CPU:
 
-  gream: the real driver in a subprocess, `python -m cluster.cli rl SPEC --set ...` (Ray, one vLLM-CPU
+  gream: the real driver in a subprocess, `python -m gream.cli rl SPEC --set ...` (Ray, one vLLM-CPU
          rollout worker with the trie logits processor, the ZMQ reward service, a DeepSpeed learner and
          the weight push after every step). `rl.max_resample_rounds=0` by default: one sampling round
          per step, like TRL (`--gream-resample-rounds 3` runs the demo's dynamic sampling instead).
@@ -55,8 +55,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: benchmarks/ is not an installed package
     sys.path.insert(0, str(REPO))
 
-from benchmarks.beam_eval import (add_model_args, missing_model_inputs, prefix_allowed_table,  # noqa: E402
-                                  prefix_allowed_tokens_fn)
+from benchmarks.beam_eval import (  # noqa: E402
+    add_model_args,
+    missing_model_inputs,
+    prefix_allowed_table,
+    prefix_allowed_tokens_fn,
+)
+from cluster.run_layout import RunLayout  # noqa: E402
 
 BENCH_REQUIREMENTS = REPO / "requirements/bench.txt"
 POLL_S = 0.01
@@ -147,11 +152,11 @@ def gream_overrides(args, run_dir: Path, depth: int, steps: int) -> list[str]:
 
 def run_gream(args, run_dir: Path, depth: int, steps: int, log_path: Path) -> SideRun:
     """`gream rl` in a subprocess; each rl/metrics.jsonl line is timed as it lands."""
-    cmd = [sys.executable, "-m", "cluster.cli", "rl", str(args.spec)]
+    cmd = [sys.executable, "-m", "gream.cli", "rl", str(args.spec)]
     for override in gream_overrides(args, run_dir, depth, steps):
         cmd += ["--set", override]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, like `gream rl`
-    metrics = run_dir / "rl" / "metrics.jsonl"
+    metrics = RunLayout(run_dir).metrics("rl")
     if metrics.exists():
         metrics.unlink()
     group = args.spec_obj.rl.group_size
@@ -194,8 +199,8 @@ def run_trl(args, model_dir: Path, index, prompts, steps: int, out_dir: Path) ->
     from transformers import AutoTokenizer, PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from rl_system.logits_processor import ConstraintTable
-    from rl_system.reward_service import RewardScorer
+    from rl_system.reward.scoring import RewardScorer
+    from rl_system.rollout.constraint import ConstraintTable
 
     rl = args.spec_obj.rl
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -318,9 +323,9 @@ def run_benchmark(args) -> dict[str, dict]:
                                      f"data.path={spec_data if spec_data.is_absolute() else REPO / spec_data}",
                                      *args.set])
         args.spec_obj = spec
-        model_dir = spec.stage_dir("sft") / "model"
+        model_dir = spec.layout.model("sft")
         shutil.copytree(args.model, model_dir)
-        index_file = spec.stage_dir("index") / f"{spec.data.name}.index.json"
+        index_file = spec.layout.index_file(spec.data.name)
         index_file.parent.mkdir(parents=True)
         shutil.copy(args.index, index_file)
         index = SidIndex.load(index_file)

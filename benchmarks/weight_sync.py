@@ -32,12 +32,13 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from cluster.device import resolve
+    from cluster.ranks import free_port
     from cluster.spec import JobSpec
     from indexing.importer import import_index
-    from rl_system.rollout_worker import connect_weight_group, start_rollout_worker
-    from rl_system.vllm_engine import EngineConfig, untrained_sid_policy
-    from cluster.ranks import free_port
-    from rl_system.weight_sync import WeightSender, plan_buckets
+    from rl_system.rollout.engine import EngineConfig, untrained_sid_policy
+    from rl_system.rollout.worker import connect_weight_group, start_rollout_worker
+    from rl_system.weight_sync.plan import plan_buckets
+    from rl_system.weight_sync.sender import WeightSender
 
     index = import_index(REPO / "data/office/Office.unitok5.index.json").index
     spec = JobSpec(name="bench", run_dir=tempfile.mkdtemp(), data={"path": str(REPO / "data/office")},

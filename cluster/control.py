@@ -13,14 +13,15 @@ import time
 from pathlib import Path
 
 from cluster.errors import BadRequest, MissingArtefact
+from cluster.run_layout import RunLayout
 
 
 def control_path(run_dir: Path) -> Path:
-    return Path(run_dir) / "rl" / "control.json"
+    return RunLayout(run_dir).control
 
 
 def status_path(run_dir: Path) -> Path:
-    return Path(run_dir) / "rl" / "status.json"
+    return RunLayout(run_dir).status
 
 
 def _atomic_write(path: Path, payload: dict) -> None:

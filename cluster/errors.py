@@ -1,18 +1,24 @@
-"""User-facing errors: the CLI prints their message and exits with their code, no traceback."""
+"""User-facing errors: the CLI prints their message and exits with their code, no traceback.
+
+Every error a user can cause or act on derives from `GreamError`; the CLI maps exceptions to exit
+codes through it alone, so anything else that escapes is a bug and keeps its traceback.
+"""
 
 
-class MissingArtefact(FileNotFoundError):
+class GreamError(Exception):
+    """Base of every user-facing error; `exit_code` 2 means bad input (spec, data, request)."""
+
+    exit_code = 2
+
+
+class MissingArtefact(GreamError, FileNotFoundError):
     """A stage's input (an earlier stage's output, a run folder) is not there."""
 
-    exit_code = 2
 
-
-class BadRequest(ValueError):
+class BadRequest(GreamError, ValueError):
     """A command-line request that cannot be honoured as given."""
 
-    exit_code = 2
 
-
-class Resumable(RuntimeError):
+class Resumable(GreamError, RuntimeError):
     """The job stopped where it can continue from its last complete checkpoint. Subclasses set
     `exit_code`; the CLI prints the message and the command that resumes (its own with --resume)."""

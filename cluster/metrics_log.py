@@ -12,9 +12,12 @@ import math
 from pathlib import Path
 from typing import Any
 
+from cluster.errors import GreamError
+from cluster.run_layout import METRICS_FILE
 
-class MetricsLogError(Exception):
-    exit_code = 2
+
+class MetricsLogError(GreamError):
+    """A metrics sink that cannot be set up."""
 
 
 def start_wandb(project: str, name: str, folder: Path):
@@ -33,7 +36,7 @@ class MetricsLog:
         """Records after `resume_from_step` are dropped: 0, a fresh run, starts an empty file rather
         than appending to a previous run's curve."""
         folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / "metrics.jsonl"
+        self.path = folder / METRICS_FILE
         self._truncate_after(resume_from_step)
         self._file = self.path.open("a")
         self._tb = None

@@ -14,11 +14,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cluster.errors import GreamError
+from cluster.run_layout import RunLayout
 
-class SpecError(Exception):
+
+class SpecError(GreamError):
     """A spec that cannot be used; the CLI turns it into exit code 2."""
-
-    exit_code = 2
 
 
 class _Section(BaseModel):
@@ -271,8 +272,9 @@ class JobSpec(_Section):
     def run_path(self) -> Path:
         return Path(self.run_dir.replace("${name}", self.name))
 
-    def stage_dir(self, stage: str) -> Path:
-        return self.run_path / stage
+    @property
+    def layout(self) -> RunLayout:
+        return RunLayout(self.run_path)
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of the named sections, used to tell whether a stage's artefacts still match."""

@@ -33,16 +33,15 @@ from indexing.text import fuse_catalog
 
 log = logging.getLogger(__name__)
 
-VOCAB_FILE = "sid_vocab.txt"
 REPORT_FILE = "report.json"
 
 
 def index_path(spec) -> Path:
-    return spec.stage_dir("index") / f"{spec.data.name}.index.json"
+    return spec.layout.index_file(spec.data.name)
 
 
 def vocab_path(spec) -> Path:
-    return spec.stage_dir("index") / VOCAB_FILE
+    return spec.layout.sid_vocab
 
 
 class _Phases:
@@ -142,7 +141,7 @@ def _build_import(spec, ds, phase: _Phases) -> tuple[SidIndex, dict[str, Any]]:
 
 def run(spec) -> dict[str, Any]:
     """Build (or reuse) the index of `spec`; returns the report and prints its table."""
-    out_dir = spec.stage_dir("index")
+    out_dir = spec.layout.stage("index")
     report_file = out_dir / REPORT_FILE
     spec_hash = spec.section_hash("data", "index")
     if report_file.exists() and index_path(spec).exists() and vocab_path(spec).exists():

@@ -15,13 +15,12 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.linalg import svds
 
+from cluster.errors import GreamError
 from indexing.dataset import Example
 
 
-class CollaborativeError(ValueError):
+class CollaborativeError(GreamError, ValueError):
     """Unusable settings for the collaborative vectors."""
-
-    exit_code = 2
 
 
 def cooccurrence(examples: Sequence[Example], num_items: int, window: int) -> sparse.csr_matrix:

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from cluster.errors import GreamError
 
-class DataError(Exception):
+
+class DataError(GreamError):
     """Unusable dataset files; the CLI turns it into a non-zero exit."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from cluster.errors import GreamError
 
-class CollisionError(ValueError):
+
+class CollisionError(GreamError, ValueError):
     """Collisions that the chosen rule cannot resolve."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ import faiss
 import numpy as np
 from tqdm import tqdm
 
+from cluster.errors import GreamError
+
 log = logging.getLogger(__name__)
 
 # Below this many items per centre a level's cells hold one or two items: the prefix carries no
@@ -23,10 +25,8 @@ log = logging.getLogger(__name__)
 MIN_ITEMS_PER_CODE = 4
 
 
-class KMeansError(ValueError):
+class KMeansError(GreamError, ValueError):
     """Settings that cannot cluster this catalog."""
-
-    exit_code = 2
 
 
 @dataclass

@@ -22,9 +22,10 @@ from tqdm import tqdm
 
 from cluster.errors import MissingArtefact
 from cluster.logs import fields
+from cluster.run_layout import EVAL_FILE
 from indexing.dataset import Example, split_from_spec
 from indexing.sid import SidIndex
-from rl_system.rewards import sid_of
+from rl_system.reward.functions import sid_of
 from sft.metrics import ranking_metrics
 from sft.prompts import render_seqrec_prompt
 
@@ -116,7 +117,7 @@ def evaluate(spec, pool, tokenizer, index: SidIndex, splits: dict[str, Sequence[
 
 
 def write_eval(folder: Path, result: dict) -> Path:
-    path = folder / "eval.json"
+    path = folder / EVAL_FILE
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=2))
     tmp.replace(path)
@@ -134,7 +135,7 @@ def print_table(title: str, result: dict) -> None:
 def trained_stages(spec) -> list[tuple[str, Path]]:
     found = []
     for stage in ("sft", "rl"):
-        model = spec.stage_dir(stage) / "model"
+        model = spec.layout.model(stage)
         if (model / "config.json").exists():
             found.append((stage, model))
     return found
@@ -144,7 +145,7 @@ def evaluate_model(spec, model: Path, index: SidIndex, split, sampling: bool = T
     """`evaluate` of one model folder on valid and test, on a rollout pool of its own."""
     from transformers import AutoTokenizer
 
-    from rl_system.rollout_pool import RolloutPool
+    from rl_system.rollout.pool import RolloutPool
 
     pool = RolloutPool(spec, model, index)
     try:
@@ -159,8 +160,8 @@ def run(spec) -> dict:
 
     stages = trained_stages(spec)
     if not stages:
-        raise MissingArtefact(f"nothing to evaluate: no trained model under {spec.stage_dir('sft')}/model "
-                                f"or {spec.stage_dir('rl')}/model; run the sft stage first")
+        raise MissingArtefact(f"nothing to evaluate: no trained model under {spec.layout.model('sft')} "
+                                f"or {spec.layout.model('rl')}; run the sft stage first")
     init_ray(spec)
     from indexing.build import index_path
 
@@ -169,7 +170,7 @@ def run(spec) -> dict:
     results = {}
     for stage, model in stages:
         result = evaluate_model(spec, model, index, split)
-        write_eval(spec.stage_dir(stage), result)
+        write_eval(spec.layout.stage(stage), result)
         print_table(f"{stage}: {model}", result)
         results[stage] = result
     return results

@@ -8,27 +8,14 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass
 
 import numpy as np
 
 from rl_system import advantages
-from rl_system.learner import TrainBatch
-from rl_system.prompt_source import Prompt, PromptSource
-from rl_system.reward_pool import RewardPool
-from rl_system.reward_service import RewardReply
-from rl_system.rollout_pool import RolloutPool
-from rl_system.rollout_worker import RolloutGroup
-
-
-@dataclass
-class ScoredGroup:
-    prompt: Prompt
-    rollout: RolloutGroup
-    rewards: np.ndarray  # [G] the reward the advantage uses (residual, binary or beam)
-    hits: np.ndarray  # [G] exact hits
-    lcp: np.ndarray  # [G] matched levels
-    format_ok: np.ndarray  # [G]
+from rl_system.messages import RewardReply, RolloutGroup, ScoredGroup, TrainBatch
+from rl_system.prompt_source import PromptSource
+from rl_system.reward.pool import RewardPool
+from rl_system.rollout.pool import RolloutPool
 
 
 class GroupSampler:
@@ -81,7 +68,7 @@ class GroupSampler:
 
         chosen = {"residual": reply.residual, "binary": reply.binary, "beam": reply.beam}[rl.reward]
         shape = (len(prompts), rl.group_size)
-        out = [ScoredGroup(p, g, r, h, l, f) for p, g, r, h, l, f in zip(
+        out = [ScoredGroup(p, g, r, h, lcp, f) for p, g, r, h, lcp, f in zip(
             prompts, groups, chosen.reshape(shape), reply.exact.reshape(shape), reply.lcp.reshape(shape),
             reply.format_ok.reshape(shape))]
         self.all_groups.extend(out)

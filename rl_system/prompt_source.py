@@ -5,23 +5,14 @@ work, so a resumed run (with any pool size) draws the prompts the uninterrupted 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from indexing.dataset import Example
 from indexing.sid import SidIndex
+from rl_system.messages import Prompt
 from sft.prompts import render_seqrec_prompt
-
-
-@dataclass(frozen=True)
-class Prompt:
-    uid: int  # position in the endless stream (epoch * n + offset): unique across the run
-    user: int
-    text: str
-    target: int
-    target_codes: tuple[int, ...]
 
 
 class PromptSource:

@@ -33,10 +33,10 @@ from indexing.dataset import split_from_spec
 from indexing.sid import SidIndex
 from rl_system.dynamic_sampling import BatchFiller
 from rl_system.groups import GroupSampler, rollout_metrics, train_batch
-from rl_system.learner import LearnerGroup
+from rl_system.learner.group import LearnerGroup
 from rl_system.prompt_source import PromptSource
-from rl_system.reward_pool import RewardPool
-from rl_system.rollout_pool import RolloutPool
+from rl_system.reward.pool import RewardPool
+from rl_system.rollout.pool import RolloutPool
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def _stop_on_learner_death(learner: LearnerGroup, ckpts: CheckpointManager):
 
 
 def sft_model_dir(spec) -> Path:
-    model = spec.stage_dir("sft") / "model"
+    model = spec.layout.model("sft")
     if not (model / "config.json").exists():
         raise MissingArtefact(f"{model}: no SFT model to start RL from; run the sft stage first")
     return model
@@ -131,7 +131,7 @@ def run(spec, resume: bool = False) -> Path:
     from indexing.build import index_path
 
     init_ray(spec)
-    rl, rl_dir = spec.rl, spec.stage_dir("rl")
+    rl, rl_dir = spec.rl, spec.layout.stage("rl")
     start_model, idx_path = sft_model_dir(spec), index_path(spec)
     index = SidIndex.load(idx_path)
     tokenizer = AutoTokenizer.from_pretrained(start_model)
@@ -143,7 +143,7 @@ def run(spec, resume: bool = False) -> Path:
     source = PromptSource(split_from_spec(spec).train, index, tokenizer, rl.seed, reasoning=rl.mode == "reasoning")
     sampler = GroupSampler(spec, pool, rewards, source, tokenizer.get_vocab().get("<answer>"))
     filler = BatchFiller(rl.prompts_per_step, rl.max_resample_rounds)
-    ckpts = CheckpointManager(rl_dir / "checkpoints", spec.checkpoint.keep,
+    ckpts = CheckpointManager(spec.layout.checkpoints, spec.checkpoint.keep,
                               BestRule(spec.checkpoint.best_metric, spec.checkpoint.best_mode))
 
     step = _restore(spec, ckpts, learner, source) if resume else 0
@@ -186,10 +186,10 @@ def run(spec, resume: bool = False) -> Path:
             if step % spec.checkpoint.every == 0 or step == rl.steps or stopping:
                 _save(spec, ckpts, learner, source, step, window.take())   # save
         if not stopping:
-            learner.save_hf(rl_dir / "model")
+            learner.save_hf(spec.layout.model("rl"))
     if stopping:
         raise Stopped(stop.raised, _resume_hint(ckpts))
-    return rl_dir / "model"
+    return spec.layout.model("rl")
 
 
 def _step_record(spec, step, sampler, filled, trained, push, seconds) -> dict:

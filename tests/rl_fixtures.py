@@ -27,6 +27,6 @@ def rl_test_spec(root: Path, **rl) -> JobSpec:
 def stage_inputs(spec: JobSpec, tiny_policy) -> None:
     """The artefacts the index and sft stages would leave: the SID index and a policy folder."""
     tiny_policy.index.save(index_path(spec))
-    shutil.copytree(tiny_policy.model_dir, spec.stage_dir("sft") / "model")
+    shutil.copytree(tiny_policy.model_dir, spec.layout.model("sft"))
 
 

@@ -3,7 +3,7 @@ import pytest
 
 from rl_system import advantages
 from rl_system.advantages import dr_grpo, grpo, passk_bonus_table, srpo
-from rl_system.rewards import parse_completions, score, sid_codes
+from rl_system.reward.functions import parse_completions, score, sid_codes
 
 
 def test_passk_bonus_hand_values():

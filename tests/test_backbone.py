@@ -7,9 +7,17 @@ import pytest
 import torch
 
 from cluster.spec import JobSpec
-from indexing.sid import read_index_codes, SidIndex
-from sft.backbone import (BUILD_MARKER, REASONING_TOKENS, VOCAB_MULTIPLE, BackboneError, add_sid_tokens,
-                          build_embedded, load_backbone, resolve_backbone, save_backbone)
+from indexing.sid import SidIndex, read_index_codes
+from sft.backbone import (
+    BUILD_MARKER,
+    REASONING_TOKENS,
+    VOCAB_MULTIPLE,
+    BackboneError,
+    add_sid_tokens,
+    build_embedded,
+    resolve_backbone,
+)
+from sft.hf_folder import load_backbone, save_backbone
 from sft.prompts import render_seqrec_prompt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,7 +117,7 @@ def test_add_sid_tokens_rejects_bad_tokens(base_dir):
 def test_resolve_backbone_builds_once_and_checks_folders(tmp_path):
     spec = small_spec(tmp_path / "run")
     path = resolve_backbone(spec)
-    assert path == spec.stage_dir("model") and (path / BUILD_MARKER).exists()
+    assert path == spec.layout.stage("model") and (path / BUILD_MARKER).exists()
     stamp = (path / "model.safetensors").stat().st_mtime_ns
     assert resolve_backbone(spec) == path
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp

@@ -17,7 +17,8 @@ import torch
 
 from cluster.spec import JobSpec
 from indexing.sid import SidIndex
-from sft.backbone import add_sid_tokens, build_embedded, load_backbone, save_backbone
+from sft.backbone import add_sid_tokens, build_embedded
+from sft.hf_folder import load_backbone, save_backbone
 from sft.import_smollm2 import import_smollm2
 from sft.prompts import render_seqrec_prompt
 

@@ -5,8 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from indexing.dataset import load_dataset
-from rl_system.beam_search import forced_steps
-from rl_system.logits_processor import ConstraintTable
+from rl_system.rollout.beam_search import forced_steps
+from rl_system.rollout.constraint import ConstraintTable
 from sft.prompts import render_seqrec_prompt
 from tests.conftest import REPO
 

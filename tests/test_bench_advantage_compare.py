@@ -1,7 +1,14 @@
 """benchmarks/advantage_compare.py: the table from tiny metrics and eval files (pure, no runs)."""
 import json
 
-from benchmarks.advantage_compare import column, dropped_shares, format_table, main, median_column, reward_windows
+from benchmarks.advantage_compare import (
+    column,
+    dropped_shares,
+    format_table,
+    main,
+    median_column,
+    reward_windows,
+)
 
 
 def step(n, reward, miss=0.5, hit=0.0, constant=0.1, hit_rate=0.01):

@@ -33,10 +33,10 @@ def test_status_file(tmp_path):
 
 
 def test_cli_scale_errors_exit_2(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "cluster.cli", "scale", str(tmp_path), "--rollout", "2"],
+    res = subprocess.run([sys.executable, "-m", "gream.cli", "scale", str(tmp_path), "--rollout", "2"],
                          capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 2 and "no rl/ folder" in res.stderr
     (tmp_path / "rl").mkdir()
-    res = subprocess.run([sys.executable, "-m", "cluster.cli", "scale", str(tmp_path), "--rollout", "0"],
+    res = subprocess.run([sys.executable, "-m", "gream.cli", "scale", str(tmp_path), "--rollout", "0"],
                          capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 2 and "--rollout must be >= 1" in res.stderr

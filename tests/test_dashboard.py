@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 
 from cluster.checkpoint import CheckpointManager
-from cluster.dashboard import make_server, url_of
 from cluster.metrics_log import MetricsLog, read_metrics
-from cluster.run_state import RunDirError, format_status, read_jsonl, read_run_state
+from cluster.run_layout import RunLayout
+from gream.dashboard import make_server, url_of
+from gream.run_state import RunDirError, format_status, read_jsonl, read_run_state
 from rl_system.evaluate import pass_at_k, write_eval
 from sft.metrics import ranking_metrics
 
@@ -142,7 +143,7 @@ def path_points(d: str) -> list[tuple[float, float]]:
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"headless Chromium not installed ({INSTALL})")
 def test_dashboard_renders_every_plot_with_the_run_data(run_dir, server, tmp_path):
-    records = read_metrics(run_dir / "rl" / "metrics.jsonl")
+    records = read_metrics(RunLayout(run_dir).metrics("rl"))
     dom = chromium(url_of(server), tmp_path, "--dump-dom")
     page = Elements(dom)
 
@@ -180,7 +181,7 @@ def test_dashboard_renders_every_plot_with_the_run_data(run_dir, server, tmp_pat
     rl_test = json.loads((run_dir / "rl" / "eval.json").read_text())["test"]
     assert f'data-run="rl/test">{rl_test["pass@5"]:.4f}<' in rows["pass@5"]
     assert 'data-run="sasrec/test">-<' in rows["pass@5"]  # SASRec does not sample
-    sasrec_test = json.loads((run_dir / "baselines" / "sasrec" / "eval.json").read_text())["test"]
+    sasrec_test = json.loads((RunLayout(run_dir).baselines / "sasrec" / "eval.json").read_text())["test"]
     assert f'data-run="sasrec/test">{sasrec_test["ndcg@10"]:.4f}<' in rows["ndcg@10"]
 
     workers = re.findall(r'<tr class="worker-row">(.*?)</tr>', dom)
@@ -218,25 +219,25 @@ def test_api_follows_the_run_and_reports_bad_files(run_dir, server):
     log = MetricsLog(run_dir / "rl", tensorboard=False, resume_from_step=STEPS)  # the next poll sees step 9
     log.write(STEPS + 1, step_record(STEPS + 1, np.random.default_rng(1)))
     log.close()
-    with (run_dir / "rl" / "metrics.jsonl").open("a") as fh:
+    with (RunLayout(run_dir).metrics("rl")).open("a") as fh:
         fh.write('{"step": 10, "reward/me')  # the writer mid-append
     status, body = fetch(url_of(server) + "api/metrics")
     assert status == 200 and body["rl"]["steps"][-1] == STEPS + 1
 
     assert fetch(url_of(server) + "nope")[0] == 404
-    lines = (run_dir / "rl" / "metrics.jsonl").read_text().splitlines()
+    lines = (RunLayout(run_dir).metrics("rl")).read_text().splitlines()
     lines[1] = "garbage"
-    (run_dir / "rl" / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    (RunLayout(run_dir).metrics("rl")).write_text("\n".join(lines) + "\n")
     status, body = fetch(url_of(server) + "api/metrics")
     assert status == 500 and "metrics.jsonl: line 2 is not JSON" in body["error"]
 
 
 def test_status_summarises_the_run(run_dir, capsys):
-    from cluster.cli import main
+    from gream.cli import main
 
     assert main(["status", str(run_dir)]) == 0
     text = capsys.readouterr().out
-    last = read_metrics(run_dir / "rl" / "metrics.jsonl")[-1]
+    last = read_metrics(RunLayout(run_dir).metrics("rl"))[-1]
     assert f"rl step {STEPS}  weight version {STEPS}  groups kept 4/8" in text
     assert f"reward     {last['reward/mean']:.4f} +- {last['reward/std']:.4f}" in text
     assert f"all_miss {last['dropped/all_miss']:.3f}" in text
@@ -271,7 +272,7 @@ def test_gream_dashboard_command_serves_and_warns_once(run_dir):
     import subprocess
     import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "dashboard", str(run_dir), "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "gream.cli", "dashboard", str(run_dir), "--port", "0"],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = proc.stdout.readline()

@@ -105,12 +105,12 @@ def test_duplicate_and_non_integer_ids(tmp_path):
 
 
 def test_cli_data_stats_and_bad_data_exit(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "cluster.cli", "data", "stats", "configs/demo.yaml", "--json"],
+    res = subprocess.run([sys.executable, "-m", "gream.cli", "data", "stats", "configs/demo.yaml", "--json"],
                          capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["interactions"] == 53258
     _mk(tmp_path, {"0": [0, 1, 9]}, {"0": {}, "1": {}})
-    res = subprocess.run([sys.executable, "-m", "cluster.cli", "data", "stats", "configs/demo.yaml",
+    res = subprocess.run([sys.executable, "-m", "gream.cli", "data", "stats", "configs/demo.yaml",
                           "--set", f"data.path={tmp_path}", "--set", "data.name=X"],
                          capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 2 and "X.inter.json: key '0': item id 9" in res.stderr

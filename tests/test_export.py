@@ -10,11 +10,14 @@ import pytest
 import torch
 
 from cluster.checkpoint import BestRule, CheckpointManager
-from cluster.cli import main
-from cluster.export import EXPORT_MARKER, ExportError, export, parse_step
-from rl_system.learner import LearnerConfig, LearnerGroup, TrainBatch, completion_logits, pack
-from rl_system.logits_processor import ConstraintTable
+from gream.cli import main
+from gream.export import EXPORT_MARKER, ExportError, export, parse_step
+from rl_system.learner.batching import completion_logits, pack
+from rl_system.learner.config import LearnerConfig
+from rl_system.learner.group import LearnerGroup
 from rl_system.losses import token_logprobs
+from rl_system.messages import TrainBatch
+from rl_system.rollout.constraint import ConstraintTable
 
 
 def sid_batch(policy, tokenizer) -> TrainBatch:

@@ -45,7 +45,7 @@ def test_office_build_is_collision_free_and_balanced(office_build, capsys):
     vocab = read_vocab(build.vocab_path(spec))
     assert vocab[:2] == ["<a_0>", "<a_1>"] and len(vocab) == 3 * 256 + report["levels"][3]["codes"]
     assert set(vocab) >= {t for i in index.items() for t in index.tokens(i)}
-    on_disk = json.loads((spec.stage_dir("index") / "report.json").read_text())
+    on_disk = json.loads((spec.layout.stage("index") / "report.json").read_text())
     assert on_disk["spec_hash"] == spec.section_hash("data", "index")
 
     # Same spec again: nothing is rebuilt, the table is printed from the stored report.
@@ -56,7 +56,7 @@ def test_office_build_is_collision_free_and_balanced(office_build, capsys):
 
 def test_changed_index_settings_rebuild_but_reuse_embeddings(office_build, tmp_path):
     spec, report = office_build
-    shutil.copytree(spec.stage_dir("index") / "cache", tmp_path / "index" / "cache")
+    shutil.copytree(spec.layout.stage("index") / "cache", tmp_path / "index" / "cache")
     changed = office_spec(tmp_path, codes=64, levels=2, collaborative={"weight": 0.5, "dim": 32})
     rebuilt = build.run(changed)
     assert not rebuilt["skipped"] and rebuilt["depth"] == 3
@@ -70,7 +70,7 @@ def test_changed_index_settings_rebuild_but_reuse_embeddings(office_build, tmp_p
 def test_no_dedup_level_when_no_code_tuple_collides(office_build, tmp_path):
     spec, report = office_build
     assert report["dedup_added"]  # 3 x 256 leaves collisions on Office: the dedup level is there
-    shutil.copytree(spec.stage_dir("index") / "cache", tmp_path / "index" / "cache")
+    shutil.copytree(spec.layout.stage("index") / "cache", tmp_path / "index" / "cache")
     demo = office_spec(tmp_path, codes=512, collaborative={"weight": 0.5})  # the session-6 demo index
     built = build.run(demo)
     assert built["collisions_before"]["duplicate_groups"] == 0 and not built["dedup_added"]
@@ -83,7 +83,7 @@ def test_no_dedup_level_when_no_code_tuple_collides(office_build, tmp_path):
 def office_embeddings(spec, report) -> np.ndarray:
     ds = load_from_spec(spec)
     texts = fuse_catalog(ds.items, ds.num_items, spec.index.text_fields, spec.index.max_text_chars).texts
-    return cached_embeddings(texts, report["embedding"]["encoder"], spec.stage_dir("index") / "cache")
+    return cached_embeddings(texts, report["embedding"]["encoder"], spec.layout.stage("index") / "cache")
 
 
 def test_residual_kmeans_on_office_embeddings(office_build):
@@ -119,7 +119,7 @@ def test_too_many_codes_fails_before_any_work(tmp_path):
 
 def test_reassign_keeps_every_sid_three_codes_long(office_build, tmp_path):
     spec, report = office_build
-    shutil.copytree(spec.stage_dir("index") / "cache", tmp_path / "index" / "cache")
+    shutil.copytree(spec.layout.stage("index") / "cache", tmp_path / "index" / "cache")
     built = build.run(office_spec(tmp_path, collisions="reassign"))  # 3 x 256 collides (see above)
     groups = report["collisions_before"]["duplicate_groups"]
     assert built["collisions_before"] == report["collisions_before"] and groups > 0
@@ -132,10 +132,10 @@ def test_reassign_keeps_every_sid_three_codes_long(office_build, tmp_path):
 
 
 def test_cli_names_a_reassignment_that_cannot_work(office_build, tmp_path, capsys):
-    from cluster.cli import main
+    from gream.cli import main
 
     spec, _ = office_build
-    shutil.copytree(spec.stage_dir("index") / "cache", tmp_path / "index" / "cache")
+    shutil.copytree(spec.layout.stage("index") / "cache", tmp_path / "index" / "cache")
     # One level: every item shares the empty prefix and 2,420 items cannot fit 512 codes.
     code = main(["index", str(ROOT / "configs/demo.yaml"), "--set", f"run_dir={tmp_path}", "--set", "index.levels=1",
                  "--set", "index.collisions=reassign"])

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 
 from cluster.spec import SpecError, load_spec
-from indexing.collaborative import CollaborativeError, collaborative_vectors, cooccurrence, fuse, ppmi
+from indexing.collaborative import (
+    CollaborativeError,
+    collaborative_vectors,
+    cooccurrence,
+    fuse,
+    ppmi,
+)
 from indexing.dataset import Example, leave_one_out, load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]

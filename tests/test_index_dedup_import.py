@@ -5,7 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexing.dedup import CollisionError, add_dedup_level, collision_stats, dedup_ordinals, reassign_last_level
+from indexing.dedup import (
+    CollisionError,
+    add_dedup_level,
+    collision_stats,
+    dedup_ordinals,
+    reassign_last_level,
+)
 from indexing.importer import import_index
 from indexing.sid import SidError, read_index_codes
 
@@ -40,7 +46,8 @@ def test_reassign_last_level_by_hand():
 
 def test_reassign_last_level_names_a_full_prefix():
     codes = np.array([[1, 0], [1, 0], [1, 1]])
-    with pytest.raises(CollisionError, match=r"collisions: reassign: prefix \[1\] holds more items than the last level has codes \(2\); use collisions: level"):
+    with pytest.raises(CollisionError, match=r"collisions: reassign: prefix \[1\] holds more items than the last level "
+                                             r"has codes \(2\); use collisions: level"):
         reassign_last_level(codes, np.zeros((3, 2)))
 
 

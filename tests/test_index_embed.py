@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from indexing.embed import CausalLMEncoder, EmbeddingError, cache_file, check_rows, embed_texts, load_encoder, minilm_path
+from indexing.embed import (
+    CausalLMEncoder,
+    EmbeddingError,
+    cache_file,
+    check_rows,
+    embed_texts,
+    load_encoder,
+    minilm_path,
+)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,12 @@ test_index_build.py, next to the build that computes them)."""
 import numpy as np
 import pytest
 
-from indexing.kmeans import KMeansError, balanced_assign, check_codes, residual_kmeans, squared_distances
+from indexing.kmeans import (
+    KMeansError,
+    balanced_assign,
+    check_codes,
+    squared_distances,
+)
 
 
 def test_balanced_assign_by_hand():

@@ -4,7 +4,13 @@ import json
 
 import pytest
 
-from indexing.rewrite import PROMPT, EndpointTeacher, RewriteCache, RewriteError, rewrite_texts
+from indexing.rewrite import (
+    PROMPT,
+    EndpointTeacher,
+    RewriteCache,
+    RewriteError,
+    rewrite_texts,
+)
 from tests.chat_server import ChatServer
 
 

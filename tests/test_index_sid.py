@@ -5,7 +5,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from indexing.sid import SidError, SidIndex, parse_sid_token, read_index_codes, read_vocab, sid_token, split_sid_text
+from indexing.sid import (
+    SidError,
+    SidIndex,
+    parse_sid_token,
+    read_index_codes,
+    read_vocab,
+    sid_token,
+    split_sid_text,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"

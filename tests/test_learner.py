@@ -6,8 +6,11 @@ import pytest
 import torch
 
 from cluster.spec import JobSpec
-from rl_system.learner import LearnerConfig, LearnerGroup, TrainBatch, completion_logits, merge_metrics, micro_batches, pack
+from rl_system.learner.batching import completion_logits, micro_batches, pack
+from rl_system.learner.config import LearnerConfig
+from rl_system.learner.group import LearnerGroup, merge_metrics
 from rl_system.losses import token_logprobs
+from rl_system.messages import TrainBatch
 
 
 def test_pack_aligns_completions_and_counts_positions():

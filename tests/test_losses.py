@@ -3,7 +3,14 @@ import math
 import pytest
 import torch
 
-from rl_system.losses import kl_k3, masked_mean, ppo_loss, tis_weight, token_entropy, token_logprobs
+from rl_system.losses import (
+    kl_k3,
+    masked_mean,
+    ppo_loss,
+    tis_weight,
+    token_entropy,
+    token_logprobs,
+)
 
 
 def test_masked_mean_ignores_padding_and_accepts_token_count():

@@ -15,8 +15,14 @@ from indexing.build import run as build_index
 from indexing.dataset import Example
 from indexing.rewrite import RewriteError
 from indexing.sid import SidIndex
-from sft.reasoning_data import (build_reasoning_data, check_reply, prune_history, reasoning_dir, select_examples,
-                                title_words)
+from sft.reasoning_data import (
+    build_reasoning_data,
+    check_reply,
+    prune_history,
+    reasoning_dir,
+    select_examples,
+    title_words,
+)
 from tests.chat_server import ChatServer
 
 REPO = Path(__file__).resolve().parents[1]

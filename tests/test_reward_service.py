@@ -9,7 +9,9 @@ import pytest
 import ray
 import zmq
 
-from rl_system.reward_service import (RewardClient, RewardScorer, RewardServiceError, RewardTimeout, start_replicas)
+from rl_system.reward.client import RewardClient, RewardServiceError, RewardTimeout
+from rl_system.reward.scoring import RewardScorer
+from rl_system.reward.server import start_replicas
 
 TOKEN = "s3cret"
 # Item 0..3; the last level is a dedup ordinal (items 0 and 1 collide on <a_1><b_2>).
@@ -112,7 +114,7 @@ def test_client_times_out_with_a_clear_error():
 
 
 def test_dead_replica_is_replaced_and_the_batch_scored(index_path, ray_cluster):
-    from rl_system.reward_pool import RewardPool
+    from rl_system.reward.pool import RewardPool
 
     pool = RewardPool(index_path, replicas=2, token=TOKEN, timeout_s=3)
     try:

@@ -1,8 +1,15 @@
 import numpy as np
 import pytest
 
-from rl_system.rewards import (PARTIAL_CAP, parse_completions, parse_sids, prefix_match, residual_reward, score,
-                               sid_codes)
+from rl_system.reward.functions import (
+    PARTIAL_CAP,
+    parse_completions,
+    parse_sids,
+    prefix_match,
+    residual_reward,
+    score,
+    sid_codes,
+)
 
 TARGET5 = "<a_1><b_2><c_3><d_4><e_5>"
 
@@ -106,7 +113,7 @@ def test_score_shape_mismatch_is_a_clear_error():
 
 
 def test_semantic_levels_detects_a_dedup_level():
-    from rl_system.rewards import semantic_levels
+    from rl_system.reward.functions import semantic_levels
 
     dedup = np.array([[1, 2, 0], [1, 2, 1], [3, 4, 0], [1, 5, 0], [1, 2, 2]])
     assert semantic_levels(dedup) == 2
@@ -121,7 +128,7 @@ def test_semantic_levels_of_bundled_indexes():
     from pathlib import Path
 
     from indexing.sid import read_index_codes
-    from rl_system.rewards import semantic_levels
+    from rl_system.reward.functions import semantic_levels
 
     office = read_index_codes(Path(__file__).resolve().parents[1] / "data/office/Office.unitok5.index.json")
     assert semantic_levels(np.array(list(office.values()))) == 5

@@ -24,15 +24,15 @@ def test_rl_loop_writes_metrics_checkpoints_and_model(finished_run):
 
     spec, model = finished_run
     assert (model / "config.json").exists()
-    rows = read_metrics(spec.stage_dir("rl") / "metrics.jsonl")
+    rows = read_metrics(spec.layout.metrics("rl"))
     assert [r["step"] for r in rows] == [1, 2, 3]
     for row in rows:
         assert REQUIRED_KEYS <= set(row), REQUIRED_KEYS - set(row)
         assert row["weight_version"] == row["step"]
         assert sum(row["lcp_hist"]) == row["completions"]
-    steps = sorted(p.name for p in (spec.stage_dir("rl") / "checkpoints").glob("step-*"))
+    steps = sorted(p.name for p in (spec.layout.checkpoints).glob("step-*"))
     assert steps == ["step-0000002", "step-0000003"]
-    driver = json.loads((spec.stage_dir("rl") / "checkpoints" / "step-0000003" / "driver.json").read_text())
+    driver = json.loads((spec.layout.checkpoints / "step-0000003" / "driver.json").read_text())
     assert driver["data"]["cursor"] >= 3 * spec.rl.prompts_per_step
 
 
@@ -42,8 +42,8 @@ def test_resume_draws_the_same_prompts_with_another_pool_size(finished_run, capl
     from rl_system import train
 
     spec, _ = finished_run
-    uninterrupted = read_metrics(spec.stage_dir("rl") / "metrics.jsonl")
-    ckpts = spec.stage_dir("rl") / "checkpoints"
+    uninterrupted = read_metrics(spec.layout.metrics("rl"))
+    ckpts = spec.layout.checkpoints
     shutil.rmtree(ckpts / "step-0000003")
     (ckpts / "step-0000003").mkdir()  # a half-written checkpoint must be skipped, not loaded
     resumed_spec = spec.model_copy(update={"cluster": spec.cluster.model_copy(
@@ -51,7 +51,7 @@ def test_resume_draws_the_same_prompts_with_another_pool_size(finished_run, capl
     with caplog.at_level("WARNING"):
         train.run(resumed_spec, resume=True)
     assert any("incomplete checkpoint" in r.getMessage() for r in caplog.records)
-    resumed = read_metrics(spec.stage_dir("rl") / "metrics.jsonl")
+    resumed = read_metrics(spec.layout.metrics("rl"))
     assert [r["step"] for r in resumed] == [1, 2, 3]
     assert resumed[2]["data/first_uid"] == uninterrupted[2]["data/first_uid"]
     # The first round draws the next prompts_per_step prompts in order, so equal first uids mean
@@ -69,7 +69,7 @@ def test_eval_scores_both_stages_with_valid_beams(finished_run):
     results = evaluate.run(small)
     assert set(results) == {"sft", "rl"}
     for stage in ("sft", "rl"):
-        written = json.loads((spec.stage_dir(stage) / "eval.json").read_text())
+        written = json.loads((spec.layout.eval_file(stage)).read_text())
         assert set(written) == {"valid", "test"}
         for split in written.values():
             assert {"recall@1", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "pass@1", "pass@5", "pass@10"} <= set(split)

@@ -23,8 +23,8 @@ import pytest
 
 from cluster.checkpoint import CheckpointManager
 from cluster.control import request_scale, status_path
-from cluster.run_state import read_jsonl
 from cluster.spec import dump_spec
+from gream.run_state import read_jsonl
 from tests.rl_fixtures import REPO, rl_test_spec, stage_inputs
 
 OVERRIDES = ["--set", "cluster.rollout.num_workers=1", "--set", "checkpoint.every=50"]
@@ -39,7 +39,7 @@ class Driver:
         # RAY_ADDRESS=local: a Ray of its own, never a cluster someone started on this machine.
         env = {**os.environ, "RAY_ADDRESS": "local", "HF_HUB_OFFLINE": "1"}
         with log.open("w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", *args], cwd=REPO, env=env,
+            self.proc = subprocess.Popen([sys.executable, "-m", "gream.cli", *args], cwd=REPO, env=env,
                                          stdout=out, stderr=subprocess.STDOUT)
 
     def console(self) -> str:
@@ -69,7 +69,7 @@ class Driver:
 
 
 def last_step(spec) -> int | None:
-    rows = read_jsonl(spec.stage_dir("rl") / "metrics.jsonl")  # live file: a torn last line is skipped
+    rows = read_jsonl(spec.layout.metrics("rl"))  # live file: a torn last line is skipped
     return rows[-1]["step"] if rows else None
 
 
@@ -106,7 +106,7 @@ def spec_file(tiny_policy, tmp_path):
 def test_sigterm_checkpoints_and_learner_death_exits_4(spec_file, tmp_path):
     spec, path = spec_file
     resume = f"gream: resume with: gream rl {path} {' '.join(OVERRIDES)} --resume"
-    ckpts = CheckpointManager(spec.stage_dir("rl") / "checkpoints", keep=1 << 30)
+    ckpts = CheckpointManager(spec.layout.checkpoints, keep=1 << 30)
 
     first = Driver(["rl", str(path), *OVERRIDES], tmp_path / "first.log")
     try:
@@ -122,7 +122,7 @@ def test_sigterm_checkpoints_and_learner_death_exits_4(spec_file, tmp_path):
     latest = ckpts.latest()
     assert latest.step == stopped and latest.meta["weight_version"] == stopped
     assert ckpts.best().step == stopped and "reward/mean" in latest.meta["metrics"]
-    assert not list(ckpts.root.glob(".tmp-*")) and not (spec.stage_dir("rl") / "model").exists()
+    assert not list(ckpts.root.glob(".tmp-*")) and not (spec.layout.model("rl")).exists()
     console = first.console()
     assert f"gream: Stopped: stopped by SIGTERM; the last complete checkpoint is step {stopped}" in console
     assert resume in console

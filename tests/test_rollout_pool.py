@@ -10,12 +10,12 @@ from tests.rl_fixtures import rl_test_spec, stage_inputs
 @pytest.fixture(scope="module")
 def learner_and_pool(ray_cluster, tiny_policy, tmp_path_factory):
     from cluster.placement import learner_group
-    from rl_system.learner import LearnerGroup
-    from rl_system.rollout_pool import RolloutPool
+    from rl_system.learner.group import LearnerGroup
+    from rl_system.rollout.pool import RolloutPool
 
     spec = rl_test_spec(tmp_path_factory.mktemp("push"))
     stage_inputs(spec, tiny_policy)
-    model = spec.stage_dir("sft") / "model"
+    model = spec.layout.model("sft")
     group = learner_group(spec)
     learner = LearnerGroup.from_spec(spec, model, group)
     pool = RolloutPool(spec, model, tiny_policy.index)
@@ -27,7 +27,7 @@ def learner_and_pool(ray_cluster, tiny_policy, tmp_path_factory):
 
 
 def test_after_push_workers_match_learner_logprobs(learner_and_pool):
-    from rl_system.learner import TrainBatch
+    from rl_system.messages import TrainBatch
 
     spec, learner, pool = learner_and_pool
     groups = pool.generate(["<|im_start|>user\nNext item?<|im_end|>\n<|im_start|>assistant\n"] * 2, n=4,
@@ -75,7 +75,7 @@ def test_dead_worker_is_replaced_and_its_prompts_requeued(learner_and_pool):
 def test_set_cpu_bind_replaces_its_own_value_but_keeps_the_users(monkeypatch):
     import os
 
-    from rl_system import vllm_engine
+    from rl_system.rollout import engine as vllm_engine
 
     cores = sorted(os.sched_getaffinity(0))
     monkeypatch.delenv(vllm_engine.BIND_VAR, raising=False)
@@ -89,7 +89,7 @@ def test_set_cpu_bind_replaces_its_own_value_but_keeps_the_users(monkeypatch):
 
 
 def test_cpu_bind_list_gives_each_engine_its_own_cores():
-    from rl_system.vllm_engine import cpu_bind_list
+    from rl_system.rollout.engine import cpu_bind_list
 
     assert cpu_bind_list([0, 1], slot=0, threads=1, ranks=1) == "0"
     assert cpu_bind_list([0, 1], slot=1, threads=1, ranks=1) == "1"

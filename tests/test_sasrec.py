@@ -67,7 +67,7 @@ def test_run_on_office_learns_and_writes_the_eval_schema(tmp_path):
 
 def test_cli_seed_reaches_the_config(monkeypatch):
     import sft.sasrec
-    from cluster.cli import main
+    from gream.cli import main
 
     seen = []
     monkeypatch.setattr(sft.sasrec, "run", lambda spec, cfg: seen.append((spec.run_dir, cfg)))

@@ -3,7 +3,15 @@ import math
 
 import pytest
 
-from sft.metrics import MISSING, metric_names, metrics_from_ranks, ndcg_at_k, rank_of, ranking_metrics, recall_at_k
+from sft.metrics import (
+    MISSING,
+    metric_names,
+    metrics_from_ranks,
+    ndcg_at_k,
+    rank_of,
+    ranking_metrics,
+    recall_at_k,
+)
 
 
 def test_single_example_values():

@@ -10,7 +10,7 @@ import torch
 from cluster.spec import JobSpec
 from indexing.build import run as build_index
 from indexing.sid import SidIndex
-from sft.backbone import load_backbone
+from sft.hf_folder import load_backbone
 from sft.trainer import Trainer
 
 REPO = Path(__file__).resolve().parents[1]

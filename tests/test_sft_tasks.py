@@ -6,10 +6,19 @@ from pathlib import Path
 import pytest
 
 from indexing.dataset import leave_one_out, load_dataset, make_split
-from sft.backbone import load_backbone
+from sft.hf_folder import load_backbone
 from sft.prompts import TEMPLATES, render_seqrec_prompt
-from sft.tasks import (IGNORE_INDEX, AlignmentBuilder, ReasoningRecord, TaskError, answer_prefixes, build_alignment,
-                       covering_windows, title_of, tokenize)
+from sft.tasks import (
+    IGNORE_INDEX,
+    AlignmentBuilder,
+    ReasoningRecord,
+    TaskError,
+    answer_prefixes,
+    build_alignment,
+    covering_windows,
+    title_of,
+    tokenize,
+)
 from sft.trainer import collate
 
 REPO = Path(__file__).resolve().parents[1]

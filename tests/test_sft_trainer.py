@@ -13,9 +13,9 @@ from cluster.metrics_log import MetricsLog
 from cluster.spec import JobSpec
 from indexing.build import run as build_index
 from indexing.sid import SidIndex
-from sft.backbone import load_backbone
-from sft.tasks import AlignmentBuilder, build_alignment, tokenize
-from sft.trainer import Trainer, add_dropout, collate, run, token_loss
+from sft.hf_folder import load_backbone
+from sft.stage import run
+from sft.trainer import Trainer, add_dropout, collate, token_loss
 
 REPO = Path(__file__).resolve().parents[1]
 OFFICE = REPO / "data/office"

@@ -80,14 +80,14 @@ def test_overrides_parse_scalars_and_validate(tmp_path):
 
 def test_cli_exit_code_2_on_bad_spec(tmp_path):
     p = _write(tmp_path, "name: x\ndata:\n  splt: loo\n")
-    res = subprocess.run([sys.executable, "-m", "cluster.cli", "config", "show", str(p)],
+    res = subprocess.run([sys.executable, "-m", "gream.cli", "config", "show", str(p)],
                          capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 2
     assert "data.splt" in res.stderr and str(p) in res.stderr and "data.split" in res.stderr
 
 
 def test_cli_config_show_resolves_overrides():
-    res = subprocess.run([sys.executable, "-m", "cluster.cli", "config", "show", "configs/demo.yaml",
+    res = subprocess.run([sys.executable, "-m", "gream.cli", "config", "show", "configs/demo.yaml",
                           "--set", "rl.steps=7"], capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 0, res.stderr
     assert "steps: 7" in res.stdout and "group_size: 8" in res.stdout

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from indexing.sid import SidError, SidIndex
 from indexing.trie import CLOSED, INVALID, SidTrie, TrieMasker
@@ -205,7 +206,7 @@ def test_beauty_letter_trie_builds_fast():
     if not path.exists():
         pytest.skip(f"{path} absent (the shared datasets live beside the repo in CI)")
     raw = json.loads(path.read_text())
-    vocab = {f"<{l}_{c}>": 1000 + 256 * i + c for i, l in enumerate("abcd") for c in range(256)}
+    vocab = {f"<{lvl}_{c}>": 1000 + 256 * i + c for i, lvl in enumerate("abcd") for c in range(256)}
     rows = [[vocab[t] for t in raw[k]] for k in raw]
     # CPU time, not wall time: the shared CI box may be busy with other suites (typically 0.1-0.3 s).
     start = time.process_time()

@@ -5,9 +5,16 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from cluster.ranks import free_port
-from rl_system.rollout_worker import connect_weight_group
-from rl_system.weight_sync import (Bucket, TensorMeta, WeightSender, WeightSyncError, plan_buckets,
-                                   unpack, wire_tensors)
+from rl_system.rollout.worker import connect_weight_group
+from rl_system.weight_sync.plan import (
+    Bucket,
+    TensorMeta,
+    WeightSyncError,
+    plan_buckets,
+    unpack,
+    wire_tensors,
+)
+from rl_system.weight_sync.sender import WeightSender
 
 
 def test_buckets_split_on_dtype_and_size_in_order():

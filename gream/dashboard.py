@@ -1,7 +1,7 @@
 """`gream dashboard RUN`: a live web page for one run directory, served by the standard library.
 
-Two routes: `/` (the page, cluster/dashboard_page.py) and `/api/metrics` (the run read afresh on
-every request, cluster/run_state.py). The page polls the JSON route and redraws, so the server keeps
+Two routes: `/` (the page, gream/dashboard_page.py) and `/api/metrics` (the run read afresh on
+every request, gream/run_state.py). The page polls the JSON route and redraws, so the server keeps
 no state and can be started, stopped or pointed at a finished run at any time.
 """
 from __future__ import annotations
@@ -12,9 +12,9 @@ from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from cluster.dashboard_page import PAGE
 from cluster.logs import fields
-from cluster.run_state import RunDirError, read_run_state
+from gream.dashboard_page import PAGE
+from gream.run_state import RunDirError, read_run_state
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def url_of(server: ThreadingHTTPServer) -> str:
 def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8080) -> None:
     """Serve until interrupted."""
     once = _Once()
-    for name in ("cluster.checkpoint", "cluster.run_state"):
+    for name in ("cluster.checkpoint", "gream.run_state"):
         logging.getLogger(name).addFilter(once)
     server = make_server(run_dir, host, port)
     log.info("dashboard serving", extra=fields(run=str(run_dir), url=url_of(server)))

@@ -15,7 +15,9 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from cluster.logs import fields
-from rl_system.reward_service import RewardClient, RewardReply, RewardTimeout, start_replicas
+from rl_system.messages import RewardReply
+from rl_system.reward.client import RewardClient, RewardTimeout
+from rl_system.reward.server import start_replicas
 
 log = logging.getLogger(__name__)
 

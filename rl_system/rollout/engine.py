@@ -14,10 +14,11 @@ from pathlib import Path
 
 from cluster.device import Placement, resolve
 from cluster.logs import fields
+from cluster.run_layout import MODEL_DIR
 
 log = logging.getLogger(__name__)
 
-WORKER_EXTENSION = "rl_system.weight_sync.WeightReceiverExtension"
+WORKER_EXTENSION = "rl_system.weight_sync.receiver.WeightReceiverExtension"
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class EngineConfig:
     def use_model_runner_v2(self) -> bool:
         if self.model_runner_v2 is not None:
             return self.model_runner_v2
-        from rl_system.logits_processor import TrieLogitsProcessorV2
+        from rl_system.rollout.vllm_processors import TrieLogitsProcessorV2
 
         return self.placement.is_gpu and TrieLogitsProcessorV2 is not None
 
@@ -104,7 +105,8 @@ def build_llm(cfg: EngineConfig):
     """Start the engine (about 30 s on CPU). Call inside the owning process."""
     from vllm import LLM
 
-    from rl_system.logits_processor import CONFIG_KEY, processor_class
+    from rl_system.rollout.constraint import CONFIG_KEY
+    from rl_system.rollout.vllm_processors import processor_class
 
     if not Path(cfg.constraint_path).exists():
         raise FileNotFoundError(f"constraint table {cfg.constraint_path} does not exist; write it with ConstraintTable.save")
@@ -147,13 +149,14 @@ def build_llm(cfg: EngineConfig):
 def untrained_sid_policy(spec, index, out_dir: str | Path) -> tuple[Path, Path]:
     """The spec's embedded backbone with `index`'s SID tokens added and no training, plus its
     constraint table: a real engine input for tests and benchmarks that need no SFT run."""
-    from rl_system.logits_processor import ConstraintTable
-    from sft.backbone import add_sid_tokens, build_embedded, load_backbone, save_backbone
+    from rl_system.rollout.constraint import ConstraintTable
+    from sft.backbone import add_sid_tokens, build_embedded
+    from sft.hf_folder import load_backbone, save_backbone
 
     out_dir = Path(out_dir)
     build_embedded(spec, out_dir / "base")
     model, tokenizer = load_backbone(out_dir / "base")
     add_sid_tokens(model, tokenizer, index.vocab())
-    save_backbone(model, tokenizer, out_dir / "model")
+    save_backbone(model, tokenizer, out_dir / MODEL_DIR)
     constraint = ConstraintTable.from_index(index, tokenizer).save(out_dir / "constraint.json")
-    return out_dir / "model", constraint
+    return out_dir / MODEL_DIR, constraint

@@ -15,17 +15,11 @@ are like that, so this removes most requests after the first two levels.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Sequence
 
 from indexing.trie import sid_children
-from rl_system.logits_processor import EXTRA_ARGS_KEY, PREFIX_KEY
-
-
-@dataclass(frozen=True)
-class BeamCandidate:
-    token_ids: tuple[int, ...]
-    logprob: float  # sum over the SID tokens of the constrained log-probabilities
+from rl_system.messages import BeamCandidate
+from rl_system.rollout.constraint import EXTRA_ARGS_KEY, PREFIX_KEY
 
 
 def forced_steps(sids: Sequence[Sequence[int]]) -> dict[tuple[int, ...], int]:

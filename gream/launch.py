@@ -19,14 +19,14 @@ log = logging.getLogger(__name__)
 # stage -> (module with run(spec), spec sections its artefacts depend on)
 STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "index": ("indexing.build", ("data", "index")),
-    "sft": ("sft.trainer", ("data", "index", "model", "sft")),
+    "sft": ("sft.stage", ("data", "index", "model", "sft")),
     "rl": ("rl_system.train", ("data", "index", "model", "sft", "rl")),
     "eval": ("rl_system.evaluate", ("data", "index", "model", "sft", "rl", "eval")),
 }
 
 
 def _marker(spec: JobSpec, stage: str):
-    return spec.stage_dir(stage) / "stage.json"
+    return spec.layout.stage_marker(stage)
 
 
 def stage_hash(spec: JobSpec, stage: str) -> str:
@@ -51,7 +51,7 @@ def mark_done(spec: JobSpec, stage: str, seconds: float) -> None:
 
 def run_stage(spec: JobSpec, stage: str, force: bool = False, **options):
     if not force and is_done(spec, stage):
-        log.info("stage up to date, skipped", extra=fields(stage=stage, folder=str(spec.stage_dir(stage))))
+        log.info("stage up to date, skipped", extra=fields(stage=stage, folder=str(spec.layout.stage(stage))))
         return None
     module = importlib.import_module(STAGES[stage][0])
     start = time.perf_counter()

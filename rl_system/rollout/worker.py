@@ -10,32 +10,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Sequence
 
 from cluster.logs import fields
-from rl_system.beam_search import BeamCandidate, constrained_beam, forced_steps
-from rl_system.logits_processor import EXTRA_ARGS_KEY, MODES, ConstraintError, ConstraintTable
-from rl_system.vllm_engine import EngineConfig, build_llm
+from rl_system.messages import BeamCandidate, Completion, RolloutGroup
+from rl_system.rollout.beam_search import constrained_beam, forced_steps
+from rl_system.rollout.constraint import (
+    EXTRA_ARGS_KEY,
+    MODES,
+    ConstraintError,
+    ConstraintTable,
+)
+from rl_system.rollout.engine import EngineConfig, build_llm
 
 log = logging.getLogger(__name__)
 
 Prompt = str | Sequence[int]
 
 
-@dataclass(frozen=True)
-class Completion:
-    token_ids: list[int]
-    text: str
-    logprobs: list[float]  # per generated token, under the sampling (processed) distribution
-    finish_reason: str | None
 
 
-@dataclass(frozen=True)
-class RolloutGroup:
-    prompt_ids: list[int]
-    completions: list[Completion]
-    weight_version: int
 
 
 class RolloutWorker:

@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 
 from cluster.checkpoint import BEST_FILE, Checkpoint, CheckpointManager
+from cluster.errors import GreamError
 from cluster.logs import fields
+from cluster.run_layout import RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,8 @@ SFT = "sft"
 BEST = "best"
 
 
-class ExportError(Exception):
-    exit_code = 2
+class ExportError(GreamError):
+    """An export that cannot be made as asked."""
 
 
 def parse_step(text: str) -> int | str:
@@ -48,7 +50,7 @@ def parse_step(text: str) -> int | str:
 def base_model_dir(run_dir: Path) -> Path:
     """The folder whose config and tokenizer the RL learner was built from."""
     for stage in ("sft", "rl"):
-        folder = run_dir / stage / "model"
+        folder = RunLayout(run_dir).model(stage)
         if (folder / "config.json").exists():
             return folder
     raise ExportError(f"{run_dir}: neither sft/model nor rl/model holds a config.json; "
@@ -56,7 +58,7 @@ def base_model_dir(run_dir: Path) -> Path:
 
 
 def index_file(run_dir: Path) -> Path:
-    found = sorted((run_dir / "index").glob("*.index.json"))
+    found = sorted(RunLayout(run_dir).index_files())
     if len(found) != 1:
         what = "no" if not found else f"{len(found)} ({', '.join(p.name for p in found)})"
         raise ExportError(f"{run_dir / 'index'}: found {what} NAME.index.json files, expected exactly one "
@@ -66,7 +68,7 @@ def index_file(run_dir: Path) -> Path:
 
 def find_checkpoint(run_dir: Path, step: int | str) -> Checkpoint:
     """The complete checkpoint of `step` (a number or 'best'); an incomplete one is refused."""
-    root = run_dir / "rl" / "checkpoints"
+    root = RunLayout(run_dir).checkpoints
     ckpts = CheckpointManager(root, keep=1 << 30) if root.is_dir() else None
     if step == BEST:
         best = ckpts.best() if ckpts else None
@@ -123,7 +125,7 @@ def export(run_dir: str | Path, step: int | str, out: str | Path) -> Path:
     from transformers import AutoTokenizer
 
     from indexing.sid import SidIndex
-    from rl_system.rollout_pool import constraint_table_path
+    from rl_system.rollout.pool import constraint_table_path
 
     run_dir, out = Path(run_dir), Path(out)
     if not run_dir.is_dir():
@@ -134,7 +136,7 @@ def export(run_dir: str | Path, step: int | str, out: str | Path) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(base)
     provenance: dict = {"run_dir": str(run_dir.resolve()), "base_model": str(base.resolve()), "created": time.time()}
     if step == SFT:
-        source = run_dir / "sft" / "model"
+        source = RunLayout(run_dir).model("sft")
         if not (source / "config.json").exists():
             raise ExportError(f"{source}: no SFT model to export")
         provenance["source"] = "sft"

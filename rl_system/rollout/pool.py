@@ -20,9 +20,10 @@ from cluster.logs import fields
 from cluster.placement import RoleGroup, rollout_group
 from cluster.ranks import free_port
 from indexing.sid import SidIndex
-from rl_system.logits_processor import ConstraintTable
-from rl_system.rollout_worker import RolloutGroup, start_rollout_worker
-from rl_system.vllm_engine import engine_config
+from rl_system.messages import RolloutGroup
+from rl_system.rollout.constraint import ConstraintTable
+from rl_system.rollout.engine import engine_config
+from rl_system.rollout.worker import start_rollout_worker
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import logging
 import shlex
 import sys
 
-from cluster.errors import Resumable
+from cluster.errors import GreamError, Resumable
 from cluster.logs import setup_logging
 from cluster.spec import JobSpec, SpecError, dump_spec, load_spec
 
@@ -57,7 +57,7 @@ def cmd_model_import_smollm2(args) -> None:
 
 def cmd_stage(stage: str):
     def run(args) -> None:
-        from cluster.launch import run_stage
+        from gream.launch import run_stage
 
         run_stage(_spec(args), stage, force=True, **({"resume": args.resume} if stage == "rl" else {}))
 
@@ -71,7 +71,7 @@ def cmd_baseline_sasrec(args) -> None:
 
 
 def cmd_launch(args) -> None:
-    from cluster.launch import launch
+    from gream.launch import launch
 
     spec = _spec(args)
     if args.address:
@@ -80,20 +80,20 @@ def cmd_launch(args) -> None:
 
 
 def cmd_dashboard(args) -> None:
-    from cluster.dashboard import serve
+    from gream.dashboard import serve
 
     setup_logging("INFO")
     serve(args.run, args.host, args.port)
 
 
 def cmd_status(args) -> None:
-    from cluster.run_state import format_status, read_run_state
+    from gream.run_state import format_status, read_run_state
 
     print(format_status(read_run_state(args.run)))
 
 
 def cmd_export(args) -> None:
-    from cluster.export import export, parse_step
+    from gream.export import export, parse_step
 
     setup_logging("INFO")
     print(export(args.run, parse_step(args.step), args.out))
@@ -192,14 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(f"gream: spec error:\n{exc}", file=sys.stderr)
         return exc.exit_code
-    except Exception as exc:  # data errors carry their own exit code; anything else is a bug
-        code = getattr(exc, "exit_code", None)
-        if code is None:
-            raise
+    except GreamError as exc:
         print(f"gream: {type(exc).__name__}: {exc}", file=sys.stderr)
         if isinstance(exc, Resumable):
             print(f"gream: resume with: {resume_command(argv)}", file=sys.stderr)
-        return code
+        return exc.exit_code
     return 0
 
 

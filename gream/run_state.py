@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from cluster.checkpoint import CheckpointManager
+from cluster.errors import GreamError
 from cluster.logs import fields
+from cluster.run_layout import EVAL_FILE, RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -23,8 +25,8 @@ EVAL_STAGES = ("sft", "rl")
 TIME_PARTS = ("rollout", "reward", "train", "push")
 
 
-class RunDirError(Exception):
-    exit_code = 2
+class RunDirError(GreamError):
+    """A run folder that cannot be read."""
 
 
 @dataclass
@@ -126,7 +128,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _latest_checkpoint(run_dir: Path) -> dict[str, Any] | None:
-    root = run_dir / "rl" / "checkpoints"
+    root = RunLayout(run_dir).checkpoints
     if not root.is_dir():  # CheckpointManager would create it
         return None
     latest = CheckpointManager(root, keep=1 << 30).latest()
@@ -138,11 +140,11 @@ def _latest_checkpoint(run_dir: Path) -> dict[str, Any] | None:
 
 def _read_evals(run_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
     """Trained stages first, then baselines (e.g. SASRec) to compare against."""
-    baselines = run_dir / "baselines"
+    baselines = RunLayout(run_dir).baselines
     folders = [run_dir / s for s in EVAL_STAGES] + (sorted(baselines.iterdir()) if baselines.is_dir() else [])
     out = {}
     for folder in folders:
-        result = _read_json(folder / "eval.json")
+        result = _read_json(folder / EVAL_FILE)
         if not isinstance(result, dict):
             continue
         # A split maps metric names to numbers; other entries (a baseline's "meta") are not results.
@@ -159,10 +161,10 @@ def read_run_state(run_dir: str | Path) -> RunState:
         raise RunDirError(f"{run_dir}: no such run directory (expected the spec's run_dir, e.g. runs/NAME)")
     return RunState(
         run_dir=run_dir,
-        rl=Series.from_records(read_jsonl(run_dir / "rl" / "metrics.jsonl")),
-        sft=Series.from_records(read_jsonl(run_dir / "sft" / "metrics.jsonl")),
+        rl=Series.from_records(read_jsonl(RunLayout(run_dir).metrics("rl"))),
+        sft=Series.from_records(read_jsonl(RunLayout(run_dir).metrics("sft"))),
         eval=_read_evals(run_dir),
-        status=_read_json(run_dir / "rl" / "status.json"),
+        status=_read_json(RunLayout(run_dir).status),
         checkpoint=_latest_checkpoint(run_dir),
         read_at=time.time(),
     )

@@ -1,0 +1,73 @@
+"""Where every artefact of a run lives: the one place the run folder's paths are spelled.
+
+Stages write here, and the application (export, status, dashboard, compare) reads here, so a path
+renamed in this module is renamed everywhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+EVAL_FILE = "eval.json"
+METRICS_FILE = "metrics.jsonl"
+STAGE_MARKER = "stage.json"
+MODEL_DIR = "model"
+INDEX_SUFFIX = ".index.json"
+SID_VOCAB_FILE = "sid_vocab.txt"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    def stage(self, name: str) -> Path:
+        """A stage's folder (`index`, `sft`, `rl`, `eval`) or a baseline's (`baselines/sasrec`)."""
+        return self.root / name
+
+    def model(self, stage: str) -> Path:
+        return self.stage(stage) / MODEL_DIR
+
+    def eval_file(self, stage: str) -> Path:
+        return self.stage(stage) / EVAL_FILE
+
+    def metrics(self, stage: str) -> Path:
+        return self.stage(stage) / METRICS_FILE
+
+    def stage_marker(self, stage: str) -> Path:
+        return self.stage(stage) / STAGE_MARKER
+
+    def index_file(self, dataset: str) -> Path:
+        return self.stage("index") / f"{dataset}{INDEX_SUFFIX}"
+
+    def index_files(self) -> list[Path]:
+        return sorted(self.stage("index").glob(f"*{INDEX_SUFFIX}"))
+
+    @property
+    def sid_vocab(self) -> Path:
+        return self.stage("index") / SID_VOCAB_FILE
+
+    @property
+    def reasoning(self) -> Path:
+        return self.stage("sft") / "reasoning"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.stage("rl") / "checkpoints"
+
+    @property
+    def status(self) -> Path:
+        return self.stage("rl") / "status.json"
+
+    @property
+    def control(self) -> Path:
+        return self.stage("rl") / "control.json"
+
+    @property
+    def baselines(self) -> Path:
+        return self.root / "baselines"
+
+    def baseline(self, name: str) -> Path:
+        return self.baselines / name

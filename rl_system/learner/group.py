@@ -1,0 +1,111 @@
+"""The driver's handle on the learner ranks: starts them, fans out each call, merges their metrics."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from cluster import ranks
+from rl_system.learner.config import LearnerConfig
+from rl_system.learner.rank import Learner
+from rl_system.messages import TrainBatch
+
+
+class LearnerGroup:
+    """Driver-side handle on W learner actors: starts them as one DeepSpeed group, shards batches,
+    merges metrics."""
+
+    def __init__(self, config: LearnerConfig, world_size: int = 1, role_group=None, cpus_per_rank: float = 1,
+                 gpus_per_rank: float = 0):
+        self.world_size = world_size
+        self.config = config
+        self.actors, master_addr, master_port = ranks.start_rank_actors(
+            Learner, world_size, cpus_per_rank, gpus_per_rank, role_group, (config,))
+        self.call("setup", master_addr, master_port)
+
+    @classmethod
+    def from_spec(cls, spec, model_path: str | Path, role_group=None) -> "LearnerGroup":
+        c = spec.cluster.learner
+        return cls(LearnerConfig.from_spec(spec, model_path), c.num_ranks, role_group, c.cpus_per_rank, c.gpus_per_rank)
+
+    def _shards(self, batch: TrainBatch) -> list[TrainBatch]:
+        if len(batch) < self.world_size:
+            raise ValueError(f"a batch of {len(batch)} completions cannot feed {self.world_size} learner ranks")
+        return [batch.select(list(range(r, len(batch), self.world_size))) for r in range(self.world_size)]
+
+    def _num_micro(self, shards: list[TrainBatch]) -> int:
+        return -(-max(len(s) for s in shards) // self.config.micro_batch_size)
+
+    def train_step(self, batch: TrainBatch) -> dict:
+        import ray
+
+        shards = self._shards(batch)
+        per_rank_tokens = batch.num_tokens() / self.world_size
+        num_micro = self._num_micro(shards)
+        results = ray.get([a.train_step.remote(s, per_rank_tokens, num_micro) for a, s in zip(self.actors, shards)])
+        return merge_metrics(results)
+
+    def logprobs(self, batch: TrainBatch) -> list[list[float]]:
+        import ray
+
+        shards = self._shards(batch)
+        num_micro = self._num_micro(shards)
+        parts = ray.get([a.logprobs.remote(s, num_micro) for a, s in zip(self.actors, shards)])
+        rows: list[list[float]] = [[] for _ in range(len(batch))]
+        for rank, part in enumerate(parts):
+            for j, row in enumerate(part):
+                rows[rank + j * self.world_size] = row
+        return rows
+
+    def rank_of(self, error: Exception) -> int | None:
+        """The rank whose actor a RayActorError reports dead or unreachable; None for any other actor."""
+        dead = getattr(error, "actor_id", None)
+        # ActorHandle has no public id accessor; `_actor_id` is what Ray's own utilities read.
+        ids = [actor._actor_id.hex() for actor in self.actors]
+        return ids.index(dead) if dead in ids else None
+
+    def call(self, method: str, *args) -> list:
+        """Run a collective method on every rank; returns the per-rank results."""
+        import ray
+
+        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+
+    def named_parameters_for_push(self) -> list[tuple[str, torch.Tensor]]:
+        return self.call("named_parameters_for_push")[0]
+
+    def init_weight_sender(self, master_addr: str, port: int, world_size: int, **kwargs):
+        """Start rank 0 joining the push group; returns the Ray ref to wait on together with the
+        receivers' joins (the rendezvous completes only when all have joined)."""
+        return self.actors[0].init_weight_sender.remote(master_addr, port, world_size, **kwargs)
+
+    def push_weights(self, version: int, receivers: Sequence[Any]) -> dict:
+        return self.call("push_weights", version, list(receivers))[0]
+
+    def save_hf(self, path: str | Path) -> str:
+        return self.call("save_hf", str(path))[0]
+
+    def save_checkpoint(self, directory: str | Path, client_state: dict | None = None) -> None:
+        self.call("save_checkpoint", str(directory), client_state)
+
+    def load_checkpoint(self, directory: str | Path) -> dict:
+        return self.call("load_checkpoint", str(directory))[0]
+
+    def shutdown(self) -> None:
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor)
+        self.actors = []
+
+
+GLOBAL_METRICS = ("tokens", "grad_norm", "step", "lr")
+
+
+def merge_metrics(per_rank: list[dict]) -> dict:
+    """Token-weighted means of the per-rank means; grad norm, step and lr are global already."""
+    tokens = sum(m["tokens"] for m in per_rank)
+    merged = {k: sum(m[k] * m["tokens"] for m in per_rank) / max(tokens, 1.0)
+              for k in per_rank[0] if k not in GLOBAL_METRICS}
+    merged.update(tokens=tokens, grad_norm=per_rank[0]["grad_norm"], step=per_rank[0]["step"], lr=per_rank[0]["lr"])
+    return merged

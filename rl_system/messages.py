@@ -1,0 +1,130 @@
+"""The data that passes between the RL roles: prompt -> rollout group -> scored group -> train batch,
+and the reward service's reply. Plain dataclasses over lists and numpy arrays, so the driver can
+name them without importing torch or vLLM.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Prompt:
+    uid: int  # position in the endless stream (epoch * n + offset): unique across the run
+    user: int
+    text: str
+    target: int
+    target_codes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Completion:
+    token_ids: list[int]
+    text: str
+    logprobs: list[float]  # per generated token, under the sampling (processed) distribution
+    finish_reason: str | None
+
+
+@dataclass(frozen=True)
+class RolloutGroup:
+    prompt_ids: list[int]
+    completions: list[Completion]
+    weight_version: int
+
+
+@dataclass(frozen=True)
+class BeamCandidate:
+    token_ids: tuple[int, ...]
+    logprob: float  # sum over the SID tokens of the constrained log-probabilities
+
+
+@dataclass
+class ScoredGroup:
+    prompt: Prompt
+    rollout: RolloutGroup
+    rewards: np.ndarray  # [G] the reward the advantage uses (residual, binary or beam)
+    hits: np.ndarray  # [G] exact hits
+    lcp: np.ndarray  # [G] matched levels
+    format_ok: np.ndarray  # [G]
+
+
+@dataclass
+class TrainBatch:
+    """Scored completions, one row per completion (a prompt appears once per completion of its group)."""
+
+    prompt_ids: list[list[int]]
+    completion_ids: list[list[int]]
+    advantages: list[float]
+    rollout_logprobs: list[list[float]] | None = None  # per completion token, from the rollout engine
+    loss_mask: list[list[int]] | None = None  # per completion token, 1 = trained; default all ones
+
+    def __post_init__(self) -> None:
+        n = len(self.completion_ids)
+        for name in ("prompt_ids", "advantages", "rollout_logprobs", "loss_mask"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ValueError(f"TrainBatch.{name} has {len(value)} rows, completion_ids has {n}")
+        for name in ("rollout_logprobs", "loss_mask"):
+            value = getattr(self, name)
+            if value is not None:
+                for i, (row, comp) in enumerate(zip(value, self.completion_ids)):
+                    if len(row) != len(comp):
+                        raise ValueError(f"TrainBatch.{name}[{i}] has {len(row)} entries for {len(comp)} completion tokens")
+        for i, (p, c) in enumerate(zip(self.prompt_ids, self.completion_ids)):
+            if not p or not c:
+                raise ValueError(f"TrainBatch row {i}: prompt and completion must be non-empty "
+                                 f"(got {len(p)} prompt and {len(c)} completion tokens)")
+
+    def __len__(self) -> int:
+        return len(self.completion_ids)
+
+    def select(self, rows: Sequence[int]) -> "TrainBatch":
+        def pick(xs):
+            return None if xs is None else [xs[i] for i in rows]
+
+        return TrainBatch(pick(self.prompt_ids), pick(self.completion_ids), pick(self.advantages),
+                          pick(self.rollout_logprobs), pick(self.loss_mask))
+
+    def masked_out(self) -> "TrainBatch":
+        """The same rows contributing nothing: a filler micro-batch that keeps collectives in step."""
+        return replace(self, loss_mask=[[0] * len(c) for c in self.completion_ids])
+
+    def num_tokens(self) -> int:
+        if self.loss_mask is None:
+            return sum(len(c) for c in self.completion_ids)
+        return int(sum(sum(m) for m in self.loss_mask))
+
+
+@dataclass(frozen=True)
+class RewardReply:
+    """Per-completion results as numpy arrays (the client side of a reply)."""
+
+    format_ok: np.ndarray
+    codes: np.ndarray
+    item: np.ndarray
+    exact: np.ndarray
+    lcp: np.ndarray
+    residual: np.ndarray
+    binary: np.ndarray
+    beam: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.residual)
+
+    @classmethod
+    def from_wire(cls, msg: dict[str, Any]) -> "RewardReply":
+        beam = msg.get("beam")
+        return cls(format_ok=np.asarray(msg["format_ok"], dtype=bool), codes=np.asarray(msg["codes"], dtype=np.int64),
+                   item=np.asarray(msg["item"], dtype=np.int64), exact=np.asarray(msg["exact"], dtype=bool),
+                   lcp=np.asarray(msg["lcp"], dtype=np.int64), residual=np.asarray(msg["residual"], dtype=np.float64),
+                   binary=np.asarray(msg["binary"], dtype=np.float64),
+                   beam=None if beam is None else np.asarray(beam, dtype=np.float64))
+
+    @classmethod
+    def concat(cls, parts: Sequence["RewardReply"]) -> "RewardReply":
+        beams = [p.beam for p in parts]
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+                     ("format_ok", "codes", "item", "exact", "lcp", "residual", "binary")),
+                   beam=None if any(b is None for b in beams) else np.concatenate(beams))

@@ -1,0 +1,156 @@
+"""The reward service: SID rewards behind a ZMQ ROUTER socket, one Ray actor per replica.
+
+Wire protocol (msgpack maps, never pickle):
+  request  {"id": int, "token": str?, "mode": "direct"|"reasoning"?, "completions": [str],
+            "targets": [item id], "beams": [[SID str] * B]?}
+  reply    {"id": int, "ok": true, "format_ok": [bool], "codes": [[int] * D] (-1 = none),
+            "item": [item id or -1], "exact": [bool], "lcp": [int], "residual": [float],
+            "binary": [float], "beam": [float] | null}
+       or  {"id": int | null, "ok": false, "error": str}
+A DEALER client sends one frame; a REQ client's empty delimiter frame is accepted too. A request
+that cannot be served gets an error reply and the service keeps serving.
+"""
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import msgpack
+import zmq
+
+from cluster.logs import fields
+from rl_system.reward import functions as rewards
+from rl_system.reward.scoring import RequestError, RewardScorer
+
+log = logging.getLogger(__name__)
+
+
+MAX_MESSAGE_BYTES = 256 << 20  # a request above this is refused by ZMQ before it is unpacked
+POLL_MS = 100  # how often the serving loop checks for a stop request
+
+
+class RewardServer:
+    """Serves a RewardScorer on a ROUTER socket from a background thread.
+
+    Used as a Ray actor (`RewardService`); the thread keeps the actor's own methods (endpoint,
+    stats, stop) answerable while it serves.
+    """
+
+    def __init__(self, index_path: str, mode: rewards.Mode = "direct", beta: float = 0.5,
+                 semantic_levels: int | None = None, host: str = "127.0.0.1", token: str | None = None):
+        self.scorer = RewardScorer.from_file(index_path, mode=mode, beta=beta, semantic_levels=semantic_levels)
+        self._token = token.encode() if token else None
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._endpoint: str | None = None
+        self._bind_error: BaseException | None = None
+        self._stats = {"requests": 0, "completions": 0, "errors": 0, "rejected": 0, "busy_s": 0.0}
+        self._thread = threading.Thread(target=self._serve, args=(host,), name="reward-service", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._bind_error is not None:
+            raise RuntimeError(f"reward service could not bind on {host}: {self._bind_error}") from self._bind_error
+        log.info("reward service ready", extra=fields(endpoint=self._endpoint, depth=self.scorer.depth,
+                                                      semantic_levels=self.scorer.semantic_levels, mode=mode,
+                                                      token="on" if token else "off"))
+
+    def endpoint(self) -> str:
+        return self._endpoint
+
+    def pid(self) -> int:
+        """The serving process, for operators (and fault tests) that need to signal it."""
+        return os.getpid()
+
+    def stats(self) -> dict[str, float]:
+        return dict(self._stats)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _serve(self, host: str) -> None:
+        ctx = zmq.Context.instance()
+        sock = ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        try:
+            port = sock.bind_to_random_port(f"tcp://{host}")
+            self._endpoint = f"tcp://{host}:{port}"
+        except zmq.ZMQError as exc:
+            self._bind_error = exc
+            sock.close()
+            return
+        finally:
+            self._ready.set()
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                if not poller.poll(POLL_MS):
+                    continue
+                frames = sock.recv_multipart()
+                envelope, payload = frames[:-1], frames[-1]
+                if not envelope:
+                    continue  # a frame without a sender identity cannot be answered
+                start = time.perf_counter()
+                reply = self._reply_to(payload)
+                self._stats["busy_s"] += time.perf_counter() - start
+                sock.send_multipart([*envelope, msgpack.packb(reply, use_bin_type=True)])
+        finally:
+            sock.close()
+
+    def _reply_to(self, payload: bytes) -> dict[str, Any]:
+        request_id = None
+        try:
+            request = msgpack.unpackb(payload, raw=False, strict_map_key=True)
+        except Exception as exc:  # any undecodable bytes: answer, never die
+            self._stats["errors"] += 1
+            return {"id": None, "ok": False, "error": f"request is not valid msgpack: {exc}"}
+        if isinstance(request, dict):
+            request_id = request.get("id")
+        if self._token is not None:
+            given = request.get("token") if isinstance(request, dict) else None
+            if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self._token):
+                self._stats["rejected"] += 1
+                return {"id": request_id, "ok": False, "error": "unauthorized: missing or wrong reward service token"}
+        try:
+            reply = self.scorer.handle(request)
+        except RequestError as exc:
+            self._stats["errors"] += 1
+            return {"id": request_id, "ok": False, "error": str(exc)}
+        except Exception as exc:  # a bug must not take the service down; the client sees it
+            log.exception("reward request failed")
+            self._stats["errors"] += 1
+            return {"id": request_id, "ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
+        self._stats["requests"] += 1
+        self._stats["completions"] += len(request["completions"])
+        reply["id"] = request_id
+        return reply
+
+
+def reward_service_actor(num_cpus: float = 0):
+    """The Ray actor class. It takes no CPU slot by default: it scores in microseconds per completion
+    and must not starve rollout workers and learners of Ray's CPU budget on small machines."""
+    import ray
+
+    return ray.remote(num_cpus=num_cpus)(RewardServer)
+
+
+def start_replicas(index_path: str | Path, replicas: int, mode: rewards.Mode = "direct", beta: float = 0.5,
+                   semantic_levels: int | None = None, host: str = "127.0.0.1", token: str | None = None,
+                   num_cpus: float = 0, scheduling_strategies: Sequence[Any] | None = None) -> tuple[list[Any], list[str]]:
+    """Start M replica actors (optionally one placement-group strategy each); returns (handles, endpoints)."""
+    import ray
+
+    actor_cls = reward_service_actor(num_cpus)
+    if scheduling_strategies is not None and len(scheduling_strategies) != replicas:
+        raise ValueError(f"{len(scheduling_strategies)} scheduling strategies for {replicas} replicas")
+    actors = [(actor_cls.options(scheduling_strategy=scheduling_strategies[r]) if scheduling_strategies else actor_cls)
+              .remote(str(index_path), mode, beta, semantic_levels, host, token) for r in range(replicas)]
+    endpoints = ray.get([a.endpoint.remote() for a in actors])
+    return actors, endpoints
