@@ -2,7 +2,7 @@
 SPEC ?= configs/demo.yaml
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test
+.PHONY: setup demo test test-fast
 setup:
 	@bash scripts/setup_env.sh
 
@@ -11,4 +11,10 @@ demo: setup
 
 test: setup
 	@bash scripts/setup_browser.sh
-	.venv/bin/python -m pytest -q $(PYTEST_ARGS)
+	.venv/bin/ruff check .
+	.venv/bin/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+
+# Everything that starts no Ray, vLLM or DeepSpeed (the `heavy` marker): under 2 minutes.
+test-fast: setup
+	.venv/bin/ruff check .
+	.venv/bin/python -m pytest -q -m "not heavy" $(PYTEST_ARGS)

@@ -168,8 +168,8 @@ def main() -> int:
         metrics = ranking_metrics(ranked, prompts.targets, KS)
         return time.perf_counter() - start, metrics
 
-    init_ray(spec)
-    pool = RolloutPool(spec, args.model, index)
+    init_ray(spec.cluster)
+    pool = RolloutPool.from_spec(spec, args.model, index)
     try:
         def run_gream() -> tuple[float, dict]:
             start = time.perf_counter()

@@ -168,7 +168,7 @@ def measure_rollout(spec, model: Path, index, prompts, repeats: int):
     from rl_system.rollout.pool import RolloutPool
 
     rl = spec.rl
-    pool = RolloutPool(spec, model, index, num_workers=max(SIDES))
+    pool = RolloutPool.from_spec(spec, model, index, num_workers=max(SIDES))
     try:
         views = {1: single_worker_view(pool), 2: pool}
         texts = [p.text for p in prompts]
@@ -198,14 +198,14 @@ def measure_rollout(spec, model: Path, index, prompts, repeats: int):
 def measure_learner(spec, model: Path, batch, repeats: int):
     import ray
 
-    from cluster.placement import learner_group
+    from cluster.placement import ranks_group
     from rl_system.learner.group import LearnerGroup
 
     learners, groups = {}, []
     try:
         for ranks in SIDES:
             spec.cluster.learner.num_ranks = ranks
-            groups.append(learner_group(spec))
+            groups.append(ranks_group(spec.name, "learner", spec.cluster.learner))
             learners[ranks] = LearnerGroup.from_spec(spec, model, groups[-1])
         threads = {k: ray.get([a.__ray_call__.remote(lambda self: __import__("torch").get_num_threads())
                                for a in g.actors]) for k, g in learners.items()}
@@ -269,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     index = SidIndex.load(args.index)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     prompts = PromptSource(split_from_spec(spec).train, index, tokenizer, spec.rl.seed).next(args.prompts)
-    init_ray(spec)
+    init_ray(spec.cluster)
     try:
         roll_s, groups, tokens, bound = measure_rollout(spec, args.model, index, prompts, args.repeats)
         batch, reward = scored_batch(spec, index, prompts, groups)

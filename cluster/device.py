@@ -18,6 +18,11 @@ class Placement:
     def is_gpu(self) -> bool:
         return self.device_type != "cpu"
 
+    @property
+    def ds_accelerator(self) -> str:
+        """The DeepSpeed accelerator for this placement (DeepSpeed reads it from DS_ACCELERATOR)."""
+        return self.device_type if self.is_gpu else "cpu"
+
     def torch_device(self, local_rank: int = 0):
         import torch
 
@@ -60,8 +65,3 @@ def autocast(device_type: str, dtype):
 
     return torch.autocast("cuda" if device_type.startswith("cuda") else "cpu", dtype=dtype,
                           enabled=dtype != torch.float32)
-
-
-def accelerator_name() -> str:
-    """The DeepSpeed accelerator matching our placement (DeepSpeed reads DS_ACCELERATOR)."""
-    return "cuda" if _accelerator_available() else "cpu"

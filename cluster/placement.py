@@ -20,25 +20,24 @@ from ray.util.placement_group import (
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.logs import fields
-from cluster.spec import JobSpec
+from cluster.spec import ClusterSpec, LearnerCluster, RolloutCluster
 
 log = logging.getLogger(__name__)
 
 
-def logical_cpus_needed(spec: JobSpec) -> float:
+def logical_cpus_needed(c: ClusterSpec) -> float:
     """The larger of the two phases' needs: SFT ranks, or RL's learner, rollout and reward roles."""
-    c = spec.cluster
     rl = (c.learner.num_ranks * c.learner.cpus_per_rank
           + c.rollout.num_workers * c.rollout.cpus_per_worker * c.rollout.tensor_parallel
           + c.reward.replicas)
     return max(rl, c.sft.num_ranks * c.sft.cpus_per_rank)
 
 
-def init_ray(spec: JobSpec, address: str | None = None) -> None:
-    """Join `address` (or spec.cluster.address); without one, start a local Ray sized for the spec."""
+def init_ray(cluster: ClusterSpec, address: str | None = None) -> None:
+    """Join `address` (or cluster.address); without one, start a local Ray sized for the job's roles."""
     if ray.is_initialized():
         return
-    address = address or spec.cluster.address
+    address = address or cluster.address
     # Workers must import the repo's packages; the driver's working tree ships with the job.
     env = {"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "VLLM_LOGGING_LEVEL": "WARNING"}}
     if address:
@@ -46,8 +45,8 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
     else:
         # Logical CPUs may exceed the cores: actors mostly wait on each other, so reserving whole
         # cores per role would leave a 2-core laptop unable to place the job at all.
-        need = logical_cpus_needed(spec) + 1
-        num_cpus = spec.cluster.num_cpus or max(int(need + 0.999), os.cpu_count() or 1)
+        need = logical_cpus_needed(cluster) + 1
+        num_cpus = cluster.num_cpus or max(int(need + 0.999), os.cpu_count() or 1)
         ray.init(num_cpus=num_cpus, runtime_env=env, include_dashboard=False, log_to_driver=True)
     log.info("ray ready", extra=fields(resources=ray.cluster_resources()))
 
@@ -78,21 +77,14 @@ def _reserve(name: str, bundles: list[dict[str, float]], strategy: str = "PACK",
     return RoleGroup(name, group)
 
 
-def _ranks_group(name: str, c) -> RoleGroup:
-    bundle = {"CPU": c.cpus_per_rank, "GPU": c.gpus_per_rank}
-    return _reserve(name, [bundle] * c.num_ranks)
+def ranks_group(job: str, role: str, ranks: LearnerCluster) -> RoleGroup:
+    """One bundle per rank of a DeepSpeed group (the RL learner's, `role="learner"`, or SFT's)."""
+    bundle = {"CPU": ranks.cpus_per_rank, "GPU": ranks.gpus_per_rank}
+    return _reserve(f"{job}-{role}", [bundle] * ranks.num_ranks)
 
 
-def learner_group(spec: JobSpec) -> RoleGroup:
-    return _ranks_group(f"{spec.name}-learner", spec.cluster.learner)
-
-
-def sft_group(spec: JobSpec) -> RoleGroup:
-    return _ranks_group(f"{spec.name}-sft", spec.cluster.sft)
-
-
-def rollout_group(spec: JobSpec, worker_index: int) -> RoleGroup:
-    c = spec.cluster.rollout
+def rollout_group(job: str, rollout: RolloutCluster, worker_index: int) -> RoleGroup:
+    c = rollout
     bundle = {"CPU": c.cpus_per_worker * c.tensor_parallel, "GPU": c.gpus_per_worker * c.tensor_parallel}
-    return _reserve(f"{spec.name}-rollout-{worker_index}", [bundle])
+    return _reserve(f"{job}-rollout-{worker_index}", [bundle])
 

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from cluster.device import resolve
+from cluster.spec import JobSpec
 from indexing.collaborative import collaborative_vectors, fuse
 from indexing.dataset import load_from_spec, split_from_spec
 from indexing.dedup import add_dedup_level, collision_stats, reassign_last_level
@@ -36,11 +37,11 @@ log = logging.getLogger(__name__)
 REPORT_FILE = "report.json"
 
 
-def index_path(spec) -> Path:
+def index_path(spec: JobSpec) -> Path:
     return spec.layout.index_file(spec.data.name)
 
 
-def vocab_path(spec) -> Path:
+def vocab_path(spec: JobSpec) -> Path:
     return spec.layout.sid_vocab
 
 
@@ -55,7 +56,7 @@ class _Phases:
         self.seconds[name] = round(time.perf_counter() - start, 2)
 
 
-def _teacher(spec):
+def _teacher(spec: JobSpec):
     rw = spec.index.rewrite
     return make_teacher(spec, rw.endpoint, rw.model, rw.max_tokens, "index.rewrite")
 
@@ -76,7 +77,7 @@ def _level_rows(index: SidIndex, semantic_levels: int) -> list[dict[str, Any]]:
     return rows
 
 
-def _build_kmeans(spec, ds, out_dir: Path, phase: _Phases) -> tuple[SidIndex, dict[str, Any]]:
+def _build_kmeans(spec: JobSpec, ds, out_dir: Path, phase: _Phases) -> tuple[SidIndex, dict[str, Any]]:
     ix = spec.index
     check_codes(ds.num_items, ix.codes)  # before minutes of embedding, not after
     device = resolve(spec.cluster.device).device_type
@@ -129,7 +130,7 @@ def _build_kmeans(spec, ds, out_dir: Path, phase: _Phases) -> tuple[SidIndex, di
     return index, info
 
 
-def _build_import(spec, ds, phase: _Phases) -> tuple[SidIndex, dict[str, Any]]:
+def _build_import(spec: JobSpec, ds, phase: _Phases) -> tuple[SidIndex, dict[str, Any]]:
     with phase("import"):
         res = import_index(spec.index.import_file, num_items=ds.num_items)
     semantic = res.index.as_array()[:, : res.file_depth]
@@ -139,7 +140,7 @@ def _build_import(spec, ds, phase: _Phases) -> tuple[SidIndex, dict[str, Any]]:
     return res.index, info
 
 
-def run(spec) -> dict[str, Any]:
+def run(spec: JobSpec) -> dict[str, Any]:
     """Build (or reuse) the index of `spec`; returns the report and prints its table."""
     out_dir = spec.layout.stage("index")
     report_file = out_dir / REPORT_FILE

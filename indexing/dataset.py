@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from cluster.errors import GreamError
+from cluster.spec import JobSpec
 
 
 class DataError(GreamError):
@@ -188,12 +189,12 @@ def make_split(ds: Dataset, kind: str, max_history: int, ratio: tuple[float, flo
     raise DataError(f"data.split: '{kind}' is not a split; expected 'loo' or 'temporal'")
 
 
-def load_from_spec(spec) -> Dataset:
+def load_from_spec(spec: JobSpec) -> Dataset:
     d = spec.data
     return load_dataset(d.path, d.name, d.min_interactions, d.short_users)
 
 
-def split_from_spec(spec, ds: Dataset | None = None) -> Split:
+def split_from_spec(spec: JobSpec, ds: Dataset | None = None) -> Split:
     ds = ds or load_from_spec(spec)
     return make_split(ds, spec.data.split, spec.data.max_history, spec.data.temporal_ratio)
 

@@ -22,6 +22,7 @@ from typing import Protocol, Sequence
 from tqdm import tqdm
 
 from cluster.device import resolve
+from cluster.spec import JobSpec
 from indexing.text import truncate
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ def ask_cached(keys: Sequence[str], prompts: Sequence[str], teacher: Teacher, ca
     return len(todo)
 
 
-def make_teacher(spec, endpoint: str | None, model: str | None, max_tokens: int, where: str,
+def make_teacher(spec: JobSpec, endpoint: str | None, model: str | None, max_tokens: int, where: str,
                  model_key: str = "model") -> Teacher:
     """The teacher a spec section names: `endpoint` + the model it serves, or else a local vLLM engine
     over the Hugging Face folder `model`. `where` and `model_key` are the spec keys of the section

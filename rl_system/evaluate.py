@@ -23,6 +23,7 @@ from tqdm import tqdm
 from cluster.errors import MissingArtefact
 from cluster.logs import fields
 from cluster.run_layout import EVAL_FILE
+from cluster.spec import EvalSpec, JobSpec
 from indexing.dataset import Example, split_from_spec
 from indexing.sid import SidIndex
 from rl_system.reward.functions import sid_of
@@ -89,18 +90,31 @@ def sampling_metrics(pool, prompts: EvalPrompts, index: SidIndex, mode: str, n: 
     return out
 
 
-def evaluate(spec, pool, tokenizer, index: SidIndex, splits: dict[str, Sequence[Example]],
+@dataclass(frozen=True)
+class EvalConfig:
+    """What evaluation needs from the spec: the `eval` section and the RL mode it samples in."""
+
+    eval: EvalSpec
+    mode: str
+    max_tokens: int  # of a sampled completion: the thought's budget (reasoning) plus the SID's
+
+    @classmethod
+    def from_spec(cls, spec: JobSpec) -> "EvalConfig":
+        reasoning = spec.rl.mode == "reasoning"
+        return cls(spec.eval, spec.rl.mode, spec.rl.max_new_tokens + (spec.rl.max_think_tokens if reasoning else 0))
+
+
+def evaluate(cfg: EvalConfig, pool, tokenizer, index: SidIndex, splits: dict[str, Sequence[Example]],
              sampling: bool = True) -> dict:
     """Metrics per split, e.g. {"valid": {"recall@10": ...}, "test": {...}}; without `sampling`, the
     beam metrics only (Pass@K sampling costs `eval.pass_samples` times the beam's generation)."""
-    e = spec.eval
+    e = cfg.eval
     vocab_items = {tok_id: tok for tok, tok_id in tokenizer.get_vocab().items()}
 
     def token_to_item(token_ids):
         return index.item_of([vocab_items.get(t, "") for t in token_ids])
 
-    reasoning = spec.rl.mode == "reasoning"
-    max_tokens = spec.rl.max_new_tokens + (spec.rl.max_think_tokens if reasoning else 0)
+    reasoning = cfg.mode == "reasoning"
     out = {}
     for name, examples in splits.items():
         examples = list(examples)[: e.max_users] if e.max_users else list(examples)
@@ -108,8 +122,8 @@ def evaluate(spec, pool, tokenizer, index: SidIndex, splits: dict[str, Sequence[
         metrics = beam_metrics(pool, direct, token_to_item, e.beam_width, e.ks)
         if sampling:
             sampled = build_prompts(tokenizer, index, examples, reasoning) if reasoning else direct
-            metrics.update(sampling_metrics(pool, sampled, index, spec.rl.mode, e.pass_samples, e.temperature,
-                                            e.top_p, max_tokens, e.ks))
+            metrics.update(sampling_metrics(pool, sampled, index, cfg.mode, e.pass_samples, e.temperature,
+                                            e.top_p, cfg.max_tokens, e.ks))
         metrics["users"] = len(examples)
         out[name] = metrics
         log.info("evaluated", extra=fields(split=name, **{k: round(v, 4) for k, v in metrics.items()}))
@@ -132,7 +146,7 @@ def print_table(title: str, result: dict) -> None:
         print(f"{split:<8}" + "".join(f"{metrics[k]:>11.4f}" for k in keys))
 
 
-def trained_stages(spec) -> list[tuple[str, Path]]:
+def trained_stages(spec: JobSpec) -> list[tuple[str, Path]]:
     found = []
     for stage in ("sft", "rl"):
         model = spec.layout.model(stage)
@@ -141,28 +155,28 @@ def trained_stages(spec) -> list[tuple[str, Path]]:
     return found
 
 
-def evaluate_model(spec, model: Path, index: SidIndex, split, sampling: bool = True) -> dict:
+def evaluate_model(spec: JobSpec, model: Path, index: SidIndex, split, sampling: bool = True) -> dict:
     """`evaluate` of one model folder on valid and test, on a rollout pool of its own."""
     from transformers import AutoTokenizer
 
     from rl_system.rollout.pool import RolloutPool
 
-    pool = RolloutPool(spec, model, index)
+    pool = RolloutPool.from_spec(spec, model, index)
     try:
-        return evaluate(spec, pool, AutoTokenizer.from_pretrained(model), index,
+        return evaluate(EvalConfig.from_spec(spec), pool, AutoTokenizer.from_pretrained(model), index,
                         {"valid": split.valid, "test": split.test}, sampling)
     finally:
         pool.shutdown()
 
 
-def run(spec) -> dict:
+def run(spec: JobSpec) -> dict:
     from cluster.placement import init_ray
 
     stages = trained_stages(spec)
     if not stages:
         raise MissingArtefact(f"nothing to evaluate: no trained model under {spec.layout.model('sft')} "
                                 f"or {spec.layout.model('rl')}; run the sft stage first")
-    init_ray(spec)
+    init_ray(spec.cluster)
     from indexing.build import index_path
 
     index = SidIndex.load(index_path(spec))

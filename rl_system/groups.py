@@ -11,6 +11,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from cluster.spec import RlSpec
 from rl_system import advantages
 from rl_system.messages import RewardReply, RolloutGroup, ScoredGroup, TrainBatch
 from rl_system.prompt_source import PromptSource
@@ -19,8 +20,8 @@ from rl_system.rollout.pool import RolloutPool
 
 
 class GroupSampler:
-    def __init__(self, spec, pool: RolloutPool, rewards: RewardPool, source: PromptSource, answer_open_id: int | None):
-        self.rl = spec.rl
+    def __init__(self, rl: RlSpec, pool: RolloutPool, rewards: RewardPool, source: PromptSource, answer_open_id: int | None):
+        self.rl = rl
         self.pool = pool
         self.rewards = rewards
         self.source = source

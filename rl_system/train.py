@@ -27,8 +27,8 @@ from cluster.control import ControlWatcher, write_status
 from cluster.errors import MissingArtefact, Resumable
 from cluster.logs import fields
 from cluster.metrics_log import MetricsLog
-from cluster.placement import init_ray, learner_group
-from cluster.spec import SpecError
+from cluster.placement import init_ray, ranks_group
+from cluster.spec import JobSpec, SpecError
 from indexing.dataset import split_from_spec
 from indexing.sid import SidIndex
 from rl_system.dynamic_sampling import BatchFiller
@@ -77,7 +77,7 @@ class _ScoreWindow:
     previous checkpoint. A mean, not the last step's value, because one step's reward comes from a
     handful of prompts and is noisy. Steps where the metric is null (no update) are left out."""
 
-    def __init__(self, spec):
+    def __init__(self, spec: JobSpec):
         self.metric, self.source = spec.checkpoint.best_metric, spec.source or "spec"
         self.values: list[float] = []
 
@@ -118,30 +118,30 @@ def _stop_on_learner_death(learner: LearnerGroup, ckpts: CheckpointManager):
                             f"{_resume_hint(ckpts)}") from exc
 
 
-def sft_model_dir(spec) -> Path:
+def sft_model_dir(spec: JobSpec) -> Path:
     model = spec.layout.model("sft")
     if not (model / "config.json").exists():
         raise MissingArtefact(f"{model}: no SFT model to start RL from; run the sft stage first")
     return model
 
 
-def run(spec, resume: bool = False) -> Path:
+def run(spec: JobSpec, resume: bool = False) -> Path:
     from transformers import AutoTokenizer
 
     from indexing.build import index_path
 
-    init_ray(spec)
+    init_ray(spec.cluster)
     rl, rl_dir = spec.rl, spec.layout.stage("rl")
     start_model, idx_path = sft_model_dir(spec), index_path(spec)
     index = SidIndex.load(idx_path)
     tokenizer = AutoTokenizer.from_pretrained(start_model)
 
-    learner_pg = learner_group(spec)
+    learner_pg = ranks_group(spec.name, "learner", spec.cluster.learner)
     learner = LearnerGroup.from_spec(spec, start_model, learner_pg)
-    pool = RolloutPool(spec, start_model, index)
+    pool = RolloutPool.from_spec(spec, start_model, index)
     rewards = RewardPool.from_spec(spec, idx_path)
     source = PromptSource(split_from_spec(spec).train, index, tokenizer, rl.seed, reasoning=rl.mode == "reasoning")
-    sampler = GroupSampler(spec, pool, rewards, source, tokenizer.get_vocab().get("<answer>"))
+    sampler = GroupSampler(rl, pool, rewards, source, tokenizer.get_vocab().get("<answer>"))
     filler = BatchFiller(rl.prompts_per_step, rl.max_resample_rounds)
     ckpts = CheckpointManager(spec.layout.checkpoints, spec.checkpoint.keep,
                               BestRule(spec.checkpoint.best_metric, spec.checkpoint.best_mode))
@@ -192,7 +192,7 @@ def run(spec, resume: bool = False) -> Path:
     return spec.layout.model("rl")
 
 
-def _step_record(spec, step, sampler, filled, trained, push, seconds) -> dict:
+def _step_record(spec: JobSpec, step, sampler, filled, trained, push, seconds) -> dict:
     record = rollout_metrics(sampler.all_groups, sampler.source.index.depth)
     record.update({f"dropped/{k}": v for k, v in filled.shares().items()})
     record.update(kept_groups=len(filled.kept), sampled_groups=filled.sampled, sampling_rounds=filled.rounds)
@@ -211,7 +211,7 @@ def _short(v):
     return round(v, 4) if isinstance(v, float) else v
 
 
-def _save(spec, ckpts: CheckpointManager, learner: LearnerGroup, source: PromptSource, step: int,
+def _save(spec: JobSpec, ckpts: CheckpointManager, learner: LearnerGroup, source: PromptSource, step: int,
           score: dict[str, float]) -> None:
     def write(folder: Path) -> None:
         learner.save_checkpoint(folder / "learner", {"step": step})
@@ -222,7 +222,7 @@ def _save(spec, ckpts: CheckpointManager, learner: LearnerGroup, source: PromptS
                              "metrics": score})
 
 
-def _restore(spec, ckpts: CheckpointManager, learner: LearnerGroup, source: PromptSource) -> int:
+def _restore(spec: JobSpec, ckpts: CheckpointManager, learner: LearnerGroup, source: PromptSource) -> int:
     latest = ckpts.latest()
     if latest is None:
         log.warning("--resume: no complete checkpoint yet; starting from the SFT model",

@@ -15,6 +15,7 @@ import torch
 
 from cluster.errors import GreamError
 from cluster.logs import fields
+from cluster.spec import JobSpec
 from sft.hf_folder import save_backbone
 from sft.prompts import template_corpus
 
@@ -103,7 +104,7 @@ def tiny_qwen3_config(vocab_size: int, hidden_size: int, num_layers: int, num_he
     )
 
 
-def build_embedded(spec, out_dir: str | Path) -> Path:
+def build_embedded(spec: JobSpec, out_dir: str | Path) -> Path:
     """Build the default backbone offline: a small, seeded Qwen3 with a BPE tokenizer trained on the
     dataset's item texts and the prompt templates."""
     from transformers import Qwen3ForCausalLM
@@ -192,11 +193,11 @@ def add_sid_tokens(model, tokenizer, sid_tokens: list[str], descriptions: dict[s
     return ids
 
 
-def _build_marker(spec) -> dict:
+def _build_marker(spec: JobSpec) -> dict:
     return {"backbone": spec.model.backbone, "hash": spec.section_hash("model", "data")}
 
 
-def resolve_backbone(spec) -> Path:
+def resolve_backbone(spec: JobSpec) -> Path:
     """The backbone folder for this spec: an embedded one is built under `<run_dir>/model/` once
     (rebuilt when the model or data section changes); a folder is checked and returned."""
     name = spec.model.backbone
@@ -220,7 +221,7 @@ def resolve_backbone(spec) -> Path:
     return out_dir
 
 
-def _import_smollm2(spec, out_dir: Path) -> Path:
+def _import_smollm2(spec: JobSpec, out_dir: Path) -> Path:
     from sft.import_smollm2 import import_smollm2
 
     return import_smollm2(out_dir)

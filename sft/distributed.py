@@ -10,6 +10,7 @@ from typing import Sequence
 
 from cluster import ranks
 from cluster.logs import fields, setup_logging
+from cluster.spec import JobSpec
 from sft.tasks import ReasoningRecord
 from sft.trainer import Trainer
 
@@ -23,23 +24,23 @@ class SftRank:
     def rendezvous(self) -> tuple[str, int]:
         return ranks.rendezvous()
 
-    def train(self, spec, reasoning: Sequence[ReasoningRecord], preferences: dict[int, str] | None,
+    def train(self, spec: JobSpec, reasoning: Sequence[ReasoningRecord], preferences: dict[int, str] | None,
               master_addr: str, master_port: int) -> str:
         setup_logging(spec.logging.level)
         ranks.set_rank_env(self.rank, self.world_size, master_addr, master_port)
         return str(Trainer(spec, reasoning, preferences).train())
 
 
-def train_on_ray(spec, reasoning: Sequence[ReasoningRecord], preferences: dict[int, str] | None) -> Path:
+def train_on_ray(spec: JobSpec, reasoning: Sequence[ReasoningRecord], preferences: dict[int, str] | None) -> Path:
     import ray
 
-    from cluster.placement import init_ray, sft_group
+    from cluster.placement import init_ray, ranks_group
     from sft.backbone import resolve_backbone
 
     resolve_backbone(spec)  # an embedded backbone is built here once, not raced for by every rank
-    init_ray(spec)
+    init_ray(spec.cluster)
     c = spec.cluster.sft
-    group = sft_group(spec)
+    group = ranks_group(spec.name, "sft", spec.cluster.sft)
     actors: list = []
     try:
         actors, addr, port = ranks.start_rank_actors(SftRank, c.num_ranks, c.cpus_per_rank, c.gpus_per_rank, group)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from cluster.logs import fields
+from cluster.spec import JobSpec
 from indexing.dataset import Example, load_from_spec, split_from_spec
 from indexing.rewrite import RewriteCache, Teacher, ask_cached, make_teacher
 from indexing.sid import SidIndex
@@ -211,11 +212,11 @@ def generate_reasoning(examples: Sequence[Example], index: SidIndex, items: Mapp
     return ReasoningResult(records, report)
 
 
-def reasoning_dir(spec) -> Path:
+def reasoning_dir(spec: JobSpec) -> Path:
     return spec.layout.reasoning
 
 
-def build_reasoning_data(spec, batch_size: int = 32) -> list[ReasoningRecord]:
+def build_reasoning_data(spec: JobSpec, batch_size: int = 32) -> list[ReasoningRecord]:
     """Reasoning records for `sft.stage.run`, or [] when `sft.reasoning.enabled` is false.
 
     The teacher is `sft.reasoning.endpoint` serving the model named `sft.reasoning.teacher`, or,

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from cluster.device import resolve
 from cluster.logs import fields
 from cluster.run_layout import EVAL_FILE
+from cluster.spec import JobSpec
 from indexing.dataset import Example, load_from_spec, split_from_spec
 from sft.metrics import metrics_from_ranks
 
@@ -155,7 +156,7 @@ def train_and_evaluate(split, num_items: int, max_len: int, ks: list[int], cfg: 
             "best_epoch": best["epoch"]}
 
 
-def run(spec, cfg: SasrecConfig | None = None) -> Path:
+def run(spec: JobSpec, cfg: SasrecConfig | None = None) -> Path:
     """Train and evaluate SASRec on the spec's split; writes `<run_dir>/baselines/sasrec/eval.json`."""
     cfg = cfg or SasrecConfig()
     ds = load_from_spec(spec)

@@ -5,12 +5,13 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from cluster.spec import JobSpec
 from sft.reasoning_data import build_reasoning_data
 from sft.tasks import ReasoningRecord
 from sft.trainer import Trainer
 
 
-def run(spec, reasoning: Sequence[ReasoningRecord] | None = None, preferences: dict[int, str] | None = None) -> Path:
+def run(spec: JobSpec, reasoning: Sequence[ReasoningRecord] | None = None, preferences: dict[int, str] | None = None) -> Path:
     """Train the SFT stage; returns the saved Hugging Face folder. Without `reasoning` records given,
     the teacher writes them when `sft.reasoning.enabled` (cached, so a re-run asks nothing). With
     `cluster.sft.num_ranks` > 1 the ranks start as Ray actors, unless a launcher (torchrun,

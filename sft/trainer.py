@@ -32,6 +32,7 @@ from cluster.logs import fields
 from cluster.metrics_log import MetricsLog
 from cluster.ranks import ensure_rank_env
 from cluster.run_layout import MODEL_DIR
+from cluster.spec import JobSpec, LoraSpec, SftSpec
 from indexing.dataset import load_from_spec, split_from_spec
 from indexing.sid import SidIndex, read_vocab
 from sft.backbone import REASONING_TOKENS, add_sid_tokens, resolve_backbone
@@ -148,7 +149,7 @@ def code_descriptions(index: SidIndex, items: dict[int, dict], vocab: Sequence[s
     return out
 
 
-def load_index(spec) -> tuple[SidIndex, list[str]]:
+def load_index(spec: JobSpec) -> tuple[SidIndex, list[str]]:
     from indexing.build import index_path, vocab_path
 
     path = index_path(spec)
@@ -171,10 +172,8 @@ def init_distributed(placement: Placement) -> tuple[int, int]:
     return rank, world
 
 
-def deepspeed_config(spec, placement: Placement, total_steps: int, lr: float, weight_decay: float,
+def deepspeed_config(s: SftSpec, dtype: str, placement: Placement, total_steps: int, lr: float, weight_decay: float,
                      zero_stage: int) -> dict:
-    s = spec.sft
-    dtype = spec.model.dtype
     if dtype == "float16" and not placement.is_gpu:
         raise SftError("model.dtype: float16 training needs a GPU; use float32 or bfloat16 on CPU")
     return {
@@ -195,10 +194,9 @@ def deepspeed_config(spec, placement: Placement, total_steps: int, lr: float, we
     }
 
 
-def apply_lora(model, spec, new_token_ids: list[int]):
+def apply_lora(model, lora: LoraSpec, new_token_ids: list[int]):
     from peft import LoraConfig, get_peft_model
 
-    lora = spec.sft.lora
     cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
                      task_type="CAUSAL_LM",
                      # The new SID rows must learn too; only those rows of the embedding train.
@@ -224,10 +222,10 @@ def freeze_all_but_rows(model, rows: list[int]):
 
 
 class Trainer:
-    def __init__(self, spec, reasoning: Sequence[ReasoningRecord] = (), preferences: dict[int, str] | None = None):
+    def __init__(self, spec: JobSpec, reasoning: Sequence[ReasoningRecord] = (), preferences: dict[int, str] | None = None):
         self.spec = spec
         self.placement = resolve(spec.cluster.device)
-        os.environ.setdefault("DS_ACCELERATOR", "cuda" if self.placement.is_gpu else "cpu")
+        os.environ.setdefault("DS_ACCELERATOR", self.placement.ds_accelerator)
         self.rank, self.world = init_distributed(self.placement)
         self.device = self.placement.torch_device(int(os.environ.get("LOCAL_RANK", 0)))
         # Weights stored in bf16/fp16 (model.dtype) train in that precision already.
@@ -262,7 +260,7 @@ class Trainer:
     def _engine(self, model, params, total_steps: int, lr: float, weight_decay: float, zero_stage: int):
         import deepspeed
 
-        cfg = deepspeed_config(self.spec, self.placement, total_steps, lr, weight_decay, zero_stage)
+        cfg = deepspeed_config(self.spec.sft, self.spec.model.dtype, self.placement, total_steps, lr, weight_decay, zero_stage)
         engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=params, config=cfg)
         return engine
 
@@ -339,7 +337,7 @@ class Trainer:
                               wandb_project=self.spec.logging.wandb_project) if self.rank == 0 else None)
         t_start = time.perf_counter()
         step = self.warmup_new_tokens(metrics)
-        model = apply_lora(self.model, self.spec, self.new_rows) if s.lora.enabled else self.model
+        model = apply_lora(self.model, s.lora, self.new_rows) if s.lora.enabled else self.model
         plans = [self._epoch_batches(e) for e in range(s.epochs)]
         total = sum(len(plan) for plan, _ in plans)
         engine = self._engine(model, [p for p in model.parameters() if p.requires_grad],

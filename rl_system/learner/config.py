@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster import device as device_mod
+from cluster.spec import JobSpec
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class LearnerConfig:
     seed: int = 0
 
     @classmethod
-    def from_spec(cls, spec, model_path: str | Path) -> "LearnerConfig":
+    def from_spec(cls, spec: JobSpec, model_path: str | Path) -> "LearnerConfig":
         rl = spec.rl
         return cls(model_path=str(model_path), device=spec.cluster.device, lr=rl.lr, zero_stage=rl.zero_stage,
                    offload=rl.offload, micro_batch_size=rl.micro_batch_size, clip_low=rl.clip_low,

@@ -7,6 +7,7 @@ from typing import Any, Sequence
 import torch
 
 from cluster import ranks
+from cluster.spec import JobSpec
 from rl_system.learner.config import LearnerConfig
 from rl_system.learner.rank import Learner
 from rl_system.messages import TrainBatch
@@ -25,7 +26,7 @@ class LearnerGroup:
         self.call("setup", master_addr, master_port)
 
     @classmethod
-    def from_spec(cls, spec, model_path: str | Path, role_group=None) -> "LearnerGroup":
+    def from_spec(cls, spec: JobSpec, model_path: str | Path, role_group=None) -> "LearnerGroup":
         c = spec.cluster.learner
         return cls(LearnerConfig.from_spec(spec, model_path), c.num_ranks, role_group, c.cpus_per_rank, c.gpus_per_rank)
 

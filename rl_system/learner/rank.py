@@ -46,7 +46,7 @@ class Learner:
     def setup(self, master_addr: str = "127.0.0.1", master_port: int | None = None) -> None:
         """Join the DeepSpeed group (collective: all ranks at once) and build policy and reference."""
         config, rank, world_size = self.config, self.rank, self.world_size
-        os.environ.setdefault("DS_ACCELERATOR", device_mod.accelerator_name() if self.placement.is_gpu else "cpu")
+        os.environ.setdefault("DS_ACCELERATOR", self.placement.ds_accelerator)
         ranks.set_rank_env(rank, world_size, master_addr, master_port or ranks.free_port())
         import deepspeed
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -15,6 +15,7 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
 from cluster.logs import fields
+from cluster.spec import JobSpec
 from rl_system.messages import RewardReply
 from rl_system.reward.client import RewardClient, RewardTimeout
 from rl_system.reward.server import start_replicas
@@ -32,7 +33,7 @@ class RewardPool:
         self.replaced = 0
 
     @classmethod
-    def from_spec(cls, spec, index_path: str | Path) -> "RewardPool":
+    def from_spec(cls, spec: JobSpec, index_path: str | Path) -> "RewardPool":
         r = spec.cluster.reward
         return cls(index_path, r.replicas, spec.rl.mode, spec.rl.beta, r.host, r.token)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from cluster.device import Placement, resolve
 from cluster.logs import fields
 from cluster.run_layout import MODEL_DIR
+from cluster.spec import JobSpec
 
 log = logging.getLogger(__name__)
 
@@ -50,31 +51,31 @@ class EngineConfig:
 
         return self.placement.is_gpu and TrieLogitsProcessorV2 is not None
 
+    @classmethod
+    def from_spec(cls, spec: JobSpec, model_path: str | Path, constraint_path: str | Path) -> "EngineConfig":
+        """Engine settings for a spec; the context must hold the longest prompt plus a full completion."""
+        rollout = spec.cluster.rollout
+        placement = resolve(spec.cluster.device)
+        completion = spec.rl.max_think_tokens + spec.rl.max_new_tokens
+        return cls(
+            model=str(model_path),
+            constraint_path=str(constraint_path),
+            placement=placement,
+            dtype=spec.model.dtype,
+            tensor_parallel=rollout.tensor_parallel,
+            kv_cache_gib=rollout.kv_cache_gib,
+            gpu_memory_utilization=rollout.gpu_memory_utilization,
+            max_model_len=spec.sft.max_len + completion,
+            max_num_seqs=max(spec.rl.prompts_per_step * spec.rl.group_size, spec.eval.beam_width * 16, 64),
+            seed=spec.rl.seed,
+            max_logprobs=max(20, spec.eval.beam_width, spec.rl.beam_width),
+            # CPU: compiling buys little and costs minutes at start; GPU: keep torch.compile + CUDA graphs.
+            enforce_eager=not placement.is_gpu,
+            cpu_threads=max(1, int(rollout.cpus_per_worker)),
+        )
+
 
 CPU_KV_BLOCK_TOKENS = 32
-
-
-def engine_config(spec, model_path: str | Path, constraint_path: str | Path) -> EngineConfig:
-    """Engine settings for a spec; the context must hold the longest prompt plus a full completion."""
-    rollout = spec.cluster.rollout
-    placement = resolve(spec.cluster.device)
-    completion = spec.rl.max_think_tokens + spec.rl.max_new_tokens
-    return EngineConfig(
-        model=str(model_path),
-        constraint_path=str(constraint_path),
-        placement=placement,
-        dtype=spec.model.dtype,
-        tensor_parallel=rollout.tensor_parallel,
-        kv_cache_gib=rollout.kv_cache_gib,
-        gpu_memory_utilization=rollout.gpu_memory_utilization,
-        max_model_len=spec.sft.max_len + completion,
-        max_num_seqs=max(spec.rl.prompts_per_step * spec.rl.group_size, spec.eval.beam_width * 16, 64),
-        seed=spec.rl.seed,
-        max_logprobs=max(20, spec.eval.beam_width, spec.rl.beam_width),
-        # CPU: compiling buys little and costs minutes at start; GPU: keep torch.compile + CUDA graphs.
-        enforce_eager=not placement.is_gpu,
-        cpu_threads=max(1, int(rollout.cpus_per_worker)),
-    )
 
 
 BIND_VAR = "VLLM_CPU_OMP_THREADS_BIND"
@@ -146,7 +147,7 @@ def build_llm(cfg: EngineConfig):
     )
 
 
-def untrained_sid_policy(spec, index, out_dir: str | Path) -> tuple[Path, Path]:
+def untrained_sid_policy(spec: JobSpec, index, out_dir: str | Path) -> tuple[Path, Path]:
     """The spec's embedded backbone with `index`'s SID tokens added and no training, plus its
     constraint table: a real engine input for tests and benchmarks that need no SFT run."""
     from rl_system.rollout.constraint import ConstraintTable

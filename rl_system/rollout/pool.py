@@ -19,10 +19,11 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from cluster.logs import fields
 from cluster.placement import RoleGroup, rollout_group
 from cluster.ranks import free_port
+from cluster.spec import JobSpec, RolloutCluster
 from indexing.sid import SidIndex
 from rl_system.messages import RolloutGroup
 from rl_system.rollout.constraint import ConstraintTable
-from rl_system.rollout.engine import engine_config
+from rl_system.rollout.engine import EngineConfig
 from rl_system.rollout.worker import start_rollout_worker
 
 log = logging.getLogger(__name__)
@@ -48,17 +49,20 @@ def constraint_table_path(model_dir: Path, index: SidIndex, tokenizer) -> Path:
 
 
 class RolloutPool:
-    def __init__(self, spec, model_dir: str | Path, index: SidIndex, num_workers: int | None = None):
-        from transformers import AutoTokenizer
-
-        self.spec = spec
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.cfg = engine_config(spec, model_dir, constraint_table_path(Path(model_dir), index, tokenizer))
+    def __init__(self, engine: EngineConfig, job: str, rollout: RolloutCluster, num_workers: int | None = None):
+        self.cfg, self.job, self.rollout = engine, job, rollout
         self.slots: list[_Slot] = []
         self.learner = None  # set by attach_learner; None = no weight pushes (evaluation)
         self.version = 0
         self.restarts = 0
-        self._add(num_workers or spec.cluster.rollout.num_workers)
+        self._add(num_workers or rollout.num_workers)
+
+    @classmethod
+    def from_spec(cls, spec: JobSpec, model_dir: str | Path, index: SidIndex, num_workers: int | None = None) -> "RolloutPool":
+        from transformers import AutoTokenizer
+
+        constraint = constraint_table_path(Path(model_dir), index, AutoTokenizer.from_pretrained(model_dir))
+        return cls(EngineConfig.from_spec(spec, model_dir, constraint), spec.name, spec.cluster.rollout, num_workers)
 
     # ------------------------------------------------------------------ membership
     @property
@@ -66,8 +70,8 @@ class RolloutPool:
         return [s.actor for s in self.slots]
 
     def _start(self, live: Sequence[_Slot]) -> _Slot:
-        r = self.spec.cluster.rollout
-        group = rollout_group(self.spec, len(live))
+        r = self.rollout
+        group = rollout_group(self.job, r, len(live))
         node = ray.util.placement_group_table(group.group)["bundles_to_node_id"][0]
         # The lowest slot no live engine on that node holds: a replaced or added worker binds the
         # cores its predecessor freed.

@@ -17,7 +17,7 @@ from sft.hf_folder import load_backbone
 from sft.stage import run
 from sft.trainer import Trainer, add_dropout, collate, token_loss
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OFFICE = REPO / "data/office"
 
 

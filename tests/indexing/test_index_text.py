@@ -4,7 +4,7 @@ from pathlib import Path
 from indexing.dataset import load_dataset
 from indexing.text import clean, fuse_catalog, fuse_item, truncate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIELDS = ["title", "brand", "categories", "description", "reviews"]
 
 

@@ -15,7 +15,7 @@ from indexing.dedup import (
 from indexing.importer import import_index
 from indexing.sid import SidError, read_index_codes
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 
 

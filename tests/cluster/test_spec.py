@@ -7,7 +7,7 @@ import pytest
 
 from cluster.spec import SpecError, load_spec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize("name", ["demo", "smollm2-office", "qwen3-4b-beauty"])

@@ -130,5 +130,5 @@ def test_semantic_levels_of_bundled_indexes():
     from indexing.sid import read_index_codes
     from rl_system.reward.functions import semantic_levels
 
-    office = read_index_codes(Path(__file__).resolve().parents[1] / "data/office/Office.unitok5.index.json")
+    office = read_index_codes(Path(__file__).resolve().parents[2] / "data/office/Office.unitok5.index.json")
     assert semantic_levels(np.array(list(office.values()))) == 5

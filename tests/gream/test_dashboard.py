@@ -29,7 +29,7 @@ from gream.run_state import RunDirError, format_status, read_jsonl, read_run_sta
 from rl_system.evaluate import pass_at_k, write_eval
 from sft.metrics import ranking_metrics
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 INSTALL = "apt-get update && apt-get install -y chromium"
 STEPS = 8

@@ -20,7 +20,7 @@ from sft.backbone import (
 from sft.hf_folder import load_backbone, save_backbone
 from sft.prompts import render_seqrec_prompt
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OFFICE = REPO / "data/office"
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from cluster.spec import load_spec
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = {"beauty_letter": "Beauty", "instruments_letter": "Instruments"}
 
 

@@ -9,16 +9,16 @@ from tests.rl_fixtures import rl_test_spec, stage_inputs
 
 @pytest.fixture(scope="module")
 def learner_and_pool(ray_cluster, tiny_policy, tmp_path_factory):
-    from cluster.placement import learner_group
+    from cluster.placement import ranks_group
     from rl_system.learner.group import LearnerGroup
     from rl_system.rollout.pool import RolloutPool
 
     spec = rl_test_spec(tmp_path_factory.mktemp("push"))
     stage_inputs(spec, tiny_policy)
     model = spec.layout.model("sft")
-    group = learner_group(spec)
+    group = ranks_group(spec.name, "learner", spec.cluster.learner)
     learner = LearnerGroup.from_spec(spec, model, group)
-    pool = RolloutPool(spec, model, tiny_policy.index)
+    pool = RolloutPool.from_spec(spec, model, tiny_policy.index)
     pool.attach_learner(learner, version=0)
     yield spec, learner, pool
     pool.shutdown()

@@ -15,7 +15,7 @@ from indexing.kmeans import KMeansError, residual_kmeans
 from indexing.sid import SidIndex, read_vocab
 from indexing.text import fuse_catalog
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def office_spec(run_dir: Path, **index) -> JobSpec:

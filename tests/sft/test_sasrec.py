@@ -11,7 +11,7 @@ from indexing.dataset import Example
 from sft.metrics import metric_names
 from sft.sasrec import SASRec, SasrecConfig, encode, run, target_ranks
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_encode_left_pads_and_keeps_the_latest_items():

@@ -25,7 +25,7 @@ from sft.reasoning_data import (
 )
 from tests.chat_server import ChatServer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OFFICE = REPO / "data/office"
 
 

@@ -21,7 +21,7 @@ from sft.tasks import (
 )
 from sft.trainer import collate
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OFFICE = REPO / "data/office"
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from indexing.dataset import DataError, leave_one_out, load_dataset, stats, temporal
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 SETS = [("office", "Office", ROOT / "data/office"),
         ("beauty", "Beauty", SHARED / "beauty"),

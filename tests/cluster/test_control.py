@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cluster.control import ControlWatcher, request_scale, status_path, write_status
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_scale_request_is_seen_once(tmp_path):

@@ -13,7 +13,7 @@ from indexing.sid import SidIndex
 from sft.hf_folder import load_backbone
 from sft.trainer import Trainer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OFFICE = REPO / "data/office"
 
 

@@ -16,7 +16,7 @@ from indexing.collaborative import (
 )
 from indexing.dataset import Example, leave_one_out, load_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_cooccurrence_counts_the_window_before_each_target_both_ways():

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from indexing.sid import SidError, SidIndex
 from indexing.trie import CLOSED, INVALID, SidTrie, TrieMasker
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
 NEG = float("-inf")
 
