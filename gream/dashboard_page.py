@@ -2,9 +2,9 @@
 `/api/metrics`. Kept in a Python module, not a data file, so it ships with the package as is, and
 self-contained (no CDN) because cluster nodes often have no internet.
 
-Every drawn series carries `data-key` and `data-points` (the number of plotted values), and every
-histogram bar `data-value`: the page's own DOM says what it shows, which is what the headless
-browser test reads.
+Every drawn series carries `data-key` and `data-points` (the number of plotted values), every
+histogram bar and y-axis tick `data-value`: the page's own DOM says what it shows, which is what the
+headless browser test reads.
 """
 
 PAGE = r"""<!doctype html>
@@ -33,6 +33,8 @@ PAGE = r"""<!doctype html>
   th:first-child, td:first-child { text-align: left; }
   .dead { color: #c0392b; font-weight: bold; }
   .stale { color: #d68910; }
+  .finished { color: #888; }
+  #val-best { color: #555; }
 </style>
 </head>
 <body>
@@ -47,6 +49,7 @@ PAGE = r"""<!doctype html>
 <div id="error"></div>
 <main>
   <section><h2>Reward (mean &plusmn; std)</h2><div id="plot-reward"></div></section>
+  <section><h2>Validation (steps that ran it)</h2><div id="plot-val"></div><div id="val-best"></div></section>
   <section><h2>Exact-hit rate</h2><div id="plot-hit"></div></section>
   <section><h2>Dropped groups (share of sampled)</h2><div id="plot-dropped"></div></section>
   <section><h2 id="lcp-title">LCP histogram</h2><div id="plot-lcp"></div></section>
@@ -62,7 +65,8 @@ PAGE = r"""<!doctype html>
 "use strict";
 const REFRESH_MS = 3000;
 const COLORS = ["#2e86de", "#e67e22", "#27ae60", "#8e44ad", "#c0392b", "#16a085"];
-const W = 420, H = 180, PAD = {l: 46, r: 10, t: 8, b: 20};
+const W = 420, H = 180, PAD = {r: 10, t: 8, b: 20};
+const CHAR_W = 6;  // an upper bound on a 10px digit's width in viewBox units, to size the label margin
 
 function esc(s) {
   return String(s).replace(/[&<>"']/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c]));
@@ -82,12 +86,45 @@ function scale(lo, hi, a, b) {
   if (hi === lo) { hi = lo + 1; lo = lo - (lo === 0 ? 0 : 1e-9); }
   return v => a + (v - lo) / (hi - lo) * (b - a);
 }
-function axes(xlo, xhi, ylo, yhi) {
-  const x0 = PAD.l, x1 = W - PAD.r, y0 = H - PAD.b, y1 = PAD.t;
-  return `<line x1="${x0}" y1="${y0}" x2="${x1}" y2="${y0}" stroke="#ccc"/>` +
-    `<line x1="${x0}" y1="${y0}" x2="${x0}" y2="${y1}" stroke="#ccc"/>` +
-    `<text x="${x0 - 4}" y="${y0}" text-anchor="end">${num(ylo, 3)}</text>` +
-    `<text x="${x0 - 4}" y="${y1 + 8}" text-anchor="end">${num(yhi, 3)}</text>` +
+function decimals(step) { return Math.max(0, -Math.floor(Math.log10(step) + 1e-9)); }
+
+// The y range for values in [lo, hi]: ticks a 1-2-5 step apart, both ends moved out to whole steps
+// so the axis covers every value drawn, and `left`, a margin as wide as the longest label. (Labels
+// sit left of the axis, and what runs past the SVG's edge is cut off: with a fixed margin the
+// label "1880.640" once read "880.640".) `integer`: counts, never a fractional tick.
+function yAxis(lo, hi, integer) {
+  if (hi === lo) { if (lo > 0) lo = 0; else if (lo < 0) hi = 0; else hi = 1; }
+  const raw = (hi - lo) / 4, mag = Math.pow(10, Math.floor(Math.log10(raw)));
+  let step = [1, 2, 5].map(m => m * mag).find(s => s >= raw) || 10 * mag;
+  if (integer) step = Math.max(1, Math.round(step));
+  const dec = decimals(step), at = k => +(k * step).toFixed(dec);
+  let k0 = Math.floor(lo / step + 1e-9), k1 = Math.ceil(hi / step - 1e-9);
+  if (at(k0) > lo) k0 -= 1;  // the tolerance above must not leave a value outside
+  if (at(k1) < hi) k1 += 1;
+  const ticks = [];
+  for (let k = k0; k <= k1; k++) ticks.push(at(k));
+  const top = Math.max(Math.abs(ticks[0]), Math.abs(ticks[ticks.length - 1]));
+  const labels = ticks.map(t => tickLabel(t, step, top));
+  return {lo: ticks[0], hi: ticks[ticks.length - 1], ticks, labels, left: CHAR_W * Math.max(...labels.map(l => l.length)) + 8};
+}
+function tickLabel(v, step, top) {
+  if (v === 0) return "0";
+  const unit = [[1e9, "G"], [1e6, "M"], [1e3, "k"]].find(u => top >= Math.max(u[0], 1e4));
+  if (unit) return (v / unit[0]).toFixed(decimals(step / unit[0])) + unit[1];  // 12k, not 12000.000
+  const dec = decimals(step);
+  return dec <= 4 ? v.toFixed(dec) : v.toExponential(Math.max(0, Math.floor(Math.log10(Math.abs(v))) + dec));
+}
+// Gridlines, tick labels and the y axis line of `ax` drawn with the y scale `sy`.
+function yTicks(ax, sy) {
+  return ax.ticks.map((t, i) => {
+    const y = sy(t);
+    return `<line x1="${ax.left}" y1="${y.toFixed(1)}" x2="${W - PAD.r}" y2="${y.toFixed(1)}" stroke="#f0f0f0"/>` +
+      `<text class="tick" data-value="${t}" x="${ax.left - 4}" y="${(y + 3).toFixed(1)}" text-anchor="end">${ax.labels[i]}</text>`;
+  }).join("") + `<line x1="${ax.left}" y1="${H - PAD.b}" x2="${ax.left}" y2="${PAD.t}" stroke="#ccc"/>`;
+}
+function axes(xlo, xhi, ax, sy) {
+  const x0 = ax.left, x1 = W - PAD.r, y0 = H - PAD.b;
+  return yTicks(ax, sy) + `<line x1="${x0}" y1="${y0}" x2="${x1}" y2="${y0}" stroke="#ccc"/>` +
     `<text x="${x0}" y="${H - 4}">${esc(xlo)}</text>` +
     `<text x="${x1}" y="${H - 4}" text-anchor="end">step ${esc(xhi)}</text>`;
 }
@@ -99,10 +136,12 @@ function linePlot(id, steps, series, band) {
   if (!steps.length || !present.length) { el.innerHTML = '<div class="empty">no data yet</div>'; return; }
   let ys = present.flatMap(s => s.values.filter(v => v !== null));
   if (band) ys = ys.concat(band[0].filter(v => v !== null), band[1].filter(v => v !== null));
-  let ylo = Math.min(...ys), yhi = Math.max(...ys);
+  let ylo = Math.min(...ys);
+  const yhi = Math.max(...ys);
   if (ylo > 0 && ylo < 0.3 * yhi) ylo = 0;
-  const sx = scale(steps[0], steps[steps.length - 1], PAD.l, W - PAD.r), sy = scale(ylo, yhi, H - PAD.b, PAD.t);
-  let svg = axes(steps[0], steps[steps.length - 1], ylo, yhi);
+  const ax = yAxis(ylo, yhi), sy = scale(ax.lo, ax.hi, H - PAD.b, PAD.t);
+  const sx = scale(steps[0], steps[steps.length - 1], ax.left, W - PAD.r);
+  let svg = axes(steps[0], steps[steps.length - 1], ax, sy);
   if (band) {
     const pts = steps.map((s, i) => [s, band[0][i], band[1][i]]).filter(p => p[1] !== null && p[2] !== null);
     if (pts.length) {
@@ -137,16 +176,16 @@ function stackedBars(id, steps, parts) {
   const present = parts.filter(p => p.values && p.values.some(v => v !== null));
   if (!steps.length || !present.length) { el.innerHTML = '<div class="empty">no data yet</div>'; return; }
   const totals = steps.map((_, i) => present.reduce((a, p) => a + (p.values[i] || 0), 0));
-  const yhi = Math.max(...totals);
-  const sy = scale(0, yhi, H - PAD.b, PAD.t);
-  const slot = (W - PAD.l - PAD.r) / steps.length, bw = Math.max(1, slot * 0.8);
-  let svg = axes(steps[0], steps[steps.length - 1], 0, yhi);
+  const ax = yAxis(0, Math.max(...totals)), sy = scale(0, ax.hi, H - PAD.b, PAD.t);
+  const slot = (W - ax.left - PAD.r) / steps.length, bw = Math.max(1, slot * 0.8);
+  let svg = axes(steps[0], steps[steps.length - 1], ax, sy);
   steps.forEach((s, i) => {
     let base = 0;
     present.forEach((p, k) => {
-      const v = p.values[i] || 0;
+      const v = p.values[i];
+      if (v === null) return;  // not reported this step (e.g. step 0, the SFT baseline's validation)
       const y = sy(base + v), h = sy(base) - y;
-      svg += `<rect class="bar" data-key="${esc(p.key)}" data-value="${v}" x="${(PAD.l + i * slot + (slot - bw) / 2).toFixed(1)}" ` +
+      svg += `<rect class="bar" data-key="${esc(p.key)}" data-value="${v}" x="${(ax.left + i * slot + (slot - bw) / 2).toFixed(1)}" ` +
              `y="${y.toFixed(1)}" width="${bw.toFixed(1)}" height="${h.toFixed(1)}" fill="${COLORS[k % COLORS.length]}">` +
              `<title>step ${s} ${esc(p.label)}: ${num(v, 3)} s</title></rect>`;
       base += v;
@@ -160,12 +199,11 @@ function stackedBars(id, steps, parts) {
 function histogram(id, counts) {
   const el = document.getElementById(id);
   if (!counts || !counts.length) { el.innerHTML = '<div class="empty">no data yet</div>'; return; }
-  const total = counts.reduce((a, b) => a + b, 0) || 1, yhi = Math.max(...counts);
-  const sy = scale(0, yhi, H - PAD.b, PAD.t + 12), slot = (W - PAD.l - PAD.r) / counts.length;
-  let svg = `<line x1="${PAD.l}" y1="${H - PAD.b}" x2="${W - PAD.r}" y2="${H - PAD.b}" stroke="#ccc"/>` +
-            `<text x="${PAD.l - 4}" y="${PAD.t + 16}" text-anchor="end">${yhi}</text>`;
+  const total = counts.reduce((a, b) => a + b, 0) || 1, ax = yAxis(0, Math.max(...counts), true);
+  const sy = scale(0, ax.hi, H - PAD.b, PAD.t + 12), slot = (W - ax.left - PAD.r) / counts.length;
+  let svg = yTicks(ax, sy) + `<line x1="${ax.left}" y1="${H - PAD.b}" x2="${W - PAD.r}" y2="${H - PAD.b}" stroke="#ccc"/>`;
   counts.forEach((c, i) => {
-    const x = PAD.l + i * slot, y = sy(c);
+    const x = ax.left + i * slot, y = sy(c);
     svg += `<rect class="bar" data-key="lcp=${i}" data-value="${c}" x="${(x + slot * 0.1).toFixed(1)}" y="${y.toFixed(1)}" ` +
            `width="${(slot * 0.8).toFixed(1)}" height="${(H - PAD.b - y).toFixed(1)}" fill="${COLORS[0]}">` +
            `<title>LCP ${i}: ${c} (${(100 * c / total).toFixed(1)}%)</title></rect>` +
@@ -196,17 +234,36 @@ function ago(ts, now) {
   return s < 120 ? `${s.toFixed(0)}s ago` : s < 7200 ? `${(s / 60).toFixed(0)}min ago` : `${(s / 3600).toFixed(1)}h ago`;
 }
 
-function workers(status, now) {
+// `driver` (run_state.driver_state) says whether the workers' alive flags are still news.
+function workers(status, driver, now) {
   const el = document.getElementById("workers");
-  if (!status || !Array.isArray(status.workers)) { el.innerHTML = '<div class="empty">no status yet</div>'; return; }
+  if (!status || !driver || !Array.isArray(status.workers)) { el.innerHTML = '<div class="empty">no status yet</div>'; return; }
+  const state = w => driver.state !== "running" ? driver.state : w.alive ? "alive" : "dead";
+  const css = {alive: "", dead: "dead", finished: "finished", stale: "stale"};
   const rows = status.workers.map(w => {
-    const stale = status.step !== undefined && w.weight_version !== undefined && w.weight_version < status.step;
-    return `<tr class="worker-row"><td>${esc(w.slot)}</td>` +
-      `<td class="${w.alive ? "" : "dead"}">${w.alive ? "alive" : "dead"}</td>` +
-      `<td class="${stale ? "stale" : ""}">${num(w.weight_version)}</td></tr>`;
+    const behind = status.step !== undefined && w.weight_version !== undefined && w.weight_version < status.step;
+    return `<tr class="worker-row"><td>${esc(w.slot)}</td><td class="${css[state(w)]}">${state(w)}</td>` +
+      `<td class="${behind ? "stale" : ""}">${num(w.weight_version)}</td></tr>`;
   }).join("");
-  el.innerHTML = `<div>driver at step ${num(status.step)}, updated ${ago(status.updated, now)}</div>` +
+  const head = {
+    running: `driver at step ${num(status.step)}, updated ${ago(driver.updated, now)}`,
+    finished: `driver finished at step ${num(status.step)} (last update ${ago(driver.updated, now)})`,
+    stale: `<span class="stale">stale (driver not updating since ${driver.updated ? new Date(driver.updated * 1000).toLocaleTimeString() : "?"}, ` +
+           `${ago(driver.updated, now)})</span> at step ${num(status.step)}`,
+  }[driver.state];
+  el.innerHTML = `<div id="driver" data-state="${esc(driver.state)}">${head}</div>` +
     "<table><tr><th>slot</th><th>state</th><th>weight version</th></tr>" + rows + "</table>";
+}
+
+// Validation runs on some steps only: plot just those, so each metric's points join up across the
+// steps between; below, each metric's best and the checkpoint rl/model was selected from.
+function validation(steps, v, summary, selection) {
+  const keys = Object.keys(v).filter(k => k.startsWith("val/"));
+  const at = steps.map((_, i) => i).filter(i => keys.some(k => v[k][i] !== null));
+  linePlot("plot-val", at.map(i => steps[i]), keys.map(k => ({key: k, label: k.slice(4), values: at.map(i => v[k][i])})));
+  const best = Object.entries(summary || {}).map(([k, s]) => `best ${esc(k.slice(4))} ${num(s.best_value)} at step ${s.best_step}`);
+  if (selection) best.push(`rl/model: step ${num(selection.step)} checkpoint, selected by ${esc(selection.metric)} ${num(selection.value)}`);
+  document.getElementById("val-best").innerHTML = best.map(b => `<div>${b}</div>`).join("");
 }
 
 function render(data) {
@@ -221,6 +278,7 @@ function render(data) {
                               mean.map((m, i) => m === null || std[i] === null ? null : m + std[i])] : null;
   linePlot("plot-reward", steps, [{key: "reward/mean", label: "mean", values: mean},
                                   {key: "reward/std", label: "std", values: std}], band);
+  validation(steps, v, data.validation, data.selection);
   linePlot("plot-hit", steps, [{key: "hit_rate", label: "exact hit", values: v["hit_rate"]}]);
   linePlot("plot-dropped", steps, Object.keys(v).filter(k => k.startsWith("dropped/"))
     .map(k => ({key: k, label: k.slice(8), values: v[k]})));
@@ -234,7 +292,7 @@ function render(data) {
   linePlot("plot-throughput", steps, [{key: "throughput/rollout_tokens_per_s", label: "rollout",
                                        values: v["throughput/rollout_tokens_per_s"]}]);
   evalTable(data.eval);
-  workers(data.status, now);
+  workers(data.status, data.driver, now);
   const sv = data.sft.values;
   linePlot("plot-sft", data.sft.steps, Object.keys(sv).filter(k => k.startsWith("loss"))
     .map(k => ({key: k, label: k, values: sv[k]})));

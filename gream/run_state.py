@@ -1,16 +1,18 @@
 """A run directory read into one snapshot: what `gream dashboard` serves and `gream status` prints.
 
 Everything here only reads files the stages write (`rl/metrics.jsonl`, `sft/metrics.jsonl`,
-`<stage>/eval.json`, `baselines/<name>/eval.json`, `rl/status.json`, `rl/checkpoints/`), so it is safe to call while a run is
-writing them: a half-written last line of a metrics file is left for the next read.
+`<stage>/eval.json`, `baselines/<name>/eval.json`, `rl/status.json`, `rl/checkpoints/`, `rl/model/`,
+`rl/stage.json`), so it is safe to call while a run is writing them: a half-written last line of a
+metrics file is left for the next read.
 """
 from __future__ import annotations
 
 import json
 import logging
 import math
+import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,12 @@ log = logging.getLogger(__name__)
 
 EVAL_STAGES = ("sft", "rl")
 TIME_PARTS = ("rollout", "reward", "train", "push")
+VAL_PREFIX = "val/"  # validation metrics the RL driver logs on some steps (step 0: the SFT model)
+SELECTION_FILE = "selection.json"  # in rl/model: {"step", "metric", "value"} of the checkpoint it was made from
+# A driver whose status.json is older than this many median step times (and at least the minimum)
+# is taken to have stopped: a slow step is not a dead driver, an hour of silence is.
+STALE_MIN_S = 120.0
+STALE_STEPS = 10
 
 
 class RunDirError(GreamError):
@@ -51,6 +59,48 @@ class Series:
                 return value
         return None
 
+    def points(self, key: str) -> list[tuple[int, float]]:
+        """(step, value) of the steps that report `key`."""
+        return [(s, v) for s, v in zip(self.steps, self.values.get(key, [])) if v is not None]
+
+
+def validation_summary(rl: Series) -> dict[str, dict[str, float]]:
+    """Per `val/*` key: the latest value and the best, each with its step. Best is the highest (every
+    validation metric is a recall, NDCG or pass rate); on a tie the earliest step."""
+    out = {}
+    for key in (k for k in rl.values if k.startswith(VAL_PREFIX)):
+        points = rl.points(key)
+        if points:  # none where every logged value was NaN
+            best = max(points, key=lambda p: p[1])
+            out[key] = {"step": points[-1][0], "value": points[-1][1], "best_step": best[0], "best_value": best[1]}
+    return out
+
+
+@dataclass(frozen=True)
+class DriverState:
+    """What rl/status.json still means. `state` is "running" (the workers' alive flags are current),
+    "finished" (the stage ended; the pool is gone) or "stale" (no update for `stale_after` seconds:
+    the driver died or hangs, and its last alive flags say nothing)."""
+
+    state: str
+    updated: float | None
+    stale_after: float
+
+
+def driver_state(status: dict[str, Any], step_times: list[float], finished_at: float | None, now: float) -> DriverState:
+    """`finished_at`: when rl/model or rl/stage.json was last written. Either counts only if written
+    after the last status update, so a re-run in a folder that holds a previous run's model is not
+    taken for finished."""
+    updated = status.get("updated") if _is_number(status.get("updated")) else None
+    stale_after = max(STALE_MIN_S, STALE_STEPS * statistics.median(step_times)) if step_times else STALE_MIN_S
+    if finished_at is not None and (updated is None or finished_at >= updated):
+        state = "finished"
+    elif updated is None or now - updated > stale_after:
+        state = "stale"
+    else:
+        state = "running"
+    return DriverState(state, updated, stale_after)
+
 
 @dataclass
 class RunState:
@@ -60,9 +110,18 @@ class RunState:
     eval: dict[str, dict[str, dict[str, float]]]  # stage or baseline -> split -> metric -> value
     status: dict[str, Any] | None  # rl/status.json as the driver wrote it
     checkpoint: dict[str, Any] | None  # the latest complete checkpoint's step, path and manifest fields
+    selection: dict[str, Any] | None  # rl/model/selection.json: the checkpoint rl/model was made from
+    finished_at: float | None  # mtime of rl/model's config.json or rl/stage.json, the later one
     read_at: float
 
+    @property
+    def driver(self) -> DriverState | None:
+        if not isinstance(self.status, dict):
+            return None
+        return driver_state(self.status, [t for _, t in self.rl.points("time/step")], self.finished_at, self.read_at)
+
     def to_json(self) -> dict[str, Any]:
+        driver = self.driver
         return {
             "run_dir": str(self.run_dir),
             "read_at": self.read_at,
@@ -70,7 +129,10 @@ class RunState:
             "sft": {"steps": self.sft.steps, "values": self.sft.values},
             "eval": _clean(self.eval),
             "status": _clean(self.status),
+            "driver": None if driver is None else _clean(asdict(driver)),
             "checkpoint": _clean(self.checkpoint),
+            "validation": validation_summary(self.rl),
+            "selection": _clean(self.selection),
         }
 
 
@@ -155,17 +217,27 @@ def _read_evals(run_dir: Path) -> dict[str, dict[str, dict[str, float]]]:
     return out
 
 
+def _finished_at(layout: RunLayout) -> float | None:
+    # The driver saves rl/model only after its last step; the launcher writes the marker after that.
+    times = [p.stat().st_mtime for p in (layout.model("rl") / "config.json", layout.stage_marker("rl")) if p.exists()]
+    return max(times, default=None)
+
+
 def read_run_state(run_dir: str | Path) -> RunState:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir}: no such run directory (expected the spec's run_dir, e.g. runs/NAME)")
+    layout = RunLayout(run_dir)
+    selection = _read_json(layout.model("rl") / SELECTION_FILE)
     return RunState(
         run_dir=run_dir,
-        rl=Series.from_records(read_jsonl(RunLayout(run_dir).metrics("rl"))),
-        sft=Series.from_records(read_jsonl(RunLayout(run_dir).metrics("sft"))),
+        rl=Series.from_records(read_jsonl(layout.metrics("rl"))),
+        sft=Series.from_records(read_jsonl(layout.metrics("sft"))),
         eval=_read_evals(run_dir),
-        status=_read_json(RunLayout(run_dir).status),
+        status=_read_json(layout.status),
         checkpoint=_latest_checkpoint(run_dir),
+        selection=selection if isinstance(selection, dict) else None,
+        finished_at=_finished_at(layout),
         read_at=time.time(),
     )
 
@@ -215,22 +287,37 @@ def format_status(state: RunState) -> str:
         lcp = rl.latest.get("lcp_hist")
         if isinstance(lcp, list) and lcp:
             lines.append("  lcp hist   " + " ".join(f"{i}:{n}" for i, n in enumerate(lcp)))
+        for key, val in validation_summary(rl).items():
+            lines.append(f"  {key:<14} {_fmt(val['value'])} at step {val['step']}, "
+                         f"best {_fmt(val['best_value'])} at step {val['best_step']}")
     for stage, splits in state.eval.items():
         for split, metrics in splits.items():
             shown = {k: v for k, v in metrics.items() if k.startswith(("pass@", "recall@", "ndcg@"))}
             lines.append(f"eval {stage}/{split}: " + "  ".join(f"{k} {_fmt(v)}" for k, v in shown.items()))
-    status = state.status
-    if not status:
+    status, driver = state.status, state.driver
+    if driver is None:
         lines.append("workers: no status yet")
     else:
         workers = status.get("workers", [])
-        alive = sum(bool(w.get("alive")) for w in workers)
-        lines.append(f"workers: {alive}/{len(workers)} alive at step {status.get('step', '-')} "
-                     f"(updated {_ago(status.get('updated'), now)})")
+        at_step = f"at step {status.get('step', '-')}"
+        if driver.state == "running":
+            alive = sum(bool(w.get("alive")) for w in workers)
+            lines.append(f"workers: {alive}/{len(workers)} alive {at_step} (updated {_ago(driver.updated, now)})")
+        elif driver.state == "finished":
+            lines.append(f"workers: finished {at_step} (last update {_ago(driver.updated, now)})")
+        else:
+            since = "unknown time" if driver.updated is None else \
+                f"{time.strftime('%H:%M:%S', time.localtime(driver.updated))}, {_ago(driver.updated, now)}"
+            lines.append(f"workers: stale (driver not updating since {since}) {at_step}")
         for w in workers:
-            lines.append(f"  slot {w.get('slot', '?')}: {'alive' if w.get('alive') else 'DEAD'}  "
-                         f"weight version {w.get('weight_version', '-')}")
+            # Alive flags are only news while the driver that wrote them still runs.
+            shown = ("alive" if w.get("alive") else "DEAD") if driver.state == "running" else driver.state
+            lines.append(f"  slot {w.get('slot', '?')}: {shown}  weight version {w.get('weight_version', '-')}")
     ckpt = state.checkpoint
     lines.append("checkpoint: none yet" if ckpt is None else
                  f"checkpoint: step {ckpt['step']} ({_ago(ckpt.get('saved_at'), now)}) {ckpt['path']}")
+    sel = state.selection
+    if sel:
+        lines.append(f"model: rl/model is the step {sel.get('step', '-')} checkpoint, "
+                     f"selected by {sel.get('metric', '-')} {_fmt(sel.get('value'))}")
     return "\n".join(lines)

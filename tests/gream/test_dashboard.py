@@ -2,7 +2,7 @@
 
 The run directory is written by the real writers: MetricsLog (metrics files), CheckpointManager
 (one complete checkpoint and one truncated), write_eval with metrics computed by the real ranking
-and pass@k functions; status.json has the shape the RL driver writes.
+and pass@k functions; status.json and rl/model/selection.json have the shape the RL driver writes.
 """
 from __future__ import annotations
 
@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import gream.dashboard
 from cluster.checkpoint import CheckpointManager
 from cluster.metrics_log import MetricsLog, read_metrics
 from cluster.run_layout import RunLayout
 from gream.dashboard import make_server, url_of
-from gream.run_state import RunDirError, format_status, read_jsonl, read_run_state
+from gream.run_state import STALE_MIN_S, RunDirError, driver_state, format_status, read_jsonl, read_run_state
 from rl_system.evaluate import pass_at_k, write_eval
 from sft.metrics import ranking_metrics
 
@@ -34,6 +35,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 INSTALL = "apt-get update && apt-get install -y chromium"
 STEPS = 8
 NO_UPDATE_STEP = 3  # a step whose groups were all dropped: no learner metrics, as the driver logs it
+VAL_EVERY = 4  # validation on steps 0 (the SFT model), 4 and 8; null on 1-3, absent on 5-7
+SELECTED = 4
 WINDOW = (1400, 1300)
 
 
@@ -45,12 +48,23 @@ def step_record(step: int, rng: np.random.Generator) -> dict:
               "completions": 64, "dropped/all_miss": 0.5 - 0.04 * step, "dropped/all_hit": 0.01 * step,
               "dropped/constant": 0.05, "kept_groups": 4, "sampled_groups": 8, "sampling_rounds": 1,
               "time/rollout": 1.5 + rng.random(), "time/reward": 0.1, "time/train": 2.0 + rng.random(),
-              "time/push": 0.3, "weight_version": step, "throughput/rollout_tokens_per_s": 200.0 + 10 * step}
+              "time/push": 0.3, "weight_version": step,
+              # Up to 1880.64 at step 8: the demo run whose axis label read "880.640" (its "1" cut off).
+              "throughput/rollout_tokens_per_s": 600.0 + 160.08 * step}
     record["time/step"] = sum(record[f"time/{p}"] for p in ("rollout", "reward", "train", "push"))
     if step != NO_UPDATE_STEP:
         record.update(kl=0.001 * step, entropy=3.0 - 0.1 * step, clip_fraction=0.01,
                       grad_norm=float("nan") if step == 2 else 0.5, loss=0.1, pg_loss=0.1)
+    if step % VAL_EVERY == 0:
+        record.update(val_record(step))
+    elif step < VAL_EVERY:  # steps without validation may log its keys as null
+        record.update(dict.fromkeys(val_record(step)))
     return record
+
+
+def val_record(step: int) -> dict:
+    """Rising to step 4, then falling: the best is not the last."""
+    return {"val/recall@10": 0.1 + 0.02 * min(step, 10 - step), "val/ndcg@10": 0.05 + 0.01 * min(step, 10 - step)}
 
 
 def eval_result(rng: np.random.Generator, sampled: bool = True) -> dict:
@@ -78,6 +92,7 @@ def run_dir(tmp_path) -> Path:
     sft.close()
     write_eval(run / "sft", eval_result(rng))
     metrics = MetricsLog(run / "rl", tensorboard=False)
+    metrics.write(0, val_record(0))  # the SFT model's validation, before any RL step
     for step in range(1, STEPS + 1):
         metrics.write(step, step_record(step, rng))
     metrics.close()
@@ -90,9 +105,13 @@ def run_dir(tmp_path) -> Path:
                {"weight_version": 5, "spec_hash": "0123456789abcdef"})
     (run / "rl" / "checkpoints" / "step-0000008").mkdir()  # killed mid-write: no manifest
     (run / "rl" / "status.json").write_text(json.dumps({
-        "step": STEPS, "updated": time.time(),
+        "step": STEPS, "updated": time.time(), "restarts": 0,
         "workers": [{"slot": 0, "weight_version": STEPS, "alive": True},
                     {"slot": 1, "weight_version": STEPS - 1, "alive": False}]}))
+    # Only the selection: the model files would make the run look finished.
+    RunLayout(run).model("rl").mkdir()
+    (RunLayout(run).model("rl") / "selection.json").write_text(json.dumps(
+        {"step": SELECTED, "metric": "val/ndcg@10", "value": val_record(SELECTED)["val/ndcg@10"]}))
     return run
 
 
@@ -141,9 +160,27 @@ def path_points(d: str) -> list[tuple[float, float]]:
     return [(float(x), float(y)) for x, y in re.findall(r"[ML](-?[\d.]+),(-?[\d.]+)", d)]
 
 
+def plot(dom: str, plot_id: str) -> str:
+    match = re.search(rf'id="{plot_id}">(.*?)</svg>', dom, re.S)
+    assert match, f"no plot #{plot_id} in the rendered page"
+    return match.group(1)
+
+
+# Added to the served page: where the browser laid out each tick label, in its SVG's coordinates. A
+# label starting left of 0 is cut off at the SVG's edge, as "1880.640" once lost its "1".
+MEASURE_TICKS = """<script>
+const drawn = render;
+render = data => {
+  drawn(data);
+  document.querySelectorAll("text.tick").forEach(t => t.setAttribute("data-box-x", t.getBBox().x));
+};
+</script></body>"""
+
+
 @pytest.mark.skipif(not CHROMIUM.exists(), reason=f"headless Chromium not installed ({INSTALL})")
-def test_dashboard_renders_every_plot_with_the_run_data(run_dir, server, tmp_path):
+def test_dashboard_renders_every_plot_with_the_run_data(run_dir, server, tmp_path, monkeypatch):
     records = read_metrics(RunLayout(run_dir).metrics("rl"))
+    monkeypatch.setattr(gream.dashboard, "PAGE", gream.dashboard.PAGE.replace("</body>", MEASURE_TICKS))
     dom = chromium(url_of(server), tmp_path, "--dump-dom")
     page = Elements(dom)
 
@@ -153,12 +190,20 @@ def test_dashboard_renders_every_plot_with_the_run_data(run_dir, server, tmp_pat
 
     series = {a["data-key"]: a for a in page.having("path", "series")}
     expected = {"reward/mean", "reward/std", "hit_rate", "dropped/all_miss", "dropped/all_hit",
-                "dropped/constant", "kl", "entropy", "throughput/rollout_tokens_per_s", "loss_align"}
+                "dropped/constant", "kl", "entropy", "throughput/rollout_tokens_per_s", "loss_align",
+                "val/recall@10", "val/ndcg@10"}
     assert expected <= set(series), f"missing plots: {expected - set(series)}"
     for key in expected - {"loss_align"}:
         logged = sum(1 for r in records if isinstance(r.get(key), (int, float)))
         assert int(series[key]["data-points"]) == logged, key
         assert len(path_points(series[key]["d"])) == logged, key
+    # Validation: steps 0, 4 and 8 joined in one line (not gaps at the steps without it), peaking at 4.
+    assert int(series["val/ndcg@10"]["data-points"]) == 3 and series["val/ndcg@10"]["d"].count("M") == 1
+    ys = [y for _, y in path_points(series["val/ndcg@10"]["d"])]
+    assert ys[1] < ys[0] and ys[1] < ys[2]
+    best = re.search(r'id="val-best">(.*?)</section>', dom, re.S).group(1)
+    assert f"best ndcg@10 {val_record(SELECTED)['val/ndcg@10']:.4f} at step {SELECTED}" in best
+    assert f"rl/model: step {SELECTED} checkpoint, selected by val/ndcg@10" in best
     assert int(series["kl"]["data-points"]) == STEPS - 1  # the step without an update leaves a gap
     assert series["kl"]["d"].count("M") == 2
     assert int(series["loss_align"]["data-points"]) == 3
@@ -172,7 +217,21 @@ def test_dashboard_renders_every_plot_with_the_run_data(run_dir, server, tmp_pat
     assert lcp == records[-1]["lcp_hist"] and sum(lcp) == 64
     for part in ("rollout", "reward", "train", "push"):
         values = [float(a["data-value"]) for a in bars if a["data-key"] == f"time/{part}"]
-        np.testing.assert_allclose(values, [r[f"time/{part}"] for r in records])
+        np.testing.assert_allclose(values, [r[f"time/{part}"] for r in records if f"time/{part}" in r])
+
+    # Every axis covers its data, and every tick label is inside its SVG as the browser laid it out.
+    ticks = page.having("text", "tick")
+    assert ticks and all(float(t["data-box-x"]) >= 0 for t in ticks), [t for t in ticks if float(t["data-box-x"]) < 0]
+    throughput = [r["throughput/rollout_tokens_per_s"] for r in records if "time/step" in r]
+    reward_top = max(r["reward/mean"] + r["reward/std"] for r in records if "reward/mean" in r)
+    for plot_id, top in (("plot-throughput", max(throughput)), ("plot-reward", reward_top),
+                         ("plot-time", max(r["time/step"] for r in records if "time/step" in r)),
+                         ("plot-lcp", max(records[-1]["lcp_hist"]))):
+        labels = re.findall(r'<text class="tick" data-value="([^"]+)"[^>]*>([^<]*)<', plot(dom, plot_id))
+        values = [float(v) for v, _ in labels]
+        assert max(values) >= top and max(values) - top < (values[1] - values[0]), (plot_id, top, labels)
+        assert all(float(text) == float(v) for v, text in labels), labels  # below 10,000: plain numbers
+    assert max(throughput) == pytest.approx(1880.64)
 
     rows = dict(re.findall(r'<tr class="eval-row" data-key="([^"]+)">(.*?)</tr>', dom))
     assert set(rows) >= {"pass@1", "pass@5", "pass@10", "recall@10", "ndcg@10"}
@@ -187,6 +246,12 @@ def test_dashboard_renders_every_plot_with_the_run_data(run_dir, server, tmp_pat
     workers = re.findall(r'<tr class="worker-row">(.*?)</tr>', dom)
     assert len(workers) == 2 and "alive" in workers[0] and 'class="dead">dead' in workers[1]
     assert 'class="stale">7' in workers[1]  # behind the driver's step
+
+    RunLayout(run_dir).stage_marker("rl").write_text("{}")  # the stage ended: the pool is gone
+    dom = chromium(url_of(server), tmp_path, "--dump-dom")
+    workers = re.findall(r'<tr class="worker-row">(.*?)</tr>', dom)
+    assert len(workers) == 2 and all('class="finished">finished' in w for w in workers), workers
+    assert 'data-state="finished">driver finished at step 8' in dom and ">alive<" not in dom
 
     shot = tmp_path / "dashboard.png"
     chromium(url_of(server), tmp_path, f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--screenshot={shot}")
@@ -212,9 +277,13 @@ def fetch(url: str) -> tuple[int, dict | str]:
 
 def test_api_follows_the_run_and_reports_bad_files(run_dir, server):
     status, body = fetch(url_of(server) + "api/metrics")
-    assert status == 200 and body["rl"]["steps"] == list(range(1, STEPS + 1))
-    assert body["rl"]["values"]["grad_norm"][1] is None  # NaN is not JSON: sent as a gap
+    assert status == 200 and body["rl"]["steps"] == list(range(0, STEPS + 1))
+    assert body["rl"]["values"]["grad_norm"][2] is None  # NaN is not JSON: sent as a gap
     assert body["checkpoint"]["step"] == 5 and body["status"]["workers"][1]["alive"] is False
+    assert body["driver"]["state"] == "running" and body["driver"]["stale_after"] == STALE_MIN_S
+    assert body["validation"]["val/ndcg@10"] == {"step": STEPS, "value": val_record(STEPS)["val/ndcg@10"],
+                                                 "best_step": SELECTED, "best_value": val_record(SELECTED)["val/ndcg@10"]}
+    assert body["selection"] == {"step": SELECTED, "metric": "val/ndcg@10", "value": val_record(SELECTED)["val/ndcg@10"]}
 
     log = MetricsLog(run_dir / "rl", tensorboard=False, resume_from_step=STEPS)  # the next poll sees step 9
     log.write(STEPS + 1, step_record(STEPS + 1, np.random.default_rng(1)))
@@ -245,7 +314,39 @@ def test_status_summarises_the_run(run_dir, capsys):
     assert "lcp hist   " + " ".join(f"{i}:{n}" for i, n in enumerate(last["lcp_hist"])) in text
     assert "workers: 1/2 alive at step 8" in text and "slot 1: DEAD  weight version 7" in text
     assert re.search(r"checkpoint: step 5 \(\d+s ago\)", text)
+    for key in ("val/recall@10", "val/ndcg@10"):
+        assert (f"{key:<14} {val_record(STEPS)[key]:.4f} at step {STEPS}, "
+                f"best {val_record(SELECTED)[key]:.4f} at step {SELECTED}") in text
+    assert (f"model: rl/model is the step {SELECTED} checkpoint, selected by val/ndcg@10 "
+            f"{val_record(SELECTED)['val/ndcg@10']:.4f}") in text
     assert "eval rl/test: recall@1" in text and "eval sasrec/test: recall@1" in text and "meta" not in text
+
+
+def test_finished_or_stale_driver_is_not_reported_alive(run_dir):
+    now = 1_000_000.0
+    status = {"step": 8, "updated": now - 100, "workers": [{"slot": 0, "weight_version": 8, "alive": True}]}
+    assert driver_state(status, [2.0, 3.0, 50.0], None, now).state == "running"
+    assert driver_state(status, [2.0, 3.0, 4.0], None, now + 21).state == "stale"  # 121 s > 120 s
+    slow = driver_state(status, [30.0, 40.0, 50.0], None, now + 250)  # 10 median steps: 400 s
+    assert slow.state == "running" and slow.stale_after == 400.0
+    assert driver_state(status, [30.0, 40.0, 50.0], None, now + 301).state == "stale"
+    assert driver_state(status, [], None, now + 21).state == "stale"  # no step time yet: the minimum
+    assert driver_state(status, [2.0], now - 99, now).state == "finished"  # the model came after the last step
+    assert driver_state(status, [2.0], now - 100, now + 1e5).state == "finished"  # however long ago
+    assert driver_state(status, [2.0], now - 500, now).state == "running"  # a previous run's model: re-run
+    assert driver_state({"step": 8}, [2.0], None, now).state == "stale"  # no update time: no news
+
+    layout = RunLayout(run_dir)
+    old = time.time() - 3 * STALE_MIN_S
+    layout.status.write_text(json.dumps({**json.loads(layout.status.read_text()), "updated": old}))
+    text = format_status(read_run_state(run_dir))
+    since = time.strftime("%H:%M:%S", time.localtime(old))
+    assert f"workers: stale (driver not updating since {since}, 6min ago) at step 8" in text
+    assert "alive" not in text and "slot 0: stale  weight version 8" in text and "slot 1: stale" in text
+    (layout.model("rl") / "config.json").write_text("{}")  # saved after the last step
+    text = format_status(read_run_state(run_dir))
+    assert "workers: finished at step 8 (last update 6min ago)" in text and "slot 0: finished" in text
+    assert "alive" not in text and "DEAD" not in text
 
 
 def test_empty_and_missing_run(tmp_path):
