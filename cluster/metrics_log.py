@@ -52,8 +52,9 @@ class MetricsLog:
         # On resume, steps after the checkpoint are re-run; keep one record per step.
         if not self.path.exists():
             return
+        # A fresh run (step 0) keeps nothing: its step-0 record (validation before training) is new too.
         kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", -1) <= step]
+                if step and line.strip() and json.loads(line).get("step", -1) <= step]
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:

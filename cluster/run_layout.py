@@ -14,6 +14,7 @@ STAGE_MARKER = "stage.json"
 MODEL_DIR = "model"
 INDEX_SUFFIX = ".index.json"
 SID_VOCAB_FILE = "sid_vocab.txt"
+SELECTION_FILE = "selection.json"  # which checkpoint became rl/model
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,10 @@ class RunLayout:
     @property
     def reasoning(self) -> Path:
         return self.stage("sft") / "reasoning"
+
+    @property
+    def selection(self) -> Path:
+        return self.model("rl") / SELECTION_FILE
 
     @property
     def checkpoints(self) -> Path:

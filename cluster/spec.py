@@ -161,6 +161,14 @@ class RlSpec(_Section):
     advantage: Literal["srpo", "grpo", "dr_grpo"] = "srpo"
     mode: Literal["direct", "reasoning"] = "direct"
     reward: Literal["residual", "binary", "beam"] = "residual"
+    # MiniOneRec's ranking term, added to `reward` at this weight (0 = off): in a group with a hit,
+    # each miss loses 1/log2(rank + 2) (normalised over the group), rank = its place in the policy's
+    # own order (sequence logprob), so near misses the policy prefers are pushed below the target.
+    rank_penalty: float = Field(0.0, ge=0)
+    # How a prompt's group is drawn: G samples, the trie-constrained beam of width G (G distinct
+    # items, MiniOneRec's rollouts), or `beam_share` of the group from the beam and the rest sampled.
+    rollout: Literal["sample", "beam", "mixed"] = "sample"
+    beam_share: float = Field(0.5, gt=0, lt=1)
     beta: float = Field(0.5, gt=0)
     passk_k: int = Field(4, ge=1)
     beam_width: int = Field(4, ge=1)
@@ -177,12 +185,29 @@ class RlSpec(_Section):
     zero_stage: int = Field(2, ge=0, le=3)
     offload: bool = False
     seed: int = 0
+    # Training length: `epochs` passes over the training prompts (dynamic sampling's extra rounds
+    # count), capped by `steps`; None = exactly `steps` steps.
+    epochs: float | None = Field(None, gt=0)
+    # Only the training prompts of the first N users (by id): the few-prompt check that the loop can
+    # fit what it sees. None = every user.
+    train_users: int | None = Field(None, ge=1)
+    # Validation inside the run: every `eval_every` steps (and before the first) the policy's beam
+    # Recall/NDCG@10 on a fixed sample of `eval_users` validation users, the same sample for every
+    # RL seed (drawn with `eval_seed`); rl/model is then the best checkpoint by it. 0 = off.
+    eval_every: int = Field(0, ge=0)
+    eval_users: int = Field(500, ge=1)
+    eval_seed: int = 0
 
     @model_validator(mode="after")
-    def _beam_needs_reasoning(self) -> "RlSpec":
+    def _modes(self) -> "RlSpec":
         # Rollout-Beam expands the SID after each sampled trace's <answer>; direct mode has no trace.
         if self.reward == "beam" and self.mode != "reasoning":
             raise ValueError("reward 'beam' (Rollout-Beam) needs mode 'reasoning'")
+        if self.rollout != "sample" and self.mode != "direct":
+            raise ValueError(f"rollout '{self.rollout}' draws the SID by beam search, so it needs mode 'direct'")
+        if self.rollout == "mixed" and not 1 <= round(self.beam_share * self.group_size) < self.group_size:
+            raise ValueError(f"rollout 'mixed': beam_share {self.beam_share} of group_size {self.group_size} "
+                             "must leave at least one beam and one sampled completion")
         return self
 
 
@@ -247,7 +272,8 @@ class CheckpointSpec(_Section):
     keep: int = Field(2, ge=1)
     # Besides the last `keep`, the checkpoint with the best value of this per-step RL metric (its
     # mean over the steps since the previous checkpoint) is kept and named in checkpoints/best.json.
-    best_metric: str = "reward/mean"
+    # None: `val/ndcg@10` when rl.eval_every is set, else `reward/mean`.
+    best_metric: str | None = None
     best_mode: Literal["max", "min"] = "max"
 
 
@@ -267,6 +293,12 @@ class JobSpec(_Section):
 
     # Where the spec came from; relative paths in it resolve against the working directory.
     source: str | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _default_best_metric(self) -> "JobSpec":
+        if self.checkpoint.best_metric is None:
+            self.checkpoint.best_metric = "val/ndcg@10" if self.rl.eval_every else "reward/mean"
+        return self
 
     @property
     def run_path(self) -> Path:

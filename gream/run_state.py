@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 EVAL_STAGES = ("sft", "rl")
 TIME_PARTS = ("rollout", "reward", "train", "push")
 VAL_PREFIX = "val/"  # validation metrics the RL driver logs on some steps (step 0: the SFT model)
-SELECTION_FILE = "selection.json"  # in rl/model: {"step", "metric", "value"} of the checkpoint it was made from
 # A driver whose status.json is older than this many median step times (and at least the minimum)
 # is taken to have stopped: a slow step is not a dead driver, an hour of silence is.
 STALE_MIN_S = 120.0
@@ -228,7 +227,7 @@ def read_run_state(run_dir: str | Path) -> RunState:
     if not run_dir.is_dir():
         raise RunDirError(f"{run_dir}: no such run directory (expected the spec's run_dir, e.g. runs/NAME)")
     layout = RunLayout(run_dir)
-    selection = _read_json(layout.model("rl") / SELECTION_FILE)
+    selection = _read_json(layout.selection)
     return RunState(
         run_dir=run_dir,
         rl=Series.from_records(read_jsonl(layout.metrics("rl"))),

@@ -65,6 +65,16 @@ def _in_chunks(pool, method: str, prompts: list, desc: str, **kwargs) -> list:
     return out
 
 
+def token_mapper(tokenizer, index: SidIndex):
+    """token ids of a SID -> its item id (None for a sequence that names no item)."""
+    vocab_items = {tok_id: tok for tok, tok_id in tokenizer.get_vocab().items()}
+
+    def token_to_item(token_ids):
+        return index.item_of([vocab_items.get(t, "") for t in token_ids])
+
+    return token_to_item
+
+
 def beam_metrics(pool, prompts: EvalPrompts, token_to_item, width: int, ks: Sequence[int]) -> dict:
     results = _in_chunks(pool, "beam", prompts.prompt_ids, "beam eval", width=width)
     ranked = [[token_to_item(c.token_ids) for c in cands] for cands in results]
@@ -109,11 +119,7 @@ def evaluate(cfg: EvalConfig, pool, tokenizer, index: SidIndex, splits: dict[str
     """Metrics per split, e.g. {"valid": {"recall@10": ...}, "test": {...}}; without `sampling`, the
     beam metrics only (Pass@K sampling costs `eval.pass_samples` times the beam's generation)."""
     e = cfg.eval
-    vocab_items = {tok_id: tok for tok, tok_id in tokenizer.get_vocab().items()}
-
-    def token_to_item(token_ids):
-        return index.item_of([vocab_items.get(t, "") for t in token_ids])
-
+    token_to_item = token_mapper(tokenizer, index)
     reasoning = cfg.mode == "reasoning"
     out = {}
     for name, examples in splits.items():

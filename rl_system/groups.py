@@ -13,8 +13,9 @@ import numpy as np
 
 from cluster.spec import RlSpec
 from rl_system import advantages
-from rl_system.messages import RewardReply, RolloutGroup, ScoredGroup, TrainBatch
+from rl_system.messages import Completion, Prompt, RewardReply, RolloutGroup, ScoredGroup, TrainBatch
 from rl_system.prompt_source import PromptSource
+from rl_system.reward.functions import ranking_penalty
 from rl_system.reward.pool import RewardPool
 from rl_system.rollout.pool import RolloutPool
 
@@ -49,13 +50,35 @@ class GroupSampler:
             beams[g][c] = [texts_of(cand.token_ids) for cand in cands] + [""] * (width - len(cands))
         return [b for group_beams in beams for b in group_beams]
 
+    def _rollouts(self, prompts: list[Prompt]) -> list[RolloutGroup]:
+        """Each prompt's group: `rl.rollout` decides how many completions are sampled and how many are
+        the policy's top SIDs by trie-constrained beam search (distinct items, best first)."""
+        rl = self.rl
+        n_beam = {"sample": 0, "beam": rl.group_size, "mixed": round(rl.beam_share * rl.group_size)}[rl.rollout]
+        n_sample = rl.group_size - n_beam
+        max_tokens = rl.max_new_tokens + (rl.max_think_tokens if rl.mode == "reasoning" else 0)
+        tokenizer = self.source.tokenizer
+        ids = tokenizer([p.text for p in prompts], add_special_tokens=False)["input_ids"]
+        groups = [RolloutGroup(list(i), [], self.pool.version) for i in ids]
+        if n_sample:
+            groups = self.pool.generate(ids, n=n_sample, temperature=rl.temperature, max_tokens=max_tokens,
+                                        mode=rl.mode)
+        if n_beam:
+            for group, cands in zip(groups, self.pool.beam([g.prompt_ids for g in groups], n_beam)):
+                if len(cands) < n_beam:
+                    raise RuntimeError(f"beam of width {n_beam} found {len(cands)} SIDs: the catalogue is "
+                                       "smaller than the group; lower rl.group_size or rl.beam_share")
+                # The trie forces EOS after a complete SID, so its constrained logprob is 0.
+                group.completions.extend(
+                    Completion([*c.token_ids, tokenizer.eos_token_id], tokenizer.decode(c.token_ids),
+                               [*c.token_logprobs, 0.0], "stop") for c in cands)
+        return groups
+
     def sample(self, n: int) -> list[ScoredGroup]:
         rl = self.rl
         prompts = self.source.next(n)
-        max_tokens = rl.max_new_tokens + (rl.max_think_tokens if rl.mode == "reasoning" else 0)
         start = time.perf_counter()
-        groups = self.pool.generate([p.text for p in prompts], n=rl.group_size, temperature=rl.temperature,
-                                    max_tokens=max_tokens, mode=rl.mode)
+        groups = self._rollouts(prompts)
         beams = None
         if rl.reward == "beam":
             beams = self._beam_candidates(groups, self.source.tokenizer.decode)
@@ -69,6 +92,9 @@ class GroupSampler:
 
         chosen = {"residual": reply.residual, "binary": reply.binary, "beam": reply.beam}[rl.reward]
         shape = (len(prompts), rl.group_size)
+        if rl.rank_penalty:
+            seq_logprobs = np.array([sum(c.logprobs) for g in groups for c in g.completions]).reshape(shape)
+            chosen = chosen + rl.rank_penalty * ranking_penalty(reply.exact.reshape(shape), seq_logprobs).ravel()
         out = [ScoredGroup(p, g, r, h, lcp, f) for p, g, r, h, lcp, f in zip(
             prompts, groups, chosen.reshape(shape), reply.exact.reshape(shape), reply.lcp.reshape(shape),
             reply.format_ok.reshape(shape))]

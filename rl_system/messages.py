@@ -37,7 +37,11 @@ class RolloutGroup:
 @dataclass(frozen=True)
 class BeamCandidate:
     token_ids: tuple[int, ...]
-    logprob: float  # sum over the SID tokens of the constrained log-probabilities
+    token_logprobs: tuple[float, ...]  # per SID token, constrained (normalised over the trie's children)
+
+    @property
+    def logprob(self) -> float:
+        return sum(self.token_logprobs)
 
 
 @dataclass

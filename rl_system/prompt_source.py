@@ -15,6 +15,14 @@ from rl_system.messages import Prompt
 from sft.prompts import render_seqrec_prompt
 
 
+def first_users(examples: Sequence[Example], users: int | None) -> list[Example]:
+    """The examples of the `users` lowest user ids (all examples when None)."""
+    if users is None:
+        return list(examples)
+    keep = set(sorted({e.user for e in examples})[:users])
+    return [e for e in examples if e.user in keep]
+
+
 class PromptSource:
     def __init__(self, examples: Sequence[Example], index: SidIndex, tokenizer, seed: int, reasoning: bool = False):
         if not examples:
@@ -46,6 +54,10 @@ class PromptSource:
             out.append(self.render(uid, self.examples[int(self._permutation(epoch)[offset])]))
         self.cursor += n
         return out
+
+    @property
+    def epochs_drawn(self) -> float:
+        return self.cursor / len(self.examples)
 
     def state(self) -> dict:
         return {"cursor": self.cursor, "seed": self.seed, "num_examples": len(self.examples)}

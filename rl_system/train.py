@@ -34,9 +34,11 @@ from indexing.sid import SidIndex
 from rl_system.dynamic_sampling import BatchFiller
 from rl_system.groups import GroupSampler, rollout_metrics, train_batch
 from rl_system.learner.group import LearnerGroup
-from rl_system.prompt_source import PromptSource
+from rl_system.prompt_source import PromptSource, first_users
 from rl_system.reward.pool import RewardPool
 from rl_system.rollout.pool import RolloutPool
+from rl_system.validation import KEYS as VALIDATION_KEYS
+from rl_system.validation import InRunValidation, sample_users
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +138,15 @@ def run(spec: JobSpec, resume: bool = False) -> Path:
     index = SidIndex.load(idx_path)
     tokenizer = AutoTokenizer.from_pretrained(start_model)
 
+    split = split_from_spec(spec)
     learner_pg = ranks_group(spec.name, "learner", spec.cluster.learner)
     learner = LearnerGroup.from_spec(spec, start_model, learner_pg)
     pool = RolloutPool.from_spec(spec, start_model, index)
     rewards = RewardPool.from_spec(spec, idx_path)
-    source = PromptSource(split_from_spec(spec).train, index, tokenizer, rl.seed, reasoning=rl.mode == "reasoning")
+    source = PromptSource(first_users(split.train, rl.train_users), index, tokenizer, rl.seed,
+                          reasoning=rl.mode == "reasoning")
+    validate = (InRunValidation(pool, tokenizer, index, sample_users(split.valid, rl.eval_users, rl.eval_seed),
+                                spec.eval.beam_width) if rl.eval_every else None)
     sampler = GroupSampler(rl, pool, rewards, source, tokenizer.get_vocab().get("<answer>"))
     filler = BatchFiller(rl.prompts_per_step, rl.max_resample_rounds)
     ckpts = CheckpointManager(spec.layout.checkpoints, spec.checkpoint.keep,
@@ -155,8 +161,12 @@ def run(spec: JobSpec, resume: bool = False) -> Path:
         # However the loop ends (done, signalled, a rank lost), the actors go; last in, first out.
         for close in (learner_pg.remove, learner.shutdown, pool.shutdown, rewards.shutdown, metrics.close):
             teardown.callback(close)
+        if validate is not None and step == 0:  # the SFT model: the baseline every checkpoint must beat
+            baseline = validate()
+            metrics.write(0, baseline)
+            _save(spec, ckpts, learner, source, 0, {spec.checkpoint.best_metric: baseline.get(spec.checkpoint.best_metric)})
         stopping = False
-        while step < rl.steps and not stopping:
+        while step < rl.steps and not stopping and not _trained_enough(rl, source):
             step += 1
             if (size := control.pending_scale()) is not None:
                 pool.scale(size)                                           # gream scale RUN --rollout N
@@ -176,6 +186,10 @@ def run(spec: JobSpec, resume: bool = False) -> Path:
             push = pool.push(step)                                         # weights -> rollout workers
             sampler.seconds["push"] = time.perf_counter() - t_push
             record = _step_record(spec, step, sampler, filled, trained, push, time.perf_counter() - t0)
+            last = step == rl.steps or _trained_enough(rl, source)
+            evaluated = validate is not None and (step % rl.eval_every == 0 or last)
+            if validate is not None:
+                record.update(validate() if evaluated else dict.fromkeys(VALIDATION_KEYS))  # validate
             metrics.write(step, record)                                    # log
             window.add(record)
             write_status(spec.run_path, step, pool.versions(), pool.restarts)
@@ -183,13 +197,34 @@ def run(spec: JobSpec, resume: bool = False) -> Path:
             # Read the flag once: a signal landing after this line stops the loop a step later, so
             # the step it stops after is always one that was saved.
             stopping = stop.raised is not None
-            if step % spec.checkpoint.every == 0 or step == rl.steps or stopping:
+            if step % spec.checkpoint.every == 0 or last or stopping or evaluated:
                 _save(spec, ckpts, learner, source, step, window.take())   # save
         if not stopping:
-            learner.save_hf(spec.layout.model("rl"))
+            _export_selected(spec, ckpts, learner, step, selected=validate is not None)
     if stopping:
         raise Stopped(stop.raised, _resume_hint(ckpts))
     return spec.layout.model("rl")
+
+
+def _trained_enough(rl, source: PromptSource) -> bool:
+    return rl.epochs is not None and source.epochs_drawn >= rl.epochs
+
+
+def _export_selected(spec: JobSpec, ckpts: CheckpointManager, learner: LearnerGroup, step: int,
+                     selected: bool) -> None:
+    """rl/model: with in-run validation the best checkpoint by `checkpoint.best_metric` (step 0 =
+    the SFT weights, when no step beat them), as SFT and SASRec are early-stopped; else the last
+    weights. `selection.json` beside it says which."""
+    best = ckpts.best() if selected else None
+    if best is not None and best.step != step:
+        learner.load_checkpoint(best.path / "learner")
+    out = spec.layout.model("rl")
+    learner.save_hf(out)
+    choice = {"step": best.step if best else step, "last_step": step,
+              "metric": spec.checkpoint.best_metric if best else None,
+              "value": ckpts.rule.score(best) if best and ckpts.rule else None}
+    spec.layout.selection.write_text(json.dumps(choice, indent=1))
+    log.info("rl model saved", extra=fields(path=str(out), **choice))
 
 
 def _step_record(spec: JobSpec, step, sampler, filled, trained, push, seconds) -> dict:
@@ -199,7 +234,8 @@ def _step_record(spec: JobSpec, step, sampler, filled, trained, push, seconds) -
     record.update({k: trained.get(k) for k in LEARNER_KEYS})
     record.update({f"time/{k}": round(v, 4) for k, v in sampler.seconds.items()})
     uids = [g.prompt.uid for g in sampler.all_groups]
-    record.update({"data/first_uid": min(uids), "data/last_uid": max(uids)})
+    record.update({"data/first_uid": min(uids), "data/last_uid": max(uids),
+                   "data/epochs": round(sampler.source.epochs_drawn, 4)})
     tokens = sum(len(c.token_ids) for g in sampler.all_groups for c in g.rollout.completions)
     record.update({"time/step": round(seconds, 4), "weight_version": step, "push/seconds": push.get("seconds"),
                    "push/bytes": push.get("bytes"),

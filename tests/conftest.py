@@ -10,6 +10,15 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+# A test that takes one of these fixtures starts Ray (and a vLLM engine): it is `heavy`. Modules that
+# start Ray, vLLM or DeepSpeed some other way (a subprocess, a trainer) say `pytestmark = heavy`.
+HEAVY_FIXTURES = {"ray_cluster", "rollout_worker"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.heavy)
 
 
 # =====================================================================================

@@ -142,6 +142,23 @@ def score(parsed: ParsedBatch, targets: np.ndarray, semantic_levels: int, beta: 
                        binary=exact.astype(np.float64), beam=beam)
 
 
+def ranking_penalty(hits: np.ndarray, logprobs: np.ndarray) -> np.ndarray:
+    """MiniOneRec's rank-aware term for groups [P, G]: 0 for a hit, and in a group that holds a hit,
+    -w(r) / sum_j w(j) for a miss at rank r of the policy's own order (highest sequence logprob
+    first, ties by position), w(r) = 1 / log2(r + 2). A group without a hit gets 0 throughout: with
+    no target among the candidates there is nothing to rank them below."""
+    hits = np.asarray(hits, dtype=bool)
+    logprobs = np.asarray(logprobs, dtype=np.float64)
+    if hits.shape != logprobs.shape or hits.ndim != 2:
+        raise ValueError(f"hits {hits.shape} and logprobs {logprobs.shape} must both be [groups, G]")
+    weights = 1.0 / np.log2(np.arange(hits.shape[1]) + 2.0)
+    order = np.argsort(-logprobs, axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(hits.shape[1])[None, :].repeat(len(hits), 0), axis=1)
+    penalty = -weights[rank] / weights.sum()
+    return np.where(hits | ~hits.any(axis=1, keepdims=True), 0.0, penalty)
+
+
 def semantic_levels(index_codes: np.ndarray) -> int:
     """Levels that carry meaning in an index [items, D]: D - 1 if the last level is a dedup ordinal, else D.
 

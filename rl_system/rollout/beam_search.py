@@ -35,14 +35,14 @@ def constrained_beam(llm, prompts: Sequence[Sequence[int]], width: int, depth: i
 
     if width < 1 or depth < 1:
         raise ValueError(f"beam width and depth must be >= 1, got width={width}, depth={depth}")
-    beams: list[list[BeamCandidate]] = [[BeamCandidate((), 0.0)] for _ in prompts]
+    beams: list[list[BeamCandidate]] = [[BeamCandidate((), ())] for _ in prompts]
     for _ in range(depth):
         owners, requests, params = [], [], []
         expanded: list[list[BeamCandidate]] = [[] for _ in prompts]
         for p, live in enumerate(beams):
             for beam in live:
                 if beam.token_ids in forced:
-                    expanded[p].append(BeamCandidate(beam.token_ids + (forced[beam.token_ids],), beam.logprob))
+                    expanded[p].append(BeamCandidate(beam.token_ids + (forced[beam.token_ids],), beam.token_logprobs + (0.0,)))
                     continue
                 owners.append((p, beam))
                 requests.append(TokensPrompt(prompt_token_ids=list(prompts[p]) + list(beam.token_ids)))
@@ -54,6 +54,6 @@ def constrained_beam(llm, prompts: Sequence[Sequence[int]], width: int, depth: i
             # Up to width + 1 entries (the top tokens plus the sampled one); masked tokens are -inf.
             for token, lp in out.outputs[0].logprobs[0].items():
                 if math.isfinite(lp.logprob):
-                    expanded[p].append(BeamCandidate(beam.token_ids + (token,), beam.logprob + lp.logprob))
+                    expanded[p].append(BeamCandidate(beam.token_ids + (token,), beam.token_logprobs + (lp.logprob,)))
         beams = [sorted(c, key=lambda b: (-b.logprob, b.token_ids))[:width] for c in expanded]
     return beams

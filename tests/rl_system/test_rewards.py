@@ -132,3 +132,27 @@ def test_semantic_levels_of_bundled_indexes():
 
     office = read_index_codes(Path(__file__).resolve().parents[2] / "data/office/Office.unitok5.index.json")
     assert semantic_levels(np.array(list(office.values()))) == 5
+
+
+def test_ranking_penalty_by_hand():
+    """G = 4: w = 1, 1/log2 3, 1/2, 1/log2 5 (sum 2.5616). The policy's order by logprob is
+    completion 2, 0, 1, 3; completion 1 is the hit. Misses lose w(rank) / sum."""
+    from rl_system.reward.functions import ranking_penalty
+
+    hits = np.array([[False, True, False, False], [False, False, False, False]])
+    logprobs = np.array([[-1.0, -2.0, -0.5, -3.0], [-1.0, -2.0, -0.5, -3.0]])
+    out = ranking_penalty(hits, logprobs)
+    total = 1 + 1 / np.log2(3) + 0.5 + 1 / np.log2(5)
+    np.testing.assert_allclose(out[0], [-(1 / np.log2(3)) / total, 0.0, -1 / total, -(1 / np.log2(5)) / total])
+    np.testing.assert_allclose(out[0], [-0.246302, 0.0, -0.390380, -0.168128], atol=1e-6)
+    assert (out[1] == 0).all()  # no hit: nothing to rank below
+
+
+def test_ranking_penalty_ties_keep_the_group_order_and_shapes_are_checked():
+    from rl_system.reward.functions import ranking_penalty
+
+    out = ranking_penalty(np.array([[True, False, False]]), np.zeros((1, 3)))
+    total = 1 + 1 / np.log2(3) + 0.5
+    np.testing.assert_allclose(out[0], [0.0, -(1 / np.log2(3)) / total, -0.5 / total])
+    with pytest.raises(ValueError, match="must both be"):
+        ranking_penalty(np.zeros((2, 3), bool), np.zeros((2, 4)))

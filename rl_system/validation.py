@@ -1,0 +1,39 @@
+"""Validation inside the RL run: the current policy's beam Recall/NDCG@10 on a fixed sample of
+validation users, through the rollout workers (so it measures the weights they serve).
+
+The sample depends only on `rl.eval_seed`, never on the RL seed, so every RL seed of a recipe is
+selected on the same users, and the SFT model's figure at step 0 is the baseline each run must beat.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from indexing.dataset import Example
+from indexing.sid import SidIndex
+from rl_system.evaluate import beam_metrics, build_prompts, token_mapper
+
+K = 10
+KEYS = (f"val/recall@{K}", f"val/ndcg@{K}")
+
+
+def sample_users(examples: Sequence[Example], users: int, seed: int) -> list[Example]:
+    """`users` examples drawn without replacement (all when there are fewer), in split order."""
+    if users >= len(examples):
+        return list(examples)
+    pick = np.random.default_rng(seed).choice(len(examples), users, replace=False)
+    return [examples[i] for i in sorted(pick)]
+
+
+class InRunValidation:
+    def __init__(self, pool, tokenizer, index: SidIndex, examples: Sequence[Example], width: int):
+        if width < K:
+            raise ValueError(f"in-run validation ranks the top {K}; eval.beam_width is {width}")
+        self.pool, self.width = pool, width
+        self.prompts = build_prompts(tokenizer, index, examples, reasoning=False)
+        self.token_to_item = token_mapper(tokenizer, index)
+
+    def __call__(self) -> dict[str, float]:
+        metrics = beam_metrics(self.pool, self.prompts, self.token_to_item, self.width, [K])
+        return {f"val/{name}": metrics[name] for name in (f"recall@{K}", f"ndcg@{K}")}
