@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -129,13 +130,16 @@ def link(path: Path, target: Path) -> None:
     path.symlink_to(target, target_is_directory=True)
 
 
-def gream(command: str, spec: Path, sets: list[str], log: Path) -> float:
-    """Run `gream COMMAND SPEC --set ...` from the repository root (relative data paths resolve there),
-    output to `log`; returns the seconds taken, exits with the tail of the log on failure."""
-    argv = [str(GREAM), command, str(spec)] + [a for s in sets for a in ("--set", s)]
+def gream(command: str, spec: Path, sets: list[str], log: Path, extra: Sequence[str] = ()) -> float:
+    """Run `gream COMMAND SPEC EXTRA... --set ...` from the repository root (relative data paths
+    resolve there) on this checkout's code (PYTHONPATH first: a worktree sharing another checkout's
+    editable .venv runs its own files), output to `log`; returns the seconds taken, exits with the
+    tail of the log on failure."""
+    argv = [str(GREAM), *command.split(), str(spec), *extra] + [a for s in sets for a in ("--set", s)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
     with log.open("w") as out:
-        proc = subprocess.run(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.run(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-30:])

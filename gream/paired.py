@@ -42,14 +42,13 @@ def example_keys(users: np.ndarray) -> list[tuple[int, int]]:
     return keys
 
 
-def align(users_a: np.ndarray, users_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Positions in a and in b of the examples both hold, in a's order."""
-    where_b = {key: i for i, key in enumerate(example_keys(users_b))}
-    pairs = [(i, where_b[key]) for i, key in enumerate(example_keys(users_a)) if key in where_b]
-    if not pairs:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    ia, ib = np.array(pairs, dtype=np.int64).T
-    return ia, ib
+def align(first: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
+    """For the examples every list holds, their positions in each list, in the first list's order."""
+    where = [{key: i for i, key in enumerate(example_keys(users))} for users in others]
+    rows = [(i, *(w[key] for w in where)) for i, key in enumerate(example_keys(first))
+            if all(key in w for w in where)]
+    table = np.array(rows, dtype=np.int64).reshape(len(rows), 1 + len(others))
+    return tuple(table.T)
 
 
 def paired_bootstrap(diff: np.ndarray, users: np.ndarray, resamples: int = RESAMPLES, seed: int = SEED,

@@ -68,3 +68,5 @@ def test_align_pairs_users_and_their_nth_examples():
     assert ia.tolist() == [1, 2, 3] and ib.tolist() == [0, 1, 3]
     ia, ib = align(np.array([1]), np.array([2]))
     assert ia.size == ib.size == 0
+    ia, ib, ic = align(np.array([1, 2, 3]), np.array([3, 2]), np.array([2, 3, 4]))
+    assert (ia.tolist(), ib.tolist(), ic.tolist()) == ([1, 2], [1, 0], [0, 1])

@@ -85,3 +85,28 @@ def test_validation_sample_is_fixed_and_in_split_order():
     first, again = validation_sample(examples, 10), validation_sample(examples, 10)
     assert first == again and len(first) == 10 and [e.user for e in first] == sorted(e.user for e in first)
     assert validation_sample(examples, None) == examples == validation_sample(examples, 80)
+
+
+def test_torch_beam_ranks_as_the_vllm_beam_of_gream_eval(rollout_worker, tiny_policy):
+    """The same model and index: sft/hf_beam.py (SFT validation) and rl_system/beam_search.py on the
+    vLLM engine (gream eval) return the same SIDs with the same constrained scores."""
+    import ray
+
+    from indexing.dataset import load_dataset
+    from tests.conftest import REPO
+
+    model, tok = load_backbone(tiny_policy.model_dir)
+    index = tiny_policy.index
+    ds = load_dataset(REPO / "data/office", "Office")
+    examples = [Example(u, tuple(ds.sequences[u][-6:-1]), ds.sequences[u][-1]) for u in sorted(ds.sequences)[:6]]
+    prompts = build_prompts(tok, index, examples, reasoning=False).prompt_ids
+    trie = SidTrie.from_index(index, tok.get_vocab(), model.config.vocab_size, [tok.eos_token_id])
+    rows, scores = constrained_beam(model.eval(), prompts, trie, 8, tok.pad_token_id, torch.device("cpu"))
+    vllm = ray.get(rollout_worker.beam.remote(prompts, 8))
+    vocab = {i: t for t, i in tok.get_vocab().items()}
+    items = index.items()
+    for p, cands in enumerate(vllm):
+        got = {items[r]: s for r, s in zip(rows[p].tolist(), scores[p].tolist())}
+        want = {index.item_of([vocab[t] for t in c.token_ids]): c.logprob for c in cands}
+        assert set(got) == set(want)
+        assert [got[i] for i in want] == pytest.approx(list(want.values()), abs=1e-4)
