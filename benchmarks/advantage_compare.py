@@ -92,11 +92,12 @@ def format_table(columns: dict[str, dict[str, float | None]], title: str = "") -
     rows = list(dict.fromkeys(label for col in columns.values() for label in col))
     rows.sort(key=lambda label: label.startswith(("valid ", "test ")))  # training rows first, stable otherwise
     width = max([len(r) for r in rows] + [6]) + 2
+    cell = max([10] + [len(name) + 1 for name in columns])  # a name of 10 characters still gets a space
     lines = [title] if title else []
-    lines.append(f"{'':<{width}}" + "".join(f"{name:>10}" for name in columns))
+    lines.append(f"{'':<{width}}" + "".join(f"{name:>{cell}}" for name in columns))
     for label in rows:
         cells = [col.get(label) for col in columns.values()]
-        lines.append(f"{label:<{width}}" + "".join(f"{'-':>10}" if v is None else f"{v:>10.4f}" for v in cells))
+        lines.append(f"{label:<{width}}" + "".join(f"{'-':>{cell}}" if v is None else f"{v:>{cell}.4f}" for v in cells))
     return "\n".join(lines)
 
 
