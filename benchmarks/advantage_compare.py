@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -93,11 +94,12 @@ def format_table(columns: dict[str, dict[str, float | None]], title: str = "") -
     rows = list(dict.fromkeys(label for col in columns.values() for label in col))
     rows.sort(key=lambda label: label.startswith(("valid ", "test ")))  # training rows first, stable otherwise
     width = max([len(r) for r in rows] + [6]) + 2
+    cell = max([10] + [len(name) + 1 for name in columns])  # a name of 10 characters still gets a space
     lines = [title] if title else []
-    lines.append(f"{'':<{width}}" + "".join(f"{name:>10}" for name in columns))
+    lines.append(f"{'':<{width}}" + "".join(f"{name:>{cell}}" for name in columns))
     for label in rows:
         cells = [col.get(label) for col in columns.values()]
-        lines.append(f"{label:<{width}}" + "".join(f"{'-':>10}" if v is None else f"{v:>10.4f}" for v in cells))
+        lines.append(f"{label:<{width}}" + "".join(f"{'-':>{cell}}" if v is None else f"{v:>{cell}.4f}" for v in cells))
     return "\n".join(lines)
 
 
@@ -131,13 +133,16 @@ def link(path: Path, target: Path) -> None:
     path.symlink_to(target, target_is_directory=True)
 
 
-def gream(command: str, spec: Path, sets: list[str], log: Path) -> float:
-    """Run `gream COMMAND SPEC --set ...` from the repository root (relative data paths resolve there),
-    output to `log`; returns the seconds taken, exits with the tail of the log on failure."""
-    argv = [str(GREAM), command, str(spec)] + [a for s in sets for a in ("--set", s)]
+def gream(command: str, spec: Path, sets: list[str], log: Path, extra: Sequence[str] = ()) -> float:
+    """Run `gream COMMAND SPEC EXTRA... --set ...` from the repository root (relative data paths
+    resolve there) on this checkout's code (PYTHONPATH first: a worktree sharing another checkout's
+    editable .venv runs its own files), output to `log`; returns the seconds taken, exits with the
+    tail of the log on failure."""
+    argv = [str(GREAM), *command.split(), str(spec), *extra] + [a for s in sets for a in ("--set", s)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     start = time.perf_counter()
     with log.open("w") as out:
-        proc = subprocess.run(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.run(argv, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         tail = "\n".join(log.read_text().splitlines()[-30:])

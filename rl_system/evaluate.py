@@ -6,11 +6,11 @@
   `rl.mode` (reasoning: free thought, then the SID constrained after `<answer>`) -> Pass@K with the
   unbiased estimator 1 - C(n-c, K) / C(n, K), plus the share of well-formed answers.
 
-`gream eval SPEC` evaluates every trained stage present (sft, rl) and writes `<stage>/eval.json`.
+`gream eval SPEC` evaluates every trained stage present (sft, rl) and writes `<stage>/eval.json` and
+the per-user beam ranks beside it, `<stage>/ranks.json` (cluster.eval_record).
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -21,31 +21,18 @@ import numpy as np
 from tqdm import tqdm
 
 from cluster.errors import MissingArtefact
+from cluster.eval_record import RankRecord, split_ranks, write_eval
 from cluster.logs import fields
-from cluster.run_layout import EVAL_FILE
 from cluster.spec import EvalSpec, JobSpec
 from indexing.dataset import Example, split_from_spec
 from indexing.sid import SidIndex
 from rl_system.reward.functions import sid_of
-from sft.metrics import ranking_metrics
-from sft.prompts import render_seqrec_prompt
+from sft.metrics import metrics_from_ranks, rank_of
+from sft.prompts import EvalPrompts, build_prompts
 
 log = logging.getLogger(__name__)
 
 CHUNK = 256  # users per remote call: keeps progress visible and the workers evenly loaded
-
-
-@dataclass(frozen=True)
-class EvalPrompts:
-    prompt_ids: list[list[int]]
-    targets: list[int]
-
-
-def build_prompts(tokenizer, index: SidIndex, examples: Sequence[Example], reasoning: bool) -> EvalPrompts:
-    texts = [render_seqrec_prompt(tokenizer, [index.text(i) for i in ex.history], reasoning=reasoning)
-             for ex in examples]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-    return EvalPrompts([list(x) for x in ids], [ex.target for ex in examples])
 
 
 def pass_at_k(n: int, c: np.ndarray, k: int) -> np.ndarray:
@@ -75,13 +62,18 @@ def token_mapper(tokenizer, index: SidIndex):
     return token_to_item
 
 
-def beam_metrics(pool, prompts: EvalPrompts, token_to_item, width: int, ks: Sequence[int]) -> dict:
+def beam_ranks(pool, prompts: EvalPrompts, token_to_item, width: int) -> np.ndarray:
+    """0-based rank of each target in its trie-constrained beam of `width` items, -1 when absent."""
     results = _in_chunks(pool, "beam", prompts.prompt_ids, "beam eval", width=width)
     ranked = [[token_to_item(c.token_ids) for c in cands] for cands in results]
     invalid = sum(item is None for r in ranked for item in r)
     if invalid:
         raise RuntimeError(f"{invalid} beam candidates are not real SIDs: the trie constraint is broken")
-    return ranking_metrics(ranked, prompts.targets, ks)
+    return np.array([rank_of(r, t) for r, t in zip(ranked, prompts.targets)], dtype=np.int64)
+
+
+def beam_metrics(pool, prompts: EvalPrompts, token_to_item, width: int, ks: Sequence[int]) -> dict:
+    return metrics_from_ranks(beam_ranks(pool, prompts, token_to_item, width), ks)
 
 
 def sampling_metrics(pool, prompts: EvalPrompts, index: SidIndex, mode: str, n: int,
@@ -115,17 +107,20 @@ class EvalConfig:
 
 
 def evaluate(cfg: EvalConfig, pool, tokenizer, index: SidIndex, splits: dict[str, Sequence[Example]],
-             sampling: bool = True) -> dict:
-    """Metrics per split, e.g. {"valid": {"recall@10": ...}, "test": {...}}; without `sampling`, the
-    beam metrics only (Pass@K sampling costs `eval.pass_samples` times the beam's generation)."""
+             sampling: bool = True) -> tuple[dict, RankRecord]:
+    """Metrics per split, e.g. {"valid": {"recall@10": ...}, "test": {...}}, and the beam rank of
+    every user's target (ranks.json); without `sampling`, the beam metrics only (Pass@K sampling
+    costs `eval.pass_samples` times the beam's generation)."""
     e = cfg.eval
     token_to_item = token_mapper(tokenizer, index)
     reasoning = cfg.mode == "reasoning"
-    out = {}
+    out, ranks = {}, {}
     for name, examples in splits.items():
         examples = list(examples)[: e.max_users] if e.max_users else list(examples)
         direct = build_prompts(tokenizer, index, examples, reasoning=False)
-        metrics = beam_metrics(pool, direct, token_to_item, e.beam_width, e.ks)
+        ranks[name] = split_ranks([ex.user for ex in examples],
+                                  beam_ranks(pool, direct, token_to_item, e.beam_width), e.beam_width)
+        metrics = metrics_from_ranks(ranks[name].ranks, e.ks)
         if sampling:
             sampled = build_prompts(tokenizer, index, examples, reasoning) if reasoning else direct
             metrics.update(sampling_metrics(pool, sampled, index, cfg.mode, e.pass_samples, e.temperature,
@@ -133,15 +128,7 @@ def evaluate(cfg: EvalConfig, pool, tokenizer, index: SidIndex, splits: dict[str
         metrics["users"] = len(examples)
         out[name] = metrics
         log.info("evaluated", extra=fields(split=name, **{k: round(v, 4) for k, v in metrics.items()}))
-    return out
-
-
-def write_eval(folder: Path, result: dict) -> Path:
-    path = folder / EVAL_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(path)
-    return path
+    return out, RankRecord(e.beam_width, tuple(e.ks), ranks)
 
 
 def print_table(title: str, result: dict) -> None:
@@ -161,7 +148,7 @@ def trained_stages(spec: JobSpec) -> list[tuple[str, Path]]:
     return found
 
 
-def evaluate_model(spec: JobSpec, model: Path, index: SidIndex, split, sampling: bool = True) -> dict:
+def evaluate_model(spec: JobSpec, model: Path, index: SidIndex, split, sampling: bool = True) -> tuple[dict, RankRecord]:
     """`evaluate` of one model folder on valid and test, on a rollout pool of its own."""
     from transformers import AutoTokenizer
 
@@ -189,8 +176,8 @@ def run(spec: JobSpec) -> dict:
     split = split_from_spec(spec)
     results = {}
     for stage, model in stages:
-        result = evaluate_model(spec, model, index, split)
-        write_eval(spec.layout.stage(stage), result)
+        result, ranks = evaluate_model(spec, model, index, split)
+        write_eval(spec.layout.stage(stage), result, ranks)
         print_table(f"{stage}: {model}", result)
         results[stage] = result
     return results

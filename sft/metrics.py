@@ -35,8 +35,16 @@ def metric_names(ks: Iterable[int]) -> list[str]:
     return [f"recall@{k}" for k in ks] + [f"ndcg@{k}" for k in ks if k > 1]
 
 
-def metrics_from_ranks(ranks: Sequence[int] | np.ndarray, ks: Iterable[int]) -> dict[str, float]:
-    """Mean Recall@K / NDCG@K over examples from 0-based target ranks (MISSING = not retrieved)."""
+def selection_metric(ks: Iterable[int]) -> str:
+    """The metric that picks a model on validation (SASRec's early stopping, SFT's best epoch):
+    NDCG at the largest cut-off (NDCG@10 by default), Recall@1 when that cut-off is 1."""
+    k = max(ks)
+    return f"ndcg@{k}" if k > 1 else "recall@1"
+
+
+def per_example_metrics(ranks: Sequence[int] | np.ndarray, ks: Iterable[int]) -> dict[str, np.ndarray]:
+    """Recall@K / NDCG@K of every example from 0-based target ranks (MISSING = not retrieved): the
+    values whose means are the reported figures, and what a paired comparison resamples."""
     ranks = np.asarray(ranks, dtype=np.int64)
     if ranks.size == 0:
         raise ValueError("no examples to score")
@@ -45,9 +53,14 @@ def metrics_from_ranks(ranks: Sequence[int] | np.ndarray, ks: Iterable[int]) -> 
         raise ValueError(f"cut-offs must be positive integers, got {ks}")
     found = ranks >= 0
     gains = np.where(found, 1.0 / np.log2(np.maximum(ranks, 0) + 2), 0.0)
-    out = {f"recall@{k}": float(np.mean(found & (ranks < k))) for k in ks}
-    out.update({f"ndcg@{k}": float(np.mean(np.where(found & (ranks < k), gains, 0.0))) for k in ks if k > 1})
+    out = {f"recall@{k}": (found & (ranks < k)).astype(np.float64) for k in ks}
+    out.update({f"ndcg@{k}": np.where(found & (ranks < k), gains, 0.0) for k in ks if k > 1})
     return out
+
+
+def metrics_from_ranks(ranks: Sequence[int] | np.ndarray, ks: Iterable[int]) -> dict[str, float]:
+    """Mean Recall@K / NDCG@K over examples from 0-based target ranks (MISSING = not retrieved)."""
+    return {name: float(np.mean(values)) for name, values in per_example_metrics(ranks, ks).items()}
 
 
 def ranking_metrics(ranked_lists: Sequence[Sequence[int]], targets: Sequence[int], ks: Iterable[int]) -> dict[str, float]:

@@ -9,6 +9,7 @@ family the model was trained on.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 REASONING_INSTRUCTION = "\nThink it through, then answer."
 
@@ -106,6 +107,21 @@ def render_seqrec_prompt(tokenizer, history_sid_strings, reasoning: bool = False
     `<think>...</think><answer>SID</answer>`.
     """
     return render_prompt(tokenizer, seqrec_instruction(history_sid_strings, 0, reasoning))
+
+
+@dataclass(frozen=True)
+class EvalPrompts:
+    prompt_ids: list[list[int]]
+    targets: list[int]
+
+
+def build_prompts(tokenizer, index, examples: Sequence, reasoning: bool) -> EvalPrompts:
+    """Token ids of the next-item prompt of each example (indexing.dataset.Example) and its target
+    item, with histories written as the SIDs of `index` (indexing.sid.SidIndex)."""
+    texts = [render_seqrec_prompt(tokenizer, [index.text(i) for i in ex.history], reasoning=reasoning)
+             for ex in examples]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return EvalPrompts([list(x) for x in ids], [ex.target for ex in examples])
 
 
 def reasoning_answer(rationale: str, sid: str) -> str:

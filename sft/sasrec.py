@@ -1,19 +1,23 @@
 """SASRec baseline (Kang & McAuley 2018): a causal self-attention encoder over item-id histories,
-trained with cross-entropy over the full catalogue on exactly the SFT split, evaluated by full
-ranking with the same metrics as the generative model. It is the yardstick papers in this field report.
+trained on exactly the SFT split with cross-entropy over the full catalogue (`loss: full`) or over
+the target and `negatives` items drawn uniformly, shared by a batch (`loss: sampled`, sampled
+softmax), and evaluated by full ranking with the same metrics as the generative model. It is the
+yardstick papers in this field report.
 
-Early stopping keeps the epoch with the best validation NDCG@10 over all users; the test figures come
-from that model. The reported figures cover the same users as `gream eval` (the first
-`eval.max_users` of each split), so the two tables compare like with like; the all-user figures are
-kept under `meta`.
+Early stopping keeps the epoch with the best validation NDCG@10 (sft.metrics.selection_metric) over
+all users, stopping after `patience` epochs without a better one; the test figures come from that
+model. The reported figures cover the same users as `gream eval` (the first `eval.max_users` of
+each split), so the two tables compare like with like; the all-user figures are kept under `meta`.
+`ranks.json` beside eval.json holds the per-user ranks of the reported users, capped at
+`eval.beam_width` as the generative model's are (cluster.eval_record).
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -21,11 +25,12 @@ from torch import nn
 from tqdm import tqdm
 
 from cluster.device import resolve
+from cluster.errors import BadRequest
+from cluster.eval_record import RankRecord, split_ranks, write_eval
 from cluster.logs import fields
-from cluster.run_layout import EVAL_FILE
 from cluster.spec import JobSpec
-from indexing.dataset import Example, load_from_spec, split_from_spec
-from sft.metrics import metrics_from_ranks
+from indexing.dataset import Dataset, Example, Split, load_from_spec, split_from_spec
+from sft.metrics import metrics_from_ranks, selection_metric
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +46,15 @@ class SasrecConfig:
     batch_size: int = 512
     max_epochs: int = 60
     patience: int = 5  # epochs without a better validation NDCG@10 before stopping
+    loss: Literal["full", "sampled"] = "full"
+    negatives: int = 100  # items drawn per batch for loss "sampled"
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("full", "sampled"):
+            raise BadRequest(f"SASRec loss must be 'full' or 'sampled', got {self.loss!r}")
+        if self.negatives < 1:
+            raise BadRequest(f"SASRec negatives must be >= 1, got {self.negatives}")
 
 
 class SASRec(nn.Module):
@@ -113,31 +126,57 @@ def report(ranks: np.ndarray, ks: list[int], users: int | None) -> dict:
     return {**metrics_from_ranks(ranks, ks), "users": len(ranks)}
 
 
-def train_and_evaluate(split, num_items: int, max_len: int, ks: list[int], cfg: SasrecConfig,
-                       device: torch.device, users: int | None = None) -> dict:
+def train_loss(model: SASRec, seqs: torch.Tensor, targets: torch.Tensor, cfg: SasrecConfig,
+               gen: torch.Generator) -> torch.Tensor:
+    """Cross-entropy of the target against every item ("full") or against `cfg.negatives` items
+    drawn uniformly for the whole batch ("sampled"); a drawn item that is a row's target does not
+    count as that row's negative."""
+    if cfg.loss == "full":
+        return nn.functional.cross_entropy(model.scores(seqs), targets)
+    state = model.user_state(seqs)
+    negatives = torch.randint(model.pad, (cfg.negatives,), generator=gen).to(seqs.device)
+    positive = (state * model.item(targets)).sum(-1, keepdim=True)
+    negative = (state @ model.item(negatives).T).masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
+    logits = torch.cat([positive, negative], dim=1)
+    return nn.functional.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=seqs.device))
+
+
+@dataclass
+class Fitted:
+    model: SASRec  # holding the best epoch's weights
+    best_epoch: int
+    valid_ranks: np.ndarray  # every validation user, full ranks, from the best epoch
+    epochs: int  # epochs trained
+    out_of_time: bool  # stopped by the deadline, not by early stopping or max_epochs
+
+
+def fit(split: Split, num_items: int, max_len: int, ks: list[int], cfg: SasrecConfig, device: torch.device,
+        deadline: float | None = None) -> Fitted:
+    """Train with early stopping on validation; with a `deadline` (time.perf_counter()), also stop
+    after the first epoch that ends past it, keeping the best epoch so far."""
     torch.manual_seed(cfg.seed)
     model = SASRec(num_items, max_len, cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     train_x, train_y = encode(split.train, max_len, model.pad)
     valid = encode(split.valid, max_len, model.pad)
-    test = encode(split.test, max_len, model.pad)
     gen = torch.Generator().manual_seed(cfg.seed)
+    key = selection_metric(ks)
     best = {"epoch": -1, "score": -1.0, "state": None, "valid": None}
-    bad_epochs = 0
+    bad_epochs, epoch, out_of_time = 0, -1, False
     for epoch in range(cfg.max_epochs):
         model.train()
         order = torch.randperm(len(train_x), generator=gen)
         total, t0 = 0.0, time.perf_counter()
         for start in tqdm(range(0, len(order), cfg.batch_size), desc=f"sasrec epoch {epoch}", leave=False):
             idx = order[start:start + cfg.batch_size]
-            loss = nn.functional.cross_entropy(model.scores(train_x[idx].to(device)), train_y[idx].to(device))
+            loss = train_loss(model, train_x[idx].to(device), train_y[idx].to(device), cfg, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
         valid_ranks = target_ranks(model, *valid, cfg.batch_size, device)
         valid_metrics = metrics_from_ranks(valid_ranks, ks)
-        score = valid_metrics[f"ndcg@{max(ks)}"]
+        score = valid_metrics[key]
         log.info("sasrec epoch", extra=fields(epoch=epoch, loss=round(total / len(order), 4),
                                               secs=round(time.perf_counter() - t0, 1),
                                               **{f"valid_{k}": round(v, 4) for k, v in valid_metrics.items()}))
@@ -149,15 +188,52 @@ def train_and_evaluate(split, num_items: int, max_len: int, ks: list[int], cfg: 
             bad_epochs += 1
             if bad_epochs >= cfg.patience:
                 break
+        if deadline is not None and time.perf_counter() >= deadline:
+            out_of_time = epoch + 1 < cfg.max_epochs
+            break
     model.load_state_dict(best["state"])
-    test_ranks = target_ranks(model, *test, cfg.batch_size, device)
-    return {"valid": report(best["valid"], ks, users), "test": report(test_ranks, ks, users),
-            "all_users": {"valid": report(best["valid"], ks, None), "test": report(test_ranks, ks, None)},
-            "best_epoch": best["epoch"]}
+    return Fitted(model, best["epoch"], best["valid"], epoch + 1, out_of_time)
+
+
+def ranks_on_test(fitted: Fitted, split: Split, max_len: int, batch_size: int, device: torch.device) -> np.ndarray:
+    return target_ranks(fitted.model, *encode(split.test, max_len, fitted.model.pad), batch_size, device)
+
+
+def evaluation(fitted: Fitted, test: np.ndarray, ks: list[int], users: int | None) -> dict:
+    """eval.json's figures (the first `users` of each split, and every user) and the full ranks."""
+    return {"valid": report(fitted.valid_ranks, ks, users), "test": report(test, ks, users),
+            "all_users": {"valid": report(fitted.valid_ranks, ks, None), "test": report(test, ks, None)},
+            "best_epoch": fitted.best_epoch, "ranks": {"valid": fitted.valid_ranks, "test": test}}
+
+
+def train_and_evaluate(split: Split, num_items: int, max_len: int, ks: list[int], cfg: SasrecConfig,
+                       device: torch.device, users: int | None = None) -> dict:
+    fitted = fit(split, num_items, max_len, ks, cfg, device)
+    return evaluation(fitted, ranks_on_test(fitted, split, max_len, cfg.batch_size, device), ks, users)
+
+
+def out_dir(spec: JobSpec) -> Path:
+    return spec.layout.baseline("sasrec")
+
+
+def write_result(spec: JobSpec, ds: Dataset, split: Split, result: dict, cfg: SasrecConfig, secs: float,
+                 **meta) -> Path:
+    """eval.json (reported users, all-user figures and settings under `meta`) and ranks.json."""
+    depth, users = spec.eval.beam_width, spec.eval.max_users
+    ranks = RankRecord(depth, tuple(spec.eval.ks), {
+        name: split_ranks([ex.user for ex in examples][:users], result["ranks"][name][:users], depth)
+        for name, examples in (("valid", split.valid), ("test", split.test))})
+    out = {"valid": result["valid"], "test": result["test"],
+           "meta": {"all_users": result["all_users"], "best_epoch": result["best_epoch"], "train_secs": round(secs, 1),
+                    "dataset": ds.name, "split": spec.data.split, "config": asdict(cfg), **meta}}
+    path = write_eval(out_dir(spec), out, ranks)
+    log.info("sasrec done", extra=fields(path=str(path), **{f"test_{k}": round(v, 4) for k, v in out["test"].items()}))
+    return path
 
 
 def run(spec: JobSpec, cfg: SasrecConfig | None = None) -> Path:
-    """Train and evaluate SASRec on the spec's split; writes `<run_dir>/baselines/sasrec/eval.json`."""
+    """Train and evaluate SASRec on the spec's split; writes `<run_dir>/baselines/sasrec/eval.json`
+    and `ranks.json`."""
     cfg = cfg or SasrecConfig()
     ds = load_from_spec(spec)
     split = split_from_spec(spec, ds)
@@ -165,13 +241,4 @@ def run(spec: JobSpec, cfg: SasrecConfig | None = None) -> Path:
     t0 = time.perf_counter()
     result = train_and_evaluate(split, ds.num_items, spec.data.max_history, spec.eval.ks, cfg, device,
                                 spec.eval.max_users)
-    out_dir = spec.layout.baseline("sasrec")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    out = {"valid": result["valid"], "test": result["test"],
-           "meta": {"all_users": result["all_users"], "best_epoch": result["best_epoch"],
-                    "train_secs": round(time.perf_counter() - t0, 1), "dataset": ds.name, "split": spec.data.split,
-                    "config": asdict(cfg)}}
-    path = out_dir / EVAL_FILE
-    path.write_text(json.dumps(out, indent=2))
-    log.info("sasrec done", extra=fields(path=str(path), **{f"test_{k}": round(v, 4) for k, v in out["test"].items()}))
-    return path
+    return write_result(spec, ds, split, result, cfg, time.perf_counter() - t0)

@@ -4,7 +4,9 @@ Steps: resolve the backbone, add the SID and reasoning tokens, render and tokeni
 tasks, optionally warm up only the new token rows with the base frozen (OneRec-Think), then train
 (ZeRO-2 by default, full or LoRA) in the curriculum's batch order, and save a merged Hugging Face
 folder to `<run_dir>/sft/model/` that vLLM loads as is (with `sft.weight_average`, the moving average
-of the weights instead of the last ones).
+of the weights instead of the last ones). With `sft.eval_every`, the weights (or the average) are
+validated every few epochs on a fixed sample of validation users (sft/validation.py) and the best
+epoch's are saved; `train_summary.json` names it under `selection`.
 
 The LM head runs only at positions that carry a target in some row of the batch (the answers, which
 left padding lines up at the end, plus the history SIDs of seqrec examples when `sft.history_loss`
@@ -26,39 +28,28 @@ from typing import Iterator, Sequence
 import torch
 from tqdm import tqdm
 
-from cluster.device import Placement, autocast, autocast_dtype, resolve
-from cluster.errors import GreamError
+from cluster.device import autocast, autocast_dtype, resolve
 from cluster.logs import fields
 from cluster.metrics_log import MetricsLog
-from cluster.ranks import ensure_rank_env
 from cluster.run_layout import MODEL_DIR
-from cluster.spec import JobSpec, LoraSpec, SftSpec
+from cluster.spec import JobSpec
 from indexing.dataset import load_from_spec, split_from_spec
 from indexing.sid import SidIndex, read_vocab
 from sft.backbone import REASONING_TOKENS, add_sid_tokens, resolve_backbone
 from sft.curriculum import ALIGN, REASON, Step, epoch_plan
+from sft.engine_setup import SftError, apply_lora, deepspeed_config, freeze_all_but_rows, init_distributed
 from sft.hf_folder import load_backbone, save_backbone, torch_dtype
-from sft.tasks import (
-    IGNORE_INDEX,
-    AlignmentBuilder,
-    ReasoningRecord,
-    TokenizedExample,
-    build_alignment,
-    tokenize,
-)
+from sft.metrics import selection_metric
+from sft.selection import BestWeights
+from sft.tasks import IGNORE_INDEX, AlignmentBuilder, ReasoningRecord, TokenizedExample, build_alignment, tokenize
+from sft.validation import Validator, validation_sample
 from sft.weight_average import WeightAverage
 
 log = logging.getLogger(__name__)
 
 LOG_EVERY = 20  # optimizer steps between log lines
 BUCKET_BATCHES = 32  # batches sorted by length together: little padding, still a random order
-WARMUP_SHARE = 0.03
-MIN_LR_RATIO = 0.1
 DESCRIPTION_TITLES = 3
-
-
-class SftError(GreamError):
-    """An SFT run that cannot start as specified."""
 
 
 @dataclass
@@ -163,62 +154,12 @@ def load_index(spec: JobSpec) -> tuple[SidIndex, list[str]]:
     return index, vocab
 
 
-def init_distributed(placement: Placement) -> tuple[int, int]:
-    """Join the launcher's group (Ray actors of sft.distributed, torchrun) or a one-rank group of our own."""
-    import deepspeed
-
-    rank, world = ensure_rank_env()
-    deepspeed.init_distributed(dist_backend=placement.dist_backend)
-    return rank, world
 
 
-def deepspeed_config(s: SftSpec, dtype: str, placement: Placement, total_steps: int, lr: float, weight_decay: float,
-                     zero_stage: int) -> dict:
-    if dtype == "float16" and not placement.is_gpu:
-        raise SftError("model.dtype: float16 training needs a GPU; use float32 or bfloat16 on CPU")
-    return {
-        "train_micro_batch_size_per_gpu": s.batch_size,
-        "gradient_accumulation_steps": s.grad_accum,
-        "gradient_clipping": 1.0,
-        "zero_optimization": {"stage": zero_stage},
-        "bf16": {"enabled": dtype == "bfloat16"},
-        "fp16": {"enabled": dtype == "float16"},
-        # CPU: torch's AdamW instead of DeepSpeed's compiled CPU Adam (no build step needed).
-        "optimizer": {"type": "AdamW", "params": {"lr": lr, "betas": [0.9, 0.98], "eps": 1e-8,
-                                                  "weight_decay": weight_decay, "torch_adam": not placement.is_gpu}},
-        "scheduler": {"type": "WarmupCosineLR", "params": {
-            "total_num_steps": max(total_steps, 1), "warmup_num_steps": max(1, int(WARMUP_SHARE * total_steps)),
-            "warmup_type": "linear", "warmup_min_ratio": 0.0, "cos_min_ratio": MIN_LR_RATIO}},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
 
 
-def apply_lora(model, lora: LoraSpec, new_token_ids: list[int]):
-    from peft import LoraConfig, get_peft_model
-
-    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
-                     task_type="CAUSAL_LM",
-                     # The new SID rows must learn too; only those rows of the embedding train.
-                     trainable_token_indices={"embed_tokens": new_token_ids})
-    return get_peft_model(model, cfg)
 
 
-def freeze_all_but_rows(model, rows: list[int]):
-    """Warm-up: only the given embedding rows train (tied output rows follow); returns the hook
-    handles that zero the other rows' gradients, to remove after the warm-up."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    emb = model.get_input_embeddings().weight
-    emb.requires_grad_(True)
-    mask = torch.zeros(emb.shape[0], 1, dtype=emb.dtype, device=emb.device)
-    mask[rows] = 1
-    out = model.get_output_embeddings()
-    handles = [emb.register_hook(lambda g: g * mask.to(g.dtype))]
-    if out is not None and out.weight is not emb:
-        out.weight.requires_grad_(True)
-        handles.append(out.weight.register_hook(lambda g: g * mask.to(g.dtype)))
-    return handles
 
 
 class Trainer:
@@ -254,6 +195,8 @@ class Trainer:
             raise SftError("no alignment examples: check sft.tasks, sft.max_len and the dataset")
         add_dropout(model, spec.sft.dropout)
         self.model, self.tok = model, tok
+        self.validator = (Validator(tok, index, validation_sample(split.valid, spec.sft.eval_users), spec.eval.ks,
+                                    model.config.vocab_size) if spec.sft.eval_every else None)
         log.info("sft data", extra=fields(align=len(self.align), reason=len(self.reason), new_tokens=len(self.new_rows),
                                           vocab=len(tok)))
 
@@ -342,19 +285,30 @@ class Trainer:
         total = sum(len(plan) for plan, _ in plans)
         engine = self._engine(model, [p for p in model.parameters() if p.requires_grad],
                               math.ceil(total / s.grad_accum), s.lr, s.weight_decay, s.zero_stage)
+        trainable = [p for p in engine.module.parameters() if p.requires_grad]
         if s.weight_average:
-            self.average = WeightAverage((p for p in engine.module.parameters() if p.requires_grad), s.weight_average)
+            self.average = WeightAverage(trainable, s.weight_average)
+        best = (BestWeights(trainable, self.rank, self.device, lambda modifier: self._gathered(trainable, modifier))
+                if self.validator is not None else None)
         for epoch, (plan, batches) in enumerate(plans):
             steps = ((st.kind, batches[st.kind][st.batch]) for st in plan)
             step = self._train_steps(engine, steps, len(plan), f"epoch {epoch}", metrics, step)
-        train_secs = time.perf_counter() - t_start
-        if self.average is not None:
+            if best is not None and ((epoch + 1) % s.eval_every == 0 or epoch + 1 == s.epochs):
+                self.validate(engine, best, epoch, step, metrics)
+        train_secs = time.perf_counter() - t_start  # validation included
+        if best is not None:
+            best.restore()
+        elif self.average is not None:
             self.average.copy_to()
         path = self.save(engine)
         summary = {"train_secs": round(train_secs, 1), "ranks": self.world,
                    "tokens_per_s": round(self.tokens_per_s, 1),  # rank 0 alone
                    "micro_steps": step, "align_examples": len(self.align), "reason_examples": len(self.reason),
                    "model": str(path)}
+        if best is not None:  # which epoch's weights sft/model holds, and why
+            summary["selection"] = {"epoch": best.epoch, "metric": selection_metric(self.validator.ks),
+                                    "valid": best.metrics, "valid_users": self.validator.users,
+                                    "eval_every": s.eval_every}
         if self.rank == 0:
             (self.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
         if metrics is not None:
@@ -362,16 +316,35 @@ class Trainer:
         log.info("sft done", extra=fields(**summary))
         return path
 
+    def validate(self, engine, best: BestWeights, epoch: int, step: int, metrics: MetricsLog | None) -> None:
+        """Score the weights that would be saved (the average, with sft.weight_average) on the
+        validation sample, and keep them if they are the best so far. Every rank runs it."""
+        t0 = time.perf_counter()
+        with self.average.swapped_in() if self.average is not None else contextlib.nullcontext():
+            scores = self.validator.score(engine.module, self.device, self.amp_dtype)
+            best.offer(epoch, scores[selection_metric(self.validator.ks)], scores)
+        record = {"phase": f"valid epoch {epoch}", "epoch": epoch, **{f"valid_{k}": v for k, v in scores.items()},
+                  "valid_users": self.validator.users, "valid_secs": round(time.perf_counter() - t0, 1),
+                  "best_epoch": best.epoch}
+        if metrics is not None:
+            metrics.write(step, record)
+        log.info("sft validation", extra=fields(**record))
+
+    def _gathered(self, params: list, modifier_rank: int | None):
+        """The full parameters inside the block under ZeRO-3, where they are partitioned (a collective:
+        every rank enters); nothing to do at lower stages."""
+        if self.spec.sft.zero_stage != 3:
+            return contextlib.nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
+
     def save(self, engine) -> Path:
         """Rank 0 writes the full model (LoRA merged) in the spec's dtype; under ZeRO-3 the
         partitioned parameters are gathered first."""
-        import deepspeed
-
         path = self.out_dir / MODEL_DIR
         module = engine.module
-        gathered = (deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None)
-                    if self.spec.sft.zero_stage == 3 else contextlib.nullcontext())
-        with gathered:
+        with self._gathered(list(module.parameters()), None):
             if self.rank == 0:
                 if self.spec.sft.lora.enabled:
                     module = module.merge_and_unload()

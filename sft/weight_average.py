@@ -3,7 +3,8 @@ weights: many epochs over one small catalogue leave the last steps' weights nois
 average generalises better than any one of them."""
 from __future__ import annotations
 
-from typing import Iterable
+import contextlib
+from typing import Iterable, Iterator
 
 import torch
 
@@ -27,3 +28,15 @@ class WeightAverage:
     def copy_to(self) -> None:
         for shadow, p in zip(self.shadow, self.params):
             p.copy_(shadow)
+
+    @contextlib.contextmanager
+    def swapped_in(self) -> Iterator[None]:
+        """The averaged weights in the model inside the block (to validate them), the trained ones after."""
+        trained = [p.detach().clone() for p in self.params]
+        self.copy_to()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, t in zip(self.params, trained):
+                    p.copy_(t)

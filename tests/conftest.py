@@ -72,3 +72,14 @@ def rollout_worker(ray_cluster, tiny_policy):
     ray_cluster.get(worker.weight_version.remote())  # waits for the engine
     yield worker
     ray_cluster.kill(worker)
+
+
+# =====================================================================================
+# Evaluated stages (eval protocol: ranks.json, gream compare, benchmarks/quality.py).
+# =====================================================================================
+@pytest.fixture(scope="session")
+def evaluated_run(rollout_worker, tiny_policy, tmp_path_factory):
+    """A run folder with real sft/, rl/ and baselines/sasrec/ evaluations (tests/eval_fixtures.py)."""
+    from tests.eval_fixtures import evaluated_run as build
+
+    return build(tmp_path_factory.mktemp("evaluated"), rollout_worker, tiny_policy)

@@ -92,3 +92,11 @@ def test_cli_config_show_resolves_overrides():
     assert res.returncode == 0, res.stderr
     assert "steps: 7" in res.stdout and "group_size: 8" in res.stdout
 
+
+
+def test_evaluation_covers_every_user_and_sft_validation_is_off_by_default(tmp_path):
+    spec = load_spec(_write(tmp_path, "name: x\n"))
+    assert spec.eval.max_users is None  # the protocol: every user of valid and test
+    assert (spec.sft.eval_every, spec.sft.eval_users) == (0, 500)
+    with pytest.raises(SpecError, match="key 'sft.eval_users'"):
+        load_spec(_write(tmp_path, "name: x\nsft:\n  eval_users: 0\n"))

@@ -62,6 +62,7 @@ def test_resume_draws_the_same_prompts_with_another_pool_size(finished_run, capl
 
 def test_eval_scores_both_stages_with_valid_beams(finished_run):
     """`gream eval`: every trained stage gets eval.json with ranking metrics and Pass@K."""
+    from cluster.eval_record import read_ranks
     from rl_system import evaluate
 
     spec, _ = finished_run
@@ -75,6 +76,8 @@ def test_eval_scores_both_stages_with_valid_beams(finished_run):
             assert {"recall@1", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "pass@1", "pass@5", "pass@10"} <= set(split)
             assert split["users"] == 12 and split["format_ok"] == 1.0
             assert 0.0 <= split["recall@1"] <= split["recall@5"] <= split["recall@10"] <= 1.0
+        ranks = read_ranks(spec.layout.stage(stage))  # per-user ranks beside eval.json, the same users
+        assert [len(ranks.splits[s].users) for s in ("valid", "test")] == [12, 12]
 
 
 def test_beam_only_evaluation_of_a_run_dir(finished_run, tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from cluster.spec import JobSpec
@@ -73,3 +74,66 @@ def test_cli_seed_reaches_the_config(monkeypatch):
     monkeypatch.setattr(sft.sasrec, "run", lambda spec, cfg: seen.append((spec.run_dir, cfg)))
     assert main(["baseline", "sasrec", str(REPO / "configs/demo.yaml"), "--seed", "2", "--set", "run_dir=/tmp/x"]) in (0, None)
     assert seen[0][0] == "/tmp/x" and seen[0][1] == SasrecConfig(seed=2)
+
+
+def test_sampled_softmax_masks_a_drawn_target_and_is_full_softmax_when_it_draws_the_rest():
+    from sft.sasrec import train_loss
+
+    torch.manual_seed(0)
+    model = SASRec(num_items=2, max_len=3, cfg=SasrecConfig(dropout=0.0)).eval()
+    seqs, targets = torch.tensor([[2, 1, 1]]), torch.tensor([0])
+    full = train_loss(model, seqs, targets, SasrecConfig(loss="full"), torch.Generator()).item()
+    sampled = SasrecConfig(loss="sampled", negatives=1)
+    draws = set()
+    for seed in range(6):
+        drawn = int(torch.randint(2, (1,), generator=torch.Generator().manual_seed(seed)))
+        draws.add(drawn)
+        got = train_loss(model, seqs, targets, sampled, torch.Generator().manual_seed(seed)).item()
+        # The only other item drawn: the softmax over {target, it} is the full one; the target itself
+        # drawn: no negative left, loss 0.
+        assert got == pytest.approx(full if drawn == 1 else 0.0, abs=1e-6)
+    assert draws == {0, 1} and full > 0
+
+
+def test_tune_picks_the_best_validation_config_and_tests_it_once(tmp_path):
+    from sft.sasrec_tune import run as tune
+    from tests.eval_fixtures import one_thread
+
+    spec = JobSpec(name="s", run_dir=str(tmp_path), data={"path": str(REPO / "data/office"), "min_interactions": 30},
+                   cluster={"device": "cpu"})
+    grid = {"hidden": (16, 32), "loss": ("full", "sampled")}
+    with one_thread():
+        path = tune(spec, SasrecConfig(max_epochs=2, batch_size=256, lr=3e-3, negatives=50), 600, grid)
+    out = json.loads(path.read_text())
+    record = json.loads((tmp_path / "baselines/sasrec/tune.json").read_text())
+    trials = record["trials"]
+    assert len(trials) == 4 and record["metric"] == "ndcg@10" and record["budget_s"] == 600
+    assert {(t["config"]["hidden"], t["config"]["loss"]) for t in trials} == {(16, "full"), (16, "sampled"),
+                                                                            (32, "full"), (32, "sampled")}
+    best = max(trials, key=lambda t: t["valid"]["ndcg@10"])
+    assert record["chosen"] == best["config"] == out["meta"]["config"]
+    assert {k: out["valid"][k] for k in best["valid"]} == pytest.approx(best["valid"])  # the chosen one's validation
+    assert out["meta"]["tuned"] == {"trials": 4, "grid": 4, "budget_s": 600}
+    assert (tmp_path / "baselines/sasrec/ranks.json").exists()
+    # A budget spent before the first epoch ends: one trial, cut after that epoch, still evaluated.
+    with one_thread():
+        tune(spec, SasrecConfig(max_epochs=2, batch_size=256), 1e-3, grid)
+    record = json.loads((tmp_path / "baselines/sasrec/tune.json").read_text())
+    assert len(record["trials"]) == 1 and record["trials"][0]["out_of_time"] and record["trials"][0]["epochs"] == 1
+
+
+def test_cli_tune_budget_and_its_errors(monkeypatch, tmp_path, capsys):
+    import sft.sasrec_tune
+    from gream.cli import main
+
+    seen = []
+    monkeypatch.setattr(sft.sasrec_tune, "run", lambda spec, cfg, budget: seen.append((cfg, budget)))
+    demo = str(REPO / "configs/demo.yaml")
+    assert main(["baseline", "sasrec", demo, "--tune", "--budget-s", "90", "--loss", "sampled"]) == 0
+    assert seen == [(SasrecConfig(loss="sampled"), 90.0)]
+    assert main(["baseline", "sasrec", demo, "--budget-s", "90"]) == 2
+    assert "--budget-s is the wall time of --tune" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert main(["baseline", "sasrec", demo, "--tune", "--set", f"run_dir={tmp_path}"]) == 2
+    assert f"{tmp_path}/sft/train_summary.json: no SFT run to take the tuning budget from" in capsys.readouterr().err
+    assert main(["baseline", "sasrec", demo, "--negatives", "0"]) == 2

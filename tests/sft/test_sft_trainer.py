@@ -78,7 +78,9 @@ def test_warmup_trains_only_the_new_rows(run_dir, tmp_path):
 
 
 def test_lora_on_zero3_saves_merged_weights(run_dir):
-    spec = make_spec(run_dir, zero_stage=3, epochs=1, lora={"enabled": True, "r": 4, "alpha": 8})
+    # Validated after its only epoch: the ZeRO-3 gathers of validation and selection, with LoRA.
+    spec = make_spec(run_dir, zero_stage=3, epochs=1, lora={"enabled": True, "r": 4, "alpha": 8}, eval_every=1,
+                     eval_users=8)
     trainer = Trainer(spec)
     base_q = trainer.model.model.layers[0].self_attn.q_proj.weight.detach().clone()
     base_emb = trainer.model.get_input_embeddings().weight.detach().clone()
@@ -92,6 +94,7 @@ def test_lora_on_zero3_saves_merged_weights(run_dir):
     assert not torch.equal(emb[new], base_emb[new])  # the SID rows trained
     known = min(new)
     assert torch.equal(emb[:known], base_emb[:known])  # the old vocabulary did not
+    assert json.loads((run_dir / "sft/train_summary.json").read_text())["selection"]["epoch"] == 0
 
 
 def test_weight_average_is_what_gets_saved(run_dir, tmp_path, monkeypatch):
@@ -146,10 +149,61 @@ def test_two_ranks_on_ray_share_each_epoch_and_save_one_model(run_dir, ray_clust
     shutil.copytree(run_dir / "index", tmp_path / "index")
     single = Trainer(make_spec(tmp_path))
     before = mean_token_loss(single.model, single.tok, single.align)
-    spec = make_spec(tmp_path, sft_ranks=2)
+    # Validated after the last epoch only (eval_every 2 of 2 epochs): every rank validates, rank 0
+    # decides, and the model saved is still the last epoch's.
+    spec = make_spec(tmp_path, sft_ranks=2, eval_every=2, eval_users=8)
     path = run(spec)
     model, tok = load_backbone(path)
     assert mean_token_loss(model, tok, single.align) < before - 0.5
     summary = json.loads((tmp_path / "sft/train_summary.json").read_text())
-    assert summary["ranks"] == 2
+    assert summary["ranks"] == 2 and summary["selection"]["epoch"] == 1
     assert summary["micro_steps"] == sum(len(single._epoch_batches(e)[0]) // 2 for e in range(spec.sft.epochs))
+
+
+def test_validation_every_epoch_logs_and_saves_the_best_epoch(run_dir, tmp_path):
+    from indexing.dataset import split_from_spec
+    from sft.validation import Validator, validation_sample
+
+    shutil.copytree(run_dir / "index", tmp_path / "index")
+    spec = make_spec(tmp_path, eval_every=1, eval_users=30, autocast="float32", lr=1e-2)
+    path = Trainer(spec).train()
+    records = [json.loads(line) for line in (tmp_path / "sft/metrics.jsonl").read_text().splitlines()]
+    valid = [r for r in records if "valid_ndcg@10" in r]
+    assert [r["epoch"] for r in valid] == [0, 1]
+    assert all({"valid_recall@10", "valid_ndcg@10", "valid_recall@1"} <= set(r) and r["valid_users"] == 30
+               for r in valid)
+    selection = json.loads((tmp_path / "sft/train_summary.json").read_text())["selection"]
+    scores = [r["valid_ndcg@10"] for r in valid]
+    assert selection["epoch"] == scores.index(max(scores)) and selection["metric"] == "ndcg@10"
+    # The saved folder scores what was logged for the chosen epoch, on the same users.
+    model, tok = load_backbone(path)
+    examples = validation_sample(split_from_spec(spec).valid, 30)
+    again = Validator(tok, SidIndex.load(tmp_path / "index/Office.index.json"), examples, spec.eval.ks,
+                      model.config.vocab_size).score(model, torch.device("cpu"))
+    logged = {k[len("valid_"):]: v for k, v in valid[selection["epoch"]].items() if k.startswith("valid_") and "@" in k}
+    assert selection["valid"] == logged and again == pytest.approx(logged), (again, logged)
+
+
+def test_the_best_validated_average_is_saved_not_the_last(run_dir, tmp_path, monkeypatch):
+    """Scripted validation scores (best at epoch 1 of 3) on a real training run with a weight
+    average: what was validated is the average, and the saved model holds epoch 1's."""
+    from sft.validation import Validator
+
+    validated = []
+
+    def scripted(self, model, device, amp_dtype=torch.float32):
+        params = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+        assert all(torch.equal(p, avg) for p, avg in zip(params, trainer.average.shadow))
+        validated.append(dict((n, p.detach().clone()) for n, p in model.named_parameters()))
+        value = (0.2, 0.5, 0.1)[len(validated) - 1]
+        return {"recall@1": value, "recall@5": value, "recall@10": value, "ndcg@5": value, "ndcg@10": value}
+
+    monkeypatch.setattr(Validator, "score", scripted)
+    shutil.copytree(run_dir / "index", tmp_path / "index")
+    trainer = Trainer(make_spec(tmp_path, epochs=3, eval_every=1, eval_users=5, weight_average=0.5))
+    saved = dict(load_backbone(trainer.train())[0].named_parameters())
+    assert len(validated) == 3
+    assert all(torch.equal(saved[n], validated[1][n]) for n in saved)
+    assert not all(torch.equal(saved[n], validated[2][n]) for n in saved)
+    summary = json.loads((tmp_path / "sft/train_summary.json").read_text())
+    assert summary["selection"]["epoch"] == 1 and summary["selection"]["valid"]["ndcg@10"] == 0.5

@@ -33,3 +33,14 @@ def test_bfloat16_weights_average_in_float32():
     assert avg.shadow[0].item() == pytest.approx(2 - 0.999 ** 100)
     avg.copy_to()
     assert p.dtype == torch.bfloat16 and p.item() == pytest.approx(2 - 0.999 ** 100, rel=0.01)
+
+
+def test_swapped_in_lends_the_average_and_gives_the_trained_weights_back():
+    p = torch.nn.Parameter(torch.zeros(2))
+    avg = WeightAverage([p], decay=0.5)
+    with torch.no_grad():
+        p.fill_(1.0)
+    avg.update()  # decay min(0.5, 2 / 11): shadow 9 / 11
+    with avg.swapped_in():
+        assert p.tolist() == pytest.approx([9 / 11] * 2)
+    assert p.tolist() == [1.0, 1.0]

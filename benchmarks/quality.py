@@ -1,0 +1,197 @@
+"""The quality table: SFT seeds against SASRec seeds, Recall/NDCG@5/10 on every user of valid and
+test, with paired 95% intervals of SFT - SASRec.
+
+    python benchmarks/quality.py --sft runs/quality/seed0 runs/quality/seed1 runs/quality/seed2 \\
+        --sasrec runs/quality/sasrec0 runs/quality/sasrec1 runs/quality/sasrec2
+    python benchmarks/quality.py --run --seeds 0 1 2 --out runs/quality    # run them first (hours on 2 cores)
+
+Reads finished runs: each SFT run's `sft/` (or `--stage rl`) and each SASRec run's
+`baselines/sasrec/`, eval.json and ranks.json (cluster.eval_record), so every figure is recomputed
+from the per-user ranks and equals the evaluation's own. Printed:
+- per run and the median over seeds, each metric on each split, with the users each run covers
+  against the split's size (`--spec`'s data): the table is meant for every user (eval.max_users null);
+- per seed pair, SFT run i against SASRec run i (in the order given): the difference on the users
+  both hold and its paired bootstrap interval (gream/paired.py: users resampled, 2000, seed 0);
+- pooled: per user, each model's metric averaged over its seeds (on the users every run holds), and
+  the bootstrap interval of the difference of those averages. Its point estimate is the difference
+  of the seed-averaged figures; the interval covers the sampling of users with the seed noise
+  averaged out, not the spread between seeds, which the per-seed rows show.
+The header gives the date, the machine (cores, os.getloadavg()) and the wall times the runs
+recorded (SFT train_summary.json, SASRec meta.train_secs, eval stage.json).
+
+`--run` first runs, per seed k, `gream index`, `sft` (sft.seed=k) and `eval` into `--out/seed<k>` and
+`gream baseline sasrec --seed k` into `--out/sasrec<k>` (`--sasrec-tune`: with --tune), all with
+eval.max_users=null; finished stages are not run again.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python benchmarks/quality.py` puts benchmarks/, not the repo, on the path
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.advantage_compare import format_table, gream, median_column, read_json  # noqa: E402
+from gream.compare import Stage, compare, load_stage  # noqa: E402
+from gream.paired import RESAMPLES, SEED, align, paired_bootstrap  # noqa: E402
+
+SPLITS = ("valid", "test")
+KS = (5, 10)
+METRICS = tuple(f"{m}@{k}" for m in ("recall", "ndcg") for k in KS)
+
+
+def per_user(stage: Stage, split: str) -> dict:
+    from sft.metrics import per_example_metrics
+
+    return per_example_metrics(stage.ranks.splits[split].ranks, KS)
+
+
+def column(stage: Stage) -> dict[str, float]:
+    """"split metric" -> the run's figure, from its ranks."""
+    return {f"{split} {m}": float(per_user(stage, split)[m].mean()) for split in SPLITS for m in METRICS}
+
+
+def pooled(sft: Sequence[Stage], sasrec: Sequence[Stage], split: str, resamples: int, seed: int) -> dict:
+    """SFT - SASRec on per-user means over each model's seeds, users every run holds."""
+    stages = [*sft, *sasrec]
+    rows = align(*(s.ranks.splits[split].users for s in stages))
+    values = [per_user(s, split) for s in stages]
+    mean = {m: [sum(values[i][m][rows[i]] for i in part) / len(part)
+                for part in (range(len(sft)), range(len(sft), len(stages)))] for m in METRICS}
+    out = {"users": len(rows[0]), "metrics": {}}
+    if len(rows[0]):
+        diff = np.stack([mean[m][0] - mean[m][1] for m in METRICS], axis=1)
+        users = stages[0].ranks.splits[split].users[rows[0]]
+        for m, iv in zip(METRICS, paired_bootstrap(diff, users, resamples, seed)):
+            out["metrics"][m] = {"diff": iv.diff, "low": iv.low, "high": iv.high, "verdict": iv.verdict}
+    return out
+
+
+def wall_times(run_dir: Path) -> dict[str, float]:
+    """Seconds the run's stages recorded, where they did."""
+    found = {"sft train": (read_json(run_dir / "sft" / "train_summary.json") or {}).get("train_secs"),
+             "sasrec train": (read_json(run_dir / "baselines" / "sasrec" / "eval.json") or {}).get("meta", {}).get("train_secs"),
+             "eval": (read_json(run_dir / "eval" / "stage.json") or {}).get("seconds")}
+    return {k: v for k, v in found.items() if v is not None}
+
+
+def split_sizes(spec_path: Path, sets: list[str]) -> dict[str, int]:
+    from cluster.spec import load_spec
+    from indexing.dataset import split_from_spec
+
+    split = split_from_spec(load_spec(spec_path, sets))
+    return {name: len(getattr(split, name)) for name in SPLITS}
+
+
+def report(sft_dirs: Sequence[Path], sasrec_dirs: Sequence[Path], stage: str, sizes: dict[str, int],
+           resamples: int = RESAMPLES, seed: int = SEED) -> dict:
+    sft = [load_stage(f"{d}:{stage}") for d in sft_dirs]
+    sasrec = [load_stage(f"{d}:baselines/sasrec") for d in sasrec_dirs]
+    runs = {f"sft {i}": s for i, s in enumerate(sft)} | {f"sasrec {i}": s for i, s in enumerate(sasrec)}
+    columns = {name: column(s) for name, s in runs.items()}
+    pairs = []
+    for i, (a, b) in enumerate(zip(sft, sasrec)):
+        result = compare([b, a], resamples, seed)  # B - A = SFT - SASRec
+        pairs.append({"pair": i, "splits": {split: result["splits"][split]["comparisons"][0] for split in SPLITS}})
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "cores": os.cpu_count(), "load": [round(x, 2) for x in os.getloadavg()],
+        "folders": {name: str(s.folder) for name, s in runs.items()},
+        "users": {name: {split: len(s.ranks.splits[split].users) for split in SPLITS} for name, s in runs.items()},
+        "split_sizes": sizes,
+        "wall_secs": dict(zip(runs, map(wall_times, [*sft_dirs, *sasrec_dirs]))),
+        "columns": columns,
+        "medians": {"SFT med": median_column([columns[n] for n in columns if n.startswith("sft")]),
+                    "SASRec med": median_column([columns[n] for n in columns if n.startswith("sasrec")])},
+        "pairs": pairs,
+        "pooled": {split: pooled(sft, sasrec, split, resamples, seed) for split in SPLITS},
+        "resamples": resamples, "seed": seed,
+    }
+
+
+def format_report(r: dict) -> str:
+    lines = [f"quality table, {r['date']}; {r['cores']} cores, load average {' / '.join(map(str, r['load']))} "
+             f"(1 / 5 / 15 min)"]
+    for name, folder in r["folders"].items():
+        sizes = r["split_sizes"]
+        covered = ", ".join(f"{split} {n}/{sizes[split]}" + ("" if n == sizes[split] else " (NOT every user)")
+                            for split, n in r["users"][name].items())
+        walls = ", ".join(f"{k} {v:.0f} s" for k, v in r["wall_secs"].get(name, {}).items()) or "wall time unknown"
+        lines.append(f"  {name}: {folder}; users {covered}; {walls}")
+    lines.append(format_table({**r["medians"], **r["columns"]}, "\nper run and median over seeds"))
+    level = "95%"
+    lines.append(f"\nSFT - SASRec, paired bootstrap ({r['resamples']} resamples of users, seed {r['seed']}), {level} intervals")
+    blocks = [(f"pair {p['pair']} (sft {p['pair']} - sasrec {p['pair']})", p["splits"]) for p in r["pairs"]]
+    blocks.append(("pooled (per-user mean over seeds)", r["pooled"]))
+    for title, splits in blocks:
+        for split in SPLITS:
+            data = splits[split]
+            users = data.get("common_users", data.get("users"))
+            lines.append(f"  {title}, {split}, {users} users:")
+            for m in METRICS:
+                iv = data["metrics"].get(m)
+                lines.append(f"    {m:<10}" + (f"{iv['diff']:+.4f}  [{iv['low']:+.4f}, {iv['high']:+.4f}]  {iv['verdict']}"
+                                               if iv else "no common users"))
+    return "\n".join(lines)
+
+
+def run_all(spec: Path, sets: list[str], seeds: Sequence[int], out: Path, tune: bool) -> tuple[list[Path], list[Path]]:
+    """`--run`: the SFT seeds through index, sft, eval and the SASRec seeds, every user."""
+    from benchmarks.sft_seeds import seed_evaluations
+
+    sets = [*sets, "eval.max_users=null"]
+    seed_evaluations(spec, sets, out, seeds, run=True)
+    sasrec = []
+    for seed in seeds:
+        run_dir = (out / f"sasrec{seed}").resolve()
+        if not (run_dir / "baselines" / "sasrec" / "ranks.json").exists():
+            run_dir.mkdir(parents=True, exist_ok=True)
+            # The SFT seed's training time is the tuning budget, as `--tune` defaults to in its own run.
+            budget = ["--tune", "--budget-s", str(read_json(out / f"seed{seed}" / "sft" / "train_summary.json")["train_secs"])]
+            print(f"sasrec seed {seed}: gream baseline sasrec ...", flush=True)
+            gream("baseline sasrec", spec, [*sets, f"run_dir={run_dir}"], run_dir / "sasrec.log",
+                  ["--seed", str(seed), *(budget if tune else [])])
+        sasrec.append(run_dir)
+    return [(out / f"seed{s}").resolve() for s in seeds], sasrec
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sft", type=Path, nargs="+", help="finished SFT run dirs (one per seed)")
+    ap.add_argument("--sasrec", type=Path, nargs="+", help="finished SASRec run dirs (one per seed)")
+    ap.add_argument("--stage", default="sft", help="the generative stage to compare (sft or rl)")
+    ap.add_argument("--spec", type=Path, default=REPO / "configs/demo.yaml", help="the data the runs split")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="spec override (every run)")
+    ap.add_argument("--run", action="store_true", help="run the seeds first into --out (finished stages skipped)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="with --run")
+    ap.add_argument("--out", type=Path, default=REPO / "runs/quality", help="with --run")
+    ap.add_argument("--sasrec-tune", action="store_true", help="with --run: SASRec with --tune (SFT's time as budget)")
+    ap.add_argument("--resamples", type=int, default=RESAMPLES)
+    ap.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    args = ap.parse_args(argv)
+
+    if args.run:
+        args.sft, args.sasrec = run_all(args.spec.resolve(), args.set, args.seeds, args.out, args.sasrec_tune)
+    if not args.sft or not args.sasrec:
+        ap.error("give --sft and --sasrec run dirs, or --run")
+    try:
+        result = report(args.sft, args.sasrec, args.stage, split_sizes(args.spec, args.set), args.resamples)
+    except Exception as exc:  # missing or stale evaluations name their file and exit 2; anything else is a bug
+        if getattr(exc, "exit_code", None) is None:
+            raise
+        print(f"quality: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(json.dumps(result, indent=2) if args.json else format_report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

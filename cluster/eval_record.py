@@ -1,0 +1,133 @@
+"""What an evaluation leaves in a stage folder: `eval.json` (the metrics per split) and beside it
+`ranks.json` (per evaluated example, the user and the rank of the target), one writer and one reader
+for every evaluator (`gream eval`, `gream baseline sasrec`), so two models compare user by user.
+
+ranks.json:
+
+    {"depth": 10, "ks": [1, 5, 10],
+     "splits": {"valid": {"users": [3, 7, ...], "ranks": [0, -1, ...]}, "test": {...}}}
+
+Convention: a rank is the 0-based position of the target in the model's ranked list, and -1 when
+the target is not among the first `depth` entries. `depth` is the spec's `eval.beam_width`: the
+length of the list the generative model's beam returns. A full-ranking model (SASRec) knows every
+rank but stores ranks >= depth as -1 too, so that both kinds hold the same information and every
+Recall@K / NDCG@K with K <= depth is exact from the file. Users appear in split order; with a
+temporal split one user can own several examples of a split.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from cluster.errors import GreamError
+from cluster.run_layout import EVAL_FILE, RANKS_FILE
+
+NOT_FOUND = -1
+
+
+class EvalRecordError(GreamError, ValueError):
+    """An eval.json / ranks.json that is missing or malformed; the CLI exits 2 with the message."""
+
+
+@dataclass(frozen=True)
+class SplitRanks:
+    users: np.ndarray  # int64 [n], Example.user of each evaluated example, in split order
+    ranks: np.ndarray  # int64 [n], 0-based rank of the target, NOT_FOUND beyond the depth
+
+    def __post_init__(self) -> None:
+        if self.users.shape != self.ranks.shape or self.users.ndim != 1:
+            raise ValueError(f"users {self.users.shape} and ranks {self.ranks.shape} must be 1-d and of one length")
+
+
+@dataclass(frozen=True)
+class RankRecord:
+    depth: int
+    ks: tuple[int, ...]
+    splits: dict[str, SplitRanks]
+
+
+def cap_ranks(ranks: Sequence[int] | np.ndarray, depth: int) -> np.ndarray:
+    """Full ranks -> the stored convention: ranks >= depth (and NOT_FOUND) become NOT_FOUND."""
+    ranks = np.asarray(ranks, dtype=np.int64)
+    return np.where((ranks >= 0) & (ranks < depth), ranks, NOT_FOUND)
+
+
+def split_ranks(users: Sequence[int], ranks: Sequence[int] | np.ndarray, depth: int) -> SplitRanks:
+    return SplitRanks(np.asarray(users, dtype=np.int64), cap_ranks(ranks, depth))
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2))
+    tmp.replace(path)
+
+
+def write_eval(folder: Path, result: dict, ranks: RankRecord | None = None) -> Path:
+    """Write `eval.json` and, when given, `ranks.json`; without ranks a ranks.json left by an
+    earlier evaluation is removed, as it would no longer describe the metrics beside it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if ranks is None:
+        (folder / RANKS_FILE).unlink(missing_ok=True)
+    else:
+        _write_json(folder / RANKS_FILE, {
+            "depth": ranks.depth, "ks": list(ranks.ks),
+            "splits": {name: {"users": s.users.tolist(), "ranks": s.ranks.tolist()} for name, s in ranks.splits.items()}})
+    path = folder / EVAL_FILE
+    _write_json(path, result)
+    return path
+
+
+def _load(path: Path) -> dict:
+    if not path.exists():
+        raise EvalRecordError(f"{path}: not found")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise EvalRecordError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise EvalRecordError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def read_eval(folder: Path) -> dict:
+    return _load(folder / EVAL_FILE)
+
+
+def _int_list(path: Path, key: str, value: object) -> np.ndarray:
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise EvalRecordError(f"{path}: key '{key}' must be a list of integers")
+    return np.asarray(value, dtype=np.int64)
+
+
+def read_ranks(folder: Path) -> RankRecord:
+    path = folder / RANKS_FILE
+    if not path.exists():
+        raise EvalRecordError(f"{path}: no per-user ranks; evaluate again (gream eval / gream baseline sasrec) "
+                              "to write them")
+    data = _load(path)
+    depth, ks, splits = data.get("depth"), data.get("ks"), data.get("splits")
+    if not isinstance(depth, int) or depth < 1:
+        raise EvalRecordError(f"{path}: key 'depth' must be a positive integer, got {depth!r}")
+    ks = _int_list(path, "ks", ks)
+    if ks.size == 0 or ks.min() < 1 or ks.max() > depth:
+        raise EvalRecordError(f"{path}: key 'ks' must be cut-offs in 1..depth ({depth}), got {ks.tolist()}")
+    if not isinstance(splits, Mapping) or not splits:
+        raise EvalRecordError(f"{path}: key 'splits' must map split names to users and ranks")
+    out = {}
+    for name, s in splits.items():
+        if not isinstance(s, Mapping):
+            raise EvalRecordError(f"{path}: key 'splits.{name}' must hold 'users' and 'ranks'")
+        users = _int_list(path, f"splits.{name}.users", s.get("users"))
+        ranks = _int_list(path, f"splits.{name}.ranks", s.get("ranks"))
+        if users.shape != ranks.shape:
+            raise EvalRecordError(f"{path}: key 'splits.{name}': {users.size} users but {ranks.size} ranks")
+        bad = (ranks < NOT_FOUND) | (ranks >= depth)
+        if bad.any():
+            raise EvalRecordError(f"{path}: key 'splits.{name}.ranks': {int(ranks[bad][0])} is outside "
+                                  f"{NOT_FOUND}..{depth - 1}")
+        out[name] = SplitRanks(users, ranks)
+    return RankRecord(depth, tuple(ks.tolist()), out)

@@ -1,0 +1,124 @@
+"""`gream compare A B [C ...]`: evaluated stages side by side, each against the first, user by user.
+
+A stage is `RUN_DIR:STAGE`, the folder `RUN_DIR/STAGE` holding eval.json and ranks.json
+(cluster.eval_record), e.g. `runs/x:sft`, `runs/x:rl`, `runs/y:baselines/sasrec`. For each split
+and each Recall@K / NDCG@K that the ranks determine (K in eval.ks, up to the smaller rank depth),
+the table gives each stage's figure on its own users (its eval.json value), the difference of the
+per-user values against the first stage on the users both were evaluated on, and the percentile
+bootstrap interval of that difference (gream/paired.py: users resampled, fixed seed). An interval
+holding 0 reads "no difference". Stages evaluated on different users are compared on the
+intersection, with the counts printed.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from cluster.errors import BadRequest
+from cluster.eval_record import RankRecord, read_eval, read_ranks
+from gream.paired import LEVEL, RESAMPLES, SEED, align, paired_bootstrap
+from sft.metrics import metric_names, per_example_metrics
+
+AGREEMENT = 1e-9  # eval.json figures and the ranks' recomputation must agree to float rounding
+
+
+@dataclass(frozen=True)
+class Stage:
+    label: str  # as given on the command line
+    folder: Path
+    ranks: RankRecord
+
+
+def parse_stage(text: str) -> Path:
+    """`RUN_DIR:STAGE` -> RUN_DIR/STAGE."""
+    run, sep, stage = text.rpartition(":")
+    if not sep or not run or not stage:
+        raise BadRequest(f"'{text}' is not RUN_DIR:STAGE (e.g. runs/x:sft, runs/x:rl, runs/x:baselines/sasrec)")
+    return Path(run) / stage
+
+
+def load_stage(text: str) -> Stage:
+    """The stage's ranks, checked against its eval.json: a ranks.json that does not reproduce the
+    figures beside it (a stale file) is an error, not a silent mismatch."""
+    folder = parse_stage(text)
+    ranks, figures = read_ranks(folder), read_eval(folder)
+    for split, s in ranks.splits.items():
+        recomputed = {k: float(v.mean()) for k, v in per_example_metrics(s.ranks, ranks.ks).items()}
+        reported = figures.get(split, {})
+        for key, value in recomputed.items():
+            if key in reported and not math.isclose(value, reported[key], rel_tol=0, abs_tol=AGREEMENT):
+                raise BadRequest(f"{folder}: ranks.json gives {split} {key} {value:.6f} but eval.json says "
+                                 f"{reported[key]:.6f}; evaluate the stage again")
+    return Stage(text, folder, ranks)
+
+
+def shared_metrics(stages: Sequence[Stage]) -> tuple[list[int], list[str]]:
+    """Cut-offs of any stage's eval.ks that every stage's ranks resolve, and their metric names."""
+    depth = min(s.ranks.depth for s in stages)
+    ks = sorted({k for s in stages for k in s.ranks.ks if k <= depth})
+    return ks, metric_names(ks)
+
+
+def compare(stages: Sequence[Stage], resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL) -> dict:
+    """Every stage against the first, per split both hold: the JSON that `--json` prints."""
+    if len(stages) < 2:
+        raise BadRequest("compare needs at least two stages")
+    if resamples < 1:
+        raise BadRequest(f"--resamples must be >= 1, got {resamples}")
+    ks, names = shared_metrics(stages)
+    first = stages[0]
+    out = {"stages": [s.label for s in stages], "folders": [str(s.folder) for s in stages], "metrics": names,
+           "resamples": resamples, "seed": seed, "level": level, "splits": {}}
+    for split in first.ranks.splits:
+        if not all(split in s.ranks.splits for s in stages):
+            continue
+        per_user = [per_example_metrics(s.ranks.splits[split].ranks, ks) for s in stages]
+        base = first.ranks.splits[split]
+        comparisons = []
+        for stage, values in zip(stages[1:], per_user[1:]):
+            other = stage.ranks.splits[split]
+            ia, ib = align(base.users, other.users)
+            row = {"a": first.label, "b": stage.label, "users_a": len(base.users), "users_b": len(other.users),
+                   "common_users": len(ia), "metrics": {}}
+            if len(ia):
+                diff = np.stack([values[m][ib] - per_user[0][m][ia] for m in names], axis=1)
+                for name, iv in zip(names, paired_bootstrap(diff, base.users[ia], resamples, seed, level)):
+                    row["metrics"][name] = {"diff": iv.diff, "low": iv.low, "high": iv.high, "verdict": iv.verdict}
+            comparisons.append(row)
+        out["splits"][split] = {
+            "users": [len(s.ranks.splits[split].users) for s in stages],
+            "values": {m: [float(v[m].mean()) for v in per_user] for m in names},
+            "comparisons": comparisons}
+    return out
+
+
+def format_tables(result: dict) -> str:
+    level = round(100 * result["level"])
+    lines = [f"paired bootstrap: {result['resamples']} resamples of users, seed {result['seed']}, {level}% intervals; "
+             "figures on each stage's own users, B-A on the users both hold"]
+    for split, data in result["splits"].items():
+        values = data["values"]
+        for i, row in enumerate(data["comparisons"], start=1):
+            lines.append(f"\n{split}: A = {row['a']} ({row['users_a']} users), B = {row['b']} ({row['users_b']} users)")
+            if row["users_a"] != row["common_users"] or row["users_b"] != row["common_users"]:
+                lines.append(f"  note: not the same users; B-A on the {row['common_users']} users both hold")
+            lines.append(f"  {'metric':<10}{'A':>9}{'B':>9}{'B-A':>10}  {f'{level}% CI':<21} verdict")
+            for name in result["metrics"]:
+                a, b = values[name][0], values[name][i]
+                m = row["metrics"].get(name)
+                tail = (f"{m['diff']:>+10.4f}  [{m['low']:+.4f}, {m['high']:+.4f}]   {m['verdict']}" if m
+                        else f"{'-':>10}  no common users")
+                lines.append(f"  {name:<10}{a:>9.4f}{b:>9.4f}{tail}")
+    return "\n".join(lines)
+
+
+def main(specs: Sequence[str], as_json: bool, resamples: int = RESAMPLES, seed: int = SEED) -> str:
+    result = compare([load_stage(s) for s in specs], resamples, seed)
+    if not result["splits"]:
+        raise BadRequest(f"no split is evaluated in every one of {', '.join(specs)}")
+    return json.dumps(result, indent=2) if as_json else format_tables(result)

@@ -1,0 +1,62 @@
+"""benchmarks/quality.py on real evaluations (tests/eval_fixtures.py) laid out as seed runs."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+
+from benchmarks.quality import main
+from cluster.eval_record import read_eval
+from tests.eval_fixtures import RL_USERS, SFT_USERS
+
+
+@pytest.fixture()
+def seed_runs(evaluated_run, tmp_path):
+    """Two SFT "seeds" (the sft/ evaluation and the same model's rl/ one on more users) and two
+    SASRec seeds (copies of the one SASRec evaluation); the spec as YAML for the split sizes."""
+    run = evaluated_run.run_path
+    for name, src, dst in (("sft0", "sft", "sft"), ("sft1", "rl", "sft"), ("sasrec0", "baselines/sasrec", "baselines/sasrec"),
+                           ("sasrec1", "baselines/sasrec", "baselines/sasrec")):
+        shutil.copytree(run / src, tmp_path / name / dst)
+    (tmp_path / "sft0/sft/train_summary.json").write_text(json.dumps({"train_secs": 12.5}))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(evaluated_run.model_dump(mode="json")))
+    args = ["--sft", str(tmp_path / "sft0"), str(tmp_path / "sft1"),
+            "--sasrec", str(tmp_path / "sasrec0"), str(tmp_path / "sasrec1"), "--spec", str(spec)]
+    return run, args
+
+
+def test_quality_report_figures_pairs_and_pool(seed_runs, capsys):
+    run, args = seed_runs
+    assert main([*args, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    sft, rl, sasrec = (read_eval(run / s) for s in ("sft", "rl", "baselines/sasrec"))
+    for split in ("valid", "test"):
+        for m in ("recall@5", "recall@10", "ndcg@5", "ndcg@10"):
+            key = f"{split} {m}"
+            assert r["columns"]["sft 0"][key] == pytest.approx(sft[split][m], abs=1e-12)
+            assert r["columns"]["sft 1"][key] == pytest.approx(rl[split][m], abs=1e-12)
+            assert r["medians"]["SFT med"][key] == pytest.approx((sft[split][m] + rl[split][m]) / 2)
+            assert r["medians"]["SASRec med"][key] == pytest.approx(sasrec[split][m])
+        assert r["users"]["sft 0"][split] == SFT_USERS and r["users"]["sft 1"][split] == RL_USERS
+        assert r["users"]["sasrec 0"][split] == r["split_sizes"][split] > 4000  # every user
+        # Pair 0 is `gream compare sasrec0 sft0`; the pool covers the users all four runs hold, where
+        # both SFT "seeds" are the same model and both SASRec seeds the same run: the pair again.
+        pair, pool = r["pairs"][0]["splits"][split], r["pooled"][split]
+        assert pair["common_users"] == pool["users"] == SFT_USERS
+        for m, iv in pool["metrics"].items():
+            assert iv == {**pair["metrics"][m], **{k: pytest.approx(pair["metrics"][m][k]) for k in ("diff", "low", "high")}}
+    assert r["wall_secs"]["sft 0"] == {"sft train": 12.5} and "sasrec train" in r["wall_secs"]["sasrec 0"]
+    assert len(r["load"]) == 3 and r["date"]
+
+
+def test_quality_table_text_and_a_missing_run(seed_runs, tmp_path, capsys):
+    _, args = seed_runs
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "load average" in text and f"valid {SFT_USERS}/" in text and "(NOT every user)" in text
+    assert "pooled (per-user mean over seeds), test" in text and "SFT med" in text
+    assert main(["--sft", str(tmp_path / "nowhere"), "--sasrec", str(tmp_path / "nowhere"), *args[-2:]]) == 2
+    assert "nowhere/sft/ranks.json: no per-user ranks" in capsys.readouterr().err

@@ -1,0 +1,75 @@
+"""`gream compare` on real evaluations (tests/eval_fixtures.py) and its errors."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from cluster.eval_record import read_eval, read_ranks
+from gream.cli import main
+from gream.compare import compare, load_stage, parse_stage
+from gream.paired import align
+from sft.metrics import per_example_metrics
+from tests.eval_fixtures import RL_USERS, SFT_USERS
+
+NAMES = ["recall@1", "recall@5", "recall@10", "ndcg@5", "ndcg@10"]
+
+
+def test_stage_argument_is_run_dir_colon_stage(tmp_path):
+    assert str(parse_stage("runs/x:baselines/sasrec")) == "runs/x/baselines/sasrec"
+    assert main(["compare", "runs/x", "runs/y:sft"]) == 2
+
+
+def test_compare_json_on_real_runs(evaluated_run, capsys):
+    run = evaluated_run.run_path
+    assert main(["compare", f"{run}:sft", f"{run}:rl", f"{run}:baselines/sasrec", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["metrics"] == NAMES and set(out["splits"]) == {"valid", "test"}
+    for split, data in out["splits"].items():
+        for i, stage in enumerate(("sft", "rl", "baselines/sasrec")):
+            figures = read_eval(run / stage)[split]
+            assert {m: data["values"][m][i] for m in NAMES} == pytest.approx({m: figures[m] for m in NAMES}, abs=1e-12)
+        same_model, sasrec = data["comparisons"]
+        # rl/ holds the same model on more users: compared on the SFT_USERS both hold, it differs by nothing.
+        assert (same_model["users_a"], same_model["users_b"], same_model["common_users"]) == (SFT_USERS, RL_USERS, SFT_USERS)
+        assert all(m == {"diff": 0.0, "low": 0.0, "high": 0.0, "verdict": "no difference"}
+                   for m in same_model["metrics"].values())
+        # SASRec was evaluated on every user: the difference is over the SFT users, recomputed here.
+        a, b = read_ranks(run / "sft").splits[split], read_ranks(run / "baselines/sasrec").splits[split]
+        ia, ib = align(a.users, b.users)
+        assert len(ia) == sasrec["common_users"] == SFT_USERS and sasrec["users_b"] > 4000
+        pa, pb = per_example_metrics(a.ranks[ia], [1, 5, 10]), per_example_metrics(b.ranks[ib], [1, 5, 10])
+        for m in NAMES:
+            got = sasrec["metrics"][m]
+            assert got["diff"] == pytest.approx(float(np.mean(pb[m] - pa[m])))
+            assert got["low"] <= got["diff"] <= got["high"]
+            assert got["verdict"] == ("no difference" if got["low"] <= 0 <= got["high"] else
+                                      "higher" if got["diff"] > 0 else "lower")
+
+
+def test_compare_table_notes_different_users(evaluated_run, capsys):
+    run = evaluated_run.run_path
+    assert main(["compare", f"{run}:sft", f"{run}:rl", "--resamples", "200"]) == 0
+    text = capsys.readouterr().out
+    assert f"note: not the same users; B-A on the {SFT_USERS} users both hold" in text
+    row = next(line for line in text.splitlines() if line.strip().startswith("recall@10"))
+    assert row.split()[-2:] == ["no", "difference"] and "[+0.0000, +0.0000]" in row
+    assert "200 resamples of users, seed 0, 95% intervals" in text
+
+
+def test_missing_or_stale_ranks_exit_2_naming_the_file(evaluated_run, tmp_path, capsys):
+    run = evaluated_run.run_path
+    shutil.copytree(run / "sft", tmp_path / "sft")
+    (tmp_path / "sft" / "ranks.json").unlink()
+    assert main(["compare", f"{tmp_path}:sft", f"{run}:rl"]) == 2
+    assert f"{tmp_path / 'sft' / 'ranks.json'}: no per-user ranks" in capsys.readouterr().err
+    shutil.copytree(run / "baselines", tmp_path / "baselines")
+    figures = read_eval(tmp_path / "baselines/sasrec")
+    figures["test"]["ndcg@10"] += 0.01
+    (tmp_path / "baselines/sasrec/eval.json").write_text(json.dumps(figures))
+    assert main(["compare", f"{run}:sft", f"{tmp_path}:baselines/sasrec"]) == 2
+    assert "but eval.json says" in capsys.readouterr().err
+    with pytest.raises(Exception, match="at least two stages"):
+        compare([load_stage(f"{run}:sft")])
