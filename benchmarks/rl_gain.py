@@ -1,0 +1,185 @@
+"""Does RL post-training make the recommender better than its SFT model? One SFT model, several
+RL recipes, several RL seeds, every user of both splits.
+
+From one SFT run folder (`index/`, `model/`, `sft/model/`): for each recipe and RL seed, `gream rl`
+in a run folder of its own with the SFT artefacts linked in, validated inside the run
+(`rl.eval_every`, a fixed sample of validation users), so `rl/model` is the validation-selected
+checkpoint (step 0 = the SFT weights when no step beat them). Each selected model, and the SFT model
+once, is then evaluated on every user of both splits (trie beam Recall/NDCG@5/10, Pass@10 unless
+--no-pass). Printed: per-seed and median figures, the step each run selected, and the paired 95%
+interval of RL minus SFT per recipe (per user, the metric averaged over the recipe's seeds;
+users resampled; `benchmarks/quality.py`'s pooled interval). Test is read once per recipe here;
+recipes and settings are chosen on the validation rows.
+
+  python benchmarks/rl_gain.py --base runs/base --out runs/rl_gain --recipes sample_srpo beam_srpo beam_rank \
+      --seeds 0 1 2 --set rl.steps=60 --set rl.eval_every=10
+  python benchmarks/rl_gain.py ... --screen     # RL runs and their validation curves only, no test
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: benchmarks/ is not an installed package
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.advantage_compare import median_column  # noqa: E402
+from benchmarks.quality import SPLITS, pooled  # noqa: E402
+from cluster.metrics_log import read_metrics  # noqa: E402
+from cluster.run_layout import RunLayout  # noqa: E402
+from gream.compare import load_stage  # noqa: E402
+
+# Overrides on top of the spec, per recipe (chosen on validation; BENCHMARKS.md, "RL over SFT").
+RECIPES: dict[str, list[str]] = {
+    "sample_srpo": [],
+    "beam_srpo": ["rl.rollout=beam"],
+    "beam_rank": ["rl.rollout=beam", "rl.reward=binary", "rl.rank_penalty=1.0"],
+    "mixed_rank": ["rl.rollout=mixed", "rl.rank_penalty=1.0"],
+    "beam_rank_grpo": ["rl.rollout=beam", "rl.reward=binary", "rl.rank_penalty=1.0", "rl.advantage=grpo"],
+}
+LINKED = ("index", "model", "sft")  # the SFT run's artefacts every RL run starts from
+METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "pass@10")
+
+
+def prepare(base: Path, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for name in LINKED:
+        link = run_dir / name
+        if not link.exists():
+            link.symlink_to((base / name).resolve(), target_is_directory=True)
+
+
+def run_rl(spec: Path, run_dir: Path, seed: int, sets: Sequence[str], log: Path) -> float:
+    """`gream rl` in a subprocess (its own Ray); returns the wall seconds."""
+    cmd = [sys.executable, "-m", "gream.cli", "rl", str(spec), "--set", f"run_dir={run_dir}", "--set", f"rl.seed={seed}"]
+    for s in sets:
+        cmd += ["--set", s]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("RAY_ADDRESS", None)
+    start = time.perf_counter()
+    with log.open("w") as fh:
+        rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT).returncode
+    if rc:
+        raise SystemExit(f"gream rl failed (exit {rc}); see {log}")
+    return time.perf_counter() - start
+
+
+def evaluate_stage(spec: Path, sets: Sequence[str], run_dir: Path, stage: str, sampling: bool) -> None:
+    """Every user of both splits; eval.json and ranks.json in `run_dir/stage`."""
+    from cluster.eval_record import write_eval
+    from cluster.placement import init_ray
+    from cluster.spec import load_spec
+    from indexing.dataset import split_from_spec
+    from indexing.sid import SidIndex
+    from rl_system.evaluate import evaluate_model
+
+    job = load_spec(spec, [*sets, "eval.max_users=null", f"run_dir={run_dir}"])
+    init_ray(job.cluster)
+    layout = RunLayout(run_dir)
+    result, ranks = evaluate_model(job, layout.model(stage), SidIndex.load(layout.index_file(job.data.name)),
+                                   split_from_spec(job), sampling)
+    write_eval(layout.stage(stage), result, ranks)
+
+
+def curve(run_dir: Path) -> dict:
+    """The run's validation curve and the checkpoint it selected."""
+    rows = read_metrics(RunLayout(run_dir).metrics("rl"))
+    points = {r["step"]: r["val/ndcg@10"] for r in rows if r.get("val/ndcg@10") is not None}
+    selection = json.loads(RunLayout(run_dir).selection.read_text())
+    return {"val_ndcg@10": points, "selected_step": selection["step"], "last_step": selection["last_step"]}
+
+
+def figures(run_dir: Path, stage: str) -> dict[str, float]:
+    result = json.loads(RunLayout(run_dir).eval_file(stage).read_text())
+    return {f"{split} {m}": result[split][m] for split in SPLITS for m in METRICS if m in result[split]}
+
+
+def report(base: Path, runs: dict[str, list[Path]], resamples: int) -> dict:
+    sft = load_stage(f"{base}:sft")
+    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "load": [round(x, 2) for x in os.getloadavg()],
+           "sft": figures(base, "sft"), "recipes": {}}
+    for recipe, dirs in runs.items():
+        columns = {d.name: figures(d, "rl") for d in dirs}
+        rl = [load_stage(f"{d}:rl") for d in dirs]
+        out["recipes"][recipe] = {
+            "seeds": columns, "median": median_column(list(columns.values())),
+            "curves": {d.name: curve(d) for d in dirs},
+            "rl_minus_sft": {split: pooled(rl, [sft], split, resamples, 0) for split in SPLITS}}
+    return out
+
+
+def format_report(r: dict) -> str:
+    keys = list(r["sft"])
+    lines = [f"RL over SFT, {r['date']}, load average {' / '.join(map(str, r['load']))}",
+             f"{'':<28}" + "".join(f"{k:>17}" for k in keys),
+             f"{'SFT':<28}" + "".join(f"{r['sft'][k]:>17.4f}" for k in keys)]
+    for recipe, rec in r["recipes"].items():
+        for name, col in rec["seeds"].items():
+            c = rec["curves"][name]
+            label = f"{recipe} {name} (step {c['selected_step']}/{c['last_step']})"
+            lines.append(f"{label:<28}" + "".join(f"{col.get(k, float('nan')):>17.4f}" for k in keys))
+        med = rec["median"]
+        lines.append(f"{recipe + ' median':<28}" + "".join(f"{med.get(k) or float('nan'):>17.4f}" for k in keys))
+    lines.append("\nRL - SFT, per user averaged over the recipe's seeds, 95% bootstrap interval:")
+    for recipe, rec in r["recipes"].items():
+        for split, res in rec["rl_minus_sft"].items():
+            parts = [f"{m} {v['diff']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}] {v['verdict']}"
+                     for m, v in res["metrics"].items()]
+            lines.append(f"  {recipe} {split} ({res['users']} users): " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def screen_line(recipe: str, run_dir: Path, secs: float) -> str:
+    c = curve(run_dir)
+    pts = c["val_ndcg@10"]
+    best = max(pts, key=lambda s: (pts[s], s))
+    return (f"{recipe} {run_dir.name}: val NDCG@10 step 0 {pts.get(0, float('nan')):.4f}, best {pts[best]:.4f} "
+            f"at step {best}; curve {json.dumps({s: round(v, 4) for s, v in pts.items()})}; {secs:.0f} s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--spec", type=Path, default=REPO / "configs/demo.yaml")
+    p.add_argument("--base", type=Path, required=True, help="SFT run folder (index/, model/, sft/model/)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--recipes", nargs="+", default=["sample_srpo", "beam_srpo", "beam_rank"], choices=sorted(RECIPES))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every RL run")
+    p.add_argument("--screen", action="store_true", help="RL runs and validation curves only")
+    p.add_argument("--no-pass", action="store_true", help="beam metrics only (no Pass@K sampling)")
+    p.add_argument("--resamples", type=int, default=2000)
+    args = p.parse_args(argv)
+    sets = ["rl.eval_every=10", *args.set]  # validation inside the run unless overridden
+    runs: dict[str, list[Path]] = {}
+    for recipe in args.recipes:
+        for seed in args.seeds:
+            run_dir = (args.out / recipe / f"seed{seed}").resolve()
+            if not RunLayout(run_dir).selection.exists():
+                prepare(args.base, run_dir)
+                secs = run_rl(args.spec, run_dir, seed, [*sets, *RECIPES[recipe]], run_dir / "rl.log")
+                print(screen_line(recipe, run_dir, secs), flush=True)
+            runs.setdefault(recipe, []).append(run_dir)
+    if args.screen:
+        return 0
+    base = args.base.resolve()
+    if not RunLayout(base).eval_file("sft").exists():
+        evaluate_stage(args.spec, sets, base, "sft", not args.no_pass)
+    for dirs in runs.values():
+        for run_dir in dirs:
+            if not RunLayout(run_dir).eval_file("rl").exists():
+                evaluate_stage(args.spec, sets, run_dir, "rl", not args.no_pass)
+    result = report(base, runs, args.resamples)
+    (args.out / "rl_gain.json").write_text(json.dumps(result, indent=1))
+    print(format_report(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
