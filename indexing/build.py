@@ -116,7 +116,7 @@ def _build_kmeans(spec: JobSpec, ds, out_dir: Path, phase: _Phases) -> tuple[Sid
         sizes: tuple[int, ...] = (ix.codes,) * ix.levels
         codes = km.codes
         # Without collisions a dedup level would be one constant token per item: a quarter of every
-        # 3-level history spent on nothing (and all-user test Recall@10 0.086 -> 0.090 without it).
+        # 3-level history spent on nothing, and 14% of the SFT time (BENCHMARKS.md, session 6).
         if before.duplicate_groups and ix.collisions == "reassign":
             codes = reassign_last_level(km.codes, last_level_distances(emb, km))
             info["reassigned_items"] = int((codes[:, -1] != km.codes[:, -1]).sum())

@@ -15,6 +15,8 @@ from indexing.kmeans import KMeansError, residual_kmeans
 from indexing.sid import SidIndex, read_vocab
 from indexing.text import fuse_catalog
 
+pytestmark = pytest.mark.heavy  # starts DeepSpeed, vLLM or a training run
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

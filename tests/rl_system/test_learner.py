@@ -12,6 +12,8 @@ from rl_system.learner.group import LearnerGroup, merge_metrics
 from rl_system.losses import token_logprobs
 from rl_system.messages import TrainBatch
 
+pytestmark = pytest.mark.heavy  # starts DeepSpeed, vLLM or a training run
+
 
 def test_pack_aligns_completions_and_counts_positions():
     batch = TrainBatch(prompt_ids=[[5, 6, 7], [8]], completion_ids=[[1, 2], [3, 4, 9]], advantages=[1.0, -1.0],

@@ -27,6 +27,8 @@ from cluster.spec import dump_spec
 from gream.run_state import read_jsonl
 from tests.rl_fixtures import REPO, rl_test_spec, stage_inputs
 
+pytestmark = pytest.mark.heavy  # starts DeepSpeed, vLLM or a training run
+
 OVERRIDES = ["--set", "cluster.rollout.num_workers=1", "--set", "checkpoint.every=50"]
 STEP_TIMEOUT_S = 300  # Ray + vLLM + DeepSpeed start-up on a busy 2-core CI machine, then one step
 

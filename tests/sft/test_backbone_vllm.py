@@ -22,6 +22,8 @@ from sft.hf_folder import load_backbone, save_backbone
 from sft.import_smollm2 import import_smollm2
 from sft.prompts import render_seqrec_prompt
 
+pytestmark = pytest.mark.heavy  # starts DeepSpeed, vLLM or a training run
+
 REPO = Path(__file__).resolve().parents[2]
 OFFICE = REPO / "data/office"
 

@@ -12,6 +12,8 @@ from indexing.dataset import Example
 from sft.metrics import metric_names
 from sft.sasrec import SASRec, SasrecConfig, encode, run, target_ranks
 
+pytestmark = pytest.mark.heavy  # starts DeepSpeed, vLLM or a training run
+
 REPO = Path(__file__).resolve().parents[2]
 
 

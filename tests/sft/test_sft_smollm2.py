@@ -13,6 +13,8 @@ from indexing.sid import SidIndex
 from sft.hf_folder import load_backbone
 from sft.trainer import Trainer
 
+pytestmark = pytest.mark.heavy  # starts DeepSpeed, vLLM or a training run
+
 REPO = Path(__file__).resolve().parents[2]
 OFFICE = REPO / "data/office"
 

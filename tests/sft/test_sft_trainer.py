@@ -17,6 +17,8 @@ from sft.hf_folder import load_backbone
 from sft.stage import run
 from sft.trainer import Trainer, add_dropout, collate, token_loss
 
+pytestmark = pytest.mark.heavy  # starts DeepSpeed, vLLM or a training run
+
 REPO = Path(__file__).resolve().parents[2]
 OFFICE = REPO / "data/office"
 

@@ -8,8 +8,8 @@ import torch
 from indexing.dataset import Example
 from indexing.sid import SidIndex
 from indexing.trie import SidTrie
-from sft.backbone import load_backbone
 from sft.hf_beam import constrained_beam
+from sft.hf_folder import load_backbone
 from sft.metrics import metrics_from_ranks, rank_of
 from sft.prompts import build_prompts
 from sft.validation import Validator, validation_sample
