@@ -116,15 +116,15 @@ def read_metrics(run_dir: Path) -> list[dict]:
 # --------------------------------------------------------------------------- running the stages
 def prepare_base(base: Path, sft_model: Path, index_file: Path) -> None:
     """Copies, not links: the stages write beside their inputs (e.g. the trie table beside the model)."""
-    model = base / "sft" / "model"
+    model = RunLayout(base).model("sft")
     if not (model / "config.json").exists():
         shutil.rmtree(model, ignore_errors=True)
         shutil.copytree(sft_model, model)
-    (base / "index").mkdir(parents=True, exist_ok=True)
+    RunLayout(base).stage("index").mkdir(parents=True, exist_ok=True)
     for name in (index_file.name, "sid_vocab.txt"):
         src = index_file.parent / name
-        if src.exists() and not (base / "index" / name).exists():
-            shutil.copy2(src, base / "index" / name)
+        if src.exists() and not (RunLayout(base).stage("index") / name).exists():
+            shutil.copy2(src, RunLayout(base).stage("index") / name)
 
 
 def link(path: Path, target: Path) -> None:
@@ -191,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out.resolve()
     if out == own_run or own_run in out.parents or out in own_run.parents:
         ap.error(f"--out {out} overlaps the spec's run_dir {own_run}; this benchmark must not write there")
-    sft_model = (args.sft_model or own_run / "sft" / "model").resolve()
+    sft_model = (args.sft_model or RunLayout(own_run).model("sft")).resolve()
     index_file = (args.index or REPO / index_path(spec)).resolve()
     common = ([f"eval.max_users={args.max_users}"] if args.max_users else []) + args.set
     base = out / "base"
@@ -208,26 +208,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             for adv in args.advantages:
                 run_dir = out / adv / f"seed{seed}"
                 run_dir.mkdir(parents=True, exist_ok=True)
-                link(run_dir / "index", base / "index")
-                link(run_dir / "sft", base / "sft")
+                link(RunLayout(run_dir).stage("index"), RunLayout(base).stage("index"))
+                link(RunLayout(run_dir).stage("sft"), RunLayout(base).stage("sft"))
                 sets = common + [f"run_dir={run_dir}", f"rl.advantage={adv}", f"rl.steps={args.steps}",
                                  f"rl.seed={seed}"]
                 run_stage("rl", spec_path, sets, run_dir, f"{adv} seed {seed}")
                 # gream eval evaluates every trained stage it finds: without the sft link only the RL model.
-                (run_dir / "sft").unlink()
+                RunLayout(run_dir).stage("sft").unlink()
                 try:
                     run_stage("eval", spec_path, sets, run_dir, f"{adv} seed {seed}")
                 finally:
-                    link(run_dir / "sft", base / "sft")
+                    link(RunLayout(run_dir).stage("sft"), RunLayout(base).stage("sft"))
 
-    columns = {"sft": column(None, read_json(base / "sft" / "eval.json"), args.window)}
+    columns = {"sft": column(None, read_json(RunLayout(base).eval_file("sft")), args.window)}
     per_seed: dict[str, dict[str, float | None]] = {}
     for adv in args.advantages:
         runs = [out / adv / f"seed{seed}" for seed in args.seeds]
-        cols = [column(read_metrics(r), read_json(r / "rl" / "eval.json"), args.window) for r in runs]
+        cols = [column(read_metrics(r), read_json(RunLayout(r).eval_file("rl")), args.window) for r in runs]
         columns[adv] = median_column(cols)
         per_seed[adv] = {f"seed {seed}": col.get("test recall@10") for seed, col in zip(args.seeds, cols)}
-    users = {split: m.get("users") for split, m in (read_json(base / "sft" / "eval.json") or {}).items()}
+    users = {split: m.get("users") for split, m in (read_json(RunLayout(base).eval_file("sft")) or {}).items()}
     print(format_table(columns, f"\n{args.steps} RL steps per estimator from {sft_model} ({args.spec.name}); "
                                 f"median over RL seeds {args.seeds}; eval users {users or '-'}; runs in {out}"))
     print(format_table(per_seed, "\ntest recall@10 per RL seed"))

@@ -40,6 +40,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/quality.py` puts benchmarks/
     sys.path.insert(0, str(REPO))
 
 from benchmarks.advantage_compare import format_table, gream, median_column, read_json  # noqa: E402
+from cluster.run_layout import RANKS_FILE, RunLayout  # noqa: E402
 from gream.compare import Stage, compare, load_stage  # noqa: E402
 from gream.paired import RESAMPLES, SEED, align, paired_bootstrap  # noqa: E402
 
@@ -77,9 +78,10 @@ def pooled(sft: Sequence[Stage], sasrec: Sequence[Stage], split: str, resamples:
 
 def wall_times(run_dir: Path) -> dict[str, float]:
     """Seconds the run's stages recorded, where they did."""
-    found = {"sft train": (read_json(run_dir / "sft" / "train_summary.json") or {}).get("train_secs"),
-             "sasrec train": (read_json(run_dir / "baselines" / "sasrec" / "eval.json") or {}).get("meta", {}).get("train_secs"),
-             "eval": (read_json(run_dir / "eval" / "stage.json") or {}).get("seconds")}
+    layout = RunLayout(run_dir)
+    found = {"sft train": (read_json(layout.train_summary) or {}).get("train_secs"),
+             "sasrec train": (read_json(layout.eval_file("baselines/sasrec")) or {}).get("meta", {}).get("train_secs"),
+             "eval": (read_json(layout.stage_marker("eval")) or {}).get("seconds")}
     return {k: v for k, v in found.items() if v is not None}
 
 
@@ -152,10 +154,10 @@ def run_all(spec: Path, sets: list[str], seeds: Sequence[int], out: Path, tune: 
     sasrec = []
     for seed in seeds:
         run_dir = (out / f"sasrec{seed}").resolve()
-        if not (run_dir / "baselines" / "sasrec" / "ranks.json").exists():
+        if not (RunLayout(run_dir).baseline("sasrec") / RANKS_FILE).exists():
             run_dir.mkdir(parents=True, exist_ok=True)
             # The SFT seed's training time is the tuning budget, as `--tune` defaults to in its own run.
-            budget = ["--tune", "--budget-s", str(read_json(out / f"seed{seed}" / "sft" / "train_summary.json")["train_secs"])]
+            budget = ["--tune", "--budget-s", str(read_json(RunLayout(out / f"seed{seed}").train_summary)["train_secs"])]
             print(f"sasrec seed {seed}: gream baseline sasrec ...", flush=True)
             gream("baseline sasrec", spec, [*sets, f"run_dir={run_dir}"], run_dir / "sasrec.log",
                   ["--seed", str(seed), *(budget if tune else [])])

@@ -38,6 +38,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/scaling.py` puts benchmarks/
     sys.path.insert(0, str(REPO))
 
 from benchmarks.beam_eval import add_model_args, missing_model_inputs  # noqa: E402
+from cluster.run_layout import METRICS_FILE, RunLayout  # noqa: E402
 
 SIDES = (1, 2)
 PHASES = ("rollout", "reward", "train", "push")
@@ -47,7 +48,7 @@ PHASES = ("rollout", "reward", "train", "push")
 def metrics_path(path: str | Path) -> Path:
     """A run directory, its rl/ folder or the metrics.jsonl itself -> the metrics file."""
     path = Path(path)
-    for candidate in (path, path / "metrics.jsonl", path / "rl" / "metrics.jsonl"):
+    for candidate in (path, path / METRICS_FILE, RunLayout(path).metrics("rl")):
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(f"{path}: no rl/metrics.jsonl here (give a run_dir, its rl/ folder or the file)")

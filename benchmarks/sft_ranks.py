@@ -22,6 +22,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/sft_ranks.py` puts benchmark
     sys.path.insert(0, str(REPO))
 
 from benchmarks.advantage_compare import gream, run_stage  # noqa: E402
+from cluster.run_layout import RunLayout  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,11 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sets = args.set + [f"run_dir={run_dir}", f"sft.epochs={args.epochs}", f"cluster.sft.num_ranks={ranks}",
                            f"cluster.sft.cpus_per_rank={max(cores // ranks, 1)}"]
         run_dir.mkdir(parents=True, exist_ok=True)
-        if ranks != 1 and not (run_dir / "index").exists():  # same index for both runs, embedded once
-            shutil.copytree(args.out.resolve() / "ranks1" / "index", run_dir / "index")
+        if ranks != 1 and not RunLayout(run_dir).stage("index").exists():  # same index for both runs, embedded once
+            shutil.copytree(RunLayout(args.out.resolve() / "ranks1").stage("index"), RunLayout(run_dir).stage("index"))
         run_stage("index", args.spec.resolve(), sets, run_dir, f"{ranks} rank(s)")
         gream("sft", args.spec.resolve(), sets, run_dir / "sft.log")
-        secs[ranks] = json.loads((run_dir / "sft" / "train_summary.json").read_text())["train_secs"]
+        secs[ranks] = json.loads(RunLayout(run_dir).train_summary.read_text())["train_secs"]
         print(f"{ranks} rank(s): {secs[ranks]:.1f} s for {args.epochs} epochs", flush=True)
     print(f"SFT speed-up, {args.ranks} ranks / 1 rank on {cores} cores: {secs[1] / secs[args.ranks]:.2f}x")
     return 0

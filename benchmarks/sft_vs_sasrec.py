@@ -36,7 +36,7 @@ def column(evaluation: dict) -> dict[str, float]:
 
 
 def sasrec_all_users(run_dir: Path) -> dict:
-    path = RunLayout(run_dir).baselines / "sasrec" / "eval.json"
+    path = RunLayout(run_dir).eval_file("baselines/sasrec")
     result = read_json(path)
     if result is None or "all_users" not in result.get("meta", {}):
         raise SystemExit(f"{path}: no SASRec evaluation with meta.all_users; run `gream baseline sasrec` first")

@@ -34,7 +34,7 @@ def _atomic_write(path: Path, payload: dict) -> None:
 def request_scale(run_dir: Path, rollout_workers: int) -> Path:
     if rollout_workers < 1:
         raise BadRequest(f"--rollout must be >= 1, got {rollout_workers}")
-    if not (Path(run_dir) / "rl").is_dir():
+    if not RunLayout(run_dir).stage("rl").is_dir():
         raise MissingArtefact(f"{run_dir}: no rl/ folder; is this the run_dir of a job whose RL stage has started?")
     path = control_path(run_dir)
     _atomic_write(path, {"rollout_workers": rollout_workers, "requested": time.time()})

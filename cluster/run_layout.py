@@ -52,6 +52,10 @@ class RunLayout:
         return self.stage("index") / SID_VOCAB_FILE
 
     @property
+    def train_summary(self) -> Path:
+        return self.stage("sft") / "train_summary.json"
+
+    @property
     def reasoning(self) -> Path:
         return self.stage("sft") / "reasoning"
 

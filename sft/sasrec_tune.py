@@ -56,7 +56,7 @@ def grid_configs(base: SasrecConfig, grid: Mapping[str, Sequence] = GRID, seed: 
 
 def default_budget(spec: JobSpec) -> float:
     """The SFT stage's wall time in this run, from sft/train_summary.json."""
-    path = spec.layout.stage("sft") / "train_summary.json"
+    path = spec.layout.train_summary
     if not path.exists():
         raise MissingArtefact(f"{path}: no SFT run to take the tuning budget from; pass --budget-s SECONDS")
     return float(json.loads(path.read_text())["train_secs"])

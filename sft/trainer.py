@@ -310,7 +310,7 @@ class Trainer:
                                     "valid": best.metrics, "valid_users": self.validator.users,
                                     "eval_every": s.eval_every}
         if self.rank == 0:
-            (self.out_dir / "train_summary.json").write_text(json.dumps(summary, indent=2))
+            self.spec.layout.train_summary.write_text(json.dumps(summary, indent=2))
         if metrics is not None:
             metrics.close()
         log.info("sft done", extra=fields(**summary))
