@@ -5,7 +5,8 @@ From one SFT run folder (`index/`, `model/`, `sft/model/`): for each recipe and 
 in a run folder of its own with the SFT artefacts linked in, validated inside the run
 (`rl.eval_every`, a fixed sample of validation users), so `rl/model` is the validation-selected
 checkpoint (step 0 = the SFT weights when no step beat them). Each selected model, and the SFT model
-once, is then evaluated on every user of both splits (trie beam Recall/NDCG@5/10, Pass@10 unless
+once, is then evaluated on every user of both splits (a run that selected step 0 serves the SFT
+weights, so it takes the SFT model's evaluation) (trie beam Recall/NDCG@5/10, Pass@10 unless
 --no-pass). Printed: per-seed and median figures, the step each run selected, and the paired 95%
 interval of RL minus SFT per recipe (per user, the metric averaged over the recipe's seeds;
 users resampled; `benchmarks/quality.py`'s pooled interval). Test is read once per recipe here;
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -33,7 +35,7 @@ if str(REPO) not in sys.path:  # run as a script: benchmarks/ is not an installe
 from benchmarks.advantage_compare import median_column  # noqa: E402
 from benchmarks.quality import SPLITS, pooled  # noqa: E402
 from cluster.metrics_log import read_metrics  # noqa: E402
-from cluster.run_layout import RunLayout  # noqa: E402
+from cluster.run_layout import EVAL_FILE, RANKS_FILE, RunLayout  # noqa: E402
 from gream.compare import load_stage  # noqa: E402
 
 # Overrides on top of the spec, per recipe (chosen on validation; BENCHMARKS.md, "RL over SFT").
@@ -173,7 +175,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         evaluate_stage(args.spec, sets, base, "sft", not args.no_pass)
     for dirs in runs.values():
         for run_dir in dirs:
-            if not RunLayout(run_dir).eval_file("rl").exists():
+            layout = RunLayout(run_dir)
+            if layout.eval_file("rl").exists():
+                continue
+            if curve(run_dir)["selected_step"] == 0:  # rl/model holds the SFT weights: its evaluation is SFT's
+                for name in (EVAL_FILE, RANKS_FILE):
+                    shutil.copy2(RunLayout(base).stage("sft") / name, layout.stage("rl") / name)
+            else:
                 evaluate_stage(args.spec, sets, run_dir, "rl", not args.no_pass)
     result = report(base, runs, args.resamples)
     (args.out / "rl_gain.json").write_text(json.dumps(result, indent=1))

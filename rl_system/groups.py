@@ -1,8 +1,9 @@
 """One round of grouped sampling: prompts -> G completions each -> rewards, and the train batch.
 
 The driver's loop calls `GroupSampler.sample(n)` through dynamic sampling; each call draws the next
-`n` prompts from the data cursor, generates on the rollout pool, optionally expands Rollout-Beam
-candidates after `<answer>`, and scores everything in one request to the reward service.
+`n` prompts from the data cursor, fills each prompt's group on the rollout pool with samples, beam
+candidates or both (`rl.rollout`), optionally expands Rollout-Beam candidates after `<answer>`, and
+scores everything in one request to the reward service (plus the ranking term, `rl.rank_penalty`).
 """
 from __future__ import annotations
 
