@@ -45,14 +45,14 @@ def evaluate_stage(spec: JobSpec, worker, users: int, stage: str) -> None:
 
     from indexing.dataset import split_from_spec
     from indexing.sid import SidIndex
-    from rl_system.evaluate import evaluate
+    from rl_system.evaluate import EvalConfig, evaluate
 
     small = spec.model_copy(update={"eval": spec.eval.model_copy(update={"max_users": users})})
     split = split_from_spec(small)
     tokenizer = AutoTokenizer.from_pretrained(spec.layout.model("sft"))
-    index = SidIndex.load(spec.run_path / "index" / "Office.index.json")
-    result, ranks = evaluate(small, WorkerPool(worker), tokenizer, index, {"valid": split.valid, "test": split.test},
-                             sampling=False)
+    index = SidIndex.load(spec.layout.index_file("Office"))
+    result, ranks = evaluate(EvalConfig.from_spec(small), WorkerPool(worker), tokenizer, index,
+                             {"valid": split.valid, "test": split.test}, sampling=False)
     write_eval(spec.layout.stage(stage), result, ranks)
 
 

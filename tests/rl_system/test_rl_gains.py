@@ -22,6 +22,7 @@ def validated_run(ray_cluster, tiny_policy, tmp_path_factory):
     spec = rl_test_spec(tmp_path_factory.mktemp("validated"), steps=4, rollout="beam", rank_penalty=1.0,
                         eval_every=2, eval_users=16)
     spec.checkpoint.every = 10
+    spec.cluster.rollout.num_workers = 1  # one engine start instead of two: the suite's time is the budget
     stage_inputs(spec, tiny_policy)
     return spec, train.run(spec)
 
@@ -122,6 +123,7 @@ def test_the_loop_fits_a_few_prompts(ray_cluster, tiny_policy, tmp_path):
     spec = rl_test_spec(tmp_path, train_users=2, steps=40, group_size=8, prompts_per_step=4, lr=5e-3,
                         max_resample_rounds=0)
     spec.checkpoint.every = 100
+    spec.cluster.rollout.num_workers = 1
     stage_inputs(spec, tiny_policy)
     train.run(spec)
     rows = read_metrics(spec.layout.metrics("rl"))
