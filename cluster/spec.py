@@ -167,9 +167,8 @@ class RlSpec(_Section):
     advantage: Literal["srpo", "grpo", "dr_grpo"] = "srpo"
     mode: Literal["direct", "reasoning"] = "direct"
     reward: Literal["residual", "binary", "beam"] = "residual"
-    # MiniOneRec's ranking term, added to `reward` at this weight (0 = off): in a group with a hit,
-    # each miss loses 1/log2(rank + 2) (normalised over the group), rank = its place in the policy's
-    # own order (sequence logprob), so near misses the policy prefers are pushed below the target.
+    # MiniOneRec's ranking term at this weight (0 = off): pushes the misses the policy ranks high
+    # below the target (rl_system.reward.functions.ranking_penalty).
     rank_penalty: float = Field(0.0, ge=0)
     # How a prompt's group is drawn: G samples, the trie-constrained beam of width G (G distinct
     # items, MiniOneRec's rollouts), or `beam_share` of the group from the beam and the rest sampled.
@@ -197,12 +196,15 @@ class RlSpec(_Section):
     # Only the training prompts of the first N users (by id): the few-prompt check that the loop can
     # fit what it sees. None = every user.
     train_users: int | None = Field(None, ge=1)
-    # Validation inside the run: every `eval_every` steps (and before the first) the policy's beam
-    # Recall/NDCG@10 on a fixed sample of `eval_users` validation users, the same sample for every
-    # RL seed (drawn with `eval_seed`); rl/model is then the best checkpoint by it. 0 = off.
+    # Every `eval_every` steps (and before the first), beam NDCG@10 on `eval_users` validation users
+    # drawn with `eval_seed` (the same for every RL seed); rl/model is the best checkpoint. 0 = off.
     eval_every: int = Field(0, ge=0)
     eval_users: int = Field(500, ge=1)
     eval_seed: int = 0
+
+    @property
+    def completion_tokens(self) -> int:  # the thought's budget (reasoning) plus the SID's
+        return self.max_new_tokens + (self.max_think_tokens if self.mode == "reasoning" else 0)
 
     @model_validator(mode="after")
     def _modes(self) -> "RlSpec":

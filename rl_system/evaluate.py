@@ -102,8 +102,7 @@ class EvalConfig:
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> "EvalConfig":
-        reasoning = spec.rl.mode == "reasoning"
-        return cls(spec.eval, spec.rl.mode, spec.rl.max_new_tokens + (spec.rl.max_think_tokens if reasoning else 0))
+        return cls(spec.eval, spec.rl.mode, spec.rl.completion_tokens)
 
 
 def evaluate(cfg: EvalConfig, pool, tokenizer, index: SidIndex, splits: dict[str, Sequence[Example]],

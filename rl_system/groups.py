@@ -57,12 +57,11 @@ class GroupSampler:
         rl = self.rl
         n_beam = {"sample": 0, "beam": rl.group_size, "mixed": round(rl.beam_share * rl.group_size)}[rl.rollout]
         n_sample = rl.group_size - n_beam
-        max_tokens = rl.max_new_tokens + (rl.max_think_tokens if rl.mode == "reasoning" else 0)
         tokenizer = self.source.tokenizer
         ids = tokenizer([p.text for p in prompts], add_special_tokens=False)["input_ids"]
         groups = [RolloutGroup(list(i), [], self.pool.version) for i in ids]
         if n_sample:
-            groups = self.pool.generate(ids, n=n_sample, temperature=rl.temperature, max_tokens=max_tokens,
+            groups = self.pool.generate(ids, n=n_sample, temperature=rl.temperature, max_tokens=rl.completion_tokens,
                                         mode=rl.mode)
         if n_beam:
             for group, cands in zip(groups, self.pool.beam([g.prompt_ids for g in groups], n_beam)):

@@ -222,7 +222,7 @@ def _export_selected(spec: JobSpec, ckpts: CheckpointManager, learner: LearnerGr
     learner.save_hf(out)
     choice = {"step": best.step if best else step, "last_step": step,
               "metric": spec.checkpoint.best_metric if best else None,
-              "value": ckpts.rule.score(best) if best and ckpts.rule else None}
+              "value": ckpts.rule.score(best) if best else None}
     spec.layout.selection.write_text(json.dumps(choice, indent=1))
     log.info("rl model saved", extra=fields(path=str(out), **choice))
 
