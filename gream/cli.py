@@ -66,9 +66,11 @@ def cmd_stage(stage: str):
 
 def cmd_baseline_sasrec(args) -> None:
     from cluster.errors import BadRequest
-    from sft.sasrec import SasrecConfig, run
+    from sft.sasrec import SasrecConfig, read_config, run
 
-    cfg = SasrecConfig(seed=args.seed, loss=args.loss, negatives=args.negatives)
+    given = {"loss": args.loss, "negatives": args.negatives}
+    cfg = SasrecConfig(**{**(read_config(args.config) if args.config else {}), "seed": args.seed,
+                          **{k: v for k, v in given.items() if v is not None}})
     if args.tune:
         from sft.sasrec_tune import run as tune
 
@@ -162,9 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = baseline.add_parser("sasrec", help="train and evaluate SASRec on the same split")
     _add_spec_args(p)
     p.add_argument("--seed", type=int, default=0, help="weight init and batch order; repeat runs in their own run_dir")
-    p.add_argument("--loss", choices=("full", "sampled"), default="full",
-                   help="softmax over every item, or over the target and --negatives sampled items (--tune tries both)")
-    p.add_argument("--negatives", type=int, default=100, help="items sampled per batch for --loss sampled")
+    p.add_argument("--config", help="SASRec settings: a JSON object of sft/sasrec.py SasrecConfig "
+                   "fields, or a tune.json (its chosen settings); --seed, --loss and --negatives override it")
+    p.add_argument("--loss", choices=("full", "sampled"),
+                   help="softmax over every item (default), or over the target and --negatives sampled items "
+                   "(--tune tries both)")
+    p.add_argument("--negatives", type=int, help="items sampled per batch for --loss sampled (default 100)")
     p.add_argument("--tune", action="store_true", help="choose hidden size, blocks, dropout, lr and loss on "
                    "validation (sft/sasrec_tune.py), then test the best once; writes tune.json too")
     p.add_argument("--budget-s", type=float, help="wall time of --tune in seconds (default: the run's SFT train_secs)")

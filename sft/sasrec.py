@@ -1,8 +1,10 @@
 """SASRec baseline (Kang & McAuley 2018): a causal self-attention encoder over item-id histories,
-trained on exactly the SFT split with cross-entropy over the full catalogue (`loss: full`) or over
-the target and `negatives` items drawn uniformly, shared by a batch (`loss: sampled`, sampled
-softmax), and evaluated by full ranking with the same metrics as the generative model. It is the
-yardstick papers in this field report.
+trained on exactly the SFT split's training targets with SASRec's own shifted-sequence objective
+(each user's latest training window once per epoch, the next item predicted at every position, so
+every training target counts once with its whole causal history), with cross-entropy over the full
+catalogue (`loss: full`) or over the target and `negatives` items drawn uniformly, shared by a batch
+(`loss: sampled`, sampled softmax), and evaluated by full ranking with the same metrics as the
+generative model. It is the yardstick papers in this field report.
 
 Early stopping keeps the epoch with the best validation NDCG@10 (sft.metrics.selection_metric) over
 all users, stopping after `patience` epochs without a better one; the test figures come from that
@@ -13,9 +15,11 @@ each split), so the two tables compare like with like; the all-user figures are 
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
+from dataclasses import fields as fields_of
 from pathlib import Path
 from typing import Literal
 
@@ -43,7 +47,7 @@ class SasrecConfig:
     dropout: float = 0.3
     lr: float = 2e-3
     weight_decay: float = 0.0
-    batch_size: int = 512
+    batch_size: int = 128  # users (training windows) per step
     max_epochs: int = 60
     patience: int = 5  # epochs without a better validation NDCG@10 before stopping
     loss: Literal["full", "sampled"] = "full"
@@ -55,6 +59,21 @@ class SasrecConfig:
             raise BadRequest(f"SASRec loss must be 'full' or 'sampled', got {self.loss!r}")
         if self.negatives < 1:
             raise BadRequest(f"SASRec negatives must be >= 1, got {self.negatives}")
+
+
+def read_config(path: Path) -> dict:
+    """SasrecConfig fields from a JSON file: the fields themselves, or a tune.json's `chosen`."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BadRequest(f"{path}: not a readable JSON file of SASRec settings ({e})") from e
+    data = data.get("chosen", data) if isinstance(data, dict) else data
+    if not isinstance(data, dict):
+        raise BadRequest(f"{path}: expected a JSON object of SASRec settings, got {type(data).__name__}")
+    unknown = sorted(set(data) - {f.name for f in fields_of(SasrecConfig)})
+    if unknown:
+        raise BadRequest(f"{path}: unknown SASRec settings {unknown}; expected fields of SasrecConfig")
+    return data
 
 
 class SASRec(nn.Module):
@@ -87,12 +106,18 @@ class SASRec(nn.Module):
         mask = torch.zeros(blocked.shape, device=seqs.device).masked_fill(blocked, float("-inf"))
         return mask.repeat_interleave(self.heads, 0)
 
+    def states(self, seqs: torch.Tensor) -> torch.Tensor:
+        """Left-padded histories [B, L <= max_len] -> the representation at every position [B, L, H].
+        Positions count from the right, so a batch cut to its longest history (trim_padding) gives
+        the last item the same position embedding as the full width does."""
+        length = seqs.shape[1]
+        positions = torch.arange(self.max_len - length, self.max_len, device=seqs.device)
+        x = self.item(seqs) + self.pos(positions)
+        return self.norm(self.encoder(self.drop(x), mask=self.attention_mask(seqs)))
+
     def user_state(self, seqs: torch.Tensor) -> torch.Tensor:
         """Left-padded histories [B, L] -> the representation at the last position [B, H]."""
-        positions = torch.arange(seqs.shape[1], device=seqs.device)
-        x = self.item(seqs) + self.pos(positions)
-        h = self.encoder(self.drop(x), mask=self.attention_mask(seqs))
-        return self.norm(h[:, -1])
+        return self.states(seqs)[:, -1]
 
     def scores(self, seqs: torch.Tensor) -> torch.Tensor:
         """Scores over the real items [B, num_items] (the padding row is excluded)."""
@@ -108,13 +133,52 @@ def encode(examples: list[Example], max_len: int, pad: int) -> tuple[torch.Tenso
     return torch.from_numpy(seqs), torch.tensor([ex.target for ex in examples], dtype=torch.long)
 
 
+def length_batches(lengths: torch.Tensor, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """Row indices in batches of similar length, the batches in random order: ties are shuffled
+    before a stable sort by length, so each epoch draws other neighbours. Beauty's training windows
+    average 6 items of a 50-wide array; random batches are as wide as their longest window (~44),
+    length batches about 6 (trim_padding), which makes an epoch several times cheaper."""
+    shuffled = torch.randperm(len(lengths), generator=gen)
+    order = shuffled[torch.argsort(lengths[shuffled], stable=True)]
+    batches = list(order.split(batch_size))
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
+IGNORE = -100  # target at a padding position (cross_entropy's ignore_index)
+
+
+def training_windows(examples: list[Example], max_len: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """SASRec's shifted-sequence pairs [U, max_len]: per user, the latest training example's history
+    and target as one window (the split lists a user's examples in time order, each a prefix of the
+    next), inputs left-padded, and at every position the item that follows it (IGNORE on padding)."""
+    latest: dict[int, Example] = {}
+    for ex in examples:
+        latest[ex.user] = ex
+    inputs = np.full((len(latest), max_len), pad, dtype=np.int64)
+    targets = np.full((len(latest), max_len), IGNORE, dtype=np.int64)
+    for row, ex in enumerate(latest.values()):
+        window = (*ex.history, ex.target)[-(max_len + 1):]
+        inputs[row, max_len - len(window) + 1:] = window[:-1]
+        targets[row, max_len - len(window) + 1:] = window[1:]
+    return torch.from_numpy(inputs), torch.from_numpy(targets)
+
+
+def trim_padding(seqs: torch.Tensor, pad: int, *aligned: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Drop the leading columns that are padding in every row (most histories are short, and every
+    layer's cost grows with the width), and the same columns of `aligned` tensors."""
+    used = (seqs != pad).any(0)
+    start = int(used.to(torch.int8).argmax()) if bool(used.any()) else seqs.shape[1] - 1
+    return tuple(t[:, start:] for t in (seqs, *aligned))
+
+
 @torch.no_grad()
 def target_ranks(model: SASRec, seqs: torch.Tensor, targets: torch.Tensor, batch_size: int, device) -> np.ndarray:
     """0-based rank of each target among all items (items scoring strictly higher come first)."""
     model.eval()
     ranks = []
     for start in range(0, len(seqs), batch_size):
-        s = model.scores(seqs[start:start + batch_size].to(device))
+        (batch,) = trim_padding(seqs[start:start + batch_size], model.pad)
+        s = model.scores(batch.to(device))
         t = targets[start:start + batch_size].to(device)
         ranks.append((s > s.gather(1, t[:, None])).sum(1).cpu())
     return torch.cat(ranks).numpy()
@@ -128,12 +192,15 @@ def report(ranks: np.ndarray, ks: list[int], users: int | None) -> dict:
 
 def train_loss(model: SASRec, seqs: torch.Tensor, targets: torch.Tensor, cfg: SasrecConfig,
                gen: torch.Generator) -> torch.Tensor:
-    """Cross-entropy of the target against every item ("full") or against `cfg.negatives` items
-    drawn uniformly for the whole batch ("sampled"); a drawn item that is a row's target does not
-    count as that row's negative."""
+    """Mean over the supervised positions (targets [B, L] from training_windows) of the next item's
+    cross-entropy against every item ("full") or against `cfg.negatives` items drawn uniformly for
+    the whole batch ("sampled"); a drawn item that is a position's target does not count as its
+    negative."""
+    seqs, targets = trim_padding(seqs, model.pad, targets)
+    keep = targets != IGNORE
+    state, targets = model.states(seqs)[keep], targets[keep]
     if cfg.loss == "full":
-        return nn.functional.cross_entropy(model.scores(seqs), targets)
-    state = model.user_state(seqs)
+        return nn.functional.cross_entropy(state @ model.item.weight[: model.pad].T, targets)
     negatives = torch.randint(model.pad, (cfg.negatives,), generator=gen).to(seqs.device)
     positive = (state * model.item(targets)).sum(-1, keepdim=True)
     negative = (state @ model.item(negatives).T).masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
@@ -157,7 +224,8 @@ def fit(split: Split, num_items: int, max_len: int, ks: list[int], cfg: SasrecCo
     torch.manual_seed(cfg.seed)
     model = SASRec(num_items, max_len, cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    train_x, train_y = encode(split.train, max_len, model.pad)
+    train_x, train_y = training_windows(split.train, max_len, model.pad)
+    lengths = (train_x != model.pad).sum(1)
     valid = encode(split.valid, max_len, model.pad)
     gen = torch.Generator().manual_seed(cfg.seed)
     key = selection_metric(ks)
@@ -165,10 +233,8 @@ def fit(split: Split, num_items: int, max_len: int, ks: list[int], cfg: SasrecCo
     bad_epochs, epoch, out_of_time = 0, -1, False
     for epoch in range(cfg.max_epochs):
         model.train()
-        order = torch.randperm(len(train_x), generator=gen)
         total, t0 = 0.0, time.perf_counter()
-        for start in tqdm(range(0, len(order), cfg.batch_size), desc=f"sasrec epoch {epoch}", leave=False):
-            idx = order[start:start + cfg.batch_size]
+        for idx in tqdm(length_batches(lengths, cfg.batch_size, gen), desc=f"sasrec epoch {epoch}", leave=False):
             loss = train_loss(model, train_x[idx].to(device), train_y[idx].to(device), cfg, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -177,7 +243,7 @@ def fit(split: Split, num_items: int, max_len: int, ks: list[int], cfg: SasrecCo
         valid_ranks = target_ranks(model, *valid, cfg.batch_size, device)
         valid_metrics = metrics_from_ranks(valid_ranks, ks)
         score = valid_metrics[key]
-        log.info("sasrec epoch", extra=fields(epoch=epoch, loss=round(total / len(order), 4),
+        log.info("sasrec epoch", extra=fields(epoch=epoch, loss=round(total / len(train_x), 4),
                                               secs=round(time.perf_counter() - t0, 1),
                                               **{f"valid_{k}": round(v, 4) for k, v in valid_metrics.items()}))
         if score > best["score"]:

@@ -10,7 +10,7 @@ import torch
 from cluster.spec import JobSpec
 from indexing.dataset import Example
 from sft.metrics import metric_names
-from sft.sasrec import SASRec, SasrecConfig, encode, run, target_ranks
+from sft.sasrec import IGNORE, SASRec, SasrecConfig, encode, length_batches, run, target_ranks, training_windows, trim_padding
 
 pytestmark = pytest.mark.heavy  # starts DeepSpeed, vLLM or a training run
 
@@ -20,6 +20,36 @@ REPO = Path(__file__).resolve().parents[2]
 def test_encode_left_pads_and_keeps_the_latest_items():
     seqs, targets = encode([Example(0, (4, 5), 6), Example(1, (1, 2, 3, 4), 5)], max_len=3, pad=9)
     assert seqs.tolist() == [[9, 4, 5], [2, 3, 4]] and targets.tolist() == [6, 5]
+
+
+def test_training_windows_shift_each_users_latest_window_by_one():
+    # User 0's examples are the prefixes of 1 2 3 4 (targets 2, 3, 4); user 1 has one target.
+    examples = [Example(0, (1,), 2), Example(0, (1, 2), 3), Example(0, (1, 2, 3), 4), Example(1, (7,), 8)]
+    inputs, targets = training_windows(examples, max_len=4, pad=9)
+    assert inputs.tolist() == [[9, 1, 2, 3], [9, 9, 9, 7]]
+    assert targets.tolist() == [[IGNORE, 2, 3, 4], [IGNORE, IGNORE, IGNORE, 8]]
+    # A window longer than max_len keeps its latest items: every target still has its history.
+    inputs, targets = training_windows(examples[:3], max_len=2, pad=9)
+    assert inputs.tolist() == [[2, 3]] and targets.tolist() == [[3, 4]]
+
+
+def test_length_batches_cover_every_row_once_with_similar_lengths():
+    lengths = torch.tensor([5, 1, 3, 1, 5, 3, 2, 2])
+    batches = length_batches(lengths, batch_size=2, gen=torch.Generator().manual_seed(0))
+    assert sorted(torch.cat(batches).tolist()) == list(range(8))
+    # Sorted by length, then cut: each batch holds one length here, whatever order the batches come in.
+    assert sorted(tuple(lengths[b].tolist()) for b in batches) == [(1, 1), (2, 2), (3, 3), (5, 5)]
+    again = length_batches(lengths, batch_size=2, gen=torch.Generator().manual_seed(1))
+    assert [b.tolist() for b in again] != [b.tolist() for b in batches]
+
+
+def test_trimmed_batches_score_as_the_full_width_does():
+    model = SASRec(num_items=9, max_len=5, cfg=SasrecConfig(dropout=0.0)).eval()
+    seqs = torch.tensor([[9, 9, 9, 1, 2], [9, 9, 4, 5, 6]])
+    trimmed, = trim_padding(seqs, 9)
+    assert trimmed.tolist() == [[9, 1, 2], [4, 5, 6]]
+    with torch.no_grad():
+        assert torch.allclose(model.scores(trimmed), model.scores(seqs), atol=1e-6)
 
 
 def test_attention_mask_is_causal_and_blocks_padding_keys():
@@ -78,12 +108,35 @@ def test_cli_seed_reaches_the_config(monkeypatch):
     assert seen[0][0] == "/tmp/x" and seen[0][1] == SasrecConfig(seed=2)
 
 
+def test_cli_config_file_takes_settings_or_a_tunes_choice(monkeypatch, tmp_path, capsys):
+    import sft.sasrec
+    from gream.cli import main
+
+    seen = []
+    monkeypatch.setattr(sft.sasrec, "run", lambda spec, cfg: seen.append(cfg))
+    demo = str(REPO / "configs/demo.yaml")
+    tuned = tmp_path / "tune.json"
+    tuned.write_text(json.dumps({"metric": "ndcg@10", "chosen": {"hidden": 128, "lr": 0.003, "seed": 0}}))
+    assert main(["baseline", "sasrec", demo, "--config", str(tuned), "--seed", "2"]) == 0
+    plain = tmp_path / "cfg.json"
+    plain.write_text(json.dumps({"dropout": 0.5, "loss": "sampled", "negatives": 64}))
+    assert main(["baseline", "sasrec", demo, "--config", str(plain), "--negatives", "32"]) == 0
+    assert seen == [SasrecConfig(hidden=128, lr=0.003, seed=2),
+                    SasrecConfig(dropout=0.5, loss="sampled", negatives=32)]
+    plain.write_text(json.dumps({"hiden": 64}))
+    assert main(["baseline", "sasrec", demo, "--config", str(plain)]) == 2
+    assert f"{plain}: unknown SASRec settings ['hiden']" in capsys.readouterr().err
+    plain.write_bytes(b"\xff{")
+    assert main(["baseline", "sasrec", demo, "--config", str(plain)]) == 2
+    assert f"{plain}: not a readable JSON file of SASRec settings" in capsys.readouterr().err
+
+
 def test_sampled_softmax_masks_a_drawn_target_and_is_full_softmax_when_it_draws_the_rest():
     from sft.sasrec import train_loss
 
     torch.manual_seed(0)
     model = SASRec(num_items=2, max_len=3, cfg=SasrecConfig(dropout=0.0)).eval()
-    seqs, targets = torch.tensor([[2, 1, 1]]), torch.tensor([0])
+    seqs, targets = torch.tensor([[2, 1, 1]]), torch.tensor([[IGNORE, IGNORE, 0]])
     full = train_loss(model, seqs, targets, SasrecConfig(loss="full"), torch.Generator()).item()
     sampled = SasrecConfig(loss="sampled", negatives=1)
     draws = set()
