@@ -75,6 +75,12 @@ class LearnerGroup:
     def named_parameters_for_push(self) -> list[tuple[str, torch.Tensor]]:
         return self.call("named_parameters_for_push")[0]
 
+    def push_rendezvous(self) -> tuple[str, int]:
+        """Rank 0's node address and a port free there, for the weight-push group it hosts."""
+        import ray
+
+        return ray.get(self.actors[0].rendezvous.remote())
+
     def init_weight_sender(self, master_addr: str, port: int, world_size: int, **kwargs):
         """Start rank 0 joining the push group; returns the Ray ref to wait on together with the
         receivers' joins (the rendezvous completes only when all have joined)."""

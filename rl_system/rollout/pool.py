@@ -18,7 +18,6 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from cluster.logs import fields
 from cluster.placement import RoleGroup, rollout_group
-from cluster.ranks import free_port
 from cluster.spec import JobSpec, RolloutCluster
 from indexing.sid import SidIndex
 from rl_system.messages import RolloutGroup
@@ -128,8 +127,9 @@ class RolloutPool:
     def _resync(self) -> None:
         if self.learner is None:
             return
-        master_addr = ray.util.get_node_ip_address()
-        port = free_port()
+        # Learner rank 0 hosts the group's store, so the address and port are its own: the driver's
+        # would not be reachable (or free) there when rank 0 sits on another node.
+        master_addr, port = self.learner.push_rendezvous()
         ranks = ray.get([w.num_ranks.remote() for w in self.workers])
         world = 1 + sum(ranks)
         offsets = [1 + sum(ranks[:i]) for i in range(len(ranks))]
