@@ -123,18 +123,16 @@ class SftSpec(_Section):
     # Supervise every history SID of a seqrec prompt, not only the answer: a next-item target at
     # every position, as SASRec trains; seqrec then needs only the covering windows of each user.
     history_loss: bool = True
-    # With history_loss, extra seqrec examples per user on a random (seeded) shorter prefix: the
-    # covering windows put only one target per window in the answer slot, where RL and evaluation
-    # read the prediction, against several in the history.
+    # With history_loss, extra seqrec examples per user on a random (seeded) shorter prefix: the covering windows put only one
+    # target per window in the answer slot, where RL and evaluation read the prediction, against several in the history.
     answer_prefixes: int = Field(0, ge=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # embedding + residual-branch dropout while training
     # Decay of an exponential moving average of the weights, saved instead of the last ones; 0 = off.
     # Needs the full weights on every rank: zero_stage <= 2.
     weight_average: float = Field(0.0, ge=0.0, lt=1.0)
-    # Every eval_every epochs (and after the last one), validation Recall@K / NDCG@K on a fixed sample
-    # of eval_users validation users (None = all), by a trie-constrained beam of width max(eval.ks);
-    # the saved model is the best epoch's by NDCG@max(eval.ks) (with weight_average, the best
-    # average). 0 = off: the weights after the last epoch are saved.
+    # Every eval_every epochs (and after the last one), validation Recall@K / NDCG@K on a fixed sample of eval_users validation
+    # users (None = all), by a trie-constrained beam of width max(eval.ks); the saved model is the best epoch's by
+    # NDCG@max(eval.ks) (with weight_average, the best average). 0 = off: the weights after the last epoch are saved.
     eval_every: int = Field(0, ge=0)
     eval_users: int | None = Field(500, ge=1)
     # Matmul precision of the forward pass over float32 weights (model.dtype float32); "auto": bfloat16
@@ -255,7 +253,9 @@ class LearnerCluster(_Section):
 class RewardCluster(_Section):
     replicas: int = Field(1, ge=1)
     host: str = "127.0.0.1"
-    token: str | None = None
+    token: str | None = None  # required off loopback: every request's header frame carries it
+    timeout_s: float = Field(30.0, gt=0)  # a replica silent this long is pinged, then replaced if still silent
+    max_request_mib: float = Field(64.0, gt=0)  # a larger request body is answered "too large", never unpacked
 
 
 class ClusterSpec(_Section):

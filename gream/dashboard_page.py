@@ -2,6 +2,9 @@
 `/api/metrics`. Kept in a Python module, not a data file, so it ships with the package as is, and
 self-contained (no CDN) because cluster nodes often have no internet.
 
+Every value read from the run reaches the page through `esc` (or `num`, which calls it) or
+`textContent`, never raw into markup: metrics and status files hold whatever a job wrote.
+
 Every drawn series carries `data-key` and `data-points` (the number of plotted values), every
 histogram bar and y-axis tick `data-value`: the page's own DOM says what it shows, which is what the
 headless browser test reads.
@@ -157,7 +160,7 @@ function linePlot(id, steps, series, band) {
       if (v === null) { pen = "M"; return; }  // a gap: the step did not report this value
       const x = sx(steps[i]).toFixed(1), y = sy(v).toFixed(1);
       d += `${pen}${x},${y} `; pen = "L"; n += 1;
-      if (steps.length <= 200) dots += `<circle cx="${x}" cy="${y}" r="2" fill="${color}"><title>step ${steps[i]}: ${num(v)}</title></circle>`;
+      if (steps.length <= 200) dots += `<circle cx="${x}" cy="${y}" r="2" fill="${color}"><title>step ${esc(steps[i])}: ${num(v)}</title></circle>`;
     });
     svg += `<path class="series" data-key="${esc(s.key)}" data-points="${n}" d="${d.trim()}" fill="none" stroke="${color}" stroke-width="1.6"/>` + dots;
   });
@@ -185,9 +188,9 @@ function stackedBars(id, steps, parts) {
       const v = p.values[i];
       if (v === null) return;  // not reported this step (e.g. step 0, the SFT baseline's validation)
       const y = sy(base + v), h = sy(base) - y;
-      svg += `<rect class="bar" data-key="${esc(p.key)}" data-value="${v}" x="${(ax.left + i * slot + (slot - bw) / 2).toFixed(1)}" ` +
+      svg += `<rect class="bar" data-key="${esc(p.key)}" data-value="${esc(v)}" x="${(ax.left + i * slot + (slot - bw) / 2).toFixed(1)}" ` +
              `y="${y.toFixed(1)}" width="${bw.toFixed(1)}" height="${h.toFixed(1)}" fill="${COLORS[k % COLORS.length]}">` +
-             `<title>step ${s} ${esc(p.label)}: ${num(v, 3)} s</title></rect>`;
+             `<title>step ${esc(s)} ${esc(p.label)}: ${num(v, 3)} s</title></rect>`;
       base += v;
     });
   });
@@ -204,9 +207,9 @@ function histogram(id, counts) {
   let svg = yTicks(ax, sy) + `<line x1="${ax.left}" y1="${H - PAD.b}" x2="${W - PAD.r}" y2="${H - PAD.b}" stroke="#ccc"/>`;
   counts.forEach((c, i) => {
     const x = ax.left + i * slot, y = sy(c);
-    svg += `<rect class="bar" data-key="lcp=${i}" data-value="${c}" x="${(x + slot * 0.1).toFixed(1)}" y="${y.toFixed(1)}" ` +
+    svg += `<rect class="bar" data-key="lcp=${i}" data-value="${esc(c)}" x="${(x + slot * 0.1).toFixed(1)}" y="${y.toFixed(1)}" ` +
            `width="${(slot * 0.8).toFixed(1)}" height="${(H - PAD.b - y).toFixed(1)}" fill="${COLORS[0]}">` +
-           `<title>LCP ${i}: ${c} (${(100 * c / total).toFixed(1)}%)</title></rect>` +
+           `<title>LCP ${i}: ${esc(c)} (${(100 * c / total).toFixed(1)}%)</title></rect>` +
            `<text x="${(x + slot / 2).toFixed(1)}" y="${H - 6}" text-anchor="middle">${i}</text>` +
            `<text x="${(x + slot / 2).toFixed(1)}" y="${(y - 2).toFixed(1)}" text-anchor="middle">${(100 * c / total).toFixed(0)}%</text>`;
   });
@@ -242,7 +245,7 @@ function workers(status, driver, now) {
   const css = {alive: "", dead: "dead", finished: "finished", stale: "stale"};
   const rows = status.workers.map(w => {
     const behind = status.step !== undefined && w.weight_version !== undefined && w.weight_version < status.step;
-    return `<tr class="worker-row"><td>${esc(w.slot)}</td><td class="${css[state(w)]}">${state(w)}</td>` +
+    return `<tr class="worker-row"><td>${esc(w.slot)}</td><td class="${css[state(w)]}">${esc(state(w))}</td>` +
       `<td class="${behind ? "stale" : ""}">${num(w.weight_version)}</td></tr>`;
   }).join("");
   const head = {
@@ -261,7 +264,7 @@ function validation(steps, v, summary, selection) {
   const keys = Object.keys(v).filter(k => k.startsWith("val/"));
   const at = steps.map((_, i) => i).filter(i => keys.some(k => v[k][i] !== null));
   linePlot("plot-val", at.map(i => steps[i]), keys.map(k => ({key: k, label: k.slice(4), values: at.map(i => v[k][i])})));
-  const best = Object.entries(summary || {}).map(([k, s]) => `best ${esc(k.slice(4))} ${num(s.best_value)} at step ${s.best_step}`);
+  const best = Object.entries(summary || {}).map(([k, s]) => `best ${esc(k.slice(4))} ${num(s.best_value)} at step ${esc(s.best_step)}`);
   if (selection) best.push(`rl/model: step ${num(selection.step)} checkpoint, selected by ${esc(selection.metric)} ${num(selection.value)}`);
   document.getElementById("val-best").innerHTML = best.map(b => `<div>${b}</div>`).join("");
 }

@@ -9,12 +9,25 @@ import msgpack
 import numpy as np
 import zmq
 
+from cluster.errors import GreamError
 from rl_system.messages import RewardReply
 from rl_system.reward import functions as rewards
+from rl_system.reward import wire
 
 
 class RewardServiceError(RuntimeError):
     """The service answered with an error."""
+
+
+class RewardUnauthorized(RewardServiceError, GreamError):
+    """The service refused the token: cluster.reward.token differs between the driver and the replicas."""
+
+
+class RewardRequestTooLarge(RewardServiceError, GreamError):
+    """A request over the service's cluster.reward.max_request_mib."""
+
+
+_RAISES = {wire.BAD_TOKEN: RewardUnauthorized, wire.TOO_LARGE: RewardRequestTooLarge}
 
 
 class RewardTimeout(TimeoutError):
@@ -56,17 +69,35 @@ class RewardClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def send_raw(self, replica: int, payload: bytes) -> dict[str, Any]:
-        """Send raw bytes to one replica and wait for the reply (tests and diagnostics)."""
-        self._socks[replica].send(payload)
+    def send_raw(self, replica: int, frames: Sequence[bytes]) -> dict[str, Any]:
+        """Send raw frames to one replica and wait for the reply (tests and diagnostics)."""
+        self._socks[replica].send_multipart(frames)
         return self._receive(replica, None)
 
-    def _receive(self, replica: int, request_id: int | None) -> dict[str, Any]:
+    def ping(self) -> list[bool]:
+        """Which replicas' serving loops answer within the timeout: neither a dead nor a hung one does."""
+        sent = []
+        for sock in self._socks:
+            sent.append(next(self._ids))
+            sock.send_multipart(wire.pack_request(sent[-1], self.token, {"ping": True}))
+        deadline = time.monotonic() + self.timeout_s  # one wait for all, not one per replica
+        answered = []
+        for replica, request_id in enumerate(sent):
+            try:
+                self._receive(replica, request_id, deadline)
+            except RewardTimeout:
+                answered.append(False)
+            else:
+                answered.append(True)
+        return answered
+
+    def _receive(self, replica: int, request_id: int | None, deadline: float | None = None) -> dict[str, Any]:
         sock = self._socks[replica]
-        deadline = time.monotonic() + self.timeout_s
+        deadline = deadline or time.monotonic() + self.timeout_s
         while True:
-            left_ms = int((deadline - time.monotonic()) * 1000)
-            if left_ms <= 0 or not sock.poll(left_ms):
+            # Past the deadline, still look once: a reply may have come while another replica was awaited.
+            left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            if not sock.poll(left_ms):
                 raise RewardTimeout(f"no reply from reward service {self.endpoints[replica]} within "
                                     f"{self.timeout_s:.1f}s (is it running and reachable?)")
             frames = sock.recv_multipart()
@@ -85,21 +116,19 @@ class RewardClient:
             lo, hi = bounds[c], bounds[c + 1]
             replica = (self._next + c) % len(self._socks)
             request_id = next(self._ids)
-            request = {"id": request_id, "completions": list(completions[lo:hi]),
-                       "targets": [int(t) for t in targets[lo:hi]]}
-            if self.token is not None:
-                request["token"] = self.token
+            request = {"completions": list(completions[lo:hi]), "targets": [int(t) for t in targets[lo:hi]]}
             if mode is not None:
                 request["mode"] = mode
             if beams is not None:
                 request["beams"] = [list(b) for b in beams[lo:hi]]
-            self._socks[replica].send(msgpack.packb(request, use_bin_type=True))
+            self._socks[replica].send_multipart(wire.pack_request(request_id, self.token, request))
             sent.append((replica, request_id))
         self._next = (self._next + chunks) % len(self._socks)
         parts = []
         for replica, request_id in sent:
             msg = self._receive(replica, request_id)
             if not msg.get("ok"):
-                raise RewardServiceError(f"reward service {self.endpoints[replica]}: {msg.get('error')}")
+                error = _RAISES.get(msg.get("code"), RewardServiceError)
+                raise error(f"reward service {self.endpoints[replica]}: {msg.get('error')}")
             parts.append(RewardReply.from_wire(msg))
         return parts[0] if len(parts) == 1 else RewardReply.concat(parts)

@@ -1,32 +1,34 @@
-"""The driver's handle on the reward replicas: scores through ZMQ and replaces a dead replica.
+"""The driver's handle on the reward replicas: scores through ZMQ and replaces a dead or hung replica.
 
-A replica that died leaves its endpoint unanswered, so a request to it times out. The pool then
-asks every replica for its endpoint, restarts those that do not answer, reconnects the client and
-scores the same batch again: the step completes and nothing is scored twice (the failed request's
-results were never returned).
+A replica that died, or hangs with its process alive, leaves its requests unanswered, so one times
+out (cluster.reward.timeout_s). The pool then pings every replica through its ZMQ socket (the
+serving loop itself, not the actor, which can answer while that loop is stuck), kills and restarts
+those that do not answer, reconnects the client and scores the same batch again, once: the step
+completes and nothing is scored twice (the failed request's results were never returned).
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError
 
 from cluster.logs import fields
 from cluster.spec import JobSpec
 from rl_system.messages import RewardReply
 from rl_system.reward.client import RewardClient, RewardTimeout
-from rl_system.reward.server import start_replicas
+from rl_system.reward.server import MAX_REQUEST_BYTES, start_replicas
 
 log = logging.getLogger(__name__)
 
 
 class RewardPool:
     def __init__(self, index_path: str | Path, replicas: int, mode: str = "direct", beta: float = 0.5,
-                 host: str = "127.0.0.1", token: str | None = None, timeout_s: float = 30.0):
-        self._start = dict(index_path=index_path, mode=mode, beta=beta, host=host, token=token)
+                 host: str = "127.0.0.1", token: str | None = None, timeout_s: float = 30.0,
+                 max_request_bytes: int = MAX_REQUEST_BYTES):
+        self._start = dict(index_path=index_path, mode=mode, beta=beta, host=host, token=token,
+                           max_request_bytes=max_request_bytes)
         self.token, self.timeout_s = token, timeout_s
         self.actors, self.endpoints = start_replicas(replicas=replicas, **self._start)
         self.client = RewardClient(self.endpoints, token=token, timeout_s=timeout_s)
@@ -35,33 +37,29 @@ class RewardPool:
     @classmethod
     def from_spec(cls, spec: JobSpec, index_path: str | Path) -> "RewardPool":
         r = spec.cluster.reward
-        return cls(index_path, r.replicas, spec.rl.mode, spec.rl.beta, r.host, r.token)
+        return cls(index_path, r.replicas, spec.rl.mode, spec.rl.beta, r.host, r.token, r.timeout_s,
+                   int(r.max_request_mib * (1 << 20)))
 
-    def _alive(self, actor: Any) -> bool:
-        try:
-            ray.get(actor.endpoint.remote(), timeout=10)
-            return True
-        except (RayActorError, GetTimeoutError):
-            return False
-
-    def _replace_dead(self) -> int:
-        dead = [i for i, actor in enumerate(self.actors) if not self._alive(actor)]
-        if dead:
-            fresh, endpoints = start_replicas(replicas=len(dead), **self._start)
-            for i, actor, endpoint in zip(dead, fresh, endpoints):
+    def _replace_unresponsive(self) -> int:
+        lost = [i for i, answered in enumerate(self.client.ping()) if not answered]
+        if lost:
+            for i in lost:
+                ray.kill(self.actors[i])  # a hung replica would otherwise keep its process, port and memory
+            fresh, endpoints = start_replicas(replicas=len(lost), **self._start)
+            for i, actor, endpoint in zip(lost, fresh, endpoints):
                 self.actors[i], self.endpoints[i] = actor, endpoint
             self.client.close()
             self.client = RewardClient(self.endpoints, token=self.token, timeout_s=self.timeout_s)
-            self.replaced += len(dead)
-            log.warning("reward replicas replaced", extra=fields(replicas=dead, replaced_total=self.replaced))
-        return len(dead)
+            self.replaced += len(lost)
+            log.warning("reward replicas replaced", extra=fields(replicas=lost, replaced_total=self.replaced))
+        return len(lost)
 
     def score(self, completions: Sequence[str], targets: Sequence[int], beams=None, mode: str | None = None
               ) -> RewardReply:
         try:
             return self.client.score(completions, targets, beams=beams, mode=mode)
         except RewardTimeout:
-            if not self._replace_dead():
+            if not self._replace_unresponsive():
                 raise
             return self.client.score(completions, targets, beams=beams, mode=mode)
 

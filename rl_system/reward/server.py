@@ -1,18 +1,13 @@
 """The reward service: SID rewards behind a ZMQ ROUTER socket, one Ray actor per replica.
 
-Wire protocol (msgpack maps, never pickle):
-  request  {"id": int, "token": str?, "mode": "direct"|"reasoning"?, "completions": [str],
-            "targets": [item id], "beams": [[SID str] * B]?}
-  reply    {"id": int, "ok": true, "format_ok": [bool], "codes": [[int] * D] (-1 = none),
-            "item": [item id or -1], "exact": [bool], "lcp": [int], "residual": [float],
-            "binary": [float], "beam": [float] | null}
-       or  {"id": int | null, "ok": false, "error": str}
-A DEALER client sends one frame; a REQ client's empty delimiter frame is accepted too. A request
-that cannot be served gets an error reply and the service keeps serving.
+Wire format: rl_system/reward/wire.py (a header frame with the token, then a msgpack body). A reply
+to a scoring request:
+  {"id": int, "ok": true, "format_ok": [bool], "codes": [[int] * D] (-1 = none), "item": [item id or -1],
+   "exact": [bool], "lcp": [int], "residual": [float], "binary": [float], "beam": [float] | null}
+A request that cannot be served, whatever its bytes, gets an error reply and the service keeps serving.
 """
 from __future__ import annotations
 
-import hmac
 import logging
 import os
 import threading
@@ -25,12 +20,16 @@ import zmq
 
 from cluster.logs import fields
 from rl_system.reward import functions as rewards
+from rl_system.reward import wire
 from rl_system.reward.scoring import RequestError, RewardScorer
 
 log = logging.getLogger(__name__)
 
 
-MAX_MESSAGE_BYTES = 256 << 20  # a request above this is refused by ZMQ before it is unpacked
+MAX_REQUEST_BYTES = 64 << 20
+# A frame up to this many times the limit is received and answered "too large"; above it ZMQ drops
+# the connection before buffering it, so no peer can make a replica hold an arbitrary amount of memory.
+RECEIVE_CUTOFF = 4
 POLL_MS = 100  # how often the serving loop checks for a stop request
 
 
@@ -42,7 +41,10 @@ class RewardServer:
     """
 
     def __init__(self, index_path: str, mode: rewards.Mode = "direct", beta: float = 0.5,
-                 semantic_levels: int | None = None, host: str = "127.0.0.1", token: str | None = None):
+                 semantic_levels: int | None = None, host: str = "127.0.0.1", token: str | None = None,
+                 max_request_bytes: int = MAX_REQUEST_BYTES):
+        wire.check_token(host, token)
+        self.max_request_bytes = max_request_bytes
         self.scorer = RewardScorer.from_file(index_path, mode=mode, beta=beta, semantic_levels=semantic_levels)
         self._token = token.encode() if token else None
         self._stop = threading.Event()
@@ -77,7 +79,7 @@ class RewardServer:
         ctx = zmq.Context.instance()
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.MAXMSGSIZE, RECEIVE_CUTOFF * self.max_request_bytes)
         try:
             port = sock.bind_to_random_port(f"tcp://{host}")
             self._endpoint = f"tcp://{host}:{port}"
@@ -93,40 +95,32 @@ class RewardServer:
             while not self._stop.is_set():
                 if not poller.poll(POLL_MS):
                     continue
-                frames = sock.recv_multipart()
-                envelope, payload = frames[:-1], frames[-1]
-                if not envelope:
-                    continue  # a frame without a sender identity cannot be answered
+                envelope, parts = wire.split_envelope(sock.recv_multipart())
                 start = time.perf_counter()
-                reply = self._reply_to(payload)
+                reply = self._reply_to(parts)
                 self._stats["busy_s"] += time.perf_counter() - start
                 sock.send_multipart([*envelope, msgpack.packb(reply, use_bin_type=True)])
         finally:
             sock.close()
 
-    def _reply_to(self, payload: bytes) -> dict[str, Any]:
-        request_id = None
+    def _reply_to(self, parts: list[bytes]) -> dict[str, Any]:
         try:
-            request = msgpack.unpackb(payload, raw=False, strict_map_key=True)
-        except Exception as exc:  # any undecodable bytes: answer, never die
-            self._stats["errors"] += 1
-            return {"id": None, "ok": False, "error": f"request is not valid msgpack: {exc}"}
-        if isinstance(request, dict):
-            request_id = request.get("id")
-        if self._token is not None:
-            given = request.get("token") if isinstance(request, dict) else None
-            if not isinstance(given, str) or not hmac.compare_digest(given.encode(), self._token):
-                self._stats["rejected"] += 1
-                return {"id": request_id, "ok": False, "error": "unauthorized: missing or wrong reward service token"}
+            request_id, request = wire.check_request(parts, self._token, self.max_request_bytes)
+        except wire.FrameError as exc:
+            self._stats["rejected" if exc.code == wire.BAD_TOKEN else "errors"] += 1
+            return {"id": exc.request_id, "ok": False, "code": exc.code, "error": str(exc)}
+        if isinstance(request, dict) and request.get("ping") is True:
+            return {"id": request_id, "ok": True, "pong": True}
         try:
             reply = self.scorer.handle(request)
         except RequestError as exc:
             self._stats["errors"] += 1
-            return {"id": request_id, "ok": False, "error": str(exc)}
+            return {"id": request_id, "ok": False, "code": wire.BAD_REQUEST, "error": f"{wire.BAD_REQUEST}: {exc}"}
         except Exception as exc:  # a bug must not take the service down; the client sees it
             log.exception("reward request failed")
             self._stats["errors"] += 1
-            return {"id": request_id, "ok": False, "error": f"internal error: {type(exc).__name__}: {exc}"}
+            return {"id": request_id, "ok": False, "code": wire.INTERNAL,
+                    "error": f"{wire.INTERNAL}: {type(exc).__name__}: {exc}"}
         self._stats["requests"] += 1
         self._stats["completions"] += len(request["completions"])
         reply["id"] = request_id
@@ -143,14 +137,16 @@ def reward_service_actor(num_cpus: float = 0):
 
 def start_replicas(index_path: str | Path, replicas: int, mode: rewards.Mode = "direct", beta: float = 0.5,
                    semantic_levels: int | None = None, host: str = "127.0.0.1", token: str | None = None,
-                   num_cpus: float = 0, scheduling_strategies: Sequence[Any] | None = None) -> tuple[list[Any], list[str]]:
+                   max_request_bytes: int = MAX_REQUEST_BYTES, num_cpus: float = 0,
+                   scheduling_strategies: Sequence[Any] | None = None) -> tuple[list[Any], list[str]]:
     """Start M replica actors (optionally one placement-group strategy each); returns (handles, endpoints)."""
     import ray
 
+    wire.check_token(host, token)  # here too, so the driver gets the message rather than a dead actor
     actor_cls = reward_service_actor(num_cpus)
     if scheduling_strategies is not None and len(scheduling_strategies) != replicas:
         raise ValueError(f"{len(scheduling_strategies)} scheduling strategies for {replicas} replicas")
     actors = [(actor_cls.options(scheduling_strategy=scheduling_strategies[r]) if scheduling_strategies else actor_cls)
-              .remote(str(index_path), mode, beta, semantic_levels, host, token) for r in range(replicas)]
+              .remote(str(index_path), mode, beta, semantic_levels, host, token, max_request_bytes) for r in range(replicas)]
     endpoints = ray.get([a.endpoint.remote() for a in actors])
     return actors, endpoints

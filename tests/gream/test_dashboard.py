@@ -386,3 +386,28 @@ def test_gream_dashboard_command_serves_and_warns_once(run_dir):
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert err.count("skipping incomplete checkpoint") == 1, err
+
+
+# Closes an attribute, a script and a tag; if any of it were parsed as markup the image would exist
+# and its handler would retitle the page.
+HOSTILE = '"></script><img src=x onerror="document.title=\'pwned\'">'
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason=f"headless Chromium not installed ({INSTALL})")
+def test_values_from_the_run_are_shown_as_text_never_as_markup(run_dir, server, tmp_path):
+    with (RunLayout(run_dir).metrics("rl")).open("a") as fh:
+        fh.write(json.dumps({"step": STEPS + 1, "lcp_hist": [HOSTILE, 3], "time/push": 0.3}) + "\n")
+    (run_dir / "rl" / "status.json").write_text(json.dumps({
+        "step": HOSTILE, "updated": time.time(), "workers": [{"slot": HOSTILE, "weight_version": HOSTILE, "alive": True}]}))
+    (RunLayout(run_dir).model("rl") / "selection.json").write_text(json.dumps({"step": HOSTILE, "metric": HOSTILE, "value": 1}))
+    write_eval(run_dir / "rl", {HOSTILE: {"pass@1": 0.5}})
+
+    dom = chromium(url_of(server), tmp_path, "--dump-dom")
+    assert 'id="error" style="display: none;"' in dom  # the page drew everything, hostile values included
+    assert "<title>gream dashboard</title>" in dom and not [t for t, _ in Elements(dom).items if t == "img"]
+    bars = [a for a in Elements(dom).having("rect", "bar") if a["data-key"].startswith("lcp=")]
+    assert [a["data-value"] for a in bars] == [HOSTILE, "3"]
+    shown = HOSTILE.replace("<", "&lt;").replace(">", "&gt;")
+    for where in (r'<tr class="worker-row"><td>(.*?)</td>', r"<title>LCP 0: (.*?) \(",
+                  r"<div>rl/model: step .*? checkpoint, selected by (.*?) 1</div>"):
+        assert re.search(where, dom, re.S).group(1) == shown, where

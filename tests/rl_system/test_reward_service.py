@@ -1,33 +1,22 @@
 """Real Ray actors serving real ZMQ sockets."""
-import json
 import os
 import signal
 
-import msgpack
 import numpy as np
 import pytest
 import ray
 import zmq
 
-from rl_system.reward.client import RewardClient, RewardServiceError, RewardTimeout
+from rl_system.reward import wire
+from rl_system.reward.client import RewardClient, RewardServiceError, RewardTimeout, RewardUnauthorized
+from rl_system.reward.pool import RewardPool
 from rl_system.reward.scoring import RewardScorer
 from rl_system.reward.server import start_replicas
-
-TOKEN = "s3cret"
-# Item 0..3; the last level is a dedup ordinal (items 0 and 1 collide on <a_1><b_2>).
-INDEX = {"0": ["<a_1>", "<b_2>", "<c_0>"], "1": ["<a_1>", "<b_2>", "<c_1>"], "2": ["<a_1>", "<b_3>", "<c_0>"],
-         "3": ["<a_4>", "<b_2>", "<c_0>"]}
+from tests.reward_fixtures import TOKEN, index_path  # noqa: F401
 
 
 @pytest.fixture(scope="module")
-def index_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("index") / "Toy.index.json"
-    path.write_text(json.dumps(INDEX))
-    return path
-
-
-@pytest.fixture(scope="module")
-def service(index_path, ray_cluster):
+def service(index_path, ray_cluster):  # noqa: F811
     actors, endpoints = start_replicas(index_path, replicas=2, token=TOKEN)
     yield actors, endpoints
     ray.get([a.stop.remote() for a in actors])
@@ -35,7 +24,7 @@ def service(index_path, ray_cluster):
         ray.kill(actor)
 
 
-def test_in_process_scorer_uses_semantic_levels(index_path):
+def test_in_process_scorer_uses_semantic_levels(index_path):  # noqa: F811
     scorer = RewardScorer.from_file(index_path)
     assert scorer.semantic_levels == 2 and scorer.depth == 3
     _, out = scorer.score(["<a_1><b_2><c_1>", "<a_1><b_2><c_0>", "<a_1><b_3><c_0>"], [0, 0, 0])
@@ -76,12 +65,14 @@ def test_reasoning_mode_and_beam_reward(service):
 def test_malformed_requests_get_errors_and_service_survives(service):
     _, endpoints = service
     with RewardClient(endpoints[:1], token=TOKEN, timeout_s=10) as client:
-        bad = client.send_raw(0, b"\xc1 definitely not msgpack")
-        assert not bad["ok"] and "not valid msgpack" in bad["error"]
-        missing = client.send_raw(0, msgpack.packb({"id": 7, "token": TOKEN, "completions": ["x"]}))
+        bad = client.send_raw(0, [wire.pack_request(5, TOKEN, {})[0], b"\xc1 definitely not msgpack"])
+        assert bad["id"] == 5 and bad["code"] == "bad frame" and "not valid msgpack" in bad["error"]
+        missing = client.send_raw(0, wire.pack_request(7, TOKEN, {"completions": ["x"]}))
         assert missing["id"] == 7 and "'targets' must be a list" in missing["error"]
-        not_a_map = client.send_raw(0, msgpack.packb([1, 2, 3]))
-        assert not not_a_map["ok"]
+        not_a_map = client.send_raw(0, wire.pack_request(8, TOKEN, [1, 2, 3]))
+        assert not_a_map["code"] == "bad request"
+        one_frame = client.send_raw(0, [b"\x81\xa1a\x01"])  # the single msgpack frame of the old format
+        assert one_frame["code"] == "bad frame" and "expected 2 frames" in one_frame["error"]
         with pytest.raises(RewardServiceError, match=r"item ids \[99\] have no SID"):
             client.score(["<a_1><b_2><c_0>"], [99])
         with pytest.raises(RewardServiceError, match="2 completions but 1 targets"):
@@ -96,7 +87,7 @@ def test_wrong_or_missing_token_is_rejected(service):
     rejected_before = ray.get(actors[0].stats.remote())["rejected"]
     for token in ("wrong", None):
         with RewardClient(endpoints[:1], token=token, timeout_s=10) as client:
-            with pytest.raises(RewardServiceError, match="unauthorized"):
+            with pytest.raises(RewardUnauthorized, match="bad token"):
                 client.score(["<a_1><b_2><c_0>"], [0])
     assert ray.get(actors[0].stats.remote())["rejected"] == rejected_before + 2
 
@@ -113,16 +104,22 @@ def test_client_times_out_with_a_clear_error():
         silent.close(linger=0)
 
 
-def test_dead_replica_is_replaced_and_the_batch_scored(index_path, ray_cluster):
-    from rl_system.reward.pool import RewardPool
-
+@pytest.mark.parametrize("fault", [signal.SIGKILL, signal.SIGSTOP], ids=["dead", "hung"])
+def test_lost_replica_is_replaced_and_the_batch_scored(index_path, ray_cluster, fault):  # noqa: F811
     pool = RewardPool(index_path, replicas=2, token=TOKEN, timeout_s=3)
+    pid = ray.get(pool.actors[0].pid.remote())
     try:
-        # A crash, not ray.kill: the replica's process (and so its socket) must really go away.
-        os.kill(ray.get(pool.actors[0].pid.remote()), signal.SIGKILL)
+        # A signal, not ray.kill: a crash takes the process and its socket away; a stopped process
+        # keeps both, connected and silent, as a replica stuck in a loop or a lock would.
+        os.kill(pid, fault)
         completions = ["<a_1><b_2><c_0>", "<a_4><b_2><c_0>"] * 300  # large enough to reach both replicas
         reply = pool.score(completions, [0, 0] * 300)
         assert pool.replaced == 1
         assert reply.exact.tolist() == [True, False] * 300
+        assert pool.client.ping() == [True, True]
     finally:
         pool.shutdown()
+        try:  # a stopped process left behind by a failed test would never exit
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
