@@ -19,8 +19,8 @@ from ray.util.placement_group import (
 )
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from cluster.cluster_spec import ClusterSpec, LearnerCluster, RolloutCluster
 from cluster.logs import fields
-from cluster.spec import ClusterSpec, LearnerCluster, RolloutCluster
 
 log = logging.getLogger(__name__)
 

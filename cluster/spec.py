@@ -12,18 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from cluster.cluster_spec import ClusterSpec
+from cluster.cluster_spec import Section as _Section
 from cluster.errors import GreamError
 from cluster.run_layout import RunLayout
 
 
 class SpecError(GreamError):
     """A spec that cannot be used; the CLI turns it into exit code 2."""
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class DataSpec(_Section):
@@ -230,43 +228,6 @@ class EvalSpec(_Section):
         if self.beam_width < max(self.ks):
             raise ValueError(f"beam_width ({self.beam_width}) must be >= max(ks) ({max(self.ks)})")
         return self
-
-
-class RolloutCluster(_Section):
-    num_workers: int = Field(1, ge=1)
-    gpus_per_worker: float = Field(0, ge=0)
-    tensor_parallel: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1, gt=0)
-    kv_cache_gib: float = Field(1.0, gt=0)  # CPU only; GPU uses gpu_memory_utilization
-    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
-
-
-class LearnerCluster(_Section):
-    """DeepSpeed training ranks, one Ray actor each (data parallel: every rank takes a share of each
-    step's batch; for SFT, sft.batch_size is per rank)."""
-
-    num_ranks: int = Field(1, ge=1)
-    gpus_per_rank: float = Field(0, ge=0)
-    cpus_per_rank: float = Field(1, gt=0)
-
-
-class RewardCluster(_Section):
-    replicas: int = Field(1, ge=1)
-    host: str = "127.0.0.1"
-    token: str | None = None  # required off loopback: every request's header frame carries it
-    timeout_s: float = Field(30.0, gt=0)  # a replica silent this long is pinged, then replaced if still silent
-    max_request_mib: float = Field(64.0, gt=0)  # a larger request body is answered "too large", never unpacked
-
-
-class ClusterSpec(_Section):
-    address: str | None = None  # None = start a local Ray; "auto" or "ray://host:port" to join
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_cpus: int | None = Field(None, ge=1)
-    rollout: RolloutCluster = RolloutCluster()
-    # SFT ranks: one rank trains in the calling process; more start as Ray actors in a group of their own.
-    sft: LearnerCluster = LearnerCluster()
-    learner: LearnerCluster = LearnerCluster()
-    reward: RewardCluster = RewardCluster()
 
 
 class LoggingSpec(_Section):

@@ -33,6 +33,9 @@ RECEIVE_CUTOFF = 4
 POLL_MS = 100  # how often the serving loop checks for a stop request
 
 
+NODE_ADDRESS = "node"  # cluster.reward.host meaning "the address of the node this replica runs on"
+
+
 class RewardServer:
     """Serves a RewardScorer on a ROUTER socket from a background thread.
 
@@ -76,6 +79,10 @@ class RewardServer:
         self._thread.join(timeout=5)
 
     def _serve(self, host: str) -> None:
+        if host == NODE_ADDRESS:  # resolved here: the replica's node, not the driver's
+            import ray
+
+            host = ray.util.get_node_ip_address()
         ctx = zmq.Context.instance()
         sock = ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
@@ -138,15 +145,13 @@ def reward_service_actor(num_cpus: float = 0):
 def start_replicas(index_path: str | Path, replicas: int, mode: rewards.Mode = "direct", beta: float = 0.5,
                    semantic_levels: int | None = None, host: str = "127.0.0.1", token: str | None = None,
                    max_request_bytes: int = MAX_REQUEST_BYTES, num_cpus: float = 0,
-                   scheduling_strategies: Sequence[Any] | None = None) -> tuple[list[Any], list[str]]:
-    """Start M replica actors (optionally one placement-group strategy each); returns (handles, endpoints)."""
+                   resources: dict[str, float] | None = None) -> tuple[list[Any], list[str]]:
+    """Start M replica actors, spread over the nodes that have `resources` (custom Ray resources,
+    cluster.reward.resources); returns (handles, endpoints)."""
     import ray
 
     wire.check_token(host, token)  # here too, so the driver gets the message rather than a dead actor
-    actor_cls = reward_service_actor(num_cpus)
-    if scheduling_strategies is not None and len(scheduling_strategies) != replicas:
-        raise ValueError(f"{len(scheduling_strategies)} scheduling strategies for {replicas} replicas")
-    actors = [(actor_cls.options(scheduling_strategy=scheduling_strategies[r]) if scheduling_strategies else actor_cls)
-              .remote(str(index_path), mode, beta, semantic_levels, host, token, max_request_bytes) for r in range(replicas)]
+    actor_cls = reward_service_actor(num_cpus).options(resources=resources or {}, scheduling_strategy="SPREAD")
+    actors = [actor_cls.remote(str(index_path), mode, beta, semantic_levels, host, token, max_request_bytes) for r in range(replicas)]
     endpoints = ray.get([a.endpoint.remote() for a in actors])
     return actors, endpoints

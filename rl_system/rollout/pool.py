@@ -16,9 +16,10 @@ from typing import Any, Sequence
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
+from cluster.cluster_spec import RolloutCluster
 from cluster.logs import fields
 from cluster.placement import RoleGroup, rollout_group
-from cluster.spec import JobSpec, RolloutCluster
+from cluster.spec import JobSpec
 from indexing.sid import SidIndex
 from rl_system.messages import RolloutGroup
 from rl_system.rollout.constraint import ConstraintTable

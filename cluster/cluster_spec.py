@@ -1,0 +1,60 @@
+"""The `cluster:` section of the job spec: where each role runs and what it reserves.
+
+`resources` (custom Ray resources per rollout worker, learner rank or reward replica, e.g.
+`{rollout_node: 1}`) pins a role to the nodes that advertise them: the KubeRay worker-group layout,
+where learners, rollout workers and reward replicas each have nodes of their own.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+Resources = dict[str, float]
+
+
+class RolloutCluster(Section):
+    num_workers: int = Field(1, ge=1)
+    gpus_per_worker: float = Field(0, ge=0)
+    tensor_parallel: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1, gt=0)
+    resources: Resources = {}
+    kv_cache_gib: float = Field(1.0, gt=0)  # CPU only; GPU uses gpu_memory_utilization
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+
+
+class LearnerCluster(Section):
+    """DeepSpeed training ranks, one Ray actor each (data parallel: every rank takes a share of each
+    step's batch; for SFT, sft.batch_size is per rank)."""
+
+    num_ranks: int = Field(1, ge=1)
+    gpus_per_rank: float = Field(0, ge=0)
+    cpus_per_rank: float = Field(1, gt=0)
+    resources: Resources = {}
+
+
+class RewardCluster(Section):
+    replicas: int = Field(1, ge=1)
+    # "auto": loopback on a one-node cluster; on more nodes, the replica's node address, with a
+    # token generated for the run when none is given (a bound port off loopback always needs one).
+    host: str = "auto"
+    resources: Resources = {}
+    token: str | None = None  # required off loopback: every request's header frame carries it
+    timeout_s: float = Field(30.0, gt=0)  # a replica silent this long is pinged, then replaced if still silent
+    max_request_mib: float = Field(64.0, gt=0)  # a larger request body is answered "too large", never unpacked
+
+
+class ClusterSpec(Section):
+    address: str | None = None  # None = start a local Ray; "auto" or "ray://host:port" to join
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_cpus: int | None = Field(None, ge=1)
+    rollout: RolloutCluster = RolloutCluster()
+    # SFT ranks: one rank trains in the calling process; more start as Ray actors in a group of their own.
+    sft: LearnerCluster = LearnerCluster()
+    learner: LearnerCluster = LearnerCluster()
+    reward: RewardCluster = RewardCluster()
