@@ -47,15 +47,13 @@ def resolve(requested: str = "auto") -> Placement:
     return Placement(requested, "nccl")
 
 
-def autocast_dtype(requested: str, device_type: str):
-    """`auto` picks bfloat16 on a GPU and on CPUs that multiply bf16 natively (AMX/AVX512-BF16), else
-    float32 (autocast off). On this machine's EPYC the demo's SFT trains 1.2x faster with it
-    (BENCHMARKS.md) and MiniLM embeds 1.6x faster, at cosine 0.9999 to the float32 embedding."""
+def autocast_dtype(requested: str):
+    """The spec's precision name as a torch dtype. No "auto": bfloat16 rounds differently on CPUs with
+    and without AVX512-BF16/AMX, so a machine-dependent default made the SIDs and the SFT model depend
+    on the processor (issue 22). bfloat16 stays an opt-in: on this machine's EPYC the demo's SFT trains
+    1.2x faster with it (BENCHMARKS.md) and MiniLM embeds 1.6x faster, at cosine 0.9999 to float32."""
     import torch
 
-    if requested == "auto":
-        native = device_type != "cpu" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        return torch.bfloat16 if native else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[requested]
 
 

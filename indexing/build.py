@@ -11,6 +11,7 @@ dedup rule).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -98,9 +99,13 @@ def _build_kmeans(spec: JobSpec, ds, out_dir: Path, phase: _Phases) -> tuple[Sid
     with phase("embed"):
         encoder = load_encoder(ix.encoder, device, ix.embed_dtype)
         emb = embed_texts(texts, encoder, ix.embed_batch_size, out_dir / "cache")
+        # Two builds (two machines) that should give the same SIDs can compare this hash of the
+        # encoder's float32 output, item order, before anything below changes it.
+        info["embedding"] = {"encoder": encoder.name, "dim": int(emb.shape[1]),
+                             "dtype": str(encoder.dtype).removeprefix("torch."),
+                             "sha256": hashlib.sha256(np.ascontiguousarray(emb).tobytes()).hexdigest()}
         # Unit length: residual k-means then clusters directions, as cosine similarity does.
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
-        info["embedding"] = {"encoder": encoder.name, "dim": int(emb.shape[1])}
     cf = ix.collaborative
     if cf.weight > 0:
         with phase("collaborative"):
@@ -205,6 +210,9 @@ def format_table(report: dict[str, Any]) -> str:
         f"  items per leaf before dedup: mean {leaf['mean']}, p90 {leaf['p90']:g}, max {leaf['max']} "
         f"over {leaf['prefixes']} leaves",
     ]
+    if "embedding" in report:
+        emb = report["embedding"]  # a reused report from before dtype and hash were recorded lacks them
+        lines.append(f"  embeddings: {emb['dim']}-d, {emb.get('dtype', '?')}, sha256 {emb.get('sha256', '?')[:16]}")
     if "reassigned_items" in report:
         lines.append(f"  {report['reassigned_items']} colliding items moved to free last-level codes")
     lines.append("  seconds: " + " | ".join(f"{k} {v:g}" for k, v in report["seconds"].items()))

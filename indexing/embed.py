@@ -32,6 +32,7 @@ class EmbeddingError(ValueError):
 
 class Encoder(Protocol):
     name: str  # identifies model and settings in cache keys
+    dtype: torch.dtype  # matmul precision of the forward pass
 
     def encode(self, texts: list[str]) -> np.ndarray: ...
 
@@ -50,6 +51,7 @@ class SentenceEncoder:
         self.model = SentenceTransformer(str(path), device=device)
         if max_tokens:
             self.model.max_seq_length = max_tokens
+        self.dtype = dtype
         self._autocast = functools.partial(autocast, device, dtype)
         self.name = f"st:{Path(path).resolve()}:{self.model.max_seq_length}:{dtype}"
 
@@ -72,6 +74,7 @@ class CausalLMEncoder:
         self.model = AutoModel.from_pretrained(str(folder), dtype=torch.float32).to(device).eval()
         self.device = device
         self.max_tokens = max_tokens
+        self.dtype = dtype
         self._autocast = functools.partial(autocast, device, dtype)
         self.name = f"lm-mean:{Path(folder).resolve()}:{max_tokens}:{dtype}"
 
@@ -92,7 +95,7 @@ MINILM_MAX_TOKENS = 128
 
 def load_encoder(encoder: str, device: str, dtype: str = "float32") -> Encoder:
     """`minilm`, a sentence-transformers folder (has modules.json) or a causal LM folder."""
-    torch_dtype = autocast_dtype(dtype, device)
+    torch_dtype = autocast_dtype(dtype)
     if encoder == MINILM:
         return SentenceEncoder(minilm_path(), device, torch_dtype, MINILM_MAX_TOKENS)
     folder = Path(encoder)

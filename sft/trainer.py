@@ -170,8 +170,7 @@ class Trainer:
         self.rank, self.world = init_distributed(self.placement)
         self.device = self.placement.torch_device(int(os.environ.get("LOCAL_RANK", 0)))
         # Weights stored in bf16/fp16 (model.dtype) train in that precision already.
-        self.amp_dtype = (autocast_dtype(spec.sft.autocast, self.placement.device_type)
-                          if spec.model.dtype == "float32" else torch.float32)
+        self.amp_dtype = autocast_dtype(spec.sft.autocast) if spec.model.dtype == "float32" else torch.float32
         self.out_dir = spec.layout.stage("sft")
         self.average: WeightAverage | None = None  # only the main phase's weights are averaged
         self._prepare(reasoning, preferences)
@@ -303,6 +302,7 @@ class Trainer:
         path = self.save(engine)
         summary = {"train_secs": round(train_secs, 1), "ranks": self.world,
                    "tokens_per_s": round(self.tokens_per_s, 1),  # rank 0 alone
+                   "autocast": str(self.amp_dtype).removeprefix("torch."),
                    "micro_steps": step, "align_examples": len(self.align), "reason_examples": len(self.reason),
                    "model": str(path)}
         if best is not None:  # which epoch's weights sft/model holds, and why

@@ -1,5 +1,6 @@
 """`gream index` end to end on the real Office catalog (text -> MiniLM -> balanced residual k-means
 -> dedup), the skip-when-unchanged rule, k-means on the same embeddings, and the import path."""
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -41,6 +42,7 @@ def test_office_build_is_collision_free_and_balanced(office_build, capsys):
     assert report["collisions_before"]["largest_group"] == report["levels"][3]["codes"]
     assert set(report["seconds"]) >= {"load", "text", "embed", "kmeans", "dedup", "write", "total"}
     assert report["text"]["empty_items"] == 0 and report["embedding"]["dim"] == 384
+    assert report["embedding"]["dtype"] == "float32"  # the default on every CPU, bf16 or not
 
     index = SidIndex.load(build.index_path(spec))
     assert index.num_items == 2420 and index.depth == 4
@@ -69,13 +71,30 @@ def test_changed_index_settings_rebuild_but_reuse_embeddings(office_build, tmp_p
     assert "collaborative" in rebuilt["seconds"] and "collaborative" not in report["seconds"]
 
 
+def test_same_spec_builds_the_same_files_twice(office_build, tmp_path):
+    spec, report = office_build
+    # The second build reads the first one's embeddings from the cache (encoding them again would
+    # double this module's minutes); what follows them, fused text to written files, runs again.
+    shutil.copytree(spec.layout.stage("index") / "cache", tmp_path / "index" / "cache")
+    again = office_spec(tmp_path)
+    rebuilt = build.run(again)
+    assert not rebuilt["skipped"]
+    for path in (build.index_path, build.vocab_path):
+        assert path(again).read_bytes() == path(spec).read_bytes()
+    timeless = {"seconds", "files"}
+    assert {k: v for k, v in rebuilt.items() if k not in timeless} == {k: v for k, v in report.items() if k not in timeless}
+    # The recorded hash is that of the embedding matrix, so two machines' reports can be compared.
+    emb = office_embeddings(spec, report)
+    assert report["embedding"]["sha256"] == hashlib.sha256(emb.tobytes()).hexdigest()
+
+
 def test_no_dedup_level_when_no_code_tuple_collides(office_build, tmp_path):
     spec, report = office_build
     assert report["dedup_added"]  # 3 x 256 leaves collisions on Office: the dedup level is there
     shutil.copytree(spec.layout.stage("index") / "cache", tmp_path / "index" / "cache")
-    # 4 x 512 codes over 2,420 items: no two items share all four (3 x 512 leaves one pair on some
-    # CPUs, where the encoder's bf16 arithmetic moves an embedding a little).
-    demo = office_spec(tmp_path, codes=512, levels=4, collaborative={"weight": 0.5})
+    # 4 x 512 codes over 2,420 items: no two items share all four. float32 pinned: these codes are
+    # those of the float32 embeddings (bf16 rounding, which differs per CPU, moves items).
+    demo = office_spec(tmp_path, codes=512, levels=4, collaborative={"weight": 0.5}, embed_dtype="float32")
     built = build.run(demo)
     assert built["collisions_before"]["duplicate_groups"] == 0 and not built["dedup_added"]
     assert built["depth"] == 4 and [r["kind"] for r in built["levels"]] == ["semantic"] * 4

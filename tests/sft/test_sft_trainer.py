@@ -57,6 +57,7 @@ def test_full_finetune_zero2_lowers_the_loss_and_saves_a_loadable_folder(run_dir
     assert len(tok(sid, add_special_tokens=False)["input_ids"]) == index.depth
     summary = json.loads((run_dir / "sft/train_summary.json").read_text())
     assert summary["tokens_per_s"] > 0 and summary["align_examples"] == len(trainer.align)
+    assert summary["autocast"] == "float32"
     records = [json.loads(line) for line in (run_dir / "sft/metrics.jsonl").read_text().splitlines()]
     assert records and records[-1]["step"] == summary["micro_steps"] and "loss_align" in records[-1]
 
@@ -143,8 +144,8 @@ def test_bfloat16_autocast_changes_the_matmuls_not_the_loss(run_dir):
         full = float(token_loss(model, batch, torch.device("cpu"), torch.float32))
         mixed = float(token_loss(model, batch, torch.device("cpu"), torch.bfloat16))
     assert full != mixed and abs(full - mixed) < 0.02 * full
-    assert autocast_dtype("float32", "cpu") == torch.float32
-    assert autocast_dtype("auto", "cuda") == torch.bfloat16
+    assert autocast_dtype("float32") == torch.float32 and autocast_dtype("bfloat16") == torch.bfloat16
+    assert trainer.amp_dtype == torch.float32  # the default, whatever the CPU multiplies natively
 
 
 def test_two_ranks_on_ray_share_each_epoch_and_save_one_model(run_dir, ray_cluster, tmp_path):
