@@ -79,12 +79,13 @@ def _reserve(name: str, bundles: list[dict[str, float]], strategy: str = "PACK",
 
 def ranks_group(job: str, role: str, ranks: LearnerCluster) -> RoleGroup:
     """One bundle per rank of a DeepSpeed group (the RL learner's, `role="learner"`, or SFT's)."""
-    bundle = {"CPU": ranks.cpus_per_rank, "GPU": ranks.gpus_per_rank}
+    bundle = {"CPU": ranks.cpus_per_rank, "GPU": ranks.gpus_per_rank, **ranks.resources}
     return _reserve(f"{job}-{role}", [bundle] * ranks.num_ranks)
 
 
 def rollout_group(job: str, rollout: RolloutCluster, worker_index: int) -> RoleGroup:
     c = rollout
-    bundle = {"CPU": c.cpus_per_worker * c.tensor_parallel, "GPU": c.gpus_per_worker * c.tensor_parallel}
+    bundle = {"CPU": c.cpus_per_worker * c.tensor_parallel, "GPU": c.gpus_per_worker * c.tensor_parallel,
+              **c.resources}
     return _reserve(f"{job}-rollout-{worker_index}", [bundle])
 

@@ -9,6 +9,7 @@ completes and nothing is scored twice (the failed request's results were never r
 from __future__ import annotations
 
 import logging
+import secrets
 from pathlib import Path
 from typing import Sequence
 
@@ -17,18 +18,27 @@ import ray
 from cluster.logs import fields
 from cluster.spec import JobSpec
 from rl_system.messages import RewardReply
+from rl_system.reward import wire
 from rl_system.reward.client import RewardClient, RewardTimeout
-from rl_system.reward.server import MAX_REQUEST_BYTES, start_replicas
+from rl_system.reward.server import MAX_REQUEST_BYTES, NODE_ADDRESS, start_replicas
 
 log = logging.getLogger(__name__)
+
+
+def bind_host(requested: str, alive_nodes: int) -> str:
+    """cluster.reward.host as the replicas bind it: "auto" is loopback while the whole job is on one
+    node, else each replica's own node address (other nodes' drivers and workers must reach it)."""
+    if requested != "auto":
+        return requested
+    return NODE_ADDRESS if alive_nodes > 1 else "127.0.0.1"
 
 
 class RewardPool:
     def __init__(self, index_path: str | Path, replicas: int, mode: str = "direct", beta: float = 0.5,
                  host: str = "127.0.0.1", token: str | None = None, timeout_s: float = 30.0,
-                 max_request_bytes: int = MAX_REQUEST_BYTES):
+                 max_request_bytes: int = MAX_REQUEST_BYTES, resources: dict[str, float] | None = None):
         self._start = dict(index_path=index_path, mode=mode, beta=beta, host=host, token=token,
-                           max_request_bytes=max_request_bytes)
+                           max_request_bytes=max_request_bytes, resources=resources)
         self.token, self.timeout_s = token, timeout_s
         self.actors, self.endpoints = start_replicas(replicas=replicas, **self._start)
         self.client = RewardClient(self.endpoints, token=token, timeout_s=timeout_s)
@@ -37,8 +47,13 @@ class RewardPool:
     @classmethod
     def from_spec(cls, spec: JobSpec, index_path: str | Path) -> "RewardPool":
         r = spec.cluster.reward
-        return cls(index_path, r.replicas, spec.rl.mode, spec.rl.beta, r.host, r.token, r.timeout_s,
-                   int(r.max_request_mib * (1 << 20)))
+        host = bind_host(r.host, sum(1 for node in ray.nodes() if node["Alive"]))
+        token = r.token
+        if token is None and not wire.is_loopback(host):
+            token = secrets.token_hex(16)  # the driver hands it to every replica and client it starts
+            log.info("reward service off loopback: a token was generated for this run", extra=fields(host=host))
+        return cls(index_path, r.replicas, spec.rl.mode, spec.rl.beta, host, token, r.timeout_s,
+                   int(r.max_request_mib * (1 << 20)), r.resources)
 
     def _replace_unresponsive(self) -> int:
         lost = [i for i, answered in enumerate(self.client.ping()) if not answered]

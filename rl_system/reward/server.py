@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import msgpack
 import zmq
@@ -152,6 +152,7 @@ def start_replicas(index_path: str | Path, replicas: int, mode: rewards.Mode = "
 
     wire.check_token(host, token)  # here too, so the driver gets the message rather than a dead actor
     actor_cls = reward_service_actor(num_cpus).options(resources=resources or {}, scheduling_strategy="SPREAD")
-    actors = [actor_cls.remote(str(index_path), mode, beta, semantic_levels, host, token, max_request_bytes) for r in range(replicas)]
+    actors = [actor_cls.remote(str(index_path), mode, beta, semantic_levels, host, token, max_request_bytes)
+              for _ in range(replicas)]
     endpoints = ray.get([a.endpoint.remote() for a in actors])
     return actors, endpoints
