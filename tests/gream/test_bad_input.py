@@ -1,0 +1,47 @@
+"""Bad input through the real CLI: exit code 2 and a message naming the file, key or value and what
+was expected."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from gream.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = str(ROOT / "configs/demo.yaml")
+OFFICE = ROOT / "data/office"
+
+
+def gream(capsys, *argv: str) -> str:
+    """Run `gream ARGV`, require exit code 2 and return what it printed to stderr."""
+    assert main(list(argv)) == 2
+    return capsys.readouterr().err
+
+
+def test_spec_that_is_not_utf8(tmp_path, capsys):
+    spec = tmp_path / "job.yaml"
+    spec.write_bytes(b"name: x\ndata:\n  name: Caf\xe9\n")
+    err = gream(capsys, "config", "show", str(spec))
+    assert f"{spec}: spec is not UTF-8 text: byte 0xe9 at line 3" in err
+
+
+def test_data_file_that_is_not_utf8(tmp_path, capsys):
+    shutil.copy(OFFICE / "Office.inter.json", tmp_path / "X.inter.json")
+    (tmp_path / "X.item.json").write_bytes(b'{\n"0": {"title": "Caf\xe9"}}')  # Latin-1
+    err = gream(capsys, "data", "stats", DEMO, "--set", f"data.path={tmp_path}", "--set", "data.name=X")
+    assert f"{tmp_path / 'X.item.json'}: data file is not UTF-8 text: byte 0xe9 at line 2" in err
+
+
+def test_set_value_that_is_not_yaml(capsys):
+    err = gream(capsys, "config", "show", DEMO, "--set", "rl.steps=[1")
+    assert f"{DEMO}: override 'rl.steps=[1': the value is not valid YAML" in err
+
+
+def test_set_unknown_key(capsys):
+    err = gream(capsys, "config", "show", DEMO, "--set", "rl.stepz=5")
+    assert f"{DEMO}: unknown key 'rl.stepz' (did you mean 'rl.steps'?)" in err
+
+
+def test_temporal_ratio_of_zeros(capsys):
+    err = gream(capsys, "data", "stats", DEMO, "--set", "data.split=temporal", "--set", "data.temporal_ratio=[0, 0, 0]")
+    assert f"{DEMO}: key 'data.temporal_ratio.0': Input should be greater than 0 (got 0)" in err
