@@ -1,9 +1,11 @@
 """Bad input through the real CLI: exit code 2 and a message naming the file, key or value and what
-was expected."""
+was expected, and nothing already in the run folder lost."""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+
+import pytest
 
 from gream.cli import main
 
@@ -45,3 +47,14 @@ def test_set_unknown_key(capsys):
 def test_temporal_ratio_of_zeros(capsys):
     err = gream(capsys, "data", "stats", DEMO, "--set", "data.split=temporal", "--set", "data.temporal_ratio=[0, 0, 0]")
     assert f"{DEMO}: key 'data.temporal_ratio.0': Input should be greater than 0 (got 0)" in err
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "is_a_file"])
+def test_run_dir_that_cannot_be_written(tmp_path, capsys, where):
+    occupied = tmp_path / "occupied"
+    occupied.write_text("an earlier run's notes\n")
+    run_dir = occupied / "run" if where == "under_a_file" else occupied
+    err = gream(capsys, "index", DEMO, "--set", f"run_dir={run_dir}")
+    assert f"key 'run_dir': cannot write the run folder {run_dir}" in err
+    assert "expected a writable folder" in err
+    assert occupied.read_text() == "an earlier run's notes\n"
