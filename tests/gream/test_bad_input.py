@@ -2,6 +2,7 @@
 was expected, and nothing already in the run folder lost."""
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -58,3 +59,26 @@ def test_run_dir_that_cannot_be_written(tmp_path, capsys, where):
     assert f"key 'run_dir': cannot write the run folder {run_dir}" in err
     assert "expected a writable folder" in err
     assert occupied.read_text() == "an earlier run's notes\n"
+
+
+def _index_file_with(tmp_path: Path, item: str, level: int, token: str) -> Path:
+    sids = json.loads((OFFICE / "Office.unitok5.index.json").read_text())
+    sids[item][level] = token
+    path = tmp_path / "Office.edited.index.json"
+    path.write_text(json.dumps(sids))
+    return path
+
+
+@pytest.mark.parametrize(("token", "expected"), [
+    ("<b_256>", "code 256 of level 'b' ('<b_256>'); expected codes below index.codes=256"),
+    # Sized into the SID vocabulary, this one would have asked for 10**17 tokens.
+    ("<b_99999999999999999>", "code 99999999999999999 of level 'b'"),
+    ("<b_" + "9" * 5000 + ">", "a code of 5000 digits; expected at most 18"),
+])
+def test_imported_sid_code_above_index_codes(tmp_path, capsys, token, expected):
+    index_file = _index_file_with(tmp_path, "17", 1, token)
+    run_dir = tmp_path / "run"
+    err = gream(capsys, "index", DEMO, "--set", f"run_dir={run_dir}", "--set", f"index.import_file={index_file}",
+                "--set", "index.codes=256", "--set", "index.collaborative.weight=0", "--set", "index.collisions=level")
+    assert f"{index_file}: key '17': " in err and expected in err
+    assert not list((run_dir / "index").glob("*.index.json"))
