@@ -34,7 +34,7 @@ from indexing.sid import SidIndex
 from rl_system.dynamic_sampling import BatchFiller
 from rl_system.groups import GroupSampler, rollout_metrics, train_batch
 from rl_system.learner.group import LearnerGroup
-from rl_system.prompt_source import PromptSource, first_users
+from rl_system.prompt_source import PromptSource, training_prompts
 from rl_system.reward.pool import RewardPool
 from rl_system.rollout.pool import RolloutPool
 from rl_system.validation import KEYS as VALIDATION_KEYS
@@ -132,19 +132,19 @@ def run(spec: JobSpec, resume: bool = False) -> Path:
 
     from indexing.build import index_path
 
-    init_ray(spec.cluster)
     rl, rl_dir = spec.rl, spec.layout.stage("rl")
+    split = split_from_spec(spec)
+    prompts = training_prompts(spec, split.train)  # a bad spec fails here, before Ray or the models start
+    init_ray(spec.cluster)
     start_model, idx_path = sft_model_dir(spec), index_path(spec)
     index = SidIndex.load(idx_path)
     tokenizer = AutoTokenizer.from_pretrained(start_model)
 
-    split = split_from_spec(spec)
     learner_pg = ranks_group(spec.name, "learner", spec.cluster.learner)
     learner = LearnerGroup.from_spec(spec, start_model, learner_pg)
     pool = RolloutPool.from_spec(spec, start_model, index)
     rewards = RewardPool.from_spec(spec, idx_path)
-    source = PromptSource(first_users(split.train, rl.train_users), index, tokenizer, rl.seed,
-                          reasoning=rl.mode == "reasoning")
+    source = PromptSource(prompts, index, tokenizer, rl.seed, reasoning=rl.mode == "reasoning")
     validate = (InRunValidation(pool, tokenizer, index, sample_users(split.valid, rl.eval_users, rl.eval_seed),
                                 spec.eval.beam_width) if rl.eval_every else None)
     sampler = GroupSampler(rl, pool, rewards, source, tokenizer.get_vocab().get("<answer>"))

@@ -82,3 +82,12 @@ def test_imported_sid_code_above_index_codes(tmp_path, capsys, token, expected):
                 "--set", "index.codes=256", "--set", "index.collaborative.weight=0", "--set", "index.collisions=level")
     assert f"{index_file}: key '17': " in err and expected in err
     assert not list((run_dir / "index").glob("*.index.json"))
+
+
+def test_prompts_per_step_above_the_training_prompts(tmp_path, capsys):
+    # Office's lowest user id holds 24 training targets, so a step of 25 prompts would repeat one.
+    err = gream(capsys, "rl", DEMO, "--set", f"run_dir={tmp_path}", "--set", "rl.train_users=1",
+                "--set", "rl.prompts_per_step=25")
+    assert (f"{DEMO}: key 'rl.prompts_per_step': 25 prompts per step, but the 1 users available "
+            "(rl.train_users=1) give 24 training prompts; expected at most 24") in err
+    assert not (tmp_path / "rl").exists()
