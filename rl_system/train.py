@@ -5,7 +5,8 @@
 
 How it stops: after `rl.steps` (exit 0); on SIGTERM/SIGINT after checkpointing the step in flight
 (`Stopped`, exit 128 + N); when a learner rank dies (`LearnerFailed`, exit 4). Both stops name
-the last complete checkpoint, and the CLI prints the command that resumes from it.
+the last complete checkpoint, and the CLI prints the command that resumes from it. A second
+SIGTERM/SIGINT exits at once (128 + N), saving nothing more.
 
 Everything else (how a group is sampled, how the learner steps, how weights travel) lives in its
 own module; this file is the loop a reader should be able to hold in their head.
@@ -15,7 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
+import sys
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -62,7 +65,8 @@ class Stopped(Resumable):
 
 
 class _StopFlag:
-    """SIGTERM/SIGINT ask the loop to checkpoint after the step in flight and stop."""
+    """SIGTERM/SIGINT ask the loop to checkpoint after the step in flight and stop; a second one
+    ends the process at once (exit 128 + N), for the operator who cannot wait for that step."""
 
     def __init__(self):
         self.raised: int | None = None
@@ -70,8 +74,17 @@ class _StopFlag:
             signal.signal(sig, self._set)
 
     def _set(self, signum, _frame) -> None:
-        log.warning("signal received: checkpointing after this step", extra=fields(signal=signum))
-        self.raised = signum
+        if self.raised is not None:
+            # No unwinding: the teardown it would run can wait on a hung actor, the very thing a second
+            # signal is sent to escape. Checkpoints are renamed into place whole, so none is half written.
+            log.error("second signal: exiting now; the last complete checkpoint is the one to resume from",
+                      extra=fields(signal=signum))
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + signum)
+        self.raised = signum  # before logging: a second signal can land while this handler still runs
+        log.warning("signal received: checkpointing after this step (send it again to exit now)",
+                    extra=fields(signal=signum))
 
 
 class _ScoreWindow:

@@ -1,9 +1,14 @@
-"""Bad input through the real CLI: exit code 2 and a message naming the file, key or value and what
-was expected, and nothing already in the run folder lost."""
+"""Bad input through the real CLI: exit code 2, a message naming the file, key or value and what was
+expected, and nothing already in the run folder lost. The second-signal exit runs the RL driver's
+real handler in a child process."""
 from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -91,3 +96,41 @@ def test_prompts_per_step_above_the_training_prompts(tmp_path, capsys):
     assert (f"{DEMO}: key 'rl.prompts_per_step': 25 prompts per step, but the 1 users available "
             "(rl.train_users=1) give 24 training prompts; expected at most 24") in err
     assert not (tmp_path / "rl").exists()
+
+
+# The driver's handler, installed as `gream rl` installs it, in a process busy with a step (a sleep).
+GRACEFUL = textwrap.dedent("""
+    import time
+    from cluster.logs import setup_logging
+    from rl_system.train import _StopFlag
+    setup_logging("INFO")
+    stop = _StopFlag()
+    print("ready", flush=True)
+    while True:
+        time.sleep(0.05)
+""")
+
+
+def _read_until(stream, text: str) -> None:
+    seen = ""
+    for line in stream:
+        seen += line
+        if text in line:
+            return
+    raise AssertionError(f"{text!r} never came; the child wrote: {seen}")
+
+
+def test_second_signal_exits_at_once():
+    proc = subprocess.Popen([sys.executable, "-c", GRACEFUL], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _read_until(proc.stdout, "ready")
+        proc.send_signal(signal.SIGTERM)
+        _read_until(proc.stderr, "checkpointing after this step")
+        assert proc.poll() is None  # the first signal waits for the step in flight
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 128 + signal.SIGINT
+        assert "second signal: exiting now" in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
