@@ -9,14 +9,15 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, PositiveFloat, ValidationError, model_validator
 
 from cluster.cluster_spec import ClusterSpec
 from cluster.cluster_spec import Section as _Section
 from cluster.errors import GreamError
+from cluster.files import read_text
 from cluster.run_layout import RunLayout
 
 
@@ -31,7 +32,8 @@ class DataSpec(_Section):
     max_history: int = Field(20, ge=1, le=1024)
     min_interactions: int = Field(3, ge=1)
     short_users: Literal["drop", "error"] = "drop"
-    temporal_ratio: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    # Shares of each user's targets, train:valid:test; each > 0, as valid and test get one target even at 0
+    temporal_ratio: tuple[PositiveFloat, PositiveFloat, PositiveFloat] = (0.8, 0.1, 0.1)
 
 
 class RewriteSpec(_Section):
@@ -312,11 +314,6 @@ def _format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def _parse_scalar(text: str) -> Any:
-    # YAML scalar rules so `--set rl.steps=5` gives an int and `--set x=[1,2]` a list.
-    return yaml.safe_load(text) if text != "" else ""
-
-
 def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
     for item in overrides:
         if "=" not in item:
@@ -329,17 +326,18 @@ def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
             if not isinstance(child, dict):
                 raise SpecError(f"{source}: override '{key}': '{part}' is not a section")
             node = child
-        node[parts[-1]] = _parse_scalar(value)
+        try:  # YAML scalar rules so `--set rl.steps=5` gives an int and `--set x=[1,2]` a list
+            node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError as exc:
+            raise SpecError(f"{source}: override '{item}': the value is not valid YAML ({getattr(exc, 'problem', exc)}); "
+                            "quote it or close its brackets") from exc
     return raw
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     path = Path(path)
     source = str(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(f"{source}: cannot read spec ({exc.strerror})") from exc
+    text = read_text(path, SpecError, "spec")
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:

@@ -9,10 +9,11 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import tempfile
 import time
 
 from cluster.logs import fields
-from cluster.spec import JobSpec
+from cluster.spec import JobSpec, SpecError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,21 @@ def mark_done(spec: JobSpec, stage: str, seconds: float) -> None:
     marker.write_text(json.dumps({"stage": stage, "hash": stage_hash(spec, stage), "seconds": round(seconds, 1)}))
 
 
+def check_run_dir(spec: JobSpec) -> None:
+    """Create the run folder and write a file there now: a stage finding out it cannot write only
+    when it saves would have spent its whole run first."""
+    root = spec.run_path
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+    except OSError as exc:
+        raise SpecError(f"{spec.source or 'spec'}: key 'run_dir': cannot write the run folder {root} "
+                        f"({exc.strerror}: {exc.filename or root}); expected a writable folder or a path to create one") from exc
+
+
 def run_stage(spec: JobSpec, stage: str, force: bool = False, **options):
+    check_run_dir(spec)
     if not force and is_done(spec, stage):
         log.info("stage up to date, skipped", extra=fields(stage=stage, folder=str(spec.layout.stage(stage))))
         return None
@@ -64,6 +79,5 @@ def run_stage(spec: JobSpec, stage: str, force: bool = False, **options):
 
 
 def launch(spec: JobSpec, resume: bool = False) -> None:
-    spec.run_path.mkdir(parents=True, exist_ok=True)
     for stage in spec.stages:
         run_stage(spec, stage, **({"resume": resume} if stage == "rl" else {}))

@@ -137,7 +137,7 @@ def _build_kmeans(spec: JobSpec, ds, out_dir: Path, phase: _Phases) -> tuple[Sid
 
 def _build_import(spec: JobSpec, ds, phase: _Phases) -> tuple[SidIndex, dict[str, Any]]:
     with phase("import"):
-        res = import_index(spec.index.import_file, num_items=ds.num_items)
+        res = import_index(spec.index.import_file, num_items=ds.num_items, codes_per_level=spec.index.codes)
     semantic = res.index.as_array()[:, : res.file_depth]
     info = {"import_file": str(res.source), "file_depth": res.file_depth, "dedup_added": res.dedup_added,
             "duplicate_groups_shown": res.duplicates[:10], "collisions_before": res.before.as_dict(),

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from cluster.errors import GreamError
+from cluster.files import read_text
 from cluster.spec import JobSpec
 
 
@@ -66,10 +67,7 @@ def _reject_duplicates(path: Path):
 
 
 def read_json(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror})") from exc
+    text = read_text(path, DataError, "data file")
     try:
         data = json.loads(text, object_pairs_hook=_reject_duplicates(path))
     except json.JSONDecodeError as exc:

@@ -28,11 +28,12 @@ class ImportResult:
     dedup_added: bool
 
 
-def import_index(path: str | Path, num_items: int | None = None, depth: int | None = None) -> ImportResult:
+def import_index(path: str | Path, num_items: int | None = None, depth: int | None = None,
+                 codes_per_level: int | None = None) -> ImportResult:
     """Read `path`; with `num_items`, require SIDs for exactly items 0..num_items-1; with `depth`,
-    require that many levels in the file."""
+    require that many levels in the file; with `codes_per_level`, every code below it."""
     path = Path(path)
-    sids = read_index_codes(path)
+    sids = read_index_codes(path, codes_per_level)
     file_depth = len(next(iter(sids.values())))
     if depth is not None and file_depth != depth:
         raise SidError(f"{path}: SIDs have {file_depth} levels, expected {depth}")

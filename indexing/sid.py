@@ -24,6 +24,7 @@ from indexing.dataset import DataError, read_json
 LEVEL_LETTERS = string.ascii_lowercase
 _TOKEN = re.compile(r"<([a-z])_(\d+)>")
 _TOKEN_EXACT = re.compile(r"^<([a-z])_(\d+)>$")
+MAX_CODE_DIGITS = 18  # every code fits an int64
 
 
 class SidError(DataError):
@@ -43,6 +44,8 @@ def parse_sid_token(token: str) -> tuple[int, int]:
     m = _TOKEN_EXACT.match(token) if isinstance(token, str) else None
     if m is None:
         raise SidError(f"'{token}' is not a SID token; expected '<letter_code>' such as '<a_12>'")
+    if len(m.group(2)) > MAX_CODE_DIGITS:  # int() refuses past 4,300 digits; anything this long is no code
+        raise SidError(f"'{token[:16]}...': a code of {len(m.group(2))} digits; expected at most {MAX_CODE_DIGITS}")
     return LEVEL_LETTERS.index(m.group(1)), int(m.group(2))
 
 
@@ -51,7 +54,7 @@ def split_sid_text(text: str) -> list[str]:
     return [m.group(0) for m in _TOKEN.finditer(text)]
 
 
-def _codes_from_tokens(tokens: object, where: str) -> tuple[int, ...]:
+def _codes_from_tokens(tokens: object, where: str, codes_per_level: int | None) -> tuple[int, ...]:
     if not isinstance(tokens, list) or not tokens:
         raise SidError(f"{where}: expected a non-empty list of SID tokens, got {tokens!r}")
     codes = []
@@ -64,12 +67,16 @@ def _codes_from_tokens(tokens: object, where: str) -> tuple[int, ...]:
             raise SidError(
                 f"{where}: token {pos + 1} is '{tok}' of level '{LEVEL_LETTERS[level]}'; "
                 f"expected level '{LEVEL_LETTERS[pos]}' at that position")
+        if codes_per_level is not None and code >= codes_per_level:
+            raise SidError(f"{where}: code {code} of level '{LEVEL_LETTERS[level]}' ('{tok}'); "
+                           f"expected codes below index.codes={codes_per_level}")
         codes.append(code)
     return tuple(codes)
 
 
-def read_index_codes(path: str | Path) -> dict[int, tuple[int, ...]]:
-    """Parse an LC-Rec index file into item -> codes, checking ids, token syntax and equal depth.
+def read_index_codes(path: str | Path, codes_per_level: int | None = None) -> dict[int, tuple[int, ...]]:
+    """Parse an LC-Rec index file into item -> codes, checking ids, token syntax, equal depth and,
+    with `codes_per_level`, that every code is below it (before a vocabulary is sized on the codes).
 
     Duplicates are allowed here; `SidIndex` rejects them and the importer resolves them.
     """
@@ -82,7 +89,7 @@ def read_index_codes(path: str | Path) -> dict[int, tuple[int, ...]]:
     for key, tokens in raw.items():
         if not key.isdigit():
             raise SidError(f"{path}: key '{key}': item id must be a non-negative decimal integer")
-        codes = _codes_from_tokens(tokens, f"{path}: key '{key}'")
+        codes = _codes_from_tokens(tokens, f"{path}: key '{key}'", codes_per_level)
         if depth is None:
             depth = len(codes)
         elif len(codes) != depth:

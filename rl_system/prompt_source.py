@@ -9,18 +9,26 @@ from typing import Sequence
 
 import numpy as np
 
+from cluster.spec import JobSpec, SpecError
 from indexing.dataset import Example
 from indexing.sid import SidIndex
 from rl_system.messages import Prompt
 from sft.prompts import render_seqrec_prompt
 
 
-def first_users(examples: Sequence[Example], users: int | None) -> list[Example]:
-    """The examples of the `users` lowest user ids (all examples when None)."""
-    if users is None:
-        return list(examples)
-    keep = set(sorted({e.user for e in examples})[:users])
-    return [e for e in examples if e.user in keep]
+def training_prompts(spec: JobSpec, examples: Sequence[Example]) -> list[Example]:
+    """The examples RL draws its prompts from: those of the `rl.train_users` lowest user ids (all
+    when None). Refused when one step needs more than there are: the step would hold a prompt twice
+    and its groups would weigh that prompt double, without a word."""
+    rl = spec.rl
+    users = sorted({e.user for e in examples})[:rl.train_users]
+    keep = set(users)
+    out = [e for e in examples if e.user in keep]
+    if rl.prompts_per_step > len(out):
+        raise SpecError(f"{spec.source or 'spec'}: key 'rl.prompts_per_step': {rl.prompts_per_step} prompts per step, "
+                        f"but the {len(users)} users available (rl.train_users={rl.train_users}) give {len(out)} "
+                        f"training prompts; expected at most {len(out)}, or more rl.train_users")
+    return out
 
 
 class PromptSource:

@@ -5,7 +5,8 @@
 
 How it stops: after `rl.steps` (exit 0); on SIGTERM/SIGINT after checkpointing the step in flight
 (`Stopped`, exit 128 + N); when a learner rank dies (`LearnerFailed`, exit 4). Both stops name
-the last complete checkpoint, and the CLI prints the command that resumes from it.
+the last complete checkpoint, and the CLI prints the command that resumes from it. A second
+SIGTERM/SIGINT exits at once (128 + N), saving nothing more.
 
 Everything else (how a group is sampled, how the learner steps, how weights travel) lives in its
 own module; this file is the loop a reader should be able to hold in their head.
@@ -15,7 +16,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
+import sys
 import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -34,7 +37,7 @@ from indexing.sid import SidIndex
 from rl_system.dynamic_sampling import BatchFiller
 from rl_system.groups import GroupSampler, rollout_metrics, train_batch
 from rl_system.learner.group import LearnerGroup
-from rl_system.prompt_source import PromptSource, first_users
+from rl_system.prompt_source import PromptSource, training_prompts
 from rl_system.reward.pool import RewardPool
 from rl_system.rollout.pool import RolloutPool
 from rl_system.validation import KEYS as VALIDATION_KEYS
@@ -62,7 +65,8 @@ class Stopped(Resumable):
 
 
 class _StopFlag:
-    """SIGTERM/SIGINT ask the loop to checkpoint after the step in flight and stop."""
+    """SIGTERM/SIGINT ask the loop to checkpoint after the step in flight and stop; a second one
+    ends the process at once (exit 128 + N), for the operator who cannot wait for that step."""
 
     def __init__(self):
         self.raised: int | None = None
@@ -70,8 +74,17 @@ class _StopFlag:
             signal.signal(sig, self._set)
 
     def _set(self, signum, _frame) -> None:
-        log.warning("signal received: checkpointing after this step", extra=fields(signal=signum))
-        self.raised = signum
+        if self.raised is not None:
+            # No unwinding: the teardown it would run can wait on a hung actor, the very thing a second
+            # signal is sent to escape. Checkpoints are renamed into place whole, so none is half written.
+            log.error("second signal: exiting now; the last complete checkpoint is the one to resume from",
+                      extra=fields(signal=signum))
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(128 + signum)
+        self.raised = signum  # before logging: a second signal can land while this handler still runs
+        log.warning("signal received: checkpointing after this step (send it again to exit now)",
+                    extra=fields(signal=signum))
 
 
 class _ScoreWindow:
@@ -132,19 +145,19 @@ def run(spec: JobSpec, resume: bool = False) -> Path:
 
     from indexing.build import index_path
 
-    init_ray(spec.cluster)
     rl, rl_dir = spec.rl, spec.layout.stage("rl")
+    split = split_from_spec(spec)
+    prompts = training_prompts(spec, split.train)  # a bad spec fails here, before Ray or the models start
+    init_ray(spec.cluster)
     start_model, idx_path = sft_model_dir(spec), index_path(spec)
     index = SidIndex.load(idx_path)
     tokenizer = AutoTokenizer.from_pretrained(start_model)
 
-    split = split_from_spec(spec)
     learner_pg = ranks_group(spec.name, "learner", spec.cluster.learner)
     learner = LearnerGroup.from_spec(spec, start_model, learner_pg)
     pool = RolloutPool.from_spec(spec, start_model, index)
     rewards = RewardPool.from_spec(spec, idx_path)
-    source = PromptSource(first_users(split.train, rl.train_users), index, tokenizer, rl.seed,
-                          reasoning=rl.mode == "reasoning")
+    source = PromptSource(prompts, index, tokenizer, rl.seed, reasoning=rl.mode == "reasoning")
     validate = (InRunValidation(pool, tokenizer, index, sample_users(split.valid, rl.eval_users, rl.eval_seed),
                                 spec.eval.beam_width) if rl.eval_every else None)
     sampler = GroupSampler(rl, pool, rewards, source, tokenizer.get_vocab().get("<answer>"))

@@ -1,0 +1,19 @@
+"""Reading the text files a user hands in (specs, data, index files) without a traceback."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from cluster.errors import GreamError
+
+
+def read_text(path: Path, error: type[GreamError], what: str) -> str:
+    """`path` decoded as UTF-8 whatever the locale, or `error` naming the file and, for bytes that
+    are not UTF-8, where the first one is (a Latin-1 export is the usual culprit)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"{path}: cannot read {what} ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        line = exc.object.count(b"\n", 0, exc.start) + 1
+        raise error(f"{path}: {what} is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at line {line} "
+                    f"(offset {exc.start}); save it as UTF-8") from exc
