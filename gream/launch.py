@@ -49,8 +49,9 @@ def mark_done(spec: JobSpec, stage: str, seconds: float) -> None:
     marker.write_text(json.dumps({"stage": stage, "hash": stage_hash(spec, stage), "seconds": round(seconds, 1)}))
 
 
-def run_stage(spec: JobSpec, stage: str, force: bool = False, **options):
-    if not force and is_done(spec, stage):
+def run_stage(spec: JobSpec, stage: str, rerun: bool = False, **options):
+    """`rerun`: run it even when its artefacts match the spec; `options` go to the stage's run()."""
+    if not rerun and is_done(spec, stage):
         log.info("stage up to date, skipped", extra=fields(stage=stage, folder=str(spec.layout.stage(stage))))
         return None
     module = importlib.import_module(STAGES[stage][0])
@@ -63,7 +64,8 @@ def run_stage(spec: JobSpec, stage: str, force: bool = False, **options):
     return result
 
 
-def launch(spec: JobSpec, resume: bool = False) -> None:
+def launch(spec: JobSpec, **rl_options) -> None:
+    """`rl_options` (resume, force) go to the RL stage."""
     spec.run_path.mkdir(parents=True, exist_ok=True)
     for stage in spec.stages:
-        run_stage(spec, stage, **({"resume": resume} if stage == "rl" else {}))
+        run_stage(spec, stage, **(rl_options if stage == "rl" else {}))

@@ -48,6 +48,7 @@ def trained_run(tiny_policy, ray_cluster, tmp_path_factory):
     tokenizer = AutoTokenizer.from_pretrained(run / "sft" / "model")
     batch = sid_batch(tiny_policy, tokenizer)
     ckpts = CheckpointManager(run / "rl" / "checkpoints", keep=2, best=BestRule("reward/mean"))
+    ckpts.open_run(resume=False)
     cfg = LearnerConfig(model_path=str(run / "sft" / "model"), device="cpu", lr=1e-2, zero_stage=3,
                         micro_batch_size=2)
     group = LearnerGroup(cfg, world_size=2)
