@@ -141,3 +141,22 @@ def test_wandb_without_the_package_is_a_clear_error(tmp_path):
         pytest.skip("wandb is installed here; this checks the message when it is not")
     with pytest.raises(MetricsLogError, match="logging.wandb_project is 'proj' but the wandb package is not installed"):
         MetricsLog(tmp_path / "rl", tensorboard=False, wandb_project="proj")
+
+
+def test_half_written_metrics_line_is_skipped_on_resume(tmp_path, caplog):
+    log = MetricsLog(tmp_path, tensorboard=False)
+    for step in (1, 2, 3):
+        log.write(step, {"reward/mean": 0.1 * step})
+    log.close()
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(path.read_text() + '{"step": 4, "reward/me')  # killed mid-append
+    with caplog.at_level(logging.WARNING):
+        log = MetricsLog(tmp_path, tensorboard=False, resume_from_step=2)
+    log.write(3, {"reward/mean": 0.9})
+    log.close()
+    assert [(r["step"], r["reward/mean"]) for r in read_metrics(path)] == [(1, 0.1), (2, 0.2), (3, 0.9)]
+    assert any("half-written last line" in r.getMessage() for r in caplog.records)
+
+    path.write_text('{"step": 1}\n{"step": 2, "x"\n{"step": 3}\n')  # not a crash: damage mid-file
+    with pytest.raises(MetricsLogError, match="line 2 is not JSON"):
+        MetricsLog(tmp_path, tensorboard=False, resume_from_step=3)
