@@ -135,14 +135,9 @@ class CheckpointManager:
         root.mkdir(parents=True, exist_ok=True)
 
     def open_run(self, resume: bool) -> str:
-        """This run's id: kept from `run.json` on resume, else new. Removes what a crashed writer
-        left half done; refuses (CheckpointError) a fresh run in a folder holding checkpoints."""
-        for stale in sorted(self.root.glob(f"{TMP_PREFIX}*")):
-            log.warning("removing what a crashed checkpoint write left", extra=fields(path=str(stale)))
-            if stale.is_dir():
-                shutil.rmtree(stale)
-            else:
-                stale.unlink()
+        """This run's id: kept from `run.json` on resume, else new. Refuses (CheckpointError) a fresh
+        run in a folder holding checkpoints, changing nothing; else removes what a crashed writer
+        left half done."""
         run_file, held = self.root / RUN_FILE, sorted(p.name for p in self.root.glob("step-*"))
         if resume and run_file.exists():
             try:
@@ -150,17 +145,23 @@ class CheckpointManager:
             except (ValueError, KeyError, TypeError) as exc:
                 raise CheckpointError(f"{run_file}: unreadable ({exc}); it names the run the checkpoints beside it "
                                       "belong to, so --resume cannot tell which to load") from exc
-            return self.run_id
-        if held:
+        elif held:
             found = f"{self.root} holds checkpoints ({', '.join(held)})"
             if resume:
                 raise CheckpointError(f"{found} but no {RUN_FILE} naming their run, so --resume cannot tell whose "
                                       "they are; choose a new run_dir; nothing there was deleted")
             raise CheckpointError(f"{found} of another run; pass --resume to continue that run, or choose a new "
                                   "run_dir (or remove that folder yourself); nothing there was deleted")
-        self.run_id = uuid.uuid4().hex
-        _write_atomic(run_file, json.dumps({"run_id": self.run_id}))
-        log.info("checkpoint run opened", extra=fields(run_id=self.run_id, folder=str(self.root)))
+        else:
+            self.run_id = uuid.uuid4().hex
+            _write_atomic(run_file, json.dumps({"run_id": self.run_id}))
+            log.info("checkpoint run opened", extra=fields(run_id=self.run_id, folder=str(self.root)))
+        for stale in sorted(self.root.glob(f"{TMP_PREFIX}*")):
+            log.warning("removing what a crashed checkpoint write left", extra=fields(path=str(stale)))
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
         return self.run_id
 
     def save(self, step: int, write: Callable[[Path], None], meta: dict[str, Any]) -> Path:

@@ -60,6 +60,7 @@ def test_fresh_run_refuses_a_folder_with_another_runs_checkpoints(tmp_path):
     first = _writer(tmp_path)
     for step in (1, 2):
         _save_state(first, step)
+    (tmp_path / ".tmp-step-0000003-4242").mkdir()  # that run's crash debris is its own to clean up
     before = _snapshot(tmp_path)
     with pytest.raises(CheckpointError) as err:
         _writer(tmp_path)  # a new run in the same folder
@@ -67,7 +68,7 @@ def test_fresh_run_refuses_a_folder_with_another_runs_checkpoints(tmp_path):
     message = str(err.value)
     assert f"{tmp_path} holds checkpoints (step-0000001, step-0000002) of another run" in message
     assert "pass --resume" in message and "new run_dir" in message and "nothing there was deleted" in message
-    assert _snapshot(tmp_path) == before
+    assert _snapshot(tmp_path) == before and (tmp_path / ".tmp-step-0000003-4242").is_dir()
 
     resumed = _writer(tmp_path, resume=True)  # --resume continues the same run, under the same id
     assert resumed.run_id == first.run_id and resumed.latest().step == 2
