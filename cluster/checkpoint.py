@@ -1,27 +1,51 @@
-"""Atomic checkpoints: written to a temporary folder, completed by a manifest, then renamed.
+"""Checkpoints that cannot betray a run: atomic, verified, and fenced to the run that wrote them.
 
-A folder without its manifest (a crash mid-write, a truncated copy) is never loaded: `latest()`
-skips it with a warning. The last `keep` complete checkpoints stay on disk, and so does the best
-one: with a `BestRule`, every save ranks the complete checkpoints by the metric value their
-manifests record (`meta["metrics"][rule.metric]`) and names the winner in `best.json`, which
-`best()` (and `gream export RUN --step best`) reads.
+Atomic: a checkpoint is written to a temporary folder; every file is fsynced and its size and
+sha256 go into the manifest; the folder is fsynced, renamed to `step-NNNNNNN` and its parent
+fsynced, so after a crash a step folder is whole or absent. `.tmp-*` left by a crash are removed
+when the next writer opens the run.
+
+Verified: a folder is complete when its manifest is readable and every file has the size it
+records (a stat per file, cheap enough for the dashboard's poll; a truncated shard fails it).
+Loading (`load_latest`) also checks the hashes and falls back to the checkpoint before one that
+fails them or fails to load.
+
+Fenced: a writer opens a run first. A fresh run takes a new run id, kept in `run.json` beside the
+checkpoints, and refuses a folder that already holds checkpoints, since they are another run's; a
+resumed run keeps its id. Every manifest records its run id, and a writer loads, ranks and prunes
+only its own run's checkpoints, so keep-last-k never trades one of them for an older run's.
+
+The last `keep` complete checkpoints stay on disk, and so does the best one: with a `BestRule`,
+every save ranks the complete checkpoints by the metric value their manifests record
+(`meta["metrics"][rule.metric]`) and names the winner in `best.json`, which `best()` (and `gream
+export RUN --step best`) reads.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, TypeVar
 
+from cluster.errors import GreamError
 from cluster.logs import fields
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 BEST_FILE = "best.json"
+RUN_FILE = "run.json"
+TMP_PREFIX = ".tmp-"
+T = TypeVar("T")
+
+
+class CheckpointError(GreamError):
+    """A checkpoint folder that cannot serve the run as asked: another run's, or none loadable."""
 
 
 @dataclass(frozen=True)
@@ -54,36 +78,121 @@ def _step_dir(root: Path, step: int) -> Path:
     return root / f"step-{step:07d}"
 
 
+def _sync_dir(path: Path) -> None:
+    # A rename or a new entry is durable only once the folder holding it is synced.
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _digest(path: Path, sync: bool = False) -> dict[str, Any]:
+    sha, size = hashlib.sha256(), 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            sha.update(chunk)
+            size += len(chunk)
+        if sync:
+            os.fsync(fh.fileno())
+    return {"bytes": size, "sha256": sha.hexdigest()}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """A reader sees the old or the new file, never half; after a crash, one of them."""
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}")
+    with tmp.open("w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    tmp.replace(path)
+    _sync_dir(path.parent)
+
+
+def _size_problem(path: Path, files: Any) -> str | None:
+    if not isinstance(files, dict):
+        return "the manifest records no file sizes and hashes (written before gream verified checkpoints)"
+    for name, want in files.items():
+        try:
+            size = (path / name).stat().st_size
+        except OSError:
+            return f"{name} is missing"
+        if size != want.get("bytes"):
+            return f"{name} has {size} bytes, the manifest records {want.get('bytes')}"
+    return None
+
+
 class CheckpointManager:
-    """Writes, finds and prunes checkpoints under `root`. Without a `best` rule (readers such as
-    `gream status` and `gream export`) it never names a best one, but `best()` still reads the
-    writer's `best.json`."""
+    """Writes, finds and prunes checkpoints under `root`. A writer calls `open_run` before it saves;
+    a reader (`gream status`, `gream export`) does not, sees every run's complete checkpoints,
+    never names a best one, but `best()` still reads the writer's `best.json`."""
 
     def __init__(self, root: Path, keep: int, best: BestRule | None = None):
         self.root = root
         self.keep = keep
         self.rule = best
+        self.run_id: str | None = None
         root.mkdir(parents=True, exist_ok=True)
 
+    def open_run(self, resume: bool) -> str:
+        """This run's id: kept from `run.json` on resume, else new. Refuses (CheckpointError) a fresh
+        run in a folder holding checkpoints, changing nothing; else removes what a crashed writer
+        left half done."""
+        run_file, held = self.root / RUN_FILE, sorted(p.name for p in self.root.glob("step-*"))
+        if resume and run_file.exists():
+            try:
+                self.run_id = str(json.loads(run_file.read_text())["run_id"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise CheckpointError(f"{run_file}: unreadable ({exc}); it names the run the checkpoints beside it "
+                                      "belong to, so --resume cannot tell which to load") from exc
+        elif held:
+            found = f"{self.root} holds checkpoints ({', '.join(held)})"
+            if resume:
+                raise CheckpointError(f"{found} but no {RUN_FILE} naming their run, so --resume cannot tell whose "
+                                      "they are; choose a new run_dir; nothing there was deleted")
+            raise CheckpointError(f"{found} of another run; pass --resume to continue that run, or choose a new "
+                                  "run_dir (or remove that folder yourself); nothing there was deleted")
+        else:
+            self.run_id = uuid.uuid4().hex
+            _write_atomic(run_file, json.dumps({"run_id": self.run_id}))
+            log.info("checkpoint run opened", extra=fields(run_id=self.run_id, folder=str(self.root)))
+        for stale in sorted(self.root.glob(f"{TMP_PREFIX}*")):
+            log.warning("removing what a crashed checkpoint write left", extra=fields(path=str(stale)))
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+        return self.run_id
+
     def save(self, step: int, write: Callable[[Path], None], meta: dict[str, Any]) -> Path:
+        if self.run_id is None:
+            raise RuntimeError("CheckpointManager.save before open_run: a checkpoint must name its run")
         final = _step_dir(self.root, step)
-        tmp = self.root / f".tmp-{final.name}-{os.getpid()}"
+        tmp = self.root / f"{TMP_PREFIX}{final.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:
             write(tmp)
+            files = {str(p.relative_to(tmp)): _digest(p, sync=True) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            for folder in sorted(p for p in tmp.rglob("*") if p.is_dir()):
+                _sync_dir(folder)
+            with (tmp / MANIFEST).open("w") as fh:
+                json.dump({"step": step, "run_id": self.run_id, "files": files, **meta}, fh, indent=1)
+                fh.flush()
+                os.fsync(fh.fileno())
+            _sync_dir(tmp)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-        manifest = {"step": step, "files": files, **meta}
-        with (tmp / MANIFEST).open("w") as fh:
-            json.dump(manifest, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if final.exists():
+        if final.exists():  # this run's earlier save of the step (resumed before it), or a broken folder
+            owner = self._manifest(final)[0].get("run_id")
+            if owner not in (None, self.run_id):
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise CheckpointError(f"{final} belongs to run {owner}, not this run ({self.run_id}); "
+                                      "it was left in place")
             shutil.rmtree(final)
         os.rename(tmp, final)
+        _sync_dir(self.root)
         done = self.complete()
         best = self._record_best(done)
         self._prune(done, best)
@@ -91,31 +200,65 @@ class CheckpointManager:
                                                   best=best.step if best is not None else None))
         return final
 
-    def _complete(self, path: Path) -> dict[str, Any] | None:
-        manifest = path / MANIFEST
-        if not manifest.exists():
-            return None
+    def _manifest(self, path: Path) -> tuple[dict[str, Any], str | None]:
+        """(manifest, None) for a complete folder, else ({} or the manifest, what is wrong)."""
         try:
-            meta = json.loads(manifest.read_text())
-        except json.JSONDecodeError:
-            return None
-        if not all((path / f).exists() for f in meta.get("files", [])):
-            return None
-        return meta
+            meta = json.loads((path / MANIFEST).read_text())
+        except OSError:
+            return {}, "no manifest"
+        except ValueError:
+            return {}, "unreadable manifest"
+        if not isinstance(meta, dict):
+            return {}, "unreadable manifest"
+        return meta, _size_problem(path, meta.get("files"))
 
     def complete(self) -> list[Checkpoint]:
+        """Complete checkpoints by step; for a writer only its own run's."""
         found = []
         for path in sorted(self.root.glob("step-*")):
-            meta = self._complete(path)
-            if meta is None:
-                log.warning("skipping incomplete checkpoint", extra=fields(path=str(path)))
-                continue
-            found.append(Checkpoint(int(meta["step"]), path, meta))
+            meta, problem = self._manifest(path)
+            if problem is not None:
+                log.warning("skipping incomplete checkpoint", extra=fields(path=str(path), problem=problem))
+            elif self.run_id is None or meta.get("run_id") == self.run_id:
+                found.append(Checkpoint(int(meta["step"]), path, meta))
         return found
 
     def latest(self) -> Checkpoint | None:
         done = self.complete()
         return done[-1] if done else None
+
+    def verify(self, ckpt: Checkpoint) -> str | None:
+        """What is wrong with the checkpoint's files (a hash that differs), or None."""
+        for name, want in ckpt.meta["files"].items():
+            try:
+                got = _digest(ckpt.path / name)
+            except OSError as exc:
+                return f"{name}: {exc.strerror or exc}"
+            if got != {"bytes": want.get("bytes"), "sha256": want.get("sha256")}:
+                return f"{name} does not match the size and sha256 in the manifest"
+        return None
+
+    def load_latest(self, load: Callable[[Checkpoint], T],
+                    failures: tuple[type[BaseException], ...]) -> tuple[Checkpoint, T] | None:
+        """The newest checkpoint that verifies and that `load` takes without raising one of
+        `failures`, with what `load` returned; each one passed over is logged as a warning. None
+        when there is no checkpoint at all; CheckpointError when there are some but none loads."""
+        tried = []
+        for ckpt in reversed(self.complete()):
+            problem = self.verify(ckpt)
+            if problem is None:
+                try:
+                    return ckpt, load(ckpt)
+                except failures as exc:
+                    problem = f"loading failed: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+            log.warning("checkpoint cannot be loaded; trying the one before it",
+                        extra=fields(path=str(ckpt.path), problem=problem))
+            tried.append(f"{ckpt.path.name} ({problem})")
+        if not tried and not any(self.root.glob("step-*")):
+            return None
+        raise CheckpointError(f"{self.root}: no checkpoint of this run can be loaded; "
+                              f"{'; '.join(tried) or 'none of its step folders is a complete checkpoint of this run'}; "
+                              "restore a good copy of the folder, or start over in a new run_dir")
 
     def best(self) -> Checkpoint | None:
         """The checkpoint `best.json` names, while it is complete; None before the first scored save."""
@@ -124,8 +267,8 @@ class CheckpointManager:
         except (OSError, ValueError, KeyError, TypeError):
             return None
         path = _step_dir(self.root, step)
-        meta = self._complete(path)
-        return Checkpoint(step, path, meta) if meta is not None else None
+        meta, problem = self._manifest(path)
+        return Checkpoint(step, path, meta) if problem is None else None
 
     def _record_best(self, done: list[Checkpoint]) -> Checkpoint | None:
         if self.rule is None:
@@ -136,9 +279,7 @@ class CheckpointManager:
             return None
         record = {"step": best.step, "path": best.path.name, "metric": self.rule.metric, "mode": self.rule.mode,
                   "value": self.rule.score(best)}
-        tmp = self.root / f".{BEST_FILE}.tmp-{os.getpid()}"
-        tmp.write_text(json.dumps(record, indent=1))
-        tmp.replace(self.root / BEST_FILE)  # atomic: a reader sees the old or the new best, never half
+        _write_atomic(self.root / BEST_FILE, json.dumps(record, indent=1))
         return best
 
     def _prune(self, done: list[Checkpoint], best: Checkpoint | None) -> None:

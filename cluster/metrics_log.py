@@ -8,12 +8,16 @@ histograms and stay lists in JSON.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
 
 from cluster.errors import GreamError
+from cluster.logs import fields
 from cluster.run_layout import METRICS_FILE
+
+log = logging.getLogger(__name__)
 
 
 class MetricsLogError(GreamError):
@@ -50,12 +54,14 @@ class MetricsLog:
 
     def _truncate_after(self, step: int) -> None:
         # On resume, steps after the checkpoint are re-run; keep one record per step.
-        if not self.path.exists():
-            return
         # A fresh run (step 0) keeps nothing: its step-0 record (validation before training) is new too.
-        kept = [line for line in self.path.read_text().splitlines()
-                if step and line.strip() and json.loads(line).get("step", -1) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        records, torn = read_records(self.path) if step else ([], False)
+        if torn:
+            log.warning("skipping the half-written last line of the metrics log (the run stopped mid-write)",
+                        extra=fields(path=str(self.path)))
+        kept = [r for r in records if r["step"] <= step]
+        if self.path.exists():
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, step: int, metrics: dict[str, Any]) -> None:
         record = {"step": step, **metrics}
@@ -90,7 +96,27 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
+def read_records(path: Path) -> tuple[list[dict[str, Any]], bool]:
+    """The complete records of a metrics file, and whether its last line was torn (a writer
+    mid-append, or stopped in one) and skipped; any other line that is not a record is an error."""
     if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [], False
+    records = []
+    lines = path.read_text().splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                return records, True
+            raise MetricsLogError(f"{path}: line {number} is not JSON ({exc.msg}); expected one object per step") from exc
+        if not isinstance(record, dict) or "step" not in record:
+            raise MetricsLogError(f"{path}: line {number} is not an object with a 'step' key")
+        records.append(record)
+    return records, False
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    return read_records(path)[0]

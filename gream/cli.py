@@ -55,11 +55,19 @@ def cmd_model_import_smollm2(args) -> None:
     print(import_smollm2(args.out))
 
 
+def _rl_options(args) -> dict[str, bool]:
+    from cluster.errors import BadRequest
+
+    if args.force and not args.resume:
+        raise BadRequest("--force lets --resume continue under a changed spec; add --resume or drop it")
+    return {"resume": args.resume, "force": args.force}
+
+
 def cmd_stage(stage: str):
     def run(args) -> None:
         from gream.launch import run_stage
 
-        run_stage(_spec(args), stage, force=True, **({"resume": args.resume} if stage == "rl" else {}))
+        run_stage(_spec(args), stage, rerun=True, **(_rl_options(args) if stage == "rl" else {}))
 
     return run
 
@@ -93,7 +101,7 @@ def cmd_launch(args) -> None:
     spec = _spec(args)
     if args.address:
         spec.cluster.address = args.address
-    launch(spec, resume=args.resume)
+    launch(spec, **_rl_options(args))
 
 
 def cmd_dashboard(args) -> None:
@@ -121,6 +129,13 @@ def cmd_scale(args) -> None:
 
     path = request_scale(args.run, args.rollout)
     print(f"requested {args.rollout} rollout workers ({path}); the driver applies it before its next step")
+
+
+def _add_resume_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", action="store_true", help="continue RL from its latest complete checkpoint "
+                   "(a fresh run refuses a run_dir that already holds RL checkpoints)")
+    p.add_argument("--force", action="store_true", help="with --resume: continue although the spec's data, "
+                   "index, model or rl section changed since the checkpoint")
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -157,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage, help=text)
         _add_spec_args(p)
         if stage == "rl":
-            p.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+            _add_resume_args(p)
         p.set_defaults(func=cmd_stage(stage))
 
     baseline = sub.add_parser("baseline", help="reference recommenders").add_subparsers(dest="action", required=True)
@@ -191,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("launch", help="run the spec's stages on Ray, skipping those already done")
     _add_spec_args(p)
     p.add_argument("--address", help="Ray cluster to join: auto or ray://host:port (default: spec or local)")
-    p.add_argument("--resume", action="store_true", help="resume RL from the latest complete checkpoint")
+    _add_resume_args(p)
     p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("dashboard", help="serve a live web page of a run's metrics, evaluation and workers")

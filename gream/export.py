@@ -67,21 +67,24 @@ def index_file(run_dir: Path) -> Path:
 
 
 def find_checkpoint(run_dir: Path, step: int | str) -> Checkpoint:
-    """The complete checkpoint of `step` (a number or 'best'); an incomplete one is refused."""
+    """The complete checkpoint of `step` (a number or 'best') whose files match their hashes; any
+    other is refused."""
     root = RunLayout(run_dir).checkpoints
     ckpts = CheckpointManager(root, keep=1 << 30) if root.is_dir() else None
     if step == BEST:
-        best = ckpts.best() if ckpts else None
-        if best is None:
+        found = ckpts.best() if ckpts else None
+        if found is None:
             raise ExportError(f"{root / BEST_FILE}: no best checkpoint recorded, or the one it names is incomplete; "
                               "export a step number instead")
-        return best
-    complete = ckpts.complete() if ckpts else []
-    for ckpt in complete:
-        if ckpt.step == step:
-            return ckpt
-    steps = ", ".join(str(c.step) for c in complete) or "none"
-    raise ExportError(f"{root}: no complete checkpoint for step {step}; complete checkpoints: {steps}")
+    else:
+        complete = ckpts.complete() if ckpts else []
+        found = next((c for c in complete if c.step == step), None)
+        if found is None:
+            steps = ", ".join(str(c.step) for c in complete) or "none"
+            raise ExportError(f"{root}: no complete checkpoint for step {step}; complete checkpoints: {steps}")
+    if (problem := ckpts.verify(found)) is not None:
+        raise ExportError(f"{found.path}: {problem}; the checkpoint is damaged, export another step")
+    return found
 
 
 def consolidated_state_dict(learner_dir: Path) -> dict:

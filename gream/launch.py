@@ -63,9 +63,10 @@ def check_run_dir(spec: JobSpec) -> None:
                         f"({exc.strerror}: {exc.filename or root}); expected a writable folder or a path to create one") from exc
 
 
-def run_stage(spec: JobSpec, stage: str, force: bool = False, **options):
+def run_stage(spec: JobSpec, stage: str, rerun: bool = False, **options):
+    """`rerun`: run it even when its artefacts match the spec; `options` go to the stage's run()."""
     check_run_dir(spec)
-    if not force and is_done(spec, stage):
+    if not rerun and is_done(spec, stage):
         log.info("stage up to date, skipped", extra=fields(stage=stage, folder=str(spec.layout.stage(stage))))
         return None
     module = importlib.import_module(STAGES[stage][0])
@@ -78,6 +79,7 @@ def run_stage(spec: JobSpec, stage: str, force: bool = False, **options):
     return result
 
 
-def launch(spec: JobSpec, resume: bool = False) -> None:
+def launch(spec: JobSpec, **rl_options) -> None:
+    """`rl_options` (resume, force) go to the RL stage."""
     for stage in spec.stages:
-        run_stage(spec, stage, **({"resume": resume} if stage == "rl" else {}))
+        run_stage(spec, stage, **(rl_options if stage == "rl" else {}))

@@ -19,6 +19,7 @@ from typing import Any
 from cluster.checkpoint import CheckpointManager
 from cluster.errors import GreamError
 from cluster.logs import fields
+from cluster.metrics_log import MetricsLogError, read_metrics
 from cluster.run_layout import EVAL_FILE, RunLayout
 
 log = logging.getLogger(__name__)
@@ -158,23 +159,10 @@ def _clean(value: Any) -> Any:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Complete records of a metrics file; a torn last line (the writer mid-append) is skipped."""
-    if not path.exists():
-        return []
-    records = []
-    lines = path.read_text().splitlines()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines):
-                break
-            raise RunDirError(f"{path}: line {number} is not JSON ({exc.msg}); expected one object per step") from exc
-        if not isinstance(record, dict) or "step" not in record:
-            raise RunDirError(f"{path}: line {number} is not an object with a 'step' key")
-        records.append(record)
-    return records
+    try:
+        return read_metrics(path)
+    except MetricsLogError as exc:
+        raise RunDirError(str(exc)) from exc
 
 
 def _read_json(path: Path) -> Any:

@@ -23,11 +23,11 @@ import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayTaskError
 
-from cluster.checkpoint import BestRule, CheckpointManager
+from cluster.checkpoint import BestRule, Checkpoint, CheckpointManager
 from cluster.control import ControlWatcher, write_status
-from cluster.errors import MissingArtefact, Resumable
+from cluster.errors import GreamError, MissingArtefact, Resumable
 from cluster.logs import fields
 from cluster.metrics_log import MetricsLog
 from cluster.placement import init_ray, ranks_group
@@ -47,6 +47,12 @@ log = logging.getLogger(__name__)
 
 
 LEARNER_KEYS = ("kl", "entropy", "clip_fraction", "grad_norm", "loss", "pg_loss")
+# The spec sections a checkpoint's state depends on; their hash is in every manifest.
+CHECKPOINT_SECTIONS = ("data", "index", "model", "rl")
+
+
+class SpecChanged(GreamError):
+    """--resume under a spec whose checkpoint sections differ from the checkpoint's, without --force."""
 
 
 class LearnerFailed(Resumable):
@@ -140,7 +146,8 @@ def sft_model_dir(spec: JobSpec) -> Path:
     return model
 
 
-def run(spec: JobSpec, resume: bool = False) -> Path:
+def run(spec: JobSpec, resume: bool = False, force: bool = False) -> Path:
+    """`force`: resume although the spec's checkpoint sections changed since the checkpoint."""
     from transformers import AutoTokenizer
 
     from indexing.build import index_path
@@ -148,6 +155,12 @@ def run(spec: JobSpec, resume: bool = False) -> Path:
     rl, rl_dir = spec.rl, spec.layout.stage("rl")
     split = split_from_spec(spec)
     prompts = training_prompts(spec, split.train)  # a bad spec fails here, before Ray or the models start
+    # Before any start-up, so that a refused run costs nothing and changes nothing.
+    ckpts = CheckpointManager(spec.layout.checkpoints, spec.checkpoint.keep,
+                              BestRule(spec.checkpoint.best_metric, spec.checkpoint.best_mode))
+    ckpts.open_run(resume)
+    if resume:
+        _check_spec(spec, ckpts.latest(), force)
     init_ray(spec.cluster)
     start_model, idx_path = sft_model_dir(spec), index_path(spec)
     index = SidIndex.load(idx_path)
@@ -162,10 +175,8 @@ def run(spec: JobSpec, resume: bool = False) -> Path:
                                 spec.eval.beam_width) if rl.eval_every else None)
     sampler = GroupSampler(rl, pool, rewards, source, tokenizer.get_vocab().get("<answer>"))
     filler = BatchFiller(rl.prompts_per_step, rl.max_resample_rounds)
-    ckpts = CheckpointManager(spec.layout.checkpoints, spec.checkpoint.keep,
-                              BestRule(spec.checkpoint.best_metric, spec.checkpoint.best_mode))
 
-    step = _restore(spec, ckpts, learner, source) if resume else 0
+    step = _restore(ckpts, learner, source) if resume else 0
     pool.attach_learner(learner, version=step)  # every worker starts from the learner's weights
     metrics = MetricsLog(rl_dir, spec.logging.tensorboard, resume_from_step=step,
                          wandb_project=spec.logging.wandb_project)
@@ -267,22 +278,35 @@ def _save(spec: JobSpec, ckpts: CheckpointManager, learner: LearnerGroup, source
         (folder / "driver.json").write_text(json.dumps({"step": step, "weight_version": step,
                                                          "data": source.state()}))
 
-    ckpts.save(step, write, {"weight_version": step, "spec_hash": spec.section_hash("data", "index", "model", "rl"),
+    ckpts.save(step, write, {"weight_version": step, "spec_hash": spec.section_hash(*CHECKPOINT_SECTIONS),
                              "metrics": score})
 
 
-def _restore(spec: JobSpec, ckpts: CheckpointManager, learner: LearnerGroup, source: PromptSource) -> int:
-    latest = ckpts.latest()
-    if latest is None:
-        log.warning("--resume: no complete checkpoint yet; starting from the SFT model",
-                    extra=fields(folder=str(ckpts.root)))
+def _check_spec(spec: JobSpec, latest: Checkpoint | None, force: bool) -> None:
+    """A resumed run goes on under the spec that wrote its checkpoint; --force accepts another."""
+    wanted = spec.section_hash(*CHECKPOINT_SECTIONS)
+    if latest is None or latest.meta.get("spec_hash") == wanted:
+        return
+    if not force:
+        raise SpecChanged(f"{latest.path} was written under another spec (its {', '.join(CHECKPOINT_SECTIONS)} "
+                          f"sections differ from {spec.source or 'this spec'}'s); resume under the spec that wrote "
+                          "it, pass --force to continue under this one, or start over in a new run_dir")
+    log.warning("--force: resuming from a checkpoint written under a different spec",
+                extra=fields(checkpoint=latest.meta.get("spec_hash"), spec=wanted))
+
+
+def _restore(ckpts: CheckpointManager, learner: LearnerGroup, source: PromptSource) -> int:
+    def load(ckpt: Checkpoint) -> None:
+        data = json.loads((ckpt.path / "driver.json").read_text())["data"]  # before the learner: it may fail
+        learner.load_checkpoint(ckpt.path / "learner")
+        source.restore(data)
+
+    # RayTaskError: the learner raised while loading (a corrupt shard). A dead rank is a
+    # RayActorError instead, and ends the job as LearnerFailed rather than trying older checkpoints.
+    loaded = ckpts.load_latest(load, (RayTaskError, OSError, ValueError, KeyError))
+    if loaded is None:
+        log.warning("--resume: no checkpoint yet; starting from the SFT model", extra=fields(folder=str(ckpts.root)))
         return 0
-    wanted = spec.section_hash("data", "index", "model", "rl")
-    if latest.meta.get("spec_hash") != wanted:
-        log.warning("resuming from a checkpoint written under a different spec",
-                    extra=fields(checkpoint=latest.meta.get("spec_hash"), spec=wanted))
-    learner.load_checkpoint(latest.path / "learner")
-    driver = json.loads((latest.path / "driver.json").read_text())
-    source.restore(driver["data"])
-    log.info("resumed", extra=fields(step=latest.step, path=str(latest.path), cursor=source.cursor))
-    return latest.step
+    ckpt = loaded[0]
+    log.info("resumed", extra=fields(step=ckpt.step, path=str(ckpt.path), cursor=source.cursor))
+    return ckpt.step

@@ -9,6 +9,12 @@ from cluster.checkpoint import BEST_FILE, BestRule, CheckpointManager
 from cluster.metrics_log import MetricsLog, MetricsLogError, read_metrics
 
 
+def _writer(root, keep, best=None):
+    mgr = CheckpointManager(root, keep, best)
+    mgr.open_run(resume=False)
+    return mgr
+
+
 def _write(payload):
     def write(folder):
         (folder / "state.json").write_text(json.dumps(payload))
@@ -18,7 +24,7 @@ def _write(payload):
 
 
 def test_keep_last_k_and_latest(tmp_path):
-    mgr = CheckpointManager(tmp_path / "ckpt", keep=2)
+    mgr = _writer(tmp_path / "ckpt", keep=2)
     for step in (5, 10, 15):
         mgr.save(step, _write({"step": step}), {"weight_version": step})
     done = mgr.complete()
@@ -29,7 +35,7 @@ def test_keep_last_k_and_latest(tmp_path):
 
 
 def test_truncated_checkpoint_is_skipped_with_warning(tmp_path, caplog):
-    mgr = CheckpointManager(tmp_path / "ckpt", keep=3)
+    mgr = _writer(tmp_path / "ckpt", keep=3)
     mgr.save(1, _write({}), {})
     last = mgr.save(2, _write({}), {})
     (last / "sub" / "w.bin").unlink()  # a copy that lost a file
@@ -40,7 +46,7 @@ def test_truncated_checkpoint_is_skipped_with_warning(tmp_path, caplog):
 
 
 def test_failed_write_leaves_previous_checkpoint(tmp_path):
-    mgr = CheckpointManager(tmp_path / "ckpt", keep=2)
+    mgr = _writer(tmp_path / "ckpt", keep=2)
     mgr.save(1, _write({}), {})
 
     def boom(folder):
@@ -60,7 +66,7 @@ def _save_scored(mgr, step, score):
 
 
 def test_best_is_kept_besides_the_last_k(tmp_path):
-    mgr = CheckpointManager(tmp_path / "ckpt", keep=2, best=BestRule("reward/mean", "max"))
+    mgr = _writer(tmp_path / "ckpt", keep=2, best=BestRule("reward/mean", "max"))
     for step, score in [(1, 0.1), (2, 0.9), (3, 0.3), (4, 0.2), (5, 0.4)]:
         _save_scored(mgr, step, score)
     assert [c.step for c in mgr.complete()] == [2, 4, 5]  # the last 2, and step 2 for its score
@@ -76,7 +82,7 @@ def test_best_is_kept_besides_the_last_k(tmp_path):
 
 
 def test_best_min_mode_ties_and_unscored_checkpoints(tmp_path):
-    mgr = CheckpointManager(tmp_path / "ckpt", keep=1, best=BestRule("reward/mean", "min"))
+    mgr = _writer(tmp_path / "ckpt", keep=1, best=BestRule("reward/mean", "min"))
     assert mgr.best() is None
     _save_scored(mgr, 1, None)  # no value for the metric (e.g. no step since the last checkpoint)
     assert mgr.best() is None and not (tmp_path / "ckpt" / BEST_FILE).exists()
@@ -90,7 +96,7 @@ def test_best_min_mode_ties_and_unscored_checkpoints(tmp_path):
 
 
 def test_best_that_lost_a_file_is_not_returned(tmp_path):
-    mgr = CheckpointManager(tmp_path / "ckpt", keep=1, best=BestRule("reward/mean"))
+    mgr = _writer(tmp_path / "ckpt", keep=1, best=BestRule("reward/mean"))
     best = _save_scored(mgr, 1, 0.9)
     _save_scored(mgr, 2, 0.1)
     (best / "sub" / "w.bin").unlink()  # best.json still names step 1, but it is incomplete now
@@ -135,3 +141,22 @@ def test_wandb_without_the_package_is_a_clear_error(tmp_path):
         pytest.skip("wandb is installed here; this checks the message when it is not")
     with pytest.raises(MetricsLogError, match="logging.wandb_project is 'proj' but the wandb package is not installed"):
         MetricsLog(tmp_path / "rl", tensorboard=False, wandb_project="proj")
+
+
+def test_half_written_metrics_line_is_skipped_on_resume(tmp_path, caplog):
+    log = MetricsLog(tmp_path, tensorboard=False)
+    for step in (1, 2, 3):
+        log.write(step, {"reward/mean": 0.1 * step})
+    log.close()
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(path.read_text() + '{"step": 4, "reward/me')  # killed mid-append
+    with caplog.at_level(logging.WARNING):
+        log = MetricsLog(tmp_path, tensorboard=False, resume_from_step=2)
+    log.write(3, {"reward/mean": 0.9})
+    log.close()
+    assert [(r["step"], r["reward/mean"]) for r in read_metrics(path)] == [(1, 0.1), (2, 0.2), (3, 0.9)]
+    assert any("half-written last line" in r.getMessage() for r in caplog.records)
+
+    path.write_text('{"step": 1}\n{"step": 2, "x"\n{"step": 3}\n')  # not a crash: damage mid-file
+    with pytest.raises(MetricsLogError, match="line 2 is not JSON"):
+        MetricsLog(tmp_path, tensorboard=False, resume_from_step=3)

@@ -101,6 +101,7 @@ def run_dir(tmp_path) -> Path:
     write_eval(run / "baselines" / "sasrec", {**eval_result(rng, sampled=False),
                                               "meta": {"best_epoch": 3, "dataset": "Office"}})
     ckpts = CheckpointManager(run / "rl" / "checkpoints", keep=2)
+    ckpts.open_run(resume=False)
     ckpts.save(5, lambda folder: (folder / "driver.json").write_text(json.dumps({"step": 5})),
                {"weight_version": 5, "spec_hash": "0123456789abcdef"})
     (run / "rl" / "checkpoints" / "step-0000008").mkdir()  # killed mid-write: no manifest

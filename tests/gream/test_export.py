@@ -48,6 +48,7 @@ def trained_run(tiny_policy, ray_cluster, tmp_path_factory):
     tokenizer = AutoTokenizer.from_pretrained(run / "sft" / "model")
     batch = sid_batch(tiny_policy, tokenizer)
     ckpts = CheckpointManager(run / "rl" / "checkpoints", keep=2, best=BestRule("reward/mean"))
+    ckpts.open_run(resume=False)
     cfg = LearnerConfig(model_path=str(run / "sft" / "model"), device="cpu", lr=1e-2, zero_stage=3,
                         micro_batch_size=2)
     group = LearnerGroup(cfg, world_size=2)
@@ -144,3 +145,16 @@ def test_export_refuses_a_truncated_checkpoint(trained_run, tmp_path):
     (broken / "rl" / "checkpoints" / "step-0000002" / "manifest.json").unlink()  # killed before the rename
     with pytest.raises(ExportError, match="no complete checkpoint for step 2; complete checkpoints: 1"):
         export(broken, 2, tmp_path / "out")
+
+
+def test_export_refuses_a_checkpoint_whose_hashes_differ(tmp_path):
+    from gream.export import find_checkpoint
+
+    ckpts = CheckpointManager(tmp_path / "rl" / "checkpoints", keep=2)
+    ckpts.open_run(resume=False)
+    path = ckpts.save(1, lambda folder: (folder / "shard.pt").write_bytes(bytes(range(256))), {})
+    assert find_checkpoint(tmp_path, 1).path == path
+    (path / "shard.pt").write_bytes(bytes(reversed(range(256))))  # same size, other bytes: bit rot
+    with pytest.raises(ExportError, match="shard.pt does not match the size and sha256 in the manifest; the "
+                                          "checkpoint is damaged, export another step"):
+        find_checkpoint(tmp_path, 1)
