@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -36,15 +37,29 @@ def main(out: Path, policy_dir: Path) -> None:
     import ray
     from ray.cluster_utils import Cluster
 
+    cluster = Cluster(initialize_head=True, head_node_args={**NODES["learner_node"], "resources": {"learner_node": 1},
+                                                            "include_dashboard": False})
+    # SIGTERM (the test's timeout) unwinds through `finally`, so no raylet outlives the job.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        nodes = {name: cluster.add_node(**args, resources={name: 1}) for name, args in NODES.items()
+                 if name != "learner_node"}
+        ray.init(address=cluster.address, log_to_driver=False)
+        _run(cluster, nodes, out, policy_dir)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def _run(cluster, nodes: dict, out: Path, policy_dir: Path) -> None:
+    import ray
+
     from cluster.metrics_log import read_metrics
     from indexing.build import index_path
     from indexing.importer import import_index
     from rl_system import train
     from tests.rl_fixtures import REPO, rl_test_spec
 
-    cluster = Cluster(initialize_head=True, head_node_args={**NODES["learner_node"], "resources": {"learner_node": 1}})
-    nodes = {name: cluster.add_node(**args, resources={name: 1}) for name, args in NODES.items() if name != "learner_node"}
-    ray.init(address=cluster.address, log_to_driver=False)
     spec = rl_test_spec(out / "run", steps=STEPS)
     for role, marker in (("learner", "learner_node"), ("rollout", "rollout_node"), ("reward", "reward_node")):
         getattr(spec.cluster, role).resources = {marker: 1}
@@ -62,8 +77,6 @@ def main(out: Path, policy_dir: Path) -> None:
     result["weight_versions"] = [row["weight_version"] for row in read_metrics(spec.layout.metrics("rl"))]
     result["status"] = json.loads(spec.layout.status.read_text())
     (out / "result.json").write_text(json.dumps(result))
-    ray.shutdown()
-    cluster.shutdown()
 
 
 if __name__ == "__main__":
