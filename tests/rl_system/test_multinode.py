@@ -1,5 +1,5 @@
-"""Multi-node for real: learner, rollout worker and reward replica on three Ray nodes, weight pushes
-across them, and the job going on after the node holding the rollout worker is removed."""
+"""Multi-node for real: learner, rollout worker and reward replica on separate Ray nodes, weight
+pushes across them, and the job going on after the node holding the rollout worker is removed."""
 from __future__ import annotations
 
 import json
@@ -10,12 +10,12 @@ import sys
 import pytest
 
 from tests.rl_fixtures import REPO
-from tests.rl_system.multinode_job import KILL_AFTER, NODES, STEPS
+from tests.rl_system.multinode_job import KILL_AFTER, STEPS, WORKERS
 
 pytestmark = pytest.mark.heavy  # a Ray cluster of its own, a vLLM engine and a DeepSpeed learner
 
 
-def test_rl_job_across_three_nodes_survives_losing_the_rollout_node(tiny_policy, tmp_path):
+def test_rl_job_across_nodes_survives_losing_the_rollout_node(tiny_policy, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_WAIT_POLICY": "PASSIVE"}
     job = subprocess.Popen([sys.executable, "-m", "tests.rl_system.multinode_job", str(tmp_path), str(tiny_policy.model_dir)],
                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -26,10 +26,11 @@ def test_rl_job_across_three_nodes_survives_losing_the_rollout_node(tiny_policy,
         output, _ = job.communicate(timeout=120)
     assert job.returncode == 0, output[-4000:]
     result = json.loads((tmp_path / "result.json").read_text())
-    assert result["nodes"] == len(NODES)
-    # Each role's marker exists on one node only and was held while the job ran: the learner, the
-    # rollout worker and the reward replica sat on three different nodes.
-    assert result["held_before_kill"] == dict.fromkeys(NODES, 0.0)
+    assert "killer_error" not in result, result["killer_error"]
+    assert result["nodes"] == 1 + len(WORKERS)
+    # The learner's and the reward replica's markers exist on one node each, the rollout marker on
+    # two; one of each held while the job ran puts the three roles on three different nodes.
+    assert result["free_before_kill"] == {"learner_node": 0.0, "rollout_node": 1.0, "reward_node": 0.0}
     assert result["killed_after_step"] >= KILL_AFTER
     # Every step ran and pushed its weights, the ones after the loss included, through a replacement.
     assert result["steps"] == list(range(1, STEPS + 1)) and result["weight_versions"] == result["steps"]
