@@ -6,7 +6,8 @@ tasks, optionally warm up only the new token rows with the base frozen (OneRec-T
 folder to `<run_dir>/sft/model/` that vLLM loads as is (with `sft.weight_average`, the moving average
 of the weights instead of the last ones). With `sft.eval_every`, the weights (or the average) are
 validated every few epochs on a fixed sample of validation users (sft/validation.py) and the best
-epoch's are saved; `train_summary.json` names it under `selection`.
+epoch's are saved; `train_summary.json` names it under `selection`. Every epoch ends with a checkpoint
+(sft/epoch_checkpoints.py) that `gream sft --resume` goes on from.
 
 The LM head runs only at positions that carry a target in some row of the batch (the answers, which
 left padding lines up at the end, plus the history SIDs of seqrec examples when `sft.history_loss`
@@ -276,6 +277,9 @@ class Trainer:
     def train(self) -> Path:
         s = self.spec.sft
         t_start = time.perf_counter()
+        # Dropout and LoRA's initial weights draw from torch's RNG: seeded, a run repeats (and a resumed one
+        # puts the state its checkpoint saved back).
+        torch.manual_seed(random.Random(f"torch:{s.seed}:{self.rank}").getrandbits(63))
         saver = EpochCheckpoints(self.spec, (self.checkpoints or open_checkpoints(self.spec, False, False))
                                  if self.rank == 0 else None, self.rank, self.device)
         resuming = saver.resuming()
