@@ -159,7 +159,9 @@ def run_stage(stage: str, spec_path: Path, sets: list[str], run_dir: Path, what:
         print(f"{what}: {stage} up to date in {run_dir}, not run again", flush=True)
         return
     print(f"{what}: gream {stage} ...", end=" ", flush=True)
-    seconds = gream(stage, spec_path, sets, run_dir / f"{stage}.log")
+    # An RL run cut short continues from its checkpoints (a fresh run into them is refused); with
+    # none, --resume starts from the SFT model.
+    seconds = gream(stage, spec_path, sets, run_dir / f"{stage}.log", ["--resume"] if stage == "rl" else [])
     print(f"{seconds:.0f} s (log {run_dir / f'{stage}.log'})", flush=True)
 
 

@@ -59,8 +59,10 @@ def prepare(base: Path, run_dir: Path) -> None:
 
 
 def run_rl(spec: Path, run_dir: Path, seed: int, sets: Sequence[str], log: Path) -> float:
-    """`gream rl` in a subprocess (its own Ray); returns the wall seconds."""
-    cmd = [sys.executable, "-m", "gream.cli", "rl", str(spec), "--set", f"run_dir={run_dir}", "--set", f"rl.seed={seed}"]
+    """`gream rl --resume` in a subprocess (its own Ray): a run cut short continues from its
+    checkpoints, a new one starts from the SFT model; returns the wall seconds."""
+    cmd = [sys.executable, "-m", "gream.cli", "rl", str(spec), "--resume",
+           "--set", f"run_dir={run_dir}", "--set", f"rl.seed={seed}"]
     for s in sets:
         cmd += ["--set", s]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
