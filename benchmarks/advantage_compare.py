@@ -153,15 +153,15 @@ def gream(command: str, spec: Path, sets: list[str], log: Path, extra: Sequence[
 
 def run_stage(stage: str, spec_path: Path, sets: list[str], run_dir: Path, what: str) -> None:
     from cluster.spec import load_spec
-    from gream.launch import is_done
+    from gream.launch import RESUMABLE, is_done
 
     if is_done(load_spec(spec_path, sets), stage):
         print(f"{what}: {stage} up to date in {run_dir}, not run again", flush=True)
         return
     print(f"{what}: gream {stage} ...", end=" ", flush=True)
-    # An RL run cut short continues from its checkpoints (a fresh run into them is refused); with
-    # none, --resume starts from the SFT model.
-    seconds = gream(stage, spec_path, sets, run_dir / f"{stage}.log", ["--resume"] if stage == "rl" else [])
+    # An SFT or RL run cut short continues from its checkpoints (a fresh run into them is refused);
+    # with none, --resume starts the stage afresh.
+    seconds = gream(stage, spec_path, sets, run_dir / f"{stage}.log", ["--resume"] if stage in RESUMABLE else [])
     print(f"{seconds:.0f} s (log {run_dir / f'{stage}.log'})", flush=True)
 
 

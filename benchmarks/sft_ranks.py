@@ -44,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ranks != 1 and not RunLayout(run_dir).stage("index").exists():  # same index for both runs, embedded once
             shutil.copytree(RunLayout(args.out.resolve() / "ranks1").stage("index"), RunLayout(run_dir).stage("index"))
         run_stage("index", args.spec.resolve(), sets, run_dir, f"{ranks} rank(s)")
+        # A new measurement each time: `gream sft` refuses a folder holding an earlier run's checkpoints.
+        shutil.rmtree(RunLayout(run_dir).stage("sft"), ignore_errors=True)
         gream("sft", args.spec.resolve(), sets, run_dir / "sft.log")
         secs[ranks] = json.loads(RunLayout(run_dir).train_summary.read_text())["train_secs"]
         print(f"{ranks} rank(s): {secs[ranks]:.1f} s for {args.epochs} epochs", flush=True)

@@ -48,6 +48,10 @@ class CheckpointError(GreamError):
     """A checkpoint folder that cannot serve the run as asked: another run's, or none loadable."""
 
 
+class SpecChanged(GreamError):
+    """--resume under a spec whose checkpoint sections differ from the checkpoint's, without --force."""
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     step: int
@@ -72,6 +76,20 @@ class BestRule:
         scored = [(sign * s, c.step, c) for c in ckpts if (s := self.score(c)) is not None]
         # On a tie the later step wins: the same score after more training.
         return max(scored, key=lambda t: t[:2])[2] if scored else None
+
+
+def check_spec(latest: Checkpoint | None, spec_hash: str, sections: tuple[str, ...], source: str | None,
+               force: bool) -> None:
+    """A resumed run goes on under the spec that wrote its checkpoint (`spec_hash`, the hash of its
+    `sections`, is in every manifest); --force accepts another."""
+    if latest is None or latest.meta.get("spec_hash") == spec_hash:
+        return
+    if not force:
+        raise SpecChanged(f"{latest.path} was written under another spec (its {', '.join(sections)} "
+                          f"sections differ from {source or 'this spec'}'s); resume under the spec that wrote "
+                          "it, pass --force to continue under this one, or start over in a new run_dir")
+    log.warning("--force: resuming from a checkpoint written under a different spec",
+                extra=fields(checkpoint=latest.meta.get("spec_hash"), spec=spec_hash))
 
 
 def _step_dir(root: Path, step: int) -> Path:

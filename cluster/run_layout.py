@@ -68,6 +68,10 @@ class RunLayout:
         return self.stage("rl") / "checkpoints"
 
     @property
+    def sft_checkpoints(self) -> Path:
+        return self.stage("sft") / "checkpoints"
+
+    @property
     def status(self) -> Path:
         return self.stage("rl") / "status.json"
 

@@ -239,8 +239,8 @@ class LoggingSpec(_Section):
 
 
 class CheckpointSpec(_Section):
-    every: int = Field(10, ge=1)
-    keep: int = Field(2, ge=1)
+    every: int = Field(10, ge=1)  # RL steps between checkpoints (SFT writes one after every epoch)
+    keep: int = Field(2, ge=1)  # the last `keep` checkpoints stay, RL's and SFT's
     # Besides the last `keep`, the checkpoint with the best value of this per-step RL metric (its
     # mean over the steps since the previous checkpoint) is kept and named in checkpoints/best.json.
     # None: `val/ndcg@10` when rl.eval_every is set, else `reward/mean`.

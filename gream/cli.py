@@ -14,6 +14,7 @@ import sys
 from cluster.errors import GreamError, Resumable
 from cluster.logs import setup_logging
 from cluster.spec import JobSpec, SpecError, dump_spec, load_spec
+from gream.launch import RESUMABLE
 
 log = logging.getLogger("gream")
 
@@ -55,7 +56,7 @@ def cmd_model_import_smollm2(args) -> None:
     print(import_smollm2(args.out))
 
 
-def _rl_options(args) -> dict[str, bool]:
+def _resume_options(args) -> dict[str, bool]:
     from cluster.errors import BadRequest
 
     if args.force and not args.resume:
@@ -67,7 +68,7 @@ def cmd_stage(stage: str):
     def run(args) -> None:
         from gream.launch import run_stage
 
-        run_stage(_spec(args), stage, rerun=True, **(_rl_options(args) if stage == "rl" else {}))
+        run_stage(_spec(args), stage, rerun=True, **(_resume_options(args) if stage in RESUMABLE else {}))
 
     return run
 
@@ -101,7 +102,7 @@ def cmd_launch(args) -> None:
     spec = _spec(args)
     if args.address:
         spec.cluster.address = args.address
-    launch(spec, **_rl_options(args))
+    launch(spec, **_resume_options(args))
 
 
 def cmd_dashboard(args) -> None:
@@ -131,11 +132,11 @@ def cmd_scale(args) -> None:
     print(f"requested {args.rollout} rollout workers ({path}); the driver applies it before its next step")
 
 
-def _add_resume_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--resume", action="store_true", help="continue RL from its latest complete checkpoint "
-                   "(a fresh run refuses a run_dir that already holds RL checkpoints)")
-    p.add_argument("--force", action="store_true", help="with --resume: continue although the spec's data, "
-                   "index, model or rl section changed since the checkpoint")
+def _add_resume_args(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--resume", action="store_true", help=f"continue {what} from its latest complete checkpoint "
+                   "(a fresh run refuses a run_dir that already holds its checkpoints)")
+    p.add_argument("--force", action="store_true", help="with --resume: continue although the spec sections "
+                   "the checkpoint depends on (data, index, model and the stage's own) changed since")
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -171,8 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
                         ("rl", "RL post-training (SRPO/GRPO/Dr.GRPO)"), ("eval", "evaluate trained stages")):
         p = sub.add_parser(stage, help=text)
         _add_spec_args(p)
-        if stage == "rl":
-            _add_resume_args(p)
+        if stage in RESUMABLE:
+            _add_resume_args(p, stage.upper())
         p.set_defaults(func=cmd_stage(stage))
 
     baseline = sub.add_parser("baseline", help="reference recommenders").add_subparsers(dest="action", required=True)
@@ -206,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("launch", help="run the spec's stages on Ray, skipping those already done")
     _add_spec_args(p)
     p.add_argument("--address", help="Ray cluster to join: auto or ray://host:port (default: spec or local)")
-    _add_resume_args(p)
+    _add_resume_args(p, "each stage that checkpoints (SFT, RL)")
     p.set_defaults(func=cmd_launch)
 
     p = sub.add_parser("dashboard", help="serve a live web page of a run's metrics, evaluation and workers")

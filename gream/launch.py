@@ -24,6 +24,7 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "rl": ("rl_system.train", ("data", "index", "model", "sft", "rl")),
     "eval": ("rl_system.evaluate", ("data", "index", "model", "sft", "rl", "eval")),
 }
+RESUMABLE = ("sft", "rl")  # the stages that checkpoint: they take resume and force
 
 
 def _marker(spec: JobSpec, stage: str):
@@ -79,7 +80,7 @@ def run_stage(spec: JobSpec, stage: str, rerun: bool = False, **options):
     return result
 
 
-def launch(spec: JobSpec, **rl_options) -> None:
-    """`rl_options` (resume, force) go to the RL stage."""
+def launch(spec: JobSpec, **resume_options) -> None:
+    """`resume_options` (resume, force) go to the stages that checkpoint."""
     for stage in spec.stages:
-        run_stage(spec, stage, **(rl_options if stage == "rl" else {}))
+        run_stage(spec, stage, **(resume_options if stage in RESUMABLE else {}))

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from ray.exceptions import RayActorError, RayTaskError
 
-from cluster.checkpoint import BestRule, Checkpoint, CheckpointManager
+from cluster.checkpoint import BestRule, Checkpoint, CheckpointManager, check_spec
 from cluster.control import ControlWatcher, write_status
-from cluster.errors import GreamError, MissingArtefact, Resumable
+from cluster.errors import MissingArtefact, Resumable
 from cluster.logs import fields
 from cluster.metrics_log import MetricsLog
 from cluster.placement import init_ray, ranks_group
@@ -49,10 +49,6 @@ log = logging.getLogger(__name__)
 LEARNER_KEYS = ("kl", "entropy", "clip_fraction", "grad_norm", "loss", "pg_loss")
 # The spec sections a checkpoint's state depends on; their hash is in every manifest.
 CHECKPOINT_SECTIONS = ("data", "index", "model", "rl")
-
-
-class SpecChanged(GreamError):
-    """--resume under a spec whose checkpoint sections differ from the checkpoint's, without --force."""
 
 
 class LearnerFailed(Resumable):
@@ -160,7 +156,7 @@ def run(spec: JobSpec, resume: bool = False, force: bool = False) -> Path:
                               BestRule(spec.checkpoint.best_metric, spec.checkpoint.best_mode))
     ckpts.open_run(resume)
     if resume:
-        _check_spec(spec, ckpts.latest(), force)
+        check_spec(ckpts.latest(), spec.section_hash(*CHECKPOINT_SECTIONS), CHECKPOINT_SECTIONS, spec.source, force)
     init_ray(spec.cluster)
     start_model, idx_path = sft_model_dir(spec), index_path(spec)
     index = SidIndex.load(idx_path)
@@ -280,19 +276,6 @@ def _save(spec: JobSpec, ckpts: CheckpointManager, learner: LearnerGroup, source
 
     ckpts.save(step, write, {"weight_version": step, "spec_hash": spec.section_hash(*CHECKPOINT_SECTIONS),
                              "metrics": score})
-
-
-def _check_spec(spec: JobSpec, latest: Checkpoint | None, force: bool) -> None:
-    """A resumed run goes on under the spec that wrote its checkpoint; --force accepts another."""
-    wanted = spec.section_hash(*CHECKPOINT_SECTIONS)
-    if latest is None or latest.meta.get("spec_hash") == wanted:
-        return
-    if not force:
-        raise SpecChanged(f"{latest.path} was written under another spec (its {', '.join(CHECKPOINT_SECTIONS)} "
-                          f"sections differ from {spec.source or 'this spec'}'s); resume under the spec that wrote "
-                          "it, pass --force to continue under this one, or start over in a new run_dir")
-    log.warning("--force: resuming from a checkpoint written under a different spec",
-                extra=fields(checkpoint=latest.meta.get("spec_hash"), spec=wanted))
 
 
 def _restore(ckpts: CheckpointManager, learner: LearnerGroup, source: PromptSource) -> int:

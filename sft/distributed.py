@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cluster import ranks
+from cluster.checkpoint import CheckpointManager
 from cluster.logs import fields, setup_logging
 from cluster.spec import JobSpec
 from sft.tasks import ReasoningRecord
@@ -25,13 +26,15 @@ class SftRank:
         return ranks.rendezvous()
 
     def train(self, spec: JobSpec, reasoning: Sequence[ReasoningRecord], preferences: dict[int, str] | None,
-              master_addr: str, master_port: int) -> str:
+              checkpoints: CheckpointManager, master_addr: str, master_port: int) -> str:
         setup_logging(spec.logging.level)
         ranks.set_rank_env(self.rank, self.world_size, master_addr, master_port)
-        return str(Trainer(spec, reasoning, preferences).train())
+        return str(Trainer(spec, reasoning, preferences, checkpoints if self.rank == 0 else None).train())
 
 
-def train_on_ray(spec: JobSpec, reasoning: Sequence[ReasoningRecord], preferences: dict[int, str] | None) -> Path:
+def train_on_ray(spec: JobSpec, reasoning: Sequence[ReasoningRecord], preferences: dict[int, str] | None,
+                 checkpoints: CheckpointManager) -> Path:
+    """`checkpoints`: the run's, opened by the stage; rank 0 writes and loads them."""
     import ray
 
     from cluster.placement import init_ray, ranks_group
@@ -46,7 +49,7 @@ def train_on_ray(spec: JobSpec, reasoning: Sequence[ReasoningRecord], preference
         actors, addr, port = ranks.start_rank_actors(SftRank, c.num_ranks, c.cpus_per_rank, c.gpus_per_rank, group)
         log.info("sft ranks started", extra=fields(ranks=c.num_ranks, cpus_per_rank=c.cpus_per_rank,
                                                     gpus_per_rank=c.gpus_per_rank))
-        paths = ray.get([a.train.remote(spec, list(reasoning), preferences, addr, port) for a in actors])
+        paths = ray.get([a.train.remote(spec, list(reasoning), preferences, checkpoints, addr, port) for a in actors])
     finally:
         for actor in actors:
             ray.kill(actor)

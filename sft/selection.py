@@ -52,6 +52,13 @@ class BestWeights:
                 self._saved = [p.detach().to("cpu", copy=True) for p in self.params]
         return True
 
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "score": self.score, "metrics": self.metrics, "saved": self._saved}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.score, self.metrics = state["epoch"], state["score"], dict(state["metrics"])
+        self._saved = list(state["saved"]) if self.rank == 0 else []  # only rank 0 restores them
+
     @torch.no_grad()
     def restore(self) -> None:
         """Put the kept weights back into the model (every rank calls it)."""

@@ -6,7 +6,8 @@ tasks, optionally warm up only the new token rows with the base frozen (OneRec-T
 folder to `<run_dir>/sft/model/` that vLLM loads as is (with `sft.weight_average`, the moving average
 of the weights instead of the last ones). With `sft.eval_every`, the weights (or the average) are
 validated every few epochs on a fixed sample of validation users (sft/validation.py) and the best
-epoch's are saved; `train_summary.json` names it under `selection`.
+epoch's are saved; `train_summary.json` names it under `selection`. Every epoch ends with a checkpoint
+(sft/epoch_checkpoints.py) that `gream sft --resume` goes on from.
 
 The LM head runs only at positions that carry a target in some row of the batch (the answers, which
 left padding lines up at the end, plus the history SIDs of seqrec examples when `sft.history_loss`
@@ -28,6 +29,7 @@ from typing import Iterator, Sequence
 import torch
 from tqdm import tqdm
 
+from cluster.checkpoint import CheckpointManager
 from cluster.device import autocast, autocast_dtype, resolve
 from cluster.logs import fields
 from cluster.metrics_log import MetricsLog
@@ -38,6 +40,7 @@ from indexing.sid import SidIndex, read_vocab
 from sft.backbone import REASONING_TOKENS, add_sid_tokens, resolve_backbone
 from sft.curriculum import ALIGN, REASON, Step, epoch_plan
 from sft.engine_setup import SftError, apply_lora, deepspeed_config, freeze_all_but_rows, init_distributed
+from sft.epoch_checkpoints import EpochCheckpoints, open_checkpoints
 from sft.hf_folder import load_backbone, save_backbone, torch_dtype
 from sft.metrics import selection_metric
 from sft.selection import BestWeights
@@ -154,17 +157,11 @@ def load_index(spec: JobSpec) -> tuple[SidIndex, list[str]]:
     return index, vocab
 
 
-
-
-
-
-
-
-
-
 class Trainer:
-    def __init__(self, spec: JobSpec, reasoning: Sequence[ReasoningRecord] = (), preferences: dict[int, str] | None = None):
-        self.spec = spec
+    def __init__(self, spec: JobSpec, reasoning: Sequence[ReasoningRecord] = (), preferences: dict[int, str] | None = None,
+                 checkpoints: CheckpointManager | None = None):
+        """`checkpoints`: rank 0's, opened by the stage (fresh or --resume); without it rank 0 opens a fresh run."""
+        self.spec, self.checkpoints = spec, checkpoints
         self.placement = resolve(spec.cluster.device)
         os.environ.setdefault("DS_ACCELERATOR", self.placement.ds_accelerator)
         self.rank, self.world = init_distributed(self.placement)
@@ -272,29 +269,55 @@ class Trainer:
         self.model = engine.module
         return done
 
+    def _metrics(self, resume_from_step: int) -> MetricsLog | None:
+        # Rank 0 writes the metrics (its numbers stand for the group, as in the RL learner).
+        return (MetricsLog(self.out_dir, tensorboard=self.spec.logging.tensorboard, resume_from_step=resume_from_step,
+                           wandb_project=self.spec.logging.wandb_project) if self.rank == 0 else None)
+
     def train(self) -> Path:
         s = self.spec.sft
-        # Rank 0 writes the metrics (its numbers stand for the group, as in the RL learner).
-        metrics = (MetricsLog(self.out_dir, tensorboard=self.spec.logging.tensorboard,
-                              wandb_project=self.spec.logging.wandb_project) if self.rank == 0 else None)
         t_start = time.perf_counter()
-        step = self.warmup_new_tokens(metrics)
+        # Dropout and LoRA's initial weights draw from torch's RNG: seeded, a run repeats (and a resumed one
+        # puts the state its checkpoint saved back).
+        torch.manual_seed(random.Random(f"torch:{s.seed}:{self.rank}").getrandbits(63))
+        saver = EpochCheckpoints(self.spec, (self.checkpoints or open_checkpoints(self.spec, False, False))
+                                 if self.rank == 0 else None, self.rank, self.device)
+        resuming = saver.resuming()
+        metrics = None if resuming else self._metrics(0)
+        step = 0 if resuming else self.warmup_new_tokens(metrics)  # a checkpoint holds the warmed-up weights
         model = apply_lora(self.model, s.lora, self.new_rows) if s.lora.enabled else self.model
         plans = [self._epoch_batches(e) for e in range(s.epochs)]
         total = sum(len(plan) for plan, _ in plans)
         engine = self._engine(model, [p for p in model.parameters() if p.requires_grad],
                               math.ceil(total / s.grad_accum), s.lr, s.weight_decay, s.zero_stage)
+        state = saver.load(engine) if resuming else None
         trainable = [p for p in engine.module.parameters() if p.requires_grad]
         if s.weight_average:
             self.average = WeightAverage(trainable, s.weight_average)
         best = (BestWeights(trainable, self.rank, self.device, lambda modifier: self._gathered(trainable, modifier))
                 if self.validator is not None else None)
-        for epoch, (plan, batches) in enumerate(plans):
+        done, secs_before = 0, 0.0
+        if state is not None:
+            done, step, secs_before, self.tokens_per_s = state["epochs"], state["step"], state["train_secs"], \
+                state["tokens_per_s"]
+            # DeepSpeed restores its optimizer steps, not the micro-steps that place the accumulation boundary.
+            engine.micro_steps = state["engine_micro_steps"]
+            for kept, name in ((self.average, "average"), (best, "best")):
+                if kept is not None and state[name] is not None:  # a spec without it wrote the checkpoint (--force)
+                    kept.load_state_dict(state[name])
+            metrics = self._metrics(step)
+        for epoch in range(done, s.epochs):
+            plan, batches = plans[epoch]
             steps = ((st.kind, batches[st.kind][st.batch]) for st in plan)
             step = self._train_steps(engine, steps, len(plan), f"epoch {epoch}", metrics, step)
             if best is not None and ((epoch + 1) % s.eval_every == 0 or epoch + 1 == s.epochs):
                 self.validate(engine, best, epoch, step, metrics)
-        train_secs = time.perf_counter() - t_start  # validation included
+            saver.save(engine, {
+                "epochs": epoch + 1, "step": step, "engine_micro_steps": engine.micro_steps,
+                "train_secs": secs_before + time.perf_counter() - t_start, "tokens_per_s": self.tokens_per_s,
+                "average": self.average.state_dict() if self.average is not None else None,
+                "best": best.state_dict() if best is not None else None})
+        train_secs = secs_before + time.perf_counter() - t_start  # validation and checkpoints included
         if best is not None:
             best.restore()
         elif self.average is not None:

@@ -24,6 +24,12 @@ class WeightAverage:
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         torch._foreach_lerp_(self.shadow, [p.detach().float() for p in self.params], 1.0 - decay)
 
+    def state_dict(self) -> dict:
+        return {"shadow": self.shadow, "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.shadow, self.updates = list(state["shadow"]), state["updates"]
+
     @torch.no_grad()
     def copy_to(self) -> None:
         for shadow, p in zip(self.shadow, self.params):

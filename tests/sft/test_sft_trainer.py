@@ -80,9 +80,10 @@ def test_warmup_trains_only_the_new_rows(run_dir, tmp_path):
     assert all(p.requires_grad for p in trainer.model.parameters())  # unfrozen for the main phase
 
 
-def test_lora_on_zero3_saves_merged_weights(run_dir):
+def test_lora_on_zero3_saves_merged_weights(run_dir, tmp_path):
     # Validated after its only epoch: the ZeRO-3 gathers of validation and selection, with LoRA.
-    spec = make_spec(run_dir, zero_stage=3, epochs=1, lora={"enabled": True, "r": 4, "alpha": 8}, eval_every=1,
+    shutil.copytree(run_dir / "index", tmp_path / "index")  # a run of its own: run_dir holds another's checkpoints
+    spec = make_spec(tmp_path, zero_stage=3, epochs=1, lora={"enabled": True, "r": 4, "alpha": 8}, eval_every=1,
                      eval_users=8)
     trainer = Trainer(spec)
     base_q = trainer.model.model.layers[0].self_attn.q_proj.weight.detach().clone()
@@ -97,7 +98,7 @@ def test_lora_on_zero3_saves_merged_weights(run_dir):
     assert not torch.equal(emb[new], base_emb[new])  # the SID rows trained
     known = min(new)
     assert torch.equal(emb[:known], base_emb[:known])  # the old vocabulary did not
-    assert json.loads((run_dir / "sft/train_summary.json").read_text())["selection"]["epoch"] == 0
+    assert json.loads((tmp_path / "sft/train_summary.json").read_text())["selection"]["epoch"] == 0
 
 
 def test_weight_average_is_what_gets_saved(run_dir, tmp_path, monkeypatch):
@@ -210,3 +211,50 @@ def test_the_best_validated_average_is_saved_not_the_last(run_dir, tmp_path, mon
     assert not all(torch.equal(saved[n], validated[2][n]) for n in saved)
     summary = json.loads((tmp_path / "sft/train_summary.json").read_text())
     assert summary["selection"]["epoch"] == 1 and summary["selection"]["valid"]["ndcg@10"] == 0.5
+
+
+class Crash(Exception):
+    """Stands for the process dying just after a checkpoint was written."""
+
+
+def test_a_run_resumed_after_an_epoch_ends_as_the_uninterrupted_run(run_dir, tmp_path, monkeypatch):
+    """Dropout, a weight average and per-epoch validation: the state a resume must carry besides the
+    engine's (RNG, average, best epoch so far). Stopped after epoch 1 of 3 and resumed, the run logs the
+    same losses and scores and saves the same weights, bit for bit, as one never stopped."""
+    from cluster.checkpoint import SpecChanged
+    from sft.epoch_checkpoints import EpochCheckpoints
+
+    sft = {"epochs": 3, "dropout": 0.1, "weight_average": 0.5, "eval_every": 1, "eval_users": 8}
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    for folder in (whole, parts):
+        shutil.copytree(run_dir / "index", folder / "index")
+    run(make_spec(whole, **sft))
+
+    save = EpochCheckpoints.save
+
+    def crash_after_the_first(self, engine, state):
+        save(self, engine, state)
+        if state["epochs"] == 1:
+            raise Crash
+
+    monkeypatch.setattr(EpochCheckpoints, "save", crash_after_the_first)
+    with pytest.raises(Crash):
+        run(make_spec(parts, **sft))
+    monkeypatch.undo()
+    with pytest.raises(SpecChanged):  # the resumed run must be the same run
+        run(make_spec(parts, **{**sft, "lr": 1e-2}), resume=True)
+    run(make_spec(parts, **sft), resume=True)
+
+    def records(folder):
+        timing = ("tokens_per_s", "supervised_tokens_per_s", "valid_secs")
+        return [{k: v for k, v in json.loads(line).items() if k not in timing}
+                for line in (folder / "sft/metrics.jsonl").read_text().splitlines()]
+
+    assert records(parts) == records(whole) and any("valid_ndcg@10" in r for r in records(whole))
+    summary = [json.loads((f / "sft/train_summary.json").read_text()) for f in (whole, parts)]
+    assert summary[0]["selection"] == summary[1]["selection"] and summary[0]["micro_steps"] == summary[1]["micro_steps"]
+    weights = [load_backbone(f / "sft/model")[0].state_dict() for f in (whole, parts)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    # checkpoint.keep (2): the last two epochs' checkpoints stay.
+    assert sorted(p.name for p in (parts / "sft/checkpoints").glob("step-*")) == ["step-0000002", "step-0000003"]
