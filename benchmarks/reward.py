@@ -68,7 +68,7 @@ def main() -> None:
     index = import_index(args.index).index
     with tempfile.TemporaryDirectory() as tmp:
         index_path = index.save(Path(tmp) / "bench.index.json")
-        ray.init(num_cpus=max(args.replicas) + 1, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=max(args.replicas) + 1, include_dashboard=False, log_to_driver=False)
         try:
             scorer = RewardScorer(index)
             print(f"index: {args.index} ({index.num_items} items, depth {index.depth}, "

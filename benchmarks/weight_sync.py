@@ -48,7 +48,7 @@ def main() -> None:
     named = list(model.named_parameters())
 
     placement = resolve("auto")
-    ray.init(num_cpus=args.workers + 1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.workers + 1, include_dashboard=False, log_to_driver=False)
     cfg = EngineConfig(model=str(model_dir), constraint_path=str(constraint), placement=placement,
                        max_model_len=256, max_num_seqs=16)
     workers = [start_rollout_worker(cfg, gpus=1 if placement.is_gpu else 0) for _ in range(args.workers)]

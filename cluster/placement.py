@@ -47,7 +47,9 @@ def init_ray(cluster: ClusterSpec, address: str | None = None) -> None:
         # cores per role would leave a 2-core laptop unable to place the job at all.
         need = logical_cpus_needed(cluster) + 1
         num_cpus = cluster.num_cpus or max(int(need + 0.999), os.cpu_count() or 1)
-        ray.init(num_cpus=num_cpus, runtime_env=env, include_dashboard=False, log_to_driver=True)
+        # "local": a new instance even where RAY_ADDRESS or /tmp/ray/ray_current_cluster (written by
+        # `ray start` and test clusters, and left behind when they stop) names another one.
+        ray.init(address="local", num_cpus=num_cpus, runtime_env=env, include_dashboard=False, log_to_driver=True)
     log.info("ray ready", extra=fields(resources=ray.cluster_resources()))
 
 
