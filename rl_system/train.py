@@ -207,8 +207,8 @@ def _train(spec: JobSpec, ckpts: CheckpointManager, prompts, valid, resume: bool
     from indexing.build import index_path
 
     rl, rl_dir = spec.rl, spec.layout.stage("rl")
-    init_ray(spec.cluster)
     start_model, idx_path = sft_model_dir(spec), index_path(spec)
+    init_ray(spec.cluster)
     index = SidIndex.load(idx_path)
     tokenizer = AutoTokenizer.from_pretrained(start_model)
 
