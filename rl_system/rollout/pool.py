@@ -248,16 +248,14 @@ class RolloutPool:
             ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=self.rollout.call_timeout_s)
             failed = []
             for i, ref in refs.items():
-                try:
-                    if ref not in ready:
-                        raise GetTimeoutError(f"no answer within {self.rollout.call_timeout_s:.0f}s "
-                                              "(cluster.rollout.call_timeout_s)")
-                    for j, out in zip(shards[i], ray.get(ref)):
-                        results[j] = out
-                except (*WORKER_FAILURES, GetTimeoutError) as exc:
-                    log.warning("rollout worker failed; re-queueing its prompts",
-                                extra=fields(slot=i, prompts=len(shards[i]), error=type(exc).__name__))
+                outs = _value_or_none(ref) if ref in ready else None
+                if outs is None:
+                    log.warning("rollout worker died or hung (cluster.rollout.call_timeout_s); re-queueing its "
+                                "prompts", extra=fields(slot=i, prompts=len(shards[i]), timed_out=ref not in ready))
                     failed.append(i)
+                    continue
+                for j, out in zip(shards[i], outs):
+                    results[j] = out
             pending = [j for i in failed for j in shards[i]]
             for i in failed:
                 self._replace(i)
