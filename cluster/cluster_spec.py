@@ -26,6 +26,11 @@ class RolloutCluster(Section):
     resources: Resources = {}
     kv_cache_gib: float = Field(1.0, gt=0)  # CPU only; GPU uses gpu_memory_utilization
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1)
+    # A generate, beam or weight push not answered this long counts as a dead worker's (replaced).
+    call_timeout_s: float = Field(1800.0, gt=0)
+    # How long `gream scale` waits for a new worker's placement before refusing the request; short,
+    # because the job's steps wait meanwhile.
+    scale_timeout_s: float = Field(60.0, gt=0)
 
 
 class LearnerCluster(Section):
@@ -36,6 +41,12 @@ class LearnerCluster(Section):
     gpus_per_rank: float = Field(0, ge=0)
     cpus_per_rank: float = Field(1, gt=0)
     resources: Resources = {}
+
+
+class RLLearnerCluster(LearnerCluster):
+    # A learner call (set-up, train step, push, checkpoint) not answered this long ends the job as
+    # a dead learner would (exit 4): a DeepSpeed group cannot replace a rank.
+    call_timeout_s: float = Field(1800.0, gt=0)
 
 
 class RewardCluster(Section):
@@ -56,5 +67,5 @@ class ClusterSpec(Section):
     rollout: RolloutCluster = RolloutCluster()
     # SFT ranks: one rank trains in the calling process; more start as Ray actors in a group of their own.
     sft: LearnerCluster = LearnerCluster()
-    learner: LearnerCluster = LearnerCluster()
+    learner: RLLearnerCluster = RLLearnerCluster()
     reward: RewardCluster = RewardCluster()

@@ -7,6 +7,7 @@ KubeRay pod with the run directory on shared storage.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -62,7 +63,22 @@ class ControlWatcher:
         return int(json.loads(self.path.read_text())["rollout_workers"])
 
 
-def write_status(run_dir: Path, step: int, versions: list[int], restarts: int) -> None:
+def write_status(run_dir: Path, step: int, versions: list[int | None], restarts: int) -> None:
+    """`versions`: each rollout worker's weight version, None for one that did not answer (dead)."""
     _atomic_write(status_path(run_dir), {
-        "step": step, "updated": time.time(), "restarts": restarts,
-        "workers": [{"slot": i, "weight_version": v, "alive": True} for i, v in enumerate(versions)]})
+        "state": "running", "step": step, "updated": time.time(), "restarts": restarts,
+        "workers": [{"slot": i, "weight_version": v, "alive": v is not None} for i, v in enumerate(versions)]})
+
+
+def write_end(run_dir: Path, state: str, error: str | None = None) -> None:
+    """The driver's last word in status.json: "finished", "stopped" or "failed" (with the error's
+    type), so a reader tells an ended job from one whose driver died without a word (stale). Never
+    raises OSError: it runs while the job ends, whose own error and exit code matter more."""
+    try:
+        status = json.loads(status_path(run_dir).read_text())
+    except (OSError, ValueError):
+        status = {}
+    if not isinstance(status, dict):
+        status = {}
+    with contextlib.suppress(OSError):
+        _atomic_write(status_path(run_dir), {**status, "state": state, "error": error, "updated": time.time()})

@@ -20,6 +20,7 @@ from ray.util.placement_group import (
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.cluster_spec import ClusterSpec, LearnerCluster, RolloutCluster
+from cluster.errors import GreamError
 from cluster.logs import fields
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,11 @@ def init_ray(cluster: ClusterSpec, address: str | None = None) -> None:
     log.info("ray ready", extra=fields(resources=ray.cluster_resources()))
 
 
+class Unplaceable(GreamError, RuntimeError):
+    """A reservation the cluster could not hold within its wait: the job (or a scale request) asks
+    for more than the cluster's free resources."""
+
+
 @dataclass
 class RoleGroup:
     name: str
@@ -74,8 +80,8 @@ def _reserve(name: str, bundles: list[dict[str, float]], strategy: str = "PACK",
     ready = group.wait(timeout_seconds=timeout_s)
     if not ready:
         remove_placement_group(group)
-        raise RuntimeError(f"placement group '{name}' ({bundles}) could not be placed within {timeout_s:.0f}s; "
-                           f"cluster has {ray.available_resources()}")
+        raise Unplaceable(f"placement group '{name}' ({bundles}) could not be placed within {timeout_s:.0f}s; "
+                          f"the cluster has {ray.available_resources()} free")
     return RoleGroup(name, group)
 
 
@@ -85,9 +91,9 @@ def ranks_group(job: str, role: str, ranks: LearnerCluster) -> RoleGroup:
     return _reserve(f"{job}-{role}", [bundle] * ranks.num_ranks)
 
 
-def rollout_group(job: str, rollout: RolloutCluster, worker_index: int) -> RoleGroup:
+def rollout_group(job: str, rollout: RolloutCluster, worker_index: int, timeout_s: float = 120) -> RoleGroup:
     c = rollout
     bundle = {"CPU": c.cpus_per_worker * c.tensor_parallel, "GPU": c.gpus_per_worker * c.tensor_parallel,
               **c.resources}
-    return _reserve(f"{job}-rollout-{worker_index}", [bundle])
+    return _reserve(f"{job}-rollout-{worker_index}", [bundle], timeout_s=timeout_s)
 

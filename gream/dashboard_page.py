@@ -242,7 +242,7 @@ function workers(status, driver, now) {
   const el = document.getElementById("workers");
   if (!status || !driver || !Array.isArray(status.workers)) { el.innerHTML = '<div class="empty">no status yet</div>'; return; }
   const state = w => driver.state !== "running" ? driver.state : w.alive ? "alive" : "dead";
-  const css = {alive: "", dead: "dead", finished: "finished", stale: "stale"};
+  const css = {alive: "", dead: "dead", finished: "finished", stopped: "finished", failed: "dead", stale: "stale"};
   const rows = status.workers.map(w => {
     const behind = status.step !== undefined && w.weight_version !== undefined && w.weight_version < status.step;
     return `<tr class="worker-row"><td>${esc(w.slot)}</td><td class="${css[state(w)]}">${esc(state(w))}</td>` +
@@ -251,6 +251,9 @@ function workers(status, driver, now) {
   const head = {
     running: `driver at step ${num(status.step)}, updated ${ago(driver.updated, now)}`,
     finished: `driver finished at step ${num(status.step)} (last update ${ago(driver.updated, now)})`,
+    stopped: `driver stopped at step ${num(status.step)} (${ago(driver.updated, now)})`,
+    failed: `<span class="dead">driver failed${driver.error ? ` (${esc(driver.error)})` : ""}</span> at step ` +
+            `${num(status.step)} (${ago(driver.updated, now)})`,
     stale: `<span class="stale">stale (driver not updating since ${driver.updated ? new Date(driver.updated * 1000).toLocaleTimeString() : "?"}, ` +
            `${ago(driver.updated, now)})</span> at step ${num(status.step)}`,
   }[driver.state];

@@ -76,15 +76,20 @@ def validation_summary(rl: Series) -> dict[str, dict[str, float]]:
     return out
 
 
+END_STATES = ("finished", "stopped", "failed")  # what the driver writes to status.json as it ends
+
+
 @dataclass(frozen=True)
 class DriverState:
     """What rl/status.json still means. `state` is "running" (the workers' alive flags are current),
-    "finished" (the stage ended; the pool is gone) or "stale" (no update for `stale_after` seconds:
-    the driver died or hangs, and its last alive flags say nothing)."""
+    "finished" (the stage ended; the pool is gone), "stopped" (by a signal, after a checkpoint),
+    "failed" (`error` names the error's type) or "stale" (no update for `stale_after` seconds: the
+    driver died without a word or hangs, and its last alive flags say nothing)."""
 
     state: str
     updated: float | None
     stale_after: float
+    error: str | None = None
 
 
 def driver_state(status: dict[str, Any], step_times: list[float], finished_at: float | None, now: float) -> DriverState:
@@ -93,6 +98,9 @@ def driver_state(status: dict[str, Any], step_times: list[float], finished_at: f
     taken for finished."""
     updated = status.get("updated") if _is_number(status.get("updated")) else None
     stale_after = max(STALE_MIN_S, STALE_STEPS * statistics.median(step_times)) if step_times else STALE_MIN_S
+    if status.get("state") in END_STATES:  # the driver's own word on how it ended
+        error = status.get("error")
+        return DriverState(status["state"], updated, stale_after, error if isinstance(error, str) else None)
     if finished_at is not None and (updated is None or finished_at >= updated):
         state = "finished"
     elif updated is None or now - updated > stale_after:
@@ -292,6 +300,9 @@ def format_status(state: RunState) -> str:
             lines.append(f"workers: {alive}/{len(workers)} alive {at_step} (updated {_ago(driver.updated, now)})")
         elif driver.state == "finished":
             lines.append(f"workers: finished {at_step} (last update {_ago(driver.updated, now)})")
+        elif driver.state in END_STATES:
+            why = f" ({driver.error})" if driver.error else ""
+            lines.append(f"workers: driver {driver.state}{why} {at_step} ({_ago(driver.updated, now)})")
         else:
             since = "unknown time" if driver.updated is None else \
                 f"{time.strftime('%H:%M:%S', time.localtime(driver.updated))}, {_ago(driver.updated, now)}"

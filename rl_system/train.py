@@ -4,9 +4,11 @@
     for each step: generate -> reward -> filter -> train -> push weights -> log -> save
 
 How it stops: after `rl.steps` (exit 0); on SIGTERM/SIGINT after checkpointing the step in flight
-(`Stopped`, exit 128 + N); when a learner rank dies (`LearnerFailed`, exit 4). Both stops name
-the last complete checkpoint, and the CLI prints the command that resumes from it. A second
-SIGTERM/SIGINT exits at once (128 + N), saving nothing more.
+(`Stopped`, exit 128 + N); when a learner rank dies or does not answer within
+`cluster.learner.call_timeout_s`, in set-up, restore or the loop (`LearnerFailed`, exit 4). Both
+stops name the last complete checkpoint, and the CLI prints the command that resumes from it. A
+second SIGTERM/SIGINT exits at once (128 + N), saving nothing more. rl/status.json gets the end:
+"finished", "stopped" or "failed" (with the error's type).
 
 Everything else (how a group is sampled, how the learner steps, how weights travel) lives in its
 own module; this file is the loop a reader should be able to hold in their head.
@@ -23,11 +25,12 @@ import time
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from safetensors import SafetensorError, safe_open
 
 from cluster.checkpoint import BestRule, Checkpoint, CheckpointManager, check_spec
-from cluster.control import ControlWatcher, write_status
-from cluster.errors import MissingArtefact, Resumable
+from cluster.control import ControlWatcher, write_end, write_status
+from cluster.errors import GreamError, MissingArtefact, Resumable
 from cluster.logs import fields
 from cluster.metrics_log import MetricsLog
 from cluster.placement import init_ray, ranks_group
@@ -49,6 +52,10 @@ log = logging.getLogger(__name__)
 LEARNER_KEYS = ("kl", "entropy", "clip_fraction", "grad_norm", "loss", "pg_loss")
 # The spec sections a checkpoint's state depends on; their hash is in every manifest.
 CHECKPOINT_SECTIONS = ("data", "index", "model", "rl")
+
+
+class BadModel(GreamError):
+    """The SFT model RL starts from has a weights file that cannot be read (truncated, corrupt)."""
 
 
 class LearnerFailed(Resumable):
@@ -120,35 +127,64 @@ def _resume_hint(ckpts: CheckpointManager) -> str:
     return f"the last complete checkpoint is step {latest.step} ({latest.path}); --resume continues from it"
 
 
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]  # Ray's message goes on for a dozen lines
+
+
 @contextmanager
-def _stop_on_learner_death(learner: LearnerGroup, ckpts: CheckpointManager):
-    """A dead learner rank ends the job as LearnerFailed; any other actor's death passes through
-    (the rollout and reward pools replace their own actors before it could reach here)."""
+def _stop_on_learner_death(learner: LearnerGroup | None, ckpts: CheckpointManager):
+    """A dead or silent learner rank ends the job as LearnerFailed; any other actor's death passes
+    through (the rollout and reward pools replace their own actors before it could reach here).
+    `learner` None: its set-up, where every actor is a learner rank. A timeout is the learner's:
+    the pools time out and replace their own actors."""
     try:
         yield
+    except GetTimeoutError as exc:
+        raise LearnerFailed(f"the learner did not answer ({_first_line(exc)}; cluster.learner.call_timeout_s); "
+                            f"the job stopped; {_resume_hint(ckpts)}") from exc
     except RayActorError as exc:
-        rank = learner.rank_of(exc)
-        if rank is None:
+        rank = None if learner is None else learner.rank_of(exc)
+        if learner is not None and rank is None:
             raise
-        first_line = (str(exc).strip().splitlines() or [""])[0]  # Ray's message goes on for a dozen lines
-        raise LearnerFailed(f"learner rank {rank} died ({type(exc).__name__}: {first_line}); the job stopped; "
+        who = "a learner rank died during set-up" if learner is None else f"learner rank {rank} died"
+        raise LearnerFailed(f"{who} ({type(exc).__name__}: {_first_line(exc)}); the job stopped; "
                             f"{_resume_hint(ckpts)}") from exc
+
+
+@contextmanager
+def _status_at_end(run_dir: Path):
+    """rl/status.json's last word, so `gream status` tells an ended job from a driver that died
+    without one (which it can only infer from the file going stale)."""
+    try:
+        yield
+    except Stopped:
+        write_end(run_dir, "stopped")
+        raise
+    except BaseException as exc:
+        write_end(run_dir, "failed", type(exc).__name__)
+        raise
+    write_end(run_dir, "finished")
 
 
 def sft_model_dir(spec: JobSpec) -> Path:
     model = spec.layout.model("sft")
-    if not (model / "config.json").exists():
-        raise MissingArtefact(f"{model}: no SFT model to start RL from; run the sft stage first")
+    weights = sorted(model.glob("*.safetensors"))
+    if not (model / "config.json").exists() or not weights:
+        raise MissingArtefact(f"{model}: no SFT model (config.json and *.safetensors) to start RL from; "
+                              "run the sft stage first")
+    # Read here, headers only, so a damaged file is named as bad input before any actor starts: in the
+    # learner it would surface as a remote traceback.
+    for path in weights:
+        try:
+            with safe_open(path, "pt"):
+                pass
+        except SafetensorError as exc:
+            raise BadModel(f"{path}: cannot be read ({exc}); re-run the sft stage or restore the file") from exc
     return model
 
 
 def run(spec: JobSpec, resume: bool = False, force: bool = False) -> Path:
     """`force`: resume although the spec's checkpoint sections changed since the checkpoint."""
-    from transformers import AutoTokenizer
-
-    from indexing.build import index_path
-
-    rl, rl_dir = spec.rl, spec.layout.stage("rl")
     split = split_from_spec(spec)
     prompts = training_prompts(spec, split.train)  # a bad spec fails here, before Ray or the models start
     # Before any start-up, so that a refused run costs nothing and changes nothing.
@@ -157,30 +193,42 @@ def run(spec: JobSpec, resume: bool = False, force: bool = False) -> Path:
     ckpts.open_run(resume)
     if resume:
         check_spec(ckpts.latest(), spec.section_hash(*CHECKPOINT_SECTIONS), CHECKPOINT_SECTIONS, spec.source, force)
-    init_ray(spec.cluster)
+    with _status_at_end(spec.run_path):
+        return _train(spec, ckpts, prompts, split.valid, resume)
+
+
+def _train(spec: JobSpec, ckpts: CheckpointManager, prompts, valid, resume: bool) -> Path:
+    from transformers import AutoTokenizer
+
+    from indexing.build import index_path
+
+    rl, rl_dir = spec.rl, spec.layout.stage("rl")
     start_model, idx_path = sft_model_dir(spec), index_path(spec)
+    init_ray(spec.cluster)
     index = SidIndex.load(idx_path)
     tokenizer = AutoTokenizer.from_pretrained(start_model)
 
     learner_pg = ranks_group(spec.name, "learner", spec.cluster.learner)
-    learner = LearnerGroup.from_spec(spec, start_model, learner_pg)
+    with _stop_on_learner_death(None, ckpts):
+        learner = LearnerGroup.from_spec(spec, start_model, learner_pg)
     pool = RolloutPool.from_spec(spec, start_model, index)
     rewards = RewardPool.from_spec(spec, idx_path)
     source = PromptSource(prompts, index, tokenizer, rl.seed, reasoning=rl.mode == "reasoning")
-    validate = (InRunValidation(pool, tokenizer, index, sample_users(split.valid, rl.eval_users, rl.eval_seed),
+    validate = (InRunValidation(pool, tokenizer, index, sample_users(valid, rl.eval_users, rl.eval_seed),
                                 spec.eval.beam_width) if rl.eval_every else None)
     sampler = GroupSampler(rl, pool, rewards, source, tokenizer.get_vocab().get("<answer>"))
     filler = BatchFiller(rl.prompts_per_step, rl.max_resample_rounds)
 
-    step = _restore(ckpts, learner, source) if resume else 0
-    pool.attach_learner(learner, version=step)  # every worker starts from the learner's weights
-    metrics = MetricsLog(rl_dir, spec.logging.tensorboard, resume_from_step=step,
-                         wandb_project=spec.logging.wandb_project)
-    stop, control, window = _StopFlag(), ControlWatcher(spec.run_path), _ScoreWindow(spec)
     with ExitStack() as teardown, _stop_on_learner_death(learner, ckpts):
         # However the loop ends (done, signalled, a rank lost), the actors go; last in, first out.
-        for close in (learner_pg.remove, learner.shutdown, pool.shutdown, rewards.shutdown, metrics.close):
+        for close in (learner_pg.remove, learner.shutdown, pool.shutdown, rewards.shutdown):
             teardown.callback(close)
+        step = _restore(ckpts, learner, source) if resume else 0
+        pool.attach_learner(learner, version=step)  # every worker starts from the learner's weights
+        metrics = MetricsLog(rl_dir, spec.logging.tensorboard, resume_from_step=step,
+                             wandb_project=spec.logging.wandb_project)
+        teardown.callback(metrics.close)
+        stop, control, window = _StopFlag(), ControlWatcher(spec.run_path), _ScoreWindow(spec)
         if validate is not None and step == 0:  # the SFT model: the baseline every checkpoint must beat
             baseline = validate()
             metrics.write(0, baseline)

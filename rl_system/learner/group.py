@@ -18,9 +18,10 @@ class LearnerGroup:
     merges metrics."""
 
     def __init__(self, config: LearnerConfig, world_size: int = 1, role_group=None, cpus_per_rank: float = 1,
-                 gpus_per_rank: float = 0):
+                 gpus_per_rank: float = 0, call_timeout_s: float | None = None):
         self.world_size = world_size
         self.config = config
+        self.call_timeout_s = call_timeout_s  # None: wait forever; a call past it raises GetTimeoutError
         self.actors, master_addr, master_port = ranks.start_rank_actors(
             Learner, world_size, cpus_per_rank, gpus_per_rank, role_group, (config,))
         self.call("setup", master_addr, master_port)
@@ -28,7 +29,8 @@ class LearnerGroup:
     @classmethod
     def from_spec(cls, spec: JobSpec, model_path: str | Path, role_group=None) -> "LearnerGroup":
         c = spec.cluster.learner
-        return cls(LearnerConfig.from_spec(spec, model_path), c.num_ranks, role_group, c.cpus_per_rank, c.gpus_per_rank)
+        return cls(LearnerConfig.from_spec(spec, model_path), c.num_ranks, role_group, c.cpus_per_rank, c.gpus_per_rank,
+                   c.call_timeout_s)
 
     def _shards(self, batch: TrainBatch) -> list[TrainBatch]:
         if len(batch) < self.world_size:
@@ -38,21 +40,22 @@ class LearnerGroup:
     def _num_micro(self, shards: list[TrainBatch]) -> int:
         return -(-max(len(s) for s in shards) // self.config.micro_batch_size)
 
-    def train_step(self, batch: TrainBatch) -> dict:
+    def _get(self, refs: list) -> list:
         import ray
 
+        return ray.get(refs, timeout=self.call_timeout_s)
+
+    def train_step(self, batch: TrainBatch) -> dict:
         shards = self._shards(batch)
         per_rank_tokens = batch.num_tokens() / self.world_size
         num_micro = self._num_micro(shards)
-        results = ray.get([a.train_step.remote(s, per_rank_tokens, num_micro) for a, s in zip(self.actors, shards)])
+        results = self._get([a.train_step.remote(s, per_rank_tokens, num_micro) for a, s in zip(self.actors, shards)])
         return merge_metrics(results)
 
     def logprobs(self, batch: TrainBatch) -> list[list[float]]:
-        import ray
-
         shards = self._shards(batch)
         num_micro = self._num_micro(shards)
-        parts = ray.get([a.logprobs.remote(s, num_micro) for a, s in zip(self.actors, shards)])
+        parts = self._get([a.logprobs.remote(s, num_micro) for a, s in zip(self.actors, shards)])
         rows: list[list[float]] = [[] for _ in range(len(batch))]
         for rank, part in enumerate(parts):
             for j, row in enumerate(part):
@@ -68,18 +71,14 @@ class LearnerGroup:
 
     def call(self, method: str, *args) -> list:
         """Run a collective method on every rank; returns the per-rank results."""
-        import ray
-
-        return ray.get([getattr(a, method).remote(*args) for a in self.actors])
+        return self._get([getattr(a, method).remote(*args) for a in self.actors])
 
     def named_parameters_for_push(self) -> list[tuple[str, torch.Tensor]]:
         return self.call("named_parameters_for_push")[0]
 
     def push_rendezvous(self) -> tuple[str, int]:
         """Rank 0's node address and a port free there, for the weight-push group it hosts."""
-        import ray
-
-        return ray.get(self.actors[0].rendezvous.remote())
+        return self._get([self.actors[0].rendezvous.remote()])[0]
 
     def init_weight_sender(self, master_addr: str, port: int, world_size: int, **kwargs):
         """Start rank 0 joining the push group; returns the Ray ref to wait on together with the

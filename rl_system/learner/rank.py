@@ -12,6 +12,7 @@ holds all the logits the loss needs. Position ids count real tokens only, as vLL
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from pathlib import Path
@@ -183,6 +184,11 @@ class Learner:
             return
         from rl_system.weight_sync.sender import WeightSender
 
+        # After a failed push, live receivers still wait on the old group's broadcasts; closing its
+        # sockets now (collected, as a failed push's traceback may have kept it in a cycle) fails
+        # those waits at once rather than after the group's timeout, so they can join the new group.
+        self.weight_sender = None
+        gc.collect()
         self.weight_sender = WeightSender(master_addr, port, world_size, backend=self.placement.dist_backend,
                                           device=self.device, **kwargs)
         self.weight_sender.connect()

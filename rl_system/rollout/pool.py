@@ -14,11 +14,17 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import (
+    ActorDiedError,
+    ActorUnavailableError,
+    GetTimeoutError,
+    RayActorError,
+    RayTaskError,
+)
 
 from cluster.cluster_spec import RolloutCluster
 from cluster.logs import fields
-from cluster.placement import RoleGroup, rollout_group
+from cluster.placement import RoleGroup, Unplaceable, rollout_group
 from cluster.spec import JobSpec
 from indexing.sid import SidIndex
 from rl_system.messages import RolloutGroup
@@ -29,7 +35,19 @@ from rl_system.rollout.worker import start_rollout_worker
 log = logging.getLogger(__name__)
 
 WORKER_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
+# What a push or group formation raises when a member is lost: its death, the learner's error
+# about it (gloo), or no answer (a hung member; NCCL would hang rather than fail).
+PUSH_FAILURES = (*WORKER_FAILURES, RayTaskError, GetTimeoutError)
 MAX_RESTARTS_PER_CALL = 3
+# A live worker answers a version query at once, even mid-generation or mid-push (no engine lock).
+PROBE_TIMEOUT_S = 60
+
+
+def _value_or_none(ref):
+    try:
+        return ray.get(ref)
+    except WORKER_FAILURES:
+        return None
 
 
 @dataclass
@@ -69,9 +87,9 @@ class RolloutPool:
     def workers(self) -> list:
         return [s.actor for s in self.slots]
 
-    def _start(self, live: Sequence[_Slot]) -> _Slot:
+    def _start(self, live: Sequence[_Slot], group: RoleGroup | None = None) -> _Slot:
         r = self.rollout
-        group = rollout_group(self.job, r, len(live))
+        group = group or rollout_group(self.job, r, len(live))
         node = ray.util.placement_group_table(group.group)["bundles_to_node_id"][0]
         # The lowest slot no live engine on that node holds: a replaced or added worker binds the
         # cores its predecessor freed.
@@ -81,12 +99,21 @@ class RolloutPool:
                                      gpus=r.gpus_per_worker * r.tensor_parallel, scheduling_strategy=group.strategy())
         return _Slot(actor, group, node, cpu_slot)
 
-    def _add(self, count: int) -> None:
-        new: list[_Slot] = []
-        for _ in range(count):
-            new.append(self._start(self.slots + new))
-        ray.get([s.actor.weight_version.remote() for s in new])  # engines are up once this answers
-        self.slots.extend(new)
+    def _add(self, count: int, place_timeout_s: float = 120) -> None:
+        # All reservations before any engine starts: a request the cluster cannot hold is undone
+        # whole, and costs no engine start.
+        groups: list[RoleGroup] = []
+        try:
+            for i in range(count):
+                groups.append(rollout_group(self.job, self.rollout, len(self.slots) + i, place_timeout_s))
+        except Unplaceable:
+            for group in groups:
+                group.remove()
+            raise
+        for group in groups:
+            self.slots.append(self._start(self.slots, group))
+        # Engines are up once this answers; one that died starting is replaced like any other.
+        self._replace_failed(timeout_s=self.rollout.call_timeout_s)
         log.info("rollout workers started", extra=fields(added=count, total=len(self.slots)))
 
     def _kill(self, slot: _Slot) -> None:
@@ -95,28 +122,51 @@ class RolloutPool:
         finally:
             slot.group.remove()
 
-    def scale(self, num_workers: int) -> None:
-        """Grow or shrink the pool; new workers get the current weights before they serve."""
+    def _kill_quietly(self, slot: _Slot) -> None:
+        try:
+            self._kill(slot)
+        except WORKER_FAILURES:
+            pass
+
+    def scale(self, num_workers: int) -> bool:
+        """Grow or shrink the pool; new workers get the current weights before they serve. A size
+        the cluster cannot place within `cluster.rollout.scale_timeout_s` is refused with a warning
+        (False) and the pool stays as it was: a scale request must never end the job."""
         if num_workers < 1:
             raise ValueError(f"a rollout pool needs at least one worker, got {num_workers}")
         if num_workers > len(self.slots):
-            self._add(num_workers - len(self.slots))
+            try:
+                self._add(num_workers - len(self.slots), self.rollout.scale_timeout_s)
+            except Unplaceable as exc:
+                log.warning("scale request refused: the cluster cannot place it; the pool stays as it is",
+                            extra=fields(requested=num_workers, workers=len(self.slots), reason=str(exc)))
+                return False
         while len(self.slots) > num_workers:
             self._kill(self.slots.pop())
         self._resync()
         log.info("rollout pool scaled", extra=fields(workers=len(self.slots), version=self.version))
+        return True
 
     def _replace(self, index: int) -> None:
-        dead = self.slots[index]
-        try:
-            self._kill(dead)
-        except WORKER_FAILURES:
-            pass
+        self._kill_quietly(self.slots[index])
         self.slots[index] = self._start(self.slots[:index] + self.slots[index + 1:])
-        ray.get(self.slots[index].actor.weight_version.remote())
         self.restarts += 1
         log.warning("rollout worker restarted", extra=fields(slot=index, restarts=self.restarts))
-        self._resync()
+
+    def _replace_failed(self, timeout_s: float = PROBE_TIMEOUT_S) -> list[int]:
+        """Replace every worker that is dead or does not answer a version query within `timeout_s`
+        (the query needs no engine lock, so a live worker answers at once, even mid-push); returns
+        their slots. Replacements are probed in turn: one may die starting too."""
+        replaced: list[int] = []
+        for _ in range(MAX_RESTARTS_PER_CALL + 1):
+            failed = [i for i, version in enumerate(self._poll(timeout_s)) if version is None]
+            if not failed:
+                return replaced
+            for i in failed:
+                self._replace(i)
+            replaced += failed
+            timeout_s = self.rollout.call_timeout_s  # the replacements' engines are starting
+        raise RuntimeError(f"rollout workers still failing after {MAX_RESTARTS_PER_CALL} restarts")
 
     # ------------------------------------------------------------------ weights
     def attach_learner(self, learner, version: int = 0) -> None:
@@ -125,32 +175,62 @@ class RolloutPool:
         self.version = version
         self._resync()
 
-    def _resync(self) -> None:
+    def _resync(self, failure: Exception | None = None) -> dict:
+        """Form the push group over the current workers and push the learner's weights as
+        `self.version`. A worker lost meanwhile is replaced and the group formed again: a group
+        with a dead member can carry no broadcast (gloo errors out, NCCL would hang). `failure`:
+        the failed push that calls for this."""
         if self.learner is None:
-            return
+            return {}
+        for _ in range(MAX_RESTARTS_PER_CALL + 1):
+            # Probed before forming too: the live members would wait for a dead one to join until
+            # the group's timeout.
+            replaced = self._replace_failed()
+            if failure is not None:
+                if not replaced:
+                    raise failure  # no worker at fault: the learner's own (a dead rank ends the job)
+                log.warning("weight push failed on a lost rollout worker; re-forming the push group",
+                            extra=fields(slots=replaced, version=self.version, error=type(failure).__name__))
+            try:
+                return self._form_group_and_push()
+            except PUSH_FAILURES as exc:
+                failure = exc
+        raise RuntimeError(f"the weight-push group did not form after {MAX_RESTARTS_PER_CALL} worker restarts")
+
+    def _form_group_and_push(self) -> dict:
         # Learner rank 0 hosts the group's store, so the address and port are its own: the driver's
         # would not be reachable (or free) there when rank 0 sits on another node.
         master_addr, port = self.learner.push_rendezvous()
-        ranks = ray.get([w.num_ranks.remote() for w in self.workers])
+        ranks = ray.get([w.num_ranks.remote() for w in self.workers], timeout=self.rollout.call_timeout_s)
         world = 1 + sum(ranks)
         offsets = [1 + sum(ranks[:i]) for i in range(len(ranks))]
         backend = self.cfg.placement.dist_backend
         refs = [self.learner.init_weight_sender(master_addr, port, world)]
         refs += [w.init_weight_group.remote(master_addr, port, off, world, backend)
                  for w, off in zip(self.workers, offsets)]
-        ray.get(refs)
-        self.learner.push_weights(self.version, self.workers)
+        ray.get(refs, timeout=self.rollout.call_timeout_s)
+        return self.learner.push_weights(self.version, self.workers)
 
     def push(self, version: int) -> dict:
         """Send the learner's current weights to every worker as `version`; generation waits meanwhile."""
         if self.learner is None:
             raise RuntimeError("RolloutPool.push before attach_learner")
-        stats = self.learner.push_weights(version, self.workers)
+        try:
+            stats = self.learner.push_weights(version, self.workers)
+        except PUSH_FAILURES as exc:
+            self.version = version
+            return self._resync(failure=exc)
         self.version = version
         return stats
 
-    def versions(self) -> list[int]:
-        return ray.get([w.weight_version.remote() for w in self.workers])
+    def versions(self) -> list[int | None]:
+        """Each worker's weight version; None for a dead or hung one (the next call replaces it)."""
+        return self._poll(PROBE_TIMEOUT_S)
+
+    def _poll(self, timeout_s: float) -> list[int | None]:
+        refs = [w.weight_version.remote() for w in self.workers]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        return [_value_or_none(ref) if ref in ready else None for ref in refs]
 
     # ------------------------------------------------------------------ work
     def _run_sharded(self, method: str, items: Sequence, **kwargs) -> list:
@@ -164,18 +244,23 @@ class RolloutPool:
             shards = [pending[i * len(pending) // n:(i + 1) * len(pending) // n] for i in range(n)]
             refs = {i: getattr(self.slots[i].actor, method).remote([items[j] for j in shard], **kwargs)
                     for i, shard in enumerate(shards) if shard}
+            # One deadline for the whole call: a worker that has not answered by then is hung.
+            ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=self.rollout.call_timeout_s)
             failed = []
             for i, ref in refs.items():
-                try:
-                    for j, out in zip(shards[i], ray.get(ref)):
-                        results[j] = out
-                except WORKER_FAILURES as exc:
-                    log.warning("rollout worker failed; re-queueing its prompts",
-                                extra=fields(slot=i, prompts=len(shards[i]), error=type(exc).__name__))
+                outs = _value_or_none(ref) if ref in ready else None
+                if outs is None:
+                    log.warning("rollout worker died or hung (cluster.rollout.call_timeout_s); re-queueing its "
+                                "prompts", extra=fields(slot=i, prompts=len(shards[i]), timed_out=ref not in ready))
                     failed.append(i)
+                    continue
+                for j, out in zip(shards[i], outs):
+                    results[j] = out
             pending = [j for i in failed for j in shards[i]]
             for i in failed:
                 self._replace(i)
+            if failed:
+                self._resync()
         if pending:
             raise RuntimeError(f"{len(pending)} prompts still failed after {MAX_RESTARTS_PER_CALL} worker restarts")
         return results
@@ -190,8 +275,5 @@ class RolloutPool:
 
     def shutdown(self) -> None:
         for slot in self.slots:
-            try:
-                self._kill(slot)
-            except WORKER_FAILURES:
-                pass
+            self._kill_quietly(slot)
         self.slots = []

@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cluster.control import ControlWatcher, request_scale, status_path, write_status
+from cluster.control import ControlWatcher, request_scale, status_path, write_end, write_status
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,9 +27,13 @@ def test_watcher_ignores_requests_older_than_the_driver(tmp_path):
 
 
 def test_status_file(tmp_path):
-    write_status(tmp_path, 7, [7, 7], restarts=1)
+    write_status(tmp_path, 7, [7, None], restarts=1)
     status = json.loads(status_path(tmp_path).read_text())
-    assert status["step"] == 7 and [w["weight_version"] for w in status["workers"]] == [7, 7]
+    assert status["step"] == 7 and [w["weight_version"] for w in status["workers"]] == [7, None]
+    assert status["state"] == "running" and [w["alive"] for w in status["workers"]] == [True, False]
+    write_end(tmp_path, "failed", "LearnerFailed")
+    ended = json.loads(status_path(tmp_path).read_text())
+    assert ended["state"] == "failed" and ended["error"] == "LearnerFailed" and ended["step"] == 7
 
 
 def test_cli_scale_errors_exit_2(tmp_path):

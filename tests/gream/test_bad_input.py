@@ -120,6 +120,26 @@ def _read_until(stream, text: str) -> None:
     raise AssertionError(f"{text!r} never came; the child wrote: {seen}")
 
 
+def test_damaged_sft_model_is_named_before_anything_starts(tiny_policy, tmp_path, capsys):
+    import ray
+
+    from cluster.spec import dump_spec
+    from tests.rl_fixtures import rl_test_spec, stage_inputs
+
+    spec = rl_test_spec(tmp_path / "run")
+    stage_inputs(spec, tiny_policy)
+    weights = spec.layout.model("sft") / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])  # a copy cut short
+    path = tmp_path / "job.yaml"
+    path.write_text(dump_spec(spec))
+    ray_before = ray.is_initialized()
+    err = gream(capsys, "rl", str(path))
+    assert f"gream: BadModel: {weights}: cannot be read (" in err and "re-run the sft stage" in err
+    assert ray.is_initialized() == ray_before  # refused before Ray or any actor started
+    status = json.loads(spec.layout.status.read_text())
+    assert status["state"] == "failed" and status["error"] == "BadModel"
+
+
 def test_second_signal_exits_at_once():
     proc = subprocess.Popen([sys.executable, "-c", GRACEFUL], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -23,10 +23,19 @@ import pytest
 
 import gream.dashboard
 from cluster.checkpoint import CheckpointManager
+from cluster.control import write_end
 from cluster.metrics_log import MetricsLog, read_metrics
 from cluster.run_layout import RunLayout
 from gream.dashboard import make_server, url_of
-from gream.run_state import STALE_MIN_S, RunDirError, driver_state, format_status, read_jsonl, read_run_state
+from gream.run_state import (
+    END_STATES,
+    STALE_MIN_S,
+    RunDirError,
+    driver_state,
+    format_status,
+    read_jsonl,
+    read_run_state,
+)
 from rl_system.evaluate import pass_at_k, write_eval
 from sft.metrics import ranking_metrics
 
@@ -254,6 +263,11 @@ def test_dashboard_renders_every_plot_with_the_run_data(run_dir, server, tmp_pat
     assert len(workers) == 2 and all('class="finished">finished' in w for w in workers), workers
     assert 'data-state="finished">driver finished at step 8' in dom and ">alive<" not in dom
 
+    write_end(run_dir, "failed", "LearnerFailed")  # the driver's own word wins over any inference
+    dom = chromium(url_of(server), tmp_path, "--dump-dom")
+    assert 'data-state="failed"><span class="dead">driver failed (LearnerFailed)</span> at step 8' in dom
+    assert ">alive<" not in dom
+
     shot = tmp_path / "dashboard.png"
     chromium(url_of(server), tmp_path, f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--screenshot={shot}")
     png = shot.read_bytes()
@@ -348,6 +362,24 @@ def test_finished_or_stale_driver_is_not_reported_alive(run_dir):
     text = format_status(read_run_state(run_dir))
     assert "workers: finished at step 8 (last update 6min ago)" in text and "slot 0: finished" in text
     assert "alive" not in text and "DEAD" not in text
+
+
+def test_the_drivers_end_state_is_shown_as_it_wrote_it(run_dir):
+    now = 1_000_000.0
+    status = {"step": 8, "updated": now, "workers": [{"slot": 0, "weight_version": 8, "alive": True}]}
+    for state in END_STATES:
+        # However recent the update: an ended driver's alive flags are no news.
+        assert driver_state({**status, "state": state}, [2.0], None, now).state == state
+    failed = driver_state({**status, "state": "failed", "error": "LearnerFailed"}, [2.0], None, now + 1e5)
+    assert failed.state == "failed" and failed.error == "LearnerFailed"
+
+    write_end(run_dir, "stopped")
+    assert "workers: driver stopped at step 8" in format_status(read_run_state(run_dir))
+    write_end(run_dir, "failed", "LearnerFailed")
+    text = format_status(read_run_state(run_dir))
+    assert "workers: driver failed (LearnerFailed) at step 8" in text and "slot 0: failed" in text
+    assert "alive" not in text
+    assert json.loads(RunLayout(run_dir).status.read_text())["workers"][0]["alive"]  # the rest is kept
 
 
 def test_empty_and_missing_run(tmp_path):

@@ -7,6 +7,8 @@ One run sequence, to keep CI short:
    (128 + 15) after a complete checkpoint of the step it stopped on, and says how to resume.
 2. The printed resume command: after its first step the learner rank's process is killed; the job
    stops with exit code 4, names the failure and prints the same resume command.
+Each stop leaves its end ("stopped", "failed") in status.json. A second, short run kills the
+learner during its set-up: exit 4 too, not a traceback.
 """
 from __future__ import annotations
 
@@ -85,11 +87,12 @@ def scaled_status(spec, workers: int):
     return status if len(versions) == workers and set(versions) == {status["step"]} else None
 
 
-def learner_pid(driver: Driver) -> int | None:
-    """The learner actor's process: a descendant of this driver (its own Ray) titled ray::Learner."""
+def learner_pid(driver: Driver, title: str = "ray::Learner") -> int | None:
+    """The learner actor's process: a descendant of this driver (its own Ray) whose title starts
+    with `title` (Ray titles it with the method it runs, e.g. ray::Learner.setup)."""
     for child in psutil.Process(driver.proc.pid).children(recursive=True):
         try:
-            if " ".join(child.cmdline()).startswith("ray::Learner"):
+            if " ".join(child.cmdline()).startswith(title):
                 return child.pid
         except psutil.Error:
             continue
@@ -128,6 +131,7 @@ def test_sigterm_checkpoints_and_learner_death_exits_4(spec_file, tmp_path):
     console = first.console()
     assert f"gream: Stopped: stopped by SIGTERM; the last complete checkpoint is step {stopped}" in console
     assert resume in console
+    assert json.loads(status_path(spec.run_path).read_text())["state"] == "stopped"
 
     second = Driver(["rl", str(path), *OVERRIDES, "--resume"], tmp_path / "second.log")
     try:
@@ -140,3 +144,21 @@ def test_sigterm_checkpoints_and_learner_death_exits_4(spec_file, tmp_path):
     assert "gream: LearnerFailed: learner rank 0 died (ActorDiedError" in console
     assert f"the last complete checkpoint is step {stopped}" in console
     assert resume in console
+    status = json.loads(status_path(spec.run_path).read_text())
+    assert status["state"] == "failed" and status["error"] == "LearnerFailed"
+
+
+def test_learner_death_during_set_up_exits_4(spec_file, tmp_path):
+    spec, path = spec_file
+    driver = Driver(["rl", str(path), *OVERRIDES], tmp_path / "setup.log")
+    try:
+        pid = driver.wait_for("learner set-up", lambda: learner_pid(driver, "ray::Learner.setup"))
+        os.kill(pid, signal.SIGKILL)
+        assert driver.exit_code() == 4
+    finally:
+        driver.kill()
+    console = driver.console()
+    assert "gream: LearnerFailed: a learner rank died during set-up (" in console
+    assert "no checkpoint was complete yet" in console
+    status = json.loads(status_path(spec.run_path).read_text())
+    assert status["state"] == "failed" and status["error"] == "LearnerFailed"

@@ -72,6 +72,73 @@ def test_dead_worker_is_replaced_and_its_prompts_requeued(learner_and_pool):
     assert pool.versions() == [3, 3] and {g.weight_version for g in groups} == {3}
 
 
+PROMPTS = [f"<|im_start|>user\nNext item {i}?<|im_end|>\n<|im_start|>assistant\n" for i in range(4)]
+
+
+def _serves(pool, version: int) -> None:
+    """Every worker at `version`, and a generate served whole from it."""
+    assert pool.versions() == [version] * len(pool.slots)
+    groups = pool.generate(PROMPTS, n=2, temperature=1.0, max_tokens=4, mode="direct")
+    assert len(groups) == len(PROMPTS) and all(len(g.completions) == 2 for g in groups)
+    assert {g.weight_version for g in groups} == {version}
+
+
+def test_worker_lost_before_a_push_is_replaced_and_the_push_completes(learner_and_pool):
+    spec, learner, pool = learner_and_pool
+    restarts = pool.restarts
+    ray.kill(pool.workers[1])  # the learner's broadcasts fail on it while the live worker is mid-receive
+    stats = pool.push(version=4)
+    assert stats["version"] == 4 and pool.restarts == restarts + 1
+    _serves(pool, 4)
+
+
+def test_worker_lost_before_a_resync_is_replaced(learner_and_pool):
+    spec, learner, pool = learner_and_pool
+    restarts = pool.restarts
+    ray.kill(pool.workers[0])
+    assert pool.scale(2)  # same size: only the re-sync, which finds the dead member before forming
+    assert pool.restarts == restarts + 1
+    _serves(pool, pool.version)  # the version earlier tests left: each test also runs alone (-k)
+
+
+def test_unplaceable_scale_is_refused_and_the_pool_goes_on(learner_and_pool, caplog):
+    spec, learner, pool = learner_and_pool
+    before = [s.actor for s in pool.slots]
+    groups_before = _live_placement_groups()
+    pool.rollout = pool.rollout.model_copy(update={"scale_timeout_s": 3})
+    with caplog.at_level("WARNING", logger="rl_system.rollout.pool"):
+        assert pool.scale(50) is False
+    refused = [r for r in caplog.records if r.getMessage().startswith("scale request refused")]
+    assert refused and refused[0].fields["requested"] == 50 and "free" in refused[0].fields["reason"]
+    assert [s.actor for s in pool.slots] == before and _live_placement_groups() == groups_before
+    _serves(pool, pool.version)
+
+
+def _live_placement_groups() -> int:
+    return sum(g["state"] != "REMOVED" for g in ray.util.placement_group_table().values())
+
+
+def test_hung_worker_times_out_and_is_replaced(learner_and_pool):
+    import contextlib
+    import os
+    import signal
+
+    spec, learner, pool = learner_and_pool
+    restarts, rollout = pool.restarts, pool.rollout
+    pid = ray.get(pool.workers[0].__ray_call__.remote(lambda self: os.getpid()))
+    os.kill(pid, signal.SIGSTOP)  # alive but silent: what a wedged engine looks like from outside
+    pool.rollout = rollout.model_copy(update={"call_timeout_s": 30})
+    try:
+        groups = pool.generate(PROMPTS, n=2, temperature=1.0, max_tokens=4, mode="direct")
+    finally:
+        pool.rollout = rollout
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)  # in case the pool had not
+    assert len(groups) == len(PROMPTS) and all(len(g.completions) == 2 for g in groups)
+    assert pool.restarts == restarts + 1
+    _serves(pool, pool.version)
+
+
 def test_set_cpu_bind_replaces_its_own_value_but_keeps_the_users(monkeypatch):
     import os
 
