@@ -134,6 +134,7 @@ def test_the_loop_fits_a_few_prompts(ray_cluster, tiny_policy, tmp_path):
     reward = early_late([r["reward/mean"] for r in rows])
     first_code = early_late([1 - r["lcp_hist"][0] / sum(r["lcp_hist"]) for r in rows])
     assert reward[1] > 3 * reward[0] and reward[1] > reward[0] + 0.15, reward
-    # Sampling is not seeded per request, so the late share varies between runs (0.31 to 0.40 seen
-    # from an early 0.04); a quadrupling and +0.2 still separate learning from noise.
+    # Sampling is not seeded per request, so the late share varies between runs (one CI run: 0.31
+    # from an early 0.04, under the old +0.3 bar); a quadrupling and +0.2 still separate learning
+    # from noise.
     assert first_code[1] > 4 * first_code[0] and first_code[1] > first_code[0] + 0.2, first_code
