@@ -63,3 +63,35 @@ def autocast(device_type: str, dtype):
 
     return torch.autocast("cuda" if device_type.startswith("cuda") else "cpu", dtype=dtype,
                           enabled=dtype != torch.float32)
+
+
+def rng_state(device) -> dict:
+    """torch's RNG state on the host and, on an accelerator, on `device`: what a rank's checkpoint keeps
+    so that dropout after a resume draws what it would have drawn without the stop."""
+    import torch
+
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict, device) -> None:
+    import torch
+
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_rng(folder, rank: int, device) -> None:
+    import torch
+
+    torch.save(rng_state(device), f"{folder}/rng-rank{rank}.pt")
+
+
+def load_rng(folder, rank: int):
+    """The state `save_rng` wrote for `rank` (apply it with `set_rng_state` once every rank has loaded)."""
+    import torch
+
+    return torch.load(f"{folder}/rng-rank{rank}.pt", weights_only=True)

@@ -7,6 +7,7 @@ scores everything in one request to the reward service (plus the ranking term, `
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import defaultdict
 
@@ -19,6 +20,7 @@ from rl_system.prompt_source import PromptSource
 from rl_system.reward.functions import ranking_penalty
 from rl_system.reward.pool import RewardPool
 from rl_system.rollout.pool import RolloutPool
+from rl_system.seeding import request_seed
 
 
 class GroupSampler:
@@ -62,7 +64,7 @@ class GroupSampler:
         groups = [RolloutGroup(list(i), [], self.pool.version) for i in ids]
         if n_sample:
             groups = self.pool.generate(ids, n=n_sample, temperature=rl.temperature, max_tokens=rl.completion_tokens,
-                                        mode=rl.mode)
+                                        mode=rl.mode, seeds=[request_seed(rl.seed, p.uid) for p in prompts])
         if n_beam:
             for group, cands in zip(groups, self.pool.beam([g.prompt_ids for g in groups], n_beam)):
                 if len(cands) < n_beam:
@@ -133,4 +135,16 @@ def rollout_metrics(groups: list[ScoredGroup], depth: int) -> dict:
         "completion_len": float(lengths.mean()),
         "rollout/weight_version_min": min(versions),
         "completions": int(len(rewards)),
+        "rollout/digest": samples_digest(groups),
     }
+
+
+def samples_digest(groups: list[ScoredGroup]) -> str:
+    """A fingerprint of every prompt and completion sampled, in order: two runs drew the same samples
+    exactly when their digests agree (the check behind exact resume)."""
+    h = hashlib.blake2b(digest_size=8)
+    for g in groups:
+        h.update(np.asarray(g.rollout.prompt_ids, dtype=np.int64).tobytes() + b"|")
+        for c in g.rollout.completions:
+            h.update(np.asarray(c.token_ids, dtype=np.int64).tobytes() + b";")
+    return h.hexdigest()

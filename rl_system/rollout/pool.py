@@ -233,8 +233,11 @@ class RolloutPool:
         return [_value_or_none(ref) if ref in ready else None for ref in refs]
 
     # ------------------------------------------------------------------ work
-    def _run_sharded(self, method: str, items: Sequence, **kwargs) -> list:
-        """Call `method` on contiguous shards of `items`, one per worker; results in input order."""
+    def _run_sharded(self, method: str, items: Sequence, per_item: dict[str, Sequence] | None = None,
+                     **kwargs) -> list:
+        """Call `method` on contiguous shards of `items`, one per worker; results in input order.
+        `per_item`: further arguments with one value per item, sharded alongside."""
+        per_item = {k: v for k, v in (per_item or {}).items() if v is not None}
         results: list = [None] * len(items)
         pending = list(range(len(items)))
         for _ in range(MAX_RESTARTS_PER_CALL + 1):
@@ -242,7 +245,8 @@ class RolloutPool:
                 break
             n = len(self.slots)
             shards = [pending[i * len(pending) // n:(i + 1) * len(pending) // n] for i in range(n)]
-            refs = {i: getattr(self.slots[i].actor, method).remote([items[j] for j in shard], **kwargs)
+            refs = {i: getattr(self.slots[i].actor, method).remote(
+                        [items[j] for j in shard], **{k: [v[j] for j in shard] for k, v in per_item.items()}, **kwargs)
                     for i, shard in enumerate(shards) if shard}
             # One deadline for the whole call: a worker that has not answered by then is hung.
             ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=self.rollout.call_timeout_s)
@@ -266,9 +270,9 @@ class RolloutPool:
         return results
 
     def generate(self, prompts: Sequence, n: int, temperature: float, max_tokens: int, mode: str | None,
-                 top_p: float = 1.0) -> list[RolloutGroup]:
-        return self._run_sharded("generate", prompts, n=n, temperature=temperature, max_tokens=max_tokens,
-                                 mode=mode, top_p=top_p)
+                 top_p: float = 1.0, seeds: Sequence[int] | None = None) -> list[RolloutGroup]:
+        return self._run_sharded("generate", prompts, per_item={"seeds": seeds}, n=n, temperature=temperature,
+                                 max_tokens=max_tokens, mode=mode, top_p=top_p)
 
     def beam(self, prompts: Sequence, width: int) -> list:
         return self._run_sharded("beam", prompts, width=width)

@@ -28,10 +28,6 @@ log = logging.getLogger(__name__)
 Prompt = str | Sequence[int]
 
 
-
-
-
-
 class RolloutWorker:
     def __init__(self, cfg: EngineConfig):
         self.cfg = cfg
@@ -57,9 +53,11 @@ class RolloutWorker:
             self.table.require_reasoning()
 
     def generate(self, prompts: Sequence[Prompt], n: int, temperature: float = 1.0, max_tokens: int = 16,
-                 mode: str | None | Sequence[str | None] = "direct", top_p: float = 1.0) -> list[RolloutGroup]:
+                 mode: str | None | Sequence[str | None] = "direct", top_p: float = 1.0,
+                 seeds: Sequence[int] | None = None) -> list[RolloutGroup]:
         """`n` completions per prompt with per-token logprobs. `mode` is "direct", "reasoning" or
-        None (unconstrained), for all prompts or one per prompt."""
+        None (unconstrained), for all prompts or one per prompt. `seeds`: one per prompt, completion i
+        of prompt p drawn from seeds[p] + i whatever else the engine runs (None: the engine's stream)."""
         from vllm import SamplingParams
 
         modes = [mode] * len(prompts) if mode is None or isinstance(mode, str) else list(mode)
@@ -67,8 +65,12 @@ class RolloutWorker:
             raise ValueError(f"got {len(modes)} modes for {len(prompts)} prompts")
         for m in set(modes):
             self._check_mode(m)
+        seeds = [None] * len(prompts) if seeds is None else list(seeds)
+        if len(seeds) != len(prompts):
+            raise ValueError(f"got {len(seeds)} seeds for {len(prompts)} prompts")
         params = [SamplingParams(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, logprobs=0,
-                                 extra_args={EXTRA_ARGS_KEY: m} if m else None) for m in modes]
+                                 seed=seed, extra_args={EXTRA_ARGS_KEY: m} if m else None)
+                  for m, seed in zip(modes, seeds)]
         inputs = self._inputs(prompts)
         with self._lock:
             start = time.perf_counter()

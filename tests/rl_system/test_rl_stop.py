@@ -5,8 +5,9 @@ One run sequence, to keep CI short:
 1. `gream rl SPEC`: after step 1, `gream scale RUN --rollout 2` is picked up by the driver loop and
    both workers serve the current weight version; then SIGTERM stops the job with exit code 143
    (128 + 15) after a complete checkpoint of the step it stopped on, and says how to resume.
-2. The printed resume command: after its first step the learner rank's process is killed; the job
-   stops with exit code 4, names the failure and prints the same resume command.
+2. The printed resume command: the learner rank's process is killed after its set-up, so the restore
+   of the checkpoint finds it dead; the job stops with exit code 4, names the failure and prints
+   the same resume command (a death in the loop meets the same handler).
 Each stop leaves its end ("stopped", "failed") in status.json. A second, short run kills the
 learner during its set-up: exit 4 too, not a traceback.
 """
@@ -15,66 +16,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import psutil
 import pytest
 
 from cluster.checkpoint import CheckpointManager
 from cluster.control import request_scale, status_path
 from cluster.spec import dump_spec
-from gream.run_state import read_jsonl
-from tests.rl_fixtures import REPO, rl_test_spec, stage_inputs
+from tests.rl_driver import Driver, last_step, learner_pid
+from tests.rl_fixtures import rl_test_spec, stage_inputs
 
 pytestmark = pytest.mark.heavy  # starts DeepSpeed, vLLM or a training run
 
 OVERRIDES = ["--set", "cluster.rollout.num_workers=1", "--set", "checkpoint.every=50"]
-STEP_TIMEOUT_S = 300  # Ray + vLLM + DeepSpeed start-up on a busy 2-core CI machine, then one step
-
-
-class Driver:
-    """One `gream` subprocess; its console goes to a file (a pipe could fill up and block it)."""
-
-    def __init__(self, args: list[str], log: Path):
-        self.log = log
-        # RAY_ADDRESS=local: a Ray of its own, never a cluster someone started on this machine.
-        env = {**os.environ, "RAY_ADDRESS": "local", "HF_HUB_OFFLINE": "1"}
-        with log.open("w") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "gream.cli", *args], cwd=REPO, env=env,
-                                         stdout=out, stderr=subprocess.STDOUT)
-
-    def console(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for(self, what: str, probe, timeout_s: float = STEP_TIMEOUT_S):
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if (found := probe()) is not None:
-                return found
-            if self.proc.poll() is not None:
-                pytest.fail(f"driver exited {self.proc.returncode} before {what}:\n{self.console()[-4000:]}")
-            time.sleep(0.5)
-        pytest.fail(f"no {what} after {timeout_s}s:\n{self.console()[-4000:]}")
-
-    def exit_code(self, timeout_s: float = 180) -> int:
-        try:
-            return self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            pytest.fail(f"driver still running {timeout_s}s after it was told to stop:\n{self.console()[-4000:]}")
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def last_step(spec) -> int | None:
-    rows = read_jsonl(spec.layout.metrics("rl"))  # live file: a torn last line is skipped
-    return rows[-1]["step"] if rows else None
 
 
 def scaled_status(spec, workers: int):
@@ -85,18 +38,6 @@ def scaled_status(spec, workers: int):
         return None
     versions = [w["weight_version"] for w in status["workers"]]
     return status if len(versions) == workers and set(versions) == {status["step"]} else None
-
-
-def learner_pid(driver: Driver, title: str = "ray::Learner") -> int | None:
-    """The learner actor's process: a descendant of this driver (its own Ray) whose title starts
-    with `title` (Ray titles it with the method it runs, e.g. ray::Learner.setup)."""
-    for child in psutil.Process(driver.proc.pid).children(recursive=True):
-        try:
-            if " ".join(child.cmdline()).startswith(title):
-                return child.pid
-        except psutil.Error:
-            continue
-    return None
 
 
 @pytest.fixture
@@ -135,8 +76,12 @@ def test_sigterm_checkpoints_and_learner_death_exits_4(spec_file, tmp_path):
 
     second = Driver(["rl", str(path), *OVERRIDES, "--resume"], tmp_path / "second.log")
     try:
-        second.wait_for("resumed step", lambda: s if (s := last_step(spec)) and s > stopped else None)
-        os.kill(second.wait_for("learner process", lambda: learner_pid(second), timeout_s=10), signal.SIGKILL)
+        # Killed once its set-up is done, while the rollout engine starts (tens of seconds): the first
+        # thing asked of it then is the restore, which finds it dead.
+        second.wait_for("learner set-up", lambda: learner_pid(second, "ray::Learner.setup"))
+        pid = second.wait_for("learner set up", lambda: p if (p := learner_pid(second)) and
+                              not learner_pid(second, "ray::Learner.setup") else None)
+        os.kill(pid, signal.SIGKILL)
         assert second.exit_code() == 4
     finally:
         second.kill()
