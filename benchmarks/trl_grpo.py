@@ -147,7 +147,8 @@ def gream_overrides(args, run_dir: Path, depth: int, steps: int) -> list[str]:
             f"rl.steps={steps}", "rl.mode=direct", "rl.reward=residual", f"rl.advantage={args.advantage}",
             f"rl.max_resample_rounds={args.gream_resample_rounds}", f"rl.max_new_tokens={depth + 1}",
             f"rl.micro_batch_size={rl.prompts_per_step * rl.group_size}",  # one forward/backward, as TRL
-            f"checkpoint.every={steps}", *args.set]
+            # No in-run validation: TRL validates nothing, and its step-0 row is no RL step.
+            f"checkpoint.every={steps}", "rl.eval_every=0", *args.set]
 
 
 def run_gream(args, run_dir: Path, depth: int, steps: int, log_path: Path) -> SideRun:
@@ -156,9 +157,9 @@ def run_gream(args, run_dir: Path, depth: int, steps: int, log_path: Path) -> Si
     for override in gream_overrides(args, run_dir, depth, steps):
         cmd += ["--set", override]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, like `gream rl`
+    # Each run a fresh RL run: the previous run's checkpoints would be another run's (refused, exit 2).
+    shutil.rmtree(RunLayout(run_dir).stage("rl"), ignore_errors=True)
     metrics = RunLayout(run_dir).metrics("rl")
-    if metrics.exists():
-        metrics.unlink()
     group = args.spec_obj.rl.group_size
     run = SideRun(start=time.perf_counter())
     with log_path.open("w") as log:
