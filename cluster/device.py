@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -84,14 +85,19 @@ def set_rng_state(state: dict, device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def rng_path(folder, rank: int) -> Path:
+    """Where a checkpoint folder keeps `rank`'s RNG state."""
+    return Path(folder, f"rng-rank{rank}.pt")
+
+
 def save_rng(folder, rank: int, device) -> None:
     import torch
 
-    torch.save(rng_state(device), f"{folder}/rng-rank{rank}.pt")
+    torch.save(rng_state(device), rng_path(folder, rank))
 
 
 def load_rng(folder, rank: int):
     """The state `save_rng` wrote for `rank` (apply it with `set_rng_state` once every rank has loaded)."""
     import torch
 
-    return torch.load(f"{folder}/rng-rank{rank}.pt", weights_only=True)
+    return torch.load(rng_path(folder, rank), weights_only=True)

@@ -52,6 +52,18 @@ class Driver:
             self.proc.kill()
             self.proc.wait()
 
+    def crash(self) -> None:
+        """SIGKILL the driver, as a crash or an OOM killer would; then clear the Ray it leaves behind so
+        that a run started next does not share the machine with it."""
+        family = psutil.Process(self.proc.pid).children(recursive=True)
+        self.kill()
+        _, alive = psutil.wait_procs(family, timeout=30)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+
 
 def last_step(spec) -> int | None:
     rows = read_jsonl(spec.layout.metrics("rl"))  # live file: a torn last line is skipped

@@ -30,9 +30,7 @@ def stage_inputs(spec: JobSpec, tiny_policy) -> None:
     shutil.copytree(tiny_policy.model_dir, spec.layout.model("sft"))
 
 
-
-
-TIMED_KEYS = ("time/", "push/seconds", "throughput/")  # wall-clock figures: all two equal runs may differ in
+TIMED_KEYS = ("time/", "push/seconds", "throughput/")  # wall-clock figures: all that two equal runs may differ in
 
 
 def untimed(row: dict) -> dict:

@@ -225,7 +225,7 @@ class Learner:
         if path is None:
             raise FileNotFoundError(f"{directory}: no DeepSpeed checkpoint with tag 'learner' to resume from")
         self.steps = int(client_state.get("learner_steps", 0))
-        if Path(directory, f"rng-rank{self.rank}.pt").exists():
+        if device_mod.rng_path(directory, self.rank).exists():
             device_mod.set_rng_state(device_mod.load_rng(directory, self.rank), self.device)
         else:  # written before checkpoints kept the RNG: the run goes on, no longer bit-for-bit
             log.warning("checkpoint has no RNG state for this rank; dropout will not repeat the uninterrupted run",

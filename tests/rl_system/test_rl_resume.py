@@ -10,9 +10,6 @@ learner's optimizer state and RNG are in the checkpoint.
 """
 from __future__ import annotations
 
-import signal
-
-import psutil
 import pytest
 
 from cluster.checkpoint import CheckpointManager
@@ -47,20 +44,6 @@ def _weights(spec) -> dict:
     return load_file(spec.layout.model("rl") / "model.safetensors")
 
 
-def _kill_driver(driver: Driver) -> None:
-    """SIGKILL the driver, as a crash or an OOM killer would; then clear the Ray it leaves behind so
-    the resumed run does not share the machine with it."""
-    family = psutil.Process(driver.proc.pid).children(recursive=True)
-    driver.proc.send_signal(signal.SIGKILL)
-    driver.proc.wait()
-    _, alive = psutil.wait_procs(family, timeout=30)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-
-
 def test_sigkill_after_a_checkpoint_then_resume_repeats_the_uninterrupted_run(tiny_policy, tmp_path):
     whole_spec, whole_path = _job(tiny_policy, tmp_path / "whole")
     cut_spec, cut_path = _job(tiny_policy, tmp_path / "cut")
@@ -72,7 +55,7 @@ def test_sigkill_after_a_checkpoint_then_resume_repeats_the_uninterrupted_run(ti
     try:
         cut.wait_for(f"checkpoint of step {KILL_AFTER}",
                      lambda: c if (c := ckpts.latest()) is not None and c.step >= KILL_AFTER else None)
-        _kill_driver(cut)
+        cut.crash()
         killed_at = last_step(cut_spec)
         assert killed_at < STEPS and not cut_spec.layout.model("rl").exists()  # it did stop mid-run
         resumed = Driver(["rl", str(cut_path), *OVERRIDES, "--resume"], tmp_path / "resumed.log")
