@@ -127,6 +127,9 @@ class SftSpec(_Section):
     # target per window in the answer slot, where RL and evaluation read the prediction, against several in the history.
     answer_prefixes: int = Field(0, ge=0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # embedding + residual-branch dropout while training
+    # Each user's latest N training targets left out of SFT and given to RL as its only prompts, so
+    # that RL learns from targets the SFT model was not fitted to (0: both see every target).
+    reserve_for_rl: int = Field(0, ge=0)
     # Decay of an exponential moving average of the weights, saved instead of the last ones; 0 = off.
     # Needs the full weights on every rank: zero_stage <= 2.
     weight_average: float = Field(0.0, ge=0.0, lt=1.0)

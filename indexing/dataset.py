@@ -157,6 +157,23 @@ def leave_one_out(ds: Dataset, max_history: int = 20) -> Split:
     return Split(train, valid, test)
 
 
+def reserve_latest(train: list[Example], k: int) -> tuple[list[Example], list[Example]]:
+    """(kept, reserved): each user's latest `k` training examples set apart (all of a user's, when
+    they have at most k), the rest kept; both in the split's order. The split lists a user's examples
+    in time order, so the latest are the last ones."""
+    if k == 0:
+        return list(train), []
+    count: dict[int, int] = {}
+    for ex in train:
+        count[ex.user] = count.get(ex.user, 0) + 1
+    seen: dict[int, int] = {}
+    kept, reserved = [], []
+    for ex in train:
+        seen[ex.user] = seen.get(ex.user, 0) + 1
+        (reserved if seen[ex.user] > count[ex.user] - k else kept).append(ex)
+    return kept, reserved
+
+
 def temporal(ds: Dataset, max_history: int = 20, ratio: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> Split:
     """MiniOneRec-style 8:1:1 split in time order.
 

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from cluster.spec import JobSpec, SpecError
-from indexing.dataset import Example
+from indexing.dataset import Example, reserve_latest
 from indexing.sid import SidIndex
 from rl_system.messages import Prompt
 from sft.prompts import render_seqrec_prompt
@@ -18,16 +18,20 @@ from sft.prompts import render_seqrec_prompt
 
 def training_prompts(spec: JobSpec, examples: Sequence[Example]) -> list[Example]:
     """The examples RL draws its prompts from: those of the `rl.train_users` lowest user ids (all
-    when None). Refused when one step needs more than there are: the step would hold a prompt twice
-    and its groups would weigh that prompt double, without a word."""
+    when None), only the ones SFT left out when `sft.reserve_for_rl` is set. Refused when one step
+    needs more than there are: the step would hold a prompt twice and its groups would weigh that
+    prompt double, without a word."""
     rl = spec.rl
+    if spec.sft.reserve_for_rl:
+        examples = reserve_latest(list(examples), spec.sft.reserve_for_rl)[1]
     users = sorted({e.user for e in examples})[:rl.train_users]
     keep = set(users)
     out = [e for e in examples if e.user in keep]
     if rl.prompts_per_step > len(out):
+        reserved = f", sft.reserve_for_rl={spec.sft.reserve_for_rl}" if spec.sft.reserve_for_rl else ""
         raise SpecError(f"{spec.source or 'spec'}: key 'rl.prompts_per_step': {rl.prompts_per_step} prompts per step, "
-                        f"but the {len(users)} users available (rl.train_users={rl.train_users}) give {len(out)} "
-                        f"training prompts; expected at most {len(out)}, or more rl.train_users")
+                        f"but the {len(users)} users available (rl.train_users={rl.train_users}{reserved}) give "
+                        f"{len(out)} training prompts; expected at most {len(out)}, or more rl.train_users")
     return out
 
 

@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 
 from cluster.logs import fields
 from cluster.spec import JobSpec
-from indexing.dataset import Example, load_from_spec, split_from_spec
+from indexing.dataset import Example, load_from_spec, reserve_latest, split_from_spec
 from indexing.rewrite import RewriteCache, Teacher, ask_cached, make_teacher
 from indexing.sid import SidIndex
 from sft.tasks import ReasoningRecord, TaskError, title_of
@@ -234,7 +234,8 @@ def build_reasoning_data(spec: JobSpec, batch_size: int = 32) -> list[ReasoningR
     ds = load_from_spec(spec)
     if not any(title_of(ds.items, i) for i in index.items()):
         log.warning("dataset %s has no item titles: the teacher sees bare SIDs and can cite only those", ds.name)
-    examples = select_examples(split_from_spec(spec, ds).train, rs.max_examples, spec.sft.seed)
+    train, _ = reserve_latest(split_from_spec(spec, ds).train, spec.sft.reserve_for_rl)
+    examples = select_examples(train, rs.max_examples, spec.sft.seed)
     teacher = make_teacher(spec, rs.endpoint, rs.teacher, rs.max_tokens, "sft.reasoning", "teacher")
     out_dir = reasoning_dir(spec)
     return generate_reasoning(examples, index, ds.items, teacher, RewriteCache(out_dir / CACHE_FILE), out_dir,

@@ -52,6 +52,10 @@ class SasrecConfig:
     patience: int = 5  # epochs without a better validation NDCG@10 before stopping
     loss: Literal["full", "sampled"] = "full"
     negatives: int = 100  # items drawn per batch for loss "sampled"
+    # Rank only items outside the user's history (the target kept), as RecTools' filter_viewed and
+    # RecBole's full-sort evaluation do. Off by default: gream's generative evaluation ranks every
+    # item, so comparisons with it keep this off; on for checks against published figures.
+    exclude_history: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -171,15 +175,31 @@ def trim_padding(seqs: torch.Tensor, pad: int, *aligned: torch.Tensor) -> tuple[
     return tuple(t[:, start:] for t in (seqs, *aligned))
 
 
+def drop_history(scores: torch.Tensor, seqs: torch.Tensor, targets: torch.Tensor, pad: int) -> torch.Tensor:
+    """Scores [B, items] with each row's history items (seqs [B, L], pad excluded) at -inf, except
+    the row's target, so a repeated purchase still counts."""
+    rows = torch.arange(len(seqs), device=seqs.device)[:, None].expand_as(seqs)
+    real = seqs != pad
+    seen = torch.zeros_like(scores, dtype=torch.bool)
+    seen[rows[real], seqs[real]] = True
+    seen[torch.arange(len(seqs), device=seqs.device), targets] = False
+    return scores.masked_fill(seen, float("-inf"))
+
+
 @torch.no_grad()
-def target_ranks(model: SASRec, seqs: torch.Tensor, targets: torch.Tensor, batch_size: int, device) -> np.ndarray:
-    """0-based rank of each target among all items (items scoring strictly higher come first)."""
+def target_ranks(model: SASRec, seqs: torch.Tensor, targets: torch.Tensor, batch_size: int, device,
+                 exclude_history: bool = False) -> np.ndarray:
+    """0-based rank of each target among all items (items scoring strictly higher come first), or
+    among the items outside the history with `exclude_history`."""
     model.eval()
     ranks = []
     for start in range(0, len(seqs), batch_size):
         (batch,) = trim_padding(seqs[start:start + batch_size], model.pad)
-        s = model.scores(batch.to(device))
+        batch = batch.to(device)
+        s = model.scores(batch)
         t = targets[start:start + batch_size].to(device)
+        if exclude_history:
+            s = drop_history(s, batch, t, model.pad)
         ranks.append((s > s.gather(1, t[:, None])).sum(1).cpu())
     return torch.cat(ranks).numpy()
 
@@ -240,7 +260,7 @@ def fit(split: Split, num_items: int, max_len: int, ks: list[int], cfg: SasrecCo
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
-        valid_ranks = target_ranks(model, *valid, cfg.batch_size, device)
+        valid_ranks = target_ranks(model, *valid, cfg.batch_size, device, cfg.exclude_history)
         valid_metrics = metrics_from_ranks(valid_ranks, ks)
         score = valid_metrics[key]
         log.info("sasrec epoch", extra=fields(epoch=epoch, loss=round(total / len(train_x), 4),
@@ -261,8 +281,11 @@ def fit(split: Split, num_items: int, max_len: int, ks: list[int], cfg: SasrecCo
     return Fitted(model, best["epoch"], best["valid"], epoch + 1, out_of_time)
 
 
-def ranks_on_test(fitted: Fitted, split: Split, max_len: int, batch_size: int, device: torch.device) -> np.ndarray:
-    return target_ranks(fitted.model, *encode(split.test, max_len, fitted.model.pad), batch_size, device)
+def ranks_on(examples: list[Example], fitted: Fitted, max_len: int, cfg: SasrecConfig, device: torch.device,
+             exclude_history: bool | None = None) -> np.ndarray:
+    """Full ranks of the examples' targets under the config's protocol (or the one given)."""
+    exclude = cfg.exclude_history if exclude_history is None else exclude_history
+    return target_ranks(fitted.model, *encode(examples, max_len, fitted.model.pad), cfg.batch_size, device, exclude)
 
 
 def evaluation(fitted: Fitted, test: np.ndarray, ks: list[int], users: int | None) -> dict:
@@ -274,8 +297,14 @@ def evaluation(fitted: Fitted, test: np.ndarray, ks: list[int], users: int | Non
 
 def train_and_evaluate(split: Split, num_items: int, max_len: int, ks: list[int], cfg: SasrecConfig,
                        device: torch.device, users: int | None = None) -> dict:
+    """Fit, then test once. With `exclude_history`, `with_history` holds the same model's all-user
+    figures ranked over every item, what a comparison with gream's generative model reads."""
     fitted = fit(split, num_items, max_len, ks, cfg, device)
-    return evaluation(fitted, ranks_on_test(fitted, split, max_len, cfg.batch_size, device), ks, users)
+    result = evaluation(fitted, ranks_on(split.test, fitted, max_len, cfg, device), ks, users)
+    if cfg.exclude_history:
+        result["with_history"] = {name: report(ranks_on(examples, fitted, max_len, cfg, device, False), ks, None)
+                                  for name, examples in (("valid", split.valid), ("test", split.test))}
+    return result
 
 
 def out_dir(spec: JobSpec) -> Path:
@@ -291,6 +320,7 @@ def write_result(spec: JobSpec, ds: Dataset, split: Split, result: dict, cfg: Sa
         for name, examples in (("valid", split.valid), ("test", split.test))})
     out = {"valid": result["valid"], "test": result["test"],
            "meta": {"all_users": result["all_users"], "best_epoch": result["best_epoch"], "train_secs": round(secs, 1),
+                    **({"with_history": result["with_history"]} if "with_history" in result else {}),
                     "dataset": ds.name, "split": spec.data.split, "config": asdict(cfg), **meta}}
     path = write_eval(out_dir(spec), out, ranks)
     log.info("sasrec done", extra=fields(path=str(path), **{f"test_{k}": round(v, 4) for k, v in out["test"].items()}))

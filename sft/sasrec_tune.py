@@ -29,12 +29,12 @@ from cluster.logs import fields
 from cluster.spec import JobSpec
 from indexing.dataset import Split, load_from_spec, split_from_spec
 from sft.metrics import metrics_from_ranks, selection_metric
-from sft.sasrec import Fitted, SasrecConfig, evaluation, fit, out_dir, ranks_on_test, write_result
+from sft.sasrec import Fitted, SasrecConfig, evaluation, fit, out_dir, ranks_on, write_result
 
 log = logging.getLogger(__name__)
 
 GRID: dict[str, tuple] = {
-    "hidden": (64, 128),
+    "hidden": (64, 128, 256),
     "blocks": (1, 2),
     "dropout": (0.2, 0.5),
     "lr": (1e-3, 3e-3),
@@ -102,7 +102,7 @@ def run(spec: JobSpec, base: SasrecConfig | None = None, budget_s: float | None 
     t0 = time.perf_counter()
     fitted, cfg, trials = tune(split, ds.num_items, spec.data.max_history, spec.eval.ks, configs, device, budget_s)
     ks = spec.eval.ks
-    result = evaluation(fitted, ranks_on_test(fitted, split, spec.data.max_history, cfg.batch_size, device), ks,
+    result = evaluation(fitted, ranks_on(split.test, fitted, spec.data.max_history, cfg, device), ks,
                         spec.eval.max_users)
     secs = time.perf_counter() - t0
     path = write_result(spec, ds, split, result, cfg, secs, tuned={"trials": len(trials), "grid": len(configs),

@@ -35,7 +35,7 @@ from cluster.logs import fields
 from cluster.metrics_log import MetricsLog
 from cluster.run_layout import MODEL_DIR
 from cluster.spec import JobSpec
-from indexing.dataset import load_from_spec, split_from_spec
+from indexing.dataset import load_from_spec, reserve_latest, split_from_spec
 from indexing.sid import SidIndex, read_vocab
 from sft.backbone import REASONING_TOKENS, add_sid_tokens, resolve_backbone
 from sft.curriculum import ALIGN, REASON, Step, epoch_plan
@@ -182,7 +182,8 @@ class Trainer:
         self.token_ids = add_sid_tokens(model, tok, vocab, code_descriptions(index, ds.items, vocab), spec.model.seed)
         self.new_rows = sorted(i for i in self.token_ids.values() if i >= known)
         builder = AlignmentBuilder(tok, index, ds.items, spec.sft.seed)
-        rendered = build_alignment(builder, spec.sft.tasks, split.train, preferences, spec.sft.max_train_examples,
+        train, _ = reserve_latest(split.train, spec.sft.reserve_for_rl)
+        rendered = build_alignment(builder, spec.sft.tasks, train, preferences, spec.sft.max_train_examples,
                                    spec.sft.history_loss, spec.sft.answer_prefixes, spec.sft.seed)
         sid_ids = frozenset(self.token_ids[t] for t in vocab) if spec.sft.history_loss else frozenset()
         self.align = tokenize(tok, rendered, spec.sft.max_len, sid_ids)

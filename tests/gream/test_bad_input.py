@@ -96,6 +96,10 @@ def test_prompts_per_step_above_the_training_prompts(tmp_path, capsys):
     assert (f"{DEMO}: key 'rl.prompts_per_step': 25 prompts per step, but the 1 users available "
             "(rl.train_users=1) give 24 training prompts; expected at most 24") in err
     assert not (tmp_path / "rl").exists()
+    # With the latest target of each user reserved for RL, those are RL's only prompts: one per user.
+    err = gream(capsys, "rl", DEMO, "--set", f"run_dir={tmp_path}", "--set", "rl.train_users=3",
+                "--set", "sft.reserve_for_rl=1", "--set", "rl.prompts_per_step=4")
+    assert ("(rl.train_users=3, sft.reserve_for_rl=1) give 3 training prompts; expected at most 3") in err
 
 
 # The driver's handler, installed as `gream rl` installs it, in a process busy with a step (a sleep).

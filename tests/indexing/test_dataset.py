@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from indexing.dataset import DataError, leave_one_out, load_dataset, stats, temporal
+from indexing.dataset import DataError, Example, leave_one_out, load_dataset, reserve_latest, stats, temporal
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared" / "data"
@@ -40,6 +40,24 @@ def test_leave_one_out(dataset):
     seq = dataset.sequences[user]
     assert split.test[0].target == seq[-1] and split.test[0].history == tuple(seq[:-1][-20:])
     assert split.valid[0].target == seq[-2] and split.valid[0].history == tuple(seq[:-2][-20:])
+
+
+def test_reserve_latest_sets_apart_each_users_last_targets():
+    train = [Example(1, (), 10), Example(1, (10,), 11), Example(1, (10, 11), 12), Example(2, (), 20),
+             Example(3, (), 30), Example(3, (30,), 31)]
+    kept, reserved = reserve_latest(train, 1)
+    assert [e.target for e in reserved] == [12, 20, 31] and [e.target for e in kept] == [10, 11, 30]
+    kept, reserved = reserve_latest(train, 2)  # user 2 has one example: it is reserved whole
+    assert [e.target for e in reserved] == [11, 12, 20, 30, 31] and [e.target for e in kept] == [10]
+    assert reserve_latest(train, 0) == (train, [])
+
+
+def test_reserved_targets_are_never_an_sft_target(dataset):
+    kept, reserved = reserve_latest(leave_one_out(dataset).train, 1)
+    assert len(reserved) == len(dataset.sequences)
+    # Each user's reserved example is the one whose history is longest; nothing kept comes after it.
+    latest = {e.user: e for e in reserved}
+    assert all(len(e.history) < len(latest[e.user].history) or len(e.history) == 20 for e in kept)
 
 
 def test_temporal_split_is_ordered_per_user(dataset):

@@ -80,11 +80,22 @@ def test_target_ranks_count_items_scoring_higher():
     assert ranks.tolist() == [1, 3, 0]
 
 
+def test_excluding_history_drops_seen_items_but_never_the_target():
+    table = torch.tensor([[0.9, 0.1, 0.5, 0.3], [0.2, 0.8, 0.4, 0.6]])
+    seqs = torch.tensor([[4, 0], [4, 1], [4, 0], [1, 0]])  # scored by the last item; 4 is padding
+    targets = torch.tensor([2, 0, 0, 3])
+    ranks = target_ranks(FixedScores(table), seqs, targets, batch_size=3, device=torch.device("cpu"),
+                         exclude_history=True)
+    # Row 0: 0.9 (item 0, seen) no longer counts; row 1: 0.8 (item 1, seen) dropped, 0.4 and 0.6 stay;
+    # row 2: the target is a seen item and keeps its score; row 3: items 0 and 1 seen, 0.5 stays.
+    assert ranks.tolist() == [0, 2, 0, 1]
+
+
 def test_run_on_office_learns_and_writes_the_eval_schema(tmp_path):
     # Users with at least 30 interactions only: a small, real slice that trains in seconds.
     spec = JobSpec(name="s", run_dir=str(tmp_path), data={"path": str(REPO / "data/office"), "min_interactions": 30},
                    cluster={"device": "cpu"}, eval={"max_users": 40})
-    path = run(spec, SasrecConfig(max_epochs=3, batch_size=256, lr=3e-3))
+    path = run(spec, SasrecConfig(max_epochs=3, batch_size=256, lr=3e-3, exclude_history=True))
     out = json.loads(path.read_text())
     assert path == tmp_path / "baselines/sasrec/eval.json"
     for split in ("valid", "test"):
@@ -96,6 +107,9 @@ def test_run_on_office_learns_and_writes_the_eval_schema(tmp_path):
     everyone = out["meta"]["all_users"]
     assert everyone["valid"]["recall@10"] > 0.012 and everyone["test"]["ndcg@10"] <= everyone["test"]["recall@10"]
     assert out["meta"]["best_epoch"] >= 0
+    # Ranked over every item too: dropping seen items only removes competitors, so no user ranks lower.
+    for split in ("valid", "test"):
+        assert out["meta"]["with_history"][split]["recall@10"] <= everyone[split]["recall@10"]
 
 
 def test_cli_seed_reaches_the_config(monkeypatch):
