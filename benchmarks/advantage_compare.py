@@ -229,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cols = [column(read_metrics(r), read_json(RunLayout(r).eval_file("rl")), args.window) for r in runs]
         columns[adv] = median_column(cols)
         per_seed[adv] = {f"seed {seed}": col.get("test recall@10") for seed, col in zip(args.seeds, cols)}
-    users = {split: m.get("users") for split, m in (read_json(RunLayout(base).eval_file("sft")) or {}).items()}
+    users = {split: m.get("users") for split, m in (read_json(RunLayout(base).eval_file("sft")) or {}).items()
+             if split != "segments"}
     print(format_table(columns, f"\n{args.steps} RL steps per estimator from {sft_model} ({args.spec.name}); "
                                 f"median over RL seeds {args.seeds}; eval users {users or '-'}; runs in {out}"))
     print(format_table(per_seed, "\ntest recall@10 per RL seed"))

@@ -5,7 +5,11 @@ for every evaluator (`gream eval`, `gream baseline sasrec`), so two models compa
 ranks.json:
 
     {"depth": 10, "ks": [1, 5, 10],
-     "splits": {"valid": {"users": [3, 7, ...], "ranks": [0, -1, ...]}, "test": {...}}}
+     "splits": {"valid": {"users": [3, 7, ...], "ranks": [0, -1, ...],
+                          "segments": {"head": [1, 0, ...], "tail": [0, 1, ...], ...}}, "test": {...}}}
+
+`segments` (optional) marks, per example, the long-tail segments it belongs to (indexing.segments:
+head / tail items, short / long users), so a comparison can be restricted to one.
 
 Convention: a rank is the 0-based position of the target in the model's ranked list, and -1 when
 the target is not among the first `depth` entries. `depth` is the spec's `eval.beam_width`: the
@@ -17,7 +21,7 @@ temporal split one user can own several examples of a split.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -37,10 +41,19 @@ class EvalRecordError(GreamError, ValueError):
 class SplitRanks:
     users: np.ndarray  # int64 [n], Example.user of each evaluated example, in split order
     ranks: np.ndarray  # int64 [n], 0-based rank of the target, NOT_FOUND beyond the depth
+    segments: Mapping[str, np.ndarray] = field(default_factory=dict)  # name -> bool [n]
 
     def __post_init__(self) -> None:
         if self.users.shape != self.ranks.shape or self.users.ndim != 1:
             raise ValueError(f"users {self.users.shape} and ranks {self.ranks.shape} must be 1-d and of one length")
+        for name, mask in self.segments.items():
+            if mask.shape != self.users.shape or mask.dtype != bool:
+                raise ValueError(f"segment {name!r}: expected {self.users.size} booleans, got {mask.dtype} {mask.shape}")
+
+    def only(self, segment: str) -> "SplitRanks":
+        """The examples of one segment (their segment labels dropped)."""
+        mask = self.segments[segment]
+        return SplitRanks(self.users[mask], self.ranks[mask])
 
 
 @dataclass(frozen=True)
@@ -56,8 +69,16 @@ def cap_ranks(ranks: Sequence[int] | np.ndarray, depth: int) -> np.ndarray:
     return np.where((ranks >= 0) & (ranks < depth), ranks, NOT_FOUND)
 
 
-def split_ranks(users: Sequence[int], ranks: Sequence[int] | np.ndarray, depth: int) -> SplitRanks:
-    return SplitRanks(np.asarray(users, dtype=np.int64), cap_ranks(ranks, depth))
+def split_ranks(users: Sequence[int], ranks: Sequence[int] | np.ndarray, depth: int,
+                segments: Mapping[str, np.ndarray] | None = None) -> SplitRanks:
+    return SplitRanks(np.asarray(users, dtype=np.int64), cap_ranks(ranks, depth), dict(segments or {}))
+
+
+def _split_json(s: SplitRanks) -> dict:
+    out = {"users": s.users.tolist(), "ranks": s.ranks.tolist()}
+    if s.segments:
+        out["segments"] = {name: mask.astype(int).tolist() for name, mask in s.segments.items()}
+    return out
 
 
 def _write_json(path: Path, payload: dict) -> None:
@@ -75,7 +96,7 @@ def write_eval(folder: Path, result: dict, ranks: RankRecord | None = None) -> P
     else:
         _write_json(folder / RANKS_FILE, {
             "depth": ranks.depth, "ks": list(ranks.ks),
-            "splits": {name: {"users": s.users.tolist(), "ranks": s.ranks.tolist()} for name, s in ranks.splits.items()}})
+            "splits": {name: _split_json(s) for name, s in ranks.splits.items()}})
     path = folder / EVAL_FILE
     _write_json(path, result)
     return path
@@ -129,5 +150,18 @@ def read_ranks(folder: Path) -> RankRecord:
         if bad.any():
             raise EvalRecordError(f"{path}: key 'splits.{name}.ranks': {int(ranks[bad][0])} is outside "
                                   f"{NOT_FOUND}..{depth - 1}")
-        out[name] = SplitRanks(users, ranks)
+        out[name] = SplitRanks(users, ranks, _segments(path, name, s.get("segments", {}), users.size))
     return RankRecord(depth, tuple(ks.tolist()), out)
+
+
+def _segments(path: Path, split: str, value: object, n: int) -> dict[str, np.ndarray]:
+    if not isinstance(value, Mapping):
+        raise EvalRecordError(f"{path}: key 'splits.{split}.segments' must map segment names to 0/1 lists")
+    out = {}
+    for name, flags in value.items():
+        key = f"splits.{split}.segments.{name}"
+        flags = _int_list(path, key, flags)
+        if flags.size != n or not np.isin(flags, (0, 1)).all():
+            raise EvalRecordError(f"{path}: key '{key}' must hold {n} values of 0 or 1")
+        out[name] = flags.astype(bool)
+    return out

@@ -15,6 +15,7 @@ from cluster.errors import GreamError, Resumable
 from cluster.logs import setup_logging
 from cluster.spec import JobSpec, SpecError, dump_spec, load_spec
 from gream.launch import RESUMABLE
+from indexing.segments import SEGMENTS
 
 log = logging.getLogger("gream")
 
@@ -93,7 +94,7 @@ def cmd_baseline_sasrec(args) -> None:
 def cmd_compare(args) -> None:
     from gream.compare import main as compare
 
-    print(compare(args.stages, args.json, args.resamples, args.seed))
+    print(compare(args.stages, args.json, args.resamples, args.seed, args.segment))
 
 
 def cmd_launch(args) -> None:
@@ -197,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the users")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    p.add_argument("--segment", choices=SEGMENTS, help="only the examples of one long-tail segment: targets among the "
+                   "20%% most popular items (head) or the rest (tail), users above the median activity (long) or not (short)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("scale", help="resize the rollout pool of a running job")

@@ -7,7 +7,8 @@ the table gives each stage's figure on its own users (its eval.json value), the 
 per-user values against the first stage on the users both were evaluated on, and the percentile
 bootstrap interval of that difference (gream/paired.py: users resampled, fixed seed). An interval
 holding 0 reads "no difference". Stages evaluated on different users are compared on the
-intersection, with the counts printed.
+intersection, with the counts printed. `--segment head|tail|short|long` restricts every stage to
+the examples of one long-tail segment (indexing.segments), from the labels each ranks.json holds.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from cluster.errors import BadRequest
-from cluster.eval_record import RankRecord, read_eval, read_ranks
+from cluster.eval_record import RankRecord, SplitRanks, read_eval, read_ranks
 from gream.paired import LEVEL, RESAMPLES, SEED, align, paired_bootstrap
 from sft.metrics import metric_names, per_example_metrics
 
@@ -64,7 +65,20 @@ def shared_metrics(stages: Sequence[Stage]) -> tuple[list[int], list[str]]:
     return ks, metric_names(ks)
 
 
-def compare(stages: Sequence[Stage], resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL) -> dict:
+def restrict(stage: Stage, split: str, segment: str | None) -> SplitRanks:
+    """The stage's ranks on `split`, only the examples of `segment` when one is named."""
+    ranks = stage.ranks.splits[split]
+    if segment is None:
+        return ranks
+    if segment not in ranks.segments:
+        known = ", ".join(sorted(ranks.segments)) or "none"
+        raise BadRequest(f"{stage.folder}: ranks.json labels no '{segment}' segment on {split} (labels: {known}); "
+                         "evaluate the stage again to write the long-tail labels")
+    return ranks.only(segment)
+
+
+def compare(stages: Sequence[Stage], resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL,
+            segment: str | None = None) -> dict:
     """Every stage against the first, per split both hold: the JSON that `--json` prints."""
     if len(stages) < 2:
         raise BadRequest("compare needs at least two stages")
@@ -73,15 +87,17 @@ def compare(stages: Sequence[Stage], resamples: int = RESAMPLES, seed: int = SEE
     ks, names = shared_metrics(stages)
     first = stages[0]
     out = {"stages": [s.label for s in stages], "folders": [str(s.folder) for s in stages], "metrics": names,
-           "resamples": resamples, "seed": seed, "level": level, "splits": {}}
+           "resamples": resamples, "seed": seed, "level": level, "segment": segment, "splits": {}}
     for split in first.ranks.splits:
         if not all(split in s.ranks.splits for s in stages):
             continue
-        per_user = [per_example_metrics(s.ranks.splits[split].ranks, ks) for s in stages]
-        base = first.ranks.splits[split]
+        chosen = [restrict(s, split, segment) for s in stages]
+        if not all(len(r.users) for r in chosen):
+            continue
+        per_user = [per_example_metrics(r.ranks, ks) for r in chosen]
+        base = chosen[0]
         comparisons = []
-        for stage, values in zip(stages[1:], per_user[1:]):
-            other = stage.ranks.splits[split]
+        for stage, other, values in zip(stages[1:], chosen[1:], per_user[1:]):
             ia, ib = align(base.users, other.users)
             row = {"a": first.label, "b": stage.label, "users_a": len(base.users), "users_b": len(other.users),
                    "common_users": len(ia), "metrics": {}}
@@ -91,7 +107,7 @@ def compare(stages: Sequence[Stage], resamples: int = RESAMPLES, seed: int = SEE
                     row["metrics"][name] = {"diff": iv.diff, "low": iv.low, "high": iv.high, "verdict": iv.verdict}
             comparisons.append(row)
         out["splits"][split] = {
-            "users": [len(s.ranks.splits[split].users) for s in stages],
+            "users": [len(r.users) for r in chosen],
             "values": {m: [float(v[m].mean()) for v in per_user] for m in names},
             "comparisons": comparisons}
     return out
@@ -100,7 +116,8 @@ def compare(stages: Sequence[Stage], resamples: int = RESAMPLES, seed: int = SEE
 def format_tables(result: dict) -> str:
     level = round(100 * result["level"])
     lines = [f"paired bootstrap: {result['resamples']} resamples of users, seed {result['seed']}, {level}% intervals; "
-             "figures on each stage's own users, B-A on the users both hold"]
+             "figures on each stage's own users, B-A on the users both hold"
+             + (f"; only the '{result['segment']}' segment" if result.get("segment") else "")]
     for split, data in result["splits"].items():
         values = data["values"]
         for i, row in enumerate(data["comparisons"], start=1):
@@ -117,8 +134,9 @@ def format_tables(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(specs: Sequence[str], as_json: bool, resamples: int = RESAMPLES, seed: int = SEED) -> str:
-    result = compare([load_stage(s) for s in specs], resamples, seed)
+def main(specs: Sequence[str], as_json: bool, resamples: int = RESAMPLES, seed: int = SEED,
+         segment: str | None = None) -> str:
+    result = compare([load_stage(s) for s in specs], resamples, seed, segment=segment)
     if not result["splits"]:
         raise BadRequest(f"no split is evaluated in every one of {', '.join(specs)}")
     return json.dumps(result, indent=2) if as_json else format_tables(result)

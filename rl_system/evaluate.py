@@ -25,9 +25,10 @@ from cluster.eval_record import RankRecord, split_ranks, write_eval
 from cluster.logs import fields
 from cluster.spec import EvalSpec, JobSpec
 from indexing.dataset import Example, split_from_spec
+from indexing.segments import segment_masks
 from indexing.sid import SidIndex
 from rl_system.reward.functions import sid_of
-from sft.metrics import metrics_from_ranks, rank_of
+from sft.metrics import metrics_from_ranks, rank_of, segment_metrics
 from sft.prompts import EvalPrompts, build_prompts
 
 log = logging.getLogger(__name__)
@@ -106,19 +107,23 @@ class EvalConfig:
 
 
 def evaluate(cfg: EvalConfig, pool, tokenizer, index: SidIndex, splits: dict[str, Sequence[Example]],
-             sampling: bool = True) -> tuple[dict, RankRecord]:
+             sampling: bool = True, train: Sequence[Example] | None = None) -> tuple[dict, RankRecord]:
     """Metrics per split, e.g. {"valid": {"recall@10": ...}, "test": {...}}, and the beam rank of
     every user's target (ranks.json); without `sampling`, the beam metrics only (Pass@K sampling
-    costs `eval.pass_samples` times the beam's generation)."""
+    costs `eval.pass_samples` times the beam's generation). With the `train` split, also the beam
+    metrics per long-tail segment (indexing.segments) under "segments", and each example's segments
+    in the ranks."""
     e = cfg.eval
     token_to_item = token_mapper(tokenizer, index)
     reasoning = cfg.mode == "reasoning"
-    out, ranks = {}, {}
+    out, ranks, segments = {}, {}, {}
     for name, examples in splits.items():
         examples = list(examples)[: e.max_users] if e.max_users else list(examples)
         direct = build_prompts(tokenizer, index, examples, reasoning=False)
-        ranks[name] = split_ranks([ex.user for ex in examples],
-                                  beam_ranks(pool, direct, token_to_item, e.beam_width), e.beam_width)
+        ranks[name] = split_ranks([ex.user for ex in examples], beam_ranks(pool, direct, token_to_item, e.beam_width),
+                                  e.beam_width, segment_masks(examples, train) if train is not None else None)
+        if train is not None:
+            segments[name] = segment_metrics(ranks[name].ranks, ranks[name].segments, e.ks)
         metrics = metrics_from_ranks(ranks[name].ranks, e.ks)
         if sampling:
             sampled = build_prompts(tokenizer, index, examples, reasoning) if reasoning else direct
@@ -127,14 +132,17 @@ def evaluate(cfg: EvalConfig, pool, tokenizer, index: SidIndex, splits: dict[str
         metrics["users"] = len(examples)
         out[name] = metrics
         log.info("evaluated", extra=fields(split=name, **{k: round(v, 4) for k, v in metrics.items()}))
+    if segments:
+        out["segments"] = segments
     return out, RankRecord(e.beam_width, tuple(e.ks), ranks)
 
 
 def print_table(title: str, result: dict) -> None:
-    keys = [k for k in next(iter(result.values())) if k != "users"]
+    splits = {name: metrics for name, metrics in result.items() if name != "segments"}
+    keys = [k for k in next(iter(splits.values())) if k != "users"]
     print(f"\n{title}")
     print(f"{'split':<8}" + "".join(f"{k:>11}" for k in keys))
-    for split, metrics in result.items():
+    for split, metrics in splits.items():
         print(f"{split:<8}" + "".join(f"{metrics[k]:>11.4f}" for k in keys))
 
 
@@ -156,7 +164,7 @@ def evaluate_model(spec: JobSpec, model: Path, index: SidIndex, split, sampling:
     pool = RolloutPool.from_spec(spec, model, index)
     try:
         return evaluate(EvalConfig.from_spec(spec), pool, AutoTokenizer.from_pretrained(model), index,
-                        {"valid": split.valid, "test": split.test}, sampling)
+                        {"valid": split.valid, "test": split.test}, sampling, split.train)
     finally:
         pool.shutdown()
 

@@ -7,7 +7,7 @@ for a 0-based rank below K, else 0 (the ideal DCG is 1). NDCG@1 equals Recall@1 
 from __future__ import annotations
 
 import math
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -61,6 +61,13 @@ def per_example_metrics(ranks: Sequence[int] | np.ndarray, ks: Iterable[int]) ->
 def metrics_from_ranks(ranks: Sequence[int] | np.ndarray, ks: Iterable[int]) -> dict[str, float]:
     """Mean Recall@K / NDCG@K over examples from 0-based target ranks (MISSING = not retrieved)."""
     return {name: float(np.mean(values)) for name, values in per_example_metrics(ranks, ks).items()}
+
+
+def segment_metrics(ranks: np.ndarray, segments: Mapping[str, np.ndarray], ks: Iterable[int]) -> dict[str, dict]:
+    """Recall@K / NDCG@K of each segment's examples (boolean masks over `ranks`) with their count;
+    a segment without examples is left out."""
+    return {name: {**metrics_from_ranks(ranks[mask], ks), "users": int(mask.sum())}
+            for name, mask in segments.items() if mask.any()}
 
 
 def ranking_metrics(ranked_lists: Sequence[Sequence[int]], targets: Sequence[int], ks: Iterable[int]) -> dict[str, float]:

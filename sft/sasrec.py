@@ -34,7 +34,8 @@ from cluster.eval_record import RankRecord, split_ranks, write_eval
 from cluster.logs import fields
 from cluster.spec import JobSpec
 from indexing.dataset import Dataset, Example, Split, load_from_spec, split_from_spec
-from sft.metrics import metrics_from_ranks, selection_metric
+from indexing.segments import segment_masks
+from sft.metrics import metrics_from_ranks, segment_metrics, selection_metric
 
 log = logging.getLogger(__name__)
 
@@ -313,12 +314,15 @@ def out_dir(spec: JobSpec) -> Path:
 
 def write_result(spec: JobSpec, ds: Dataset, split: Split, result: dict, cfg: SasrecConfig, secs: float,
                  **meta) -> Path:
-    """eval.json (reported users, all-user figures and settings under `meta`) and ranks.json."""
+    """eval.json (reported users, their long-tail segments, all-user figures and settings under
+    `meta`) and ranks.json."""
     depth, users = spec.eval.beam_width, spec.eval.max_users
     ranks = RankRecord(depth, tuple(spec.eval.ks), {
-        name: split_ranks([ex.user for ex in examples][:users], result["ranks"][name][:users], depth)
+        name: split_ranks([ex.user for ex in examples][:users], result["ranks"][name][:users], depth,
+                          segment_masks(examples[:users], split.train))
         for name, examples in (("valid", split.valid), ("test", split.test))})
-    out = {"valid": result["valid"], "test": result["test"],
+    segments = {name: segment_metrics(r.ranks, r.segments, spec.eval.ks) for name, r in ranks.splits.items()}
+    out = {"valid": result["valid"], "test": result["test"], "segments": segments,
            "meta": {"all_users": result["all_users"], "best_epoch": result["best_epoch"], "train_secs": round(secs, 1),
                     **({"with_history": result["with_history"]} if "with_history" in result else {}),
                     "dataset": ds.name, "split": spec.data.split, "config": asdict(cfg), **meta}}

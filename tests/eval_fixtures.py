@@ -52,7 +52,7 @@ def evaluate_stage(spec: JobSpec, worker, users: int, stage: str) -> None:
     tokenizer = AutoTokenizer.from_pretrained(spec.layout.model("sft"))
     index = SidIndex.load(spec.layout.index_file("Office"))
     result, ranks = evaluate(EvalConfig.from_spec(small), WorkerPool(worker), tokenizer, index,
-                             {"valid": split.valid, "test": split.test}, sampling=False)
+                             {"valid": split.valid, "test": split.test}, sampling=False, train=split.train)
     write_eval(spec.layout.stage(stage), result, ranks)
 
 

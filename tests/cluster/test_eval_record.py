@@ -43,12 +43,29 @@ def test_round_trip_and_a_stale_ranks_file_is_removed(tmp_path):
     assert not (tmp_path / "ranks.json").exists()
 
 
+def test_segment_labels_round_trip_and_restrict():
+    head = np.array([True, False, True])
+    ranks = split_ranks([7, 8, 9], [0, 4, 30], 10, {"head": head, "tail": ~head})
+    assert ranks.only("tail").users.tolist() == [8] and ranks.only("head").ranks.tolist() == [0, -1]
+    with pytest.raises(ValueError, match="segment 'head': expected 3 booleans"):
+        SplitRanks(ranks.users, ranks.ranks, {"head": np.array([1, 0, 1])})
+
+
+def test_segment_labels_are_stored_as_0_1(tmp_path):
+    head = np.array([True, False])
+    write_eval(tmp_path, {}, RankRecord(10, (10,), {"test": split_ranks([1, 2], [0, 3], 10, {"head": head})}))
+    assert json.loads((tmp_path / "ranks.json").read_text())["splits"]["test"]["segments"] == {"head": [1, 0]}
+    assert read_ranks(tmp_path).splits["test"].segments["head"].tolist() == [True, False]
+
+
 @pytest.mark.parametrize("payload, message", [
     ({"depth": 0, "ks": [1], "splits": {}}, "key 'depth' must be a positive integer"),
     ({"depth": 5, "ks": [10], "splits": {"valid": {}}}, r"key 'ks' must be cut-offs in 1..depth \(5\)"),
     ({"depth": 5, "ks": [1], "splits": {"valid": {"users": [1], "ranks": [0, 1]}}}, "1 users but 2 ranks"),
     ({"depth": 5, "ks": [1], "splits": {"test": {"users": [1], "ranks": [5]}}}, "'splits.test.ranks': 5 is outside"),
     ({"depth": 5, "ks": [1], "splits": {"test": {"users": ["a"], "ranks": [1]}}}, "'splits.test.users' must be a list"),
+    ({"depth": 5, "ks": [1], "splits": {"test": {"users": [1], "ranks": [1], "segments": {"head": [2]}}}},
+     "'splits.test.segments.head' must hold 1 values of 0 or 1"),
 ])
 def test_malformed_ranks_name_the_file_and_key(tmp_path, payload, message):
     (tmp_path / "ranks.json").write_text(json.dumps(payload))

@@ -59,6 +59,29 @@ def test_compare_table_notes_different_users(evaluated_run, capsys):
     assert "200 resamples of users, seed 0, 95% intervals" in text
 
 
+def test_compare_one_segment_uses_the_labelled_examples_only(evaluated_run, capsys):
+    run = evaluated_run.run_path
+    assert main(["compare", f"{run}:sft", f"{run}:baselines/sasrec", "--segment", "tail", "--json",
+                 "--resamples", "200"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["segment"] == "tail"
+    for split, data in out["splits"].items():
+        a, b = (read_ranks(run / stage).splits[split] for stage in ("sft", "baselines/sasrec"))
+        # Both evaluations label the same data alike.
+        ia, ib = align(a.users, b.users)
+        assert (a.segments["tail"][ia] == b.segments["tail"][ib]).all()
+        ta, tb = a.only("tail"), b.only("tail")
+        assert data["users"] == [len(ta.users), len(tb.users)] and 0 < len(ta.users) < len(a.users)
+        ja, jb = align(ta.users, tb.users)
+        want = float(np.mean(per_example_metrics(tb.ranks[jb], [10])["recall@10"]
+                             - per_example_metrics(ta.ranks[ja], [10])["recall@10"]))
+        assert data["comparisons"][0]["metrics"]["recall@10"]["diff"] == pytest.approx(want)
+        # eval.json's per-segment figures are the labelled examples' own.
+        seg = read_eval(run / "sft")["segments"][split]["tail"]
+        assert seg["users"] == len(ta.users)
+        assert seg["recall@10"] == pytest.approx(float(per_example_metrics(ta.ranks, [10])["recall@10"].mean()))
+
+
 def test_missing_or_stale_ranks_exit_2_naming_the_file(evaluated_run, tmp_path, capsys):
     run = evaluated_run.run_path
     shutil.copytree(run / "sft", tmp_path / "sft")
@@ -73,3 +96,11 @@ def test_missing_or_stale_ranks_exit_2_naming_the_file(evaluated_run, tmp_path, 
     assert "but eval.json says" in capsys.readouterr().err
     with pytest.raises(Exception, match="at least two stages"):
         compare([load_stage(f"{run}:sft")])
+    # Ranks written before the long-tail labels existed: --segment names the file's stage and what to do.
+    shutil.copy(run / "sft/ranks.json", tmp_path / "sft/ranks.json")
+    ranks = json.loads((tmp_path / "sft/ranks.json").read_text())
+    for split in ranks["splits"].values():
+        split.pop("segments")
+    (tmp_path / "sft/ranks.json").write_text(json.dumps(ranks))
+    assert main(["compare", f"{tmp_path}:sft", f"{run}:rl", "--segment", "head"]) == 2
+    assert "labels no 'head' segment" in capsys.readouterr().err
