@@ -15,7 +15,9 @@ from the per-user ranks and equals the evaluation's own. Printed:
 - pooled: per user, each model's metric averaged over its seeds (on the users every run holds), and
   the bootstrap interval of the difference of those averages. Its point estimate is the difference
   of the seed-averaged figures; the interval covers the sampling of users with the seed noise
-  averaged out, not the spread between seeds, which the per-seed rows show.
+  averaged out, not the spread between seeds, which the per-seed rows show;
+- the pooled difference per long-tail segment (head / tail items, short / long users:
+  indexing.segments), where every run's ranks carry the labels.
 The header gives the date, the machine (cores, os.getloadavg()) and the wall times the runs
 recorded (SFT train_summary.json, SASRec meta.train_secs, eval stage.json).
 
@@ -41,9 +43,11 @@ if str(REPO) not in sys.path:  # `python benchmarks/quality.py` puts benchmarks/
     sys.path.insert(0, str(REPO))
 
 from benchmarks.advantage_compare import format_table, gream, median_column, read_json  # noqa: E402
+from cluster.eval_record import RankRecord  # noqa: E402
 from cluster.run_layout import RANKS_FILE, RunLayout  # noqa: E402
 from gream.compare import Stage, compare, load_stage  # noqa: E402
 from gream.paired import RESAMPLES, SEED, align, paired_bootstrap  # noqa: E402
+from indexing.segments import SEGMENTS  # noqa: E402
 
 SPLITS = ("valid", "test")
 KS = (5, 10)
@@ -74,6 +78,24 @@ def pooled(sft: Sequence[Stage], sasrec: Sequence[Stage], split: str, resamples:
         users = stages[0].ranks.splits[split].users[rows[0]]
         for m, iv in zip(METRICS, paired_bootstrap(diff, users, resamples, seed)):
             out["metrics"][m] = {"diff": iv.diff, "low": iv.low, "high": iv.high, "verdict": iv.verdict}
+    return out
+
+
+def in_segment(stage: Stage, segment: str) -> Stage | None:
+    """The stage with only its examples of `segment` in every split; None without labels."""
+    if not all(segment in s.segments for s in stage.ranks.splits.values()):
+        return None
+    splits = {name: s.only(segment) for name, s in stage.ranks.splits.items()}
+    return Stage(stage.label, stage.folder, RankRecord(stage.ranks.depth, stage.ranks.ks, splits))
+
+
+def pooled_segments(sft: Sequence[Stage], sasrec: Sequence[Stage], resamples: int, seed: int) -> dict:
+    """`pooled` within each long-tail segment that every run labels."""
+    out = {}
+    for segment in SEGMENTS:
+        parts = [in_segment(s, segment) for s in (*sft, *sasrec)]
+        if all(parts):
+            out[segment] = {split: pooled(parts[:len(sft)], parts[len(sft):], split, resamples, seed) for split in SPLITS}
     return out
 
 
@@ -116,6 +138,7 @@ def report(sft_dirs: Sequence[Path], sasrec_dirs: Sequence[Path], stage: str, si
                     "SASRec med": median_column([columns[n] for n in columns if n.startswith("sasrec")])},
         "pairs": pairs,
         "pooled": {split: pooled(sft, sasrec, split, resamples, seed) for split in SPLITS},
+        "segments": pooled_segments(sft, sasrec, resamples, seed),
         "resamples": resamples, "seed": seed,
     }
 
@@ -134,6 +157,7 @@ def format_report(r: dict) -> str:
     lines.append(f"\nSFT - SASRec, paired bootstrap ({r['resamples']} resamples of users, seed {r['seed']}), {level} intervals")
     blocks = [(f"pair {p['pair']} (sft {p['pair']} - sasrec {p['pair']})", p["splits"]) for p in r["pairs"]]
     blocks.append(("pooled (per-user mean over seeds)", r["pooled"]))
+    blocks += [(f"pooled, {segment} segment", splits) for segment, splits in r["segments"].items()]
     for title, splits in blocks:
         for split in SPLITS:
             data = splits[split]

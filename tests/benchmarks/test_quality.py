@@ -48,6 +48,10 @@ def test_quality_report_figures_pairs_and_pool(seed_runs, capsys):
         assert pair["common_users"] == pool["users"] == SFT_USERS
         for m, iv in pool["metrics"].items():
             assert iv == {**pair["metrics"][m], **{k: pytest.approx(pair["metrics"][m][k]) for k in ("diff", "low", "high")}}
+        # Per segment the same pairing on that segment's examples: head and tail split the users.
+        head, tail = (r["segments"][seg][split] for seg in ("head", "tail"))
+        assert head["users"] + tail["users"] == SFT_USERS and head["users"] > 0 and tail["users"] > 0
+    assert set(r["segments"]) == {"head", "tail", "short", "long"}
     assert r["wall_secs"]["sft 0"] == {"sft train": 12.5} and "sasrec train" in r["wall_secs"]["sasrec 0"]
     assert len(r["load"]) == 3 and r["date"]
 
@@ -58,5 +62,6 @@ def test_quality_table_text_and_a_missing_run(seed_runs, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "load average" in text and f"valid {SFT_USERS}/" in text and "(NOT every user)" in text
     assert "pooled (per-user mean over seeds), test" in text and "SFT med" in text
+    assert "pooled, tail segment, test" in text
     assert main(["--sft", str(tmp_path / "nowhere"), "--sasrec", str(tmp_path / "nowhere"), *args[-2:]]) == 2
     assert "nowhere/sft/ranks.json: no per-user ranks" in capsys.readouterr().err
