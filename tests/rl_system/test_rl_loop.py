@@ -72,7 +72,11 @@ def test_eval_scores_both_stages_with_valid_beams(finished_run):
     assert set(results) == {"sft", "rl"}
     for stage in ("sft", "rl"):
         written = json.loads((spec.layout.eval_file(stage)).read_text())
-        assert set(written) == {"valid", "test"}
+        segments = written.pop("segments")
+        assert set(written) == set(segments) == {"valid", "test"}
+        for by_segment in segments.values():  # head and tail, short and long: each a partition of the users
+            count = {name: m["users"] for name, m in by_segment.items()}
+            assert count.get("head", 0) + count.get("tail", 0) == count.get("short", 0) + count.get("long", 0) == 12
         for split in written.values():
             assert {"recall@1", "recall@5", "recall@10", "ndcg@5", "ndcg@10", "pass@1", "pass@5", "pass@10"} <= set(split)
             assert split["users"] == 12 and split["format_ok"] == 1.0
