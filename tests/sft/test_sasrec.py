@@ -10,7 +10,18 @@ import torch
 from cluster.spec import JobSpec
 from indexing.dataset import Example
 from sft.metrics import metric_names
-from sft.sasrec import IGNORE, SASRec, SasrecConfig, encode, length_batches, run, target_ranks, training_windows, trim_padding
+from sft.sasrec import (
+    IGNORE,
+    SASRec,
+    SasrecConfig,
+    encode,
+    length_batches,
+    prefix_windows,
+    run,
+    target_ranks,
+    training_windows,
+    trim_padding,
+)
 
 pytestmark = pytest.mark.heavy  # starts DeepSpeed, vLLM or a training run
 
@@ -31,6 +42,13 @@ def test_training_windows_shift_each_users_latest_window_by_one():
     # A window longer than max_len keeps its latest items: every target still has its history.
     inputs, targets = training_windows(examples[:3], max_len=2, pad=9)
     assert inputs.tolist() == [[2, 3]] and targets.tolist() == [[3, 4]]
+
+
+def test_prefix_windows_supervise_only_the_last_position():
+    examples = [Example(1, (5,), 6), Example(1, (5, 6), 7), Example(2, (8, 9, 4), 3)]
+    inputs, targets = prefix_windows(examples, max_len=3, pad=10)
+    assert inputs.tolist() == [[10, 10, 5], [10, 5, 6], [8, 9, 4]]
+    assert targets.tolist() == [[IGNORE, IGNORE, 6], [IGNORE, IGNORE, 7], [IGNORE, IGNORE, 3]]
 
 
 def test_length_batches_cover_every_row_once_with_similar_lengths():
