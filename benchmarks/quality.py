@@ -43,9 +43,8 @@ if str(REPO) not in sys.path:  # `python benchmarks/quality.py` puts benchmarks/
     sys.path.insert(0, str(REPO))
 
 from benchmarks.advantage_compare import format_table, gream, median_column, read_json  # noqa: E402
-from cluster.eval_record import RankRecord  # noqa: E402
 from cluster.run_layout import RANKS_FILE, RunLayout  # noqa: E402
-from gream.compare import Stage, compare, load_stage  # noqa: E402
+from gream.compare import Stage, compare, in_segment, labels, load_stage  # noqa: E402
 from gream.paired import RESAMPLES, SEED, align, paired_bootstrap  # noqa: E402
 from indexing.segments import SEGMENTS  # noqa: E402
 
@@ -81,20 +80,12 @@ def pooled(sft: Sequence[Stage], sasrec: Sequence[Stage], split: str, resamples:
     return out
 
 
-def in_segment(stage: Stage, segment: str) -> Stage | None:
-    """The stage with only its examples of `segment` in every split; None without labels."""
-    if not all(segment in s.segments for s in stage.ranks.splits.values()):
-        return None
-    splits = {name: s.only(segment) for name, s in stage.ranks.splits.items()}
-    return Stage(stage.label, stage.folder, RankRecord(stage.ranks.depth, stage.ranks.ks, splits))
-
-
 def pooled_segments(sft: Sequence[Stage], sasrec: Sequence[Stage], resamples: int, seed: int) -> dict:
     """`pooled` within each long-tail segment that every run labels."""
     out = {}
     for segment in SEGMENTS:
-        parts = [in_segment(s, segment) for s in (*sft, *sasrec)]
-        if all(parts):
+        if all(labels(s, segment) for s in (*sft, *sasrec)):
+            parts = [in_segment(s, segment) for s in (*sft, *sasrec)]
             out[segment] = {split: pooled(parts[:len(sft)], parts[len(sft):], split, resamples, seed) for split in SPLITS}
     return out
 

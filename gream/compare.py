@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 
 from cluster.errors import BadRequest
-from cluster.eval_record import RankRecord, SplitRanks, read_eval, read_ranks
+from cluster.eval_record import RankRecord, read_eval, read_ranks
 from gream.paired import LEVEL, RESAMPLES, SEED, align, paired_bootstrap
 from sft.metrics import metric_names, per_example_metrics
 
@@ -65,16 +65,20 @@ def shared_metrics(stages: Sequence[Stage]) -> tuple[list[int], list[str]]:
     return ks, metric_names(ks)
 
 
-def restrict(stage: Stage, split: str, segment: str | None) -> SplitRanks:
-    """The stage's ranks on `split`, only the examples of `segment` when one is named."""
-    ranks = stage.ranks.splits[split]
-    if segment is None:
-        return ranks
-    if segment not in ranks.segments:
-        known = ", ".join(sorted(ranks.segments)) or "none"
-        raise BadRequest(f"{stage.folder}: ranks.json labels no '{segment}' segment on {split} (labels: {known}); "
-                         "evaluate the stage again to write the long-tail labels")
-    return ranks.only(segment)
+def labels(stage: Stage, segment: str) -> bool:
+    """Whether every split of the stage's ranks.json labels `segment`."""
+    return all(segment in s.segments for s in stage.ranks.splits.values())
+
+
+def in_segment(stage: Stage, segment: str) -> Stage:
+    """The stage with only its examples of `segment` in every split."""
+    for split, ranks in stage.ranks.splits.items():
+        if segment not in ranks.segments:
+            known = ", ".join(sorted(ranks.segments)) or "none"
+            raise BadRequest(f"{stage.folder}: ranks.json labels no '{segment}' segment on {split} (labels: {known}); "
+                             "evaluate the stage again to write the long-tail labels")
+    splits = {name: s.only(segment) for name, s in stage.ranks.splits.items()}
+    return Stage(stage.label, stage.folder, RankRecord(stage.ranks.depth, stage.ranks.ks, splits))
 
 
 def compare(stages: Sequence[Stage], resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL,
@@ -84,20 +88,21 @@ def compare(stages: Sequence[Stage], resamples: int = RESAMPLES, seed: int = SEE
         raise BadRequest("compare needs at least two stages")
     if resamples < 1:
         raise BadRequest(f"--resamples must be >= 1, got {resamples}")
+    if segment is not None:
+        stages = [in_segment(s, segment) for s in stages]
     ks, names = shared_metrics(stages)
     first = stages[0]
     out = {"stages": [s.label for s in stages], "folders": [str(s.folder) for s in stages], "metrics": names,
            "resamples": resamples, "seed": seed, "level": level, "segment": segment, "splits": {}}
     for split in first.ranks.splits:
-        if not all(split in s.ranks.splits for s in stages):
+        # A split must be held by every stage, and (within a segment) hold examples in every one.
+        if not all(split in s.ranks.splits and len(s.ranks.splits[split].users) for s in stages):
             continue
-        chosen = [restrict(s, split, segment) for s in stages]
-        if not all(len(r.users) for r in chosen):
-            continue
-        per_user = [per_example_metrics(r.ranks, ks) for r in chosen]
-        base = chosen[0]
+        per_user = [per_example_metrics(s.ranks.splits[split].ranks, ks) for s in stages]
+        base = first.ranks.splits[split]
         comparisons = []
-        for stage, other, values in zip(stages[1:], chosen[1:], per_user[1:]):
+        for stage, values in zip(stages[1:], per_user[1:]):
+            other = stage.ranks.splits[split]
             ia, ib = align(base.users, other.users)
             row = {"a": first.label, "b": stage.label, "users_a": len(base.users), "users_b": len(other.users),
                    "common_users": len(ia), "metrics": {}}
@@ -107,7 +112,7 @@ def compare(stages: Sequence[Stage], resamples: int = RESAMPLES, seed: int = SEE
                     row["metrics"][name] = {"diff": iv.diff, "low": iv.low, "high": iv.high, "verdict": iv.verdict}
             comparisons.append(row)
         out["splits"][split] = {
-            "users": [len(r.users) for r in chosen],
+            "users": [len(s.ranks.splits[split].users) for s in stages],
             "values": {m: [float(v[m].mean()) for v in per_user] for m in names},
             "comparisons": comparisons}
     return out

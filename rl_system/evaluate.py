@@ -28,7 +28,7 @@ from indexing.dataset import Example, split_from_spec
 from indexing.segments import segment_masks
 from indexing.sid import SidIndex
 from rl_system.reward.functions import sid_of
-from sft.metrics import metrics_from_ranks, rank_of, segment_metrics
+from sft.metrics import metrics_from_ranks, rank_of, segment_report
 from sft.prompts import EvalPrompts, build_prompts
 
 log = logging.getLogger(__name__)
@@ -116,14 +116,12 @@ def evaluate(cfg: EvalConfig, pool, tokenizer, index: SidIndex, splits: dict[str
     e = cfg.eval
     token_to_item = token_mapper(tokenizer, index)
     reasoning = cfg.mode == "reasoning"
-    out, ranks, segments = {}, {}, {}
+    out, ranks = {}, {}
     for name, examples in splits.items():
         examples = list(examples)[: e.max_users] if e.max_users else list(examples)
         direct = build_prompts(tokenizer, index, examples, reasoning=False)
         ranks[name] = split_ranks([ex.user for ex in examples], beam_ranks(pool, direct, token_to_item, e.beam_width),
                                   e.beam_width, segment_masks(examples, train) if train is not None else None)
-        if train is not None:
-            segments[name] = segment_metrics(ranks[name].ranks, ranks[name].segments, e.ks)
         metrics = metrics_from_ranks(ranks[name].ranks, e.ks)
         if sampling:
             sampled = build_prompts(tokenizer, index, examples, reasoning) if reasoning else direct
@@ -132,8 +130,8 @@ def evaluate(cfg: EvalConfig, pool, tokenizer, index: SidIndex, splits: dict[str
         metrics["users"] = len(examples)
         out[name] = metrics
         log.info("evaluated", extra=fields(split=name, **{k: round(v, 4) for k, v in metrics.items()}))
-    if segments:
-        out["segments"] = segments
+    if train is not None:
+        out["segments"] = segment_report(ranks, e.ks)
     return out, RankRecord(e.beam_width, tuple(e.ks), ranks)
 
 

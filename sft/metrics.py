@@ -70,6 +70,11 @@ def segment_metrics(ranks: np.ndarray, segments: Mapping[str, np.ndarray], ks: I
             for name, mask in segments.items() if mask.any()}
 
 
+def segment_report(splits: Mapping, ks: Iterable[int]) -> dict[str, dict]:
+    """eval.json's "segments": per split (cluster.eval_record SplitRanks with labels), segment_metrics."""
+    return {name: segment_metrics(r.ranks, r.segments, ks) for name, r in splits.items() if r.segments}
+
+
 def ranking_metrics(ranked_lists: Sequence[Sequence[int]], targets: Sequence[int], ks: Iterable[int]) -> dict[str, float]:
     """Mean Recall@K / NDCG@K from each example's ranked candidates (best first) and its target."""
     if len(ranked_lists) != len(targets):

@@ -36,7 +36,7 @@ from cluster.logs import fields
 from cluster.spec import JobSpec
 from indexing.dataset import Dataset, Example, Split, load_from_spec, split_from_spec
 from indexing.segments import segment_masks
-from sft.metrics import metrics_from_ranks, segment_metrics, selection_metric
+from sft.metrics import metrics_from_ranks, segment_report, selection_metric
 
 log = logging.getLogger(__name__)
 
@@ -339,8 +339,7 @@ def write_result(spec: JobSpec, ds: Dataset, split: Split, result: dict, cfg: Sa
         name: split_ranks([ex.user for ex in examples][:users], result["ranks"][name][:users], depth,
                           segment_masks(examples[:users], split.train))
         for name, examples in (("valid", split.valid), ("test", split.test))})
-    segments = {name: segment_metrics(r.ranks, r.segments, spec.eval.ks) for name, r in ranks.splits.items()}
-    out = {"valid": result["valid"], "test": result["test"], "segments": segments,
+    out = {"valid": result["valid"], "test": result["test"], "segments": segment_report(ranks.splits, spec.eval.ks),
            "meta": {"all_users": result["all_users"], "best_epoch": result["best_epoch"], "train_secs": round(secs, 1),
                     **({"with_history": result["with_history"]} if "with_history" in result else {}),
                     "dataset": ds.name, "split": spec.data.split, "config": asdict(cfg), **meta}}
