@@ -81,12 +81,20 @@ def cmd_baseline_sasrec(args) -> None:
     given = {"loss": args.loss, "negatives": args.negatives}
     cfg = SasrecConfig(**{**(read_config(args.config) if args.config else {}), "seed": args.seed,
                           **{k: v for k, v in given.items() if v is not None}})
+    if args.tune and args.grasp:
+        raise BadRequest("--grasp trains the settings given; tune SASRec alone first and pass its tune.json as --config")
     if args.tune:
         from sft.sasrec_tune import run as tune
 
         tune(_spec(args), cfg, args.budget_s)
     elif args.budget_s is not None:
         raise BadRequest("--budget-s is the wall time of --tune; add --tune or drop it")
+    elif args.grasp is not None:
+        from sft.grasp import plugin
+
+        if args.grasp < 1:
+            raise BadRequest(f"--grasp {args.grasp}: expected K >= 1 retrieved items and users")
+        run(_spec(args), cfg, plugin(args.grasp))
     else:
         run(_spec(args), cfg)
 
@@ -190,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune", action="store_true", help="choose hidden size, blocks, dropout, lr and loss on "
                    "validation (sft/sasrec_tune.py), then test the best once; writes tune.json too")
     p.add_argument("--budget-s", type=float, help="wall time of --tune in seconds (default: the run's SFT train_secs)")
+    p.add_argument("--grasp", type=int, nargs="?", const=10, metavar="K",
+                   help="SASRec+GRASP (sft/grasp.py): frozen features of the K (default 10) most similar items and "
+                   "users fused by sigmoid attention; writes baselines/sasrec_grasp/")
     p.set_defaults(func=cmd_baseline_sasrec)
 
     p = sub.add_parser("compare", help="evaluated stages against the first, per user: differences and bootstrap CIs")

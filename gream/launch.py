@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 # stage -> (module with run(spec), spec sections its artefacts depend on)
 STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "index": ("indexing.build", ("data", "index")),
+    "index": ("gream.index_stage", ("data", "index")),
     "sft": ("sft.stage", ("data", "index", "model", "sft")),
     "rl": ("rl_system.train", ("data", "index", "model", "sft", "rl")),
     "eval": ("rl_system.evaluate", ("data", "index", "model", "sft", "rl", "eval")),

@@ -17,25 +17,39 @@ import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from cluster.device import resolve
 from cluster.spec import JobSpec
 from indexing.collaborative import collaborative_vectors, fuse
-from indexing.dataset import load_from_spec, split_from_spec
+from indexing.dataset import Dataset, Split, load_from_spec, split_from_spec
 from indexing.dedup import add_dedup_level, collision_stats, reassign_last_level
 from indexing.embed import embed_texts, load_encoder
+from indexing.flexcode import (
+    FlexcodeError,
+    align,
+    cf_token_counts,
+    compose,
+    item_counts,
+    last_token_distances,
+    match_at_1,
+    reconstruct,
+)
 from indexing.importer import import_index
-from indexing.kmeans import check_codes, last_level_distances, residual_kmeans
+from indexing.kmeans import MIN_ITEMS_PER_CODE, check_codes, last_level_distances, level_distances, residual_kmeans
 from indexing.rewrite import RewriteCache, make_teacher, rewrite_texts
+from indexing.segments import training_interactions
 from indexing.sid import LEVEL_LETTERS, SidIndex
 from indexing.text import fuse_catalog
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.json"
+
+# (spec, dataset, split) -> [items, dim] item vectors from a model trained on split.train
+ItemVectors = Callable[[JobSpec, Dataset, Split], np.ndarray]
 
 
 def index_path(spec: JobSpec) -> Path:
@@ -68,19 +82,19 @@ def _items_per_prefix(codes: np.ndarray) -> dict[str, float]:
             "p90": float(np.percentile(counts, 90)), "max": int(counts.max())}
 
 
-def _level_rows(index: SidIndex, semantic_levels: int) -> list[dict[str, Any]]:
+def _level_rows(index: SidIndex, semantic_levels: int, kind: str) -> list[dict[str, Any]]:
     used = index.as_array()
     rows = []
     for level, size in enumerate(index.level_sizes):
         n_used = int(np.unique(used[:, level]).size)
-        rows.append({"level": LEVEL_LETTERS[level], "kind": "semantic" if level < semantic_levels else "dedup",
+        rows.append({"level": LEVEL_LETTERS[level], "kind": kind if level < semantic_levels else "dedup",
                      "codes": size, "used": n_used, "usage": round(n_used / size, 4)})
     return rows
 
 
-def _build_kmeans(spec: JobSpec, ds, out_dir: Path, phase: _Phases) -> tuple[SidIndex, dict[str, Any]]:
+def _text_embeddings(spec: JobSpec, ds, out_dir: Path, phase: _Phases) -> tuple[np.ndarray, dict[str, Any]]:
+    """Unit rows [items, dim] of the encoder over each item's fused (optionally rewritten) text."""
     ix = spec.index
-    check_codes(ds.num_items, ix.codes)  # before minutes of embedding, not after
     device = resolve(spec.cluster.device).device_type
     with phase("text"):
         fused = fuse_catalog(ds.items, ds.num_items, ix.text_fields, ix.max_text_chars)
@@ -106,6 +120,19 @@ def _build_kmeans(spec: JobSpec, ds, out_dir: Path, phase: _Phases) -> tuple[Sid
                              "sha256": hashlib.sha256(np.ascontiguousarray(emb).tobytes()).hexdigest()}
         # Unit length: residual k-means then clusters directions, as cosine similarity does.
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    return emb, info
+
+
+def item_text_embeddings(spec: JobSpec, ds: Dataset) -> np.ndarray:
+    """The unit text embeddings the index is built from (teacher-rewritten where index.rewrite is on),
+    from the index's cache when the index was built."""
+    return _text_embeddings(spec, ds, spec.layout.stage("index"), _Phases())[0]
+
+
+def _build_kmeans(spec: JobSpec, ds, out_dir: Path, phase: _Phases) -> tuple[SidIndex, dict[str, Any]]:
+    ix = spec.index
+    check_codes(ds.num_items, ix.codes)  # before minutes of embedding, not after
+    emb, info = _text_embeddings(spec, ds, out_dir, phase)
     cf = ix.collaborative
     if cf.weight > 0:
         with phase("collaborative"):
@@ -117,21 +144,89 @@ def _build_kmeans(spec: JobSpec, ds, out_dir: Path, phase: _Phases) -> tuple[Sid
         km = residual_kmeans(emb, ix.levels, ix.codes, ix.seed, ix.kmeans_iters, ix.balanced)
         info["residual_mse"] = [round(m, 5) for m in km.residual_mse]
     with phase("dedup"):
-        before = collision_stats(km.codes)
-        sizes: tuple[int, ...] = (ix.codes,) * ix.levels
-        codes = km.codes
-        # Without collisions a dedup level would be one constant token per item: a quarter of every
-        # 3-level history spent on nothing, and 14% of the SFT time (BENCHMARKS.md, session 6).
-        if before.duplicate_groups and ix.collisions == "reassign":
-            codes = reassign_last_level(km.codes, last_level_distances(emb, km))
-            info["reassigned_items"] = int((codes[:, -1] != km.codes[:, -1]).sum())
-        elif before.duplicate_groups:
-            codes = add_dedup_level(km.codes)
-            sizes += (int(codes[:, -1].max()) + 1,)
-        index = SidIndex.from_array(codes, level_sizes=sizes)
-    info["dedup_added"] = index.depth > ix.levels
+        index = _one_to_one(spec, km.codes, (ix.codes,) * ix.levels, lambda: last_level_distances(emb, km), info)
+    return index, info
+
+
+def _one_to_one(spec: JobSpec, codes: np.ndarray, sizes: tuple[int, ...], last_dist: Callable[[], np.ndarray],
+                info: dict[str, Any]) -> SidIndex:
+    """The index of `codes` after the spec's collision rule; `last_dist()` gives what
+    reassign_last_level needs, computed only when a tuple collides."""
+    before = collision_stats(codes)
+    unique = codes
+    # Without collisions a dedup level would be one constant token per item: a quarter of every
+    # 3-level history spent on nothing, and 14% of the SFT time (BENCHMARKS.md, session 6).
+    if before.duplicate_groups and spec.index.collisions == "reassign":
+        unique = reassign_last_level(codes, last_dist())
+        info["reassigned_items"] = int((unique[:, -1] != codes[:, -1]).sum())
+    elif before.duplicate_groups:
+        unique = add_dedup_level(codes)
+        sizes += (int(unique[:, -1].max()) + 1,)
+    index = SidIndex.from_array(unique, level_sizes=sizes)
+    info["dedup_added"] = index.depth > spec.index.levels
     info["collisions_before"] = before.as_dict()
-    info["items_per_leaf_before_dedup"] = _items_per_prefix(km.codes)
+    info["items_per_leaf_before_dedup"] = _items_per_prefix(codes)
+    return index
+
+
+def _build_flexcode(spec: JobSpec, ds, out_dir: Path, phase: _Phases,
+                    cf_vectors: ItemVectors | None) -> tuple[SidIndex, dict[str, Any]]:
+    ix, fc = spec.index, spec.index.flexcode
+    check_codes(ds.num_items, ix.codes)
+    split = split_from_spec(spec, ds)
+    counts = item_counts(training_interactions(split.train)[0], ds.num_items)
+    n_cf = cf_token_counts(counts, fc.cf_quantiles)
+    cf_items = np.flatnonzero(n_cf > 0)
+    if len(cf_items) < MIN_ITEMS_PER_CODE * fc.cf_codes:
+        raise FlexcodeError(
+            f"index.flexcode.cf_codes={fc.cf_codes} is too large for the {len(cf_items)} items that get "
+            f"collaborative tokens (each centre needs {MIN_ITEMS_PER_CODE} on average); use "
+            f"index.flexcode.cf_codes <= {len(cf_items) // MIN_ITEMS_PER_CODE} or lower cf_quantiles")
+    if fc.cf_source == "sasrec" and cf_vectors is None:
+        raise FlexcodeError("index.flexcode.cf_source: sasrec needs SASRec's item vectors, which `gream index` "
+                            "and `gream launch` train (gream/index_stage.py); pass cf_vectors to indexing.build.run")
+    emb, info = _text_embeddings(spec, ds, out_dir, phase)
+    with phase("collaborative"):
+        if fc.cf_source == "sasrec":
+            vectors = cf_vectors(spec, ds, split)
+        else:
+            cf = ix.collaborative
+            vectors = collaborative_vectors(split.train, ds.num_items, cf.dim, cf.window, ix.seed)
+        cf = vectors[cf_items] / np.maximum(np.linalg.norm(vectors[cf_items], axis=1, keepdims=True), 1e-12)
+        report: dict[str, Any] = {"cf_source": fc.cf_source, "cf_items": int(len(cf_items)), "cf_codes": fc.cf_codes,
+                                  "cf_quantiles": fc.cf_quantiles, "vector_dim": int(vectors.shape[1])}
+        if fc.align:
+            aligned = align(cf, emb[cf_items], fc.align_steps, fc.temperature, ix.seed)
+            cf = aligned.vectors
+            report["alignment"] = {"loss_start": round(aligned.loss_start, 4), "loss_end": round(aligned.loss_end, 4),
+                                   "match_at_1_vectors": round(match_at_1(cf, emb[cf_items]), 4)}
+    with phase("kmeans"):
+        sem = residual_kmeans(emb, ix.levels, ix.codes, ix.seed, ix.kmeans_iters, ix.balanced)
+        collab = residual_kmeans(cf, int(n_cf.max()), fc.cf_codes, ix.seed, ix.kmeans_iters, ix.balanced)
+        cf_codes = np.zeros((ds.num_items, collab.codes.shape[1]), dtype=np.int64)
+        cf_codes[cf_items] = collab.codes
+        codes = compose(cf_codes, sem.codes, n_cf, fc.cf_codes)
+        info["residual_mse"] = [round(m, 5) for m in sem.residual_mse]
+        report["cf_residual_mse"] = [round(m, 5) for m in collab.residual_mse]
+        if fc.align:
+            report["alignment"]["match_at_1_reconstructions"] = round(match_at_1(
+                reconstruct(collab.codes, collab.centroids), reconstruct(sem.codes, sem.centroids)[cf_items]), 4)
+    tokens, users = np.unique(n_cf, return_counts=True)
+    report["allocation"] = {int(n): {"items": int(k), "mean_training_interactions": round(float(counts[n_cf == n].mean()), 2)}
+                            for n, k in zip(tokens, users)}
+    info["flexcode"] = report
+
+    def last_dist() -> np.ndarray:
+        cf_dist = []
+        for level in range(collab.codes.shape[1]):
+            full = np.full((ds.num_items, fc.cf_codes), np.inf, dtype=np.float32)
+            full[cf_items] = level_distances(cf, collab, level)
+            cf_dist.append(full)
+        sem_dist = [level_distances(emb, sem, level) for level in range(ix.levels)]
+        return last_token_distances(n_cf, cf_dist, sem_dist, fc.cf_codes)
+
+    with phase("dedup"):
+        index = _one_to_one(spec, codes, (fc.cf_codes + ix.codes,) * ix.levels, last_dist, info)
     return index, info
 
 
@@ -145,8 +240,9 @@ def _build_import(spec: JobSpec, ds, phase: _Phases) -> tuple[SidIndex, dict[str
     return res.index, info
 
 
-def run(spec: JobSpec) -> dict[str, Any]:
-    """Build (or reuse) the index of `spec`; returns the report and prints its table."""
+def run(spec: JobSpec, cf_vectors: ItemVectors | None = None) -> dict[str, Any]:
+    """Build (or reuse) the index of `spec`; returns the report and prints its table. `cf_vectors`:
+    item vectors of a trained recommender for FlexCode's collaborative codebook (cf_source sasrec)."""
     out_dir = spec.layout.stage("index")
     report_file = out_dir / REPORT_FILE
     spec_hash = spec.section_hash("data", "index")
@@ -165,6 +261,9 @@ def run(spec: JobSpec) -> dict[str, Any]:
     if spec.index.import_file:
         index, info = _build_import(spec, ds, phase)
         semantic_levels = info["file_depth"]
+    elif spec.index.scheme == "flexcode":
+        index, info = _build_flexcode(spec, ds, out_dir, phase, cf_vectors)
+        semantic_levels = spec.index.levels
     else:
         index, info = _build_kmeans(spec, ds, out_dir, phase)
         semantic_levels = spec.index.levels
@@ -174,11 +273,11 @@ def run(spec: JobSpec) -> dict[str, Any]:
     report = {
         "spec_hash": spec_hash,
         "dataset": spec.data.name,
-        "source": "import" if spec.index.import_file else ("balanced " if spec.index.balanced else "") + "residual k-means",
+        "source": _source(spec),
         "items": index.num_items,
         "depth": index.depth,
         "semantic_levels": semantic_levels,
-        "levels": _level_rows(index, semantic_levels),
+        "levels": _level_rows(index, semantic_levels, "cf|sem" if spec.index.scheme == "flexcode" else "semantic"),
         "collisions_after": collision_stats(index.as_array()).as_dict(),
         **info,
         "vocab_size": len(index.vocab()),
@@ -191,6 +290,13 @@ def run(spec: JobSpec) -> dict[str, Any]:
     tmp.replace(report_file)
     print(format_table(report))
     return report
+
+
+def _source(spec: JobSpec) -> str:
+    if spec.index.import_file:
+        return "import"
+    kmeans = ("balanced " if spec.index.balanced else "") + "residual k-means"
+    return f"flexcode (collaborative + semantic {kmeans})" if spec.index.scheme == "flexcode" else kmeans
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -213,6 +319,16 @@ def format_table(report: dict[str, Any]) -> str:
     if "embedding" in report:
         emb = report["embedding"]  # a reused report from before dtype and hash were recorded lacks them
         lines.append(f"  embeddings: {emb['dim']}-d, {emb.get('dtype', '?')}, sha256 {emb.get('sha256', '?')[:16]}")
+    if "flexcode" in report:
+        fc = report["flexcode"]
+        lines.append("  collaborative tokens per item (FlexCode allocation): " + ", ".join(
+            f"{n}: {row['items']} items (mean {row['mean_training_interactions']:g} training interactions)"
+            for n, row in fc["allocation"].items()))
+        if "alignment" in fc:
+            al = fc["alignment"]
+            lines.append(f"  alignment: InfoNCE {al['loss_start']:g} -> {al['loss_end']:g}, own text nearest for "
+                         f"{100 * al['match_at_1_vectors']:.1f}% of vectors, "
+                         f"{100 * al['match_at_1_reconstructions']:.1f}% of reconstructions")
     if "reassigned_items" in report:
         lines.append(f"  {report['reassigned_items']} colliding items moved to free last-level codes")
     lines.append("  seconds: " + " | ".join(f"{k} {v:g}" for k, v in report["seconds"].items()))

@@ -76,7 +76,7 @@ def reassign_last_level(codes: np.ndarray, last_dist: np.ndarray) -> np.ndarray:
     the same prefix (first H - 1 codes) holds yet (LC-Rec's fix, greedy instead of Sinkhorn). SIDs
     keep their length, where a dedup level would add a token to every item for a few collisions.
     `last_dist` [N, codes of the last level]: squared distances of each item's residual before the
-    last level to that level's centres.
+    last level to that level's centres (inf: a code this item may not take).
     """
     codes = np.array(codes, dtype=np.int64)
     inverse, counts = _groups(codes)
@@ -89,7 +89,7 @@ def reassign_last_level(codes: np.ndarray, last_dist: np.ndarray) -> np.ndarray:
         rows = rows[np.argsort(last_dist[rows, codes[rows[0], -1]], kind="stable")]
         used = taken[tuple(codes[rows[0], :-1])]
         for row in rows[1:]:
-            free = np.ones(last_dist.shape[1], dtype=bool)
+            free = np.isfinite(last_dist[row])  # an infinite distance marks a code the item may not take
             free[list(used)] = False
             if not free.any():
                 raise CollisionError(f"index.collisions: reassign: prefix {codes[row, :-1].tolist()} holds more items "

@@ -120,10 +120,14 @@ def residual_kmeans(x: np.ndarray, levels: int, n_codes: int, seed: int = 0, ite
     return ResidualKMeans(codes, centroids, usage, mse)
 
 
-def last_level_distances(x: np.ndarray, km: ResidualKMeans) -> np.ndarray:
-    """[n, codes] squared distances from each row's residual before the last level (what that level
-    clustered) to the last level's centres."""
+def level_distances(x: np.ndarray, km: ResidualKMeans, level: int) -> np.ndarray:
+    """[n, codes] squared distances from each row's residual before `level` (what that level
+    clustered) to the level's centres."""
     residual = np.ascontiguousarray(x, dtype=np.float32).copy()
-    for level, centres in enumerate(km.centroids[:-1]):
-        residual -= centres[km.codes[:, level]]
-    return squared_distances(residual, km.centroids[-1])
+    for before, centres in enumerate(km.centroids[:level]):
+        residual -= centres[km.codes[:, before]]
+    return squared_distances(residual, km.centroids[level])
+
+
+def last_level_distances(x: np.ndarray, km: ResidualKMeans) -> np.ndarray:
+    return level_distances(x, km, len(km.centroids) - 1)

@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from dataclasses import fields as fields_of
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 import numpy as np
 import torch
@@ -74,19 +74,23 @@ class SasrecConfig:
             raise BadRequest(f"SASRec objective must be 'shifted' or 'last', got {self.objective!r}")
 
 
+def check_settings(data: object, where: str) -> dict:
+    """`data` as SasrecConfig fields, or BadRequest naming `where` and what is wrong."""
+    if not isinstance(data, dict):
+        raise BadRequest(f"{where}: expected a JSON object of SASRec settings, got {type(data).__name__}")
+    unknown = sorted(set(data) - {f.name for f in fields_of(SasrecConfig)})
+    if unknown:
+        raise BadRequest(f"{where}: unknown SASRec settings {unknown}; expected fields of SasrecConfig")
+    return data
+
+
 def read_config(path: Path) -> dict:
     """SasrecConfig fields from a JSON file: the fields themselves, or a tune.json's `chosen`."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BadRequest(f"{path}: not a readable JSON file of SASRec settings ({e})") from e
-    data = data.get("chosen", data) if isinstance(data, dict) else data
-    if not isinstance(data, dict):
-        raise BadRequest(f"{path}: expected a JSON object of SASRec settings, got {type(data).__name__}")
-    unknown = sorted(set(data) - {f.name for f in fields_of(SasrecConfig)})
-    if unknown:
-        raise BadRequest(f"{path}: unknown SASRec settings {unknown}; expected fields of SasrecConfig")
-    return data
+    return check_settings(data.get("chosen", data) if isinstance(data, dict) else data, str(path))
 
 
 class SASRec(nn.Module):
@@ -119,22 +123,28 @@ class SASRec(nn.Module):
         mask = torch.zeros(blocked.shape, device=seqs.device).masked_fill(blocked, float("-inf"))
         return mask.repeat_interleave(self.heads, 0)
 
-    def states(self, seqs: torch.Tensor) -> torch.Tensor:
+    def item_table(self) -> torch.Tensor:
+        """Every item's vector [num_items + 1, H] (padding last), read at the input and as the output
+        layer; a plug-in (sft/grasp.py) adds features to it."""
+        return self.item.weight
+
+    def states(self, seqs: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Left-padded histories [B, L <= max_len] -> the representation at every position [B, L, H].
         Positions count from the right, so a batch cut to its longest history (trim_padding) gives
-        the last item the same position embedding as the full width does."""
+        the last item the same position embedding as the full width does. `context`: per-row
+        features of a plug-in (None here)."""
         length = seqs.shape[1]
         positions = torch.arange(self.max_len - length, self.max_len, device=seqs.device)
-        x = self.item(seqs) + self.pos(positions)
+        x = self.item_table()[seqs] + self.pos(positions)
         return self.norm(self.encoder(self.drop(x), mask=self.attention_mask(seqs)))
 
-    def user_state(self, seqs: torch.Tensor) -> torch.Tensor:
+    def user_state(self, seqs: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Left-padded histories [B, L] -> the representation at the last position [B, H]."""
-        return self.states(seqs)[:, -1]
+        return self.states(seqs, context)[:, -1]
 
-    def scores(self, seqs: torch.Tensor) -> torch.Tensor:
+    def scores(self, seqs: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Scores over the real items [B, num_items] (the padding row is excluded)."""
-        return self.user_state(seqs) @ self.item.weight[: self.pad].T
+        return self.user_state(seqs, context) @ self.item_table()[: self.pad].T
 
 
 def encode(examples: list[Example], max_len: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -206,15 +216,16 @@ def drop_history(scores: torch.Tensor, seqs: torch.Tensor, targets: torch.Tensor
 
 @torch.no_grad()
 def target_ranks(model: SASRec, seqs: torch.Tensor, targets: torch.Tensor, batch_size: int, device,
-                 exclude_history: bool = False) -> np.ndarray:
+                 exclude_history: bool = False, context: torch.Tensor | None = None) -> np.ndarray:
     """0-based rank of each target among all items (items scoring strictly higher come first), or
-    among the items outside the history with `exclude_history`."""
+    among the items outside the history with `exclude_history`. `context`: the plug-in's per-row
+    features, aligned with `seqs`."""
     model.eval()
     ranks = []
     for start in range(0, len(seqs), batch_size):
         (batch,) = trim_padding(seqs[start:start + batch_size], model.pad)
         batch = batch.to(device)
-        s = model.scores(batch)
+        s = model.scores(batch, None if context is None else context[start:start + batch_size].to(device))
         t = targets[start:start + batch_size].to(device)
         if exclude_history:
             s = drop_history(s, batch, t, model.pad)
@@ -229,21 +240,38 @@ def report(ranks: np.ndarray, ks: list[int], users: int | None) -> dict:
 
 
 def train_loss(model: SASRec, seqs: torch.Tensor, targets: torch.Tensor, cfg: SasrecConfig,
-               gen: torch.Generator) -> torch.Tensor:
+               gen: torch.Generator, context: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over the supervised positions (targets [B, L] from training_windows) of the next item's
     cross-entropy against every item ("full") or against `cfg.negatives` items drawn uniformly for
     the whole batch ("sampled"); a drawn item that is a position's target does not count as its
     negative."""
     seqs, targets = trim_padding(seqs, model.pad, targets)
     keep = targets != IGNORE
-    state, targets = model.states(seqs)[keep], targets[keep]
+    state, targets = model.states(seqs, context)[keep], targets[keep]
+    table = model.item_table()
     if cfg.loss == "full":
-        return nn.functional.cross_entropy(state @ model.item.weight[: model.pad].T, targets)
+        return nn.functional.cross_entropy(state @ table[: model.pad].T, targets)
     negatives = torch.randint(model.pad, (cfg.negatives,), generator=gen).to(seqs.device)
-    positive = (state * model.item(targets)).sum(-1, keepdim=True)
-    negative = (state @ model.item(negatives).T).masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
+    positive = (state * table[targets]).sum(-1, keepdim=True)
+    negative = (state @ table[negatives].T).masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
     logits = torch.cat([positive, negative], dim=1)
     return nn.functional.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=seqs.device))
+
+
+class Plugin:
+    """What a SASRec variant adds (sft/grasp.py): its model, and per-example features (`context`,
+    aligned with the examples' rows) that the model reads beside the history."""
+
+    name = "sasrec"
+
+    def model(self, num_items: int, max_len: int, cfg: SasrecConfig) -> SASRec:
+        return SASRec(num_items, max_len, cfg)
+
+    def context(self, examples: list[Example]) -> torch.Tensor | None:
+        return None
+
+    def check(self, cfg: SasrecConfig) -> None:
+        """BadRequest for settings the variant cannot train with."""
 
 
 @dataclass
@@ -253,19 +281,24 @@ class Fitted:
     valid_ranks: np.ndarray  # every validation user, full ranks, from the best epoch
     epochs: int  # epochs trained
     out_of_time: bool  # stopped by the deadline, not by early stopping or max_epochs
+    plugin: Plugin = Plugin()
 
 
 def fit(split: Split, num_items: int, max_len: int, ks: list[int], cfg: SasrecConfig, device: torch.device,
-        deadline: float | None = None) -> Fitted:
+        deadline: float | None = None, plugin: Plugin | None = None) -> Fitted:
     """Train with early stopping on validation; with a `deadline` (time.perf_counter()), also stop
     after the first epoch that ends past it, keeping the best epoch so far."""
+    plugin = plugin or Plugin()
+    plugin.check(cfg)
     torch.manual_seed(cfg.seed)
-    model = SASRec(num_items, max_len, cfg).to(device)
+    model = plugin.model(num_items, max_len, cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     windows = training_windows if cfg.objective == "shifted" else prefix_windows
     train_x, train_y = windows(split.train, max_len, model.pad)
+    train_ctx = plugin.context(split.train)  # rows of prefix_windows are the examples' rows
     lengths = (train_x != model.pad).sum(1)
     valid = encode(split.valid, max_len, model.pad)
+    valid_ctx = plugin.context(split.valid)
     gen = torch.Generator().manual_seed(cfg.seed)
     key = selection_metric(ks)
     best = {"epoch": -1, "score": -1.0, "state": None, "valid": None}
@@ -274,12 +307,13 @@ def fit(split: Split, num_items: int, max_len: int, ks: list[int], cfg: SasrecCo
         model.train()
         total, t0 = 0.0, time.perf_counter()
         for idx in tqdm(length_batches(lengths, cfg.batch_size, gen), desc=f"sasrec epoch {epoch}", leave=False):
-            loss = train_loss(model, train_x[idx].to(device), train_y[idx].to(device), cfg, gen)
+            loss = train_loss(model, train_x[idx].to(device), train_y[idx].to(device), cfg, gen,
+                              None if train_ctx is None else train_ctx[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
-        valid_ranks = target_ranks(model, *valid, cfg.batch_size, device, cfg.exclude_history)
+        valid_ranks = target_ranks(model, *valid, cfg.batch_size, device, cfg.exclude_history, valid_ctx)
         valid_metrics = metrics_from_ranks(valid_ranks, ks)
         score = valid_metrics[key]
         log.info("sasrec epoch", extra=fields(epoch=epoch, loss=round(total / len(train_x), 4),
@@ -297,14 +331,15 @@ def fit(split: Split, num_items: int, max_len: int, ks: list[int], cfg: SasrecCo
             out_of_time = epoch + 1 < cfg.max_epochs
             break
     model.load_state_dict(best["state"])
-    return Fitted(model, best["epoch"], best["valid"], epoch + 1, out_of_time)
+    return Fitted(model, best["epoch"], best["valid"], epoch + 1, out_of_time, plugin)
 
 
 def ranks_on(examples: list[Example], fitted: Fitted, max_len: int, cfg: SasrecConfig, device: torch.device,
              exclude_history: bool | None = None) -> np.ndarray:
     """Full ranks of the examples' targets under the config's protocol (or the one given)."""
     exclude = cfg.exclude_history if exclude_history is None else exclude_history
-    return target_ranks(fitted.model, *encode(examples, max_len, fitted.model.pad), cfg.batch_size, device, exclude)
+    return target_ranks(fitted.model, *encode(examples, max_len, fitted.model.pad), cfg.batch_size, device, exclude,
+                        fitted.plugin.context(examples))
 
 
 def evaluation(fitted: Fitted, test: np.ndarray, ks: list[int], users: int | None) -> dict:
@@ -315,10 +350,10 @@ def evaluation(fitted: Fitted, test: np.ndarray, ks: list[int], users: int | Non
 
 
 def train_and_evaluate(split: Split, num_items: int, max_len: int, ks: list[int], cfg: SasrecConfig,
-                       device: torch.device, users: int | None = None) -> dict:
+                       device: torch.device, users: int | None = None, plugin: Plugin | None = None) -> dict:
     """Fit, then test once. With `exclude_history`, `with_history` holds the same model's all-user
     figures ranked over every item, what a comparison with gream's generative model reads."""
-    fitted = fit(split, num_items, max_len, ks, cfg, device)
+    fitted = fit(split, num_items, max_len, ks, cfg, device, plugin=plugin)
     result = evaluation(fitted, ranks_on(split.test, fitted, max_len, cfg, device), ks, users)
     if cfg.exclude_history:
         result["with_history"] = {name: report(ranks_on(examples, fitted, max_len, cfg, device, False), ks, None)
@@ -326,12 +361,12 @@ def train_and_evaluate(split: Split, num_items: int, max_len: int, ks: list[int]
     return result
 
 
-def out_dir(spec: JobSpec) -> Path:
-    return spec.layout.baseline("sasrec")
+def out_dir(spec: JobSpec, name: str = "sasrec") -> Path:
+    return spec.layout.baseline(name)
 
 
 def write_result(spec: JobSpec, ds: Dataset, split: Split, result: dict, cfg: SasrecConfig, secs: float,
-                 **meta) -> Path:
+                 name: str = "sasrec", **meta) -> Path:
     """eval.json (reported users, their long-tail segments, all-user figures and settings under
     `meta`) and ranks.json."""
     depth, users = spec.eval.beam_width, spec.eval.max_users
@@ -343,19 +378,22 @@ def write_result(spec: JobSpec, ds: Dataset, split: Split, result: dict, cfg: Sa
            "meta": {"all_users": result["all_users"], "best_epoch": result["best_epoch"], "train_secs": round(secs, 1),
                     **({"with_history": result["with_history"]} if "with_history" in result else {}),
                     "dataset": ds.name, "split": spec.data.split, "config": asdict(cfg), **meta}}
-    path = write_eval(out_dir(spec), out, ranks)
+    path = write_eval(out_dir(spec, name), out, ranks)
     log.info("sasrec done", extra=fields(path=str(path), **{f"test_{k}": round(v, 4) for k, v in out["test"].items()}))
     return path
 
 
-def run(spec: JobSpec, cfg: SasrecConfig | None = None) -> Path:
-    """Train and evaluate SASRec on the spec's split; writes `<run_dir>/baselines/sasrec/eval.json`
-    and `ranks.json`."""
+def run(spec: JobSpec, cfg: SasrecConfig | None = None,
+        plugin: Callable[[JobSpec, Dataset, Split], Plugin] | None = None) -> Path:
+    """Train and evaluate SASRec (or the variant `plugin` builds) on the spec's split; writes
+    `<run_dir>/baselines/<sasrec or the variant's name>/eval.json` and `ranks.json`."""
     cfg = cfg or SasrecConfig()
     ds = load_from_spec(spec)
     split = split_from_spec(spec, ds)
     device = resolve(spec.cluster.device).torch_device()
     t0 = time.perf_counter()
+    variant = plugin(spec, ds, split) if plugin else Plugin()
+    variant.check(cfg)  # before minutes of features
     result = train_and_evaluate(split, ds.num_items, spec.data.max_history, spec.eval.ks, cfg, device,
-                                spec.eval.max_users)
-    return write_result(spec, ds, split, result, cfg, time.perf_counter() - t0)
+                                spec.eval.max_users, variant)
+    return write_result(spec, ds, split, result, cfg, time.perf_counter() - t0, variant.name)

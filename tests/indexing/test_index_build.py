@@ -165,3 +165,38 @@ def test_cli_names_a_reassignment_that_cannot_work(office_build, tmp_path, capsy
     assert code == 2
     assert "CollisionError: index.collisions: reassign: prefix [] holds more items" in capsys.readouterr().err
     assert not (tmp_path / "index" / "Office.index.json").exists()
+
+
+def test_flexcode_on_office(office_build, tmp_path):
+    """Two codebooks on the real catalog: every item 1:1 at three tokens, collaborative and semantic
+    codes disjoint, more collaborative tokens for more popular items, alignment better than chance."""
+    from indexing.dataset import split_from_spec
+    from indexing.flexcode import cf_token_counts, item_counts
+    from indexing.segments import training_interactions
+
+    spec, _ = office_build
+    shutil.copytree(spec.layout.stage("index") / "cache", tmp_path / "index" / "cache")
+    fc = office_spec(tmp_path, codes=256, collisions="reassign", scheme="flexcode",
+                     flexcode={"cf_source": "cooccurrence", "cf_codes": 128, "align_steps": 100})
+    built = build.run(fc)
+    assert built["source"].startswith("flexcode") and built["depth"] == 3 and not built["dedup_added"]
+    assert built["collisions_after"]["collision_rate"] == 0.0
+    index = SidIndex.load(build.index_path(fc))
+    assert index.num_items == 2420 and len(set(map(index.text, index.items()))) == 2420
+    assert index.level_sizes == (128 + 256,) * 3 and len(read_vocab(build.vocab_path(fc))) == 3 * 384
+
+    ds = load_from_spec(fc)
+    counts = item_counts(training_interactions(split_from_spec(fc, ds).train)[0], ds.num_items)
+    n_cf = cf_token_counts(counts, [0.5, 0.8])
+    codes = index.as_array()
+    for row, n in zip(codes, n_cf):
+        assert (row[:n] < 128).all() and (row[n:] >= 128).all()
+    allocation = built["flexcode"]["allocation"]
+    assert sum(a["items"] for a in allocation.values()) == 2420
+    assert {int(n): a["items"] for n, a in allocation.items()} == dict(zip(*map(list, np.unique(n_cf, return_counts=True))))
+    means = [allocation[n]["mean_training_interactions"] for n in sorted(allocation)]
+    assert means == sorted(means) and len(means) == 3  # popular items hold the collaborative tokens
+    al = built["flexcode"]["alignment"]
+    chance = 1 / built["flexcode"]["cf_items"]
+    assert al["loss_end"] < al["loss_start"] and al["match_at_1_vectors"] > 50 * chance
+    assert al["match_at_1_reconstructions"] > 10 * chance
