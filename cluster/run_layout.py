@@ -52,6 +52,11 @@ class RunLayout:
         return self.stage("index") / SID_VOCAB_FILE
 
     @property
+    def related_items(self) -> Path:
+        """Each item's most similar items by text embedding (indexing.neighbours)."""
+        return self.stage("index") / "related_items.npy"
+
+    @property
     def train_summary(self) -> Path:
         return self.stage("sft") / "train_summary.json"
 

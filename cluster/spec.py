@@ -165,6 +165,9 @@ class SftSpec(_Section):
     # Each user's latest N training targets left out of SFT and given to RL as its only prompts, so
     # that RL learns from targets the SFT model was not fitted to (0: both see every target).
     reserve_for_rl: int = Field(0, ge=0)
+    # GRASP's retrieval in the prompt: the SIDs of the k items whose text is most like the last
+    # history item's (the index stage stores 10 per item), in training, RL and evaluation prompts.
+    retrieved_items: int = Field(0, ge=0, le=10)
     # Decay of an exponential moving average of the weights, saved instead of the last ones; 0 = off.
     # Needs the full weights on every rank: zero_stage <= 2.
     weight_average: float = Field(0.0, ge=0.0, lt=1.0)

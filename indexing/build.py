@@ -39,6 +39,7 @@ from indexing.flexcode import (
 )
 from indexing.importer import import_index
 from indexing.kmeans import MIN_ITEMS_PER_CODE, check_codes, last_level_distances, level_distances, residual_kmeans
+from indexing.neighbours import write_related
 from indexing.rewrite import RewriteCache, make_teacher, rewrite_texts
 from indexing.segments import training_interactions
 from indexing.sid import LEVEL_LETTERS, SidIndex
@@ -129,10 +130,16 @@ def item_text_embeddings(spec: JobSpec, ds: Dataset) -> np.ndarray:
     return _text_embeddings(spec, ds, spec.layout.stage("index"), _Phases())[0]
 
 
+def _related(spec: JobSpec, emb: np.ndarray, phase: _Phases) -> None:
+    with phase("related"):
+        write_related(spec.layout.related_items, emb)
+
+
 def _build_kmeans(spec: JobSpec, ds, out_dir: Path, phase: _Phases) -> tuple[SidIndex, dict[str, Any]]:
     ix = spec.index
     check_codes(ds.num_items, ix.codes)  # before minutes of embedding, not after
     emb, info = _text_embeddings(spec, ds, out_dir, phase)
+    _related(spec, emb, phase)
     cf = ix.collaborative
     if cf.weight > 0:
         with phase("collaborative"):
@@ -186,6 +193,7 @@ def _build_flexcode(spec: JobSpec, ds, out_dir: Path, phase: _Phases,
         raise FlexcodeError("index.flexcode.cf_source: sasrec needs SASRec's item vectors, which `gream index` "
                             "and `gream launch` train (gream/index_stage.py); pass cf_vectors to indexing.build.run")
     emb, info = _text_embeddings(spec, ds, out_dir, phase)
+    _related(spec, emb, phase)
     with phase("collaborative"):
         if fc.cf_source == "sasrec":
             vectors = cf_vectors(spec, ds, split)
@@ -246,7 +254,8 @@ def run(spec: JobSpec, cf_vectors: ItemVectors | None = None) -> dict[str, Any]:
     out_dir = spec.layout.stage("index")
     report_file = out_dir / REPORT_FILE
     spec_hash = spec.section_hash("data", "index")
-    if report_file.exists() and index_path(spec).exists() and vocab_path(spec).exists():
+    built = [index_path(spec), vocab_path(spec)] + ([] if spec.index.import_file else [spec.layout.related_items])
+    if report_file.exists() and all(p.exists() for p in built):
         previous = json.loads(report_file.read_text())
         if previous.get("spec_hash") == spec_hash:
             log.info("index artefacts in %s match the spec (hash %s); skipping", out_dir, spec_hash)

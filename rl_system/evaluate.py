@@ -30,6 +30,7 @@ from indexing.sid import SidIndex
 from rl_system.reward.functions import sid_of
 from sft.metrics import metrics_from_ranks, rank_of, segment_report
 from sft.prompts import EvalPrompts, build_prompts
+from sft.related import related_table
 
 log = logging.getLogger(__name__)
 
@@ -107,24 +108,25 @@ class EvalConfig:
 
 
 def evaluate(cfg: EvalConfig, pool, tokenizer, index: SidIndex, splits: dict[str, Sequence[Example]],
-             sampling: bool = True, train: Sequence[Example] | None = None) -> tuple[dict, RankRecord]:
+             sampling: bool = True, train: Sequence[Example] | None = None,
+             related: np.ndarray | None = None) -> tuple[dict, RankRecord]:
     """Metrics per split, e.g. {"valid": {"recall@10": ...}, "test": {...}}, and the beam rank of
     every user's target (ranks.json); without `sampling`, the beam metrics only (Pass@K sampling
     costs `eval.pass_samples` times the beam's generation). With the `train` split, also the beam
     metrics per long-tail segment (indexing.segments) under "segments", and each example's segments
-    in the ranks."""
+    in the ranks. `related`: sft.related's table, which the model's prompts carried in training."""
     e = cfg.eval
     token_to_item = token_mapper(tokenizer, index)
     reasoning = cfg.mode == "reasoning"
     out, ranks = {}, {}
     for name, examples in splits.items():
         examples = list(examples)[: e.max_users] if e.max_users else list(examples)
-        direct = build_prompts(tokenizer, index, examples, reasoning=False)
+        direct = build_prompts(tokenizer, index, examples, False, related)
         ranks[name] = split_ranks([ex.user for ex in examples], beam_ranks(pool, direct, token_to_item, e.beam_width),
                                   e.beam_width, segment_masks(examples, train) if train is not None else None)
         metrics = metrics_from_ranks(ranks[name].ranks, e.ks)
         if sampling:
-            sampled = build_prompts(tokenizer, index, examples, reasoning) if reasoning else direct
+            sampled = build_prompts(tokenizer, index, examples, reasoning, related) if reasoning else direct
             metrics.update(sampling_metrics(pool, sampled, index, cfg.mode, e.pass_samples, e.temperature,
                                             e.top_p, cfg.max_tokens, e.ks))
         metrics["users"] = len(examples)
@@ -162,7 +164,7 @@ def evaluate_model(spec: JobSpec, model: Path, index: SidIndex, split, sampling:
     pool = RolloutPool.from_spec(spec, model, index)
     try:
         return evaluate(EvalConfig.from_spec(spec), pool, AutoTokenizer.from_pretrained(model), index,
-                        {"valid": split.valid, "test": split.test}, sampling, split.train)
+                        {"valid": split.valid, "test": split.test}, sampling, split.train, related_table(spec))
     finally:
         pool.shutdown()
 

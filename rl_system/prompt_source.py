@@ -13,7 +13,7 @@ from cluster.spec import JobSpec, SpecError
 from indexing.dataset import Example, reserve_latest
 from indexing.sid import SidIndex
 from rl_system.messages import Prompt
-from sft.prompts import render_seqrec_prompt
+from sft.prompts import related_sids, render_seqrec_prompt
 
 
 def training_prompts(spec: JobSpec, examples: Sequence[Example]) -> list[Example]:
@@ -36,7 +36,8 @@ def training_prompts(spec: JobSpec, examples: Sequence[Example]) -> list[Example
 
 
 class PromptSource:
-    def __init__(self, examples: Sequence[Example], index: SidIndex, tokenizer, seed: int, reasoning: bool = False):
+    def __init__(self, examples: Sequence[Example], index: SidIndex, tokenizer, seed: int, reasoning: bool = False,
+                 related: np.ndarray | None = None):
         if not examples:
             raise ValueError("PromptSource needs at least one training example")
         self.examples = list(examples)
@@ -44,6 +45,7 @@ class PromptSource:
         self.tokenizer = tokenizer
         self.seed = seed
         self.reasoning = reasoning
+        self.related = related  # sft.related, as the SFT prompts had it
         self.cursor = 0  # prompts drawn so far
         self._order_epoch = -1
         self._order: np.ndarray | None = None
@@ -56,7 +58,8 @@ class PromptSource:
 
     def render(self, uid: int, example: Example) -> Prompt:
         history = [self.index.text(i) for i in example.history]
-        text = render_seqrec_prompt(self.tokenizer, history, reasoning=self.reasoning)
+        text = render_seqrec_prompt(self.tokenizer, history, self.reasoning,
+                                    related_sids(self.index, self.related, example.history))
         return Prompt(uid, example.user, text, example.target, self.index.codes(example.target))
 
     def next(self, n: int) -> list[Prompt]:

@@ -45,6 +45,7 @@ from rl_system.reward.pool import RewardPool
 from rl_system.rollout.pool import RolloutPool
 from rl_system.validation import KEYS as VALIDATION_KEYS
 from rl_system.validation import InRunValidation, sample_users
+from sft.related import related_table
 
 log = logging.getLogger(__name__)
 
@@ -213,9 +214,10 @@ def _train(spec: JobSpec, ckpts: CheckpointManager, prompts, valid, resume: bool
         learner = LearnerGroup.from_spec(spec, start_model, learner_pg)
     pool = RolloutPool.from_spec(spec, start_model, index)
     rewards = RewardPool.from_spec(spec, idx_path)
-    source = PromptSource(prompts, index, tokenizer, rl.seed, reasoning=rl.mode == "reasoning")
+    related = related_table(spec)
+    source = PromptSource(prompts, index, tokenizer, rl.seed, rl.mode == "reasoning", related)
     validate = (InRunValidation(pool, tokenizer, index, sample_users(valid, rl.eval_users, rl.eval_seed),
-                                spec.eval.beam_width) if rl.eval_every else None)
+                                spec.eval.beam_width, related) if rl.eval_every else None)
     sampler = GroupSampler(rl, pool, rewards, source, tokenizer.get_vocab().get("<answer>"))
     filler = BatchFiller(rl.prompts_per_step, rl.max_resample_rounds)
 

@@ -27,11 +27,12 @@ def sample_users(examples: Sequence[Example], users: int, seed: int) -> list[Exa
 
 
 class InRunValidation:
-    def __init__(self, pool, tokenizer, index: SidIndex, examples: Sequence[Example], width: int):
+    def __init__(self, pool, tokenizer, index: SidIndex, examples: Sequence[Example], width: int,
+                 related: np.ndarray | None = None):
         if width < K:
             raise ValueError(f"in-run validation ranks the top {K}; eval.beam_width is {width}")
         self.pool, self.width = pool, width
-        self.prompts = build_prompts(tokenizer, index, examples, reasoning=False)
+        self.prompts = build_prompts(tokenizer, index, examples, False, related)
         self.token_to_item = token_mapper(tokenizer, index)
 
     def __call__(self) -> dict[str, float]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Sequence
 
-import faiss
 import numpy as np
 import torch
 from torch import nn
@@ -30,27 +29,8 @@ from torch import nn
 from cluster.errors import BadRequest
 from cluster.spec import JobSpec
 from indexing.dataset import Dataset, Example, Split
+from indexing.neighbours import retrieve, similar_items
 from sft.sasrec import Plugin, SASRec, SasrecConfig
-
-
-def retrieve(queries: np.ndarray, bank: np.ndarray, k: int, query_ids: Sequence[int] | None = None,
-             bank_ids: Sequence[int] | None = None) -> np.ndarray:
-    """[queries, k] rows of `bank` most cosine-similar to each query, most similar first; with ids,
-    a bank row with the query's own id is never returned."""
-    if k >= len(bank):
-        raise BadRequest(f"GRASP retrieves k={k} neighbours from {len(bank)} candidates; expected k < {len(bank)}")
-    q = np.ascontiguousarray(queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12), dtype=np.float32)
-    b = np.ascontiguousarray(bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12), dtype=np.float32)
-    index = faiss.IndexFlatIP(b.shape[1])
-    index.add(b)
-    _, found = index.search(q, k + 1)  # one spare for the query itself
-    if query_ids is None:
-        return found[:, :k]
-    owner = np.asarray(bank_ids)[found]
-    out = np.empty((len(q), k), dtype=np.int64)
-    for row, (ids, own) in enumerate(zip(found, owner)):
-        out[row] = ids[own != query_ids[row]][:k]
-    return out
 
 
 def mean_of(rows: np.ndarray, table: np.ndarray) -> np.ndarray:
@@ -60,8 +40,7 @@ def mean_of(rows: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 def item_features(desc: np.ndarray, k: int) -> np.ndarray:
     """[items, 2, D]: each item's description and the mean of its k most similar items' ones."""
-    items = np.arange(len(desc))
-    return np.stack([desc, mean_of(retrieve(desc, desc, k, items, items), desc)], axis=1).astype(np.float32)
+    return np.stack([desc, mean_of(similar_items(desc, k), desc)], axis=1).astype(np.float32)
 
 
 def history_description(items: Sequence[int], desc: np.ndarray) -> np.ndarray:

@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
+
 REASONING_INSTRUCTION = "\nThink it through, then answer."
+RELATED_LINE = "\nSimilar to the last: {related}"  # sft.retrieved_items
 
 TEMPLATES: dict[str, tuple[str, ...]] = {
     "seqrec": (
@@ -95,18 +98,30 @@ def sid_history(history_sid_strings: list[str] | tuple[str, ...]) -> str:
     return "".join(history_sid_strings)
 
 
-def seqrec_instruction(history_sid_strings, template: int = 0, reasoning: bool = False) -> str:
+def seqrec_instruction(history_sid_strings, template: int = 0, reasoning: bool = False,
+                       related_sid_strings: Sequence[str] = ()) -> str:
     text = TEMPLATES["seqrec"][template].format(history=sid_history(history_sid_strings))
+    if related_sid_strings:
+        text += RELATED_LINE.format(related=sid_history(related_sid_strings))
     return text + REASONING_INSTRUCTION if reasoning else text
 
 
-def render_seqrec_prompt(tokenizer, history_sid_strings, reasoning: bool = False) -> str:
+def related_sids(index, related: np.ndarray | None, history: Sequence[int]) -> list[str]:
+    """SIDs of the items most similar to the history's last item (`related` [items, k], from
+    sft.related), none without a table or a history."""
+    if related is None or not history:
+        return []
+    return [index.text(int(i)) for i in related[history[-1]]]
+
+
+def render_seqrec_prompt(tokenizer, history_sid_strings, reasoning: bool = False,
+                         related_sid_strings: Sequence[str] = ()) -> str:
     """The canonical next-item prompt used by RL rollouts and evaluation.
 
     Direct mode: the model answers with the SID alone. Reasoning mode: the prompt asks for
     `<think>...</think><answer>SID</answer>`.
     """
-    return render_prompt(tokenizer, seqrec_instruction(history_sid_strings, 0, reasoning))
+    return render_prompt(tokenizer, seqrec_instruction(history_sid_strings, 0, reasoning, related_sid_strings))
 
 
 @dataclass(frozen=True)
@@ -115,11 +130,12 @@ class EvalPrompts:
     targets: list[int]
 
 
-def build_prompts(tokenizer, index, examples: Sequence, reasoning: bool) -> EvalPrompts:
+def build_prompts(tokenizer, index, examples: Sequence, reasoning: bool, related: np.ndarray | None = None) -> EvalPrompts:
     """Token ids of the next-item prompt of each example (indexing.dataset.Example) and its target
-    item, with histories written as the SIDs of `index` (indexing.sid.SidIndex)."""
-    texts = [render_seqrec_prompt(tokenizer, [index.text(i) for i in ex.history], reasoning=reasoning)
-             for ex in examples]
+    item, with histories written as the SIDs of `index` (indexing.sid.SidIndex), and with `related`
+    the SIDs of the last item's most similar items."""
+    texts = [render_seqrec_prompt(tokenizer, [index.text(i) for i in ex.history], reasoning,
+                                  related_sids(index, related, ex.history)) for ex in examples]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     return EvalPrompts([list(x) for x in ids], [ex.target for ex in examples])
 

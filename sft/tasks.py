@@ -13,6 +13,8 @@ import random
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+import numpy as np
+
 from cluster.errors import GreamError
 from cluster.logs import fields
 from indexing.dataset import Example
@@ -22,6 +24,7 @@ from sft.prompts import (
     TITLE_SEPARATOR,
     RenderedExample,
     reasoning_answer,
+    related_sids,
     render_completion,
     render_prompt,
     seqrec_instruction,
@@ -70,9 +73,11 @@ class AlignmentBuilder:
     """Renders the alignment tasks for one tokenizer, index and item catalogue; templates are
     drawn with a seeded generator so a rebuild gives the same examples."""
 
-    def __init__(self, tokenizer, index: SidIndex, items: dict[int, dict], seed: int = 0):
+    def __init__(self, tokenizer, index: SidIndex, items: dict[int, dict], seed: int = 0,
+                 related: np.ndarray | None = None):
         self.tok = tokenizer
         self.index = index
+        self.related = related  # sft.related: similar items written into next-item prompts
         self.items = items
         self.rng = random.Random(f"tasks:{seed}")
         self.catalogue = index.items()  # items the item tasks cover
@@ -91,7 +96,8 @@ class AlignmentBuilder:
         out = []
         for ex in examples:
             template = self.rng.randrange(len(TEMPLATES["seqrec"]))
-            instruction = seqrec_instruction([self.index.text(i) for i in ex.history], template)
+            instruction = seqrec_instruction([self.index.text(i) for i in ex.history], template, False,
+                                             related_sids(self.index, self.related, ex.history))
             out.append(_render(self.tok, "seqrec", instruction, self.index.text(ex.target)))
         return out
 
@@ -133,7 +139,8 @@ class AlignmentBuilder:
     def reasoning(self, records: Iterable[ReasoningRecord]) -> list[RenderedExample]:
         out = []
         for rec in records:
-            instruction = seqrec_instruction([self.index.text(i) for i in rec.history], 0, reasoning=True)
+            instruction = seqrec_instruction([self.index.text(i) for i in rec.history], 0, True,
+                                             related_sids(self.index, self.related, rec.history))
             out.append(_render(self.tok, "reasoning", instruction, reasoning_answer(rec.rationale, self.index.text(rec.target))))
         return out
 

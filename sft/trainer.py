@@ -43,6 +43,7 @@ from sft.engine_setup import SftError, apply_lora, deepspeed_config, freeze_all_
 from sft.epoch_checkpoints import EpochCheckpoints, open_checkpoints
 from sft.hf_folder import load_backbone, save_backbone, torch_dtype
 from sft.metrics import selection_metric
+from sft.related import related_table
 from sft.selection import BestWeights
 from sft.tasks import IGNORE_INDEX, AlignmentBuilder, ReasoningRecord, TokenizedExample, build_alignment, tokenize
 from sft.validation import Validator, validation_sample
@@ -181,7 +182,8 @@ class Trainer:
         known = len(tok)
         self.token_ids = add_sid_tokens(model, tok, vocab, code_descriptions(index, ds.items, vocab), spec.model.seed)
         self.new_rows = sorted(i for i in self.token_ids.values() if i >= known)
-        builder = AlignmentBuilder(tok, index, ds.items, spec.sft.seed)
+        related = related_table(spec)
+        builder = AlignmentBuilder(tok, index, ds.items, spec.sft.seed, related)
         train, _ = reserve_latest(split.train, spec.sft.reserve_for_rl)
         rendered = build_alignment(builder, spec.sft.tasks, train, preferences, spec.sft.max_train_examples,
                                    spec.sft.history_loss, spec.sft.answer_prefixes, spec.sft.seed)
@@ -193,7 +195,7 @@ class Trainer:
         add_dropout(model, spec.sft.dropout)
         self.model, self.tok = model, tok
         self.validator = (Validator(tok, index, validation_sample(split.valid, spec.sft.eval_users), spec.eval.ks,
-                                    model.config.vocab_size) if spec.sft.eval_every else None)
+                                    model.config.vocab_size, related) if spec.sft.eval_every else None)
         log.info("sft data", extra=fields(align=len(self.align), reason=len(self.reason), new_tokens=len(self.new_rows),
                                           vocab=len(tok)))
 

@@ -34,12 +34,13 @@ def validation_sample(examples: Sequence[Example], size: int | None, seed: int =
 
 
 class Validator:
-    def __init__(self, tokenizer, index: SidIndex, examples: Sequence[Example], ks: Sequence[int], vocab_size: int):
+    def __init__(self, tokenizer, index: SidIndex, examples: Sequence[Example], ks: Sequence[int], vocab_size: int,
+                 related: np.ndarray | None = None):
         if not examples:
             raise ValueError("no validation examples to score")
         self.ks = sorted(set(ks))
         self.width = max(self.ks)
-        self.prompts = build_prompts(tokenizer, index, examples, reasoning=False)
+        self.prompts = build_prompts(tokenizer, index, examples, False, related)
         self.trie = SidTrie.from_index(index, tokenizer.get_vocab(), vocab_size, [tokenizer.eos_token_id])
         self.items = np.asarray(index.items(), dtype=np.int64)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

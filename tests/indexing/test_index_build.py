@@ -200,3 +200,7 @@ def test_flexcode_on_office(office_build, tmp_path):
     chance = 1 / built["flexcode"]["cf_items"]
     assert al["loss_end"] < al["loss_start"] and al["match_at_1_vectors"] > 50 * chance
     assert al["match_at_1_reconstructions"] > 10 * chance
+    # Each item's ten most text-similar other items, for sft.retrieved_items.
+    related = np.load(fc.layout.related_items)
+    assert related.shape == (2420, 10) and not (related == np.arange(2420)[:, None]).any()
+    assert "related" in built["seconds"]

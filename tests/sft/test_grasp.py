@@ -9,7 +9,8 @@ import torch
 
 from cluster.errors import BadRequest
 from indexing.dataset import Example
-from sft.grasp import Grasp, GraspSASRec, SigmoidAttention, item_features, retrieve, user_bank
+from indexing.neighbours import NeighbourError, retrieve
+from sft.grasp import Grasp, GraspSASRec, SigmoidAttention, item_features, user_bank
 from sft.sasrec import SasrecConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,7 +22,7 @@ def test_retrieve_returns_the_nearest_by_cosine():
     assert retrieve(np.array([[1.0, 0.2]]), bank, 3).tolist() == [[1, 0, 4]]
     # Scale does not matter (cosine), and a row with the query's id is skipped.
     assert retrieve(np.array([[10.0, 2.0]]), bank, 2, [1], [0, 1, 2, 3, 4]).tolist() == [[0, 4]]
-    with pytest.raises(BadRequest, match="k=5 neighbours from 5 candidates"):
+    with pytest.raises(NeighbourError, match="k=5 neighbours from 5 candidates"):
         retrieve(bank, bank, 5)
 
 

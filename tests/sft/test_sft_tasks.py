@@ -163,3 +163,36 @@ def test_bad_task_requests(setup):
     with pytest.raises(TaskError, match="need item titles"):
         build_alignment(AlignmentBuilder(tok, index, {}), ["index2item"], split.train)
     assert TEMPLATES["seqrec"][0].startswith("Purchase history")
+
+
+def test_retrieved_items_reach_sft_rl_and_eval_prompts_alike(setup):
+    """sft.retrieved_items: the SFT next-item prompt, the RL prompt and the evaluation prompt of one
+    example carry the same similar-items line (here the items most alike by co-occurrence)."""
+    import numpy as np
+
+    from indexing.collaborative import collaborative_vectors
+    from indexing.neighbours import similar_items
+    from rl_system.prompt_source import PromptSource
+    from sft.prompts import build_prompts, related_sids, seqrec_instruction
+
+    tok, index, ds, split = setup
+    related = similar_items(collaborative_vectors(split.train, ds.num_items, 32, 3), 3)
+    assert related.shape == (ds.num_items, 3) and not (related == np.arange(ds.num_items)[:, None]).any()
+    examples = split.train[:100]
+    sft = AlignmentBuilder(tok, index, ds.items, seed=0, related=related).seqrec(examples)
+    rl = PromptSource(examples, index, tok, seed=0, related=related)
+    evaluated = build_prompts(tok, index, examples, False, related)
+    canonical = 0
+    for i, (ex, rendered) in enumerate(zip(examples, sft)):
+        history = [index.text(h) for h in ex.history]
+        similar = related_sids(index, related, ex.history)
+        assert similar == [index.text(int(j)) for j in related[ex.history[-1]]]
+        assert f"\nSimilar to the last: {''.join(similar)}" in rendered.prompt
+        prompt = render_seqrec_prompt(tok, history, False, similar)
+        assert rl.render(i, ex).text == prompt
+        assert evaluated.prompt_ids[i] == tok(prompt, add_special_tokens=False)["input_ids"]
+        canonical += rendered.prompt == prompt
+    assert canonical > 0
+    assert seqrec_instruction(["<a_1><b_2>"], 0, False, ["<a_3><b_4>", "<a_5><b_6>"]) == (
+        "Purchase history: <a_1><b_2>\nNext item?\nSimilar to the last: <a_3><b_4><a_5><b_6>")
+    assert render_seqrec_prompt(tok, history) != prompt  # without the table, no line

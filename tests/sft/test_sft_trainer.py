@@ -258,3 +258,23 @@ def test_a_run_resumed_after_an_epoch_ends_as_the_uninterrupted_run(run_dir, tmp
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     # checkpoint.keep (2): the last two epochs' checkpoints stay.
     assert sorted(p.name for p in (parts / "sft/checkpoints").glob("step-*")) == ["step-0000002", "step-0000003"]
+
+
+def test_retrieved_items_in_training_and_validation_prompts(run_dir, tmp_path):
+    from cluster.errors import MissingArtefact
+    from indexing.collaborative import collaborative_vectors
+    from indexing.dataset import load_from_spec, split_from_spec
+    from indexing.neighbours import write_related
+
+    shutil.copytree(run_dir / "index", tmp_path / "index")
+    spec = make_spec(tmp_path, epochs=1, eval_every=1, eval_users=10, retrieved_items=2)
+    with pytest.raises(MissingArtefact, match="an imported index .* has no text embeddings"):
+        Trainer(spec)
+    ds = load_from_spec(spec)
+    write_related(spec.layout.related_items, collaborative_vectors(split_from_spec(spec, ds).train, ds.num_items, 16, 3))
+    trainer = Trainer(spec)
+    line = "Similar to the last: "
+    seqrec = [trainer.tok.decode(ex.input_ids) for ex in trainer.align if ex.task == "seqrec"]
+    assert seqrec and all(line in text for text in seqrec)
+    assert all(line in trainer.tok.decode(ids) for ids in trainer.validator.prompts.prompt_ids)
+    assert trainer.train().exists()
