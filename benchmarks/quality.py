@@ -1,9 +1,11 @@
-"""The quality table: SFT seeds against SASRec seeds, Recall/NDCG@5/10 on every user of valid and
-test, with paired 95% intervals of SFT - SASRec.
+"""The quality table: SFT seeds against SASRec seeds (or any two sets of evaluated stages), Recall/NDCG@5/10
+on every user of valid and test, with paired 95% intervals of their difference.
 
     python benchmarks/quality.py --sft runs/quality/seed0 runs/quality/seed1 runs/quality/seed2 \\
         --sasrec runs/quality/sasrec0 runs/quality/sasrec1 runs/quality/sasrec2
     python benchmarks/quality.py --run --seeds 0 1 2 --out runs/quality    # run them first (hours on 2 cores)
+    python benchmarks/quality.py --names FlexCode k-means --left runs/quality_flexcode/seed0:sft ... \
+        --right runs/quality/seed0:sft ...                                  # any two models
 
 Reads finished runs: each SFT run's `sft/` (or `--stage rl`) and each SASRec run's
 `baselines/sasrec/`, eval.json and ranks.json (cluster.eval_record), so every figure is recomputed
@@ -64,13 +66,13 @@ def column(stage: Stage) -> dict[str, float]:
     return {f"{split} {m}": float(per_user(stage, split)[m].mean()) for split in SPLITS for m in METRICS}
 
 
-def pooled(sft: Sequence[Stage], sasrec: Sequence[Stage], split: str, resamples: int, seed: int) -> dict:
-    """SFT - SASRec on per-user means over each model's seeds, users every run holds."""
-    stages = [*sft, *sasrec]
+def pooled(left: Sequence[Stage], right: Sequence[Stage], split: str, resamples: int, seed: int) -> dict:
+    """left - right on per-user means over each model's seeds, users every run holds."""
+    stages = [*left, *right]
     rows = align(*(s.ranks.splits[split].users for s in stages))
     values = [per_user(s, split) for s in stages]
     mean = {m: [sum(values[i][m][rows[i]] for i in part) / len(part)
-                for part in (range(len(sft)), range(len(sft), len(stages)))] for m in METRICS}
+                for part in (range(len(left)), range(len(left), len(stages)))] for m in METRICS}
     out = {"users": len(rows[0]), "metrics": {}}
     if len(rows[0]):
         diff = np.stack([mean[m][0] - mean[m][1] for m in METRICS], axis=1)
@@ -80,22 +82,27 @@ def pooled(sft: Sequence[Stage], sasrec: Sequence[Stage], split: str, resamples:
     return out
 
 
-def pooled_segments(sft: Sequence[Stage], sasrec: Sequence[Stage], resamples: int, seed: int) -> dict:
+def pooled_segments(left: Sequence[Stage], right: Sequence[Stage], resamples: int, seed: int) -> dict:
     """`pooled` within each long-tail segment that every run labels."""
     out = {}
     for segment in SEGMENTS:
-        if all(labels(s, segment) for s in (*sft, *sasrec)):
-            parts = [in_segment(s, segment) for s in (*sft, *sasrec)]
-            out[segment] = {split: pooled(parts[:len(sft)], parts[len(sft):], split, resamples, seed) for split in SPLITS}
+        if all(labels(s, segment) for s in (*left, *right)):
+            parts = [in_segment(s, segment) for s in (*left, *right)]
+            out[segment] = {split: pooled(parts[:len(left)], parts[len(left):], split, resamples, seed) for split in SPLITS}
     return out
 
 
-def wall_times(run_dir: Path) -> dict[str, float]:
-    """Seconds the run's stages recorded, where they did."""
-    layout = RunLayout(run_dir)
-    found = {"sft train": (read_json(layout.train_summary) or {}).get("train_secs"),
-             "sasrec train": (read_json(layout.eval_file("baselines/sasrec")) or {}).get("meta", {}).get("train_secs"),
-             "eval": (read_json(layout.stage_marker("eval")) or {}).get("seconds")}
+def wall_times(stage_spec: str) -> dict[str, float]:
+    """Seconds a RUN_DIR:STAGE recorded, where it did: a baseline's training (eval.json meta), or
+    the run's SFT training and its eval stage."""
+    run_dir, stage = stage_spec.rsplit(":", 1)
+    layout = RunLayout(Path(run_dir))
+    if stage.startswith("baselines/"):
+        meta = (read_json(layout.eval_file(stage)) or {}).get("meta", {})
+        found = {f"{stage.removeprefix('baselines/')} train": meta.get("train_secs")}
+    else:
+        found = {"sft train": (read_json(layout.train_summary) or {}).get("train_secs"),
+                 "eval": (read_json(layout.stage_marker("eval")) or {}).get("seconds")}
     return {k: v for k, v in found.items() if v is not None}
 
 
@@ -107,15 +114,17 @@ def split_sizes(spec_path: Path, sets: list[str]) -> dict[str, int]:
     return {name: len(getattr(split, name)) for name in SPLITS}
 
 
-def report(sft_dirs: Sequence[Path], sasrec_dirs: Sequence[Path], stage: str, sizes: dict[str, int],
+def report(left_specs: Sequence[str], right_specs: Sequence[str], names: Sequence[str], sizes: dict[str, int],
            resamples: int = RESAMPLES, seed: int = SEED) -> dict:
-    sft = [load_stage(f"{d}:{stage}") for d in sft_dirs]
-    sasrec = [load_stage(f"{d}:baselines/sasrec") for d in sasrec_dirs]
-    runs = {f"sft {i}": s for i, s in enumerate(sft)} | {f"sasrec {i}": s for i, s in enumerate(sasrec)}
+    """Seeds of `names[0]` (RUN_DIR:STAGE each) against seeds of `names[1]`: left - right."""
+    left = [load_stage(s) for s in left_specs]
+    right = [load_stage(s) for s in right_specs]
+    lname, rname = names
+    runs = {f"{lname.lower()} {i}": s for i, s in enumerate(left)} | {f"{rname.lower()} {i}": s for i, s in enumerate(right)}
     columns = {name: column(s) for name, s in runs.items()}
     pairs = []
-    for i, (a, b) in enumerate(zip(sft, sasrec)):
-        result = compare([b, a], resamples, seed)  # B - A = SFT - SASRec
+    for i, (a, b) in enumerate(zip(left, right)):
+        result = compare([b, a], resamples, seed)  # B - A = left - right
         pairs.append({"pair": i, "splits": {split: result["splits"][split]["comparisons"][0] for split in SPLITS}})
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -123,13 +132,14 @@ def report(sft_dirs: Sequence[Path], sasrec_dirs: Sequence[Path], stage: str, si
         "folders": {name: str(s.folder) for name, s in runs.items()},
         "users": {name: {split: len(s.ranks.splits[split].users) for split in SPLITS} for name, s in runs.items()},
         "split_sizes": sizes,
-        "wall_secs": dict(zip(runs, map(wall_times, [*sft_dirs, *sasrec_dirs]))),
+        "wall_secs": dict(zip(runs, map(wall_times, [*left_specs, *right_specs]))),
+        "names": [lname, rname],
         "columns": columns,
-        "medians": {"SFT med": median_column([columns[n] for n in columns if n.startswith("sft")]),
-                    "SASRec med": median_column([columns[n] for n in columns if n.startswith("sasrec")])},
+        "medians": {f"{lname} med": median_column([columns[f"{lname.lower()} {i}"] for i in range(len(left))]),
+                    f"{rname} med": median_column([columns[f"{rname.lower()} {i}"] for i in range(len(right))])},
         "pairs": pairs,
-        "pooled": {split: pooled(sft, sasrec, split, resamples, seed) for split in SPLITS},
-        "segments": pooled_segments(sft, sasrec, resamples, seed),
+        "pooled": {split: pooled(left, right, split, resamples, seed) for split in SPLITS},
+        "segments": pooled_segments(left, right, resamples, seed),
         "resamples": resamples, "seed": seed,
     }
 
@@ -145,8 +155,10 @@ def format_report(r: dict) -> str:
         lines.append(f"  {name}: {folder}; users {covered}; {walls}")
     lines.append(format_table({**r["medians"], **r["columns"]}, "\nper run and median over seeds"))
     level = "95%"
-    lines.append(f"\nSFT - SASRec, paired bootstrap ({r['resamples']} resamples of users, seed {r['seed']}), {level} intervals")
-    blocks = [(f"pair {p['pair']} (sft {p['pair']} - sasrec {p['pair']})", p["splits"]) for p in r["pairs"]]
+    lname, rname = r["names"]
+    lines.append(f"\n{lname} - {rname}, paired bootstrap ({r['resamples']} resamples of users, seed {r['seed']}), "
+                 f"{level} intervals")
+    blocks = [(f"pair {p['pair']} ({lname.lower()} {p['pair']} - {rname.lower()} {p['pair']})", p["splits"]) for p in r["pairs"]]
     blocks.append(("pooled (per-user mean over seeds)", r["pooled"]))
     blocks += [(f"pooled, {segment} segment", splits) for segment, splits in r["segments"].items()]
     for title, splits in blocks:
@@ -192,6 +204,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sft", type=Path, nargs="+", help="finished SFT run dirs (one per seed)")
     ap.add_argument("--sasrec", type=Path, nargs="+", help="finished SASRec run dirs (one per seed)")
+    ap.add_argument("--left", nargs="+", metavar="RUN_DIR:STAGE", help="instead of --sft: any evaluated stages, one per seed")
+    ap.add_argument("--right", nargs="+", metavar="RUN_DIR:STAGE", help="instead of --sasrec: the stages --left is compared to")
+    ap.add_argument("--names", nargs=2, default=["SFT", "SASRec"], metavar=("LEFT", "RIGHT"), help="their labels")
     ap.add_argument("--stage", default="sft", help="the generative stage to compare (sft or rl)")
     ap.add_argument("--spec", type=Path, default=REPO / "configs/demo.yaml", help="the data the runs split")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="spec override (every run)")
@@ -206,10 +221,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.run:
         args.sft, args.sasrec = run_all(args.spec.resolve(), args.set, args.seeds, args.out, args.sasrec_tune)
-    if not args.sft or not args.sasrec:
-        ap.error("give --sft and --sasrec run dirs, or --run")
+    left = args.left or [f"{d}:{args.stage}" for d in args.sft or ()]
+    right = args.right or [f"{d}:baselines/sasrec" for d in args.sasrec or ()]
+    if not left or not right:
+        ap.error("give --sft and --sasrec run dirs (or --left and --right stages), or --run")
     try:
-        result = report(args.sft, args.sasrec, args.stage, split_sizes(args.spec, args.set), args.resamples)
+        result = report(left, right, args.names, split_sizes(args.spec, args.set), args.resamples)
     except Exception as exc:  # missing or stale evaluations name their file and exit 2; anything else is a bug
         if getattr(exc, "exit_code", None) is None:
             raise

@@ -65,3 +65,19 @@ def test_quality_table_text_and_a_missing_run(seed_runs, tmp_path, capsys):
     assert "pooled, tail segment, test" in text
     assert main(["--sft", str(tmp_path / "nowhere"), "--sasrec", str(tmp_path / "nowhere"), *args[-2:]]) == 2
     assert "nowhere/sft/ranks.json: no per-user ranks" in capsys.readouterr().err
+
+
+def test_any_two_stages_with_their_names(seed_runs, tmp_path, capsys):
+    """--left/--right/--names: the same figures as --sft/--sasrec, under the given labels."""
+    _, args = seed_runs
+    assert main([*args, "--json"]) == 0
+    default = json.loads(capsys.readouterr().out)
+    left = [f"{tmp_path / d}:sft" for d in ("sft0", "sft1")]
+    right = [f"{tmp_path / d}:baselines/sasrec" for d in ("sasrec0", "sasrec1")]
+    assert main(["--left", *left, "--right", *right, "--names", "Gen", "Base", *args[-2:], "--json"]) == 0
+    named = json.loads(capsys.readouterr().out)
+    assert named["names"] == ["Gen", "Base"] and set(named["medians"]) == {"Gen med", "Base med"}
+    assert named["columns"]["gen 1"] == default["columns"]["sft 1"] and named["pooled"] == default["pooled"]
+    assert named["wall_secs"]["gen 0"] == {"sft train": 12.5} and "sasrec train" in named["wall_secs"]["base 0"]
+    assert main(["--left", *left, "--right", *right, "--names", "Gen", "Base", *args[-2:]]) == 0
+    assert "Gen - Base, paired bootstrap" in capsys.readouterr().out
