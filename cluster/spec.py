@@ -225,6 +225,9 @@ class RlSpec(_Section):
     max_think_tokens: int = Field(128, ge=1)
     max_resample_rounds: int = Field(3, ge=0)
     tis_cap: float | None = Field(None, gt=0)  # truncated importance sampling cap; None = off
+    # Batches generated on a thread while the learner trains, from weights exactly this many versions
+    # behind the learner (rl_system/rollout_ahead.py); 0 = generate, then train (synchronous).
+    max_staleness: int = Field(0, ge=0)
     micro_batch_size: int = Field(32, ge=1)
     zero_stage: int = Field(2, ge=0, le=3)
     offload: bool = False
@@ -255,6 +258,9 @@ class RlSpec(_Section):
         if self.rollout == "mixed" and not 1 <= round(self.beam_share * self.group_size) < self.group_size:
             raise ValueError(f"rollout 'mixed': beam_share {self.beam_share} of group_size {self.group_size} "
                              "must leave at least one beam and one sampled completion")
+        if self.max_staleness and self.tis_cap is None:
+            raise ValueError(f"max_staleness {self.max_staleness} trains on completions of older weights; set "
+                             "tis_cap (e.g. 2.0) so the loss corrects for them")
         return self
 
 

@@ -2,6 +2,8 @@
 
     placement groups -> learner + rollout pool + reward service
     for each step: generate -> reward -> filter -> train -> push weights -> log -> save
+    (with rl.max_staleness N > 0 the next batches generate on a thread while this one trains:
+    rl_system/rollout_ahead.py)
 
 How it stops: after `rl.steps` (exit 0); on SIGTERM/SIGINT after checkpointing the step in flight
 (`Stopped`, exit 128 + N); when a learner rank dies or does not answer within
@@ -43,6 +45,7 @@ from rl_system.learner.group import LearnerGroup
 from rl_system.prompt_source import PromptSource, training_prompts
 from rl_system.reward.pool import RewardPool
 from rl_system.rollout.pool import RolloutPool
+from rl_system.rollout_ahead import Produced, RolloutAhead, staleness
 from rl_system.validation import KEYS as VALIDATION_KEYS
 from rl_system.validation import InRunValidation, sample_users
 from sft.related import related_table
@@ -221,12 +224,18 @@ def _train(spec: JobSpec, ckpts: CheckpointManager, prompts, valid, resume: bool
     sampler = GroupSampler(rl, pool, rewards, source, tokenizer.get_vocab().get("<answer>"))
     filler = BatchFiller(rl.prompts_per_step, rl.max_resample_rounds)
 
+    def produce() -> Produced:
+        sampler.reset()
+        filled = filler.fill(sampler.sample)                               # generate + reward + filter
+        return Produced(filled, sampler.all_groups, dict(sampler.seconds), source.state(), source.epochs_drawn)
+
     with ExitStack() as teardown, _stop_on_learner_death(learner, ckpts):
         # However the loop ends (done, signalled, a rank lost), the actors go; last in, first out.
         for close in (learner_pg.remove, learner.shutdown, pool.shutdown, rewards.shutdown):
             teardown.callback(close)
         step = _restore(ckpts, learner, source) if resume else 0
         pool.attach_learner(learner, version=step)  # every worker starts from the learner's weights
+        trained_data, drawn = source.state(), source.epochs_drawn  # what the trained batches used up
         metrics = MetricsLog(rl_dir, spec.logging.tensorboard, resume_from_step=step,
                              wandb_project=spec.logging.wandb_project)
         teardown.callback(metrics.close)
@@ -234,29 +243,34 @@ def _train(spec: JobSpec, ckpts: CheckpointManager, prompts, valid, resume: bool
         if validate is not None and step == 0:  # the SFT model: the baseline every checkpoint must beat
             baseline = validate()
             metrics.write(0, baseline)
-            _save(spec, ckpts, learner, source, 0, {spec.checkpoint.best_metric: baseline.get(spec.checkpoint.best_metric)})
+            _save(spec, ckpts, learner, trained_data, 0, {spec.checkpoint.best_metric: baseline.get(spec.checkpoint.best_metric)})
+        ahead = RolloutAhead(produce, rl.max_staleness, version=step)
+        teardown.callback(ahead.close)  # registered last, so it ends before the pools it uses
         stopping = False
-        while step < rl.steps and not stopping and not _trained_enough(rl, source):
+        while step < rl.steps and not stopping and not _trained_enough(rl, drawn):
             step += 1
             if (size := control.pending_scale()) is not None:
                 pool.scale(size)                                           # gream scale RUN --rollout N
             t0 = time.perf_counter()
-            sampler.reset()
-            filled = filler.fill(sampler.sample)                           # generate + reward + filter
-            if not filled.kept:
+            batch = ahead.take()                                           # generated, rewarded, filtered
+            if not batch.filled.kept:
                 log.warning("no informative group this step; skipping the update", extra=fields(step=step))
                 # Keep every metric key on every step (scripts rely on them): null = no update happened.
                 trained = dict.fromkeys(LEARNER_KEYS)
-                sampler.seconds["train"] = 0.0
+                batch.seconds["train"] = 0.0
             else:
                 t_train = time.perf_counter()
-                trained = learner.train_step(train_batch(filled.kept, rl.advantage, rl.passk_k))  # train
-                sampler.seconds["train"] = time.perf_counter() - t_train
+                trained = learner.train_step(train_batch(batch.filled.kept, rl.advantage, rl.passk_k))  # train
+                batch.seconds["train"] = time.perf_counter() - t_train
+            trained_data, drawn = batch.data_state, batch.epochs_drawn
+            last = step == rl.steps or _trained_enough(rl, drawn)
             t_push = time.perf_counter()
+            if not last:
+                ahead.before_push(step)
             push = pool.push(step)                                         # weights -> rollout workers
-            sampler.seconds["push"] = time.perf_counter() - t_push
-            record = _step_record(spec, step, sampler, filled, trained, push, time.perf_counter() - t0)
-            last = step == rl.steps or _trained_enough(rl, source)
+            ahead.pushed(step)
+            batch.seconds["push"] = time.perf_counter() - t_push
+            record = _step_record(step, index.depth, batch, trained, push, time.perf_counter() - t0)
             evaluated = validate is not None and (step % rl.eval_every == 0 or last)
             if validate is not None:
                 record.update(validate() if evaluated else dict.fromkeys(VALIDATION_KEYS))  # validate
@@ -268,7 +282,7 @@ def _train(spec: JobSpec, ckpts: CheckpointManager, prompts, valid, resume: bool
             # the step it stops after is always one that was saved.
             stopping = stop.raised is not None
             if step % spec.checkpoint.every == 0 or last or stopping or evaluated:
-                _save(spec, ckpts, learner, source, step, window.take())   # save
+                _save(spec, ckpts, learner, trained_data, step, window.take())  # save
         if not stopping:
             _export_selected(spec, ckpts, learner, step, selected=validate is not None)
     if stopping:
@@ -276,8 +290,8 @@ def _train(spec: JobSpec, ckpts: CheckpointManager, prompts, valid, resume: bool
     return spec.layout.model("rl")
 
 
-def _trained_enough(rl, source: PromptSource) -> bool:
-    return rl.epochs is not None and source.epochs_drawn >= rl.epochs
+def _trained_enough(rl, epochs_drawn: float) -> bool:
+    return rl.epochs is not None and epochs_drawn >= rl.epochs
 
 
 def _export_selected(spec: JobSpec, ckpts: CheckpointManager, learner: LearnerGroup, step: int,
@@ -297,19 +311,22 @@ def _export_selected(spec: JobSpec, ckpts: CheckpointManager, learner: LearnerGr
     log.info("rl model saved", extra=fields(path=str(out), **choice))
 
 
-def _step_record(spec: JobSpec, step, sampler, filled, trained, push, seconds) -> dict:
-    record = rollout_metrics(sampler.all_groups, sampler.source.index.depth)
+def _step_record(step: int, depth: int, batch: Produced, trained, push, seconds) -> dict:
+    filled, groups = batch.filled, batch.groups
+    record = rollout_metrics(groups, depth)
     record.update({f"dropped/{k}": v for k, v in filled.shares().items()})
     record.update(kept_groups=len(filled.kept), sampled_groups=filled.sampled, sampling_rounds=filled.rounds)
     record.update({k: trained.get(k) for k in LEARNER_KEYS})
-    record.update({f"time/{k}": round(v, 4) for k, v in sampler.seconds.items()})
-    uids = [g.prompt.uid for g in sampler.all_groups]
-    record.update({"data/first_uid": min(uids), "data/last_uid": max(uids),
-                   "data/epochs": round(sampler.source.epochs_drawn, 4)})
-    tokens = sum(len(c.token_ids) for g in sampler.all_groups for c in g.rollout.completions)
+    record.update({f"time/{k}": round(v, 4) for k, v in batch.seconds.items()})
+    uids = [g.prompt.uid for g in groups]
+    record.update({"data/first_uid": min(uids), "data/last_uid": max(uids), "data/epochs": round(batch.epochs_drawn, 4)})
+    lag = staleness(filled.kept, step - 1)  # the rows trained, against the learner's weights before this step
+    record.update({"staleness/mean": float(lag.mean()) if lag.size else None,
+                   "staleness/max": int(lag.max()) if lag.size else None})
+    tokens = sum(len(c.token_ids) for g in groups for c in g.rollout.completions)
     record.update({"time/step": round(seconds, 4), "weight_version": step, "push/seconds": push.get("seconds"),
                    "push/bytes": push.get("bytes"),
-                   "throughput/rollout_tokens_per_s": tokens / max(sampler.seconds.get("rollout", 0), 1e-9)})
+                   "throughput/rollout_tokens_per_s": tokens / max(batch.seconds.get("rollout", 0), 1e-9)})
     return record
 
 
@@ -317,12 +334,13 @@ def _short(v):
     return round(v, 4) if isinstance(v, float) else v
 
 
-def _save(spec: JobSpec, ckpts: CheckpointManager, learner: LearnerGroup, source: PromptSource, step: int,
+def _save(spec: JobSpec, ckpts: CheckpointManager, learner: LearnerGroup, data_state: dict, step: int,
           score: dict[str, float]) -> None:
+    """`data_state`: the prompt cursor after the last trained batch (batches generated ahead are
+    generated again on resume)."""
     def write(folder: Path) -> None:
         learner.save_checkpoint(folder / "learner", {"step": step})
-        (folder / "driver.json").write_text(json.dumps({"step": step, "weight_version": step,
-                                                         "data": source.state()}))
+        (folder / "driver.json").write_text(json.dumps({"step": step, "weight_version": step, "data": data_state}))
 
     ckpts.save(step, write, {"weight_version": step, "spec_hash": spec.section_hash(*CHECKPOINT_SECTIONS),
                              "metrics": score})

@@ -5,10 +5,17 @@ re-queues its share (nothing lost, nothing counted twice: results are placed by 
 shrinks on request, and keeps the weight-push group in step with its membership: after any change
 it re-forms the group and pushes the learner's current weights, so every worker serves the same
 weight version before it takes work.
+
+Two threads may call it, the driver's loop and the rollout-ahead thread (`rl.max_staleness`): its
+calls that use or change the workers run one at a time, so a weight push waits for the generation
+call in flight and the next generation call for the push, never both at once. `versions()` is not
+serialized: a worker answers it mid-call.
 """
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -66,8 +73,18 @@ def constraint_table_path(model_dir: Path, index: SidIndex, tokenizer) -> Path:
     return path
 
 
+def _serialized(method):
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return call
+
+
 class RolloutPool:
     def __init__(self, engine: EngineConfig, job: str, rollout: RolloutCluster, num_workers: int | None = None):
+        self._lock = threading.RLock()
         self.cfg, self.job, self.rollout = engine, job, rollout
         self.slots: list[_Slot] = []
         self.learner = None  # set by attach_learner; None = no weight pushes (evaluation)
@@ -128,6 +145,7 @@ class RolloutPool:
         except WORKER_FAILURES:
             pass
 
+    @_serialized
     def scale(self, num_workers: int) -> bool:
         """Grow or shrink the pool; new workers get the current weights before they serve. A size
         the cluster cannot place within `cluster.rollout.scale_timeout_s` is refused with a warning
@@ -169,6 +187,7 @@ class RolloutPool:
         raise RuntimeError(f"rollout workers still failing after {MAX_RESTARTS_PER_CALL} restarts")
 
     # ------------------------------------------------------------------ weights
+    @_serialized
     def attach_learner(self, learner, version: int = 0) -> None:
         """Form the push group with the learner and send it the learner's weights as `version`."""
         self.learner = learner
@@ -211,6 +230,7 @@ class RolloutPool:
         ray.get(refs, timeout=self.rollout.call_timeout_s)
         return self.learner.push_weights(self.version, self.workers)
 
+    @_serialized
     def push(self, version: int) -> dict:
         """Send the learner's current weights to every worker as `version`; generation waits meanwhile."""
         if self.learner is None:
@@ -269,14 +289,17 @@ class RolloutPool:
             raise RuntimeError(f"{len(pending)} prompts still failed after {MAX_RESTARTS_PER_CALL} worker restarts")
         return results
 
+    @_serialized
     def generate(self, prompts: Sequence, n: int, temperature: float, max_tokens: int, mode: str | None,
                  top_p: float = 1.0, seeds: Sequence[int] | None = None) -> list[RolloutGroup]:
         return self._run_sharded("generate", prompts, per_item={"seeds": seeds}, n=n, temperature=temperature,
                                  max_tokens=max_tokens, mode=mode, top_p=top_p)
 
+    @_serialized
     def beam(self, prompts: Sequence, width: int) -> list:
         return self._run_sharded("beam", prompts, width=width)
 
+    @_serialized
     def shutdown(self) -> None:
         for slot in self.slots:
             self._kill_quietly(slot)

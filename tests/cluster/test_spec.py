@@ -60,6 +60,8 @@ def test_cross_field_checks_name_the_section(tmp_path):
         load_spec(_write(tmp_path, "name: x\nsft: {weight_average: 0.99, zero_stage: 3}\n"))
     with pytest.raises(SpecError, match=r"rl.*Rollout-Beam.*reasoning"):
         load_spec(_write(tmp_path, "name: x\nrl: {reward: beam, mode: direct}\n"))
+    with pytest.raises(SpecError, match=r"rl.*max_staleness 1 trains on completions of older weights; set tis_cap"):
+        load_spec(_write(tmp_path, "name: x\nrl: {max_staleness: 1}\n"))
     with pytest.raises(SpecError, match=r"index.*scheme flexcode has a collaborative codebook of its own"):
         load_spec(_write(tmp_path, "name: x\nindex: {scheme: flexcode, collaborative: {weight: 0.5}}\n"))
     with pytest.raises(SpecError, match=r"cf_quantiles.*expected ascending values strictly between 0 and 1"):
