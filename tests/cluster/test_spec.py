@@ -53,21 +53,25 @@ def test_wrong_type_and_range(tmp_path):
         load_spec(_write(tmp_path, "name: x\nrl: {advantage: ppo}\n"))
 
 
-def test_cross_field_checks_name_the_section(tmp_path):
-    with pytest.raises(SpecError, match=r"sft.*answer_prefixes.*history_loss"):
-        load_spec(_write(tmp_path, "name: x\nsft: {answer_prefixes: 1, history_loss: false}\n"))
-    with pytest.raises(SpecError, match=r"sft.*weight_average needs the full weights on every rank; use zero_stage <= 2"):
-        load_spec(_write(tmp_path, "name: x\nsft: {weight_average: 0.99, zero_stage: 3}\n"))
-    with pytest.raises(SpecError, match=r"rl.*Rollout-Beam.*reasoning"):
-        load_spec(_write(tmp_path, "name: x\nrl: {reward: beam, mode: direct}\n"))
-    with pytest.raises(SpecError, match=r"rl.*max_staleness 1 trains on completions of older weights; set tis_cap"):
-        load_spec(_write(tmp_path, "name: x\nrl: {max_staleness: 1}\n"))
-    with pytest.raises(SpecError, match=r"index.*scheme flexcode has a collaborative codebook of its own"):
-        load_spec(_write(tmp_path, "name: x\nindex: {scheme: flexcode, collaborative: {weight: 0.5}}\n"))
-    with pytest.raises(SpecError, match=r"cf_quantiles.*expected ascending values strictly between 0 and 1"):
-        load_spec(_write(tmp_path, "name: x\nindex: {scheme: flexcode, flexcode: {cf_quantiles: [0.8, 0.5]}}\n"))
-    with pytest.raises(SpecError, match=r"cf_quantiles has 3 entries, more than the 2 tokens"):
-        load_spec(_write(tmp_path, "name: x\nindex: {levels: 2, scheme: flexcode, flexcode: {cf_quantiles: [0.2, 0.5, 0.8]}}\n"))
+CROSS_FIELD = [
+    ("sft: {answer_prefixes: 1, history_loss: false}", r"sft.*answer_prefixes.*history_loss"),
+    ("sft: {weight_average: 0.99, zero_stage: 3}",
+     r"sft.*weight_average needs the full weights on every rank; use zero_stage <= 2"),
+    ("rl: {reward: beam, mode: direct}", r"rl.*Rollout-Beam.*reasoning"),
+    ("rl: {max_staleness: 1}", r"rl.*max_staleness 1 trains on completions of older weights; set tis_cap"),
+    ("index: {scheme: flexcode, collaborative: {weight: 0.5}}",
+     r"index.*scheme flexcode has a collaborative codebook of its own"),
+    ("index: {scheme: flexcode, flexcode: {cf_quantiles: [0.8, 0.5]}}",
+     r"cf_quantiles.*expected ascending values strictly between 0 and 1"),
+    ("index: {levels: 2, scheme: flexcode, flexcode: {cf_quantiles: [0.2, 0.5, 0.8]}}",
+     r"cf_quantiles has 3 entries, more than the 2 tokens"),
+]
+
+
+@pytest.mark.parametrize("section, message", CROSS_FIELD)
+def test_cross_field_checks_name_the_section(tmp_path, section, message):
+    with pytest.raises(SpecError, match=message):
+        load_spec(_write(tmp_path, f"name: x\n{section}\n"))
 
 
 def test_missing_name_and_malformed_yaml(tmp_path):
