@@ -50,6 +50,15 @@ def test_one_step_off_trains_scales_and_resumes(ray_cluster, tiny_policy, tmp_pa
     assert all(r["rollout/weight_version_min"] == max(0, r["step"] - 2) for r in rows)
     status = json.loads(status_path(spec.run_path).read_text())
     assert status["state"] == "finished" and len(status["workers"]) == 1  # scaled while generating ahead
+    # benchmarks/async_rl.py's figures of this run: steps 2-4 timed, rows trained = kept groups x G.
+    from benchmarks.async_rl import figures
+
+    fig = figures(spec.run_path)
+    assert fig["steps"] == 4 and fig["timed_steps"] == 3 and fig["max_staleness_seen"] == 1
+    timed = sum(r["time/step"] for r in rows[1:])
+    assert fig["steps_per_s"] == pytest.approx(3 / timed, rel=1e-3)
+    assert fig["completions_trained_per_s"] == pytest.approx(
+        sum(r["kept_groups"] for r in rows[1:]) * spec.rl.group_size / timed, rel=1e-3)
     driver = json.loads((spec.layout.checkpoints / "step-0000004" / "driver.json").read_text())
     # The cursor of the trained batches, not of the one generated ahead after step 4.
     assert driver["data"]["cursor"] == rows[-1]["data/last_uid"] + 1
