@@ -1,7 +1,10 @@
-"""Reading the text files a user hands in (specs, data, index files) without a traceback."""
+"""Reading the text files a user hands in (specs, data, index files) without a traceback, and
+writing arrays whole."""
 from __future__ import annotations
 
 from pathlib import Path
+
+import numpy as np
 
 from cluster.errors import GreamError
 
@@ -17,3 +20,12 @@ def read_text(path: Path, error: type[GreamError], what: str) -> str:
         line = exc.object.count(b"\n", 0, exc.start) + 1
         raise error(f"{path}: {what} is not UTF-8 text: byte 0x{exc.object[exc.start]:02x} at line {line} "
                     f"(offset {exc.start}); save it as UTF-8") from exc
+
+
+def save_array(path: Path, array: np.ndarray) -> Path:
+    """`array` as `path` (.npy), renamed into place: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, array)
+    tmp.replace(path)
+    return path

@@ -15,6 +15,7 @@ from dataclasses import asdict
 import numpy as np
 
 from cluster.device import resolve
+from cluster.files import save_array
 from cluster.logs import fields
 from cluster.spec import JobSpec
 from indexing import build
@@ -38,10 +39,7 @@ def sasrec_item_vectors(spec: JobSpec, ds: Dataset, split: Split) -> np.ndarray:
     vectors = fitted.model.item.weight[: ds.num_items].detach().float().cpu().numpy()
     log.info("sasrec item vectors trained", extra=fields(best_epoch=fitted.best_epoch, epochs=fitted.epochs,
                                                           valid_recall_at_10=round(float(np.mean(fitted.valid_ranks < 10)), 4)))
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npy")
-    np.save(tmp, vectors)
-    tmp.replace(cache)
+    save_array(cache, vectors)
     return vectors
 
 

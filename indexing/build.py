@@ -38,8 +38,8 @@ from indexing.flexcode import (
     reconstruct,
 )
 from indexing.importer import import_index
-from indexing.kmeans import MIN_ITEMS_PER_CODE, check_codes, last_level_distances, level_distances, residual_kmeans
-from indexing.neighbours import write_related
+from indexing.kmeans import check_codes, last_level_distances, level_distances, residual_kmeans
+from indexing.neighbours import unit_rows, write_related
 from indexing.rewrite import RewriteCache, make_teacher, rewrite_texts
 from indexing.segments import training_interactions
 from indexing.sid import LEVEL_LETTERS, SidIndex
@@ -184,11 +184,8 @@ def _build_flexcode(spec: JobSpec, ds, out_dir: Path, phase: _Phases,
     counts = item_counts(training_interactions(split.train)[0], ds.num_items)
     n_cf = cf_token_counts(counts, fc.cf_quantiles)
     cf_items = np.flatnonzero(n_cf > 0)
-    if len(cf_items) < MIN_ITEMS_PER_CODE * fc.cf_codes:
-        raise FlexcodeError(
-            f"index.flexcode.cf_codes={fc.cf_codes} is too large for the {len(cf_items)} items that get "
-            f"collaborative tokens (each centre needs {MIN_ITEMS_PER_CODE} on average); use "
-            f"index.flexcode.cf_codes <= {len(cf_items) // MIN_ITEMS_PER_CODE} or lower cf_quantiles")
+    check_codes(len(cf_items), fc.cf_codes, "index.flexcode.cf_codes",
+                "items that get collaborative tokens (lower cf_quantiles give more)")
     if fc.cf_source == "sasrec" and cf_vectors is None:
         raise FlexcodeError("index.flexcode.cf_source: sasrec needs SASRec's item vectors, which `gream index` "
                             "and `gream launch` train (gream/index_stage.py); pass cf_vectors to indexing.build.run")
@@ -200,7 +197,7 @@ def _build_flexcode(spec: JobSpec, ds, out_dir: Path, phase: _Phases,
         else:
             cf = ix.collaborative
             vectors = collaborative_vectors(split.train, ds.num_items, cf.dim, cf.window, ix.seed)
-        cf = vectors[cf_items] / np.maximum(np.linalg.norm(vectors[cf_items], axis=1, keepdims=True), 1e-12)
+        cf = unit_rows(vectors[cf_items])
         report: dict[str, Any] = {"cf_source": fc.cf_source, "cf_items": int(len(cf_items)), "cf_codes": fc.cf_codes,
                                   "cf_quantiles": fc.cf_quantiles, "vector_dim": int(vectors.shape[1])}
         if fc.align:

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from cluster.errors import GreamError
+from indexing.neighbours import unit_rows
 
 
 class FlexcodeError(GreamError, ValueError):
@@ -113,8 +114,7 @@ def align(cf: np.ndarray, text: np.ndarray, steps: int, temperature: float, seed
 
 def match_at_1(a: np.ndarray, b: np.ndarray) -> float:
     """Share of rows i whose most cosine-similar row of `b` is row i (chance: 1 / rows)."""
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    a, b = unit_rows(a), unit_rows(b)
     return float(((a @ b.T).argmax(axis=1) == np.arange(len(a))).mean())
 
 

@@ -37,13 +37,14 @@ class ResidualKMeans:
     residual_mse: list[float]  # mean squared norm of the residual after each level
 
 
-def check_codes(n_items: int, n_codes: int) -> None:
+def check_codes(n_items: int, n_codes: int, key: str = "index.codes", items: str = "items") -> None:
+    """KMeansError naming `key` when `n_items` (described as `items`) are too few for `n_codes` centres."""
     if n_items < MIN_ITEMS_PER_CODE * n_codes:
         fit = n_items // MIN_ITEMS_PER_CODE
         pow2 = 1 << (fit.bit_length() - 1) if fit >= 2 else 0
-        hint = f"index.codes <= {fit} (e.g. {pow2})" if pow2 else "fewer levels or a larger catalog"
+        hint = f"{key} <= {fit} (e.g. {pow2})" if pow2 else "fewer levels or a larger catalog"
         raise KMeansError(
-            f"index.codes={n_codes} is too large for {n_items} items: each centre needs at least "
+            f"{key}={n_codes} is too large for {n_items} {items}: each centre needs at least "
             f"{MIN_ITEMS_PER_CODE} items on average; use {hint}")
 
 

@@ -9,6 +9,7 @@ import faiss
 import numpy as np
 
 from cluster.errors import GreamError
+from cluster.files import save_array
 
 RELATED_MAX = 10  # neighbours per item the index stage stores (related_items.npy)
 
@@ -17,14 +18,18 @@ class NeighbourError(GreamError, ValueError):
     """A neighbour query that cannot be answered."""
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """float32 rows of length 1 (an all-zero row stays zero)."""
+    return np.ascontiguousarray(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+
+
 def retrieve(queries: np.ndarray, bank: np.ndarray, k: int, query_ids: Sequence[int] | None = None,
              bank_ids: Sequence[int] | None = None) -> np.ndarray:
     """[queries, k] rows of `bank` most cosine-similar to each query, most similar first; with ids,
     a bank row with the query's own id is never returned."""
     if k >= len(bank):
         raise NeighbourError(f"retrieving k={k} neighbours from {len(bank)} candidates; expected k < {len(bank)}")
-    q = np.ascontiguousarray(queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12), dtype=np.float32)
-    b = np.ascontiguousarray(bank / np.maximum(np.linalg.norm(bank, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+    q, b = unit_rows(queries), unit_rows(bank)
     index = faiss.IndexFlatIP(b.shape[1])
     index.add(b)
     _, found = index.search(q, k + 1)  # one spare for the query itself
@@ -45,7 +50,4 @@ def similar_items(desc: np.ndarray, k: int) -> np.ndarray:
 
 def write_related(path: Path, desc: np.ndarray) -> Path:
     """The RELATED_MAX most similar items of every item, [items, RELATED_MAX] int32, atomically."""
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, similar_items(desc, min(RELATED_MAX, len(desc) - 1)).astype(np.int32))
-    tmp.replace(path)
-    return path
+    return save_array(path, similar_items(desc, min(RELATED_MAX, len(desc) - 1)).astype(np.int32))

@@ -19,19 +19,21 @@ HEAD_SHARE = 0.2
 SEGMENTS = ("head", "tail", "short", "long")
 
 
+def training_items(train: Sequence[Example]) -> dict[int, list[int]]:
+    """Each user's training interactions in order: their first example's history, then every target."""
+    bought: dict[int, list[int]] = {}
+    for ex in train:
+        if ex.user not in bought:
+            bought[ex.user] = list(ex.history)
+        bought[ex.user].append(ex.target)
+    return bought
+
+
 def training_interactions(train: Sequence[Example]) -> tuple[Counter, Counter]:
     """(per item, per user) counts of training interactions."""
-    items: Counter = Counter()
-    users: Counter = Counter()
-    first: dict[int, Example] = {}
-    for ex in train:
-        first.setdefault(ex.user, ex)
-        items[ex.target] += 1
-        users[ex.user] += 1
-    for user, ex in first.items():
-        items.update(ex.history)
-        users[user] += len(ex.history)
-    return items, users
+    bought = training_items(train)
+    items = Counter(item for seq in bought.values() for item in seq)
+    return items, Counter({user: len(seq) for user, seq in bought.items()})
 
 
 def head_items(items: Counter, share: float = HEAD_SHARE) -> set[int]:

@@ -19,7 +19,6 @@ in the same embedding space, which needs no generation.
 """
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Sequence
 
 import numpy as np
@@ -30,6 +29,7 @@ from cluster.errors import BadRequest
 from cluster.spec import JobSpec
 from indexing.dataset import Dataset, Example, Split
 from indexing.neighbours import retrieve, similar_items
+from indexing.segments import training_items
 from sft.sasrec import Plugin, SASRec, SasrecConfig
 
 
@@ -49,11 +49,7 @@ def history_description(items: Sequence[int], desc: np.ndarray) -> np.ndarray:
 
 def user_bank(train: Sequence[Example], desc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(user ids, [users, D] descriptions from each user's training interactions)."""
-    bought: dict[int, list[int]] = defaultdict(list)
-    for ex in train:
-        if not bought[ex.user]:
-            bought[ex.user].extend(ex.history)
-        bought[ex.user].append(ex.target)
+    bought = training_items(train)
     users = np.array(sorted(bought), dtype=np.int64)
     return users, np.stack([history_description(bought[u], desc) for u in users])
 
@@ -90,8 +86,9 @@ class GraspSASRec(SASRec):
         fused, _ = self.fine(self.item.weight, self.item_proj(self.item_feats))
         return self.item.weight + fused
 
-    def states(self, seqs: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        h = super().states(seqs)
+    def states(self, seqs: torch.Tensor, context: torch.Tensor | None = None,
+               table: torch.Tensor | None = None) -> torch.Tensor:
+        h = super().states(seqs, table=table)
         if context is None:
             raise BadRequest("SASRec+GRASP needs each row's user features (context)")
         feats = self.user_proj(context)  # [B, 2, H]
@@ -108,7 +105,8 @@ class Grasp(Plugin):
         self.items = item_features(desc, k)
         self.bank_users, self.bank = user_bank(train, desc)
 
-    def check(self, cfg: SasrecConfig) -> None:
+    @staticmethod
+    def check(cfg: SasrecConfig) -> None:
         if cfg.objective != "last":
             raise BadRequest("--grasp trains with objective 'last': a row's user features come from its history, "
                              f"and objective {cfg.objective!r} supervises positions before the row's end")
@@ -125,9 +123,10 @@ class Grasp(Plugin):
 
 def plugin(k: int):
     """For sft.sasrec.run: GRASP's features on the spec's items and training split."""
-    def build(spec: JobSpec, ds: Dataset, split: Split) -> Grasp:
+    def build(spec: JobSpec, ds: Dataset, split: Split, cfg: SasrecConfig) -> Grasp:
         from indexing.build import item_text_embeddings
 
+        Grasp.check(cfg)  # before the features, which may mean embedding the catalogue
         return Grasp(item_text_embeddings(spec, ds), split.train, k, spec.data.max_history)
 
     return build

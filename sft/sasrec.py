@@ -128,23 +128,22 @@ class SASRec(nn.Module):
         layer; a plug-in (sft/grasp.py) adds features to it."""
         return self.item.weight
 
-    def states(self, seqs: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def states(self, seqs: torch.Tensor, context: torch.Tensor | None = None,
+               table: torch.Tensor | None = None) -> torch.Tensor:
         """Left-padded histories [B, L <= max_len] -> the representation at every position [B, L, H].
         Positions count from the right, so a batch cut to its longest history (trim_padding) gives
         the last item the same position embedding as the full width does. `context`: per-row
-        features of a plug-in (None here)."""
+        features of a plug-in (None here); `table`: item_table() when the caller has it already
+        (a plug-in's table is computed, and the output layer needs it too)."""
         length = seqs.shape[1]
         positions = torch.arange(self.max_len - length, self.max_len, device=seqs.device)
-        x = self.item_table()[seqs] + self.pos(positions)
+        x = (self.item_table() if table is None else table)[seqs] + self.pos(positions)
         return self.norm(self.encoder(self.drop(x), mask=self.attention_mask(seqs)))
-
-    def user_state(self, seqs: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
-        """Left-padded histories [B, L] -> the representation at the last position [B, H]."""
-        return self.states(seqs, context)[:, -1]
 
     def scores(self, seqs: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         """Scores over the real items [B, num_items] (the padding row is excluded)."""
-        return self.user_state(seqs, context) @ self.item_table()[: self.pad].T
+        table = self.item_table()
+        return self.states(seqs, context, table)[:, -1] @ table[: self.pad].T
 
 
 def encode(examples: list[Example], max_len: int, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -247,8 +246,8 @@ def train_loss(model: SASRec, seqs: torch.Tensor, targets: torch.Tensor, cfg: Sa
     negative."""
     seqs, targets = trim_padding(seqs, model.pad, targets)
     keep = targets != IGNORE
-    state, targets = model.states(seqs, context)[keep], targets[keep]
     table = model.item_table()
+    state, targets = model.states(seqs, context, table)[keep], targets[keep]
     if cfg.loss == "full":
         return nn.functional.cross_entropy(state @ table[: model.pad].T, targets)
     negatives = torch.randint(model.pad, (cfg.negatives,), generator=gen).to(seqs.device)
@@ -270,8 +269,9 @@ class Plugin:
     def context(self, examples: list[Example]) -> torch.Tensor | None:
         return None
 
-    def check(self, cfg: SasrecConfig) -> None:
-        """BadRequest for settings the variant cannot train with."""
+    @staticmethod
+    def check(cfg: SasrecConfig) -> None:
+        """BadRequest for settings the variant cannot train with (fit asks; a factory may ask earlier)."""
 
 
 @dataclass
@@ -384,16 +384,15 @@ def write_result(spec: JobSpec, ds: Dataset, split: Split, result: dict, cfg: Sa
 
 
 def run(spec: JobSpec, cfg: SasrecConfig | None = None,
-        plugin: Callable[[JobSpec, Dataset, Split], Plugin] | None = None) -> Path:
-    """Train and evaluate SASRec (or the variant `plugin` builds) on the spec's split; writes
-    `<run_dir>/baselines/<sasrec or the variant's name>/eval.json` and `ranks.json`."""
+        plugin: Callable[[JobSpec, Dataset, Split, SasrecConfig], Plugin] | None = None) -> Path:
+    """Train and evaluate SASRec (or the variant `plugin` builds for these settings) on the spec's
+    split; writes `<run_dir>/baselines/<sasrec or the variant's name>/eval.json` and `ranks.json`."""
     cfg = cfg or SasrecConfig()
     ds = load_from_spec(spec)
     split = split_from_spec(spec, ds)
     device = resolve(spec.cluster.device).torch_device()
     t0 = time.perf_counter()
-    variant = plugin(spec, ds, split) if plugin else Plugin()
-    variant.check(cfg)  # before minutes of features
+    variant = plugin(spec, ds, split, cfg) if plugin else Plugin()
     result = train_and_evaluate(split, ds.num_items, spec.data.max_history, spec.eval.ks, cfg, device,
                                 spec.eval.max_users, variant)
     return write_result(spec, ds, split, result, cfg, time.perf_counter() - t0, variant.name)
