@@ -64,6 +64,10 @@ class ReasoningSpec(_Section):
     endpoint: str | None = None  # or an OpenAI-compatible endpoint
     max_examples: int = Field(2000, ge=1)
     max_tokens: int = Field(256, ge=16)
+    # free: the teacher writes all five stages and the answer (a capable teacher); scaffold: the data
+    # writes the evidence and denoised-history stages, the teacher one sentence per other stage
+    # (sft/reasoning_scaffold.py: what a 135M teacher can do).
+    format: Literal["free", "scaffold"] = "free"
 
 
 class SftSpec(_Section):

@@ -27,6 +27,9 @@ from cluster.spec import JobSpec
 from indexing.dataset import Example, load_from_spec, reserve_latest, split_from_spec
 from indexing.rewrite import RewriteCache, Teacher, ask_cached, make_teacher
 from indexing.sid import SidIndex
+from sft.reasoning_scaffold import check_slot
+from sft.reasoning_scaffold import questions as scaffold_questions
+from sft.reasoning_scaffold import rationale as scaffold_rationale
 from sft.tasks import ReasoningRecord, TaskError, title_of
 
 log = logging.getLogger(__name__)
@@ -173,22 +176,37 @@ class ReasoningResult:
     report: dict
 
 
-def generate_reasoning(examples: Sequence[Example], index: SidIndex, items: Mapping[int, dict], teacher: Teacher,
-                       cache: RewriteCache, out_dir: Path, max_context: int = MAX_CONTEXT,
-                       batch_size: int = 32) -> ReasoningResult:
-    """Ask the teacher about every example (cached replies are not asked again), filter the replies
-    and write `report.json` and the kept records (`records.jsonl`) to `out_dir`."""
-    words = {i: title_words(title_of(items, i)) for i in index.items()}
-    contexts = [prune_history(ex.history, ex.target, index.sids, words, max_context) for ex in examples]
-    prompts = [teacher_prompt(c, ex.target, index, items) for c, ex in zip(contexts, examples)]
+def _keys(teacher: Teacher, prompts: Sequence[str]) -> list[str]:
     # The prompt holds the pruned history and the target, so the key names the example, the
     # pruning and the prompt wording: change any of them and the example is asked afresh.
-    keys = [hashlib.sha256(f"{teacher.name}\0{p}".encode()).hexdigest() for p in prompts]
-    asked = ask_cached(keys, prompts, teacher, cache, batch_size, desc="reasoning")
+    return [hashlib.sha256(f"{teacher.name}\0{p}".encode()).hexdigest() for p in prompts]
+
+
+def generate_reasoning(examples: Sequence[Example], index: SidIndex, items: Mapping[int, dict], teacher: Teacher,
+                       cache: RewriteCache, out_dir: Path, max_context: int = MAX_CONTEXT,
+                       batch_size: int = 32, scaffold: bool = False) -> ReasoningResult:
+    """Ask the teacher about every example (cached replies are not asked again), filter the replies
+    and write `report.json` and the kept records (`records.jsonl`) to `out_dir`. `scaffold`: the
+    teacher answers three one-sentence questions per example instead (sft.reasoning_scaffold)."""
+    words = {i: title_words(title_of(items, i)) for i in index.items()}
+    contexts = [prune_history(ex.history, ex.target, index.sids, words, max_context) for ex in examples]
+    if scaffold:
+        asks = [scaffold_questions(c, ex.target, index, items) for c, ex in zip(contexts, examples)]
+    else:
+        asks = [[teacher_prompt(c, ex.target, index, items)] for c, ex in zip(contexts, examples)]
+    keys = [_keys(teacher, a) for a in asks]
+    asked = ask_cached([k for ks in keys for k in ks], [p for a in asks for p in a], teacher, cache, batch_size,
+                       desc="reasoning")
 
     records, rows, reasons = [], [], Counter()
-    for ex, context, key in zip(examples, contexts, keys):
-        verdict = check_reply(cache.entries[key], ex.history, ex.target, index, words)
+    for ex, context, ks in zip(examples, contexts, keys):
+        if scaffold:
+            slots = [check_slot(cache.entries[k], index) for k in ks]
+            failed = next((why for text, why in slots if text is None), None)
+            verdict = Verdict(None, failed) if failed else Verdict(
+                scaffold_rationale(context, [text for text, _ in slots], index, items), "kept")
+        else:
+            verdict = check_reply(cache.entries[ks[0]], ex.history, ex.target, index, words)
         reasons[verdict.reason] += 1
         if verdict.rationale is not None:
             records.append(ReasoningRecord(ex.history, ex.target, verdict.rationale))
@@ -196,7 +214,8 @@ def generate_reasoning(examples: Sequence[Example], index: SidIndex, items: Mapp
                          "context": list(context), "rationale": verdict.rationale})
     kept = reasons.pop("kept", 0)
     report = {
-        "teacher": teacher.name, "examples": len(examples), "asked": asked, "from_cache": len(examples) - asked,
+        "teacher": teacher.name, "format": "scaffold" if scaffold else "free", "examples": len(examples),
+        "asked": asked, "from_cache": sum(map(len, keys)) - asked,
         "kept": kept, "dropped": sum(reasons.values()), "dropped_by_reason": dict(sorted(reasons.items())),
         "mean_history": round(sum(len(ex.history) for ex in examples) / max(1, len(examples)), 2),
         "mean_context": round(sum(map(len, contexts)) / max(1, len(contexts)), 2),
@@ -239,4 +258,4 @@ def build_reasoning_data(spec: JobSpec, batch_size: int = 32) -> list[ReasoningR
     teacher = make_teacher(spec, rs.endpoint, rs.teacher, rs.max_tokens, "sft.reasoning", "teacher")
     out_dir = reasoning_dir(spec)
     return generate_reasoning(examples, index, ds.items, teacher, RewriteCache(out_dir / CACHE_FILE), out_dir,
-                              batch_size=batch_size).records
+                              batch_size=batch_size, scaffold=rs.format == "scaffold").records
