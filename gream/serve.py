@@ -30,7 +30,7 @@ from cluster.logs import fields
 from cluster.run_layout import SPEC_FILE, RunLayout
 from cluster.spec import JobSpec, load_spec
 from gream.export import EXPORT_MARKER
-from gream.serve_requests import Batcher, Catalogue, Request, RequestError, parse_request
+from gream.serve_requests import MAX_BODY_BYTES, Batcher, Catalogue, Request, RequestError, parse_request
 from indexing.dataset import Example
 from indexing.sid import SidIndex
 from rl_system.answer_modes import MODES, AnswerConfig, answer, check_think_ahead, rationale
@@ -148,10 +148,12 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path != "/recommend":
             return self._send(404, {"error": f"no such path {self.path}; POST /recommend or GET /health"})
         start = time.perf_counter()
+        length = self.headers.get("Content-Length") or "0"
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            return self._send(400, {"error": f"Content-Length: expected a byte count up to {MAX_BODY_BYTES}, got {length}"})
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-            request = self.server.recommender.parse(self.rfile.read(length))
-        except (RequestError, ValueError) as exc:
+            request = self.server.recommender.parse(self.rfile.read(int(length)))
+        except RequestError as exc:
             return self._send(400, {"error": str(exc)})
         try:
             reply = self.server.batcher.submit(request)

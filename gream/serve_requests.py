@@ -25,7 +25,7 @@ from indexing.sid import SidIndex
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 1 << 20
+MAX_BODY_BYTES = 1 << 20  # the server reads no more (a history is a few hundred bytes)
 FIELDS = ("history", "k", "mode")
 
 
@@ -75,8 +75,6 @@ class Request:
 
 def parse_request(body: bytes, catalogue: Catalogue, max_k: int, modes: Sequence[str], max_history: int) -> Request:
     """A /recommend body -> Request; the history keeps its last `max_history` items, as in training."""
-    if len(body) > MAX_BODY_BYTES:
-        raise RequestError(f"body: {len(body)} bytes, more than {MAX_BODY_BYTES}")
     try:
         data = json.loads(body or b"null")
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:

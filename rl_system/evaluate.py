@@ -209,10 +209,10 @@ def print_table(title: str, result: dict) -> None:
                    for mode, splits in result.get("modes", {}).items()})
     print(f"\n{title}")
     for mode, splits in tables.items():
-        keys = [k for k in next(iter(splits.values())) if k != "users"]
-        print(f"{'split':<8}" + "".join(f"{k:>11}" for k in keys) + (f"  ({mode})" if len(tables) > 1 else ""))
+        widths = {k: max(11, len(k) + 2) for k in next(iter(splits.values())) if k != "users"}
+        print(f"{'split':<8}" + "".join(f"{k:>{w}}" for k, w in widths.items()) + (f"  ({mode})" if len(tables) > 1 else ""))
         for split, metrics in splits.items():
-            print(f"{split:<8}" + "".join(f"{metrics[k]:>11.4f}" for k in keys))
+            print(f"{split:<8}" + "".join(f"{metrics[k]:>{w}.4f}" for k, w in widths.items()))
 
 
 def trained_stages(spec: JobSpec) -> list[tuple[str, Path]]:
