@@ -8,6 +8,10 @@ ranks.json:
      "splits": {"valid": {"users": [3, 7, ...], "ranks": [0, -1, ...],
                           "segments": {"head": [1, 0, ...], "tail": [0, 1, ...], ...}}, "test": {...}}}
 
+Answer modes other than direct (eval.modes: reasoning, think_ahead) write the same layout to
+`ranks-<mode>.json` beside it (cluster.run_layout.ranks_file), their metrics under eval.json's
+"modes" key; `RankRecord.modes` carries them.
+
 `segments` (optional) marks, per example, the long-tail segments it belongs to (indexing.segments:
 head / tail items, short / long users), so a comparison can be restricted to one.
 
@@ -28,7 +32,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from cluster.errors import GreamError
-from cluster.run_layout import EVAL_FILE, RANKS_FILE
+from cluster.run_layout import EVAL_FILE, RANKS_FILE, ranks_file
 
 NOT_FOUND = -1
 
@@ -61,6 +65,7 @@ class RankRecord:
     depth: int
     ks: tuple[int, ...]
     splits: dict[str, SplitRanks]
+    modes: dict[str, "RankRecord"] = field(default_factory=dict)  # other answer modes' ranks, by mode
 
 
 def cap_ranks(ranks: Sequence[int] | np.ndarray, depth: int) -> np.ndarray:
@@ -87,16 +92,21 @@ def _write_json(path: Path, payload: dict) -> None:
     tmp.replace(path)
 
 
+def _ranks_json(ranks: RankRecord) -> dict:
+    return {"depth": ranks.depth, "ks": list(ranks.ks), "splits": {name: _split_json(s) for name, s in ranks.splits.items()}}
+
+
 def write_eval(folder: Path, result: dict, ranks: RankRecord | None = None) -> Path:
-    """Write `eval.json` and, when given, `ranks.json`; without ranks a ranks.json left by an
-    earlier evaluation is removed, as it would no longer describe the metrics beside it."""
+    """Write `eval.json` and, when given, `ranks.json` (and a ranks-<mode>.json per other answer
+    mode); rank files left by an earlier evaluation and not written now are removed, as they would
+    no longer describe the metrics beside them."""
     folder.mkdir(parents=True, exist_ok=True)
-    if ranks is None:
-        (folder / RANKS_FILE).unlink(missing_ok=True)
-    else:
-        _write_json(folder / RANKS_FILE, {
-            "depth": ranks.depth, "ks": list(ranks.ks),
-            "splits": {name: _split_json(s) for name, s in ranks.splits.items()}})
+    written = {} if ranks is None else {RANKS_FILE: ranks, **{ranks_file(m): r for m, r in ranks.modes.items()}}
+    for stale in [folder / RANKS_FILE, *folder.glob(ranks_file("*"))]:
+        if stale.name not in written:
+            stale.unlink(missing_ok=True)
+    for name, record in written.items():
+        _write_json(folder / name, _ranks_json(record))
     path = folder / EVAL_FILE
     _write_json(path, result)
     return path
@@ -124,11 +134,12 @@ def _int_list(path: Path, key: str, value: object) -> np.ndarray:
     return np.asarray(value, dtype=np.int64)
 
 
-def read_ranks(folder: Path) -> RankRecord:
-    path = folder / RANKS_FILE
+def read_ranks(folder: Path, mode: str | None = None) -> RankRecord:
+    """ranks.json, or with an answer `mode` other than direct its ranks-<mode>.json."""
+    path = folder / ranks_file(mode)
     if not path.exists():
-        raise EvalRecordError(f"{path}: no per-user ranks; evaluate again (gream eval / gream baseline sasrec) "
-                              "to write them")
+        how = f"with eval.modes holding {mode}" if path.name != RANKS_FILE else "(gream eval / gream baseline sasrec)"
+        raise EvalRecordError(f"{path}: no per-user ranks; evaluate again {how} to write them")
     data = _load(path)
     depth, ks, splits = data.get("depth"), data.get("ks"), data.get("splits")
     if not isinstance(depth, int) or depth < 1:

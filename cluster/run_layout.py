@@ -10,12 +10,18 @@ from pathlib import Path
 
 EVAL_FILE = "eval.json"
 RANKS_FILE = "ranks.json"  # per-user rank of the target, beside eval.json
+SPEC_FILE = "spec.yaml"  # the resolved spec the run's last stage ran under (gream serve reads it)
 METRICS_FILE = "metrics.jsonl"
 STAGE_MARKER = "stage.json"
 MODEL_DIR = "model"
 INDEX_SUFFIX = ".index.json"
 SID_VOCAB_FILE = "sid_vocab.txt"
 SELECTION_FILE = "selection.json"  # which checkpoint became rl/model
+
+
+def ranks_file(mode: str | None = None) -> str:
+    """ranks.json for the direct mode (the default), ranks-<mode>.json for another answer mode."""
+    return RANKS_FILE if mode in (None, "direct") else f"ranks-{mode}.json"
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,10 @@ class RunLayout:
 
     def stage_marker(self, stage: str) -> Path:
         return self.stage(stage) / STAGE_MARKER
+
+    @property
+    def spec_file(self) -> Path:
+        return self.root / SPEC_FILE
 
     def index_file(self, dataset: str) -> Path:
         return self.stage("index") / f"{dataset}{INDEX_SUFFIX}"

@@ -9,10 +9,10 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import yaml
-from pydantic import BaseModel, Field, PositiveFloat, ValidationError, model_validator
+from pydantic import BaseModel, Field, PositiveFloat, ValidationError, field_validator, model_validator
 
 from cluster.cluster_spec import ClusterSpec
 from cluster.cluster_spec import Section as _Section
@@ -170,7 +170,11 @@ class RlSpec(_Section):
 
     @property
     def completion_tokens(self) -> int:  # the thought's budget (reasoning) plus the SID's
-        return self.max_new_tokens + (self.max_think_tokens if self.mode == "reasoning" else 0)
+        return self.reasoning_tokens if self.mode == "reasoning" else self.max_new_tokens
+
+    @property
+    def reasoning_tokens(self) -> int:  # max_tokens of a reasoning-mode completion
+        return self.max_think_tokens + self.max_new_tokens
 
     @model_validator(mode="after")
     def _modes(self) -> "RlSpec":
@@ -188,6 +192,11 @@ class RlSpec(_Section):
         return self
 
 
+# DESIGN.md section 6; rl_system/answer_modes.py answers in each, for `gream eval` and `gream serve`.
+AnswerMode = Literal["direct", "reasoning", "think_ahead"]
+ANSWER_MODES: tuple[str, ...] = get_args(AnswerMode)
+
+
 class EvalSpec(_Section):
     ks: list[int] = [1, 5, 10]
     beam_width: int = Field(10, ge=1)
@@ -195,12 +204,24 @@ class EvalSpec(_Section):
     pass_samples: int = Field(10, ge=1)
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(0.9, gt=0, le=1)
+    # Direct is always among them: its figures and ranks.json are what compare, the dashboard and the
+    # benchmarks read; the others go to eval.json's "modes" and ranks-<mode>.json.
+    modes: list[AnswerMode] = ["direct"]
+    # think_ahead: SID tokens the reasoning pass fixes offline (< the SID depth, checked at eval start).
+    think_ahead_tokens: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _beam_covers_k(self) -> "EvalSpec":
         if self.beam_width < max(self.ks):
             raise ValueError(f"beam_width ({self.beam_width}) must be >= max(ks) ({max(self.ks)})")
         return self
+
+    @field_validator("modes")
+    @classmethod
+    def _direct_and_distinct(cls, modes: list[str]) -> list[str]:
+        if "direct" not in modes or len(set(modes)) != len(modes):
+            raise ValueError("expected distinct modes including 'direct' (its figures stay eval.json's top level)")
+        return modes
 
 
 class LoggingSpec(_Section):

@@ -121,6 +121,13 @@ def cmd_dashboard(args) -> None:
     serve(args.run, args.host, args.port)
 
 
+def cmd_serve(args) -> None:
+    from gream.serve import serve
+
+    setup_logging("INFO")
+    serve(args.run, args.stage, args.host, args.port, args.spec, args.set)
+
+
 def cmd_status(args) -> None:
     from gream.run_state import format_status, read_run_state
 
@@ -204,8 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_baseline_sasrec)
 
     p = sub.add_parser("compare", help="evaluated stages against the first, per user: differences and bootstrap CIs")
-    p.add_argument("stages", nargs="+", metavar="RUN_DIR:STAGE",
-                   help="e.g. runs/x:sft runs/x:rl runs/y:baselines/sasrec (eval.json and ranks.json inside)")
+    p.add_argument("stages", nargs="+", metavar="RUN_DIR:STAGE[@MODE]",
+                   help="e.g. runs/x:sft runs/x:rl runs/y:baselines/sasrec (eval.json and ranks.json inside); "
+                   "@reasoning or @think_ahead takes that answer mode's ranks (eval.modes)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the users")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -229,6 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to reach it from elsewhere)")
     p.add_argument("--port", type=int, default=8080, help="port (0 picks a free one)")
     p.set_defaults(func=cmd_dashboard)
+
+    p = sub.add_parser("serve", help="serve recommendations over HTTP from a trained model (POST /recommend, GET /health)")
+    p.add_argument("run", help="run directory (the spec's run_dir), or with --stage export a folder from gream export")
+    p.add_argument("--stage", choices=("rl", "sft", "export"), default="rl",
+                   help="serve RUN/rl/model (default), RUN/sft/model, or RUN itself as an export folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to reach it from elsewhere)")
+    p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
+    p.add_argument("--spec", help="the run's job spec (default: RUN/spec.yaml, which every stage writes)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec key, e.g. --set eval.beam_width=20 (repeatable)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", help="a run at a glance: step, reward, hit rate, timings, workers, checkpoint")
     p.add_argument("run", help="run directory (the spec's run_dir, e.g. runs/NAME)")

@@ -9,6 +9,8 @@ bootstrap interval of that difference (gream/paired.py: users resampled, fixed s
 holding 0 reads "no difference". Stages evaluated on different users are compared on the
 intersection, with the counts printed. `--segment head|tail|short|long` restricts every stage to
 the examples of one long-tail segment (indexing.segments), from the labels each ranks.json holds.
+`RUN_DIR:STAGE@MODE` takes an answer mode other than direct (eval.modes: reasoning, think_ahead):
+its ranks-<mode>.json and its figures under eval.json's "modes", e.g. `runs/x:rl runs/x:rl@reasoning`.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ import numpy as np
 
 from cluster.errors import BadRequest
 from cluster.eval_record import RankRecord, read_eval, read_ranks
+from cluster.run_layout import ranks_file
+from cluster.spec import ANSWER_MODES
 from gream.paired import LEVEL, RESAMPLES, SEED, align, paired_bootstrap
 from sft.metrics import metric_names, per_example_metrics
 
@@ -43,17 +47,38 @@ def parse_stage(text: str) -> Path:
     return Path(run) / stage
 
 
+def parse_mode(text: str) -> tuple[str, str]:
+    """`RUN_DIR:STAGE@MODE` -> (`RUN_DIR:STAGE`, MODE); without `@MODE` the mode is direct."""
+    stage, at, mode = text.rpartition("@") if "@" in text.rpartition(":")[2] else (text, "", "direct")
+    if mode not in ANSWER_MODES:
+        raise BadRequest(f"'{text}': unknown answer mode '{mode}'; expected one of {', '.join(ANSWER_MODES)}")
+    return stage, mode
+
+
+def mode_figures(folder: Path, mode: str) -> dict:
+    """eval.json's figures of one answer mode: the top level for direct, else its "modes" entry."""
+    figures = read_eval(folder)
+    if mode == "direct":
+        return figures
+    if mode not in figures.get("modes", {}):
+        held = ", ".join(["direct", *figures.get("modes", {})])
+        raise BadRequest(f"{folder / 'eval.json'}: no '{mode}' evaluation (it holds {held}); evaluate again "
+                         f"with eval.modes holding {mode}")
+    return figures["modes"][mode]
+
+
 def load_stage(text: str) -> Stage:
     """The stage's ranks, checked against its eval.json: a ranks.json that does not reproduce the
     figures beside it (a stale file) is an error, not a silent mismatch."""
-    folder = parse_stage(text)
-    ranks, figures = read_ranks(folder), read_eval(folder)
+    stage, mode = parse_mode(text)
+    folder = parse_stage(stage)
+    ranks, figures = read_ranks(folder, mode), mode_figures(folder, mode)
     for split, s in ranks.splits.items():
         recomputed = {k: float(v.mean()) for k, v in per_example_metrics(s.ranks, ranks.ks).items()}
         reported = figures.get(split, {})
         for key, value in recomputed.items():
             if key in reported and not math.isclose(value, reported[key], rel_tol=0, abs_tol=AGREEMENT):
-                raise BadRequest(f"{folder}: ranks.json gives {split} {key} {value:.6f} but eval.json says "
+                raise BadRequest(f"{folder}: {ranks_file(mode)} gives {split} {key} {value:.6f} but eval.json says "
                                  f"{reported[key]:.6f}; evaluate the stage again")
     return Stage(text, folder, ranks)
 

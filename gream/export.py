@@ -2,7 +2,8 @@
 
 The folder holds the model (safetensors + config + generation config), the tokenizer with its SID
 tokens, the run's SID index (`NAME.index.json`) and the trie's token-id table (`sid_constraint.json`,
-the file the rollout engines read), plus `gream_export.json` saying where it came from. vLLM loads
+the file the rollout engines read), plus `gream_export.json` saying where it came from (and the
+run's `spec.yaml`, which `gream serve --stage export` reads). vLLM loads
 it as a model folder; `RolloutPool`/`EngineConfig` take it as a model dir and find the constraint
 table beside the weights.
 
@@ -24,7 +25,7 @@ from pathlib import Path
 from cluster.checkpoint import BEST_FILE, Checkpoint, CheckpointManager
 from cluster.errors import GreamError
 from cluster.logs import fields
-from cluster.run_layout import RunLayout
+from cluster.run_layout import SPEC_FILE, RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +162,8 @@ def export(run_dir: str | Path, step: int | str, out: str | Path) -> Path:
             model.save_pretrained(tmp, safe_serialization=True)
             tokenizer.save_pretrained(tmp)
         shutil.copy2(idx, tmp / idx.name)
+        if RunLayout(run_dir).spec_file.exists():  # gream serve --stage export reads it
+            shutil.copy2(RunLayout(run_dir).spec_file, tmp / SPEC_FILE)
         table = constraint_table_path(tmp, SidIndex.load(idx), tokenizer)
         provenance.update(index=idx.name, constraint=table.name)
         (tmp / EXPORT_MARKER).write_text(json.dumps(provenance, indent=1))

@@ -13,7 +13,7 @@ import tempfile
 import time
 
 from cluster.logs import fields
-from cluster.spec import JobSpec, SpecError
+from cluster.spec import JobSpec, SpecError, dump_spec
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,8 @@ def check_run_dir(spec: JobSpec) -> None:
 def run_stage(spec: JobSpec, stage: str, rerun: bool = False, **options):
     """`rerun`: run it even when its artefacts match the spec; `options` go to the stage's run()."""
     check_run_dir(spec)
+    # What `gream serve RUN` reads back: the settings the run's models were trained and evaluated with.
+    spec.layout.spec_file.write_text(dump_spec(spec))
     if not rerun and is_done(spec, stage):
         log.info("stage up to date, skipped", extra=fields(stage=stage, folder=str(spec.layout.stage(stage))))
         return None

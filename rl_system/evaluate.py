@@ -5,15 +5,19 @@
 - sampling: `eval.pass_samples` completions per user at temperature 0.7 / top-p 0.9 in the spec's
   `rl.mode` (reasoning: free thought, then the SID constrained after `<answer>`) -> Pass@K with the
   unbiased estimator 1 - C(n-c, K) / C(n, K), plus the share of well-formed answers.
+- `eval.modes` adds reasoning (beam after a greedy thought, + Pass@K sampled in reasoning mode) and
+  think_ahead (beam under the thought's first SID tokens) by rl_system.answer_modes, each with its
+  engine seconds per user, under eval.json's "modes".
 
 `gream eval SPEC` evaluates every trained stage present (sft, rl) and writes `<stage>/eval.json` and
-the per-user beam ranks beside it, `<stage>/ranks.json` (cluster.eval_record).
+the per-user beam ranks beside it, `<stage>/ranks.json` (ranks-<mode>.json for the other modes;
+cluster.eval_record).
 """
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -27,6 +31,7 @@ from cluster.spec import EvalSpec, JobSpec
 from indexing.dataset import Example, split_from_spec
 from indexing.segments import segment_masks
 from indexing.sid import SidIndex
+from rl_system.answer_modes import AnswerConfig, Answers, answer, check_think_ahead
 from rl_system.reward.functions import sid_of
 from sft.metrics import metrics_from_ranks, rank_of, segment_report
 from sft.prompts import EvalPrompts, build_prompts
@@ -66,12 +71,9 @@ def token_mapper(tokenizer, index: SidIndex):
 
 def beam_ranks(pool, prompts: EvalPrompts, token_to_item, width: int) -> np.ndarray:
     """0-based rank of each target in its trie-constrained beam of `width` items, -1 when absent."""
-    results = _in_chunks(pool, "beam", prompts.prompt_ids, "beam eval", width=width)
-    ranked = [[token_to_item(c.token_ids) for c in cands] for cands in results]
-    invalid = sum(item is None for r in ranked for item in r)
-    if invalid:
-        raise RuntimeError(f"{invalid} beam candidates are not real SIDs: the trie constraint is broken")
-    return np.array([rank_of(r, t) for r, t in zip(ranked, prompts.targets)], dtype=np.int64)
+    direct_only = AnswerConfig(width, think_tokens=0, ahead_tokens=0, answer_open_id=None)
+    return np.array(_answer_modes(pool, direct_only, ["direct"], prompts, None, token_to_item)["direct"].ranks,
+                    dtype=np.int64)
 
 
 def beam_metrics(pool, prompts: EvalPrompts, token_to_item, width: int, ks: Sequence[int]) -> dict:
@@ -96,54 +98,121 @@ def sampling_metrics(pool, prompts: EvalPrompts, index: SidIndex, mode: str, n: 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """What evaluation needs from the spec: the `eval` section and the RL mode it samples in."""
+    """What evaluation needs from the spec: the `eval` section, the RL mode the Pass@K sampling of
+    the top-level figures uses, and each mode's completion budget."""
 
     eval: EvalSpec
     mode: str
-    max_tokens: int  # of a sampled completion: the thought's budget (reasoning) plus the SID's
+    max_tokens: int  # of a sampled completion in `mode`: the thought's budget (reasoning) plus the SID's
+    reasoning_tokens: int  # of a reasoning-mode completion, whatever `mode`
 
     @classmethod
     def from_spec(cls, spec: JobSpec) -> "EvalConfig":
-        return cls(spec.eval, spec.rl.mode, spec.rl.completion_tokens)
+        return cls(spec.eval, spec.rl.mode, spec.rl.completion_tokens, spec.rl.reasoning_tokens)
+
+
+@dataclass
+class _ModeRun:
+    """One answer mode over one split: each user's rank and the engine seconds, summed over chunks."""
+
+    ranks: list[int] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def add(self, answers: Answers, targets: Sequence[int], token_to_item) -> None:
+        for a, target in zip(answers.answers, targets):
+            ranked = [token_to_item(c.token_ids) for c in a.candidates]
+            if any(item is None for item in ranked):
+                raise RuntimeError("a beam candidate is not a real SID: the trie constraint is broken")
+            self.ranks.append(rank_of(ranked, target))
+        for key, secs in answers.seconds.items():
+            self.seconds[key] = self.seconds.get(key, 0.0) + secs
+
+    def latency(self, users: int) -> dict[str, float]:
+        """Seconds per user: `latency_s` is what a request waits (online), think_ahead's thought pass
+        is `latency_s/offline`."""
+        names = {"online": "latency_s", "offline": "latency_s/offline"}
+        return {names[k]: v / max(1, users) for k, v in self.seconds.items()}
+
+
+def _answer_modes(pool, acfg: AnswerConfig, modes: Sequence[str], direct: EvalPrompts,
+                  reasoning: EvalPrompts | None, token_to_item) -> dict[str, _ModeRun]:
+    """Every mode over the users, chunk by chunk; reasoning and think_ahead share one greedy thought."""
+    runs = {mode: _ModeRun() for mode in modes}
+    size = CHUNK * len(pool.workers)
+    for start in tqdm(range(0, len(direct.targets), size), desc=f"eval {'/'.join(modes)}", unit="chunk", leave=False):
+        end = start + size
+        thoughts = None
+        for mode in modes:
+            answers = answer(pool, acfg, mode, direct.prompt_ids[start:end],
+                             reasoning.prompt_ids[start:end] if reasoning else None, thoughts)
+            thoughts = answers.thoughts or thoughts
+            runs[mode].add(answers, direct.targets[start:end], token_to_item)
+    return runs
 
 
 def evaluate(cfg: EvalConfig, pool, tokenizer, index: SidIndex, splits: dict[str, Sequence[Example]],
              sampling: bool = True, train: Sequence[Example] | None = None,
              related: np.ndarray | None = None) -> tuple[dict, RankRecord]:
     """Metrics per split, e.g. {"valid": {"recall@10": ...}, "test": {...}}, and the beam rank of
-    every user's target (ranks.json); without `sampling`, the beam metrics only (Pass@K sampling
-    costs `eval.pass_samples` times the beam's generation). With the `train` split, also the beam
-    metrics per long-tail segment (indexing.segments) under "segments", and each example's segments
-    in the ranks. `related`: sft.related's table, which the model's prompts carried in training."""
+    every user's target (ranks.json), of the direct mode; without `sampling`, the beam metrics only
+    (Pass@K sampling costs `eval.pass_samples` times the beam's generation). With the `train`
+    split, also the beam metrics per long-tail segment (indexing.segments) under "segments", and
+    each example's segments in the ranks. `related`: sft.related's table, which the model's prompts
+    carried in training. The other modes of `eval.modes` go under "modes" (README, "Evaluation
+    modes"), their ranks in the record's `modes`."""
     e = cfg.eval
     token_to_item = token_mapper(tokenizer, index)
-    reasoning = cfg.mode == "reasoning"
-    out, ranks = {}, {}
+    if "think_ahead" in e.modes:
+        check_think_ahead(e.think_ahead_tokens, index.depth)
+    acfg = AnswerConfig.build(e, cfg.reasoning_tokens, tokenizer)
+    out: dict = {}
+    ranks: dict[str, dict] = {mode: {} for mode in e.modes}
     for name, examples in splits.items():
         examples = list(examples)[: e.max_users] if e.max_users else list(examples)
         direct = build_prompts(tokenizer, index, examples, False, related)
-        ranks[name] = split_ranks([ex.user for ex in examples], beam_ranks(pool, direct, token_to_item, e.beam_width),
-                                  e.beam_width, segment_masks(examples, train) if train is not None else None)
-        metrics = metrics_from_ranks(ranks[name].ranks, e.ks)
-        if sampling:
-            sampled = build_prompts(tokenizer, index, examples, reasoning, related) if reasoning else direct
-            metrics.update(sampling_metrics(pool, sampled, index, cfg.mode, e.pass_samples, e.temperature,
-                                            e.top_p, cfg.max_tokens, e.ks))
-        metrics["users"] = len(examples)
-        out[name] = metrics
-        log.info("evaluated", extra=fields(split=name, **{k: round(v, 4) for k, v in metrics.items()}))
+        reasoning = build_prompts(tokenizer, index, examples, True, related) if (
+            len(e.modes) > 1 or cfg.mode == "reasoning") else None
+        segments = segment_masks(examples, train) if train is not None else None
+        sampled: dict[str, dict] = {}
+
+        def sample(mode: str) -> dict:  # Pass@K in a sampling mode, drawn once per split
+            if sampling and mode not in sampled:
+                sampled[mode] = sampling_metrics(
+                    pool, reasoning if mode == "reasoning" else direct, index, mode, e.pass_samples, e.temperature,
+                    e.top_p, cfg.reasoning_tokens if mode == "reasoning" else cfg.max_tokens, e.ks)
+            return sampled.get(mode, {})
+
+        for mode, run in _answer_modes(pool, acfg, e.modes, direct, reasoning, token_to_item).items():
+            ranks[mode][name] = split_ranks([ex.user for ex in examples], run.ranks, e.beam_width, segments)
+            metrics = metrics_from_ranks(ranks[mode][name].ranks, e.ks)
+            if mode == "direct":
+                metrics.update(sample(cfg.mode))
+            if mode == "reasoning":
+                metrics.update(sample("reasoning"))
+            if mode == "think_ahead":
+                metrics["prefix_tokens"] = acfg.ahead_tokens
+            metrics.update(users=len(examples), **run.latency(len(examples)))
+            (out if mode == "direct" else out.setdefault("modes", {}).setdefault(mode, {}))[name] = metrics
+            log.info("evaluated", extra=fields(split=name, mode=mode, **{k: round(v, 4) for k, v in metrics.items()}))
+    record = {mode: RankRecord(e.beam_width, tuple(e.ks), r) for mode, r in ranks.items()}
     if train is not None:
-        out["segments"] = segment_report(ranks, e.ks)
-    return out, RankRecord(e.beam_width, tuple(e.ks), ranks)
+        out["segments"] = segment_report(ranks["direct"], e.ks)
+        for mode in out.get("modes", {}):
+            out["modes"][mode]["segments"] = segment_report(ranks[mode], e.ks)
+    direct_record = record.pop("direct")
+    return out, RankRecord(direct_record.depth, direct_record.ks, direct_record.splits, record)
 
 
 def print_table(title: str, result: dict) -> None:
-    splits = {name: metrics for name, metrics in result.items() if name != "segments"}
-    keys = [k for k in next(iter(splits.values())) if k != "users"]
+    tables = {"direct": {k: v for k, v in result.items() if k not in ("segments", "modes")}}
+    tables.update({mode: {k: v for k, v in splits.items() if k != "segments"}
+                   for mode, splits in result.get("modes", {}).items()})
     print(f"\n{title}")
-    print(f"{'split':<8}" + "".join(f"{k:>11}" for k in keys))
-    for split, metrics in splits.items():
-        print(f"{split:<8}" + "".join(f"{metrics[k]:>11.4f}" for k in keys))
+    for mode, splits in tables.items():
+        widths = {k: max(11, len(k) + 2) for k in next(iter(splits.values())) if k != "users"}
+        print(f"{'split':<8}" + "".join(f"{k:>{w}}" for k, w in widths.items()) + (f"  ({mode})" if len(tables) > 1 else ""))
+        for split, metrics in splits.items():
+            print(f"{split:<8}" + "".join(f"{metrics[k]:>{w}.4f}" for k, w in widths.items()))
 
 
 def trained_stages(spec: JobSpec) -> list[tuple[str, Path]]:
@@ -176,10 +245,12 @@ def run(spec: JobSpec) -> dict:
     if not stages:
         raise MissingArtefact(f"nothing to evaluate: no trained model under {spec.layout.model('sft')} "
                                 f"or {spec.layout.model('rl')}; run the sft stage first")
-    init_ray(spec.cluster)
     from indexing.build import index_path
 
     index = SidIndex.load(index_path(spec))
+    if "think_ahead" in spec.eval.modes:  # before any engine starts
+        check_think_ahead(spec.eval.think_ahead_tokens, index.depth, spec.source)
+    init_ray(spec.cluster)
     split = split_from_spec(spec)
     results = {}
     for stage, model in stages:

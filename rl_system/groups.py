@@ -15,6 +15,7 @@ import numpy as np
 
 from cluster.spec import RlSpec
 from rl_system import advantages
+from rl_system.answer_modes import through_answer_open
 from rl_system.messages import Completion, Prompt, RewardReply, RolloutGroup, ScoredGroup, TrainBatch
 from rl_system.prompt_source import PromptSource
 from rl_system.reward.functions import ranking_penalty
@@ -43,9 +44,9 @@ class GroupSampler:
         prompts, owners = [], []
         for g, group in enumerate(groups):
             for c, comp in enumerate(group.completions):
-                if self.answer_open_id in comp.token_ids:
-                    cut = comp.token_ids.index(self.answer_open_id) + 1
-                    prompts.append(group.prompt_ids + comp.token_ids[:cut])
+                start = through_answer_open(group.prompt_ids, comp.token_ids, self.answer_open_id)
+                if start is not None:
+                    prompts.append(start)
                     owners.append((g, c))
         # A completion that never opened an answer fails the format gate; an empty beam keeps its reward 0.
         beams = [[[""] * width for _ in group.completions] for group in groups]

@@ -13,15 +13,26 @@ SFT_USERS, RL_USERS = 40, 60
 
 
 class WorkerPool:
-    """rl_system.evaluate's pool interface over one RolloutWorker actor."""
+    """RolloutPool's generate and beam over one RolloutWorker actor (the session's engine), for
+    rl_system.evaluate and gream.serve."""
 
     def __init__(self, worker):
         self.workers = [worker]
+        self.calls = 0  # engine calls made through the pool
 
-    def beam(self, prompts, width: int) -> list:
+    def beam(self, prompts, width: int, prefixes=None) -> list:
         import ray
 
-        return ray.get(self.workers[0].beam.remote(list(prompts), width))
+        self.calls += 1
+        return ray.get(self.workers[0].beam.remote(list(prompts), width, prefixes))
+
+    def generate(self, prompts, n: int, temperature: float, max_tokens: int, mode, top_p: float = 1.0,
+                 seeds=None) -> list:
+        import ray
+
+        self.calls += 1
+        return ray.get(self.workers[0].generate.remote(list(prompts), n=n, temperature=temperature, top_p=top_p,
+                                                       max_tokens=max_tokens, mode=mode, seeds=seeds))
 
 
 @contextlib.contextmanager

@@ -11,6 +11,10 @@ complete SID; beams are distinct prefixes by construction, so the results are di
 A beam whose prefix has a single child in the trie is extended without a request: its only allowed
 token has constrained logprob 0. Deep in a sparse catalogue (and on the dedup level) most prefixes
 are like that, so this removes most requests after the first two levels.
+
+A beam may start from a given SID prefix (think-ahead fixes the first tokens offline): the prefix is
+held by the beam, not the prompt, so the trie processor knows where in the SID it stands; its
+tokens count 0 in the score, which ranks the completions under it.
 """
 from __future__ import annotations
 
@@ -28,19 +32,27 @@ def forced_steps(sids: Sequence[Sequence[int]]) -> dict[tuple[int, ...], int]:
 
 
 def constrained_beam(llm, prompts: Sequence[Sequence[int]], width: int, depth: int,
-                     forced: dict[tuple[int, ...], int]) -> list[list[BeamCandidate]]:
+                     forced: dict[tuple[int, ...], int],
+                     prefixes: Sequence[Sequence[int]] | None = None) -> list[list[BeamCandidate]]:
     """The best `width` SIDs (token ids, best first) that follow each prompt (token ids); `forced`
-    is `forced_steps` of the engine's SIDs."""
+    is `forced_steps` of the engine's SIDs; `prefixes`: per prompt, the SID tokens every candidate
+    starts with (returned as part of it)."""
     from vllm import SamplingParams, TokensPrompt
 
     if width < 1 or depth < 1:
         raise ValueError(f"beam width and depth must be >= 1, got width={width}, depth={depth}")
-    beams: list[list[BeamCandidate]] = [[BeamCandidate((), ())] for _ in prompts]
-    for _ in range(depth):
+    prefixes = [()] * len(prompts) if prefixes is None else [tuple(p) for p in prefixes]
+    if len(prefixes) != len(prompts) or any(len(p) >= depth for p in prefixes):
+        raise ValueError(f"expected one SID prefix shorter than {depth} tokens per prompt")
+    beams: list[list[BeamCandidate]] = [[BeamCandidate(p, (0.0,) * len(p))] for p in prefixes]
+    for _ in range(depth - min((len(p) for p in prefixes), default=0)):
         owners, requests, params = [], [], []
         expanded: list[list[BeamCandidate]] = [[] for _ in prompts]
         for p, live in enumerate(beams):
             for beam in live:
+                if len(beam.token_ids) == depth:
+                    expanded[p].append(beam)
+                    continue
                 if beam.token_ids in forced:
                     expanded[p].append(BeamCandidate(beam.token_ids + (forced[beam.token_ids],), beam.token_logprobs + (0.0,)))
                     continue

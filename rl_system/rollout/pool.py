@@ -296,8 +296,8 @@ class RolloutPool:
                                  max_tokens=max_tokens, mode=mode, top_p=top_p)
 
     @_serialized
-    def beam(self, prompts: Sequence, width: int) -> list:
-        return self._run_sharded("beam", prompts, width=width)
+    def beam(self, prompts: Sequence, width: int, prefixes: Sequence[Sequence[int]] | None = None) -> list:
+        return self._run_sharded("beam", prompts, per_item={"prefixes": prefixes}, width=width)
 
     @_serialized
     def shutdown(self) -> None:

@@ -89,10 +89,12 @@ class RolloutWorker:
                                            secs=round(time.perf_counter() - start, 3), version=version))
         return groups
 
-    def beam(self, prompts: Sequence[Sequence[int]], width: int) -> list[list[BeamCandidate]]:
-        """Top-`width` distinct SIDs per prompt (token ids), by trie-constrained beam search."""
+    def beam(self, prompts: Sequence[Sequence[int]], width: int,
+             prefixes: Sequence[Sequence[int]] | None = None) -> list[list[BeamCandidate]]:
+        """Top-`width` distinct SIDs per prompt (token ids), by trie-constrained beam search; with
+        `prefixes`, the SIDs under each prompt's given first tokens."""
         with self._lock:
-            return constrained_beam(self.llm, prompts, width, self.sid_depth, self.forced_steps)
+            return constrained_beam(self.llm, prompts, width, self.sid_depth, self.forced_steps, prefixes)
 
     def score(self, prompt_ids: Sequence[int], completion_ids: Sequence[int]) -> list[float]:
         """Unconstrained log-probabilities of a fixed completion after a prompt, one per completion

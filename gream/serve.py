@@ -1,0 +1,217 @@
+"""`gream serve RUN`: recommendations over HTTP from a trained model, on the project's vLLM engine.
+
+    POST /recommend {"history": [item id or title, ...], "k": 5, "mode": "direct|reasoning|think_ahead"}
+      -> {"items": [{"id", "sid", "title", "score"}, ...], "rationale", "reasons", "mode", "latency_ms"}
+    GET /health -> {"status": "ok", "model", "stage", "users_served", "batches", "modes"}
+
+Answers come from rl_system.answer_modes, the functions `gream eval` scores, over prompts from
+sft.prompts.build_prompts (with `sft.retrieved_items` when the spec has them), so a served answer
+is an evaluated one. `score` is the candidate's constrained log-probability (think_ahead: of the
+tokens after the offline prefix). `reasons[i]` is the rationale's first line or sentence naming item
+i's SID or title, else null. Concurrent requests are batched (gream.serve_requests.Batcher).
+
+The spec comes from RUN/spec.yaml (every stage writes it) or `--spec`; `--stage export` serves a
+folder written by `gream export` instead of RUN/<stage>/model.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+
+from cluster.errors import MissingArtefact
+from cluster.logs import fields
+from cluster.run_layout import SPEC_FILE, RunLayout
+from cluster.spec import JobSpec, load_spec
+from gream.export import EXPORT_MARKER
+from gream.serve_requests import MAX_BODY_BYTES, Batcher, Catalogue, Request, RequestError, parse_request
+from indexing.dataset import Example
+from indexing.sid import SidIndex
+from rl_system.answer_modes import MODES, AnswerConfig, answer, check_think_ahead, rationale
+from rl_system.evaluate import token_mapper
+from sft.prompts import build_prompts
+
+log = logging.getLogger(__name__)
+
+STAGES = ("rl", "sft", "export")
+_SENTENCES = re.compile(r"\n+|(?<=[.!?;])\s+")
+
+
+def reasons(text: str, items: list[dict]) -> list[str | None]:
+    """Per item, the first line or sentence of `text` that names its SID or title (any case)."""
+    parts = [p.strip() for p in _SENTENCES.split(text) if p.strip()]
+    found = []
+    for item in items:
+        names = [n.lower() for n in (item["sid"], item["title"]) if n]
+        found.append(next((p for p in parts if any(n in p.lower() for n in names)), None))
+    return found
+
+
+@dataclass
+class Recommender:
+    """A model behind a rollout pool (RolloutPool, or anything with its generate and beam), and the
+    catalogue, prompts and answer settings it was trained and evaluated with."""
+
+    pool: object
+    tokenizer: object
+    catalogue: Catalogue
+    cfg: AnswerConfig
+    related: np.ndarray | None
+    max_history: int
+    model: str
+    stage: str
+
+    @classmethod
+    def build(cls, spec: JobSpec, model_dir: Path, index: SidIndex, pool, stage: str) -> "Recommender":
+        from transformers import AutoTokenizer
+
+        from sft.related import related_table
+
+        check_think_ahead(spec.eval.think_ahead_tokens, index.depth, spec.source)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        catalogue = Catalogue.load(index, Path(spec.data.path) / f"{spec.data.name}.item.json")
+        return cls(pool, tokenizer, catalogue, AnswerConfig.build(spec.eval, spec.rl.reasoning_tokens, tokenizer),
+                   related_table(spec), spec.data.max_history, str(model_dir), stage)
+
+    def __post_init__(self) -> None:
+        self.to_item = token_mapper(self.tokenizer, self.catalogue.index)
+
+    def parse(self, body: bytes) -> Request:
+        return parse_request(body, self.catalogue, self.cfg.width, MODES, self.max_history)
+
+    def answer_batch(self, mode: str, requests: list[Request]) -> list[dict]:
+        """One reply per request, all in `mode`, from one pass of the mode over the batch."""
+        users = [Example(user=-1, history=r.history, target=-1) for r in requests]
+        index = self.catalogue.index
+        direct = build_prompts(self.tokenizer, index, users, False, self.related).prompt_ids
+        reasoning = None if mode == "direct" else build_prompts(self.tokenizer, index, users, True, self.related).prompt_ids
+        replies = []
+        for request, a in zip(requests, answer(self.pool, self.cfg, mode, direct, reasoning).answers):
+            items = []
+            for c in a.candidates[:request.k]:
+                item = self.to_item(c.token_ids)
+                items.append({"id": item, "sid": index.text(item), "title": self.catalogue.titles.get(item),
+                              "score": c.logprob})
+            text = None if a.thought is None else rationale(a.thought)
+            replies.append({"items": items, "rationale": text,
+                            "reasons": reasons(text, items) if text is not None else [None] * len(items),
+                            "mode": mode})
+        return replies
+
+
+class RecommendServer(ThreadingHTTPServer):
+    daemon_threads = True  # a client that hangs up mid-request does not keep the server from stopping
+
+    def __init__(self, recommender: Recommender, host: str = "127.0.0.1", port: int = 8000, **batching):
+        super().__init__((host, port), _Handler)
+        self.recommender = recommender
+        self.batcher = Batcher(recommender.answer_batch, **batching)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def health(self) -> dict:
+        r = self.recommender
+        return {"status": "ok", "model": r.model, "stage": r.stage, "users_served": self.batcher.served,
+                "batches": self.batcher.batches, "modes": list(MODES)}
+
+    def server_close(self) -> None:
+        super().server_close()
+        self.batcher.close()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: RecommendServer
+
+    def _send(self, status: int, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if self.path != "/health":
+            return self._send(404, {"error": f"no such path {self.path}; GET /health or POST /recommend"})
+        self._send(200, self.server.health())
+
+    def do_POST(self) -> None:  # noqa: N802
+        if self.path != "/recommend":
+            return self._send(404, {"error": f"no such path {self.path}; POST /recommend or GET /health"})
+        start = time.perf_counter()
+        length = self.headers.get("Content-Length") or "0"
+        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
+            return self._send(400, {"error": f"Content-Length: expected a byte count up to {MAX_BODY_BYTES}, got {length}"})
+        try:
+            request = self.server.recommender.parse(self.rfile.read(int(length)))
+        except RequestError as exc:
+            return self._send(400, {"error": str(exc)})
+        try:
+            reply = self.server.batcher.submit(request)
+        except Exception as exc:  # the batcher logged it with its traceback
+            return self._send(500, {"error": f"{type(exc).__name__}: {exc}"})
+        self._send(200, {**reply, "latency_ms": round(1000 * (time.perf_counter() - start), 3)})
+
+    def log_message(self, format: str, *args) -> None:  # http.server writes each request to stderr otherwise
+        log.debug("http", extra=fields(client=self.client_address[0], line=format % args))
+
+
+def served_model(run: Path, stage: str, spec_path: str | None, overrides: list[str]) -> tuple[JobSpec, Path, Path]:
+    """The spec, model folder and SID index file to serve, each checked to be there."""
+    if not run.is_dir():
+        raise MissingArtefact(f"{run}: no such run directory")
+    if stage == "export":
+        if not (run / EXPORT_MARKER).exists():
+            raise MissingArtefact(f"{run / EXPORT_MARKER}: not found; --stage export serves a folder written by gream export")
+        model, found = run, sorted(run.glob("*.index.json"))
+        if len(found) != 1:
+            raise MissingArtefact(f"{run}: expected one NAME.index.json (the export's SID index), found {len(found)}")
+        index_file = found[0]
+    else:
+        model = RunLayout(run).model(stage)
+        if not (model / "config.json").exists():
+            raise MissingArtefact(f"{model}: no trained model (config.json); run the {stage} stage or pick "
+                                  f"another --stage")
+    spec_file = Path(spec_path) if spec_path else run / SPEC_FILE
+    if not spec_file.exists():
+        raise MissingArtefact(f"{spec_file}: not found; pass --spec SPEC, the spec the run was made with")
+    spec = load_spec(spec_file, overrides)
+    if stage != "export":
+        spec = spec.model_copy(update={"run_dir": str(run)})  # the run may have moved since
+        index_file = spec.layout.index_file(spec.data.name)
+        if not index_file.exists():
+            raise MissingArtefact(f"{index_file}: the run's SID index is not there")
+    return spec, model, index_file
+
+
+def serve(run: str | Path, stage: str, host: str, port: int, spec_path: str | None = None,
+          overrides: list[str] | None = None) -> None:
+    """Start a rollout pool on the model and serve until interrupted."""
+    from cluster.placement import init_ray
+    from rl_system.rollout.pool import RolloutPool
+
+    spec, model, index_file = served_model(Path(run), stage, spec_path, overrides or [])
+    index = SidIndex.load(index_file)
+    init_ray(spec.cluster)
+    pool = RolloutPool.from_spec(spec, model, index)
+    server = None
+    try:
+        server = RecommendServer(Recommender.build(spec, model, index, pool, stage), host, port)
+        log.info("serving", extra=fields(url=server.url, model=str(model), stage=stage))
+        print(f"serving {model} on {server.url} (POST /recommend, GET /health)", flush=True)
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server is not None:
+            server.server_close()
+        pool.shutdown()
