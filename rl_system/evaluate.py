@@ -72,8 +72,13 @@ def token_mapper(tokenizer, index: SidIndex):
 def beam_ranks(pool, prompts: EvalPrompts, token_to_item, width: int) -> np.ndarray:
     """0-based rank of each target in its trie-constrained beam of `width` items, -1 when absent."""
     direct_only = AnswerConfig(width, think_tokens=0, ahead_tokens=0, answer_open_id=None)
-    return np.array(_answer_modes(pool, direct_only, ["direct"], prompts, None, token_to_item)["direct"].ranks,
-                    dtype=np.int64)
+    return mode_ranks(pool, direct_only, "direct", prompts, None, token_to_item)
+
+
+def mode_ranks(pool, acfg: AnswerConfig, mode: str, direct: EvalPrompts, reasoning: EvalPrompts | None,
+               token_to_item) -> np.ndarray:
+    """0-based rank of each target among its candidates in answer mode `mode`, -1 when absent."""
+    return np.array(_answer_modes(pool, acfg, [mode], direct, reasoning, token_to_item)[mode].ranks, dtype=np.int64)
 
 
 def beam_metrics(pool, prompts: EvalPrompts, token_to_item, width: int, ks: Sequence[int]) -> dict:

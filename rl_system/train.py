@@ -220,7 +220,7 @@ def _train(spec: JobSpec, ckpts: CheckpointManager, prompts, valid, resume: bool
     related = related_table(spec)
     source = PromptSource(prompts, index, tokenizer, rl.seed, rl.mode == "reasoning", related)
     validate = (InRunValidation(pool, tokenizer, index, sample_users(valid, rl.eval_users, rl.eval_seed),
-                                spec.eval.beam_width, related) if rl.eval_every else None)
+                                spec.eval.beam_width, related, rl.mode, rl.reasoning_tokens) if rl.eval_every else None)
     sampler = GroupSampler(rl, pool, rewards, source, tokenizer.get_vocab().get("<answer>"))
     filler = BatchFiller(rl.prompts_per_step, rl.max_resample_rounds)
 

@@ -148,3 +148,25 @@ def test_mode_keys_are_checked(tmp_path, capsys, tiny_policy):
     assert main(["eval", str(path), "--set", "eval.modes=[direct,think_ahead]",
                  "--set", f"eval.think_ahead_tokens={depth}"]) == 2
     assert "key 'eval.think_ahead_tokens'" in capsys.readouterr().err
+
+
+def test_in_run_validation_scores_the_mode_rl_trains(setup, tiny_policy):
+    """RL in reasoning mode selects its checkpoint on the reasoning answers (thought, then the beam
+    after <answer>), not on the direct beam: the figures equal the evaluation's reasoning mode."""
+    from rl_system.validation import InRunValidation, K
+
+    spec, tokenizer, split, pool = setup
+    users = list(split.valid)[:USERS]
+    wide = spec.eval.model_copy(update={"beam_width": K})
+    for mode in ("direct", "reasoning"):
+        check = InRunValidation(pool, tokenizer, tiny_policy.index, users, K, None, mode, spec.rl.reasoning_tokens)
+        got = check()
+        acfg = AnswerConfig.build(wide, spec.rl.reasoning_tokens, tokenizer)
+        direct = build_prompts(tokenizer, tiny_policy.index, users, False, None)
+        reasoning = build_prompts(tokenizer, tiny_policy.index, users, True, None)
+        answers = answer(pool, acfg, mode, direct.prompt_ids, reasoning.prompt_ids).answers
+        to_item = token_mapper(tokenizer, tiny_policy.index)
+        hits = [t in [to_item(c.token_ids) for c in a.candidates] for a, t in zip(answers, direct.targets)]
+        # Greedy thoughts repeat, so the check and this direct call see the same answers.
+        assert got[f"val/recall@{K}"] == pytest.approx(sum(hits) / len(users))
+        assert all((a.thought is not None) == (mode == "reasoning") for a in answers)
