@@ -54,7 +54,8 @@ def teacher_problem(reasoning: ReasoningSpec, tasks: list[str]) -> str | None:
     users = [u for u, needed in (("sft.reasoning.enabled", reasoning.enabled),
                                  ("the 'preference' task in sft.tasks", "preference" in tasks)) if needed]
     if users and not reasoning.teacher:
-        return (f"{' and '.join(users)} need a teacher: set sft.reasoning.teacher to a Hugging Face model folder "
+        verb = "need" if len(users) > 1 else "needs"
+        return (f"{' and '.join(users)} {verb} a teacher: set sft.reasoning.teacher to a Hugging Face model folder "
                 f"(a local vLLM engine), to the model sft.reasoning.endpoint serves, or to '{OFFLINE_TEACHER}' "
                 "(SmolLM2-135M-Instruct, offline)")
     return None

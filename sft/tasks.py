@@ -75,7 +75,8 @@ def item_text_problem(tasks: Sequence[str], reasoning: bool, has_titles: bool, m
     keys = ([f"sft.tasks {wanted}"] if wanted else []) + (["sft.reasoning.enabled"] if reasoning else [])
     if has_titles or not keys:
         return None
-    return (f"{' and '.join(keys)} need item titles, but {missing}. Keep sft.tasks to seqrec and "
+    verb = "need" if len(keys) > 1 else "needs"
+    return (f"{' and '.join(keys)} {verb} item titles, but {missing}. Keep sft.tasks to seqrec and "
             "sft.reasoning.enabled false on this data, or give its items titles")
 
 

@@ -55,8 +55,8 @@ def test_a_summary_naming_a_few_title_words_is_not_a_copy():
 @pytest.mark.parametrize("tasks, reasoning, has_titles, keys", [
     (["seqrec"], False, False, None),
     (["seqrec", "index2item"], True, True, None),
-    (["seqrec", "index2item", "preference"], False, False, "sft.tasks ['index2item', 'preference'] need"),
-    (["seqrec"], True, False, "sft.reasoning.enabled need"),
+    (["seqrec", "index2item", "preference"], False, False, "sft.tasks ['index2item', 'preference'] needs"),
+    (["seqrec"], True, False, "sft.reasoning.enabled needs"),
     (["fusion_sid"], True, False, "sft.tasks ['fusion_sid'] and sft.reasoning.enabled need"),
 ])
 def test_item_text_problem(tasks, reasoning, has_titles, keys):
@@ -67,14 +67,16 @@ def test_item_text_problem(tasks, reasoning, has_titles, keys):
 def test_teacher_problem():
     assert teacher_problem(ReasoningSpec(), ["seqrec"]) is None
     assert teacher_problem(ReasoningSpec(enabled=True, teacher="smollm2"), ["preference"]) is None
-    assert "sft.reasoning.enabled need a teacher" in teacher_problem(ReasoningSpec(enabled=True), ["seqrec"])
+    assert "sft.reasoning.enabled needs a teacher" in teacher_problem(ReasoningSpec(enabled=True), ["seqrec"])
     problem = teacher_problem(ReasoningSpec(), ["seqrec", "preference"])
-    assert problem.startswith("the 'preference' task in sft.tasks need a teacher: set sft.reasoning.teacher")
+    assert problem.startswith("the 'preference' task in sft.tasks needs a teacher: set sft.reasoning.teacher")
+    both = teacher_problem(ReasoningSpec(enabled=True), ["preference"])
+    assert both.startswith("sft.reasoning.enabled and the 'preference' task in sft.tasks need a teacher")
 
 
 @pytest.mark.parametrize("sft, message", [
-    ({"reasoning": {"enabled": True}}, "sft.reasoning.enabled need a teacher: set sft.reasoning.teacher"),
-    ({"tasks": ["seqrec", "preference"]}, "'preference' task in sft.tasks need a teacher"),
+    ({"reasoning": {"enabled": True}}, "sft.reasoning.enabled needs a teacher: set sft.reasoning.teacher"),
+    ({"tasks": ["seqrec", "preference"]}, "'preference' task in sft.tasks needs a teacher"),
     ({"reasoning": {"endpoint": "http://h/v1", "teacher": "smollm2"}}, "teacher 'smollm2' is the offline local engine"),
 ])
 def test_spec_without_a_usable_teacher_is_refused_at_load(tmp_path, sft, message):
