@@ -115,14 +115,12 @@ def test_sft_without_the_teachers_data_exits_2_naming_the_file_and_gream_teach(t
 
 
 def test_sft_refuses_summaries_written_under_other_settings(tmp_path, capsys):
-    from cluster.spec import load_spec as load
     from sft.teacher_data import settings_hash
 
-    path = write_spec(tmp_path)
     folder = tmp_path / "run/teach/preference"
     folder.mkdir(parents=True)
     (folder / "summaries.jsonl").write_text(json.dumps({"user": 0, "history": [1], "summary": "s"}) + "\n")
-    stale = settings_hash(load(write_spec(tmp_path, preference={"max_users": 7})), "preference")
+    stale = settings_hash(load_spec(write_spec(tmp_path, preference={"max_users": 7})), "preference")
     (folder / "report.json").write_text(json.dumps({"settings": stale}))
     path = write_spec(tmp_path)
     assert main(["sft", str(path)]) == 2
