@@ -42,6 +42,7 @@ CPU_OVERRIDES = [
 ]
 
 
+@pytest.mark.slow
 def test_the_gpu_recipe_runs_every_stage_on_cpu(tmp_path):
     with ChatServer(reply) as teacher:
         overrides = [*CPU_OVERRIDES, f"run_dir={tmp_path / 'run'}", f"sft.reasoning.endpoint={teacher.url}"]

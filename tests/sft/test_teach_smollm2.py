@@ -31,6 +31,7 @@ def teach(path: Path, cache: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+@pytest.mark.slow
 def test_smollm2_teacher_writes_both_kinds_and_a_rerun_asks_nothing(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump({
