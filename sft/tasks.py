@@ -3,8 +3,8 @@ on the answer (and, with `history_loss`, on every history SID of a seqrec prompt
 
 Alignment tasks: seqrec (SID history -> next SID), item2index (title -> SID), index2item
 (SID -> title), fusion_title (SID history -> next title), fusion_sid (title history -> next SID),
-preference (SID history -> teacher-written preference summary). Reasoning examples (teacher CoT)
-come from elsewhere and are rendered here so both kinds share one prompt family.
+preference (SID history -> teacher-written preference summary, sft/preference_data.py). Reasoning
+examples (teacher CoT, sft/reasoning_data.py) are rendered here so both kinds share one prompt family.
 """
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 MAX_TITLE_CHARS = 120
 FUSION_SID_HISTORY = 3  # titles are long; the most recent few carry the signal
 IGNORE_INDEX = -100
+# Tasks that read item titles; the teacher's reasoning records need them too (item_text_problem).
+TEXT_TASKS = ("item2index", "index2item", "fusion_title", "fusion_sid", "preference")
 
 
 class TaskError(GreamError):
@@ -63,6 +65,29 @@ def title_of(items: dict[int, dict], item: int) -> str | None:
     if not isinstance(title, str) or not title.strip():
         return None
     return " ".join(title.split())[:MAX_TITLE_CHARS]
+
+
+def item_text_problem(tasks: Sequence[str], reasoning: bool, has_titles: bool, missing: str) -> str | None:
+    """Why the requested tasks (and, with `reasoning`, the teacher's reasoning records) cannot be
+    built on a dataset without item titles, or None. `missing` says what is absent (the item file, or
+    the title field in it)."""
+    wanted = [t for t in tasks if t in TEXT_TASKS]
+    keys = ([f"sft.tasks {wanted}"] if wanted else []) + (["sft.reasoning.enabled"] if reasoning else [])
+    if has_titles or not keys:
+        return None
+    verb = "need" if len(keys) > 1 else "needs"
+    return (f"{' and '.join(keys)} {verb} item titles, but {missing}. Keep sft.tasks to seqrec and "
+            "sft.reasoning.enabled false on this data, or give its items titles")
+
+
+def longest_history(examples: Iterable[Example]) -> dict[int, Example]:
+    """Each user's training example with the longest history (the latest, on a tie): what the
+    preference task renders and what the teacher summarised."""
+    longest: dict[int, Example] = {}
+    for ex in examples:
+        if len(ex.history) >= len(longest.get(ex.user, ex).history):
+            longest[ex.user] = ex
+    return longest
 
 
 def _render(tokenizer, task: str, instruction: str, answer: str) -> RenderedExample:
@@ -129,10 +154,7 @@ class AlignmentBuilder:
 
     def preference(self, examples: Sequence[Example], summaries: dict[int, str]) -> list[RenderedExample]:
         """One example per user with a summary, on that user's longest training history."""
-        longest: dict[int, Example] = {}
-        for ex in examples:
-            if ex.user in summaries and len(ex.history) >= len(longest.get(ex.user, ex).history):
-                longest[ex.user] = ex
+        longest = longest_history(ex for ex in examples if ex.user in summaries)
         return [_render(self.tok, "preference", self._template("preference").format(history=self._history(ex.history)),
                         summaries[user]) for user, ex in sorted(longest.items())]
 
@@ -191,14 +213,16 @@ def build_alignment(builder: AlignmentBuilder, tasks: Sequence[str], train: Sequ
         raise TaskError("sft.answer_prefixes adds prefixes to the covering windows of sft.history_loss; "
                         "without history_loss every prefix is trained already: set it to 0")
     seqrec_rows = covering_windows(train) + answer_prefixes(train, extra_answers, seed) if history_loss else train
+    # The preference task renders the history the teacher summarised (each user's longest), so its
+    # cap samples users, not examples.
+    all_train = train
     if limit is not None:
         seqrec_rows = builder.sample(seqrec_rows, limit)
         train = builder.sample(train, limit)
         builder = builder.restricted_to(builder.sample(builder.index.items(), limit))
-    need_text = {"item2index", "index2item", "fusion_title", "fusion_sid"} & set(tasks)
-    if need_text and not any(title_of(builder.items, i) for i in builder.index.items()):
-        raise TaskError(f"sft.tasks {sorted(need_text)} need item titles, but the dataset has no item "
-                        "text (NAME.item.json); drop them from sft.tasks")
+    has_titles = any(title_of(builder.items, i) for i in builder.index.items())
+    if problem := item_text_problem(tasks, False, has_titles, "the dataset has none (NAME.item.json)"):
+        raise TaskError(problem)
     per_item = min(len(builder.catalogue), limit or len(builder.catalogue))
     makers = {
         "seqrec": lambda: builder.seqrec(seqrec_rows),
@@ -206,7 +230,7 @@ def build_alignment(builder: AlignmentBuilder, tasks: Sequence[str], train: Sequ
         "index2item": builder.index2item,
         "fusion_title": lambda: builder.fusion_title(train, per_item),
         "fusion_sid": lambda: builder.fusion_sid(train, per_item),
-        "preference": lambda: builder.preference(train, _require_preferences(preferences)),
+        "preference": lambda: builder.preference(all_train, _require_preferences(preferences, builder, limit)),
     }
     out: list[RenderedExample] = []
     for task in tasks:
@@ -218,10 +242,12 @@ def build_alignment(builder: AlignmentBuilder, tasks: Sequence[str], train: Sequ
     return out
 
 
-def _require_preferences(preferences: dict[int, str] | None) -> dict[int, str]:
+def _require_preferences(preferences: dict[int, str] | None, builder: AlignmentBuilder,
+                         limit: int | None) -> dict[int, str]:
     if not preferences:
-        raise TaskError("sft.tasks includes 'preference' but no teacher-written preference summaries were given")
-    return preferences
+        raise TaskError("sft.tasks includes 'preference' but no teacher-written preference summaries were given "
+                        "(gream teach SPEC writes them)")
+    return preferences if limit is None else dict(builder.sample(sorted(preferences.items()), limit))
 
 
 def tokenize(tokenizer, examples: Sequence[RenderedExample], max_len: int,

@@ -22,6 +22,7 @@ import math
 import os
 import random
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -330,7 +331,9 @@ class Trainer:
                    "tokens_per_s": round(self.tokens_per_s, 1),  # rank 0 alone
                    "autocast": str(self.amp_dtype).removeprefix("torch."),
                    "micro_steps": step, "align_examples": len(self.align), "reason_examples": len(self.reason),
-                   "model": str(path)}
+                   # what the curriculum fed this rank: its share of every epoch's planned batches, by kind
+                   "batches": dict(Counter(st.kind for plan, _ in plans for st in plan)),
+                   "task_examples": dict(Counter(e.task for e in (*self.align, *self.reason))), "model": str(path)}
         if best is not None:  # which epoch's weights sft/model holds, and why
             summary["selection"] = {"epoch": best.epoch, "metric": selection_metric(self.validator.ks),
                                     "valid": best.metrics, "valid_users": self.validator.users,

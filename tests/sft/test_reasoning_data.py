@@ -1,6 +1,6 @@
 """Reasoning data: history pruning and reply filtering against hand-checked cases, and the whole
-teacher loop on real Office data against a real local HTTP server speaking the OpenAI
-chat-completions JSON (cache, resume after a failure, report counts)."""
+teacher loop of `gream teach` on real Office data against a real local HTTP server speaking the
+OpenAI chat-completions JSON (cache, resume after a failure, report counts)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,20 +9,15 @@ import re
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from cluster.spec import JobSpec
 from indexing.build import run as build_index
 from indexing.dataset import Example
 from indexing.rewrite import RewriteError
 from indexing.sid import SidIndex
-from sft.reasoning_data import (
-    build_reasoning_data,
-    check_reply,
-    prune_history,
-    reasoning_dir,
-    select_examples,
-    title_words,
-)
+from sft import teach
+from sft.reasoning_data import check_reply, prune_history, read_records, select_examples, title_words
 from tests.chat_server import ChatServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,7 +76,7 @@ ANSWER = "<answer><a_1><b_1></answer>"
 ])
 def test_check_reply(reply, reason, rationale):
     verdict = check_reply(reply, (1, 2, 3), 9, TINY, TINY_WORDS)
-    assert (verdict.reason, verdict.rationale) == (reason, rationale)
+    assert (verdict.reason, verdict.text) == (reason, rationale)
 
 
 def test_check_reply_cites_only_the_given_history():
@@ -150,14 +145,15 @@ def test_teacher_loop_caches_resumes_filters_and_reports(server, run_dir):
     spec = make_spec(run_dir, enabled=True, endpoint=server.url, teacher="teacher-x", max_examples=12)
     server.fail_from = 9  # batches of 4: the first two complete, the third fails
     with pytest.raises(RewriteError, match="HTTP 500: teacher overloaded"):
-        build_reasoning_data(spec, batch_size=4)
-    out = reasoning_dir(spec)
+        teach.run(spec, batch_size=4)
+    out = spec.layout.reasoning
     assert len((out / "teacher_cache.jsonl").read_text().splitlines()) == 8
     answered = server.prompts[:8]
 
     server.fail_from = None
     sent = len(server.prompts)
-    records = build_reasoning_data(spec, batch_size=4)
+    teach.run(spec, batch_size=4)
+    records = read_records(spec)
     resent = server.prompts[sent:]
     assert len(resent) == 4 and not set(resent) & set(answered)  # nothing answered is asked again
     asked = answered + resent
@@ -183,16 +179,42 @@ def test_teacher_loop_caches_resumes_filters_and_reports(server, run_dir):
 
     # A re-run is served from the cache: nothing is sent, the same records come back.
     sent = len(server.prompts)
-    assert build_reasoning_data(spec, batch_size=4) == records and len(server.prompts) == sent
+    teach.run(spec, batch_size=4)
+    assert read_records(spec) == records and len(server.prompts) == sent
     assert json.loads((out / "report.json").read_text())["from_cache"] == 12
 
 
 def test_disabled_is_a_no_op(tmp_path):
     spec = make_spec(tmp_path, enabled=False, endpoint="http://127.0.0.1:9/v1", teacher="x")
-    assert build_reasoning_data(spec) == [] and not reasoning_dir(spec).exists()
+    assert teach.run(spec) == {} and not spec.layout.reasoning.exists()
+    assert teach.read_for_sft(spec) == ([], None)
 
 
 def test_endpoint_without_a_model_name_is_a_clear_error(run_dir):
-    spec = make_spec(run_dir, enabled=True, endpoint="http://127.0.0.1:9/v1")
-    with pytest.raises(RewriteError, match="sft.reasoning.teacher must name the endpoint's model"):
-        build_reasoning_data(spec)
+    with pytest.raises(ValidationError, match="sft.reasoning.teacher must name the model sft.reasoning.endpoint serves"):
+        make_spec(run_dir, enabled=True, endpoint="http://127.0.0.1:9/v1")
+
+
+def scaffold_reply(prompt: str) -> str:
+    """One sentence per question; the intent question gets a loop, which the slot check drops."""
+    if "looking for now" in prompt and int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % 2:
+        return "pens pens pens pens pens pens"
+    return "The shopper keeps a tidy desk and buys office basics. A second sentence."
+
+
+def test_scaffold_asks_three_questions_per_example_and_keeps_whole_examples(run_dir):
+    with ChatServer(scaffold_reply) as s:
+        spec = make_spec(run_dir, enabled=True, endpoint=s.url, teacher="teacher-y", max_examples=10, format="scaffold")
+        teach.run(spec, batch_size=8)
+        assert len(s.prompts) == 30  # three questions for each of the 10 examples
+        loops = sum("looking for now" in p and scaffold_reply(p).startswith("pens") for p in s.prompts)
+    report = json.loads((spec.layout.reasoning / "report.json").read_text())
+    assert (report["format"], report["examples"], report["asked"], report["from_cache"]) == ("scaffold", 10, 30, 0)
+    assert 1 <= loops < 10 and report["dropped_by_reason"] == {"repetitive_slot": loops}
+    records = read_records(spec)
+    assert report["kept"] == len(records) == 10 - loops >= 1
+    for rec in records:
+        lines = rec.rationale.splitlines()
+        assert [ln.split(":")[0] for ln in lines] == ["1. Behavioural evidence", "2. Latent preferences", "3. Intent",
+                                                     "4. Recommendation", "5. Denoised history"]
+        assert lines[1] == "2. Latent preferences: The shopper keeps a tidy desk and buys office basics. A second sentence."

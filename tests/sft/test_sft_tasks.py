@@ -160,7 +160,7 @@ def test_bad_task_requests(setup):
     builder = AlignmentBuilder(tok, index, ds.items)
     with pytest.raises(TaskError, match="'preference'"):
         build_alignment(builder, ["preference"], split.train)
-    with pytest.raises(TaskError, match="need item titles"):
+    with pytest.raises(TaskError, match="needs item titles"):
         build_alignment(AlignmentBuilder(tok, index, {}), ["index2item"], split.train)
     assert TEMPLATES["seqrec"][0].startswith("Purchase history")
 
