@@ -192,6 +192,9 @@ class EvalSpec(_Section):
     beam_width: int = Field(10, ge=1)
     max_users: int | None = Field(None, ge=1)
     pass_samples: int = Field(10, ge=1)
+    # Pass@K on a seeded sample of this many users per split (None = every user): it costs
+    # pass_samples full completions per user, a reasoning one being a whole thought.
+    pass_users: int | None = Field(None, ge=1)
     temperature: float = Field(0.7, gt=0)
     top_p: float = Field(0.9, gt=0, le=1)
     # Direct is always among them: its figures and ranks.json are what compare, the dashboard and the

@@ -39,7 +39,16 @@ from sft.related import related_table
 
 log = logging.getLogger(__name__)
 
+PASS_USERS_SEED = 0  # the same Pass@K users for every model evaluated on a split
 CHUNK = 256  # users per remote call: keeps progress visible and the workers evenly loaded
+
+
+def sample_users(examples: Sequence[Example], users: int, seed: int) -> list[Example]:
+    """`users` examples drawn without replacement (all when there are fewer), in split order."""
+    if users >= len(examples):
+        return list(examples)
+    pick = np.random.default_rng(seed).choice(len(examples), users, replace=False)
+    return [examples[i] for i in sorted(pick)]
 
 
 def pass_at_k(n: int, c: np.ndarray, k: int) -> np.ndarray:
@@ -182,9 +191,12 @@ def evaluate(cfg: EvalConfig, pool, tokenizer, index: SidIndex, splits: dict[str
 
         def sample(mode: str) -> dict:  # Pass@K in a sampling mode, drawn once per split
             if sampling and mode not in sampled:
+                rows = sample_users(examples, e.pass_users or len(examples), PASS_USERS_SEED)
+                prompts = build_prompts(tokenizer, index, rows, mode == "reasoning", related)
                 sampled[mode] = sampling_metrics(
-                    pool, reasoning if mode == "reasoning" else direct, index, mode, e.pass_samples, e.temperature,
+                    pool, prompts, index, mode, e.pass_samples, e.temperature,
                     e.top_p, cfg.reasoning_tokens if mode == "reasoning" else cfg.max_tokens, e.ks)
+                sampled[mode]["pass_users"] = len(rows)
             return sampled.get(mode, {})
 
         for mode, run in _answer_modes(pool, acfg, e.modes, direct, reasoning, token_to_item).items():

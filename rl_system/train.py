@@ -40,6 +40,7 @@ from cluster.spec import JobSpec, SpecError
 from indexing.dataset import split_from_spec
 from indexing.sid import SidIndex
 from rl_system.dynamic_sampling import BatchFiller
+from rl_system.evaluate import sample_users
 from rl_system.groups import GroupSampler, rollout_metrics, train_batch
 from rl_system.learner.group import LearnerGroup
 from rl_system.prompt_source import PromptSource, training_prompts
@@ -47,7 +48,7 @@ from rl_system.reward.pool import RewardPool
 from rl_system.rollout.pool import RolloutPool
 from rl_system.rollout_ahead import Produced, RolloutAhead, staleness
 from rl_system.validation import KEYS as VALIDATION_KEYS
-from rl_system.validation import InRunValidation, sample_users
+from rl_system.validation import InRunValidation
 from sft.related import related_table
 
 log = logging.getLogger(__name__)

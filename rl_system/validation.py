@@ -23,14 +23,6 @@ K = 10
 KEYS = (f"val/recall@{K}", f"val/ndcg@{K}")
 
 
-def sample_users(examples: Sequence[Example], users: int, seed: int) -> list[Example]:
-    """`users` examples drawn without replacement (all when there are fewer), in split order."""
-    if users >= len(examples):
-        return list(examples)
-    pick = np.random.default_rng(seed).choice(len(examples), users, replace=False)
-    return [examples[i] for i in sorted(pick)]
-
-
 class InRunValidation:
     def __init__(self, pool, tokenizer, index: SidIndex, examples: Sequence[Example], width: int,
                  related: np.ndarray | None = None, mode: str = "direct", think_tokens: int = 0):

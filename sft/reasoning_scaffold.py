@@ -11,6 +11,7 @@ Each teacher sentence is checked on its own (`check_slot`); an example is kept o
 """
 from __future__ import annotations
 
+import html
 import re
 from typing import Mapping, Sequence
 
@@ -23,22 +24,20 @@ QUESTIONS = (
     ("Recommendation", "In one sentence, why does the next item suit this shopper?"),
 )
 CONTEXT = "A shopper bought these items, oldest first:\n{context}\n\nNext they bought: {target}\n\n{question}"
-TITLE_WORDS = 8  # of a title in the evidence line: enough to name the item, short enough for the student's budget
-MIN_WORDS, MAX_WORDS = 4, 30
+# Words of a title: in a question, enough for the teacher to tell the item; in the rationale, few, as
+# the whole thought must fit the student's thought budget (rl.max_think_tokens) to be learnt whole.
+TITLE_WORDS, EVIDENCE_TITLE_WORDS = 8, 3
+MIN_WORDS, MAX_WORDS = 4, 12  # of a teacher sentence
 MIN_DISTINCT = 0.5  # distinct words / words below this is a loop, not a sentence
 
 _SID_RUN = re.compile(r"(?:<[a-z]_\d+>)+")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s")
 
 
-def short_title(items: Mapping[int, dict], item: int) -> str | None:
+def _named(index: SidIndex, items: Mapping[int, dict], item: int, words: int = TITLE_WORDS) -> str:
     title = title_of(items, item)
-    return " ".join(title.split()[:TITLE_WORDS]) if title else None
-
-
-def _named(index: SidIndex, items: Mapping[int, dict], item: int) -> str:
-    title = short_title(items, item)
-    return f"{index.text(item)} {title}" if title else index.text(item)
+    # Amazon titles carry HTML entities ("Perfection&nbsp;V500"): one opaque word, many student tokens.
+    return f"{index.text(item)} {' '.join(html.unescape(title).split()[:words])}" if title else index.text(item)
 
 
 def questions(context: Sequence[int], target: int, index: SidIndex, items: Mapping[int, dict]) -> list[str]:
@@ -70,7 +69,7 @@ def check_slot(reply: str, index: SidIndex) -> tuple[str | None, str]:
 
 
 def rationale(context: Sequence[int], slots: Sequence[str], index: SidIndex, items: Mapping[int, dict]) -> str:
-    evidence = "; ".join(_named(index, items, i) for i in context)
+    evidence = "; ".join(_named(index, items, i, EVIDENCE_TITLE_WORDS) for i in context)
     stages = [f"1. Behavioural evidence: {evidence}"]
     stages += [f"{n}. {name}: {text}" for n, ((name, _), text) in enumerate(zip(QUESTIONS, slots), start=2)]
     stages.append(f"5. Denoised history: {', '.join(index.text(i) for i in context)}")

@@ -170,3 +170,19 @@ def test_in_run_validation_scores_the_mode_rl_trains(setup, tiny_policy):
         # Greedy thoughts repeat, so the check and this direct call see the same answers.
         assert got[f"val/recall@{K}"] == pytest.approx(sum(hits) / len(users))
         assert all((a.thought is not None) == (mode == "reasoning") for a in answers)
+
+
+def test_pass_at_k_on_a_seeded_sample_of_users(setup, tiny_policy):
+    from rl_system.evaluate import sample_users
+
+    spec, tokenizer, split, pool = setup
+    users = list(split.valid)[:USERS]
+    picked = sample_users(users, 2, seed=0)
+    assert picked == sample_users(users, 2, seed=0) and len(picked) == 2
+    assert [users.index(u) for u in picked] == sorted(users.index(u) for u in picked)  # split order
+    assert sample_users(users, 99, seed=0) == users
+    cfg = EvalConfig(spec.eval.model_copy(update={"modes": ["direct"], "pass_users": 2}), "direct",
+                     spec.rl.max_new_tokens, spec.rl.reasoning_tokens)
+    result, _ = evaluate(cfg, pool, tokenizer, tiny_policy.index, {"valid": users}, sampling=True)
+    assert result["valid"]["users"] == USERS and result["valid"]["pass_users"] == 2
+    assert 0 <= result["valid"]["pass@1"] <= 1

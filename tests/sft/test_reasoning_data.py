@@ -199,7 +199,7 @@ def scaffold_reply(prompt: str) -> str:
     """One sentence per question; the intent question gets a loop, which the slot check drops."""
     if "looking for now" in prompt and int(hashlib.sha256(prompt.encode()).hexdigest(), 16) % 2:
         return "pens pens pens pens pens pens"
-    return "The shopper keeps a tidy desk and buys office basics. A second sentence."
+    return "The shopper keeps a tidy desk. They buy office basics in large packs."
 
 
 def test_scaffold_asks_three_questions_per_example_and_keeps_whole_examples(run_dir):
@@ -217,4 +217,4 @@ def test_scaffold_asks_three_questions_per_example_and_keeps_whole_examples(run_
         lines = rec.rationale.splitlines()
         assert [ln.split(":")[0] for ln in lines] == ["1. Behavioural evidence", "2. Latent preferences", "3. Intent",
                                                      "4. Recommendation", "5. Denoised history"]
-        assert lines[1] == "2. Latent preferences: The shopper keeps a tidy desk and buys office basics. A second sentence."
+        assert lines[1] == "2. Latent preferences: The shopper keeps a tidy desk."  # 6 + 7 words > 12
