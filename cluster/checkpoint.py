@@ -105,7 +105,7 @@ def _sync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _digest(path: Path, sync: bool = False) -> dict[str, Any]:
+def file_digest(path: Path, sync: bool = False) -> dict[str, Any]:
     sha, size = hashlib.sha256(), 0
     with path.open("rb") as fh:
         while chunk := fh.read(1 << 20):
@@ -191,7 +191,7 @@ class CheckpointManager:
         tmp.mkdir(parents=True)
         try:
             write(tmp)
-            files = {str(p.relative_to(tmp)): _digest(p, sync=True) for p in sorted(tmp.rglob("*")) if p.is_file()}
+            files = {str(p.relative_to(tmp)): file_digest(p, sync=True) for p in sorted(tmp.rglob("*")) if p.is_file()}
             for folder in sorted(p for p in tmp.rglob("*") if p.is_dir()):
                 _sync_dir(folder)
             with (tmp / MANIFEST).open("w") as fh:
@@ -249,7 +249,7 @@ class CheckpointManager:
         """What is wrong with the checkpoint's files (a hash that differs), or None."""
         for name, want in ckpt.meta["files"].items():
             try:
-                got = _digest(ckpt.path / name)
+                got = file_digest(ckpt.path / name)
             except OSError as exc:
                 return f"{name}: {exc.strerror or exc}"
             if got != {"bytes": want.get("bytes"), "sha256": want.get("sha256")}:

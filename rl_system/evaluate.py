@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from cluster.checkpoint import file_digest
 from cluster.errors import MissingArtefact
 from cluster.eval_record import RankRecord, split_ranks, write_eval
 from cluster.logs import fields
@@ -270,8 +271,16 @@ def run(spec: JobSpec) -> dict:
     init_ray(spec.cluster)
     split = split_from_spec(spec)
     results = {}
+    done: dict[tuple[str, ...], tuple[dict, RankRecord]] = {}  # weights -> their evaluation
     for stage, model in stages:
-        result, ranks = evaluate_model(spec, model, index, split)
+        # rl/model is the SFT weights, byte for byte, when no RL step beat them on validation: its
+        # evaluation is the SFT's, not a second one (with reasoning modes, minutes of sampling).
+        weights = tuple(file_digest(p)["sha256"] for p in sorted(model.glob("*.safetensors")))
+        if weights in done:
+            log.info("same weights as a stage already evaluated: its evaluation is reused", extra=fields(stage=stage))
+        else:
+            done[weights] = evaluate_model(spec, model, index, split)
+        result, ranks = done[weights]
         write_eval(spec.layout.stage(stage), result, ranks)
         print_table(f"{stage}: {model}", result)
         results[stage] = result

@@ -85,6 +85,29 @@ def test_eval_scores_both_stages_with_valid_beams(finished_run):
         assert [len(ranks.splits[s].users) for s in ("valid", "test")] == [12, 12]
 
 
+def test_eval_of_identical_weights_is_done_once(finished_run, tmp_path, caplog):
+    """rl/model holding the SFT weights byte for byte (no RL step beat them) gets the SFT's evaluation."""
+    import logging
+    import shutil
+
+    from rl_system import evaluate
+
+    spec, _ = finished_run
+    run = tmp_path / "run"
+    shutil.copytree(spec.run_path, run, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.rmtree(run / "rl/model")
+    shutil.copytree(run / "sft/model", run / "rl/model")
+    one = spec.cluster.model_copy(update={"rollout": spec.cluster.rollout.model_copy(update={"num_workers": 1})})
+    small = spec.model_copy(update={"run_dir": str(run), "cluster": one,
+                                    "eval": spec.eval.model_copy(update={"max_users": 4, "pass_samples": 2})})
+    with caplog.at_level(logging.INFO, logger="rl_system.evaluate"):
+        results = evaluate.run(small)
+    assert results["rl"] == results["sft"] and results["sft"]["test"]["users"] == 4
+    assert (run / "rl/eval.json").read_text() == (run / "sft/eval.json").read_text()
+    assert (run / "rl/ranks.json").read_text() == (run / "sft/ranks.json").read_text()
+    assert [r.fields["stage"] for r in caplog.records if "evaluation is reused" in r.getMessage()] == ["rl"]
+
+
 def test_beam_only_evaluation_of_a_run_dir(finished_run, tmp_path):
     """benchmarks/sft_vs_sasrec.py: a run dir's SFT model, beam metrics only (no Pass@K sampling)."""
     import yaml
