@@ -107,6 +107,8 @@ class Recommender:
 
 class RecommendServer(ThreadingHTTPServer):
     daemon_threads = True  # a client that hangs up mid-request does not keep the server from stopping
+    # The listen backlog: socketserver's 5 resets connections beyond it when 32 clients connect at once.
+    request_queue_size = 256
 
     def __init__(self, recommender: Recommender, host: str = "127.0.0.1", port: int = 8000, **batching):
         super().__init__((host, port), _Handler)
