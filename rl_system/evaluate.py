@@ -193,7 +193,10 @@ def evaluate(cfg: EvalConfig, pool, tokenizer, index: SidIndex, splits: dict[str
         def sample(mode: str) -> dict:  # Pass@K in a sampling mode, drawn once per split
             if sampling and mode not in sampled:
                 rows = sample_users(examples, e.pass_users or len(examples), PASS_USERS_SEED)
-                prompts = build_prompts(tokenizer, index, rows, mode == "reasoning", related)
+                built = reasoning if mode == "reasoning" else direct
+                # Every user: the prompts built above; a sample: only its own.
+                prompts = built if built is not None and len(rows) == len(examples) else build_prompts(
+                    tokenizer, index, rows, mode == "reasoning", related)
                 sampled[mode] = sampling_metrics(
                     pool, prompts, index, mode, e.pass_samples, e.temperature,
                     e.top_p, cfg.reasoning_tokens if mode == "reasoning" else cfg.max_tokens, e.ks)
