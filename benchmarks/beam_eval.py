@@ -10,10 +10,13 @@ Same trained model, same first `--users` test users of the spec's split, same wi
 Both rank the catalog by the sum of the SID tokens' log-probabilities normalised over the allowed
 tokens (`renormalize_logits=True` on the HF side, `length_penalty=0`; `--hf-raw-scores` keeps HF's
 default of unnormalised masked log-probabilities). Recall@K / NDCG@K come from `sft.metrics` on both
-sides and must agree within `--tolerance` on every run (exit 1 otherwise, naming the metrics). The
-two sides alternate `--repeats` times; median users/s and the ratio are printed.
+sides and must agree within `--tolerance` on every run (exit 1 otherwise, naming the metrics). A third
+side, `torch`, is gream's own batched beam in torch (sft/hf_beam.py, what SFT validation runs): each
+prompt prefilled once, the key/value cache copied to the beams, the trie applied as a tensor mask, on
+the same `--threads` as HF. The sides alternate `--repeats` times; median users/s, the spread and the
+ratios to HF are printed; `--profile` adds where each side's time goes (benchmarks/beam_profile.py).
 
-    python benchmarks/beam_eval.py --users 200 --width 10 --repeats 3
+    python benchmarks/beam_eval.py --users 200 --width 10 --repeats 3 --threads 2 --profile
 """
 from __future__ import annotations
 
@@ -28,6 +31,8 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python benchmarks/beam_eval.py` puts benchmarks/, not the repo, on the path
+    sys.path.insert(0, str(REPO))
 DEFAULT_MODEL = REPO / "runs/demo/sft/model"
 DEFAULT_INDEX = REPO / "runs/demo/index/Office.index.json"
 KS = (1, 5, 10)
@@ -70,8 +75,9 @@ def prefix_allowed_tokens_fn(table: dict[tuple[int, ...], list[int]], prompt_len
 
 
 def hf_beam(model, prompts: Sequence[Sequence[int]], table, eos_id: int, pad_id: int, width: int, depth: int,
-            batch: int, renormalize: bool) -> list[list[tuple[int, ...]]]:
-    """The `width` best SIDs (token ids, best first) per prompt, by HF beam search."""
+            batch: int, renormalize: bool, wrap_fn=None) -> list[list[tuple[int, ...]]]:
+    """The `width` best SIDs (token ids, best first) per prompt, by HF beam search; `wrap_fn` wraps
+    each batch's `prefix_allowed_tokens_fn` (the profile's timer)."""
     import torch
     from transformers import GenerationConfig
 
@@ -84,9 +90,10 @@ def hf_beam(model, prompts: Sequence[Sequence[int]], table, eos_id: int, pad_id:
         width_ = max(len(p) for p in chunk)
         ids = torch.tensor([[pad_id] * (width_ - len(p)) + list(p) for p in chunk])
         mask = torch.tensor([[0] * (width_ - len(p)) + [1] * len(p) for p in chunk])
+        fn = prefix_allowed_tokens_fn(table, width_, eos_id)
         with torch.no_grad():
             seqs = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                  prefix_allowed_tokens_fn=prefix_allowed_tokens_fn(table, width_, eos_id))
+                                  prefix_allowed_tokens_fn=wrap_fn(fn) if wrap_fn else fn)
         sids = seqs[:, width_:width_ + depth].reshape(len(chunk), width, depth).tolist()
         out.extend([tuple(s) for s in beams] for beams in sids)
     return out
@@ -118,6 +125,9 @@ def main() -> int:
                     help="torch threads for HF (default 1: vLLM-CPU binds its model worker to one core on a 2-core box)")
     ap.add_argument("--hf-raw-scores", action="store_true",
                     help="HF without renormalize_logits (masked but unnormalised log-probabilities, the HF default)")
+    ap.add_argument("--torch-batch", type=int, default=64,
+                    help="users per call of gream's torch beam (sft/hf_beam.py), on --threads threads")
+    ap.add_argument("--profile", action="store_true", help="after the timed runs, one profiled pass per side")
     ap.add_argument("--tolerance", type=float, default=0.005)
     args = ap.parse_args()
 
@@ -130,12 +140,15 @@ def main() -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from benchmarks.beam_profile import InProcessProfile, Tally, forward_tally, timed, vllm_lines, vllm_profile
     from cluster.placement import init_ray
     from cluster.spec import load_spec
     from indexing.dataset import split_from_spec
     from indexing.sid import SidIndex
+    from indexing.trie import SidTrie
     from rl_system.evaluate import beam_metrics
     from rl_system.rollout.pool import RolloutPool
+    from sft.hf_beam import constrained_beam as torch_beam
     from sft.metrics import ranking_metrics
     from sft.prompts import build_prompts
 
@@ -161,12 +174,26 @@ def main() -> int:
     dtype = getattr(torch, spec.model.dtype)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).eval()
 
-    def run_hf() -> tuple[float, dict]:
+    def run_hf(prompt_ids=prompts.prompt_ids, wrap_fn=None) -> tuple[float, dict]:
         start = time.perf_counter()
-        beams = hf_beam(model, prompts.prompt_ids, table, eos_id, pad_id, args.width, index.depth, args.hf_batch,
-                        renormalize=not args.hf_raw_scores)
+        beams = hf_beam(model, prompt_ids, table, eos_id, pad_id, args.width, index.depth, args.hf_batch,
+                        renormalize=not args.hf_raw_scores, wrap_fn=wrap_fn)
         ranked = [[token_to_item(s) for s in b] for b in beams]
-        metrics = ranking_metrics(ranked, prompts.targets, KS)
+        metrics = ranking_metrics(ranked, prompts.targets[:len(prompt_ids)], KS)
+        return time.perf_counter() - start, metrics
+
+    # gream's torch beam (sft/hf_beam.py, SFT validation's): each prompt prefilled once, the trie as a tensor mask.
+    trie = SidTrie.from_index(index, tokenizer.get_vocab(), model.get_output_embeddings().weight.shape[0], [eos_id])
+    items = index.items()
+
+    def run_torch(prompt_ids=prompts.prompt_ids) -> tuple[float, dict]:
+        start = time.perf_counter()
+        ranked = []
+        for first in range(0, len(prompt_ids), args.torch_batch):
+            rows, _ = torch_beam(model, prompt_ids[first:first + args.torch_batch], trie, args.width, pad_id,
+                                 torch.device("cpu"))
+            ranked.extend([items[r] if r >= 0 else None for r in row] for row in rows.tolist())
+        metrics = ranking_metrics(ranked, prompts.targets[:len(prompt_ids)], KS)
         return time.perf_counter() - start, metrics
 
     init_ray(spec.cluster)
@@ -180,21 +207,31 @@ def main() -> int:
         # Warm-up on a few users: first-call allocations and caches on both sides.
         warm = type(prompts)(prompts.prompt_ids[:4], prompts.targets[:4])
         beam_metrics(pool, warm, token_to_item, args.width, KS)
-        hf_beam(model, warm.prompt_ids, table, eos_id, pad_id, args.width, index.depth, args.hf_batch,
-                renormalize=not args.hf_raw_scores)
+        run_hf(warm.prompt_ids)
+        run_torch(warm.prompt_ids)
         threads = vllm_threads(pool)
 
-        times: dict[str, list[float]] = {"gream": [], "hf": []}
+        sides = {"gream": run_gream, "torch": run_torch, "hf": run_hf}
+        times: dict[str, list[float]] = {side: [] for side in sides}
+        metrics: dict[str, dict] = {}
         disagreements = []
         for rep in range(args.repeats):
-            t_gream, m_gream = run_gream()
-            t_hf, m_hf = run_hf()
-            times["gream"].append(t_gream)
-            times["hf"].append(t_hf)
-            off = {k: (m_gream[k], m_hf[k]) for k in m_gream if abs(m_gream[k] - m_hf[k]) > args.tolerance}
-            disagreements.extend((rep, k, a, b) for k, (a, b) in off.items())
-            print(f"run {rep + 1}/{args.repeats}: gream {t_gream:.2f} s, HF {t_hf:.2f} s, "
-                  f"metrics {'agree' if not off else 'DISAGREE on ' + ', '.join(off)}", flush=True)
+            for side, run in sides.items():
+                seconds, metrics[side] = run()
+                times[side].append(seconds)
+            off = [(side, k, metrics[side][k], metrics["hf"][k]) for side in ("gream", "torch")
+                   for k in metrics["hf"] if abs(metrics[side][k] - metrics["hf"][k]) > args.tolerance]
+            disagreements.extend((rep, *o) for o in off)
+            print(f"run {rep + 1}/{args.repeats}: " + ", ".join(f"{side} {times[side][-1]:.2f} s" for side in sides)
+                  + f", metrics {'agree' if not off else 'DISAGREE: ' + repr(off)}", flush=True)
+        profile: list[str] = []
+        if args.profile:
+            profile += vllm_lines(vllm_profile(pool.workers[0], prompts.prompt_ids, args.width), len(examples))
+            for side, run in (("gream (torch beam)", run_torch), ("HF generate", None)):
+                with forward_tally(model) as forward:
+                    constraint = Tally()
+                    seconds = run()[0] if run else run_hf(wrap_fn=lambda fn: timed(fn, constraint))[0]
+                profile += InProcessProfile(seconds, forward, constraint).lines(side, len(examples))
     finally:
         pool.shutdown()
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -202,19 +239,22 @@ def main() -> int:
     n = len(examples)
     ups = {side: n / statistics.median(t) for side, t in times.items()}
     print(f"\n{n} test users, width {args.width}, depth {index.depth}, model {args.model}, dtype {spec.model.dtype}; "
-          f"median of {args.repeats} runs")
-    print(f"HF: torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {args.hf_batch} users, "
-          f"renormalize_logits={not args.hf_raw_scores}; vLLM: {threads}")
-    print(f"{'side':<8}{'median s':>10}{'users/s':>10}" + "".join(f"{k:>11}" for k in m_gream) + "  (last run)")
-    for side, metrics in (("gream", m_gream), ("HF", m_hf)):
-        key = side.lower()
-        print(f"{side:<8}{statistics.median(times[key]):>10.2f}{ups[key]:>10.2f}"
-              + "".join(f"{v:>11.4f}" for v in metrics.values()))
-    print(f"ratio gream / HF users/s: {ups['gream'] / ups['hf']:.2f}x (all runs: "
-          + ", ".join(f"{h / g:.2f}" for g, h in zip(times["gream"], times["hf"])) + ")")
+          f"median of {args.repeats} runs, sides alternating; load average {os.getloadavg()[0]:.1f} at the end")
+    print(f"HF and torch beam: torch {torch.__version__}, {torch.get_num_threads()} thread(s), HF batch {args.hf_batch} "
+          f"users, renormalize_logits={not args.hf_raw_scores}, torch-beam batch {args.torch_batch} users; vLLM: {threads}")
+    print(f"{'side':<8}{'median s':>10}{'[min, max] s':>16}{'users/s':>10}" + "".join(f"{k:>11}" for k in metrics["hf"])
+          + "  (last run)")
+    for side in sides:
+        spread = f"[{min(times[side]):.2f}, {max(times[side]):.2f}]"
+        print(f"{side:<8}{statistics.median(times[side]):>10.2f}{spread:>16}{ups[side]:>10.2f}"
+              + "".join(f"{v:>11.4f}" for v in metrics[side].values()))
+    for side in ("gream", "torch"):
+        print(f"ratio {side} / HF users/s: {ups[side] / ups['hf']:.2f}x (all runs: "
+              + ", ".join(f"{h / g:.2f}" for g, h in zip(times[side], times["hf"])) + ")")
+    print("\n".join(profile))
     if disagreements:
-        for rep, k, a, b in disagreements:
-            print(f"run {rep + 1}: {k} gream {a:.4f} vs HF {b:.4f} (|diff| > {args.tolerance})", file=sys.stderr)
+        for rep, side, k, a, b in disagreements:
+            print(f"run {rep + 1}: {k} {side} {a:.4f} vs HF {b:.4f} (|diff| > {args.tolerance})", file=sys.stderr)
         return 1
     print(f"metrics agree within {args.tolerance} on every run")
     return 0

@@ -11,8 +11,9 @@ the binding of every engine process is printed.
 
 Learner: one batch built from those rollouts (rewards from `rl_system.reward.functions`, advantages from
 `rl.advantage`, every group kept), one `LearnerGroup` of 1 rank and one of 2 ranks (DeepSpeed,
-gloo on CPU, ZeRO stage `rl.zero_stage`), `train_step` on that batch alternating `--repeats` times
-after a warm-up step each (medians).
+gloo on CPU, ZeRO stage `rl.zero_stage`) with the same `--learner-cores` CPUs in all (the one rank
+all of them, each of two ranks half), `train_step` on that batch alternating `--repeats` times after
+a warm-up step each (medians, [min, max], per-repeat ratios).
 
 Projection input: `--project RUN_OR_METRICS` reads a run's `rl/metrics.jsonl` and prints each
 phase's (time/rollout, time/reward, time/train, time/push) median and share of the step time.
@@ -115,10 +116,11 @@ def project(path: str | Path, skip: int) -> str:
 def scaling_table(title: str, unit: str, seconds: dict[int, list[float]], work: float, label: str) -> str:
     """One row per side (1, 2): median seconds, `work / median` in `unit`, and the 2/1 ratio of that
     rate with its per-repeat values (same repeat index on both sides)."""
-    lines = [title, f"{label:<8}{'median s':>10}{unit:>16}{'speedup':>9}"]
+    lines = [title, f"{label:<8}{'median s':>10}{'[min, max] s':>18}{unit:>16}{'speedup':>9}"]
     rate = {k: work / statistics.median(v) for k, v in seconds.items()}
     for k, v in seconds.items():
-        lines.append(f"{k:<8}{statistics.median(v):>10.3f}{rate[k]:>16.1f}{rate[k] / rate[1]:>8.2f}x")
+        spread = f"[{min(v):.3f}, {max(v):.3f}]"
+        lines.append(f"{k:<8}{statistics.median(v):>10.3f}{spread:>18}{rate[k]:>16.1f}{rate[k] / rate[1]:>8.2f}x")
     runs = ", ".join(f"{a / b:.2f}" for a, b in zip(seconds[1], seconds[2]))
     lines.append(f"ratio {label} 2 / 1: {rate[2] / rate[1]:.2f}x (per repeat: {runs})")
     return "\n".join(lines)
@@ -196,7 +198,8 @@ def measure_rollout(spec, model: Path, index, prompts, repeats: int):
         pool.shutdown()
 
 
-def measure_learner(spec, model: Path, batch, repeats: int):
+def measure_learner(spec, model: Path, batch, repeats: int, cores: int):
+    """Each side gets `cores` CPUs in all: a rank `cores / ranks` (Ray sets its OMP_NUM_THREADS)."""
     import ray
 
     from cluster.placement import ranks_group
@@ -206,6 +209,7 @@ def measure_learner(spec, model: Path, batch, repeats: int):
     try:
         for ranks in SIDES:
             spec.cluster.learner.num_ranks = ranks
+            spec.cluster.learner.cpus_per_rank = max(1, cores // ranks)
             groups.append(ranks_group(spec.name, "learner", spec.cluster.learner))
             learners[ranks] = LearnerGroup.from_spec(spec, model, groups[-1])
         threads = {k: ray.get([a.__ray_call__.remote(lambda self: __import__("torch").get_num_threads())
@@ -240,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=8, help="completions per prompt (rl.group_size)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-learner", action="store_true", help="rollout side only")
+    ap.add_argument("--learner-cores", type=int, default=os.cpu_count() or 1,
+                    help="CPUs each learner side gets in all (1 rank: all of them; 2 ranks: half each)")
     args = ap.parse_args(argv)
 
     if args.project:
@@ -266,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  f"rl.group_size={args.n}", f"rl.prompts_per_step={args.prompts}",
                                  f"rl.passk_k={min(base.rl.passk_k, args.n)}",
                                  f"cluster.rollout.num_workers={max(SIDES)}", f"cluster.learner.num_ranks={max(SIDES)}",
-                                 f"cluster.num_cpus={2 * max(SIDES) + sum(SIDES) + 2}"])
+                                 f"cluster.num_cpus={2 * max(SIDES) + 2 * args.learner_cores + 2}"])
     index = SidIndex.load(args.index)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     prompts = PromptSource(split_from_spec(spec).train, index, tokenizer, spec.rl.seed).next(args.prompts)
@@ -274,7 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         roll_s, groups, tokens, bound = measure_rollout(spec, args.model, index, prompts, args.repeats)
         batch, reward = scored_batch(spec, index, prompts, groups)
-        learn_s, threads = (None, None) if args.skip_learner else measure_learner(spec, args.model, batch, args.repeats)
+        learn_s, threads = (None, None) if args.skip_learner else measure_learner(
+            spec, args.model, batch, args.repeats, args.learner_cores)
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 

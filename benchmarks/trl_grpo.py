@@ -11,7 +11,9 @@ over the batch), fp32 on the CPU:
          rollout worker with the trie logits processor, the ZMQ reward service, a DeepSpeed learner and
          the weight push after every step). `rl.max_resample_rounds=0` by default: one sampling round
          per step, like TRL (`--gream-resample-rounds 3` runs the demo's dynamic sampling instead).
-         gream's variance filter still drops groups whose rewards are all equal before the learner.
+         gream's variance filter still drops groups whose rewards are all equal before the learner
+         (`--set rl.drop_flat_groups=false` trains every row, as TRL; `--set rl.max_staleness=1
+         --set rl.tis_cap=2` generates the next batch while the learner trains).
          A step ends when its line lands in `rl/metrics.jsonl` (polled every 10 ms).
   TRL:   `trl.GRPOTrainer` in this process on `--trl-threads` torch threads (default 1, as each of
          gream's model processes: vLLM-CPU binds its worker to one core and Ray gives the learner
@@ -136,6 +138,8 @@ def summarize(runs: list[SideRun], warmup: int, size: int) -> dict:
                            f"warm-up {warmup}, window {size}")
     out = {key: statistics.median(w[key] for w in rows) for key in rows[0]}
     out["windows"] = [w["completions/s"] for w in rows]
+    out["per run"] = [{key: statistics.median(w[key] for w in windows(run, warmup, size))
+                       for key in ("completions/s", "informative/s", "trained/s")} for run in runs]
     return out
 
 
@@ -176,7 +180,8 @@ def run_gream(args, run_dir: Path, depth: int, steps: int, log_path: Path) -> Si
                 *lines, pending = (pending + chunk).split("\n")
                 for line in filter(str.strip, lines):
                     r = json.loads(line)
-                    run.steps.append(Step(end=now, completions=r["completions"], informative=r["kept_groups"] * group,
+                    run.steps.append(Step(end=now, completions=r["completions"],
+                                          informative=r["informative_groups"] * group,
                                           trained=r["kept_groups"] * group, rollout=r["time/rollout"],
                                           reward=r["time/reward"], reward_mean=r["reward/mean"],
                                           completion_len=r["completion_len"]))
@@ -391,6 +396,9 @@ def main(argv=None) -> int:
     print(f"ratio gream / TRL completions/s: {gr['completions/s'] / tr['completions/s']:.2f}x "
           f"(informative/s {gr['informative/s'] / max(tr['informative/s'], 1e-9):.2f}x); windows: gream "
           + ", ".join(f"{v:.1f}" for v in gr["windows"]) + "; TRL " + ", ".join(f"{v:.1f}" for v in tr["windows"]))
+    for key in ("completions/s", "informative/s", "trained/s"):
+        print(f"per-run ratio gream / TRL {key}: " + ", ".join(
+            f"{g[key] / max(t[key], 1e-9):.2f}" for g, t in zip(gr["per run"], tr["per run"])))
     return 0
 
 

@@ -2,9 +2,12 @@
 
 The sender (this process, rank 0) pushes a model's named parameters to `--workers` rollout workers
 (Ray actors with vLLM engines): plan through Ray + collective_rpc, buckets over the weight group,
-loading in the engines (in place for an unquantized model), prefix-cache reset. The baseline
-broadcasts uint8 buffers of the same bucket sizes on the same group to the same receivers, with
-nothing else. Runs alternate `--repeats` times; medians and the ratio are printed.
+loading in the engines (in place for an unquantized model), prefix-cache reset. Before each push the
+model takes an AdamW step, and the push is timed from the end of that step to the last worker
+reporting its new version (as the RL loop's `time/push`). The baseline broadcasts uint8 buffers of
+the same bucket sizes on the same group to the same receivers, with nothing else. Push and baseline
+alternate `--repeats` times after a warm-up round; medians, [min, max] and each round's ratio are
+printed.
 
     python benchmarks/weight_sync.py --hidden 512 --layers 8 --workers 1
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,25 +63,34 @@ def main() -> None:
     connect_weight_group(sender, workers, "127.0.0.1", port, placement.dist_backend)
     sizes = [b.nbytes for b in plan_buckets(named, sender.bucket_bytes)]
 
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    probe = torch.randint(0, model.config.vocab_size, (2, 16))
     push, load, raw, in_place, version = [], [], [], [], 0
     for _ in range(args.repeats + 1):  # the first round warms up
         version += 1
-        stats = sender.push(named, version, workers)
-        push.append(stats.seconds)
+        optimizer.zero_grad()
+        model(input_ids=probe, labels=probe).loss.backward()
+        optimizer.step()
+        start = time.perf_counter()
+        stats = sender.push(model.named_parameters(), version, workers)
+        push.append(time.perf_counter() - start)
         load.append(stats.load_seconds)
         in_place.append(stats.in_place)
         raw.append(sender.broadcast_raw(sizes, workers))
     push, load, raw = push[1:], load[1:], raw[1:]
     mib = sum(sizes) / (1 << 20)
     p, r, lo = statistics.median(push), statistics.median(raw), statistics.median(load)
+    ratios = [a / b for a, b in zip(push, raw)]
     print(f"\nmodel {sum(t.numel() for _, t in named) / 1e6:.1f}M params ({mib:.0f} MiB fp32, {len(sizes)} buckets), "
           f"{args.workers} worker(s), backend={placement.dist_backend}; median of {args.repeats} runs")
     loading = "in place" if all(in_place) else "through vLLM's reload_weights"
-    print(f"push = plan + per-tensor broadcasts + loading {loading} (+ prefix-cache reset); load = receiver's time "
-          "loading, excluding waits for bytes")
+    print(f"push = from the end of an AdamW step to the last worker's receipt: plan + per-tensor broadcasts + loading "
+          f"{loading} (+ prefix-cache reset); load = receiver's time loading, excluding waits for bytes")
     print(f"{'push s':>8} {'raw broadcast s':>16} {'ratio':>7} {'load s':>9} {'(push - load) / raw':>22} "
           f"{'push MiB/s':>11}")
     print(f"{p:>8.3f} {r:>16.3f} {p / r:>7.3f} {lo:>9.3f} {(p - lo) / r:>22.3f} {mib / p:>11.0f}")
+    print(f"spread [min, max]: push [{min(push):.3f}, {max(push):.3f}] s, raw [{min(raw):.3f}, {max(raw):.3f}] s, "
+          f"per-round ratios " + ", ".join(f"{x:.2f}" for x in ratios) + f" (median {statistics.median(ratios):.2f})")
     versions = ray.get([w.weight_version.remote() for w in workers])
     assert versions == [version] * args.workers, versions
     ray.shutdown()

@@ -138,6 +138,9 @@ class RlSpec(_Section):
     max_new_tokens: int = Field(16, ge=1)
     max_think_tokens: int = Field(128, ge=1)
     max_resample_rounds: int = Field(3, ge=0)
+    # False trains every sampled group, the zero-variance ones too (advantage 0: only their KL term
+    # acts), as TRL's GRPOTrainer does; for like-for-like throughput comparisons.
+    drop_flat_groups: bool = True
     tis_cap: float | None = Field(None, gt=0)  # truncated importance sampling cap; None = off
     # Batches generated on a thread while the learner trains, from weights exactly this many versions
     # behind the learner (rl_system/rollout_ahead.py); 0 = generate, then train (synchronous).

@@ -54,6 +54,7 @@ class FillResult(Generic[G]):
     rounds: int  # generation rounds used (1 = no resampling)
     dropped: dict[str, int] = field(default_factory=dict)  # all_miss / all_hit / constant -> count
     surplus: int = 0  # informative groups generated beyond the batch and discarded
+    informative: int = 0  # kept groups whose rewards differ (all of them unless flat groups are kept)
 
     @property
     def full(self) -> bool:
@@ -65,21 +66,26 @@ class FillResult(Generic[G]):
 
 
 class BatchFiller:
-    """Collects informative groups until `target_groups` are kept or `max_extra_rounds` are spent."""
+    """Collects informative groups until `target_groups` are kept or `max_extra_rounds` are spent.
 
-    def __init__(self, target_groups: int, max_extra_rounds: int):
+    With `drop_flat=False` every sampled group is kept in one round (zero-variance groups then
+    contribute only their KL term, as in TRL's GRPOTrainer): the like-for-like setting for
+    throughput comparisons, not a training recipe."""
+
+    def __init__(self, target_groups: int, max_extra_rounds: int, drop_flat: bool = True):
         if target_groups < 1:
             raise ValueError(f"target_groups must be >= 1, got {target_groups}")
         if max_extra_rounds < 0:
             raise ValueError(f"max_extra_rounds must be >= 0, got {max_extra_rounds}")
         self.target_groups = target_groups
-        self.max_extra_rounds = max_extra_rounds
+        self.max_extra_rounds = max_extra_rounds if drop_flat else 0
+        self.drop_flat = drop_flat
 
     def fill(self, sample: Callable[[int], Sequence[G]]) -> FillResult[G]:
         """sample(n) generates and scores n new prompt groups."""
         kept: list[G] = []
         dropped = {kind: 0 for kind in DROP_KINDS}
-        sampled = 0
+        sampled = informative = 0
         rounds = 0
         ask = self.target_groups
         while rounds <= self.max_extra_rounds:
@@ -88,8 +94,9 @@ class BatchFiller:
             sampled += len(groups)
             if groups:
                 labels = classify(np.stack([g.rewards for g in groups]), np.stack([g.hits for g in groups]))
-                kept.extend(g for g, label in zip(groups, labels) if label == KEEP)
-                for kind in DROP_KINDS:
+                kept.extend(g for g, label in zip(groups, labels) if label == KEEP or not self.drop_flat)
+                informative += int(np.sum(labels == KEEP))
+                for kind in DROP_KINDS if self.drop_flat else ():
                     dropped[kind] += int(np.sum(labels == kind))
             missing = self.target_groups - len(kept)
             if missing <= 0:
@@ -101,7 +108,8 @@ class BatchFiller:
                          len(kept), self.target_groups, rounds, ask)
         surplus = max(len(kept) - self.target_groups, 0)
         result = FillResult(kept=kept[:self.target_groups], target=self.target_groups, sampled=sampled, rounds=rounds,
-                            dropped=dropped, surplus=surplus)
+                            dropped=dropped, surplus=surplus,
+                            informative=min(informative, self.target_groups))
         if not result.full:
             log.warning("dynamic sampling: only %d/%d informative groups after %d rounds (%d sampled)",
                         len(result.kept), self.target_groups, rounds, sampled)

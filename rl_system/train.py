@@ -223,7 +223,7 @@ def _train(spec: JobSpec, ckpts: CheckpointManager, prompts, valid, resume: bool
     validate = (InRunValidation(pool, tokenizer, index, sample_users(valid, rl.eval_users, rl.eval_seed),
                                 spec.eval.beam_width, related, rl.mode, rl.reasoning_tokens) if rl.eval_every else None)
     sampler = GroupSampler(rl, pool, rewards, source, tokenizer.get_vocab().get("<answer>"))
-    filler = BatchFiller(rl.prompts_per_step, rl.max_resample_rounds)
+    filler = BatchFiller(rl.prompts_per_step, rl.max_resample_rounds, rl.drop_flat_groups)
 
     def produce() -> Produced:
         sampler.reset()
@@ -316,7 +316,8 @@ def _step_record(step: int, depth: int, batch: Produced, trained, push, seconds)
     filled, groups = batch.filled, batch.groups
     record = rollout_metrics(groups, depth)
     record.update({f"dropped/{k}": v for k, v in filled.shares().items()})
-    record.update(kept_groups=len(filled.kept), sampled_groups=filled.sampled, sampling_rounds=filled.rounds)
+    record.update(kept_groups=len(filled.kept), informative_groups=filled.informative, sampled_groups=filled.sampled,
+                  sampling_rounds=filled.rounds)
     record.update({k: trained.get(k) for k in LEARNER_KEYS})
     record.update({f"time/{k}": round(v, 4) for k, v in batch.seconds.items()})
     uids = [g.prompt.uid for g in groups]

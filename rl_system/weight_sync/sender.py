@@ -71,10 +71,10 @@ class WeightSender:
 
         if self.group is None:
             raise WeightSyncError("WeightSender.push before connect()")
+        start = time.perf_counter()  # from the call, so the bucket plan counts (the learner calls right after its step)
         named = list(named_tensors)
         buckets = plan_buckets(named, self.bucket_bytes, self.wire_dtype)
         wire = [b.to_wire() for b in buckets]
-        start = time.perf_counter()
         refs = [r.receive_weights.remote(wire, version) for r in receivers]
         offset, nbytes, in_flight = 0, 0, []
         for bucket in buckets:

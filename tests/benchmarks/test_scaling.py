@@ -58,6 +58,6 @@ def test_project_prints_the_split_of_a_run_dir(tmp_path, capsys):
 def test_scaling_table_rates_and_ratio():
     text = scaling_table("t", "completions/s", {1: [2.0, 2.2, 1.8], 2: [1.0, 1.1, 1.2]}, 100, "workers")
     lines = text.splitlines()
-    assert lines[2].split()[:3] == ["1", "2.000", "50.0"]
-    assert lines[3].split()[:4] == ["2", "1.100", "90.9", "1.82x"]
+    assert lines[2].split()[:5] == ["1", "2.000", "[1.800,", "2.200]", "50.0"]
+    assert lines[3].split()[:6] == ["2", "1.100", "[1.000,", "1.200]", "90.9", "1.82x"]
     assert lines[-1].startswith("ratio workers 2 / 1: 1.82x (per repeat: 2.00, 2.00, 1.50)")

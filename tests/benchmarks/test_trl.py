@@ -15,10 +15,14 @@ from benchmarks.trl_grpo import parse_args, run_benchmark  # noqa: E402
 def test_both_sides_report_positive_finite_throughput(tiny_policy, tmp_path):
     index = tmp_path / "Office.index.json"
     tiny_policy.index.save(index)
+    # gream keeps its zero-variance groups, so both sides take every sampled row through the optimizer.
     args = parse_args(["--model", str(tiny_policy.model_dir), "--index", str(index), "--warmup", "1", "--windows", "1",
-                       "--window-steps", "1", "--set", "rl.prompts_per_step=2", "--set", "rl.group_size=4"])
+                       "--window-steps", "1", "--set", "rl.prompts_per_step=2", "--set", "rl.group_size=4",
+                       "--set", "rl.drop_flat_groups=false"])
     results = run_benchmark(args)
     for side in ("gream", "trl"):
         rate = results[side]["completions/s"]
         assert math.isfinite(rate) and rate > 0, (side, results[side])
         assert results[side]["length"] <= tiny_policy.index.depth + 1  # SID tokens + EOS at most
+        assert results[side]["trained/s"] == pytest.approx(rate)
+        assert results[side]["informative/s"] <= rate

@@ -68,3 +68,17 @@ def test_filler_rejects_bad_settings():
         BatchFiller(0, 1)
     with pytest.raises(ValueError, match="max_extra_rounds"):
         BatchFiller(1, -1)
+
+
+def test_filler_keeping_flat_groups_trains_every_group_in_one_round():
+    script = Script([INFORMATIVE, ALL_MISS, ALL_HIT, CONSTANT] * 3)
+    result = BatchFiller(target_groups=4, max_extra_rounds=3, drop_flat=False).fill(script)
+    assert script.asks == [4] and result.rounds == 1
+    assert result.kept == [INFORMATIVE, ALL_MISS, ALL_HIT, CONSTANT]
+    assert result.informative == 1 and result.dropped == {"all_miss": 0, "all_hit": 0, "constant": 0}
+
+
+def test_filler_counts_informative_groups_kept():
+    script = Script([INFORMATIVE, ALL_MISS, INFORMATIVE, INFORMATIVE, INFORMATIVE])
+    result = BatchFiller(target_groups=2, max_extra_rounds=0).fill(script)
+    assert result.informative == 1 and len(result.kept) == 1
