@@ -50,8 +50,8 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: benchmarks/ is not an installed package
@@ -63,6 +63,7 @@ from benchmarks.beam_eval import (  # noqa: E402
     prefix_allowed_table,
     prefix_allowed_tokens_fn,
 )
+from benchmarks.rl_windows import SideRun, Step, summarize  # noqa: E402
 from cluster.run_layout import RunLayout  # noqa: E402
 
 BENCH_REQUIREMENTS = REPO / "requirements/bench.txt"
@@ -92,59 +93,8 @@ def fail(message: str):
     raise SystemExit(2)
 
 
-@dataclass
-class Step:
-    end: float  # perf_counter() when the step was complete
-    completions: int  # sampled and scored this step
-    informative: int  # in groups whose rewards differ (nonzero advantage)
-    trained: int  # rows in the optimizer step
-    rollout: float  # seconds generating
-    reward: float  # seconds scoring
-    reward_mean: float
-    completion_len: float
-
-
-@dataclass
-class SideRun:
-    start: float  # perf_counter() when the side was started (its first step includes start-up)
-    steps: list[Step] = field(default_factory=list)
-    extra: dict = field(default_factory=dict)
-
-
-def windows(run: SideRun, warmup: int, size: int) -> list[dict]:
-    """Rates over consecutive windows of `size` steps after `warmup` steps."""
-    ends = [run.start] + [s.end for s in run.steps]
-    out = []
-    for first in range(warmup, len(run.steps) - size + 1, size):
-        part, seconds = run.steps[first:first + size], ends[first + size] - ends[first]
-        periods = [ends[i + 1] - ends[i] for i in range(first, first + size)]
-        out.append({"seconds": seconds,
-                    "completions/s": sum(s.completions for s in part) / seconds,
-                    "informative/s": sum(s.informative for s in part) / seconds,
-                    "trained/s": sum(s.trained for s in part) / seconds,
-                    "step s": statistics.median(periods),
-                    "rollout s": statistics.median(s.rollout for s in part),
-                    "reward s": statistics.median(s.reward for s in part),
-                    "other s": statistics.median(p - s.rollout - s.reward for p, s in zip(periods, part)),
-                    "reward mean": statistics.fmean(s.reward_mean for s in part),
-                    "length": statistics.fmean(s.completion_len for s in part)})
-    return out
-
-
-def summarize(runs: list[SideRun], warmup: int, size: int) -> dict:
-    rows = [w for run in runs for w in windows(run, warmup, size)]
-    if not rows:
-        raise RuntimeError(f"no complete measured window: {[len(r.steps) for r in runs]} steps, "
-                           f"warm-up {warmup}, window {size}")
-    out = {key: statistics.median(w[key] for w in rows) for key in rows[0]}
-    out["windows"] = [w["completions/s"] for w in rows]
-    out["per run"] = [{key: statistics.median(w[key] for w in windows(run, warmup, size))
-                       for key in ("completions/s", "informative/s", "trained/s")} for run in runs]
-    return out
-
-
 # ---------------------------------------------------------------------------------------------- gream side
-def gream_overrides(args, run_dir: Path, depth: int, steps: int) -> list[str]:
+def gream_overrides(args, run_dir: Path, depth: int, steps: int, variant: Sequence[str] = ()) -> list[str]:
     rl = args.spec_obj.rl
     data = Path(args.spec_obj.data.path)
     return [f"run_dir={run_dir}", f"data.path={data if data.is_absolute() else REPO / data}",
@@ -152,13 +102,13 @@ def gream_overrides(args, run_dir: Path, depth: int, steps: int) -> list[str]:
             f"rl.max_resample_rounds={args.gream_resample_rounds}", f"rl.max_new_tokens={depth + 1}",
             f"rl.micro_batch_size={rl.prompts_per_step * rl.group_size}",  # one forward/backward, as TRL
             # No in-run validation: TRL validates nothing, and its step-0 row is no RL step.
-            f"checkpoint.every={steps}", "rl.eval_every=0", *args.set]
+            f"checkpoint.every={steps}", "rl.eval_every=0", *args.set, *variant]
 
 
-def run_gream(args, run_dir: Path, depth: int, steps: int, log_path: Path) -> SideRun:
+def run_gream(args, run_dir: Path, depth: int, steps: int, log_path: Path, variant: Sequence[str] = ()) -> SideRun:
     """`gream rl` in a subprocess; each rl/metrics.jsonl line is timed as it lands."""
     cmd = [sys.executable, "-m", "gream.cli", "rl", str(args.spec)]
-    for override in gream_overrides(args, run_dir, depth, steps):
+    for override in gream_overrides(args, run_dir, depth, steps, variant):
         cmd += ["--set", override]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own local Ray, like `gream rl`
     # Each run a fresh RL run: the previous run's checkpoints would be another run's (refused, exit 2).
@@ -301,10 +251,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="gream's estimator (TRL runs GRPO; the estimator's cost is negligible)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="spec override for both sides (e.g. rl.group_size=4), repeatable")
+    ap.add_argument("--gream-variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                    help="a further gream side with these overrides, run in turn with the others "
+                         "(e.g. 'async:rl.max_staleness=1,rl.tis_cap=2'), repeatable")
     ap.add_argument("--keep", action="store_true", help="keep the temporary run folder (logs, metrics)")
     args = ap.parse_args(argv)
     if min(args.warmup, args.windows, args.window_steps, args.runs, args.trl_threads) < 1:
         ap.error("--warmup, --windows, --window-steps, --runs and --trl-threads must be >= 1")
+    args.variants = {"gream": []}
+    for text in args.gream_variant:
+        name, _, sets = text.partition(":")
+        if not name or name in args.variants or name == "trl" or not all("=" in o for o in sets.split(",")):
+            ap.error(f"--gream-variant {text!r}: expected a new NAME:KEY=VALUE[,KEY=VALUE]")
+        args.variants[name] = sets.split(",")
     return args
 
 
@@ -340,21 +299,21 @@ def run_benchmark(args) -> dict[str, dict]:
                               spec.rl.seed)
         prompts = source.next(steps * spec.rl.prompts_per_step)  # what gream's cursor draws in its first round
 
-        runs: dict[str, list[SideRun]] = {"gream": [], "trl": []}
+        runs: dict[str, list[SideRun]] = {**{name: [] for name in args.variants}, "trl": []}
         for r in range(args.runs):
-            t = time.perf_counter()
-            runs["gream"].append(run_gream(args, spec.run_path, index.depth, steps, root / f"gream-{r}.log"))
-            print(f"run {r + 1}/{args.runs}: gream {len(runs['gream'][-1].steps)} steps in "
-                  f"{time.perf_counter() - t:.1f} s (start-up included)", flush=True)
+            for name, variant in args.variants.items():
+                t = time.perf_counter()
+                runs[name].append(run_gream(args, spec.run_path, index.depth, steps, root / f"{name}-{r}.log", variant))
+                print(f"run {r + 1}/{args.runs}: {name} {len(runs[name][-1].steps)} steps in "
+                      f"{time.perf_counter() - t:.1f} s (start-up included)", flush=True)
             t = time.perf_counter()
             runs["trl"].append(run_trl(args, model_dir, index, prompts, steps, root / f"trl-{r}"))
             print(f"run {r + 1}/{args.runs}: TRL {len(runs['trl'][-1].steps)} steps in "
                   f"{time.perf_counter() - t:.1f} s (start-up included)", flush=True)
         out = {side: summarize(rs, args.warmup, args.window_steps) for side, rs in runs.items()}
-        out["gream"]["time/step"] = statistics.median(v for run in runs["gream"]
-                                                      for v in run.extra["time/step"][args.warmup:])
-        out["gream"]["time/train"] = statistics.median(v for run in runs["gream"]
-                                                       for v in run.extra["time/train"][args.warmup:])
+        for name in args.variants:
+            for key in ("time/step", "time/train"):
+                out[name][key] = statistics.median(v for run in runs[name] for v in run.extra[key][args.warmup:])
         return out
     finally:
         if args.keep:
@@ -379,26 +338,33 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     results = run_benchmark(args)
     rl = args.spec_obj.rl
-    gr, tr = results["gream"], results["trl"]
+    tr = results["trl"]
     print(f"\n{rl.prompts_per_step} prompts x {rl.group_size} completions per step, one optimizer step, lr {rl.lr}, "
           f"KL {rl.kl_coef}, fp32; warm-up {args.warmup} steps, {args.windows} windows x {args.window_steps} steps "
-          f"x {args.runs} run(s); model {args.model}")
-    print(f"gream: rl.max_resample_rounds={args.gream_resample_rounds}, advantage {args.advantage}, "
-          f"driver time/step {gr['time/step']:.3f} s (learner {gr['time/train']:.3f} s); "
-          f"TRL: {args.trl_threads} torch thread(s), HF generate "
+          f"x {args.runs} run(s), sides in turn; model {args.model}; load average {os.getloadavg()[0]:.1f} at the end")
+    print(f"gream: rl.max_resample_rounds={args.gream_resample_rounds}, advantage {args.advantage}, driver time/step "
+          + ", ".join(f"{n} {results[n]['time/step']:.3f} s (learner {results[n]['time/train']:.3f} s)"
+                      for n in args.variants)
+          + "; variants: " + "; ".join(f"{n}: {', '.join(v) or 'as above'}" for n, v in args.variants.items())
+          + f"; TRL: {args.trl_threads} torch thread(s), HF generate "
           f"{'unconstrained' if args.trl_unconstrained else 'with the SID trie as prefix_allowed_tokens_fn'}")
     print(versions())
     cols = ("completions/s", "informative/s", "trained/s", "step s", "rollout s", "reward s", "other s",
             "reward mean", "length")
-    print(f"{'side':<7}" + "".join(f"{c:>15}" for c in cols))
-    for side, res in (("gream", gr), ("TRL", tr)):
-        print(f"{side:<7}" + "".join(f"{res[c]:>15.3f}" for c in cols))
-    print(f"ratio gream / TRL completions/s: {gr['completions/s'] / tr['completions/s']:.2f}x "
-          f"(informative/s {gr['informative/s'] / max(tr['informative/s'], 1e-9):.2f}x); windows: gream "
-          + ", ".join(f"{v:.1f}" for v in gr["windows"]) + "; TRL " + ", ".join(f"{v:.1f}" for v in tr["windows"]))
-    for key in ("completions/s", "informative/s", "trained/s"):
-        print(f"per-run ratio gream / TRL {key}: " + ", ".join(
-            f"{g[key] / max(t[key], 1e-9):.2f}" for g, t in zip(gr["per run"], tr["per run"])))
+    width = max(7, *(len(n) + 1 for n in args.variants))
+    print(f"{'side':<{width}}" + "".join(f"{c:>15}" for c in cols))
+    for side, res in results.items():
+        print(f"{'TRL' if side == 'trl' else side:<{width}}" + "".join(f"{res[c]:>15.3f}" for c in cols))
+    print("TRL windows (completions/s): " + ", ".join(f"{v:.1f}" for v in tr["windows"]))
+    for name in args.variants:
+        gr = results[name]
+        print(f"ratio {name} / TRL completions/s: {gr['completions/s'] / tr['completions/s']:.2f}x "
+              f"(informative/s {gr['informative/s'] / max(tr['informative/s'], 1e-9):.2f}x, trained/s "
+              f"{gr['trained/s'] / max(tr['trained/s'], 1e-9):.2f}x); windows: "
+              + ", ".join(f"{v:.1f}" for v in gr["windows"]))
+        for key in ("completions/s", "informative/s", "trained/s"):
+            print(f"  per-run ratio {name} / TRL {key}: " + ", ".join(
+                f"{g[key] / max(t[key], 1e-9):.2f}" for g, t in zip(gr["per run"], tr["per run"])))
     return 0
 
 

@@ -37,7 +37,7 @@ class Driver:
                 return found
             if self.proc.poll() is not None:
                 pytest.fail(f"driver exited {self.proc.returncode} before {what}:\n{self.console()[-4000:]}")
-            time.sleep(0.5)
+            time.sleep(0.1)
         pytest.fail(f"no {what} after {timeout_s}s:\n{self.console()[-4000:]}")
 
     def exit_code(self, timeout_s: float = 180) -> int:

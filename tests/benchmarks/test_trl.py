@@ -15,12 +15,15 @@ from benchmarks.trl_grpo import parse_args, run_benchmark  # noqa: E402
 def test_both_sides_report_positive_finite_throughput(tiny_policy, tmp_path):
     index = tmp_path / "Office.index.json"
     tiny_policy.index.save(index)
-    # gream keeps its zero-variance groups, so both sides take every sampled row through the optimizer.
+    # The same-rows variant keeps gream's zero-variance groups: every sampled row through the optimizer, as TRL.
     args = parse_args(["--model", str(tiny_policy.model_dir), "--index", str(index), "--warmup", "1", "--windows", "1",
                        "--window-steps", "1", "--set", "rl.prompts_per_step=2", "--set", "rl.group_size=4",
-                       "--set", "rl.drop_flat_groups=false"])
+                       "--gream-variant", "same-rows:rl.drop_flat_groups=false"])
     results = run_benchmark(args)
-    for side in ("gream", "trl"):
+    assert set(results) == {"gream", "same-rows", "trl"}
+    gream = results["gream"]
+    assert gream["trained/s"] == pytest.approx(gream["informative/s"])  # only groups whose rewards differ
+    for side in ("same-rows", "trl"):
         rate = results[side]["completions/s"]
         assert math.isfinite(rate) and rate > 0, (side, results[side])
         assert results[side]["length"] <= tiny_policy.index.depth + 1  # SID tokens + EOS at most

@@ -127,7 +127,7 @@ def test_hung_worker_times_out_and_is_replaced(learner_and_pool):
     restarts, rollout = pool.restarts, pool.rollout
     pid = ray.get(pool.workers[0].__ray_call__.remote(lambda self: os.getpid()))
     os.kill(pid, signal.SIGSTOP)  # alive but silent: what a wedged engine looks like from outside
-    pool.rollout = rollout.model_copy(update={"call_timeout_s": 30})
+    pool.rollout = rollout.model_copy(update={"call_timeout_s": 12})
     try:
         groups = pool.generate(PROMPTS, n=2, temperature=1.0, max_tokens=4, mode="direct")
     finally:
