@@ -3,7 +3,8 @@ steps/s, completions trained/s and the in-run validation NDCG@10 after the same 
 
 From one SFT run folder (`index/`, `model/`, `sft/model/`, linked as benchmarks/rl_gain.py does),
 each repeat runs `gream rl` once per staleness, the order rotated between repeats so no setting
-always runs first (interleaved), every run with the same seed, steps, prompts, group size and
+always runs first (interleaved), every setting with the same seeds (`--seeds`: repeat r runs seed
+r mod len; default seed 0 throughout), steps, prompts, group size and
 `rl.tis_cap` (the correction async needs; on-policy it only absorbs rounding). Speed comes from the
 run's own metrics: the steps after the first (the first has nothing to overlap with), each step's
 `time/step` (from taking its batch to the end of its push), so engine start-up and validation are
@@ -88,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--staleness", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="RL seeds: repeat r runs seed r mod len (so 3 repeats over 0 1 2 give the seed spread)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
@@ -100,13 +103,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     for repeat in range(args.repeats):
         order = args.staleness[repeat % len(args.staleness):] + args.staleness[:repeat % len(args.staleness)]
         for n in order:
+            seed = args.seeds[repeat % len(args.seeds)]
             run_dir = (args.out / f"staleness{n}" / f"repeat{repeat}").resolve()
             if not RunLayout(run_dir).model("rl").exists():
                 prepare(args.base, run_dir)
                 sets = [*args.set, f"rl.max_staleness={n}", f"rl.tis_cap={TIS_CAP}", f"rl.eval_every={steps}"]
-                secs = run_rl(args.spec, run_dir, 0, sets, run_dir / "rl.log")
-                print(f"staleness {n} repeat {repeat}: {secs:.0f} s", flush=True)
-            runs[n].append({**figures(run_dir), "run_dir": str(run_dir)})
+                secs = run_rl(args.spec, run_dir, seed, sets, run_dir / "rl.log")
+                print(f"staleness {n} repeat {repeat} seed {seed}: {secs:.0f} s", flush=True)
+            runs[n].append({**figures(run_dir), "seed": seed, "run_dir": str(run_dir)})
     result = {"date": time.strftime("%Y-%m-%d %H:%M"), "cores": os.cpu_count(), "load_before": load_before,
               "load_after": [round(x, 2) for x in os.getloadavg()], "runs": runs, "summary": summary(runs)}
     (args.out / "async_rl.json").write_text(json.dumps(result, indent=1))
