@@ -10,7 +10,7 @@ from indexing.build import index_path
 REPO = Path(__file__).resolve().parents[1]
 REQUIRED_KEYS = {"step", "reward/mean", "reward/std", "hit_rate", "dropped/all_miss", "dropped/all_hit",
                  "dropped/constant", "kl", "entropy", "weight_version", "time/rollout", "time/reward",
-                 "time/train", "time/push"}
+                 "time/train", "time/push", "kept_groups", "informative_groups"}
 
 
 def rl_test_spec(root: Path, **rl) -> JobSpec:
