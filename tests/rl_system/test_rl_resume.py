@@ -20,7 +20,7 @@ from tests.rl_fixtures import rl_test_spec, stage_inputs, untimed
 
 pytestmark = pytest.mark.heavy  # starts DeepSpeed, vLLM or a training run
 
-STEPS, KILL_AFTER = 4, 2  # two steps after the kill point leave the 0.1 s poll time to kill mid-run
+STEPS, KILL_AFTER = 5, 1  # a step takes about 0.5 s: four after the kill point leave the 0.1 s poll time
 OVERRIDES = ["--set", "cluster.rollout.num_workers=1", "--set", f"checkpoint.every={KILL_AFTER}"]
 
 
