@@ -146,9 +146,10 @@ def main() -> int:
     from indexing.sid import SidIndex
     from rl_system.evaluate import beam_metrics
     from rl_system.rollout.pool import RolloutPool
+    from sft.hf_beam import BATCH
     from sft.metrics import metrics_from_ranks, ranking_metrics
     from sft.prompts import build_prompts
-    from sft.validation import BATCH, Validator
+    from sft.validation import Validator
 
     data = Path(load_spec(args.spec).data.path)  # relative to the repository, wherever this runs from
     run_dir = tempfile.mkdtemp(prefix="beam_eval_")  # nothing of this benchmark lands in the spec's run_dir

@@ -48,6 +48,15 @@ def resolve(requested: str = "auto") -> Placement:
     return Placement(requested, "nccl")
 
 
+def eval_backend(requested: str, placement: Placement) -> str:
+    """What answers users in evaluation, serving and RL's validation (`eval.backend`). `auto`: the
+    torch beam on a CPU, where vLLM's fixed cost per request outweighs a small model's forward
+    (BENCHMARKS.md, "Constrained beam evaluation"); vLLM on an accelerator."""
+    if requested == "auto":
+        return "vllm" if placement.is_gpu else "torch"
+    return requested
+
+
 def autocast_dtype(requested: str):
     """The spec's precision name as a torch dtype. No "auto": bfloat16 rounds differently on CPUs with
     and without AVX512-BF16/AMX, so a machine-dependent default made the SIDs and the SFT model depend

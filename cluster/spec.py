@@ -156,9 +156,10 @@ class RlSpec(_Section):
     # fit what it sees. None = every user.
     train_users: int | None = Field(None, ge=1)
     # Every `eval_every` steps (and before the first), beam NDCG@10 on `eval_users` validation users
-    # drawn with `eval_seed` (the same for every RL seed); rl/model is the best checkpoint. 0 = off.
+    # drawn with `eval_seed` (the same for every RL seed), or on every one ("all"); rl/model is the
+    # best checkpoint. 0 = off.
     eval_every: int = Field(0, ge=0)
-    eval_users: int = Field(500, ge=1)
+    eval_users: int | Literal["all"] = 500
     eval_seed: int = 0
 
     @property
@@ -168,6 +169,13 @@ class RlSpec(_Section):
     @property
     def reasoning_tokens(self) -> int:  # max_tokens of a reasoning-mode completion
         return self.max_think_tokens + self.max_new_tokens
+
+    @field_validator("eval_users", mode="before")
+    @classmethod
+    def _users(cls, users):
+        if users == "all" or (isinstance(users, int) and not isinstance(users, bool) and users >= 1):
+            return users
+        raise ValueError(f"expected a number of users >= 1 or 'all', got {users!r}")
 
     @model_validator(mode="after")
     def _modes(self) -> "RlSpec":
@@ -205,6 +213,10 @@ class EvalSpec(_Section):
     modes: list[AnswerMode] = ["direct"]
     # think_ahead: SID tokens the reasoning pass fixes offline (< the SID depth, checked at eval start).
     think_ahead_tokens: int = Field(1, ge=1)
+    # Who runs the beams and the direct-mode sampling of gream eval, gream serve and RL's in-run
+    # validation: auto = torch on a CPU, vLLM on an accelerator (cluster.device.eval_backend). Both
+    # rank alike; reasoning thoughts are always vLLM's.
+    backend: Literal["auto", "torch", "vllm"] = "auto"
 
     @model_validator(mode="after")
     def _beam_covers_k(self) -> "EvalSpec":

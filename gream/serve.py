@@ -1,4 +1,4 @@
-"""`gream serve RUN`: recommendations over HTTP from a trained model, on the project's vLLM engine.
+"""`gream serve RUN`: recommendations over HTTP from a trained model, answered by the spec's `eval.backend`.
 
     POST /recommend {"history": [item id or title, ...], "k": 5, "mode": "direct|reasoning|think_ahead"}
       -> {"items": [{"id", "sid", "title", "score"}, ...], "rationale", "reasons", "mode", "latency_ms"}
@@ -55,7 +55,7 @@ def reasons(text: str, items: list[dict]) -> list[str | None]:
 
 @dataclass
 class Recommender:
-    """A model behind a rollout pool (RolloutPool, or anything with its generate and beam), and the
+    """A model behind an answerer (RolloutPool or TorchAnswerer: anything with their generate and beam), and the
     catalogue, prompts and answer settings it was trained and evaluated with."""
 
     pool: object
@@ -197,14 +197,14 @@ def served_model(run: Path, stage: str, spec_path: str | None, overrides: list[s
 
 def serve(run: str | Path, stage: str, host: str, port: int, spec_path: str | None = None,
           overrides: list[str] | None = None) -> None:
-    """Start a rollout pool on the model and serve until interrupted."""
+    """Start the model's answerer (`eval.backend`) and serve until interrupted."""
     from cluster.placement import init_ray
-    from rl_system.rollout.pool import RolloutPool
+    from rl_system.rollout.torch_answerer import answerer_from_spec
 
     spec, model, index_file = served_model(Path(run), stage, spec_path, overrides or [])
     index = SidIndex.load(index_file)
     init_ray(spec.cluster)
-    pool = RolloutPool.from_spec(spec, model, index)
+    pool = answerer_from_spec(spec, model, index)
     server = None
     try:
         server = RecommendServer(Recommender.build(spec, model, index, pool, stage), host, port)

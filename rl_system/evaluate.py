@@ -1,4 +1,5 @@
-"""Evaluation of a trained stage on valid and test, with the rollout workers' vLLM engines.
+"""Evaluation of a trained stage on valid and test, by the spec's `eval.backend`: the torch beam in
+this process (the default on CPUs) or the rollout workers' vLLM engines; both rank alike.
 
 - direct mode: trie-constrained beam of width `eval.beam_width` -> Recall@K and NDCG@K over the
   full catalog (every beam candidate is a real SID, so the ranking is over items).
@@ -62,7 +63,7 @@ def pass_at_k(n: int, c: np.ndarray, k: int) -> np.ndarray:
 
 def _in_chunks(pool, method: str, prompts: list, desc: str, **kwargs) -> list:
     """Call a pool method over chunks of prompts (each chunk sharded over the workers), with progress."""
-    size = CHUNK * len(pool.workers)
+    size = CHUNK * pool.num_workers
     out = []
     for start in tqdm(range(0, len(prompts), size), desc=desc, unit="chunk", leave=False):
         out.extend(getattr(pool, method)(prompts[start:start + size], **kwargs))
@@ -153,7 +154,7 @@ def _answer_modes(pool, acfg: AnswerConfig, modes: Sequence[str], direct: EvalPr
                   reasoning: EvalPrompts | None, token_to_item) -> dict[str, _ModeRun]:
     """Every mode over the users, chunk by chunk; reasoning and think_ahead share one greedy thought."""
     runs = {mode: _ModeRun() for mode in modes}
-    size = CHUNK * len(pool.workers)
+    size = CHUNK * pool.num_workers
     for start in tqdm(range(0, len(direct.targets), size), desc=f"eval {'/'.join(modes)}", unit="chunk", leave=False):
         end = start + size
         thoughts = None
@@ -246,12 +247,12 @@ def trained_stages(spec: JobSpec) -> list[tuple[str, Path]]:
 
 
 def evaluate_model(spec: JobSpec, model: Path, index: SidIndex, split, sampling: bool = True) -> tuple[dict, RankRecord]:
-    """`evaluate` of one model folder on valid and test, on a rollout pool of its own."""
+    """`evaluate` of one model folder on valid and test, on an answerer of its own (`eval.backend`)."""
     from transformers import AutoTokenizer
 
-    from rl_system.rollout.pool import RolloutPool
+    from rl_system.rollout.torch_answerer import answerer_from_spec
 
-    pool = RolloutPool.from_spec(spec, model, index)
+    pool = answerer_from_spec(spec, model, index)
     try:
         return evaluate(EvalConfig.from_spec(spec), pool, AutoTokenizer.from_pretrained(model), index,
                         {"valid": split.valid, "test": split.test}, sampling, split.train, related_table(spec))

@@ -40,7 +40,6 @@ from cluster.spec import JobSpec, SpecError
 from indexing.dataset import split_from_spec
 from indexing.sid import SidIndex
 from rl_system.dynamic_sampling import BatchFiller
-from rl_system.evaluate import sample_users
 from rl_system.groups import GroupSampler, rollout_metrics, train_batch
 from rl_system.learner.group import LearnerGroup
 from rl_system.prompt_source import PromptSource, training_prompts
@@ -48,7 +47,7 @@ from rl_system.reward.pool import RewardPool
 from rl_system.rollout.pool import RolloutPool
 from rl_system.rollout_ahead import Produced, RolloutAhead, staleness
 from rl_system.validation import KEYS as VALIDATION_KEYS
-from rl_system.validation import InRunValidation
+from rl_system.validation import in_run_validation
 from sft.related import related_table
 
 log = logging.getLogger(__name__)
@@ -220,8 +219,7 @@ def _train(spec: JobSpec, ckpts: CheckpointManager, prompts, valid, resume: bool
     rewards = RewardPool.from_spec(spec, idx_path)
     related = related_table(spec)
     source = PromptSource(prompts, index, tokenizer, rl.seed, rl.mode == "reasoning", related)
-    validate = (InRunValidation(pool, tokenizer, index, sample_users(valid, rl.eval_users, rl.eval_seed),
-                                spec.eval.beam_width, related, rl.mode, rl.reasoning_tokens) if rl.eval_every else None)
+    validate = in_run_validation(spec, learner, pool, tokenizer, index, valid, related, start_model)
     sampler = GroupSampler(rl, pool, rewards, source, tokenizer.get_vocab().get("<answer>"))
     filler = BatchFiller(rl.prompts_per_step, rl.max_resample_rounds, rl.drop_flat_groups)
 

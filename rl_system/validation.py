@@ -1,33 +1,55 @@
 """Validation inside the RL run: the current policy's Recall/NDCG@10 on a fixed sample of validation
-users, through the rollout workers (so it measures the weights they serve), in the answer mode the
-run trains (rl.mode: direct beam, or reasoning: greedy thought then the beam after `<answer>`,
-rl_system.answer_modes), so that selection rewards what RL optimises.
+users (or every one, `rl.eval_users: all`), in the answer mode the run trains, so that selection
+rewards what RL optimises.
+
+Two paths, by `eval.backend` (cluster.device.eval_backend):
+- torch (the default on CPUs; direct mode): the learner ranks run SFT validation's beam
+  (sft.validation.Validator) on the policy they hold, each on its share of the users, so the
+  figure costs a few batched forwards rather than an engine request per beam and SID level;
+- vllm, and reasoning mode (greedy thought, then the beam after `<answer>`, rl_system.answer_modes):
+  the rollout workers answer, so the figure is that of the weights they serve.
+Both rank alike (tests/rl_system/test_eval_backend.py).
 
 The sample depends only on `rl.eval_seed`, never on the RL seed, so every RL seed of a recipe is
 selected on the same users, and the SFT model's figure at step 0 is the baseline each run must beat.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
+from cluster import device as device_mod
+from cluster.spec import JobSpec
 from indexing.dataset import Example
 from indexing.sid import SidIndex
 from rl_system.answer_modes import AnswerConfig
-from rl_system.evaluate import build_prompts, mode_ranks, token_mapper
+from rl_system.evaluate import build_prompts, mode_ranks, sample_users, token_mapper
 from rl_system.rollout.constraint import ANSWER_OPEN
 from sft.metrics import metrics_from_ranks
+from sft.validation import Validator
 
 K = 10
 KEYS = (f"val/recall@{K}", f"val/ndcg@{K}")
 
 
+def _report(ranks: np.ndarray) -> dict[str, float]:
+    metrics = metrics_from_ranks(ranks, [K])
+    return {f"val/{name}": metrics[name] for name in (f"recall@{K}", f"ndcg@{K}")}
+
+
+def _check_width(width: int) -> None:
+    if width < K:
+        raise ValueError(f"in-run validation ranks the top {K}; eval.beam_width is {width}")
+
+
 class InRunValidation:
+    """Through the rollout workers' engines."""
+
     def __init__(self, pool, tokenizer, index: SidIndex, examples: Sequence[Example], width: int,
                  related: np.ndarray | None = None, mode: str = "direct", think_tokens: int = 0):
-        if width < K:
-            raise ValueError(f"in-run validation ranks the top {K}; eval.beam_width is {width}")
+        _check_width(width)
         self.pool, self.mode = pool, mode
         self.cfg = AnswerConfig(width, think_tokens, 0, tokenizer.get_vocab().get(ANSWER_OPEN))
         self.direct = build_prompts(tokenizer, index, examples, False, related)
@@ -35,6 +57,46 @@ class InRunValidation:
         self.token_to_item = token_mapper(tokenizer, index)
 
     def __call__(self) -> dict[str, float]:
-        metrics = metrics_from_ranks(
-            mode_ranks(self.pool, self.cfg, self.mode, self.direct, self.reasoning, self.token_to_item), [K])
-        return {f"val/{name}": metrics[name] for name in (f"recall@{K}", f"ndcg@{K}")}
+        return _report(mode_ranks(self.pool, self.cfg, self.mode, self.direct, self.reasoning, self.token_to_item))
+
+
+class LearnerValidation:
+    """On the learner ranks, with the torch beam (direct mode). `learner`: a LearnerGroup;
+    `vocab_size`: the policy's output rows; `shared`: every rank ranks every user (ZeRO-3, whose
+    forward is collective), else rank r ranks users r, r + W, ..."""
+
+    def __init__(self, learner, tokenizer, index: SidIndex, examples: Sequence[Example], width: int,
+                 vocab_size: int, related: np.ndarray | None = None, shared: bool = False):
+        _check_width(width)
+        self.learner, self.users, self.shared = learner, len(examples), shared
+        world = learner.world_size
+        shards = [list(examples)] * world if shared else [list(examples[r::world]) for r in range(world)]
+        learner.call_each("set_validator", [Validator(tokenizer, index, s, [K], vocab_size, related, width) if s else None
+                                            for s in shards])
+
+    def __call__(self) -> dict[str, float]:
+        per_rank = self.learner.call("validation_ranks")
+        if self.shared:
+            return _report(np.asarray(per_rank[0]))
+        ranks = np.empty(self.users, dtype=np.int64)
+        for r, part in enumerate(per_rank):
+            ranks[r::len(per_rank)] = part
+        return _report(ranks)
+
+
+def in_run_validation(spec: JobSpec, learner, pool, tokenizer, index: SidIndex,
+                      valid, related, model: Path) -> Callable[[], dict[str, float]] | None:
+    """RL's validation (`rl.eval_every`; None when off) by `eval.backend`: the torch beam on the
+    learner ranks in direct mode, the rollout workers otherwise."""
+    rl = spec.rl
+    if not rl.eval_every:
+        return None
+    users = sample_users(valid, len(valid) if rl.eval_users == "all" else rl.eval_users, rl.eval_seed)
+    backend = device_mod.eval_backend(spec.eval.backend, device_mod.resolve(spec.cluster.device))
+    if backend == "torch" and rl.mode == "direct":
+        from transformers import AutoConfig
+
+        vocab_size = AutoConfig.from_pretrained(model).vocab_size
+        return LearnerValidation(learner, tokenizer, index, users, spec.eval.beam_width, vocab_size, related,
+                                 shared=rl.zero_stage == 3)
+    return InRunValidation(pool, tokenizer, index, users, spec.eval.beam_width, related, rl.mode, rl.reasoning_tokens)

@@ -1,6 +1,6 @@
-"""Validation of the model being trained (`sft.eval_every`): Recall@K / NDCG@K of a fixed sample of
-validation users, ranked by a trie-constrained beam of width max(eval.ks) (sft/hf_beam.py) over the
-same direct-mode prompt as `gream eval`.
+"""Validation of the model being trained (`sft.eval_every`, and RL's in-run validation on the learner):
+Recall@K / NDCG@K of a fixed sample of validation users, ranked by a trie-constrained beam of width
+max(eval.ks) (sft/hf_beam.py) over the same direct-mode prompt as `gream eval`.
 
 The sample is drawn with a fixed seed, not `sft.seed`, so runs with different SFT seeds or settings
 are validated on the same users and their curves compare.
@@ -16,12 +16,11 @@ import torch
 from indexing.dataset import Example
 from indexing.sid import SidIndex
 from indexing.trie import SidTrie
-from sft.hf_beam import constrained_beam
+from sft.hf_beam import beam_search
 from sft.metrics import MISSING, metrics_from_ranks
 from sft.prompts import build_prompts
 
 SAMPLE_SEED = 0
-BATCH = 32  # prompts per beam call: width x BATCH rows share one forward pass
 
 
 def validation_sample(examples: Sequence[Example], size: int | None, seed: int = SAMPLE_SEED) -> list[Example]:
@@ -35,11 +34,15 @@ def validation_sample(examples: Sequence[Example], size: int | None, seed: int =
 
 class Validator:
     def __init__(self, tokenizer, index: SidIndex, examples: Sequence[Example], ks: Sequence[int], vocab_size: int,
-                 related: np.ndarray | None = None):
+                 related: np.ndarray | None = None, width: int | None = None):
+        """`width`: the beam's (default max(ks)); a wider beam can rank a target the narrower misses
+        into the top K, so the ranks are those of `gream eval` only at its `eval.beam_width`."""
         if not examples:
             raise ValueError("no validation examples to score")
         self.ks = sorted(set(ks))
-        self.width = max(self.ks)
+        self.width = width or max(self.ks)
+        if self.width < max(self.ks):
+            raise ValueError(f"beam width {self.width} cannot rank the top {max(self.ks)}")
         self.prompts = build_prompts(tokenizer, index, examples, False, related)
         self.trie = SidTrie.from_index(index, tokenizer.get_vocab(), vocab_size, [tokenizer.eos_token_id])
         self.items = np.asarray(index.items(), dtype=np.int64)
@@ -51,14 +54,11 @@ class Validator:
 
     def ranks(self, model, device: torch.device, amp_dtype: torch.dtype = torch.float32) -> np.ndarray:
         """0-based rank of each target in its beam, MISSING when not in it."""
-        out = []
-        for start in range(0, self.users, BATCH):
-            rows, _ = constrained_beam(model, self.prompts.prompt_ids[start:start + BATCH], self.trie, self.width,
-                                       self.pad_id, device, amp_dtype)
-            items = np.where(rows.numpy() >= 0, self.items[rows.numpy().clip(min=0)], MISSING)
-            hits = items == np.asarray(self.prompts.targets[start:start + BATCH])[:, None]
-            out.append(np.where(hits.any(1), hits.argmax(1), MISSING))
-        return np.concatenate(out)
+        rows = beam_search(model, self.prompts.prompt_ids, self.trie, self.width, self.pad_id, device,
+                           amp_dtype).rows.numpy()
+        items = np.where(rows >= 0, self.items[rows.clip(min=0)], MISSING)
+        hits = items == np.asarray(self.prompts.targets)[:, None]
+        return np.where(hits.any(1), hits.argmax(1), MISSING)
 
     def score(self, model, device: torch.device, amp_dtype: torch.dtype = torch.float32) -> dict[str, float]:
         """Recall@K / NDCG@K over the sample; the model is put in eval mode (no dropout) and left so."""

@@ -73,6 +73,12 @@ class LearnerGroup:
         """Run a collective method on every rank; returns the per-rank results."""
         return self._get([getattr(a, method).remote(*args) for a in self.actors])
 
+    def call_each(self, method: str, per_rank: Sequence) -> list:
+        """Run a collective method on every rank with that rank's own argument."""
+        if len(per_rank) != self.world_size:
+            raise ValueError(f"{method}: {len(per_rank)} arguments for {self.world_size} learner ranks")
+        return self._get([getattr(a, method).remote(arg) for a, arg in zip(self.actors, per_rank)])
+
     def named_parameters_for_push(self) -> list[tuple[str, torch.Tensor]]:
         return self.call("named_parameters_for_push")[0]
 

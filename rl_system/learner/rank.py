@@ -158,6 +158,23 @@ class Learner:
                        step=self.steps, lr=cfg.lr)
         return metrics
 
+    # --- validation ---------------------------------------------------------------------------
+
+    def set_validator(self, validator) -> None:
+        """This rank's sft.validation.Validator (its share of the validation users)."""
+        self.validator = validator
+
+    def validation_ranks(self) -> list[int]:
+        """Each of this rank's validation users' target rank in the current policy's beam (eval
+        mode: no dropout). Under ZeRO-3 every rank holds the same users, as each forward gathers."""
+        if self.validator is None:  # fewer users than ranks
+            return []
+        self.engine.eval()
+        try:
+            return self.validator.ranks(self.engine.module, self.device).tolist()
+        finally:
+            self.engine.train()
+
     # --- weights out --------------------------------------------------------------------------
 
     def named_parameters_for_push(self) -> list[tuple[str, torch.Tensor]] | None:

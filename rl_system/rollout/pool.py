@@ -104,6 +104,10 @@ class RolloutPool:
     def workers(self) -> list:
         return [s.actor for s in self.slots]
 
+    @property
+    def num_workers(self) -> int:
+        return len(self.slots)
+
     def _start(self, live: Sequence[_Slot], group: RoleGroup | None = None) -> _Slot:
         r = self.rollout
         group = group or rollout_group(self.job, r, len(live))

@@ -110,5 +110,10 @@ def test_evaluation_covers_every_user_and_sft_validation_is_off_by_default(tmp_p
     spec = load_spec(_write(tmp_path, "name: x\n"))
     assert spec.eval.max_users is None  # the protocol: every user of valid and test
     assert (spec.sft.eval_every, spec.sft.eval_users) == (0, 500)
+    assert load_spec(_write(tmp_path, "name: x\nrl:\n  eval_users: all\n")).rl.eval_users == "all"
+    with pytest.raises(SpecError, match="key 'rl.eval_users'"):
+        load_spec(_write(tmp_path, "name: x\nrl:\n  eval_users: some\n"))
+    with pytest.raises(SpecError, match="key 'eval.backend'"):
+        load_spec(_write(tmp_path, "name: x\neval:\n  backend: tpu\n"))
     with pytest.raises(SpecError, match="key 'sft.eval_users'"):
         load_spec(_write(tmp_path, "name: x\nsft:\n  eval_users: 0\n"))
