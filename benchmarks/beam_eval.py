@@ -144,7 +144,7 @@ def main() -> int:
     from cluster.spec import load_spec
     from indexing.dataset import split_from_spec
     from indexing.sid import SidIndex
-    from rl_system.evaluate import beam_metrics
+    from rl_system.evaluate import beam_metrics, beam_ranks
     from rl_system.rollout.pool import RolloutPool
     from sft.hf_beam import BATCH
     from sft.metrics import metrics_from_ranks, ranking_metrics
@@ -185,18 +185,20 @@ def main() -> int:
     vocab_size = model.get_output_embeddings().weight.shape[0]
     validators = {n: Validator(tokenizer, index, examples[:n], (*KS, args.width), vocab_size) for n in (4, len(examples))}
 
+    ranks: dict = {}  # each side's last per-user target ranks
+
     def run_torch(users: int = len(examples)) -> tuple[float, dict]:
         start = time.perf_counter()
-        metrics = metrics_from_ranks(validators[users].ranks(model, torch.device("cpu")), KS)
-        return time.perf_counter() - start, metrics
+        ranks["torch"] = validators[users].ranks(model, torch.device("cpu"))
+        return time.perf_counter() - start, metrics_from_ranks(ranks["torch"], KS)
 
     init_ray(spec.cluster)
     pool = RolloutPool.from_spec(spec, args.model, index)
     try:
         def run_gream() -> tuple[float, dict]:
             start = time.perf_counter()
-            metrics = beam_metrics(pool, prompts, token_to_item, args.width, KS)
-            return time.perf_counter() - start, metrics
+            ranks["gream"] = beam_ranks(pool, prompts, token_to_item, args.width)
+            return time.perf_counter() - start, metrics_from_ranks(ranks["gream"], KS)
 
         # Warm-up on a few users: first-call allocations and caches on both sides.
         warm = type(prompts)(prompts.prompt_ids[:4], prompts.targets[:4])
@@ -222,7 +224,7 @@ def main() -> int:
         if args.profile:
             profile += vllm_lines(vllm_profile(pool.workers[0], prompts.prompt_ids, args.width), len(examples))
             for side, run in (("gream (torch beam)", run_torch), ("HF generate", None)):
-                with forward_tally(model) as forward:
+                with forward_tally(model.get_decoder()) as forward:
                     constraint = Tally()
                     seconds = run()[0] if run else run_hf(wrap_fn=lambda fn: timed(fn, constraint))[0]
                 profile += InProcessProfile(seconds, forward, constraint).lines(side, len(examples))
@@ -245,6 +247,8 @@ def main() -> int:
     for side in ("gream", "torch"):
         print(f"ratio {side} / HF users/s: {ups[side] / ups['hf']:.2f}x (all runs: "
               + ", ".join(f"{h / g:.2f}" for g, h in zip(times[side], times["hf"])) + ")")
+    same = int((ranks["torch"] == ranks["gream"]).sum())
+    print(f"target ranks identical on torch and vLLM for {same} of {n} users")
     print("\n".join(profile))
     if disagreements:
         for rep, side, k, a, b in disagreements:

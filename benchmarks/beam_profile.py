@@ -1,11 +1,12 @@
 """Where the time of a constrained beam evaluation goes, per side of benchmarks/beam_eval.py.
 
-In-process sides (HF generate, gream's torch beam): seconds inside the model's forward calls (hooks on
-the top module), calls and rows, and for HF the seconds inside `prefix_allowed_tokens_fn`; the rest is
-the side's own search (beam bookkeeping, trie masks, cache reorders). vLLM side: inside the rollout
-worker, `constrained_beam` with its engine wrapped so each `generate` call (one per SID level) is
-timed with its request count, plus a calibration: the same number of plain one-token requests (no
-logprobs, no constraint) on the same prompts, the engine's fixed cost per request.
+In-process sides (HF generate, gream's torch beam): seconds inside the decoder's forward calls
+(hooks on the decoder module; the output layer counts as search), calls and rows, and for HF the
+seconds inside `prefix_allowed_tokens_fn`; the rest is the side's own search (output layer, beam
+bookkeeping, trie masks, cache reorders). vLLM side: inside the rollout worker, `constrained_beam`
+with its engine wrapped so each `generate` call (one per SID level) is timed with its request
+count, plus a calibration: the same number of plain one-token requests (no logprobs, no
+constraint) on the same prompts, the engine's fixed cost per request.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class InProcessProfile:
 
     def lines(self, side: str, users: int) -> list[str]:
         rest = self.total - self.forward.seconds - self.constraint.seconds
-        out = [f"{side}: {self.total:.2f} s for {users} users; model forward {self.forward.seconds:.2f} s "
+        out = [f"{side}: {self.total:.2f} s for {users} users; decoder forward {self.forward.seconds:.2f} s "
                f"({self.forward.seconds / self.total:.0%}, {self.forward.calls} calls, {self.forward.rows} rows)"]
         if self.constraint.calls:
             out.append(f"  prefix_allowed_tokens_fn {self.constraint.seconds:.2f} s "

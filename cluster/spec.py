@@ -113,16 +113,34 @@ class SftSpec(_Section):
         return self
 
 
+class TeacherSpec(_Section):
+    """A trained scorer whose judgement of each completion's item joins the reward (DESIGN.md
+    section 11): the folder of `gream baseline sasrec` (model.safetensors, scorer.json)."""
+
+    path: str
+    weight: float = Field(1.0, gt=0)  # added to the rule reward (residual, binary or beam) times this
+    # logprob: log p_T(item | history); rank: 1 / log2(catalogue rank + 2); group_softmax: p_T over the group's items
+    form: Literal["logprob", "rank", "group_softmax"] = "rank"
+
+
 class RlSpec(_Section):
     steps: int = Field(30, ge=1)
     group_size: int = Field(8, ge=2)
     prompts_per_step: int = Field(16, ge=1)
-    advantage: Literal["srpo", "grpo", "dr_grpo"] = "srpo"
+    # pairwise: ReCast's top positive (+1) against the policy's hardest negative (-1), the rest 0.
+    advantage: Literal["srpo", "grpo", "dr_grpo", "pairwise"] = "srpo"
     mode: Literal["direct", "reasoning"] = "direct"
     reward: Literal["residual", "binary", "beam"] = "residual"
     # MiniOneRec's ranking term at this weight (0 = off): pushes the misses the policy ranks high
     # below the target (rl_system.reward.functions.ranking_penalty).
     rank_penalty: float = Field(0.0, ge=0)
+    # Weight of the cross-entropy of each trained prompt's target SID, added to the policy loss, so an
+    # RL step adds to maximum likelihood instead of replacing it (DESIGN.md section 11; 0 = off).
+    ce_coef: float = Field(0.0, ge=0)
+    # A group without the target gets it in place of its last completion (MiniOneRec's add_gt), so
+    # it carries a positive; the learner's own forward gives that row's old logprobs.
+    inject_target: bool = False
+    teacher: TeacherSpec | None = None
     # How a prompt's group is drawn: G samples, the trie-constrained beam of width G (G distinct
     # items, MiniOneRec's rollouts), or `beam_share` of the group from the beam and the rest sampled.
     rollout: Literal["sample", "beam", "mixed"] = "sample"
@@ -187,6 +205,9 @@ class RlSpec(_Section):
         if self.rollout == "mixed" and not 1 <= round(self.beam_share * self.group_size) < self.group_size:
             raise ValueError(f"rollout 'mixed': beam_share {self.beam_share} of group_size {self.group_size} "
                              "must leave at least one beam and one sampled completion")
+        for key, on in (("ce_coef", self.ce_coef), ("inject_target", self.inject_target)):
+            if on and self.mode != "direct":
+                raise ValueError(f"{key} trains the target SID right after the prompt, so it needs mode 'direct'")
         if self.max_staleness and self.tis_cap is None:
             raise ValueError(f"max_staleness {self.max_staleness} trains on completions of older weights; set "
                              "tis_cap (e.g. 2.0) so the loss corrects for them")

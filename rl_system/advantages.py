@@ -12,7 +12,7 @@ from typing import Literal
 
 import numpy as np
 
-Estimator = Literal["srpo", "grpo", "dr_grpo"]
+Estimator = Literal["srpo", "grpo", "dr_grpo", "pairwise"]
 EPS = 1e-6
 
 
@@ -72,7 +72,31 @@ def srpo(rewards: np.ndarray, hits: np.ndarray, k: int = 4, eps: float = EPS) ->
     return grpo(rewards, eps) + bonus
 
 
-def compute(estimator: Estimator, rewards: np.ndarray, hits: np.ndarray | None = None, k: int = 4) -> np.ndarray:
+def pairwise(rewards: np.ndarray, logprobs: np.ndarray) -> np.ndarray:
+    """ReCast's contrast (arXiv 2604.22169): +1 for the top positive, -1 for the hardest negative, 0
+    for the rest of the group. The top positive has the group's highest reward (ties: the one the
+    policy gives the lowest sequence log-probability, which most needs the push); the hardest
+    negative is, among the completions below that reward, the one the policy ranks highest. A flat
+    group gets 0. `logprobs` [P, G]: the policy's sequence log-probabilities; NaN (a row no engine
+    sampled, e.g. an injected target) counts as the lowest."""
+    rewards = _check_groups(rewards)
+    logprobs = np.nan_to_num(np.asarray(logprobs, dtype=np.float64), nan=-np.inf)
+    if logprobs.shape != rewards.shape:
+        raise ValueError(f"logprobs have shape {logprobs.shape}, rewards {rewards.shape}; they must match")
+    out = np.zeros_like(rewards)
+    rows = np.arange(len(rewards))
+    best = rewards.max(axis=1, keepdims=True)
+    top = np.where(rewards == best, -logprobs, -np.inf).argmax(axis=1)
+    below = rewards < best
+    hardest = np.where(below, logprobs, -np.inf).argmax(axis=1)
+    informative = below.any(axis=1)
+    out[rows[informative], top[informative]] = 1.0
+    out[rows[informative], hardest[informative]] = -1.0
+    return out
+
+
+def compute(estimator: Estimator, rewards: np.ndarray, hits: np.ndarray | None = None, k: int = 4,
+            logprobs: np.ndarray | None = None) -> np.ndarray:
     """Dispatch on the spec's `rl.advantage`."""
     if estimator == "srpo":
         if hits is None:
@@ -82,4 +106,8 @@ def compute(estimator: Estimator, rewards: np.ndarray, hits: np.ndarray | None =
         return grpo(rewards)
     if estimator == "dr_grpo":
         return dr_grpo(rewards)
-    raise ValueError(f"unknown advantage estimator {estimator!r}; expected srpo, grpo or dr_grpo")
+    if estimator == "pairwise":
+        if logprobs is None:
+            raise ValueError("the pairwise estimator needs the policy's sequence log-probabilities")
+        return pairwise(rewards, logprobs)
+    raise ValueError(f"unknown advantage estimator {estimator!r}; expected srpo, grpo, dr_grpo or pairwise")

@@ -18,7 +18,7 @@ from rl_system import advantages
 from rl_system.answer_modes import through_answer_open
 from rl_system.messages import Completion, Prompt, RewardReply, RolloutGroup, ScoredGroup, TrainBatch
 from rl_system.prompt_source import PromptSource
-from rl_system.reward.functions import ranking_penalty
+from rl_system.reward.functions import ranking_penalty, teacher_reward
 from rl_system.reward.pool import RewardPool
 from rl_system.rollout.pool import RolloutPool
 from rl_system.seeding import request_seed
@@ -75,6 +75,9 @@ class GroupSampler:
                 group.completions.extend(
                     Completion([*c.token_ids, tokenizer.eos_token_id], tokenizer.decode(c.token_ids),
                                [*c.token_logprobs, 0.0], "stop") for c in cands)
+        if rl.inject_target:
+            for prompt, group in zip(prompts, groups):
+                inject_target(group, prompt, tokenizer.eos_token_id, tokenizer.decode)
         return groups
 
     def sample(self, n: int) -> list[ScoredGroup]:
@@ -90,13 +93,18 @@ class GroupSampler:
         start = time.perf_counter()
         texts = [c.text for g in groups for c in g.completions]
         targets = [p.target for p in prompts for _ in range(rl.group_size)]
-        reply: RewardReply = self.rewards.score(texts, targets, beams=beams, mode=rl.mode)
+        histories = [p.history for p in prompts for _ in range(rl.group_size)] if rl.teacher else None
+        reply: RewardReply = self.rewards.score(texts, targets, beams=beams, mode=rl.mode, histories=histories)
         self.seconds["reward"] += time.perf_counter() - start
 
         chosen = {"residual": reply.residual, "binary": reply.binary, "beam": reply.beam}[rl.reward]
         shape = (len(prompts), rl.group_size)
+        if rl.teacher:
+            chosen = chosen + rl.teacher.weight * teacher_reward(
+                rl.teacher.form, reply.teacher_logp.reshape(shape), reply.teacher_rank.reshape(shape)).ravel()
         if rl.rank_penalty:
-            seq_logprobs = np.array([sum(c.logprobs) for g in groups for c in g.completions]).reshape(shape)
+            # An injected target (NaN logprobs) ranks last among the policy's candidates.
+            seq_logprobs = np.nan_to_num(sequence_logprobs(groups).reshape(shape), nan=-np.inf)
             chosen = chosen + rl.rank_penalty * ranking_penalty(reply.exact.reshape(shape), seq_logprobs).ravel()
         out = [ScoredGroup(p, g, r, h, lcp, f) for p, g, r, h, lcp, f in zip(
             prompts, groups, chosen.reshape(shape), reply.exact.reshape(shape), reply.lcp.reshape(shape),
@@ -105,11 +113,30 @@ class GroupSampler:
         return out
 
 
-def train_batch(groups: list[ScoredGroup], estimator: str, k: int) -> TrainBatch:
-    """Advantages per completion (group-relative) and the rows the learner trains on."""
+def inject_target(group: RolloutGroup, prompt: Prompt, end_id: int, decode) -> bool:
+    """A group that does not hold the prompt's target gets it in place of its last completion
+    (MiniOneRec's add_gt, ReCast), so the group carries a positive. No engine sampled it: its
+    logprobs are NaN, and the learner's own forward gives its old logprobs (importance ratio 1 at
+    the first micro-step, truncated-IS weight 1). Returns whether it injected."""
+    target = [*prompt.target_ids, end_id]
+    if any(c.token_ids == target for c in group.completions):
+        return False
+    group.completions[-1] = Completion(target, decode(list(prompt.target_ids)), [float("nan")] * len(target), "stop")
+    return True
+
+
+def sequence_logprobs(groups) -> np.ndarray:
+    """Each completion's summed logprob, flat in group order (NaN for an injected target)."""
+    return np.array([sum(c.logprobs) for g in groups for c in g.completions])
+
+
+def train_batch(groups: list[ScoredGroup], estimator: str, k: int, anchor_end: int | None = None) -> TrainBatch:
+    """Advantages per completion (group-relative) and the rows the learner trains on. `anchor_end`
+    (the end token; `rl.ce_coef` > 0): one more row per group, its target SID, for the CE anchor."""
     rewards = np.stack([g.rewards for g in groups])
     hits = np.stack([g.hits for g in groups])
-    adv = advantages.compute(estimator, rewards, hits, k)
+    adv = advantages.compute(estimator, rewards, hits, k,
+                             sequence_logprobs([g.rollout for g in groups]).reshape(rewards.shape))
     prompt_ids, completion_ids, values, logprobs = [], [], [], []
     for group, row in zip(groups, adv):
         for comp, a in zip(group.rollout.completions, row):
@@ -117,7 +144,16 @@ def train_batch(groups: list[ScoredGroup], estimator: str, k: int) -> TrainBatch
             completion_ids.append(comp.token_ids)
             values.append(float(a))
             logprobs.append(comp.logprobs)
-    return TrainBatch(prompt_ids, completion_ids, values, logprobs)
+    anchor = [False] * len(values)
+    if anchor_end is not None:
+        for group in groups:
+            target = [*group.prompt.target_ids, anchor_end]
+            prompt_ids.append(group.rollout.prompt_ids)
+            completion_ids.append(target)
+            values.append(0.0)
+            logprobs.append([float("nan")] * len(target))
+            anchor.append(True)
+    return TrainBatch(prompt_ids, completion_ids, values, logprobs, anchor=anchor)
 
 
 def rollout_metrics(groups: list[ScoredGroup], depth: int) -> dict:

@@ -60,6 +60,12 @@ def tis_weight(old_logp: torch.Tensor, rollout_logp: torch.Tensor, cap: float) -
     return torch.exp(old_logp - rollout_logp).clamp(max=cap).detach()
 
 
+def ce_anchor(logp: torch.Tensor, mask: torch.Tensor, token_count: float | None = None) -> torch.Tensor:
+    """Cross-entropy of the anchor rows' tokens (their target SIDs), -log p at temperature 1, as a
+    token-level mean: SFT's loss on those rows, which `rl.ce_coef` adds to the policy loss."""
+    return masked_mean(-logp, mask, token_count)
+
+
 def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
              clip_low: float = 0.2, clip_high: float = 0.2, ref_logp: torch.Tensor | None = None,
              kl_coef: float = 0.0, rollout_logp: torch.Tensor | None = None, tis_cap: float | None = None,

@@ -17,6 +17,8 @@ class Prompt:
     text: str
     target: int
     target_codes: tuple[int, ...]
+    history: tuple[int, ...] = ()  # item ids, oldest first (what a teacher model scores)
+    target_ids: tuple[int, ...] = ()  # the target SID's token ids (CE anchor, injected target)
 
 
 @dataclass(frozen=True)
@@ -61,12 +63,17 @@ class TrainBatch:
     prompt_ids: list[list[int]]
     completion_ids: list[list[int]]
     advantages: list[float]
-    rollout_logprobs: list[list[float]] | None = None  # per completion token, from the rollout engine
+    # Per completion token, from the rollout engine; NaN for a row no engine sampled (an injected
+    # target), whose old logprobs the learner computes itself.
+    rollout_logprobs: list[list[float]] | None = None
     loss_mask: list[list[int]] | None = None  # per completion token, 1 = trained; default all ones
+    # Rows that are the prompt's target SID for the cross-entropy anchor (`rl.ce_coef`), not samples:
+    # they enter the CE term only, never the policy-gradient or KL terms.
+    anchor: list[bool] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.completion_ids)
-        for name in ("prompt_ids", "advantages", "rollout_logprobs", "loss_mask"):
+        for name in ("prompt_ids", "advantages", "rollout_logprobs", "loss_mask", "anchor"):
             value = getattr(self, name)
             if value is not None and len(value) != n:
                 raise ValueError(f"TrainBatch.{name} has {len(value)} rows, completion_ids has {n}")
@@ -89,16 +96,24 @@ class TrainBatch:
             return None if xs is None else [xs[i] for i in rows]
 
         return TrainBatch(pick(self.prompt_ids), pick(self.completion_ids), pick(self.advantages),
-                          pick(self.rollout_logprobs), pick(self.loss_mask))
+                          pick(self.rollout_logprobs), pick(self.loss_mask), pick(self.anchor))
 
     def masked_out(self) -> "TrainBatch":
         """The same rows contributing nothing: a filler micro-batch that keeps collectives in step."""
         return replace(self, loss_mask=[[0] * len(c) for c in self.completion_ids])
 
+    def _tokens(self, anchors: bool) -> int:
+        masks = self.loss_mask or [[1] * len(c) for c in self.completion_ids]
+        flags = self.anchor or [False] * len(self)
+        return int(sum(sum(m) for m, a in zip(masks, flags) if a == anchors))
+
     def num_tokens(self) -> int:
-        if self.loss_mask is None:
-            return sum(len(c) for c in self.completion_ids)
-        return int(sum(sum(m) for m in self.loss_mask))
+        """Trained tokens of the sampled rows (the policy-gradient term's denominator)."""
+        return self._tokens(False)
+
+    def num_anchor_tokens(self) -> int:
+        """Trained tokens of the anchor rows (the CE term's denominator)."""
+        return self._tokens(True)
 
 
 @dataclass(frozen=True)
@@ -113,22 +128,29 @@ class RewardReply:
     residual: np.ndarray
     binary: np.ndarray
     beam: np.ndarray | None
+    teacher_logp: np.ndarray | None = None  # log p_T(item | history), -inf where no item
+    teacher_rank: np.ndarray | None = None  # the item's 0-based catalogue rank under the teacher, -1 where none
 
     def __len__(self) -> int:
         return len(self.residual)
 
     @classmethod
     def from_wire(cls, msg: dict[str, Any]) -> "RewardReply":
-        beam = msg.get("beam")
+        def optional(key: str, dtype) -> np.ndarray | None:
+            return None if msg.get(key) is None else np.asarray(msg[key], dtype=dtype)
+
         return cls(format_ok=np.asarray(msg["format_ok"], dtype=bool), codes=np.asarray(msg["codes"], dtype=np.int64),
                    item=np.asarray(msg["item"], dtype=np.int64), exact=np.asarray(msg["exact"], dtype=bool),
                    lcp=np.asarray(msg["lcp"], dtype=np.int64), residual=np.asarray(msg["residual"], dtype=np.float64),
-                   binary=np.asarray(msg["binary"], dtype=np.float64),
-                   beam=None if beam is None else np.asarray(beam, dtype=np.float64))
+                   binary=np.asarray(msg["binary"], dtype=np.float64), beam=optional("beam", np.float64),
+                   teacher_logp=optional("teacher_logp", np.float64), teacher_rank=optional("teacher_rank", np.int64))
 
     @classmethod
     def concat(cls, parts: Sequence["RewardReply"]) -> "RewardReply":
-        beams = [p.beam for p in parts]
+        def optional(key: str) -> np.ndarray | None:
+            values = [getattr(p, key) for p in parts]
+            return None if any(v is None for v in values) else np.concatenate(values)
+
         return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in
                      ("format_ok", "codes", "item", "exact", "lcp", "residual", "binary")),
-                   beam=None if any(b is None for b in beams) else np.concatenate(beams))
+                   beam=optional("beam"), teacher_logp=optional("teacher_logp"), teacher_rank=optional("teacher_rank"))

@@ -60,7 +60,9 @@ class PromptSource:
         history = [self.index.text(i) for i in example.history]
         text = render_seqrec_prompt(self.tokenizer, history, self.reasoning,
                                     related_sids(self.index, self.related, example.history))
-        return Prompt(uid, example.user, text, example.target, self.index.codes(example.target))
+        target_ids = tuple(self.tokenizer.convert_tokens_to_ids(self.index.tokens(example.target)))
+        return Prompt(uid, example.user, text, example.target, self.index.codes(example.target),
+                      tuple(example.history), target_ids)
 
     def next(self, n: int) -> list[Prompt]:
         out = []

@@ -37,13 +37,14 @@ from cluster.logs import fields
 from cluster.metrics_log import MetricsLog
 from cluster.placement import init_ray, ranks_group
 from cluster.spec import JobSpec, SpecError
-from indexing.dataset import split_from_spec
+from indexing.dataset import load_from_spec, split_from_spec
 from indexing.sid import SidIndex
 from rl_system.dynamic_sampling import BatchFiller
 from rl_system.groups import GroupSampler, rollout_metrics, train_batch
 from rl_system.learner.group import LearnerGroup
 from rl_system.prompt_source import PromptSource, training_prompts
 from rl_system.reward.pool import RewardPool
+from rl_system.reward.teacher import check_teacher
 from rl_system.rollout.pool import RolloutPool
 from rl_system.rollout_ahead import Produced, RolloutAhead, staleness
 from rl_system.validation import KEYS as VALIDATION_KEYS
@@ -53,7 +54,7 @@ from sft.related import related_table
 log = logging.getLogger(__name__)
 
 
-LEARNER_KEYS = ("kl", "entropy", "clip_fraction", "grad_norm", "loss", "pg_loss")
+LEARNER_KEYS = ("kl", "entropy", "clip_fraction", "grad_norm", "loss", "pg_loss", "ce")
 # The spec sections a checkpoint's state depends on; their hash is in every manifest.
 CHECKPOINT_SECTIONS = ("data", "index", "model", "rl")
 
@@ -191,6 +192,8 @@ def run(spec: JobSpec, resume: bool = False, force: bool = False) -> Path:
     """`force`: resume although the spec's checkpoint sections changed since the checkpoint."""
     split = split_from_spec(spec)
     prompts = training_prompts(spec, split.train)  # a bad spec fails here, before Ray or the models start
+    if spec.rl.teacher is not None:
+        check_teacher(spec.rl.teacher.path, load_from_spec(spec).num_items, spec.data.name)
     # Before any start-up, so that a refused run costs nothing and changes nothing.
     ckpts = CheckpointManager(spec.layout.checkpoints, spec.checkpoint.keep,
                               BestRule(spec.checkpoint.best_metric, spec.checkpoint.best_mode))
@@ -222,6 +225,7 @@ def _train(spec: JobSpec, ckpts: CheckpointManager, prompts, valid, resume: bool
     validate = in_run_validation(spec, learner, pool, tokenizer, index, valid, related, start_model)
     sampler = GroupSampler(rl, pool, rewards, source, tokenizer.get_vocab().get("<answer>"))
     filler = BatchFiller(rl.prompts_per_step, rl.max_resample_rounds, rl.drop_flat_groups)
+    anchor_end = tokenizer.eos_token_id if rl.ce_coef else None  # each group's target row for the CE anchor
 
     def produce() -> Produced:
         sampler.reset()
@@ -240,8 +244,9 @@ def _train(spec: JobSpec, ckpts: CheckpointManager, prompts, valid, resume: bool
         teardown.callback(metrics.close)
         stop, control, window = _StopFlag(), ControlWatcher(spec.run_path), _ScoreWindow(spec)
         if validate is not None and step == 0:  # the SFT model: the baseline every checkpoint must beat
+            t_val = time.perf_counter()
             baseline = validate()
-            metrics.write(0, baseline)
+            metrics.write(0, {**baseline, "time/validate": round(time.perf_counter() - t_val, 4)})
             _save(spec, ckpts, learner, trained_data, 0, {spec.checkpoint.best_metric: baseline.get(spec.checkpoint.best_metric)})
         ahead = RolloutAhead(produce, rl.max_staleness, version=step)
         teardown.callback(ahead.close)  # registered last, so it ends before the pools it uses
@@ -259,7 +264,8 @@ def _train(spec: JobSpec, ckpts: CheckpointManager, prompts, valid, resume: bool
                 batch.seconds["train"] = 0.0
             else:
                 t_train = time.perf_counter()
-                trained = learner.train_step(train_batch(batch.filled.kept, rl.advantage, rl.passk_k))  # train
+                rows = train_batch(batch.filled.kept, rl.advantage, rl.passk_k, anchor_end)
+                trained = learner.train_step(rows)                                 # train
                 batch.seconds["train"] = time.perf_counter() - t_train
             trained_data, drawn = batch.data_state, batch.epochs_drawn
             last = step == rl.steps or _trained_enough(rl, drawn)
@@ -272,7 +278,9 @@ def _train(spec: JobSpec, ckpts: CheckpointManager, prompts, valid, resume: bool
             record = _step_record(step, index.depth, batch, trained, push, time.perf_counter() - t0)
             evaluated = validate is not None and (step % rl.eval_every == 0 or last)
             if validate is not None:
+                t_val = time.perf_counter()
                 record.update(validate() if evaluated else dict.fromkeys(VALIDATION_KEYS))  # validate
+                record["time/validate"] = round(time.perf_counter() - t_val, 4) if evaluated else None
             metrics.write(step, record)                                    # log
             window.add(record)
             write_status(spec.run_path, step, pool.versions(), pool.restarts)

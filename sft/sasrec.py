@@ -30,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from cluster.device import resolve
-from cluster.errors import BadRequest
+from cluster.errors import BadRequest, MissingArtefact
 from cluster.eval_record import RankRecord, split_ranks, write_eval
 from cluster.logs import fields
 from cluster.spec import JobSpec
@@ -346,7 +346,43 @@ def evaluation(fitted: Fitted, test: np.ndarray, ks: list[int], users: int | Non
     """eval.json's figures (the first `users` of each split, and every user) and the full ranks."""
     return {"valid": report(fitted.valid_ranks, ks, users), "test": report(test, ks, users),
             "all_users": {"valid": report(fitted.valid_ranks, ks, None), "test": report(test, ks, None)},
-            "best_epoch": fitted.best_epoch, "ranks": {"valid": fitted.valid_ranks, "test": test}}
+            "best_epoch": fitted.best_epoch, "ranks": {"valid": fitted.valid_ranks, "test": test}, "fitted": fitted}
+
+
+SCORER_WEIGHTS = "model.safetensors"
+SCORER_META = "scorer.json"
+
+
+def save_scorer(folder: Path, model: SASRec, cfg: SasrecConfig, dataset: str, num_items: int) -> None:
+    """The trained model beside its eval.json, with what a loader checks: settings, catalogue size
+    and data set (RL's teacher reward, rl_system/reward/teacher.py, loads it)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / SCORER_WEIGHTS))
+    (folder / SCORER_META).write_text(json.dumps({"config": asdict(cfg), "num_items": num_items,
+                                                  "max_len": model.max_len, "dataset": dataset}, indent=1))
+
+
+def load_scorer(folder: str | Path) -> tuple[SASRec, dict]:
+    """A SASRec saved by `gream baseline sasrec` (save_scorer), in eval mode, and its scorer.json."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta_path = folder / SCORER_META
+    if not meta_path.exists():
+        raise MissingArtefact(f"{meta_path}: no trained SASRec here; run `gream baseline sasrec SPEC` (its "
+                              "baselines/sasrec folder holds model.safetensors and scorer.json)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        cfg = SasrecConfig(**check_settings(meta["config"], str(meta_path)))
+        model = SASRec(int(meta["num_items"]), int(meta["max_len"]), cfg)
+        model.load_state_dict(load_file(str(folder / SCORER_WEIGHTS)))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, RuntimeError,
+            SafetensorError) as exc:
+        raise BadRequest(f"{folder}: not a SASRec scorer that loads ({type(exc).__name__}: {exc}); "
+                         "re-run `gream baseline sasrec`") from exc
+    return model.eval(), meta
 
 
 def train_and_evaluate(split: Split, num_items: int, max_len: int, ks: list[int], cfg: SasrecConfig,
@@ -379,6 +415,9 @@ def write_result(spec: JobSpec, ds: Dataset, split: Split, result: dict, cfg: Sa
                     **({"with_history": result["with_history"]} if "with_history" in result else {}),
                     "dataset": ds.name, "split": spec.data.split, "config": asdict(cfg), **meta}}
     path = write_eval(out_dir(spec, name), out, ranks)
+    fitted = result["fitted"]
+    if fitted.plugin.name == Plugin.name:  # a variant's model reads features a teacher request lacks
+        save_scorer(path.parent, fitted.model, cfg, ds.name, ds.num_items)
     log.info("sasrec done", extra=fields(path=str(path), **{f"test_{k}": round(v, 4) for k, v in out["test"].items()}))
     return path
 

@@ -17,7 +17,17 @@ class Packed:
     targets: torch.Tensor  # [B, C] completion tokens
     mask: torch.Tensor  # [B, C] float, 1 on trained completion tokens
     advantages: torch.Tensor  # [B]
-    rollout_logp: torch.Tensor | None  # [B, C]
+    rollout_logp: torch.Tensor | None  # [B, C], NaN on rows no engine sampled
+    anchor: torch.Tensor  # [B] bool: the row is a CE-anchor target, not a sample
+
+    @property
+    def sampled_mask(self) -> torch.Tensor:
+        """`mask` on the sampled rows only: the policy-gradient and KL terms' tokens."""
+        return self.mask * (~self.anchor)[:, None]
+
+    @property
+    def anchor_mask(self) -> torch.Tensor:
+        return self.mask * self.anchor[:, None]
 
 
 def pack(batch: TrainBatch, device: torch.device, pad_id: int = 0) -> Packed:
@@ -41,8 +51,9 @@ def pack(batch: TrainBatch, device: torch.device, pad_id: int = 0) -> Packed:
     def to(t):
         return None if t is None else t.to(device)
 
+    anchor = torch.as_tensor(batch.anchor or [False] * n, dtype=torch.bool)
     return Packed(to(ids), to(attn), to(positions), to(targets), to(mask),
-                  torch.as_tensor(batch.advantages, dtype=torch.float32, device=device), to(rollout))
+                  torch.as_tensor(batch.advantages, dtype=torch.float32, device=device), to(rollout), to(anchor))
 
 
 def completion_logits(model, packed: Packed) -> torch.Tensor:

@@ -48,8 +48,10 @@ class LearnerGroup:
     def train_step(self, batch: TrainBatch) -> dict:
         shards = self._shards(batch)
         per_rank_tokens = batch.num_tokens() / self.world_size
+        per_rank_anchor = batch.num_anchor_tokens() / self.world_size
         num_micro = self._num_micro(shards)
-        results = self._get([a.train_step.remote(s, per_rank_tokens, num_micro) for a, s in zip(self.actors, shards)])
+        results = self._get([a.train_step.remote(s, per_rank_tokens, num_micro, per_rank_anchor)
+                             for a, s in zip(self.actors, shards)])
         return merge_metrics(results)
 
     def logprobs(self, batch: TrainBatch) -> list[list[float]]:
@@ -111,7 +113,7 @@ class LearnerGroup:
         self.actors = []
 
 
-GLOBAL_METRICS = ("tokens", "grad_norm", "step", "lr")
+GLOBAL_METRICS = ("tokens", "grad_norm", "step", "lr", "ce", "anchor_tokens")
 
 
 def merge_metrics(per_rank: list[dict]) -> dict:
@@ -120,4 +122,8 @@ def merge_metrics(per_rank: list[dict]) -> dict:
     merged = {k: sum(m[k] * m["tokens"] for m in per_rank) / max(tokens, 1.0)
               for k in per_rank[0] if k not in GLOBAL_METRICS}
     merged.update(tokens=tokens, grad_norm=per_rank[0]["grad_norm"], step=per_rank[0]["step"], lr=per_rank[0]["lr"])
+    if "ce" in per_rank[0]:  # the anchor's token-weighted mean, over the anchor tokens
+        anchor = sum(m["anchor_tokens"] for m in per_rank)
+        merged["ce"] = sum(m["ce"] * m["anchor_tokens"] for m in per_rank) / max(anchor, 1.0)
+        merged["anchor_tokens"] = anchor
     return merged

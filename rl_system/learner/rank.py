@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,11 +25,37 @@ from cluster import device as device_mod
 from cluster import ranks
 from cluster.logs import fields
 from rl_system import losses
-from rl_system.learner.batching import completion_logits, micro_batches, pack
+from rl_system.learner.batching import Packed, completion_logits, micro_batches, pack
 from rl_system.learner.config import LearnerConfig, deepspeed_config
 from rl_system.messages import TrainBatch
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class MicroBatchLoss:
+    loss: torch.Tensor  # what backward runs on
+    ppo: losses.LossOutput  # the policy-gradient and KL terms, over the sampled rows
+    ce: float | None  # the CE anchor's token-mean over `anchor_count` (None: off)
+    rollout_logp: torch.Tensor | None  # the rollout logprobs, the learner's own where no engine sampled
+
+
+def micro_batch_loss(cfg: LearnerConfig, logits: torch.Tensor, packed: Packed, old_logp: torch.Tensor,
+                     ref_logp: torch.Tensor | None, token_count: float, anchor_count: float) -> MicroBatchLoss:
+    """One micro-batch's loss: the clipped surrogate and KL over the sampled rows (token means over
+    `token_count`), plus `cfg.ce_coef` times the anchor rows' cross-entropy (over `anchor_count`)."""
+    logp = losses.token_logprobs(logits, packed.targets, cfg.temperature)
+    # A row no engine sampled (an injected target) takes the learner's own old logprobs.
+    rollout_logp = (None if packed.rollout_logp is None else
+                    torch.where(torch.isnan(packed.rollout_logp), old_logp, packed.rollout_logp))
+    out = losses.ppo_loss(logp, old_logp, packed.advantages, packed.sampled_mask, cfg.clip_low, cfg.clip_high,
+                          ref_logp=ref_logp, kl_coef=cfg.kl_coef, rollout_logp=rollout_logp, tis_cap=cfg.tis_cap,
+                          token_count=token_count)
+    if not (cfg.ce_coef and anchor_count):
+        return MicroBatchLoss(out.loss, out, None, rollout_logp)
+    plain = logp if cfg.temperature == 1.0 else losses.token_logprobs(logits, packed.targets)
+    ce = losses.ce_anchor(plain, packed.anchor_mask, anchor_count)
+    return MicroBatchLoss(out.loss + cfg.ce_coef * ce, out, ce.item(), rollout_logp)
 
 
 class Learner:
@@ -110,12 +137,15 @@ class Learner:
 
     # --- training -----------------------------------------------------------------------------
 
-    def train_step(self, batch: TrainBatch, token_count: float | None = None, num_micro: int | None = None) -> dict:
-        """One optimizer step. token_count / num_micro come from LearnerGroup when W > 1: the global
-        token count divided by W, and the micro-batch count every rank must run."""
+    def train_step(self, batch: TrainBatch, token_count: float | None = None, num_micro: int | None = None,
+                   anchor_count: float | None = None) -> dict:
+        """One optimizer step. token_count / num_micro / anchor_count come from LearnerGroup when W > 1:
+        the global sampled-token count divided by W, the micro-batch count every rank must run, and
+        the global anchor-token count divided by W (the CE term's denominator, `rl.ce_coef`)."""
         cfg = self.config
         parts, _ = micro_batches(batch, cfg.micro_batch_size, num_micro)
         token_count = token_count if token_count is not None else batch.num_tokens()
+        anchor_count = anchor_count if anchor_count is not None else batch.num_anchor_tokens()
         self.engine.eval()
         old = self._frozen_logprobs(self.engine, parts)
         self.engine.train()
@@ -123,28 +153,29 @@ class Learner:
         self.engine.set_train_batch_size(len(parts) * cfg.micro_batch_size * self.world_size)
         sums = {"pg_loss": 0.0, "kl": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "ratio": 0.0, "tis_weight": 0.0,
                 "logprob_diff": 0.0}
-        tokens = 0.0
+        tokens = anchor_tokens = ce_sum = 0.0
         for i, (part, old_logp, ref_logp) in enumerate(zip(parts, old, ref)):
             # Explicit: DeepSpeed's own boundary test counts micro-steps modulo a gas that changes per step.
             self.engine.set_gradient_accumulation_boundary(i == len(parts) - 1)
             packed = pack(part, self.device, self.pad_id)
             logits = completion_logits(self.engine, packed)
-            logp = losses.token_logprobs(logits, packed.targets, cfg.temperature)
-            out = losses.ppo_loss(logp, old_logp, packed.advantages, packed.mask, cfg.clip_low, cfg.clip_high,
-                                  ref_logp=ref_logp, kl_coef=cfg.kl_coef, rollout_logp=packed.rollout_logp,
-                                  tis_cap=cfg.tis_cap, token_count=token_count)
-            self.engine.backward(out.loss, scale_wrt_gas=False)
+            step = micro_batch_loss(cfg, logits, packed, old_logp, ref_logp, token_count, anchor_count)
+            out, sampled, rollout_logp = step.ppo, packed.sampled_mask, step.rollout_logp
+            if step.ce is not None:
+                ce_sum += step.ce * anchor_count
+                anchor_tokens += packed.anchor_mask.sum().item()
+            self.engine.backward(step.loss, scale_wrt_gas=False)
             self.engine.step()
-            n = packed.mask.sum().item()
+            n = sampled.sum().item()
             tokens += n
             # pg_loss and kl came back divided by token_count; undo that to accumulate token sums.
             sums["pg_loss"] += out.pg_loss * max(token_count, 1.0)
             sums["kl"] += out.kl * max(token_count, 1.0)
             with torch.no_grad():
-                sums["entropy"] += losses.masked_mean(losses.token_entropy(logits, cfg.temperature), packed.mask).item() * n
-                if packed.rollout_logp is not None:
-                    diff = (old_logp - packed.rollout_logp).abs()
-                    sums["logprob_diff"] += losses.masked_mean(diff, packed.mask).item() * n
+                sums["entropy"] += losses.masked_mean(losses.token_entropy(logits, cfg.temperature), sampled).item() * n
+                if rollout_logp is not None:
+                    diff = (old_logp - rollout_logp).abs()
+                    sums["logprob_diff"] += losses.masked_mean(diff, sampled).item() * n
             sums["clip_fraction"] += out.clip_fraction * n
             sums["ratio"] += out.ratio_mean * n
             sums["tis_weight"] += out.tis_weight_mean * n
@@ -152,6 +183,10 @@ class Learner:
         grad_norm = self.engine.get_global_grad_norm()
         metrics = {k: v / max(tokens, 1.0) for k, v in sums.items()}
         metrics["loss"] = metrics["pg_loss"] + cfg.kl_coef * metrics["kl"]
+        if cfg.ce_coef:
+            metrics["ce"] = ce_sum / max(anchor_tokens, 1.0)
+            metrics["anchor_tokens"] = anchor_tokens
+            metrics["loss"] += cfg.ce_coef * metrics["ce"]
         if batch.rollout_logprobs is None:
             del metrics["logprob_diff"]  # mean |learner - rollout| logprob: unknown without rollout logprobs
         metrics.update(tokens=tokens, grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),

@@ -107,7 +107,7 @@ class RewardClient:
                 return msg
 
     def score(self, completions: Sequence[str], targets: Sequence[int], beams: Sequence[Sequence[str]] | None = None,
-              mode: rewards.Mode | None = None) -> RewardReply:
+              mode: rewards.Mode | None = None, histories: Sequence[Sequence[int]] | None = None) -> RewardReply:
         n = len(completions)
         chunks = max(1, min(len(self._socks), n // self.min_chunk))
         bounds = np.linspace(0, n, chunks + 1).astype(int)
@@ -121,6 +121,8 @@ class RewardClient:
                 request["mode"] = mode
             if beams is not None:
                 request["beams"] = [list(b) for b in beams[lo:hi]]
+            if histories is not None:  # for a replica with a teacher model
+                request["histories"] = [[int(i) for i in h] for h in histories[lo:hi]]
             self._socks[replica].send_multipart(wire.pack_request(request_id, self.token, request))
             sent.append((replica, request_id))
         self._next = (self._next + chunks) % len(self._socks)

@@ -159,6 +159,33 @@ def ranking_penalty(hits: np.ndarray, logprobs: np.ndarray) -> np.ndarray:
     return np.where(hits | ~hits.any(axis=1, keepdims=True), 0.0, penalty)
 
 
+TeacherForm = Literal["logprob", "rank", "group_softmax"]
+
+
+def teacher_reward(form: TeacherForm, logp: np.ndarray, rank: np.ndarray) -> np.ndarray:
+    """The teacher's reward for groups [P, G] of completions, from its log-probability of each
+    completion's item and the item's 0-based catalogue rank (-inf / -1: no item):
+    - logprob: log p_T(item); a completion that names no item gets its group's lowest (0 if none does);
+    - rank: 1 / log2(rank + 2), 1 for the teacher's top item, 0 for no item;
+    - group_softmax: p_T renormalised over the group's items (softmax of the log-probabilities)."""
+    logp = np.asarray(logp, dtype=np.float64)
+    rank = np.asarray(rank)
+    if logp.ndim != 2 or logp.shape != rank.shape:
+        raise ValueError(f"logp {logp.shape} and rank {rank.shape} must both be [groups, G]")
+    named = np.isfinite(logp)
+    if form == "rank":
+        return np.where(rank >= 0, 1.0 / np.log2(np.maximum(rank, 0) + 2.0), 0.0)
+    if form == "logprob":
+        floor = np.where(named, logp, np.inf).min(axis=1, keepdims=True)
+        return np.where(named, logp, np.where(np.isfinite(floor), floor, 0.0))
+    if form == "group_softmax":
+        top = np.where(named, logp, -np.inf).max(axis=1, keepdims=True)
+        weights = np.where(named, np.exp(logp - np.where(np.isfinite(top), top, 0.0)), 0.0)
+        total = weights.sum(axis=1, keepdims=True)
+        return np.divide(weights, total, out=np.zeros_like(weights), where=total > 0)
+    raise ValueError(f"unknown teacher reward form {form!r}; expected logprob, rank or group_softmax")
+
+
 def semantic_levels(index_codes: np.ndarray) -> int:
     """Levels that carry meaning in an index [items, D]: D - 1 if the last level is a dedup ordinal, else D.
 

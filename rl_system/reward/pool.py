@@ -36,9 +36,10 @@ def bind_host(requested: str, alive_nodes: int) -> str:
 class RewardPool:
     def __init__(self, index_path: str | Path, replicas: int, mode: str = "direct", beta: float = 0.5,
                  host: str = "127.0.0.1", token: str | None = None, timeout_s: float = 30.0,
-                 max_request_bytes: int = MAX_REQUEST_BYTES, resources: dict[str, float] | None = None):
+                 max_request_bytes: int = MAX_REQUEST_BYTES, resources: dict[str, float] | None = None,
+                 teacher: tuple[str, str] | None = None):
         self._start = dict(index_path=index_path, mode=mode, beta=beta, host=host, token=token,
-                           max_request_bytes=max_request_bytes, resources=resources)
+                           max_request_bytes=max_request_bytes, resources=resources, teacher=teacher)
         self.token, self.timeout_s = token, timeout_s
         self.actors, self.endpoints = start_replicas(replicas=replicas, **self._start)
         self.client = RewardClient(self.endpoints, token=token, timeout_s=timeout_s)
@@ -52,8 +53,9 @@ class RewardPool:
         if token is None and not wire.is_loopback(host):
             token = secrets.token_hex(16)  # the driver hands it to every replica and client it starts
             log.info("reward service off loopback: a token was generated for this run", extra=fields(host=host))
+        teacher = None if spec.rl.teacher is None else (spec.rl.teacher.path, spec.data.name)
         return cls(index_path, r.replicas, spec.rl.mode, spec.rl.beta, host, token, r.timeout_s,
-                   int(r.max_request_mib * (1 << 20)), r.resources)
+                   int(r.max_request_mib * (1 << 20)), r.resources, teacher)
 
     def _replace_unresponsive(self) -> int:
         lost = [i for i, answered in enumerate(self.client.ping()) if not answered]
@@ -69,14 +71,14 @@ class RewardPool:
             log.warning("reward replicas replaced", extra=fields(replicas=lost, replaced_total=self.replaced))
         return len(lost)
 
-    def score(self, completions: Sequence[str], targets: Sequence[int], beams=None, mode: str | None = None
-              ) -> RewardReply:
+    def score(self, completions: Sequence[str], targets: Sequence[int], beams=None, mode: str | None = None,
+              histories: Sequence[Sequence[int]] | None = None) -> RewardReply:
         try:
-            return self.client.score(completions, targets, beams=beams, mode=mode)
+            return self.client.score(completions, targets, beams=beams, mode=mode, histories=histories)
         except RewardTimeout:
             if not self._replace_unresponsive():
                 raise
-            return self.client.score(completions, targets, beams=beams, mode=mode)
+            return self.client.score(completions, targets, beams=beams, mode=mode, histories=histories)
 
     def shutdown(self) -> None:
         self.client.close()

@@ -20,8 +20,10 @@ class RewardScorer:
     """The in-process scorer the service wraps: item ids -> target codes, completions -> rewards."""
 
     def __init__(self, index: SidIndex, mode: rewards.Mode = "direct", beta: float = 0.5,
-                 semantic_levels: int | None = None):
+                 semantic_levels: int | None = None, teacher=None):
+        """`teacher`: a rl_system.reward.teacher.Teacher; requests then carry `histories`."""
         self.index = index
+        self.teacher = teacher
         self.mode = mode
         self.beta = beta
         items = np.array(index.items(), dtype=np.int64)
@@ -95,11 +97,23 @@ class RewardScorer:
         if beams is not None and not (isinstance(beams, list) and all(
                 isinstance(b, list) and all(isinstance(s, str) for s in b) for b in beams)):
             raise RequestError("request key 'beams' must be a list of lists of SID strings")
+        histories = request.get("histories")
+        if self.teacher is not None and not (
+                isinstance(histories, list) and len(histories) == len(request["completions"]) and all(
+                    isinstance(h, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in h)
+                    for h in histories)):
+            raise RequestError("this replica scores with a teacher: request key 'histories' must hold one list of "
+                               "item ids per completion")
         parsed, out = self.score(request["completions"], request["targets"], beams, mode)
-        return {"ok": True, "format_ok": out.format_ok.tolist(), "codes": parsed.codes.tolist(),
-                "item": self.items_of(parsed.codes).tolist(), "exact": out.exact.tolist(), "lcp": out.lcp.tolist(),
-                "residual": out.residual.tolist(), "binary": out.binary.tolist(),
-                "beam": None if out.beam is None else out.beam.tolist()}
+        items = self.items_of(parsed.codes)
+        reply = {"ok": True, "format_ok": out.format_ok.tolist(), "codes": parsed.codes.tolist(),
+                 "item": items.tolist(), "exact": out.exact.tolist(), "lcp": out.lcp.tolist(),
+                 "residual": out.residual.tolist(), "binary": out.binary.tolist(),
+                 "beam": None if out.beam is None else out.beam.tolist()}
+        if self.teacher is not None:
+            logp, rank = self.teacher.score(histories, items)
+            reply.update(teacher_logp=logp.tolist(), teacher_rank=rank.tolist())
+        return reply
 
 
 def _row_keys(codes: np.ndarray) -> np.ndarray:

@@ -19,9 +19,11 @@ import msgpack
 import zmq
 
 from cluster.logs import fields
+from indexing.sid import SidIndex
 from rl_system.reward import functions as rewards
 from rl_system.reward import wire
 from rl_system.reward.scoring import RequestError, RewardScorer
+from rl_system.reward.teacher import Teacher
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +47,14 @@ class RewardServer:
 
     def __init__(self, index_path: str, mode: rewards.Mode = "direct", beta: float = 0.5,
                  semantic_levels: int | None = None, host: str = "127.0.0.1", token: str | None = None,
-                 max_request_bytes: int = MAX_REQUEST_BYTES):
+                 max_request_bytes: int = MAX_REQUEST_BYTES, teacher: tuple[str, str] | None = None):
+        """`teacher`: (folder of a trained SASRec, the data set's name), loaded before serving starts."""
         wire.check_token(host, token)
         self.max_request_bytes = max_request_bytes
-        self.scorer = RewardScorer.from_file(index_path, mode=mode, beta=beta, semantic_levels=semantic_levels)
+        index = SidIndex.load(index_path)
+        model = None if teacher is None else Teacher(teacher[0], index.num_items, teacher[1])
+        self.scorer = RewardScorer(index, mode=mode, beta=beta, semantic_levels=semantic_levels, teacher=model)
+        self.teacher = None if model is None else model.folder
         self._token = token.encode() if token else None
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -62,7 +68,7 @@ class RewardServer:
             raise RuntimeError(f"reward service could not bind on {host}: {self._bind_error}") from self._bind_error
         log.info("reward service ready", extra=fields(endpoint=self._endpoint, depth=self.scorer.depth,
                                                       semantic_levels=self.scorer.semantic_levels, mode=mode,
-                                                      token="on" if token else "off"))
+                                                      token="on" if token else "off", teacher=self.teacher))
 
     def endpoint(self) -> str:
         return self._endpoint
@@ -117,7 +123,7 @@ class RewardServer:
             self._stats["rejected" if exc.code == wire.BAD_TOKEN else "errors"] += 1
             return {"id": exc.request_id, "ok": False, "code": exc.code, "error": str(exc)}
         if isinstance(request, dict) and request.get("ping") is True:
-            return {"id": request_id, "ok": True, "pong": True}
+            return {"id": request_id, "ok": True, "pong": True, "teacher": self.teacher}
         try:
             reply = self.scorer.handle(request)
         except RequestError as exc:
@@ -145,14 +151,15 @@ def reward_service_actor(num_cpus: float = 0):
 def start_replicas(index_path: str | Path, replicas: int, mode: rewards.Mode = "direct", beta: float = 0.5,
                    semantic_levels: int | None = None, host: str = "127.0.0.1", token: str | None = None,
                    max_request_bytes: int = MAX_REQUEST_BYTES, num_cpus: float = 0,
-                   resources: dict[str, float] | None = None) -> tuple[list[Any], list[str]]:
+                   resources: dict[str, float] | None = None,
+                   teacher: tuple[str, str] | None = None) -> tuple[list[Any], list[str]]:
     """Start M replica actors, spread over the nodes that have `resources` (custom Ray resources,
     cluster.reward.resources); returns (handles, endpoints)."""
     import ray
 
     wire.check_token(host, token)  # here too, so the driver gets the message rather than a dead actor
     actor_cls = reward_service_actor(num_cpus).options(resources=resources or {}, scheduling_strategy="SPREAD")
-    actors = [actor_cls.remote(str(index_path), mode, beta, semantic_levels, host, token, max_request_bytes)
+    actors = [actor_cls.remote(str(index_path), mode, beta, semantic_levels, host, token, max_request_bytes, teacher)
               for _ in range(replicas)]
     endpoints = ray.get([a.endpoint.remote() for a in actors])
     return actors, endpoints

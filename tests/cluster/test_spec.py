@@ -49,7 +49,7 @@ def test_wrong_type_and_range(tmp_path):
         load_spec(_write(tmp_path, "name: x\nrl: {steps: many}\n"))
     with pytest.raises(SpecError, match=r"rl\.group_size.*greater than or equal to 2"):
         load_spec(_write(tmp_path, "name: x\nrl: {group_size: 1}\n"))
-    with pytest.raises(SpecError, match=r"rl\.advantage.*'srpo', 'grpo' or 'dr_grpo'"):
+    with pytest.raises(SpecError, match=r"rl\.advantage.*'srpo', 'grpo', 'dr_grpo' or 'pairwise'"):
         load_spec(_write(tmp_path, "name: x\nrl: {advantage: ppo}\n"))
 
 
@@ -113,6 +113,10 @@ def test_evaluation_covers_every_user_and_sft_validation_is_off_by_default(tmp_p
     assert load_spec(_write(tmp_path, "name: x\nrl:\n  eval_users: all\n")).rl.eval_users == "all"
     with pytest.raises(SpecError, match="key 'rl.eval_users'"):
         load_spec(_write(tmp_path, "name: x\nrl:\n  eval_users: some\n"))
+    with pytest.raises(SpecError, match="ce_coef trains the target SID right after the prompt"):
+        load_spec(_write(tmp_path, "name: x\nrl:\n  mode: reasoning\n  ce_coef: 0.1\n"))
+    with pytest.raises(SpecError, match="inject_target"):
+        load_spec(_write(tmp_path, "name: x\nrl:\n  mode: reasoning\n  inject_target: true\n"))
     with pytest.raises(SpecError, match="key 'eval.backend'"):
         load_spec(_write(tmp_path, "name: x\neval:\n  backend: tpu\n"))
     with pytest.raises(SpecError, match="key 'sft.eval_users'"):

@@ -4,6 +4,7 @@ prompts it sees (the few-prompt check)."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -173,3 +174,30 @@ def test_the_loop_fits_a_few_prompts(ray_cluster, tiny_policy, tmp_path):
     first_code = early_best([1 - r["lcp_hist"][0] / sum(r["lcp_hist"]) for r in rows])
     assert reward[1] > 3 * reward[0] and reward[1] > reward[0] + 0.15, reward
     assert first_code[1] > 4 * first_code[0] and first_code[1] > first_code[0] + 0.2, first_code
+
+
+def test_anchored_run_with_injected_targets_and_a_teacher_trains_every_group(ray_cluster, tiny_policy, tmp_path):
+    """rl.ce_coef, rl.inject_target, the pairwise advantage and a SASRec teacher in the reward
+    service, through the real loop: no group is left without a positive, and every trained step
+    reports the anchor's cross-entropy. A teacher folder that is not there stops the run first."""
+    from cluster.errors import BadRequest
+    from cluster.metrics_log import read_metrics
+    from indexing.dataset import load_from_spec
+    from rl_system import train
+    from sft.sasrec import SASRec, SasrecConfig, save_scorer
+
+    spec = rl_test_spec(tmp_path, steps=2, ce_coef=0.5, inject_target=True, advantage="pairwise",
+                        teacher={"path": str(tmp_path / "no-sasrec"), "form": "group_softmax"})
+    spec.cluster.rollout.num_workers = 1
+    stage_inputs(spec, tiny_policy)
+    with pytest.raises(BadRequest, match="rl.teacher.path: .*no-sasrec/scorer.json does not exist"):
+        train.run(spec)
+    ds = load_from_spec(spec)
+    cfg = SasrecConfig(hidden=16, blocks=1)
+    save_scorer(tmp_path / "no-sasrec", SASRec(ds.num_items, spec.data.max_history, cfg), cfg, ds.name, ds.num_items)
+    train.run(spec)
+    rows = read_metrics(spec.layout.metrics("rl"))
+    assert [r["step"] for r in rows] == [1, 2]
+    for row in rows:
+        assert row["dropped/all_miss"] == 0.0
+        assert row["ce"] is not None and row["ce"] > 0 and math.isfinite(row["loss"])
