@@ -67,6 +67,8 @@ class SidTrie:
         self._bounds = torch.tensor(level_start[1:-1])  # first node id of depths 1..D
         self._shifts = torch.arange(8, dtype=torch.uint8)
         self._cols = [_as_cols(c) for c in columns]
+        popcount = torch.tensor([bin(b).count("1") for b in range(256)], dtype=torch.long)
+        self._children = popcount[bits.long()].sum(1)  # allowed next tokens of each inner node
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -148,7 +150,7 @@ class SidTrie:
         return cls.build(rows, vocab_size, end_token_ids, device)
 
     def to(self, device: str | torch.device) -> "SidTrie":
-        for name in ("bits", "edge_keys", "edge_child", "leaf_sid", "_bounds", "_shifts"):
+        for name in ("bits", "edge_keys", "edge_child", "leaf_sid", "_bounds", "_shifts", "_children"):
             setattr(self, name, getattr(self, name).to(device))
         self.columns = [c.to(device) for c in self.columns]
         self._cols = [_as_cols(c) for c in self.columns]
@@ -203,6 +205,18 @@ class SidTrie:
         for t in range(length):  # L <= depth + 1: a loop over positions, never over rows
             states = torch.where(t < lengths, self.advance(states, prefix_ids[:, t]), states)
         return states
+
+    def num_children(self, states: torch.Tensor) -> torch.Tensor:
+        """How many SID tokens may follow each state: 0 for a leaf and for a non-node state."""
+        inner = (states >= 0) & (states < self.first_leaf)
+        return torch.where(inner, self._children[torch.where(inner, states, 0)], 0)
+
+    def first_child(self, states: torch.Tensor) -> torch.Tensor:
+        """The lowest token id that may follow each inner node (its only one where num_children is
+        1); meaningless for other states."""
+        key = states.clamp(min=0) * self.vocab_size
+        pos = torch.searchsorted(self.edge_keys, key).clamp(max=self.edge_keys.numel() - 1)
+        return self.edge_keys[pos] - key
 
     # ------------------------------------------------------------------ allowed tokens
     def groups(self, states: torch.Tensor) -> Iterator[Group]:

@@ -66,16 +66,18 @@ class LearnerValidation:
     forward is collective), else rank r ranks users r, r + W, ..."""
 
     def __init__(self, learner, tokenizer, index: SidIndex, examples: Sequence[Example], width: int,
-                 vocab_size: int, related: np.ndarray | None = None, shared: bool = False):
+                 vocab_size: int, related: np.ndarray | None = None, shared: bool = False, exclusive: bool = False):
+        """`exclusive`: nothing else computes while it validates (synchronous RL), so each rank
+        may use every core of its node."""
         _check_width(width)
-        self.learner, self.users, self.shared = learner, len(examples), shared
+        self.learner, self.users, self.shared, self.exclusive = learner, len(examples), shared, exclusive
         world = learner.world_size
         shards = [list(examples)] * world if shared else [list(examples[r::world]) for r in range(world)]
         learner.call_each("set_validator", [Validator(tokenizer, index, s, [K], vocab_size, related, width) if s else None
                                             for s in shards])
 
     def __call__(self) -> dict[str, float]:
-        per_rank = self.learner.call("validation_ranks")
+        per_rank = self.learner.call("validation_ranks", self.exclusive)
         if self.shared:
             return _report(np.asarray(per_rank[0]))
         ranks = np.empty(self.users, dtype=np.int64)
@@ -98,5 +100,6 @@ def in_run_validation(spec: JobSpec, learner, pool, tokenizer, index: SidIndex,
 
         vocab_size = AutoConfig.from_pretrained(model).vocab_size
         return LearnerValidation(learner, tokenizer, index, users, spec.eval.beam_width, vocab_size, related,
-                                 shared=rl.zero_stage == 3)
+                                 shared=rl.zero_stage == 3,
+                                 exclusive=rl.max_staleness == 0 and spec.cluster.learner.num_ranks == 1)
     return InRunValidation(pool, tokenizer, index, users, spec.eval.beam_width, related, rl.mode, rl.reasoning_tokens)

@@ -4,17 +4,18 @@ validation, RL's in-run validation on the learner) and for evaluation and servin
 vLLM engine pays a fixed cost per request that dwarfs a small model's forward.
 
 Scores are the sum over the SID tokens of log-probabilities normalised over the tokens the trie
-allows at that position (vLLM's processed logprobs), so a beam ranks real items only. The prompts
-run once; the key/value cache is then copied to `width` rows per prompt and reordered as beams are
-kept, so each further SID position costs one token per beam. Every beam follows the trie, and
-beams are distinct prefixes, so the results are distinct SIDs. A beam may start under a given SID
-prefix (think-ahead): the prefix tokens run with the prompt and count 0 in the score.
+allows at that position (vLLM's processed logprobs), so a beam ranks real items only. Every beam
+follows the trie, and beams are distinct prefixes, so the results are distinct SIDs. A beam may
+start under a given SID prefix (think-ahead): the prefix tokens run with the prompt and count 0 in
+the score.
 
-Where the time went on every Office user (BENCHMARKS.md, "Constrained beam evaluation"), and what
-this module does about it: left padding (prompts are batched by length), copies of the whole cache
-at every SID level (the prompt's keys are copied to the beams once; a step writes its token in
-place and a reorder moves only the SID positions), and the output layer over the whole vocabulary
-(a step computes the logits of its SID level's tokens only, where the model allows it).
+How it spends little (BENCHMARKS.md, "Constrained beam evaluation"): prompts are batched by length
+(little left padding); each prompt is prefilled once, and its keys are never copied to the beams:
+at each further SID level a prompt's W beams enter as W queries of one row, at one position, each
+seeing the prompt, one slot of each earlier block of beam tokens (its ancestors) and itself (tree
+attention through a 4D mask); a step computes the logits of its SID level's tokens only, where the
+model allows it; and at the last level only the beams whose prefix has more than one child run the
+model (a single child is a forced step at log-probability 0, as in the vLLM beam).
 
 `beam_search` is the entry point for many prompts: it batches them by length and returns the
 results in the callers' order.
@@ -30,7 +31,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from cluster.device import autocast
 from indexing.trie import SidTrie
 
-BATCH = 32  # prompts per forward: width x BATCH beams; wider batches were no faster on 2 cores
+BATCH = 64  # prompts per forward (x width beams a step): 32 and 128 were slower on this 2-core machine
 
 
 @dataclass(frozen=True)
@@ -51,50 +52,39 @@ class Beams:
         return Beams(self.rows[order], self.tokens[order], self.token_logprobs[order], self.scores[order])
 
 
-class _BeamLayer(DynamicLayer):
-    """One attention layer's keys and values for `width` beams a prompt. The prompt's are copied to
-    every beam once, into a buffer with room for the SID tokens; each SID token is written in place;
-    and a reorder of the beams moves only the SID positions, since a prompt's beams share the rest.
-    (A plain DynamicCache copies the whole cache twice a step: concatenating, then reordering.)"""
-
-    def __init__(self, prompt: DynamicLayer, width: int, room: int):
-        super().__init__()
-        n, heads, length, dim = prompt.keys.shape
-        self._k, self._v = (self._beams(t, width, room) for t in (prompt.keys, prompt.values))
-        self.dtype, self.device, self.is_initialized = prompt.keys.dtype, prompt.keys.device, True
-        self.prompt_len = self.length = length
-        self._expose()
-
-    @staticmethod
-    def _beams(prompt: torch.Tensor, width: int, room: int) -> torch.Tensor:
-        n, heads, length, dim = prompt.shape
-        buf = prompt.new_empty(n, width, heads, length + room, dim)
-        buf[:, :, :, :length] = prompt[:, None]  # one broadcast copy, no intermediate
-        return buf.view(n * width, heads, length + room, dim)
-
-    def _expose(self) -> None:
-        self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        new = key_states.shape[-2]
-        self._k[:, :, self.length:self.length + new] = key_states
-        self._v[:, :, self.length:self.length + new] = value_states
-        self.length += new
-        self._expose()
-        return self.keys, self.values
-
-    def reorder_cache(self, beam_idx: torch.Tensor) -> None:
-        tail = slice(self.prompt_len, self.length)
-        self._k[:, :, tail] = self._k[beam_idx, :, tail]
-        self._v[:, :, tail] = self._v[beam_idx, :, tail]
+def _cache_of(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> Cache:
+    """A plain cache holding the given (keys, values) per layer."""
+    out = []
+    for keys, values in layers:
+        layer = DynamicLayer()
+        layer.lazy_initialization(keys, values)
+        layer.keys, layer.values = keys, values
+        out.append(layer)
+    return Cache(layers=out)
 
 
-def _beam_cache(prompt_cache, width: int, room: int):
-    """The prompt's cache as `width` beams a prompt (a cache of other layer kinds is copied as is)."""
-    if all(type(layer) is DynamicLayer for layer in prompt_cache.layers):
-        return Cache(layers=[_BeamLayer(layer, width, room) for layer in prompt_cache.layers])
-    prompt_cache.reorder_cache(torch.arange(prompt_cache.layers[0].keys.shape[0]).repeat_interleave(width))
-    return prompt_cache
+def _tree_mask(prompt_mask: torch.Tensor, ancestors: torch.Tensor, width: int) -> torch.Tensor:
+    """Which keys each of a prompt's `width` beams sees at a decoding step, bool [P, 1, W, L + (j+1)W]:
+    the prompt's real tokens, in each of the j earlier blocks of beam tokens the slot of its own
+    ancestor (`ancestors` [P, W, j]), and in the new block itself only."""
+    p, length = prompt_mask.shape
+    blocks = [torch.nn.functional.one_hot(ancestors[:, :, b], width).bool() for b in range(ancestors.shape[2])]
+    own = torch.eye(width, dtype=torch.bool, device=prompt_mask.device).expand(p, width, width)
+    return torch.cat([prompt_mask.bool()[:, None, :].expand(p, width, length), *blocks, own], dim=2)[:, None]
+
+
+def _beam_rows_cache(cache: Cache, prompt_len: int, width: int, rows: torch.Tensor,
+                     ancestors: torch.Tensor) -> Cache:
+    """For some beams (`rows`, global beam ids), a cache of their own: their prompt's keys and their
+    ancestors' (`ancestors` [rows, j] slots), gathered out of the shared tree cache."""
+    blocks = ancestors.shape[1]
+    cols = torch.cat([torch.arange(prompt_len, device=rows.device).expand(len(rows), prompt_len),
+                      prompt_len + torch.arange(blocks, device=rows.device) * width + ancestors], dim=1)
+    layers = []
+    for layer in cache.layers:
+        pick = cols[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+        layers.append((layer.keys[rows // width].gather(2, pick), layer.values[rows // width].gather(2, pick)))
+    return _cache_of(layers)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -116,15 +106,16 @@ def _head_split(model):
     return model.get_decoder(), head
 
 
-def _step(model, split, columns: torch.Tensor, vocab_size: int, **inputs) -> tuple[torch.Tensor, object]:
-    """The last position's logits [B, V] (the `columns` tokens' only, the rest -inf, when the model
-    splits) and the cache."""
+def _step(model, split, columns: torch.Tensor, vocab_size: int, queries: int = 1,
+          **inputs) -> tuple[torch.Tensor, object]:
+    """The logits of the last `queries` positions of each row, [B * queries, V] (the `columns`
+    tokens' only, the rest -inf, when the model splits), and the cache."""
     if split is None:
-        out = model(**inputs, use_cache=True, logits_to_keep=1)
-        return out.logits[:, -1], out.past_key_values
+        out = model(**inputs, use_cache=True, logits_to_keep=queries)
+        return out.logits[:, -queries:].reshape(-1, out.logits.shape[-1]), out.past_key_values
     decoder, head = split
     out = decoder(**inputs, use_cache=True)
-    hidden = out.last_hidden_state[:, -1]
+    hidden = out.last_hidden_state[:, -queries:].reshape(-1, out.last_hidden_state.shape[-1])
     logits = hidden.new_full((hidden.shape[0], vocab_size), float("-inf"))
     logits[:, columns] = torch.nn.functional.linear(hidden, head.weight[columns],
                                                     None if head.bias is None else head.bias[columns])
@@ -166,26 +157,55 @@ def constrained_beam(model, prompts: Sequence[Sequence[int]], trie: SidTrie, wid
     states = trie.advance(start.repeat_interleave(width), tokens.reshape(-1))  # one row per beam, [P * W]
     history = tokens.reshape(-1, 1)
     steps = top.reshape(-1, 1)
-    cache = _beam_cache(cache, width, trie.depth - k - 1)
-    # The beams of a prompt share its padding and positions, so these never need reordering.
-    mask = mask.repeat_interleave(width, 0)
-    position = positions[:, -1:].repeat_interleave(width, 0)
-    for level in range(k + 1, trie.depth):
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        position = position + 1
-        with autocast(device.type, amp_dtype):
-            logits, cache = _step(model, split, columns[level], vocab_size, input_ids=history[:, -1:],
-                                  attention_mask=mask, position_ids=position, past_key_values=cache)
-        top, next_tokens = trie.topk(_constrained_logprobs(logits, trie, states), states, width)
+    if not all(type(layer) is DynamicLayer for layer in cache.layers):
+        raise ValueError(f"the torch beam needs a plain key/value cache; {type(model).__name__} keeps another "
+                         "kind (sliding or recurrent layers): evaluate it with eval.backend: vllm")
+    # The prompt's keys are never copied to the beams: at each further SID level the W beams of a
+    # prompt enter as W queries of one row, at one position, each seeing the prompt, its own
+    # ancestors' tokens (one slot of each earlier block) and itself (`_tree_mask`).
+    length = ids.shape[1]
+    ancestors = torch.zeros(n, width, 0, dtype=torch.long, device=device)
+    position = positions[:, -1:]
+    for block, level in enumerate(range(k + 1, trie.depth)):
+        last = level == trie.depth - 1
+        alive = torch.isfinite(scores.reshape(-1))
+        # The last SID token of a beam whose prefix has one child is that child at log-probability 0
+        # (the vLLM beam's forced step), and a dead beam's is never read: only the other beams run
+        # the model, each on its own gathered keys. Most last levels are nearly all forced.
+        ask = (trie.num_children(states) != 1) & alive if last else None
+        if ask is None or int(ask.sum()) * 2 > ask.numel():
+            with autocast(device.type, amp_dtype):
+                logits, cache = _step(model, split, columns[level], vocab_size, width,
+                                      input_ids=history[:, -1].reshape(n, width),
+                                      attention_mask=_tree_mask(mask, ancestors, width),
+                                      position_ids=(position + 1 + block).expand(n, width), past_key_values=cache)
+            top, next_tokens = trie.topk(_constrained_logprobs(logits, trie, states), states, width)
+        else:
+            top = torch.full((len(states), width), float("-inf"), device=device)
+            top[:, 0] = torch.where(alive, 0.0, float("-inf"))
+            next_tokens = torch.full_like(top, int(trie.end_token_ids[0]), dtype=torch.long)
+            next_tokens[:, 0] = trie.first_child(states)
+            rows = ask.nonzero().flatten()
+            if rows.numel():
+                own = ancestors.reshape(n * width, -1)[rows]
+                row_mask = torch.cat([mask[rows // width], torch.ones(len(rows), block + 1, dtype=mask.dtype,
+                                                                        device=device)], dim=1)
+                with autocast(device.type, amp_dtype):
+                    logits, _ = _step(model, split, columns[level], vocab_size, input_ids=history[rows, -1:],
+                                      attention_mask=row_mask, position_ids=position[rows // width] + 1 + block,
+                                      past_key_values=_beam_rows_cache(cache, length, width, rows, own))
+                top[rows], next_tokens[rows] = trie.topk(_constrained_logprobs(logits, trie, states[rows]),
+                                                         states[rows], width)
         candidates = (scores.reshape(-1, 1) + top).reshape(n, width * width)
         scores, pick = candidates.topk(width, dim=1)
-        parents = (torch.arange(n, device=device)[:, None] * width + pick // width).reshape(-1)
+        slot = pick // width  # each new beam's parent among its prompt's beams
+        parents = (torch.arange(n, device=device)[:, None] * width + slot).reshape(-1)
         chosen = next_tokens.reshape(n, width * width).gather(1, pick).reshape(-1, 1)
         gained = top.reshape(n, width * width).gather(1, pick).reshape(-1, 1)
         history = torch.cat([history[parents], chosen], dim=1)
         steps = torch.cat([steps[parents], gained], dim=1)
         states = trie.advance(states[parents], chosen[:, 0])
-        cache.reorder_cache(parents)
+        ancestors = torch.cat([ancestors.gather(1, slot[:, :, None].expand(-1, -1, block)), slot[:, :, None]], dim=2)
     found = torch.isfinite(scores)
     rows = torch.where(found, trie.sid_of_leaf(states).reshape(n, width), -1)
     head = torch.tensor(prefixes, dtype=torch.long, device=device).reshape(n, 1, k).expand(n, width, k)

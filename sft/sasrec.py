@@ -358,6 +358,7 @@ def save_scorer(folder: Path, model: SASRec, cfg: SasrecConfig, dataset: str, nu
     and data set (RL's teacher reward, rl_system/reward/teacher.py, loads it)."""
     from safetensors.torch import save_file
 
+    folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / SCORER_WEIGHTS))
     (folder / SCORER_META).write_text(json.dumps({"config": asdict(cfg), "num_items": num_items,
                                                   "max_len": model.max_len, "dataset": dataset}, indent=1))

@@ -46,6 +46,16 @@ def test_masks_by_hand(trie):
     assert trie.num_nodes == 10
 
 
+def test_children_counts_and_the_only_child_by_hand(trie):
+    dev = trie.device
+    prefixes = torch.tensor([[0, 0], [10, 0], [10, 20], [10, 21], [11, 22], [11, 22], [12, 0]], device=dev)
+    states = trie.states_for_prefixes(prefixes, torch.tensor([0, 1, 2, 2, 2, 0, 1], device=dev))
+    states[5] = trie.states_for_prefixes(torch.tensor([[11, 22, 32]], device=dev))[0]  # a leaf
+    assert trie.num_children(states).tolist() == [2, 2, 2, 1, 1, 0, 0]  # root, <10>, <10,20>, <10,21>, <11,22>, leaf, invalid
+    first = trie.first_child(states).tolist()
+    assert first[:5] == [10, 20, 30, 30, 32]
+
+
 def test_advance_close_and_invalid(trie):
     dev = trie.device
     s = trie.states_for_prefixes(torch.tensor([[10, 20, 31]], device=dev))
