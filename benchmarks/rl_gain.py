@@ -45,6 +45,14 @@ RECIPES: dict[str, list[str]] = {
     "beam_rank": ["rl.rollout=beam", "rl.reward=binary", "rl.rank_penalty=1.0"],
     "mixed_rank": ["rl.rollout=mixed", "rl.rank_penalty=1.0"],
     "beam_rank_grpo": ["rl.rollout=beam", "rl.reward=binary", "rl.rank_penalty=1.0", "rl.advantage=grpo"],
+    # What SFT lacks (DESIGN.md section 11): the likelihood term kept, groups repaired, a teacher.
+    # `{base}` is the SFT run folder; the teacher recipes need `gream baseline sasrec` run there first.
+    "ce_anchor": ["rl.ce_coef=1.0"],
+    "beam_inject_pairwise": ["rl.rollout=beam", "rl.reward=binary", "rl.inject_target=true", "rl.advantage=pairwise",
+                             "rl.ce_coef=1.0"],
+    "teacher_rank": ["rl.ce_coef=1.0", "rl.teacher={path: '{base}/baselines/sasrec', form: rank}"],
+    "beam_teacher": ["rl.rollout=beam", "rl.reward=binary", "rl.ce_coef=1.0",
+                     "rl.teacher={path: '{base}/baselines/sasrec', form: group_softmax}"],
 }
 LINKED = ("index", "model", "sft")  # the SFT run's artefacts every RL run starts from
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "pass@10")
@@ -167,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_dir = (args.out / recipe / f"seed{seed}").resolve()
             if not RunLayout(run_dir).selection.exists():
                 prepare(args.base, run_dir)
-                secs = run_rl(args.spec, run_dir, seed, [*sets, *RECIPES[recipe]], run_dir / "rl.log")
+                recipe_sets = [s.replace("{base}", str(args.base.resolve())) for s in RECIPES[recipe]]
+                secs = run_rl(args.spec, run_dir, seed, [*sets, *recipe_sets], run_dir / "rl.log")
                 print(screen_line(recipe, run_dir, secs), flush=True)
             runs.setdefault(recipe, []).append(run_dir)
     if args.screen:
