@@ -50,6 +50,9 @@ RECIPES: dict[str, list[str]] = {
     "ce_anchor": ["rl.ce_coef=1.0"],
     "beam_inject_pairwise": ["rl.rollout=beam", "rl.reward=binary", "rl.inject_target=true", "rl.advantage=pairwise",
                              "rl.ce_coef=1.0"],
+    # The equal-compute control of beam_inject_pairwise: its rollouts, steps and targets, CE alone.
+    "beam_inject_sft": ["rl.rollout=beam", "rl.reward=binary", "rl.inject_target=true", "rl.advantage=pairwise",
+                        "rl.ce_coef=1.0", "rl.pg_coef=0"],
     "teacher_rank": ["rl.ce_coef=1.0", "rl.teacher={path: '{base}/baselines/sasrec', form: rank}"],
     "beam_teacher": ["rl.rollout=beam", "rl.reward=binary", "rl.ce_coef=1.0",
                      "rl.teacher={path: '{base}/baselines/sasrec', form: group_softmax}"],

@@ -31,7 +31,11 @@ class FlexcodeSpec(_Section):
     # Item vectors of the collaborative codebook: gream's SASRec trained on the training split, or
     # co-occurrence PPMI vectors (index.collaborative's dim and window), which need no training.
     cf_source: Literal["sasrec", "cooccurrence"] = "sasrec"
-    sasrec: dict[str, Any] = {}  # SASRec settings (fields of sft/sasrec.py SasrecConfig) for cf_source sasrec
+    # SASRec settings (fields of sft/sasrec.py SasrecConfig) for cf_source sasrec; the default is
+    # configs/sasrec_office.json, the validation-best SASRec on Office (BENCHMARKS.md, "Office quality"),
+    # small enough that the Office index builds in minutes on two cores (the SasrecConfig defaults
+    # were still training after 17 CPU-minutes).
+    sasrec: dict[str, Any] = {"hidden": 64, "blocks": 1, "dropout": 0.2, "lr": 0.001}
     cf_codes: int = Field(256, ge=2, le=65536)  # codes per collaborative level
     # An item gets one collaborative token per quantile its training popularity reaches (the rest
     # of index.levels are semantic): [0.5, 0.8] gives the top 20% two, the next 30% one, the rest none.

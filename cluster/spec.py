@@ -137,6 +137,10 @@ class RlSpec(_Section):
     # Weight of the cross-entropy of each trained prompt's target SID, added to the policy loss, so an
     # RL step adds to maximum likelihood instead of replacing it (DESIGN.md section 11; 0 = off).
     ce_coef: float = Field(0.0, ge=0)
+    # Weight of the policy-gradient and KL terms. 0 with ce_coef > 0 is the equal-compute control:
+    # the same rollouts, steps, rows and optimizer, trained by cross-entropy on the targets alone
+    # ("continue SFT"), against which an RL gain counts.
+    pg_coef: float = Field(1.0, ge=0)
     # A group without the target gets it in place of its last completion (MiniOneRec's add_gt), so
     # it carries a positive; the learner's own forward gives that row's old logprobs.
     inject_target: bool = False
@@ -205,6 +209,8 @@ class RlSpec(_Section):
         if self.rollout == "mixed" and not 1 <= round(self.beam_share * self.group_size) < self.group_size:
             raise ValueError(f"rollout 'mixed': beam_share {self.beam_share} of group_size {self.group_size} "
                              "must leave at least one beam and one sampled completion")
+        if self.pg_coef == 0 and self.ce_coef == 0:
+            raise ValueError("pg_coef 0 and ce_coef 0 leave nothing to train; set ce_coef for the continue-SFT control")
         for key, on in (("ce_coef", self.ce_coef), ("inject_target", self.inject_target)):
             if on and self.mode != "direct":
                 raise ValueError(f"{key} trains the target SID right after the prompt, so it needs mode 'direct'")

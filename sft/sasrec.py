@@ -303,7 +303,8 @@ def fit(split: Split, num_items: int, max_len: int, ks: list[int], cfg: SasrecCo
     key = selection_metric(ks)
     best = {"epoch": -1, "score": -1.0, "state": None, "valid": None}
     bad_epochs, epoch, out_of_time = 0, -1, False
-    for epoch in range(cfg.max_epochs):
+    # The bar's estimate is for max_epochs; early stopping usually ends sooner.
+    for epoch in tqdm(range(cfg.max_epochs), desc="sasrec", unit="epoch"):
         model.train()
         total, t0 = 0.0, time.perf_counter()
         for idx in tqdm(length_batches(lengths, cfg.batch_size, gen), desc=f"sasrec epoch {epoch}", leave=False):

@@ -21,6 +21,7 @@ class LearnerConfig:
     clip_high: float = 0.2
     kl_coef: float = 0.001
     ce_coef: float = 0.0
+    pg_coef: float = 1.0
     tis_cap: float | None = None
     temperature: float = 1.0
     grad_clip: float = 1.0
@@ -31,7 +32,8 @@ class LearnerConfig:
         rl = spec.rl
         return cls(model_path=str(model_path), device=spec.cluster.device, lr=rl.lr, zero_stage=rl.zero_stage,
                    offload=rl.offload, micro_batch_size=rl.micro_batch_size, clip_low=rl.clip_low,
-                   clip_high=rl.clip_high, kl_coef=rl.kl_coef, ce_coef=rl.ce_coef, tis_cap=rl.tis_cap, temperature=rl.temperature,
+                   clip_high=rl.clip_high, kl_coef=rl.kl_coef, ce_coef=rl.ce_coef, pg_coef=rl.pg_coef,
+                   tis_cap=rl.tis_cap, temperature=rl.temperature,
                    seed=rl.seed)
 
 

@@ -42,8 +42,9 @@ class MicroBatchLoss:
 
 def micro_batch_loss(cfg: LearnerConfig, logits: torch.Tensor, packed: Packed, old_logp: torch.Tensor,
                      ref_logp: torch.Tensor | None, token_count: float, anchor_count: float) -> MicroBatchLoss:
-    """One micro-batch's loss: the clipped surrogate and KL over the sampled rows (token means over
-    `token_count`), plus `cfg.ce_coef` times the anchor rows' cross-entropy (over `anchor_count`)."""
+    """One micro-batch's loss: `cfg.pg_coef` times the clipped surrogate and KL over the sampled rows
+    (token means over `token_count`), plus `cfg.ce_coef` times the anchor rows' cross-entropy (over
+    `anchor_count`)."""
     logp = losses.token_logprobs(logits, packed.targets, cfg.temperature)
     # A row no engine sampled (an injected target) takes the learner's own old logprobs.
     rollout_logp = (None if packed.rollout_logp is None else
@@ -51,11 +52,12 @@ def micro_batch_loss(cfg: LearnerConfig, logits: torch.Tensor, packed: Packed, o
     out = losses.ppo_loss(logp, old_logp, packed.advantages, packed.sampled_mask, cfg.clip_low, cfg.clip_high,
                           ref_logp=ref_logp, kl_coef=cfg.kl_coef, rollout_logp=rollout_logp, tis_cap=cfg.tis_cap,
                           token_count=token_count)
+    policy = cfg.pg_coef * out.loss
     if not (cfg.ce_coef and anchor_count):
-        return MicroBatchLoss(out.loss, out, None, rollout_logp)
+        return MicroBatchLoss(policy, out, None, rollout_logp)
     plain = logp if cfg.temperature == 1.0 else losses.token_logprobs(logits, packed.targets)
     ce = losses.ce_anchor(plain, packed.anchor_mask, anchor_count)
-    return MicroBatchLoss(out.loss + cfg.ce_coef * ce, out, ce.item(), rollout_logp)
+    return MicroBatchLoss(policy + cfg.ce_coef * ce, out, ce.item(), rollout_logp)
 
 
 class Learner:
@@ -182,7 +184,7 @@ class Learner:
         self.steps += 1
         grad_norm = self.engine.get_global_grad_norm()
         metrics = {k: v / max(tokens, 1.0) for k, v in sums.items()}
-        metrics["loss"] = metrics["pg_loss"] + cfg.kl_coef * metrics["kl"]
+        metrics["loss"] = cfg.pg_coef * (metrics["pg_loss"] + cfg.kl_coef * metrics["kl"])
         if cfg.ce_coef:
             metrics["ce"] = ce_sum / max(anchor_tokens, 1.0)
             metrics["anchor_tokens"] = anchor_tokens

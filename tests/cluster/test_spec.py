@@ -115,6 +115,8 @@ def test_evaluation_covers_every_user_and_sft_validation_is_off_by_default(tmp_p
         load_spec(_write(tmp_path, "name: x\nrl:\n  eval_users: some\n"))
     with pytest.raises(SpecError, match="ce_coef trains the target SID right after the prompt"):
         load_spec(_write(tmp_path, "name: x\nrl:\n  mode: reasoning\n  ce_coef: 0.1\n"))
+    with pytest.raises(SpecError, match="pg_coef 0 and ce_coef 0 leave nothing to train"):
+        load_spec(_write(tmp_path, "name: x\nrl:\n  pg_coef: 0\n"))
     with pytest.raises(SpecError, match="inject_target"):
         load_spec(_write(tmp_path, "name: x\nrl:\n  mode: reasoning\n  inject_target: true\n"))
     with pytest.raises(SpecError, match="key 'eval.backend'"):

@@ -86,15 +86,15 @@ def test_ce_anchor_gradient_is_sfts_on_the_same_row_when_the_policy_term_is_off(
 
     model, tok, prompt, sid, other = tiny
     target = [*sid, tok.eos_token_id]
-    # A sampled row with advantage 0 (no policy gradient) and the anchor row; KL off.
+    # A sampled row with a non-zero advantage and the anchor row; the policy-gradient weight at 0.
     n = len(target)
-    batch = TrainBatch([prompt, prompt], [[*other, tok.eos_token_id], target], [0.0, 0.0],
+    batch = TrainBatch([prompt, prompt], [[*other, tok.eos_token_id], target], [1.5, 0.0],
                        [[-1.0] * n, [float("nan")] * n], anchor=[False, True])
-    cfg = LearnerConfig(model_path="unused", kl_coef=0.0, ce_coef=1.0, temperature=0.7)
+    cfg = LearnerConfig(model_path="unused", kl_coef=0.001, ce_coef=1.0, pg_coef=0.0, temperature=0.7)
     packed = pack(batch, torch.device("cpu"), tok.pad_token_id)
     with torch.no_grad():
         old = token_logprobs(completion_logits(model, packed), packed.targets, cfg.temperature)
-    step = micro_batch_loss(cfg, completion_logits(model, packed), packed, old, None, batch.num_tokens(),
+    step = micro_batch_loss(cfg, completion_logits(model, packed), packed, old, old - 0.1, batch.num_tokens(),
                             batch.num_anchor_tokens())
     step.loss.backward()
     ours = _grads(model)

@@ -1,0 +1,96 @@
+"""Before training on a teacher reward: how often does the teacher rank the target above the policy's
+own beam negatives? (DESIGN.md section 11; AdaGRPO's gate.)
+
+For every user of a split (validation by default), the SFT model's trie-constrained beam of width
+`--width` (the torch beam of `gream eval`) gives the policy's candidates; the teacher is the
+`gream baseline sasrec` model of the same run folder. Printed per segment (all, head/tail target,
+short/long history, indexing.segments): the share of users where the teacher gives the target a
+higher probability than (a) the policy's top-ranked negative and (b) every negative in the beam,
+and the same split by whether the policy is uncertain (its top candidate's probability among the
+beam below `--uncertain`), where a teacher term would act.
+
+    python benchmarks/teacher_gate.py --base runs/demo
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def gate_rates(target_logp: np.ndarray, negative_logp: np.ndarray) -> dict[str, float]:
+    """target_logp [U]; negative_logp [U, N] the teacher's log-probabilities of each user's beam
+    negatives in the policy's order, -inf where absent. The share of users whose target the teacher
+    puts above the policy's top negative, and above all of them."""
+    top = negative_logp[:, 0]
+    return {"above_top_negative": float((target_logp > top).mean()),
+            "above_all_negatives": float((target_logp[:, None] > negative_logp).all(1).mean()),
+            "users": int(len(target_logp))}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--spec", type=Path, default=REPO / "configs/demo.yaml")
+    ap.add_argument("--base", type=Path, default=REPO / "runs/demo")
+    ap.add_argument("--split", choices=("valid", "test"), default="valid")
+    ap.add_argument("--width", type=int, default=10)
+    ap.add_argument("--uncertain", type=float, default=0.5, help="top candidate's share of the beam's probability")
+    args = ap.parse_args()
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cluster.spec import load_spec
+    from indexing.dataset import load_from_spec, split_from_spec
+    from indexing.segments import segment_masks
+    from indexing.sid import SidIndex
+    from indexing.trie import SidTrie
+    from rl_system.reward.teacher import Teacher
+    from sft.hf_beam import beam_search
+    from sft.prompts import build_prompts
+
+    spec = load_spec(args.spec, [f"run_dir={args.base}"])
+    ds = load_from_spec(spec)
+    split = split_from_spec(spec, ds)
+    examples = list(getattr(split, args.split))
+    model_dir = args.base / "sft/model"
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    index = SidIndex.load(args.base / f"index/{spec.data.name}.index.json")
+    trie = SidTrie.from_index(index, tok.get_vocab(), model.get_output_embeddings().weight.shape[0], [tok.eos_token_id])
+    prompts = build_prompts(tok, index, examples, False).prompt_ids
+    beams = beam_search(model, prompts, trie, args.width, tok.pad_token_id, torch.device("cpu"))
+    items = np.asarray(index.items(), dtype=np.int64)[beams.rows.numpy().clip(min=0)]
+    items = np.where(beams.rows.numpy() >= 0, items, -1)
+    targets = np.array([ex.target for ex in examples])
+    teacher = Teacher(args.base / "baselines/sasrec", ds.num_items, ds.name)
+    histories = [list(ex.history) for ex in examples]
+    target_logp, _ = teacher.score(histories, targets)
+    negatives = np.where(items == targets[:, None], -1, items)
+    order = np.argsort(negatives < 0, axis=1, kind="stable")  # the negatives first, in the policy's order
+    negatives = np.take_along_axis(negatives, order, 1)
+    flat, _ = teacher.score([h for h in histories for _ in range(args.width)], negatives.ravel())
+    negative_logp = flat.reshape(len(examples), args.width)
+    scores = beams.scores.numpy()
+    share = np.exp(scores[:, 0]) / np.exp(scores).sum(1)
+    uncertain = share < args.uncertain
+    segments = {"all": np.ones(len(examples), dtype=bool), **segment_masks(examples, split.train)}
+    print(f"{args.split}: {len(examples)} users, beam width {args.width}; teacher {teacher.folder}; "
+          f"policy uncertain (top share < {args.uncertain}) for {uncertain.mean():.1%} of users")
+    print(f"{'segment':<22}{'users':>7}{'> top negative':>16}{'> all negatives':>17}")
+    for name, mask in segments.items():
+        for label, rows in ((name, mask), (f"{name}, uncertain", mask & uncertain)):
+            if rows.any():
+                r = gate_rates(target_logp[rows], negative_logp[rows])
+                print(f"{label:<22}{r['users']:>7}{r['above_top_negative']:>16.3f}{r['above_all_negatives']:>17.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
