@@ -16,6 +16,8 @@ class WorkerPool:
     """RolloutPool's generate and beam over one RolloutWorker actor (the session's engine), for
     rl_system.evaluate and gream.serve."""
 
+    num_workers = 1
+
     def __init__(self, worker):
         self.workers = [worker]
         self.calls = 0  # engine calls made through the pool

@@ -43,20 +43,6 @@ def test_in_run_validation_logs_the_keys_on_evaluated_steps(validated_run):
         assert 0.0 <= row["val/ndcg@10"] <= row["val/recall@10"] <= 1.0
 
 
-class _OneWorker:
-    """A rollout worker actor behind the pool interface that answer modes call."""
-
-    num_workers = 1
-
-    def __init__(self, actor):
-        self.actor = actor
-
-    def beam(self, prompts, width, prefixes=None):
-        import ray
-
-        return ray.get(self.actor.beam.remote(prompts, width, prefixes))
-
-
 def test_learner_side_validation_is_the_vllm_figure_of_the_same_weights(validated_run, rollout_worker, tiny_policy):
     """Step 0 was validated on the learner ranks with the torch beam (eval.backend auto on a CPU);
     the rollout worker's vLLM engine, serving the same SFT weights, gives the same figure."""
@@ -66,12 +52,13 @@ def test_learner_side_validation_is_the_vllm_figure_of_the_same_weights(validate
     from indexing.dataset import split_from_spec
     from rl_system.evaluate import sample_users
     from rl_system.validation import InRunValidation
+    from tests.eval_fixtures import WorkerPool
 
     spec, _ = validated_run
     step0 = read_metrics(spec.layout.metrics("rl"))[0]
     users = sample_users(split_from_spec(spec).valid, spec.rl.eval_users, spec.rl.eval_seed)
     tok = AutoTokenizer.from_pretrained(tiny_policy.model_dir)
-    vllm = InRunValidation(_OneWorker(rollout_worker), tok, tiny_policy.index, users, spec.eval.beam_width)()
+    vllm = InRunValidation(WorkerPool(rollout_worker), tok, tiny_policy.index, users, spec.eval.beam_width)()
     assert vllm == pytest.approx({k: step0[k] for k in vllm}, abs=1e-9)
 
 
