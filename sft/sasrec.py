@@ -9,10 +9,10 @@ generative model. It is the yardstick papers in this field report.
 
 Early stopping keeps the epoch with the best validation NDCG@10 (sft.metrics.selection_metric) over
 all users, stopping after `patience` epochs without a better one; the test figures come from that
-model. The reported figures cover the same users as `gream eval` (the first `eval.max_users` of
-each split), so the two tables compare like with like; the all-user figures are kept under `meta`.
-`ranks.json` beside eval.json holds the per-user ranks of the reported users, capped at
-`eval.beam_width` as the generative model's are (cluster.eval_record).
+model. The reported figures cover the same users as `gream eval` (the first `eval.max_users` of each
+split), so the two tables compare like with like; the all-user figures are kept under `meta`.
+`ranks.json` beside eval.json holds the per-user ranks of the reported users, capped at `eval.beam_width`
+as the generative model's are (cluster.eval_record).
 """
 from __future__ import annotations
 
@@ -30,13 +30,14 @@ from torch import nn
 from tqdm import tqdm
 
 from cluster.device import resolve
-from cluster.errors import BadRequest, MissingArtefact
+from cluster.errors import BadRequest
 from cluster.eval_record import RankRecord, split_ranks, write_eval
 from cluster.logs import fields
 from cluster.spec import JobSpec
 from indexing.dataset import Dataset, Example, Split, load_from_spec, split_from_spec
 from indexing.segments import segment_masks
 from sft.metrics import metrics_from_ranks, segment_report, selection_metric
+from sft.sasrec_scorer import save_scorer
 
 log = logging.getLogger(__name__)
 
@@ -303,8 +304,7 @@ def fit(split: Split, num_items: int, max_len: int, ks: list[int], cfg: SasrecCo
     key = selection_metric(ks)
     best = {"epoch": -1, "score": -1.0, "state": None, "valid": None}
     bad_epochs, epoch, out_of_time = 0, -1, False
-    # The bar's estimate is for max_epochs; early stopping usually ends sooner.
-    for epoch in tqdm(range(cfg.max_epochs), desc="sasrec", unit="epoch"):
+    for epoch in tqdm(range(cfg.max_epochs), desc="sasrec (early stopping ends sooner)", unit="epoch"):
         model.train()
         total, t0 = 0.0, time.perf_counter()
         for idx in tqdm(length_batches(lengths, cfg.batch_size, gen), desc=f"sasrec epoch {epoch}", leave=False):
@@ -350,43 +350,6 @@ def evaluation(fitted: Fitted, test: np.ndarray, ks: list[int], users: int | Non
             "best_epoch": fitted.best_epoch, "ranks": {"valid": fitted.valid_ranks, "test": test}, "fitted": fitted}
 
 
-SCORER_WEIGHTS = "model.safetensors"
-SCORER_META = "scorer.json"
-
-
-def save_scorer(folder: Path, model: SASRec, cfg: SasrecConfig, dataset: str, num_items: int) -> None:
-    """The trained model beside its eval.json, with what a loader checks: settings, catalogue size
-    and data set (RL's teacher reward, rl_system/reward/teacher.py, loads it)."""
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(folder / SCORER_WEIGHTS))
-    (folder / SCORER_META).write_text(json.dumps({"config": asdict(cfg), "num_items": num_items,
-                                                  "max_len": model.max_len, "dataset": dataset}, indent=1))
-
-
-def load_scorer(folder: str | Path) -> tuple[SASRec, dict]:
-    """A SASRec saved by `gream baseline sasrec` (save_scorer), in eval mode, and its scorer.json."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    meta_path = folder / SCORER_META
-    if not meta_path.exists():
-        raise MissingArtefact(f"{meta_path}: no trained SASRec here; run `gream baseline sasrec SPEC` (its "
-                              "baselines/sasrec folder holds model.safetensors and scorer.json)")
-    try:
-        meta = json.loads(meta_path.read_text())
-        cfg = SasrecConfig(**check_settings(meta["config"], str(meta_path)))
-        model = SASRec(int(meta["num_items"]), int(meta["max_len"]), cfg)
-        model.load_state_dict(load_file(str(folder / SCORER_WEIGHTS)))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, RuntimeError,
-            SafetensorError) as exc:
-        raise BadRequest(f"{folder}: not a SASRec scorer that loads ({type(exc).__name__}: {exc}); "
-                         "re-run `gream baseline sasrec`") from exc
-    return model.eval(), meta
-
-
 def train_and_evaluate(split: Split, num_items: int, max_len: int, ks: list[int], cfg: SasrecConfig,
                        device: torch.device, users: int | None = None, plugin: Plugin | None = None) -> dict:
     """Fit, then test once. With `exclude_history`, `with_history` holds the same model's all-user
@@ -405,8 +368,7 @@ def out_dir(spec: JobSpec, name: str = "sasrec") -> Path:
 
 def write_result(spec: JobSpec, ds: Dataset, split: Split, result: dict, cfg: SasrecConfig, secs: float,
                  name: str = "sasrec", **meta) -> Path:
-    """eval.json (reported users, their long-tail segments, all-user figures and settings under
-    `meta`) and ranks.json."""
+    """eval.json (reported users, their segments, all-user figures, settings under `meta`), ranks.json, the scorer."""
     depth, users = spec.eval.beam_width, spec.eval.max_users
     ranks = RankRecord(depth, tuple(spec.eval.ks), {
         name: split_ranks([ex.user for ex in examples][:users], result["ranks"][name][:users], depth,
@@ -417,9 +379,8 @@ def write_result(spec: JobSpec, ds: Dataset, split: Split, result: dict, cfg: Sa
                     **({"with_history": result["with_history"]} if "with_history" in result else {}),
                     "dataset": ds.name, "split": spec.data.split, "config": asdict(cfg), **meta}}
     path = write_eval(out_dir(spec, name), out, ranks)
-    fitted = result["fitted"]
-    if fitted.plugin.name == Plugin.name:  # a variant's model reads features a teacher request lacks
-        save_scorer(path.parent, fitted.model, cfg, ds.name, ds.num_items)
+    if result["fitted"].plugin.name == Plugin.name:  # a variant reads features a teacher request lacks
+        save_scorer(path.parent, result["fitted"].model, cfg, ds.name, ds.num_items)
     log.info("sasrec done", extra=fields(path=str(path), **{f"test_{k}": round(v, 4) for k, v in out["test"].items()}))
     return path
 

@@ -39,7 +39,7 @@ def test_profile_counts_forward_calls_rows_and_wrapped_calls():
     fn = timed(lambda x: x + 1, constraint)
     assert [fn(1), fn(2)] == [2, 3] and constraint.calls == 2 and constraint.seconds >= 0
     lines = InProcessProfile(2.0, Tally(1.5, 4, 40), Tally(0.1, 9)).lines("HF", 10)
-    assert lines[0] == "HF: 2.00 s for 10 users; model forward 1.50 s (75%, 4 calls, 40 rows)"
+    assert lines[0] == "HF: 2.00 s for 10 users; decoder forward 1.50 s (75%, 4 calls, 40 rows)"
     assert lines[-1] == "  search outside the model 0.40 s (20%)"
     vl = vllm_lines({"total": 1.0, "levels": [(10, 0.2), (30, 0.6)], "plain_seconds": 0.4}, 10)
     assert "40 engine requests (4.0 per user) in 2 generate calls" in vl[0]

@@ -171,7 +171,8 @@ def test_anchored_run_with_injected_targets_and_a_teacher_trains_every_group(ray
     from cluster.metrics_log import read_metrics
     from indexing.dataset import load_from_spec
     from rl_system import train
-    from sft.sasrec import SASRec, SasrecConfig, save_scorer
+    from sft.sasrec import SASRec, SasrecConfig
+    from sft.sasrec_scorer import save_scorer
 
     spec = rl_test_spec(tmp_path, steps=2, ce_coef=0.5, inject_target=True, advantage="pairwise",
                         teacher={"path": str(tmp_path / "no-sasrec"), "form": "group_softmax"})

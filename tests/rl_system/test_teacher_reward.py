@@ -12,8 +12,9 @@ from cluster.errors import BadRequest, MissingArtefact
 from rl_system.reward.client import RewardClient, RewardServiceError
 from rl_system.reward.functions import teacher_reward
 from rl_system.reward.server import RewardServer
-from rl_system.reward.teacher import Teacher, check_teacher
-from sft.sasrec import SASRec, SasrecConfig, load_scorer, save_scorer
+from rl_system.reward.teacher import Teacher, check_teacher, load_scorer
+from sft.sasrec import SASRec, SasrecConfig
+from sft.sasrec_scorer import save_scorer
 from tests.reward_fixtures import TOKEN, index_path  # noqa: F401
 
 ITEMS = 4  # the toy index's catalogue (tests/reward_fixtures.py)
