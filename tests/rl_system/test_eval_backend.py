@@ -103,3 +103,14 @@ def test_direct_sampling_stays_on_the_trie_and_a_cold_temperature_is_the_beam(an
 def test_free_text_generation_without_an_engine_is_refused(answerer, office_prompts):
     with pytest.raises(ValueError, match="eval.backend: vllm"):
         answerer.generate(office_prompts[:1], n=1, temperature=1.0, max_tokens=8, mode="reasoning")
+
+
+def test_the_spec_picks_the_torch_answerer_on_a_cpu(tiny_policy, tmp_path):
+    """`gream eval` and `gream serve` build their answerer from the spec: on a CPU, `auto` is torch."""
+    from cluster.spec import JobSpec
+    from rl_system.rollout.torch_answerer import answerer_from_spec
+
+    spec = JobSpec(name="x", run_dir=str(tmp_path), cluster={"device": "cpu"})
+    answerer = answerer_from_spec(spec, tiny_policy.model_dir, tiny_policy.index)
+    assert isinstance(answerer, TorchAnswerer) and answerer.num_workers == 1
+    answerer.shutdown()  # no engine was started, so nothing to stop
