@@ -5,8 +5,12 @@ random targets, and for each one a completion that is the exact SID, a SID shari
 prefix with it, or a malformed string, in the given mode. In process = `RewardScorer.score` (parse +
 vectorized scoring); over ZMQ = `RewardClient.score` against M Ray-actor replicas (msgpack both
 ways, the batch split across replicas). Each variant runs `--repeats` times; medians are printed.
+With `--teacher FOLDER` (a `gream baseline sasrec` folder trained on the same catalogue), each replica
+count also runs with the teacher loaded, the request carrying a history of 20 random items for every
+group of `--group` completions (RL's layout): the cost of a model reward beside the rule rewards.
 
     python benchmarks/reward.py --n 4096 --repeats 5 --replicas 1 2
+    python benchmarks/reward.py --modes direct --replicas 1 --teacher runs/demo/baselines/sasrec
 """
 from __future__ import annotations
 
@@ -59,6 +63,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--modes", nargs="+", default=["direct", "reasoning"])
+    parser.add_argument("--teacher", help="a gream baseline sasrec folder: also time the service with it loaded")
+    parser.add_argument("--dataset", default="Office", help="the data set the teacher was trained on")
+    parser.add_argument("--group", type=int, default=8, help="completions sharing one history (--teacher)")
     args = parser.parse_args()
     if args.repeats < 3:
         parser.error("--repeats must be >= 3 (medians)")
@@ -78,15 +85,22 @@ def main() -> None:
                 completions, targets = make_batch(index, args.n, mode)
                 local = median_rate(lambda: scorer.score(completions, targets, mode=mode), args.n, args.repeats)
                 print(f"{mode:<10} {'in process':<22} {local:>12,.0f} {1.0:>14.2f}")
+                rng = np.random.default_rng(1)
+                groups = [rng.choice(index.items(), 20).tolist() for _ in range(-(-args.n // args.group))]
+                histories = [groups[i // args.group] for i in range(args.n)]
                 for m in args.replicas:
-                    actors, endpoints = start_replicas(index_path, m, mode=mode)
-                    with RewardClient(endpoints, timeout_s=120) as client:
-                        client.score(completions[:8], targets[:8])  # connect before timing
-                        remote = median_rate(lambda: client.score(completions, targets), args.n, args.repeats)
-                    ray.get([a.stop.remote() for a in actors])
-                    for a in actors:
-                        ray.kill(a)
-                    print(f"{mode:<10} {f'zmq, {m} replica(s)':<22} {remote:>12,.0f} {remote / local:>14.2f}")
+                    for teacher in [None] + ([(args.teacher, args.dataset)] if args.teacher else []):
+                        actors, endpoints = start_replicas(index_path, m, mode=mode, teacher=teacher)
+                        sent = histories if teacher else None
+                        with RewardClient(endpoints, timeout_s=120) as client:
+                            client.score(completions[:8], targets[:8], histories=sent and sent[:8])  # connect first
+                            remote = median_rate(lambda: client.score(completions, targets, histories=sent), args.n,
+                                                 args.repeats)
+                        ray.get([a.stop.remote() for a in actors])
+                        for a in actors:
+                            ray.kill(a)
+                        label = f"zmq, {m} replica(s)" + (" + teacher" if teacher else "")
+                        print(f"{mode:<10} {label:<22} {remote:>12,.0f} {remote / local:>14.2f}")
         finally:
             ray.shutdown()
 
