@@ -103,8 +103,7 @@ class GroupSampler:
             chosen = chosen + rl.teacher.weight * teacher_reward(
                 rl.teacher.form, reply.teacher_logp.reshape(shape), reply.teacher_rank.reshape(shape)).ravel()
         if rl.rank_penalty:
-            # An injected target (NaN logprobs) ranks last among the policy's candidates.
-            seq_logprobs = np.nan_to_num(sequence_logprobs(groups).reshape(shape), nan=-np.inf)
+            seq_logprobs = sequence_logprobs(groups).reshape(shape)
             chosen = chosen + rl.rank_penalty * ranking_penalty(reply.exact.reshape(shape), seq_logprobs).ravel()
         out = [ScoredGroup(p, g, r, h, lcp, f) for p, g, r, h, lcp, f in zip(
             prompts, groups, chosen.reshape(shape), reply.exact.reshape(shape), reply.lcp.reshape(shape),
@@ -126,8 +125,10 @@ def inject_target(group: RolloutGroup, prompt: Prompt, end_id: int, decode) -> b
 
 
 def sequence_logprobs(groups) -> np.ndarray:
-    """Each completion's summed logprob, flat in group order (NaN for an injected target)."""
-    return np.array([sum(c.logprobs) for g in groups for c in g.completions])
+    """Each completion's summed logprob, flat in group order; an injected target (NaN logprobs: no
+    engine sampled it) gets -inf, the policy's lowest, for the ranking term and the pairwise advantage."""
+    sums = np.array([sum(c.logprobs) for g in groups for c in g.completions])
+    return np.where(np.isnan(sums), -np.inf, sums)
 
 
 def train_batch(groups: list[ScoredGroup], estimator: str, k: int, anchor_end: int | None = None) -> TrainBatch:

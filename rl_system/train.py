@@ -190,10 +190,11 @@ def sft_model_dir(spec: JobSpec) -> Path:
 
 def run(spec: JobSpec, resume: bool = False, force: bool = False) -> Path:
     """`force`: resume although the spec's checkpoint sections changed since the checkpoint."""
-    split = split_from_spec(spec)
+    ds = load_from_spec(spec)
+    split = split_from_spec(spec, ds)
     prompts = training_prompts(spec, split.train)  # a bad spec fails here, before Ray or the models start
     if spec.rl.teacher is not None:
-        check_teacher(spec.rl.teacher.path, load_from_spec(spec).num_items, spec.data.name)
+        check_teacher(spec.rl.teacher.path, ds.num_items, spec.data.name)
     # Before any start-up, so that a refused run costs nothing and changes nothing.
     ckpts = CheckpointManager(spec.layout.checkpoints, spec.checkpoint.keep,
                               BestRule(spec.checkpoint.best_metric, spec.checkpoint.best_mode))

@@ -100,7 +100,7 @@ def _head_split(model):
     state and nothing more (Llama, Qwen, SmolLM2 ...), so a step can compute the logits of one SID
     level's tokens only; None otherwise (soft-capped or scaled logits, ZeRO-3-partitioned weights)."""
     head, cfg = model.get_output_embeddings(), model.config
-    if (not isinstance(head, torch.nn.Linear) or head.weight.dim() != 2 or head.weight.numel() == 0
+    if (not isinstance(head, torch.nn.Linear) or head.weight.numel() == 0
             or getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None)):
         return None
     return model.get_decoder(), head

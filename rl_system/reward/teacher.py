@@ -44,7 +44,6 @@ def load_scorer(folder: str | Path) -> tuple[SASRec, dict]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-
     folder = Path(folder)
     meta_path = folder / SCORER_META
     if not meta_path.exists():

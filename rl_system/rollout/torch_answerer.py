@@ -19,11 +19,10 @@ from typing import Callable, Sequence
 
 import torch
 
-from cluster.device import autocast
 from indexing.sid import SidIndex
 from indexing.trie import SidTrie
 from rl_system.messages import BeamCandidate, Completion, RolloutGroup
-from sft.hf_beam import beam_search, left_pad
+from sft.hf_beam import BATCH, beam_search, left_pad
 
 SAMPLE_SEED = 0  # a direct-mode sampling call draws the same completions every time
 
@@ -86,8 +85,8 @@ class TorchAnswerer:
         if seeds is not None:
             raise ValueError("per-prompt seeds are the vLLM engine's; the torch backend draws from one fixed stream")
         with self._lock:
-            return [g for start in range(0, len(prompts), 64)
-                    for g in self._sample(prompts[start:start + 64], n, temperature, top_p, max_tokens)]
+            return [g for start in range(0, len(prompts), BATCH)
+                    for g in self._sample(prompts[start:start + BATCH], n, temperature, top_p, max_tokens)]
 
     @torch.no_grad()
     def _sample(self, prompts: Sequence[Sequence[int]], n: int, temperature: float, top_p: float,
@@ -97,9 +96,7 @@ class TorchAnswerer:
         generator = torch.Generator(self.device).manual_seed(SAMPLE_SEED)
         ids, mask, positions = (t.to(self.device) for t in left_pad(prompts, self.pad_id))
         rows = len(prompts) * n
-        with autocast(self.device.type, torch.float32):
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                             logits_to_keep=1)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
         cache.reorder_cache(torch.arange(len(prompts), device=self.device).repeat_interleave(n))
         logits = out.logits[:, -1].repeat_interleave(n, 0)
