@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from cluster.ranks import free_port  # noqa: E402
 
 
 def summarize(latencies_s: list[float], wall_s: float) -> dict:
@@ -67,12 +68,6 @@ def round_of(url: str, mode: str, clients: int, histories: list[list[int]], requ
         latencies = list(threads.map(lambda p: post(url, p), payloads))
     wall = time.perf_counter() - start
     return {"mode": mode, "clients": clients, **summarize(latencies, wall), "batches": health(url)["batches"] - before}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(args, port: int) -> subprocess.Popen:

@@ -7,11 +7,40 @@ a process started alone becomes a one-rank group of its own.
 from __future__ import annotations
 
 import os
+import random
 import socket
+from pathlib import Path
 from typing import Any
 
 
+# Ray's workers listen on 10002-19999 by default; a store port is drawn above them.
+LISTEN_FLOOR = 20000
+
+
+def listen_range() -> tuple[int, int]:
+    """[low, high) of ports no outgoing connection takes: below the kernel's ephemeral range, above Ray's
+    worker ports. A port the kernel hands out with bind(0) is ephemeral, and between the check here and
+    the store's bind any of the job's many outgoing connections (Ray, vLLM) may take it (EADDRINUSE)."""
+    try:
+        ephemeral_low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768  # Linux's default; elsewhere the draw below still checks each port
+    return LISTEN_FLOOR, max(ephemeral_low, LISTEN_FLOOR + 1024)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host` now, drawn at random from `listen_range` so that concurrent jobs on one
+    machine rarely draw the same one; bind(0) only when every draw is taken."""
+    low, high = listen_range()
+    draw = random.SystemRandom()
+    for _ in range(64):
+        port = draw.randrange(low, high)
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]

@@ -1,0 +1,38 @@
+"""The store port of a training group: drawn where no outgoing connection of the job can take it."""
+from __future__ import annotations
+
+import socket
+
+from cluster.ranks import LISTEN_FLOOR, free_port, listen_range
+
+
+def _ephemeral_low() -> int:
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        return int(f.read().split()[0])
+
+
+def test_the_range_lies_between_rays_worker_ports_and_the_ephemeral_ones():
+    low, high = listen_range()
+    assert low == LISTEN_FLOOR > 19999  # Ray's default max_worker_port
+    assert high <= max(_ephemeral_low(), LISTEN_FLOOR + 1024)
+
+
+def test_a_drawn_port_is_in_the_range_and_free_and_draws_differ():
+    low, high = listen_range()
+    ports = [free_port() for _ in range(20)]
+    assert all(low <= p < high for p in ports)
+    assert len(set(ports)) > 10  # random draws, not the kernel's next port for every caller
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports[0]))  # free: the store can bind it
+
+
+def test_a_taken_port_is_not_drawn(monkeypatch):
+    import random
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        taken = held.getsockname()[1]
+        draws = iter([taken, taken, LISTEN_FLOOR + 7])
+        monkeypatch.setattr(random.SystemRandom, "randrange", lambda self, a, b: next(draws))
+        assert free_port() == LISTEN_FLOOR + 7
