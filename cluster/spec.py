@@ -20,6 +20,7 @@ from cluster.errors import GreamError
 from cluster.files import read_text
 from cluster.index_spec import IndexSpec
 from cluster.run_layout import RunLayout
+from cluster.sft_loss_spec import PrefixLossSpec
 from cluster.teach_spec import PreferenceSpec, ReasoningSpec, teacher_problem
 
 
@@ -92,6 +93,9 @@ class SftSpec(_Section):
     autocast: Literal["float32", "bfloat16"] = "float32"
     tasks: list[Literal["seqrec", "item2index", "index2item", "fusion_title", "fusion_sid", "preference"]] = [
         "seqrec", "item2index", "index2item", "fusion_title", "fusion_sid"]
+    # ce: each token's softmax over the vocabulary; trie_ce: a SID token's over the codes the trie allows after its prefix
+    loss: Literal["ce", "trie_ce"] = "ce"
+    prefix_loss: PrefixLossSpec = PrefixLossSpec()
     curriculum: Literal["gream", "uniform", "sequential"] = "gream"
     gamma: float = Field(1.5, gt=0)
     max_train_examples: int | None = Field(None, ge=1)  # cap per alignment task, for quick runs

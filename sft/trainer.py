@@ -23,7 +23,6 @@ import os
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -31,14 +30,16 @@ import torch
 from tqdm import tqdm
 
 from cluster.checkpoint import CheckpointManager
-from cluster.device import autocast, autocast_dtype, resolve
+from cluster.device import autocast_dtype, resolve
 from cluster.logs import fields
 from cluster.metrics_log import MetricsLog
 from cluster.run_layout import MODEL_DIR
 from cluster.spec import JobSpec
 from indexing.dataset import load_from_spec, reserve_latest, split_from_spec
 from indexing.sid import SidIndex, read_vocab
+from indexing.trie import SidTrie
 from sft.backbone import REASONING_TOKENS, add_sid_tokens, resolve_backbone
+from sft.batches import collate, make_batches, token_loss
 from sft.curriculum import ALIGN, REASON, Step, epoch_plan
 from sft.engine_setup import SftError, apply_lora, deepspeed_config, freeze_all_but_rows, init_distributed
 from sft.epoch_checkpoints import EpochCheckpoints, open_checkpoints
@@ -46,55 +47,15 @@ from sft.hf_folder import load_backbone, save_backbone, torch_dtype
 from sft.metrics import selection_metric
 from sft.related import related_table
 from sft.selection import BestWeights
-from sft.tasks import IGNORE_INDEX, AlignmentBuilder, ReasoningRecord, TokenizedExample, build_alignment, tokenize
+from sft.sid_losses import sft_objective
+from sft.tasks import AlignmentBuilder, ReasoningRecord, build_alignment, tokenize
 from sft.validation import Validator, validation_sample
 from sft.weight_average import WeightAverage
 
 log = logging.getLogger(__name__)
 
 LOG_EVERY = 20  # optimizer steps between log lines
-BUCKET_BATCHES = 32  # batches sorted by length together: little padding, still a random order
 DESCRIPTION_TITLES = 3
-
-
-@dataclass
-class Batch:
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    position_ids: torch.Tensor
-    targets: torch.Tensor  # [B, W]: the token position t predicts, IGNORE_INDEX where unsupervised
-
-    @property
-    def supervised_tokens(self) -> int:
-        return int((self.targets != IGNORE_INDEX).sum())
-
-
-def collate(examples: Sequence[TokenizedExample], pad_id: int) -> Batch:
-    """Left-pad a batch; positions count real tokens only, as in vLLM."""
-    width = max(len(e.input_ids) for e in examples)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    targets = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for row, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[row, width - n:] = torch.tensor(e.input_ids)
-        targets[row, width - n:width - 1] = torch.tensor(e.labels[1:])
-        mask[row, width - n:] = 1
-    positions = (mask.cumsum(1) - 1).clamp_min(0)
-    return Batch(ids, mask, positions, targets)
-
-
-def make_batches(examples: Sequence[TokenizedExample], batch_size: int, rng: random.Random) -> list[list[TokenizedExample]]:
-    """Shuffle, sort by length within buckets of BUCKET_BATCHES batches, then shuffle the batches."""
-    order = list(examples)
-    rng.shuffle(order)
-    span = batch_size * BUCKET_BATCHES
-    batches = []
-    for start in range(0, len(order), span):
-        bucket = sorted(order[start:start + span], key=lambda e: len(e.input_ids))
-        batches.extend(bucket[i:i + batch_size] for i in range(0, len(bucket), batch_size))
-    rng.shuffle(batches)
-    return batches
 
 
 def add_dropout(model, p: float) -> None:
@@ -113,19 +74,6 @@ def add_dropout(model, p: float) -> None:
     for layer in model.get_decoder().layers:
         layer.self_attn.register_forward_hook(drop)
         layer.mlp.register_forward_hook(drop)
-
-
-def token_loss(model, batch: Batch, device: torch.device, amp_dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Mean cross-entropy over the supervised tokens. The LM head runs only at positions where some
-    row has a target (through the model's own forward, so ZeRO-3 gathering and peft wrappers apply)."""
-    targets = batch.targets.to(device)
-    positions = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)
-    with autocast(device.type, amp_dtype):
-        out = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
-                    position_ids=batch.position_ids.to(device), logits_to_keep=positions, use_cache=False)
-    logits = out.logits.float()
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[:, positions].reshape(-1),
-                                             ignore_index=IGNORE_INDEX)
 
 
 def code_descriptions(index: SidIndex, items: dict[int, dict], vocab: Sequence[str]) -> dict[str, str]:
@@ -195,6 +143,8 @@ class Trainer:
             raise SftError("no alignment examples: check sft.tasks, sft.max_len and the dataset")
         add_dropout(model, spec.sft.dropout)
         self.model, self.tok = model, tok
+        trie = SidTrie.from_index(index, tok.get_vocab(), model.config.vocab_size, [tok.eos_token_id], self.device)
+        self.objective = sft_objective(spec.sft, trie)
         self.validator = (Validator(tok, index, validation_sample(split.valid, spec.sft.eval_users), spec.eval.ks,
                                     model.config.vocab_size, related) if spec.sft.eval_every else None)
         log.info("sft data", extra=fields(align=len(self.align), reason=len(self.reason), new_tokens=len(self.new_rows),
@@ -226,7 +176,7 @@ class Trainer:
         bar = tqdm(total=total, desc=desc, disable=self.rank != 0)
         for kind, examples in steps:
             batch = collate(examples, pad)
-            loss = token_loss(engine, batch, self.device, self.amp_dtype)
+            loss = token_loss(engine, batch, self.device, self.amp_dtype, self.objective)
             engine.backward(loss)
             stepped = engine.is_gradient_accumulation_boundary()  # asked before step() counts this micro-step
             engine.step()

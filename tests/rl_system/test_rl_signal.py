@@ -82,7 +82,7 @@ def _grads(model) -> list[torch.Tensor]:
 
 
 def test_ce_anchor_gradient_is_sfts_on_the_same_row_when_the_policy_term_is_off(tiny):
-    from sft.trainer import IGNORE_INDEX, collate, token_loss
+    from sft.batches import IGNORE_INDEX, collate, token_loss
 
     model, tok, prompt, sid, other = tiny
     target = [*sid, tok.eos_token_id]

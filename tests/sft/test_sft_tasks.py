@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from indexing.dataset import leave_one_out, load_dataset, make_split
+from sft.batches import collate
 from sft.hf_folder import load_backbone
 from sft.prompts import TEMPLATES, render_seqrec_prompt
 from sft.tasks import (
@@ -19,7 +20,6 @@ from sft.tasks import (
     title_of,
     tokenize,
 )
-from sft.trainer import collate
 
 REPO = Path(__file__).resolve().parents[2]
 OFFICE = REPO / "data/office"

@@ -13,9 +13,10 @@ from cluster.metrics_log import MetricsLog
 from cluster.spec import JobSpec
 from indexing.build import run as build_index
 from indexing.sid import SidIndex
+from sft.batches import collate, token_loss
 from sft.hf_folder import load_backbone
 from sft.stage import run
-from sft.trainer import Trainer, add_dropout, collate, token_loss
+from sft.trainer import Trainer, add_dropout
 
 pytestmark = pytest.mark.heavy  # starts DeepSpeed, vLLM or a training run
 
@@ -135,6 +136,30 @@ def test_dropout_acts_in_training_mode_only(tiny_policy):
         model.train()
         first, second = model(ids).logits, model(ids).logits
     assert not torch.allclose(first, second) and not torch.allclose(first, plain)
+
+
+def test_trie_masked_and_prefix_objectives_on_real_batches(run_dir, tmp_path):
+    """Office prompts with every history SID supervised: each SID target is found in the trie after
+    its prefix; masking raises every SID token's probability; the prefix loss adds to it; and a short
+    run with both lowers that loss."""
+    from sft.sid_losses import sft_objective
+
+    shutil.copytree(run_dir / "index", tmp_path / "index")
+    spec = make_spec(tmp_path, loss="trie_ce", prefix_loss={"kind": "pairwise", "negatives": 2})
+    trainer = Trainer(spec)
+    masked_only = sft_objective(spec.sft.model_copy(update={"prefix_loss": type(spec.sft.prefix_loss)()}),
+                                trainer.objective.args[0])
+    batch = collate([e for e in trainer.align if e.task == "seqrec"][:8], trainer.tok.pad_token_id)
+    cpu = torch.device("cpu")
+
+    def losses(model) -> list[float]:
+        with torch.no_grad():
+            return [float(token_loss(model.eval(), batch, cpu, objective=o)) for o in (None, masked_only, trainer.objective)]
+
+    plain, masked, with_prefix = losses(trainer.model)
+    assert masked < plain and with_prefix > masked
+    model, _ = load_backbone(trainer.train())
+    assert losses(model)[2] < with_prefix - 0.3
 
 
 def test_bfloat16_autocast_changes_the_matmuls_not_the_loss(run_dir):

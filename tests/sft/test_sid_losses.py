@@ -1,0 +1,144 @@
+"""The SID objectives (sft/sid_losses.py) against values worked out by hand on a 3-level toy trie.
+
+Vocabulary of 10: 0 ends a turn, 1-2 are first-level codes, 3-5 second-level, 6-8 third-level, 9 a
+word. The SIDs (1,3,6) (1,3,7) (1,4,8) (2,5,6) give the trie
+    root -> {1, 2};  1 -> {3, 4};  2 -> {5};  (1,3) -> {6, 7};  (1,4) -> {8};  (2,5) -> {6}.
+Logits are logs of chosen weights, so every constrained probability is a small fraction.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from indexing.trie import SidTrie
+from sft.sid_losses import PrefixLoss, sid_items, sid_levels, sid_token_loss, token_levels
+from sft.tasks import IGNORE_INDEX
+
+LN = math.log
+
+
+@pytest.fixture(scope="module")
+def trie() -> SidTrie:
+    return SidTrie.build([[1, 3, 6], [1, 3, 7], [1, 4, 8], [2, 5, 6]], vocab_size=10, end_token_ids=[0])
+
+
+def weights_row(**w: float) -> list[float]:
+    """Logits of a position: log of the weight given per token (t0..t9), weight 1 for the rest."""
+    return [LN(w.get(f"t{i}", 1.0)) for i in range(10)]
+
+
+# The SID (1,3,6) then the end of turn. Constrained: level 1 over {1,2} weights 3:1 -> p(1) = 3/4;
+# level 2 over {3,4} weights 1:3 -> p(3) = 1/4; level 3 over {6,7} weights 1:1 -> p(6) = 1/2.
+ROWS = [weights_row(t1=3, t9=4), weights_row(t4=3, t9=2), weights_row(), weights_row(t0=5)]
+TARGETS = [1, 3, 6, 0]
+
+
+def batch(rows=ROWS, targets=TARGETS):
+    return torch.tensor([rows]), torch.tensor([targets])
+
+
+def test_levels_are_read_from_the_trie(trie):
+    assert token_levels(trie).tolist() == [-1, 0, 0, 1, 1, 1, 2, 2, 2, -1]
+    targets = torch.tensor([[IGNORE_INDEX, 1, 3, 6, 2, 5, 6, 0, 9]])
+    assert sid_levels(token_levels(trie), targets).tolist() == [[-1, 0, 1, 2, 0, 1, 2, -1, -1]]
+
+
+def test_plain_and_trie_masked_cross_entropy(trie):
+    logits, targets = batch()
+    levels = token_levels(trie)
+    # Full softmax: position 1 sums weights 3 + 4 + 8 ones = 15; position 2: 3 + 2 + 8 = 13;
+    # position 3: 10 ones; position 4 (the end of turn, never masked): 5 + 9 = 14.
+    full = (LN(15 / 3) + LN(13 / 1) + LN(10) + LN(14 / 5)) / 4
+    assert float(sid_token_loss(trie, levels, logits, targets, masked=False)) == pytest.approx(full)
+    masked = (LN(4 / 3) + LN(4) + LN(2) + LN(14 / 5)) / 4
+    assert float(sid_token_loss(trie, levels, logits, targets, masked=True)) == pytest.approx(masked)
+
+
+def test_each_sid_of_a_history_starts_again_at_the_root(trie):
+    # (1,4,8) then (2,5,6), back to back as history SIDs are, with one unsupervised position between
+    # batch rows padded left. Forced steps (1,4)->8, 2->5 and (2,5)->6 cost nothing when masked;
+    # position 0: {1,2} with weights 1:1; position 1: {3,4} with 1:2 -> p(4) = 2/3; position 3: {1,2}
+    # with 1:4 -> p(2) = 4/5.
+    rows = [weights_row(), weights_row(t4=2), weights_row(t8=0.5), weights_row(t2=4), weights_row(), weights_row()]
+    targets = [[1, 4, 8, 2, 5, 6], [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 1, 3, 7]]
+    second = [weights_row(), weights_row(), weights_row(), weights_row(t1=9), weights_row(t3=3), weights_row(t7=7)]
+    logits = torch.tensor([rows, second])
+    got = sid_token_loss(trie, token_levels(trie), logits, torch.tensor(targets), masked=True)
+    # Second row: (1,3,7) with p(1) = 9/10, p(3) = 3/4, p(7) = 7/8.
+    expected = (LN(2) + LN(3 / 2) + 0 + LN(5 / 4) + 0 + 0 + LN(10 / 9) + LN(4 / 3) + LN(8 / 7)) / 9
+    assert float(got) == pytest.approx(expected)
+    items = sid_items(sid_levels(token_levels(trie), torch.tensor(targets)), 3)
+    assert items.tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
+
+
+def test_a_target_outside_the_trie_is_refused(trie):
+    logits, _ = batch()
+    with pytest.raises(ValueError, match="not a child of its prefix"):
+        sid_token_loss(trie, token_levels(trie), logits, torch.tensor([[2, 3, 6, 0]]), masked=True)
+
+
+def prefix(kind: str, **kw) -> PrefixLoss:
+    return PrefixLoss(**{"kind": kind, "weight": 1.0, "negatives": 4, "temperature": 1.0, **kw})
+
+
+def prefix_part(trie, loss: PrefixLoss, rows=ROWS, targets=TARGETS) -> float:
+    logits, t = batch(rows, targets)
+    levels = token_levels(trie)
+    return float(sid_token_loss(trie, levels, logits, t, True, loss) - sid_token_loss(trie, levels, logits, t, True))
+
+
+def test_pairwise_prefix_loss_by_hand(trie):
+    # Prefix scores of (1,3,6): ln 3/4, ln 3/16, ln 3/32. The one sibling at each level: 2 (ln 1/4);
+    # (1,4): ln 3/4 + ln 3/4; (1,3,7): ln 3/16 + ln 1/2. Pair losses ln(1 + e^(neg - pos)):
+    levels = [LN(1 + 1 / 3), LN(1 + 3), LN(1 + 1)]  # ln 4/3, ln 4, ln 2
+    weights = [4 / 3, 4, 2]  # exp(level loss), temperature 1
+    expected = sum(w * v for w, v in zip(weights, levels)) / sum(weights)
+    assert prefix_part(trie, prefix("pairwise")) == pytest.approx(expected)
+    # The worst prefix alone as the temperature goes to 0; the plain mean as it grows.
+    assert prefix_part(trie, prefix("pairwise", temperature=1e-4)) == pytest.approx(LN(4))
+    assert prefix_part(trie, prefix("pairwise", temperature=1e6)) == pytest.approx(sum(levels) / 3)
+    assert prefix_part(trie, prefix("pairwise", weight=0.1)) == pytest.approx(0.1 * expected)
+
+
+def test_pointwise_prefix_loss_by_hand(trie):
+    # -ln P(target prefix) - ln(1 - P(sibling prefix)), with P(2) = 1/4, P(1,4) = 9/16, P(1,3,7) = 3/32.
+    levels = [LN(4 / 3) + LN(4 / 3), LN(16 / 3) + LN(16 / 7), LN(32 / 3) + LN(32 / 29)]
+    weights = [16 / 9, 256 / 21, 1024 / 87]
+    expected = sum(w * v for w, v in zip(weights, levels)) / sum(weights)
+    assert prefix_part(trie, prefix("pointwise")) == pytest.approx(expected)
+
+
+def test_forced_levels_are_left_out(trie):
+    # (2,5,6): only its first level has a sibling (1, weight 3 against the target's 1): pair loss
+    # ln(1 + 3), whatever the temperature.
+    targets = [2, 5, 6, 0]
+    assert prefix_part(trie, prefix("pairwise"), targets=targets) == pytest.approx(LN(4))
+    assert prefix_part(trie, prefix("pairwise", temperature=1e-4), targets=targets) == pytest.approx(LN(4))
+
+
+def test_negatives_are_drawn_among_the_siblings_only():
+    # Root with three children; one negative per prefix: each draw is one of the two siblings.
+    trie = SidTrie.build([[1, 3, 6], [2, 3, 6], [4, 3, 6]], vocab_size=10, end_token_ids=[0])
+    rows = [weights_row(t1=2, t2=1, t4=5, t9=50), weights_row(), weights_row()]
+    # Target 1 at 2/8: against 2 (1/8) ln(1 + 1/2), against 4 (5/8) ln(1 + 5/2); levels 2-3 are forced.
+    seen = set()
+    for seed in range(20):
+        torch.manual_seed(seed)
+        got = prefix_part(trie, prefix("pairwise", negatives=1), rows, [1, 3, 6])
+        seen.add(min((LN(3 / 2), LN(7 / 2)), key=lambda v: abs(v - got)))
+        assert min(abs(got - LN(3 / 2)), abs(got - LN(7 / 2))) < 1e-6
+    assert seen == {LN(3 / 2), LN(7 / 2)}
+    both = prefix_part(trie, prefix("pairwise", negatives=2), rows, [1, 3, 6])
+    assert both == pytest.approx((LN(3 / 2) + LN(7 / 2)) / 2)
+
+
+@pytest.mark.parametrize("setting, key", [("sft.loss=msl", "sft.loss"), ("sft.prefix_loss.kind=listwise", "sft.prefix_loss.kind"),
+                                          ("sft.prefix_loss.negatives=0", "sft.prefix_loss.negatives"),
+                                          ("sft.prefix_loss.temperature=0", "sft.prefix_loss.temperature")])
+def test_a_bad_objective_setting_exits_2_naming_its_key(setting, key, capsys):
+    from gream.cli import main
+
+    assert main(["config", "show", "configs/demo.yaml", "--set", setting]) == 2
+    assert f"key '{key}'" in capsys.readouterr().err
