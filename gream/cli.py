@@ -10,11 +10,14 @@ import json
 import logging
 import shlex
 import sys
+from typing import Callable
 
 from cluster.errors import GreamError, Resumable
 from cluster.logs import setup_logging
 from cluster.spec import JobSpec, SpecError, dump_spec, load_spec
+from gream.http_guard import HttpLimits
 from gream.launch import RESUMABLE
+from gream.serve_requests import DEFAULT_LIMITS, ServeLimits
 from indexing.segments import SEGMENTS
 
 log = logging.getLogger("gream")
@@ -118,14 +121,16 @@ def cmd_dashboard(args) -> None:
     from gream.dashboard import serve
 
     setup_logging("INFO")
-    serve(args.run, args.host, args.port)
+    serve(args.run, args.host, args.port, args.allow_host)
 
 
 def cmd_serve(args) -> None:
     from gream.serve import serve
 
     setup_logging("INFO")
-    serve(args.run, args.stage, args.host, args.port, args.spec, args.set)
+    limits = ServeLimits(HttpLimits(read_s=args.read_timeout_s, max_connections=args.max_connections),
+                         answer_s=args.answer_timeout_s, max_queue=args.max_queue)
+    serve(args.run, args.stage, args.host, args.port, args.spec, args.set, limits, args.token)
 
 
 def cmd_status(args) -> None:
@@ -153,6 +158,16 @@ def _add_resume_args(p: argparse.ArgumentParser, what: str) -> None:
                    "(a fresh run refuses a run_dir that already holds its checkpoints)")
     p.add_argument("--force", action="store_true", help="with --resume: continue although the spec sections "
                    "the checkpoint depends on (data, index, model and the stage's own) changed since")
+
+
+def _positive(kind: type) -> Callable[[str], float]:
+    """An argparse type: `kind` above 0 (argparse names the flag and exits 2)."""
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"expected a number above 0, got {text}")
+        return value
+    return parse
 
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
@@ -238,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory (the spec's run_dir, e.g. runs/NAME)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 to reach it from elsewhere)")
     p.add_argument("--port", type=int, default=8080, help="port (0 picks a free one)")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                   help="a host name the page may be opened by besides IP addresses, localhost and this "
+                        "machine's names (repeatable; other Host headers get 403: DNS rebinding)")
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("serve", help="serve recommendations over HTTP from a trained model (POST /recommend, GET /health)")
@@ -249,6 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", help="the run's job spec (default: RUN/spec.yaml, which every stage writes)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec key, e.g. --set eval.beam_width=20 (repeatable)")
+    p.add_argument("--token", help="bearer token every request must carry (default: $GREAM_SERVE_TOKEN, which "
+                                   "other users cannot read in the process list; unset: none)")
+    p.add_argument("--read-timeout-s", type=_positive(float), default=DEFAULT_LIMITS.http.read_s,
+                   help="a request must arrive whole within this; slower or idle connections are closed")
+    p.add_argument("--answer-timeout-s", type=_positive(float), default=DEFAULT_LIMITS.answer_s,
+                   help="longest wait for an answer (then 504)")
+    p.add_argument("--max-connections", type=_positive(int), default=DEFAULT_LIMITS.http.max_connections,
+                   help="connections served at once (then 503)")
+    p.add_argument("--max-queue", type=_positive(int), default=DEFAULT_LIMITS.max_queue,
+                   help="requests waiting for a batch (then 503)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", help="a run at a glance: step, reward, hit rate, timings, workers, checkpoint")

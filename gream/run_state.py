@@ -178,7 +178,7 @@ def _read_json(path: Path) -> Any:
         return None
     try:
         return json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except ValueError:  # JSONDecodeError; UnicodeDecodeError where a copy cut a character in two
         # Writers replace these files atomically; a parse failure is a copy in progress, not data.
         log.warning("unreadable JSON, ignored this time", extra=fields(path=str(path)))
         return None

@@ -2,7 +2,7 @@
 
     POST /recommend {"history": [item id or title, ...], "k": 5, "mode": "direct|reasoning|think_ahead"}
       -> {"items": [{"id", "sid", "title", "score"}, ...], "rationale", "reasons", "mode", "latency_ms"}
-    GET /health -> {"status": "ok", "model", "stage", "users_served", "batches", "modes"}
+    GET /health -> {"status": "ok", "model", "stage", "users_served", "batches", "queued", "modes"}
 
 Answers come from rl_system.answer_modes, the functions `gream eval` scores, over prompts from
 sft.prompts.build_prompts (with `sft.retrieved_items` when the spec has them), so a served answer
@@ -10,17 +10,22 @@ is an evaluated one. `score` is the candidate's constrained log-probability (thi
 tokens after the offline prefix). `reasons[i]` is the rationale's first line or sentence naming item
 i's SID or title, else null. Concurrent requests are batched (gream.serve_requests.Batcher).
 
+Errors: 400 names the field (reasoning modes on a model without `<answer>` too), 401 without the
+bearer token when one is set (`--token` or GREAM_SERVE_TOKEN; checked on the headers, before the
+body is read), 503 with Retry-After when the connections or the batch queue are full, 504 when the
+answer takes longer than `answer_s`, 500 with no detail of the failure (the log has it). A slow or
+idle client is dropped at the read deadline (gream.http_guard).
+
 The spec comes from RUN/spec.yaml (every stage writes it) or `--spec`; `--stage export` serves a
 folder written by `gream export` instead of RUN/<stage>/model.
 """
 from __future__ import annotations
 
-import json
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -30,16 +35,29 @@ from cluster.logs import fields
 from cluster.run_layout import SPEC_FILE, RunLayout
 from cluster.spec import JobSpec, load_spec
 from gream.export import EXPORT_MARKER
-from gream.serve_requests import MAX_BODY_BYTES, Batcher, Catalogue, Request, RequestError, parse_request
+from gream.http_guard import GuardedHandler, GuardedServer, is_loopback
+from gream.serve_requests import (
+    DEFAULT_LIMITS,
+    MAX_BODY_BYTES,
+    Batcher,
+    Catalogue,
+    Overloaded,
+    Request,
+    RequestError,
+    ServeLimits,
+    parse_request,
+)
 from indexing.dataset import Example
 from indexing.sid import SidIndex
 from rl_system.answer_modes import MODES, AnswerConfig, answer, check_think_ahead, rationale
 from rl_system.evaluate import token_mapper
+from rl_system.rollout.constraint import ANSWER_OPEN
 from sft.prompts import build_prompts
 
 log = logging.getLogger(__name__)
 
 STAGES = ("rl", "sft", "export")
+TOKEN_ENV = "GREAM_SERVE_TOKEN"  # the bearer token, where --token is not given (it would show in ps)
 _SENTENCES = re.compile(r"\n+|(?<=[.!?;])\s+")
 
 
@@ -83,7 +101,11 @@ class Recommender:
         self.to_item = token_mapper(self.tokenizer, self.catalogue.index)
 
     def parse(self, body: bytes) -> Request:
-        return parse_request(body, self.catalogue, self.cfg.width, MODES, self.max_history)
+        request = parse_request(body, self.catalogue, self.cfg.width, MODES, self.max_history)
+        if request.mode != "direct" and self.cfg.answer_open_id is None:
+            raise RequestError(f"mode: {request.mode} needs the model's {ANSWER_OPEN} token, which {self.model} "
+                               "does not have (trained without reasoning); use mode direct")
+        return request
 
     def answer_batch(self, mode: str, requests: list[Request]) -> list[dict]:
         """One reply per request, all in `mode`, from one pass of the mode over the batch."""
@@ -105,63 +127,65 @@ class Recommender:
         return replies
 
 
-class RecommendServer(ThreadingHTTPServer):
-    daemon_threads = True  # a client that hangs up mid-request does not keep the server from stopping
-    # The listen backlog: socketserver's 5 resets connections beyond it when 32 clients connect at once.
-    request_queue_size = 256
+class RecommendServer(GuardedServer):
+    """`token`: the bearer token every request must carry (None: TOKEN_ENV's, else none)."""
 
-    def __init__(self, recommender: Recommender, host: str = "127.0.0.1", port: int = 8000, **batching):
-        super().__init__((host, port), _Handler)
-        self.recommender = recommender
-        self.batcher = Batcher(recommender.answer_batch, **batching)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
+    def __init__(self, recommender: Recommender, host: str = "127.0.0.1", port: int = 8000,
+                 limits: ServeLimits = DEFAULT_LIMITS, token: str | None = None, **batching):
+        token = token or os.environ.get(TOKEN_ENV)
+        if not token and not is_loopback(host):
+            log.warning("serving off loopback without a token: anyone who reaches the port can use the model; "
+                        f"set {TOKEN_ENV} or pass --token", extra=fields(host=host))
+        super().__init__((host, port), _Handler, limits.http, token=token or None)
+        self.recommender, self.answer_s = recommender, limits.answer_s
+        self.batcher = Batcher(recommender.answer_batch, max_queue=limits.max_queue, **batching)
 
     def health(self) -> dict:
         r = self.recommender
         return {"status": "ok", "model": r.model, "stage": r.stage, "users_served": self.batcher.served,
-                "batches": self.batcher.batches, "modes": list(MODES)}
+                "batches": self.batcher.batches, "queued": self.batcher.queued, "modes": list(MODES)}
 
     def server_close(self) -> None:
         super().server_close()
         self.batcher.close()
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(GuardedHandler):
     server: RecommendServer
-
-    def _send(self, status: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         if self.path != "/health":
-            return self._send(404, {"error": f"no such path {self.path}; GET /health or POST /recommend"})
-        self._send(200, self.server.health())
+            return self.send_json(404, {"error": f"no such path {self.path}; GET /health or POST /recommend"})
+        self.send_json(200, self.server.health())
 
     def do_POST(self) -> None:  # noqa: N802
         if self.path != "/recommend":
-            return self._send(404, {"error": f"no such path {self.path}; POST /recommend or GET /health"})
+            return self.send_json(404, {"error": f"no such path {self.path}; POST /recommend or GET /health"})
         start = time.perf_counter()
         length = self.headers.get("Content-Length") or "0"
-        if not length.isdigit() or int(length) > MAX_BODY_BYTES:
-            return self._send(400, {"error": f"Content-Length: expected a byte count up to {MAX_BODY_BYTES}, got {length}"})
+        if not (length.isascii() and length.isdigit()) or int(length) > MAX_BODY_BYTES:
+            return self.send_json(400, {"error": f"Content-Length: expected a byte count up to {MAX_BODY_BYTES}, "
+                                                 f"got {length}"})
         try:
-            request = self.server.recommender.parse(self.rfile.read(int(length)))
+            body = self.rfile.read(int(length))
+        except TimeoutError:
+            self.close_connection = True
+            return self.send_json(408, {"error": f"the body did not arrive within {self.server.limits.read_s} s"})
+        try:
+            request = self.server.recommender.parse(body)
         except RequestError as exc:
-            return self._send(400, {"error": str(exc)})
+            return self.send_json(400, {"error": str(exc)})
         try:
-            reply = self.server.batcher.submit(request)
-        except Exception as exc:  # the batcher logged it with its traceback
-            return self._send(500, {"error": f"{type(exc).__name__}: {exc}"})
-        self._send(200, {**reply, "latency_ms": round(1000 * (time.perf_counter() - start), 3)})
+            reply = self.server.batcher.submit(request, self.server.answer_s)
+        except Overloaded:
+            retry = self.server.limits.retry_after_s
+            return self.send_json(503, {"error": f"the server is busy; retry after {retry} s"},
+                                  {"Retry-After": str(retry)})
+        except TimeoutError:
+            return self.send_json(504, {"error": f"no answer within {self.server.answer_s} s"})
+        except Exception:  # the batcher logged it with its traceback; the client learns nothing of the code
+            return self.send_json(500, {"error": "internal error answering the request; the server log has it"})
+        self.send_json(200, {**reply, "latency_ms": round(1000 * (time.perf_counter() - start), 3)})
 
     def log_message(self, format: str, *args) -> None:  # http.server writes each request to stderr otherwise
         log.debug("http", extra=fields(client=self.client_address[0], line=format % args))
@@ -196,7 +220,7 @@ def served_model(run: Path, stage: str, spec_path: str | None, overrides: list[s
 
 
 def serve(run: str | Path, stage: str, host: str, port: int, spec_path: str | None = None,
-          overrides: list[str] | None = None) -> None:
+          overrides: list[str] | None = None, limits: ServeLimits = DEFAULT_LIMITS, token: str | None = None) -> None:
     """Start the model's answerer (`eval.backend`) and serve until interrupted."""
     from cluster.placement import init_ray
     from rl_system.rollout.torch_answerer import answerer_from_spec
@@ -207,7 +231,7 @@ def serve(run: str | Path, stage: str, host: str, port: int, spec_path: str | No
     pool = answerer_from_spec(spec, model, index)
     server = None
     try:
-        server = RecommendServer(Recommender.build(spec, model, index, pool, stage), host, port)
+        server = RecommendServer(Recommender.build(spec, model, index, pool, stage), host, port, limits, token)
         log.info("serving", extra=fields(url=server.url, model=str(model), stage=stage))
         print(f"serving {model} on {server.url} (POST /recommend, GET /health)", flush=True)
         server.serve_forever()
