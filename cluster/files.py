@@ -1,5 +1,5 @@
 """Reading the text files a user hands in (specs, data, index files) without a traceback, and
-writing arrays whole."""
+writing arrays and text files whole."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,5 +27,13 @@ def save_array(path: Path, array: np.ndarray) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npy")
     np.save(tmp, array)
+    tmp.replace(path)
+    return path
+
+
+def save_text(path: Path, text: str) -> Path:
+    """`text` as `path`, renamed into place: a reader sees the old file or the new one, never part."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path

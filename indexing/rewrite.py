@@ -8,10 +8,15 @@ so an interrupted rewrite resumes where it stopped and a re-run costs nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import json
 import logging
 import os
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -49,17 +54,108 @@ class Teacher(Protocol):
     def close(self) -> None: ...  # frees what the teacher holds (a local engine's memory)
 
 
-class EndpointTeacher:
-    """An OpenAI-compatible chat endpoint, e.g. `http://host:8000/v1` (a vLLM or SGLang server)."""
+class _Deadline:
+    """Shuts a request's socket when its time is up: a per-read timeout alone lets an endpoint that
+    trickles a byte at a time hold the request for ever."""
 
-    def __init__(self, endpoint: str, model: str, max_tokens: int, timeout_s: float = 120, workers: int = 8) -> None:
+    def __init__(self, seconds: float) -> None:
+        self.at = time.monotonic() + seconds
+        self.expired = False
+        self._timer: threading.Timer | None = None
+
+    def watch(self, sock: socket.socket) -> None:
+        self._timer = threading.Timer(max(0.0, self.at - time.monotonic()), self._expire, (sock,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self, sock: socket.socket) -> None:
+        self.expired = True
+        with contextlib.suppress(OSError):  # already closed: the request ended as the time ran out
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+class _Watched:
+    """An http.client connection whose socket its request's _Deadline watches once connected."""
+
+    def __init__(self, *args, deadline: _Deadline, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()
+        self.deadline.watch(self.sock)
+
+
+class _WatchedHTTP(_Watched, http.client.HTTPConnection):
+    pass
+
+
+class _WatchedHTTPS(_Watched, http.client.HTTPSConnection):
+    pass
+
+
+class _Handlers(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    """Opens each request on a watched connection; a redirect is refused, not followed (urllib would
+    send the Authorization header on to whatever host the endpoint names)."""
+
+    def __init__(self, deadline: _Deadline) -> None:
+        urllib.request.HTTPHandler.__init__(self)
+        urllib.request.HTTPSHandler.__init__(self)
+        self.deadline = deadline
+
+    def http_open(self, req):
+        return self.do_open(_WatchedHTTP, req, deadline=self.deadline)
+
+    def https_open(self, req):
+        return self.do_open(_WatchedHTTPS, req, deadline=self.deadline, context=self._context)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises the 3xx as an HTTPError
+
+
+class EndpointTeacher:
+    """An OpenAI-compatible chat endpoint, e.g. `http://host:8000/v1` (a vLLM or SGLang server).
+    `timeout_s` bounds each request whole (connect to last byte); a reply body over
+    `max_reply_bytes` is refused."""
+
+    def __init__(self, endpoint: str, model: str, max_tokens: int, timeout_s: float = 120, workers: int = 8,
+                 max_reply_bytes: int = 1 << 20) -> None:
         self.url = endpoint.rstrip("/") + "/chat/completions"
         self.model = model
         self.max_tokens = max_tokens
         self.timeout_s = timeout_s
         self.workers = workers
+        self.max_reply_bytes = max_reply_bytes
         self.name = f"endpoint:{model}"
         self._api_key = os.environ.get("OPENAI_API_KEY")  # sent only when the user set one
+
+    def _fetch(self, req: urllib.request.Request) -> bytes:
+        deadline = _Deadline(self.timeout_s)
+        opener = urllib.request.build_opener(_Handlers(deadline), _NoRedirect())
+        try:
+            with opener.open(req, timeout=self.timeout_s) as resp:
+                body = resp.read(self.max_reply_bytes + 1)
+        except urllib.error.HTTPError as exc:
+            where = f" to {exc.headers.get('Location')}, not followed" if 300 <= exc.code < 400 else ""
+            raise RewriteError(f"{self.url}: HTTP {exc.code}{where}: "
+                               f"{exc.read(300).decode(errors='replace')}") from exc
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            if deadline.expired:
+                raise RewriteError(f"{self.url}: no complete reply within {self.timeout_s} s") from exc
+            raise RewriteError(f"{self.url}: cannot reach the teacher endpoint ({exc})") from exc
+        finally:
+            deadline.cancel()
+        if deadline.expired:  # the socket was shut as the reply ended: what came may be cut short
+            raise RewriteError(f"{self.url}: no complete reply within {self.timeout_s} s")
+        if len(body) > self.max_reply_bytes:
+            raise RewriteError(f"{self.url}: reply larger than {self.max_reply_bytes} bytes")
+        return body
 
     def _one(self, prompt: str) -> str:
         body = json.dumps({"model": self.model, "max_tokens": self.max_tokens, "temperature": 0,
@@ -67,20 +163,24 @@ class EndpointTeacher:
         headers = {"Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
-        req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        raw = self._fetch(urllib.request.Request(self.url, data=body, headers=headers, method="POST"))
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                reply = json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            raise RewriteError(f"{self.url}: HTTP {exc.code}: {exc.read()[:300].decode(errors='replace')}") from exc
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            raise RewriteError(f"{self.url}: cannot reach the teacher endpoint ({exc})") from exc
-        except json.JSONDecodeError as exc:
-            raise RewriteError(f"{self.url}: reply is not JSON ({exc.msg})") from exc
+            reply = json.loads(raw)
+        except RecursionError:
+            raise RewriteError(f"{self.url}: reply JSON nested too deeply") from None
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of thousands of digits
+            raise RewriteError(f"{self.url}: reply is not JSON text ({exc})") from exc
         try:
-            return reply["choices"][0]["message"]["content"] or ""
+            content = reply["choices"][0]["message"]["content"]
         except (KeyError, IndexError, TypeError):
             raise RewriteError(f"{self.url}: reply lacks choices[0].message.content: {str(reply)[:300]}") from None
+        if content is None:  # a reply with no text: kept as empty, which the stages count as dropped
+            return ""
+        if not isinstance(content, str):
+            # Refused before the cache: a cached wrong type would fail every later run the same way.
+            raise RewriteError(f"{self.url}: choices[0].message.content is {type(content).__name__}, "
+                               "expected a string")
+        return content
 
     def complete(self, prompts: list[str]) -> list[str]:
         with ThreadPoolExecutor(self.workers) as pool:
@@ -128,17 +228,22 @@ class VllmTeacher:
 
 
 class RewriteCache:
-    """Append-only JSONL of {"key", "text"}; a line cut short by a crash is ignored on load."""
+    """Append-only JSONL of {"key", "text"}; a line that is not such a row (cut short by a crash, or
+    bytes that are not UTF-8) is ignored on load and its item asked again."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.entries: dict[str, str] = {}
         if self.path.exists():
-            for n, line in enumerate(self.path.read_text().splitlines(), 1):
+            for n, line in enumerate(self.path.read_bytes().splitlines(), 1):
                 try:
                     row = json.loads(line)
-                    self.entries[row["key"]] = row["text"]
-                except (json.JSONDecodeError, KeyError, TypeError):
+                    key, text = row["key"], row["text"]
+                except (ValueError, RecursionError, KeyError, TypeError):
+                    key = text = None
+                if isinstance(key, str) and isinstance(text, str):
+                    self.entries[key] = text
+                else:
                     log.warning("%s: line %d unreadable (interrupted write?), will redo that item", self.path, n)
 
     def add(self, rows: dict[str, str]) -> None:

@@ -20,7 +20,7 @@ from indexing.sid import SidIndex
 from sft import teacher_data
 from sft.reasoning_data import SID_RUN, history_line
 from sft.tasks import longest_history
-from sft.teacher_data import KEPT, Verdict
+from sft.teacher_data import KEPT, Verdict, judged
 
 KIND = "preference"
 SUMMARIES_FILE = "summaries.jsonl"
@@ -91,7 +91,8 @@ def generate_preferences(spec: JobSpec, users: Sequence[Example], index: SidInde
     shown = [ex.history[-spec.sft.preference.history_items:] for ex in users]
     prompts = [preference_prompt(h, index, items) for h in shown]
     replies, asked = teacher_data.ask(KIND, prompts, teacher, spec.layout.preference, batch_size)
-    verdicts = [check_summary(r, p, index) for r, p in zip(replies, prompts)]
+    verdicts = [judged([r], teacher.max_tokens, lambda reply: check_summary(reply, p, index))
+                for r, p in zip(replies, prompts)]
     rows = [{"user": ex.user, "history": list(h), "summary": v.text}
             for ex, h, v in zip(users, shown, verdicts) if v.text is not None]
     return teacher_data.write(spec, KIND, teacher, spec.layout.preference, SUMMARIES_FILE, rows, verdicts, asked,

@@ -26,7 +26,7 @@ from sft.reasoning_scaffold import check_slot
 from sft.reasoning_scaffold import questions as scaffold_questions
 from sft.reasoning_scaffold import rationale as scaffold_rationale
 from sft.tasks import ReasoningRecord, title_of
-from sft.teacher_data import KEPT, Verdict
+from sft.teacher_data import KEPT, Verdict, judged
 
 KIND = "reasoning"
 MAX_CONTEXT = 5  # items the teacher sees: enough for a pattern, few enough that none is noise
@@ -179,8 +179,9 @@ def generate_reasoning(spec: JobSpec, examples: Sequence[Example], index: SidInd
         asks = [[teacher_prompt(c, ex.target, index, items)] for c, ex in zip(contexts, examples)]
     flat, asked = teacher_data.ask(KIND, [p for a in asks for p in a], teacher, spec.layout.reasoning, batch_size)
     replies = iter(flat)
-    verdicts = [_scaffold_verdict([next(replies) for _ in a], context, index, items) if scaffold
-                else check_reply(next(replies), ex.history, ex.target, index, words)
+    verdicts = [judged([next(replies) for _ in a], teacher.max_tokens,
+                       (lambda *rs: _scaffold_verdict(rs, context, index, items)) if scaffold
+                       else (lambda r: check_reply(r, ex.history, ex.target, index, words)))
                 for a, ex, context in zip(asks, examples, contexts)]
     rows = [{"user": ex.user, "history": list(ex.history), "target": ex.target, "context": list(context),
              "rationale": v.text} for ex, context, v in zip(examples, contexts, verdicts) if v.text is not None]

@@ -11,9 +11,10 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from cluster.errors import MissingArtefact
+from cluster.files import save_text
 from cluster.logs import fields
 from cluster.spec import JobSpec
 from indexing.rewrite import RewriteCache, Teacher, ask_cached
@@ -23,12 +24,24 @@ log = logging.getLogger(__name__)
 REPORT_FILE = "report.json"
 CACHE_FILE = "teacher_cache.jsonl"
 KEPT = "kept"
+OVERSIZED = "oversized"
+CHARS_PER_TOKEN = 16  # above any real vocabulary's mean token length (English text: about 4)
 
 
 @dataclass(frozen=True)
 class Verdict:
     text: str | None  # what is kept; None when dropped
     reason: str  # KEPT or why the reply was dropped
+
+
+def judged(replies: Sequence[str], max_tokens: int, check: Callable[..., Verdict]) -> Verdict:
+    """`check(*replies)`, unless a reply is longer than `max_tokens` tokens can spell
+    (CHARS_PER_TOKEN each): it is dropped as OVERSIZED before any regular expression reads it. A
+    format check's cost can grow with the square of the text, and the cache holds whatever an
+    endpoint that ignored max_tokens sent."""
+    if any(len(r) > CHARS_PER_TOKEN * max_tokens for r in replies):
+        return Verdict(None, OVERSIZED)
+    return check(*replies)
 
 
 def ask(kind: str, prompts: Sequence[str], teacher: Teacher, out_dir: Path, batch_size: int) -> tuple[list[str], int]:
@@ -64,10 +77,11 @@ def write(spec: JobSpec, kind: str, teacher: Teacher, out_dir: Path, rows_file: 
               "from_cache": (prompts or len(verdicts)) - asked, "kept": kept, "dropped": sum(reasons.values()),
               "dropped_by_reason": dict(sorted(reasons.items())), **extra, "settings": settings_hash(spec, kind)}
     out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / rows_file).open("w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in rows)
-    # The report goes last: a rows file without its report is one a crash cut short.
-    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    # The report goes first and comes back last: a rows file without its report is one a crash cut
+    # short, and each file is renamed into place whole, so no reader sees new rows beside an old report.
+    (out_dir / REPORT_FILE).unlink(missing_ok=True)
+    save_text(out_dir / rows_file, "".join(json.dumps(row) + "\n" for row in rows))
+    save_text(out_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     log.info("teacher data", extra=fields(**{k: v for k, v in report.items() if k != "dropped_by_reason"},
                                           **{f"dropped_{k}": v for k, v in reasons.items()}))
     if verdicts and not kept:
