@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
 from cluster.device import autocast
+from sft.sid_losses import Objective, head_view
 from sft.tasks import IGNORE_INDEX, TokenizedExample
 
 BUCKET_BATCHES = 32  # batches sorted by length together: little padding, still a random order
-# (logits [B, P, V] at the kept positions, their targets [B, P]) -> the batch's loss (sft/sid_losses.py)
-Objective = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -57,16 +56,17 @@ def make_batches(examples: Sequence[TokenizedExample], batch_size: int, rng: ran
 
 def token_loss(model, batch: Batch, device: torch.device, amp_dtype: torch.dtype = torch.float32,
                objective: Objective | None = None) -> torch.Tensor:
-    """Mean cross-entropy over the supervised tokens, or the `objective` of the kept logits and their
-    targets. The LM head runs only at positions where some row has a target (through the model's own
-    forward, so ZeRO-3 gathering and peft wrappers apply)."""
+    """Mean cross-entropy over the supervised tokens, or the `objective`'s loss. The LM head runs only
+    at positions where some row has a target (through the model's own forward, so ZeRO-3 gathering and
+    peft wrappers apply, unless the objective computes it itself: sft/sid_losses.py `head_view`)."""
     targets = batch.targets.to(device)
     positions = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)
-    with autocast(device.type, amp_dtype):
-        out = model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
-                    position_ids=batch.position_ids.to(device), logits_to_keep=positions, use_cache=False)
-    logits = out.logits.float()
+    inputs = {"input_ids": batch.input_ids.to(device), "attention_mask": batch.attention_mask.to(device),
+              "position_ids": batch.position_ids.to(device)}
     if objective is not None:
-        return objective(logits, targets[:, positions])
+        return objective(head_view(model, inputs, positions, device, amp_dtype), targets[:, positions])
+    with autocast(device.type, amp_dtype):
+        out = model(**inputs, logits_to_keep=positions, use_cache=False)
+    logits = out.logits.float()
     return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets[:, positions].reshape(-1),
                                              ignore_index=IGNORE_INDEX)

@@ -95,7 +95,7 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tenso
     return ids, mask, (mask.cumsum(1) - 1).clamp_min(0)
 
 
-def _head_split(model):
+def head_split(model):
     """(decoder, output layer) when the logits are the output layer on the decoder's last hidden
     state and nothing more (Llama, Qwen, SmolLM2 ...), so a step can compute the logits of one SID
     level's tokens only; None otherwise (soft-capped or scaled logits, ZeRO-3-partitioned weights)."""
@@ -142,7 +142,7 @@ def constrained_beam(model, prompts: Sequence[Sequence[int]], trie: SidTrie, wid
     trie = trie.to(device)
     n = len(prompts)
     ids, mask, positions = (t.to(device) for t in left_pad([list(p) + list(f) for p, f in zip(prompts, prefixes)], pad_id))
-    split = _head_split(model)
+    split = head_split(model)
     vocab_size = trie.vocab_size
     # A level's tokens, and the end tokens: the only ones a filler beam (past the trie's SIDs) may take.
     columns = [torch.cat([trie.columns[d], trie.end_token_ids]) for d in range(trie.depth)]

@@ -19,19 +19,24 @@ A level where the target's parent has no other child is forced in the beam and l
 of one target are weighted softmax(level loss / temperature), held constant in the gradient: the
 closed-form worst case over level weights with a KL penalty towards uniform, so the prefix most at
 risk of pruning gets the most weight (temperature -> 0: only it).
+
+Cost: where the model's logits are its output layer on the decoder's last hidden state (hf_beam's
+`head_split`), a SID target's logits are computed over its level's codes only, never over the whole
+vocabulary; the output layer is the largest share of a small backbone's step.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Literal
+from typing import Callable, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from cluster.device import autocast
 from cluster.spec import SftSpec
-from indexing.trie import SidTrie
-from sft.batches import Objective
+from indexing.trie import Cols, SidTrie
+from sft.hf_beam import head_split
 from sft.tasks import IGNORE_INDEX
 
 
@@ -41,6 +46,40 @@ class PrefixLoss:
     weight: float  # APAO's beta: the prefix loss's weight beside the token loss
     negatives: int
     temperature: float
+
+
+class HeadView:
+    """The logits at a batch's kept positions ([B, P] flattened), computed only for the rows and
+    columns asked when built from hidden states and the output layer, else read from full logits."""
+
+    def __init__(self, logits: torch.Tensor | None = None, hidden: torch.Tensor | None = None,
+                 head: torch.nn.Linear | None = None, device_type: str = "cpu", amp_dtype: torch.dtype = torch.float32):
+        self.logits = None if logits is None else logits.reshape(-1, logits.shape[-1])
+        self.hidden = None if hidden is None else hidden.reshape(-1, hidden.shape[-1])
+        self.head, self.device_type, self.amp_dtype = head, device_type, amp_dtype
+
+    def rows(self, idx: torch.Tensor, cols: Cols = slice(None)) -> torch.Tensor:
+        """Float [len(idx), columns]."""
+        if self.logits is not None:
+            return self.logits[idx, cols] if isinstance(cols, slice) else self.logits[idx[:, None], cols]
+        bias = None if self.head.bias is None else self.head.bias[cols]
+        with autocast(self.device_type, self.amp_dtype):
+            return F.linear(self.hidden[idx], self.head.weight[cols], bias).float()
+
+
+# (the kept positions' HeadView, their targets [B, P]) -> the batch's loss
+Objective = Callable[[HeadView, torch.Tensor], torch.Tensor]
+
+
+def head_view(model, inputs: dict, positions: torch.Tensor, device: torch.device, amp_dtype: torch.dtype) -> HeadView:
+    """The model's forward at the kept `positions`: the decoder's hidden states where the model splits
+    (so the output layer runs later, on the columns each target needs), else its full logits."""
+    split = head_split(getattr(model, "module", model))  # a DeepSpeed engine holds the model as .module
+    with autocast(device.type, amp_dtype):
+        if split is None:
+            return HeadView(logits=model(**inputs, logits_to_keep=positions, use_cache=False).logits.float())
+        hidden = split[0](**inputs, use_cache=False).last_hidden_state[:, positions]
+    return HeadView(hidden=hidden, head=split[1], device_type=device.type, amp_dtype=amp_dtype)
 
 
 def sft_objective(sft: SftSpec, trie: SidTrie) -> Objective | None:
@@ -78,31 +117,58 @@ def prefix_states(trie: SidTrie, level: torch.Tensor, targets: torch.Tensor) -> 
     return trie.states_for_prefixes(targets[b[:, None], window.clamp(0, targets.shape[1] - 1)], lengths)
 
 
-def constrained_logprobs(trie: SidTrie, logits: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
-    """[N, V]: log-softmax over the tokens the trie allows after each state, -inf elsewhere."""
-    return torch.log_softmax(trie.apply(logits.float(), states), dim=-1)
+class Block(NamedTuple):
+    """The SID targets of one level: which (rows of the SID targets), their constrained log-probs
+    over the level's codes [n, C] (-inf where the trie forbids), and each target's column."""
+
+    rows: torch.Tensor
+    logp: torch.Tensor
+    col: torch.Tensor
 
 
-def sid_token_loss(trie: SidTrie, levels: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
+def level_blocks(trie: SidTrie, view: HeadView, flat: torch.Tensor, level: torch.Tensor, states: torch.Tensor,
+                 tokens: torch.Tensor) -> list[Block | None]:
+    """Per level, the constrained log-probs of the SID targets at flat positions `flat` (levels
+    `level`, prefix `states`, ids `tokens`); None for a level without targets."""
+    if not bool((states >= 0).all()):
+        raise ValueError("a SID target's earlier tokens are not a SID prefix: the batch's SIDs are not the index's")
+    blocks = []
+    for depth in range(trie.depth):
+        rows = (level == depth).nonzero()[:, 0]
+        if not rows.numel():
+            blocks.append(None)
+            continue
+        (_, cols, bits), = trie.groups(states[rows])  # one depth, so one block of columns
+        ids = torch.arange(cols.start, cols.stop, device=tokens.device) if isinstance(cols, slice) else cols
+        logp = torch.log_softmax(view.rows(flat[rows], cols).masked_fill(~bits, float("-inf")), dim=-1)
+        blocks.append(Block(rows, logp, torch.searchsorted(ids, tokens[rows])))
+    return blocks
+
+
+def sid_token_loss(trie: SidTrie, levels: torch.Tensor, view: HeadView, targets: torch.Tensor,
                    masked: bool, prefix: PrefixLoss | None = None) -> torch.Tensor:
-    """Mean negative log-likelihood of the supervised targets (`logits` [B, P, V], `targets` [B, P],
-    IGNORE_INDEX where unsupervised), SID tokens trie-masked when `masked`, plus the prefix loss."""
-    supervised = targets != IGNORE_INDEX
-    safe = targets.clamp(min=0)
-    logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, safe[..., None])[..., 0]
+    """Mean negative log-likelihood of the supervised targets ([B, P], IGNORE_INDEX where unsupervised),
+    SID tokens trie-masked when `masked`, plus the prefix loss."""
+    flat_targets = targets.reshape(-1)
+    supervised = flat_targets != IGNORE_INDEX
     level = sid_levels(levels, targets)
-    sid = level >= 0
-    rows = constrained_logprobs(trie, logits[sid], prefix_states(trie, level, safe))
-    sid_logp = rows.gather(1, safe[sid][:, None])[:, 0]
+    sid = level.reshape(-1) >= 0
+    flat = sid.nonzero()[:, 0]
+    blocks = level_blocks(trie, view, flat, level.reshape(-1)[flat], prefix_states(trie, level, targets.clamp(min=0)),
+                          flat_targets[flat])
+    present = [b for b in blocks if b is not None]
+    sid_logp = (torch.cat([b.logp.gather(1, b.col[:, None])[:, 0] for b in present])[torch.argsort(torch.cat(
+        [b.rows for b in present]))] if present else torch.zeros(0, device=targets.device))
     if not torch.isfinite(sid_logp).all():
         raise ValueError("a SID target is not a child of its prefix in the trie: the batch's SIDs are not the index's")
+    full = (supervised & ~sid if masked else supervised).nonzero()[:, 0]
+    total = F.cross_entropy(view.rows(full), flat_targets[full], reduction="sum")
     if masked:
-        logp = logp.masked_scatter(sid, sid_logp)
-    loss = -logp[supervised].mean()
+        total = total - sid_logp.sum()
+    loss = total / supervised.sum()
     if prefix is None:
         return loss
-    items = sid_items(level, trie.depth)
-    return loss + prefix.weight * prefix_loss(rows, sid_logp, safe[sid], items, prefix)
+    return loss + prefix.weight * prefix_loss(blocks, sid_logp, sid_items(level, trie.depth), prefix)
 
 
 def sid_items(level: torch.Tensor, depth: int) -> torch.Tensor:
@@ -116,30 +182,34 @@ def sid_items(level: torch.Tensor, depth: int) -> torch.Tensor:
     return order[pos[whole]]
 
 
-def prefix_loss(rows: torch.Tensor, logp: torch.Tensor, tokens: torch.Tensor, items: torch.Tensor,
-                prefix: PrefixLoss) -> torch.Tensor:
-    """Mean over SIDs of the worst-prefix-weighted level losses. `rows` [N, V]: constrained log-probs
-    of N SID targets, `logp` [N] the targets' own, `tokens` [N] their ids, `items` [M, L] (sid_items)."""
+def prefix_loss(blocks: list[Block | None], logp: torch.Tensor, items: torch.Tensor, prefix: PrefixLoss) -> torch.Tensor:
+    """Mean over SIDs of the worst-prefix-weighted level losses. `blocks`: level_blocks of the N SID
+    targets, `logp` [N] the targets' own constrained log-probs, `items` [M, L] (sid_items)."""
     if items.numel() == 0:
-        return rows.new_zeros(())
+        return logp.new_zeros(())
     pos = logp[items].cumsum(1)  # [M, L]: the target's prefix scores
-    cand = rows[items]  # [M, L, V]
-    vocab = torch.arange(cand.shape[-1], device=cand.device)
-    allowed = torch.isfinite(cand) & (vocab != tokens[items][..., None])
-    # Distinct siblings at random: the top `negatives` of uniform draws over the allowed tokens.
-    draw = torch.rand(cand.shape, device=cand.device).masked_fill(~allowed, -1.0)
-    picked, idx = draw.topk(min(prefix.negatives, cand.shape[-1]), dim=-1)
-    real = picked >= 0  # [M, L, K]
-    neg = (pos - logp[items])[..., None] + cand.gather(-1, idx).masked_fill(~real, 0.0)
-    if prefix.kind == "pairwise":
-        per = F.softplus(neg - pos[..., None])
-        level_loss = (per * real).sum(-1) / real.sum(-1).clamp(min=1)
-    else:
-        per = -torch.log(-torch.expm1(neg.clamp(max=-1e-6)))
-        level_loss = -pos + (per * real).sum(-1) / real.sum(-1).clamp(min=1)
-    has = real.any(-1)  # [M, L]: levels the beam can prune at
+    losses, has = [], []
+    for j, block in enumerate(blocks):
+        where = torch.empty_like(logp, dtype=torch.long)
+        where[block.rows] = torch.arange(len(block.rows), device=where.device)
+        at = where[items[:, j]]
+        cand, col = block.logp[at], block.col[at]
+        allowed = torch.isfinite(cand) & (torch.arange(cand.shape[1], device=cand.device) != col[:, None])
+        # Distinct siblings at random: the top `negatives` of uniform draws over the allowed codes.
+        picked, idx = torch.rand(cand.shape, device=cand.device).masked_fill(~allowed, -1.0).topk(
+            min(prefix.negatives, cand.shape[1]), dim=1)
+        real = picked >= 0  # [M, K]
+        neg = (pos[:, j] - logp[items[:, j]])[:, None] + cand.gather(1, idx).masked_fill(~real, 0.0)
+        if prefix.kind == "pairwise":
+            level_loss = (F.softplus(neg - pos[:, j, None]) * real).sum(1) / real.sum(1).clamp(min=1)
+        else:
+            per = -torch.log(-torch.expm1(neg.clamp(max=-1e-6)))
+            level_loss = -pos[:, j] + (per * real).sum(1) / real.sum(1).clamp(min=1)
+        losses.append(level_loss)
+        has.append(real.any(1))  # levels the beam can prune at
+    level_loss, has = torch.stack(losses, 1), torch.stack(has, 1)
     weights = torch.softmax((level_loss.detach() / prefix.temperature).masked_fill(~has, float("-inf")), dim=-1)
     counted = has.any(-1)
     if not counted.any():
-        return rows.new_zeros(())
+        return logp.new_zeros(())
     return (weights[counted] * level_loss[counted].masked_fill(~has[counted], 0.0)).sum(-1).mean()

@@ -142,7 +142,8 @@ def test_trie_masked_and_prefix_objectives_on_real_batches(run_dir, tmp_path):
     """Office prompts with every history SID supervised: each SID target is found in the trie after
     its prefix; masking raises every SID token's probability; the prefix loss adds to it; and a short
     run with both lowers that loss."""
-    from sft.sid_losses import sft_objective
+    from sft.sid_losses import HeadView, sft_objective
+    from sft.tasks import IGNORE_INDEX
 
     shutil.copytree(run_dir / "index", tmp_path / "index")
     spec = make_spec(tmp_path, loss="trie_ce", prefix_loss={"kind": "pairwise", "negatives": 2})
@@ -158,6 +159,12 @@ def test_trie_masked_and_prefix_objectives_on_real_batches(run_dir, tmp_path):
 
     plain, masked, with_prefix = losses(trainer.model)
     assert masked < plain and with_prefix > masked
+    # The output layer run on each level's codes only gives the loss of the full logits.
+    positions = (batch.targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)
+    with torch.no_grad():
+        logits = trainer.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                               position_ids=batch.position_ids, use_cache=False).logits[:, positions]
+    assert float(masked_only(HeadView(logits), batch.targets[:, positions])) == pytest.approx(masked, rel=1e-5)
     model, _ = load_backbone(trainer.train())
     assert losses(model)[2] < with_prefix - 0.3
 

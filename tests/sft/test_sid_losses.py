@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from indexing.trie import SidTrie
-from sft.sid_losses import PrefixLoss, sid_items, sid_levels, sid_token_loss, token_levels
+from sft.sid_losses import HeadView, PrefixLoss, sid_items, sid_levels, sid_token_loss, token_levels
 from sft.tasks import IGNORE_INDEX
 
 LN = math.log
@@ -36,7 +36,7 @@ TARGETS = [1, 3, 6, 0]
 
 
 def batch(rows=ROWS, targets=TARGETS):
-    return torch.tensor([rows]), torch.tensor([targets])
+    return HeadView(torch.tensor([rows])), torch.tensor([targets])
 
 
 def test_levels_are_read_from_the_trie(trie):
@@ -64,8 +64,8 @@ def test_each_sid_of_a_history_starts_again_at_the_root(trie):
     rows = [weights_row(), weights_row(t4=2), weights_row(t8=0.5), weights_row(t2=4), weights_row(), weights_row()]
     targets = [[1, 4, 8, 2, 5, 6], [IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX, 1, 3, 7]]
     second = [weights_row(), weights_row(), weights_row(), weights_row(t1=9), weights_row(t3=3), weights_row(t7=7)]
-    logits = torch.tensor([rows, second])
-    got = sid_token_loss(trie, token_levels(trie), logits, torch.tensor(targets), masked=True)
+    view = HeadView(torch.tensor([rows, second]))
+    got = sid_token_loss(trie, token_levels(trie), view, torch.tensor(targets), masked=True)
     # Second row: (1,3,7) with p(1) = 9/10, p(3) = 3/4, p(7) = 7/8.
     expected = (LN(2) + LN(3 / 2) + 0 + LN(5 / 4) + 0 + 0 + LN(10 / 9) + LN(4 / 3) + LN(8 / 7)) / 9
     assert float(got) == pytest.approx(expected)
@@ -75,7 +75,9 @@ def test_each_sid_of_a_history_starts_again_at_the_root(trie):
 
 def test_a_target_outside_the_trie_is_refused(trie):
     logits, _ = batch()
-    with pytest.raises(ValueError, match="not a child of its prefix"):
+    with pytest.raises(ValueError, match="not a child of its prefix"):  # 2 has no child 3
+        sid_token_loss(trie, token_levels(trie), logits, torch.tensor([[2, 3, IGNORE_INDEX, 0]]), masked=True)
+    with pytest.raises(ValueError, match="earlier tokens are not a SID prefix"):  # 6 after (2, 3)
         sid_token_loss(trie, token_levels(trie), logits, torch.tensor([[2, 3, 6, 0]]), masked=True)
 
 
