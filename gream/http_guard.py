@@ -109,7 +109,6 @@ class GuardedServer(ThreadingHTTPServer):
         self.limits, self.token, self.allowed_hosts = limits, token, allowed_hosts
         self.served = threading.BoundedSemaphore(limits.max_connections)
         self._thread_slots = threading.BoundedSemaphore(2 * limits.max_connections)
-        self.dropped = 0  # connections closed unread (past twice max_connections)
         super().__init__(address, handler)
 
     @property
@@ -118,8 +117,7 @@ class GuardedServer(ThreadingHTTPServer):
         return f"http://{host}:{port}"
 
     def process_request(self, request, client_address) -> None:
-        if not self._thread_slots.acquire(blocking=False):
-            self.dropped += 1
+        if not self._thread_slots.acquire(blocking=False):  # closed unread: past twice max_connections
             self.shutdown_request(request)
             return
         try:
@@ -151,6 +149,7 @@ class GuardedHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self.rfile.close()  # the plain reader; this one keeps the deadline
         self.admitted = self.server.served.acquire(blocking=False)
         read_s = self.server.limits.read_s if self.admitted else min(self.server.limits.read_s, REFUSE_READ_S)
         self.rfile = io.BufferedReader(_DeadlineReader(self.connection, time.monotonic() + read_s))
