@@ -240,7 +240,8 @@ def test_the_token_is_checked_on_the_headers_before_the_body(recommender, histor
         assert got.startswith(b"HTTP/1.0 401") and secs < 5
 
 
-def test_binding_off_loopback_without_a_token_warns(recommender, caplog):
+def test_binding_off_loopback_without_a_token_warns(recommender, caplog, monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
     caplog.set_level(logging.WARNING, logger="gream.serve")
     RecommendServer(recommender, host="127.0.0.1", port=0).server_close()
     RecommendServer(recommender, host="0.0.0.0", port=0, token="t").server_close()
