@@ -19,6 +19,7 @@ from cluster.cluster_spec import Section as _Section
 from cluster.errors import GreamError
 from cluster.files import read_text
 from cluster.index_spec import IndexSpec
+from cluster.objectives_spec import ObjectivesSpec
 from cluster.run_layout import RunLayout
 from cluster.sft_loss_spec import PrefixLossSpec
 from cluster.teach_spec import PreferenceSpec, ReasoningSpec, teacher_problem
@@ -149,6 +150,7 @@ class RlSpec(_Section):
     # it carries a positive; the learner's own forward gives that row's old logprobs.
     inject_target: bool = False
     teacher: TeacherSpec | None = None
+    objectives: ObjectivesSpec = ObjectivesSpec()  # rewards beyond accuracy (cluster/objectives_spec.py)
     # How a prompt's group is drawn: G samples, the trie-constrained beam of width G (G distinct
     # items, MiniOneRec's rollouts), or `beam_share` of the group from the beam and the rest sampled.
     rollout: Literal["sample", "beam", "mixed"] = "sample"

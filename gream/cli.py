@@ -77,9 +77,30 @@ def cmd_stage(stage: str):
     return run
 
 
+def cmd_sft(args) -> None:
+    from cluster.errors import BadRequest
+
+    if not args.tune:
+        if args.budget_s is not None:
+            raise BadRequest("--budget-s is the wall time of --tune; add --tune or drop it")
+        cmd_stage("sft")(args)
+        return
+    if args.resume or args.force:
+        raise BadRequest("--tune starts a new search; drop --resume and --force")
+    if args.budget_s is None:
+        raise BadRequest("--tune needs --budget-s SECONDS: the wall time of the whole search (each trial is an SFT run)")
+    from gream.launch import check_run_dir
+    from sft.sft_tune import run as tune
+
+    spec = _spec(args)
+    check_run_dir(spec)
+    print(tune(spec, args.budget_s))
+
+
 def cmd_baseline_sasrec(args) -> None:
     from cluster.errors import BadRequest
-    from sft.sasrec import SasrecConfig, read_config, run
+    from sft.sasrec import SasrecConfig, read_config
+    from sft.sasrec_eval import run
 
     given = {"loss": args.loss, "negatives": args.negatives}
     cfg = SasrecConfig(**{**(read_config(args.config) if args.config else {}), "seed": args.seed,
@@ -208,6 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
         if stage in RESUMABLE:
             _add_resume_args(p, stage.upper())
         p.set_defaults(func=cmd_stage(stage))
+    p = sub.choices["sft"]
+    p.add_argument("--tune", action="store_true", help="choose the objective, model size, dropout, lr, epochs and "
+                   "history length on validation (sft/sft_tune.py): a run folder per trial and tune.json in RUN/sft_tune/")
+    p.add_argument("--budget-s", type=float, help="wall time of --tune in seconds")
+    p.set_defaults(func=cmd_sft)
 
     baseline = sub.add_parser("baseline", help="reference recommenders").add_subparsers(dest="action", required=True)
     p = baseline.add_parser("sasrec", help="train and evaluate SASRec on the same split")

@@ -11,6 +11,11 @@ intersection, with the counts printed. `--segment head|tail|short|long` restrict
 the examples of one long-tail segment (indexing.segments), from the labels each ranks.json holds.
 `RUN_DIR:STAGE@MODE` takes an answer mode other than direct (eval.modes: reasoning, think_ahead):
 its ranks-<mode>.json and its figures under eval.json's "modes", e.g. `runs/x:rl runs/x:rl@reasoning`.
+
+Where every stage's ranks.json holds the users' top-K lists, the beyond-accuracy metrics follow
+(sft.beyond_accuracy): the per-user ones (tail share, novelty, distinct codes, text distance) paired
+as the accuracy metrics are, and coverage@K, a figure of the whole set of lists, by resampling the
+same users (gream.paired.coverage_bootstrap).
 """
 from __future__ import annotations
 
@@ -26,7 +31,8 @@ from cluster.errors import BadRequest
 from cluster.eval_record import RankRecord, read_eval, read_ranks
 from cluster.run_layout import ranks_file
 from cluster.spec import ANSWER_MODES
-from gream.paired import LEVEL, RESAMPLES, SEED, align, paired_bootstrap
+from gream.paired import LEVEL, RESAMPLES, SEED, align, coverage_bootstrap, paired_bootstrap
+from sft.beyond_accuracy import coverage
 from sft.metrics import metric_names, per_example_metrics
 
 AGREEMENT = 1e-9  # eval.json figures and the ranks' recomputation must agree to float rounding
@@ -74,7 +80,9 @@ def load_stage(text: str) -> Stage:
     folder = parse_stage(stage)
     ranks, figures = read_ranks(folder, mode), mode_figures(folder, mode)
     for split, s in ranks.splits.items():
-        recomputed = {k: float(v.mean()) for k, v in per_example_metrics(s.ranks, ranks.ks).items()}
+        recomputed = {k: float(v.mean()) for k, v in {**per_example_metrics(s.ranks, ranks.ks), **s.lists}.items()}
+        if s.top is not None and ranks.items:
+            recomputed[f"coverage@{s.top.shape[1]}"] = coverage(s.top, ranks.items)
         reported = figures.get(split, {})
         for key, value in recomputed.items():
             if key in reported and not math.isclose(value, reported[key], rel_tol=0, abs_tol=AGREEMENT):
@@ -103,7 +111,18 @@ def in_segment(stage: Stage, segment: str) -> Stage:
             raise BadRequest(f"{stage.folder}: ranks.json labels no '{segment}' segment on {split} (labels: {known}); "
                              "evaluate the stage again to write the long-tail labels")
     splits = {name: s.only(segment) for name, s in stage.ranks.splits.items()}
-    return Stage(stage.label, stage.folder, RankRecord(stage.ranks.depth, stage.ranks.ks, splits))
+    return Stage(stage.label, stage.folder, RankRecord(stage.ranks.depth, stage.ranks.ks, splits, items=stage.ranks.items))
+
+
+def list_metrics(stages: Sequence[Stage]) -> tuple[list[str], int | None]:
+    """The per-user beyond-accuracy metrics every split of every stage holds (in the first's order),
+    and the cut-off K of coverage@K when every one holds top lists and the catalogue size (else None)."""
+    held = [s for stage in stages for s in stage.ranks.splits.values()]
+    names = [name for name in held[0].lists if all(name in s.lists for s in held)]
+    tops = [s.top for s in held]
+    if any(top is None for top in tops) or not all(stage.ranks.items for stage in stages):
+        return names, None
+    return names, min(top.shape[1] for top in tops)
 
 
 def compare(stages: Sequence[Stage], resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL,
@@ -115,7 +134,10 @@ def compare(stages: Sequence[Stage], resamples: int = RESAMPLES, seed: int = SEE
         raise BadRequest(f"--resamples must be >= 1, got {resamples}")
     if segment is not None:
         stages = [in_segment(s, segment) for s in stages]
-    ks, names = shared_metrics(stages)
+    ks, accuracy = shared_metrics(stages)
+    lists, k = list_metrics(stages)
+    paired, covered = [*accuracy, *lists], [f"coverage@{k}"] if k else []
+    names = paired + covered
     first = stages[0]
     out = {"stages": [s.label for s in stages], "folders": [str(s.folder) for s in stages], "metrics": names,
            "resamples": resamples, "seed": seed, "level": level, "segment": segment, "splits": {}}
@@ -123,7 +145,8 @@ def compare(stages: Sequence[Stage], resamples: int = RESAMPLES, seed: int = SEE
         # A split must be held by every stage, and (within a segment) hold examples in every one.
         if not all(split in s.ranks.splits and len(s.ranks.splits[split].users) for s in stages):
             continue
-        per_user = [per_example_metrics(s.ranks.splits[split].ranks, ks) for s in stages]
+        per_user = [{**per_example_metrics(s.ranks.splits[split].ranks, ks), **s.ranks.splits[split].lists}
+                    for s in stages]
         base = first.ranks.splits[split]
         comparisons = []
         for stage, values in zip(stages[1:], per_user[1:]):
@@ -132,13 +155,19 @@ def compare(stages: Sequence[Stage], resamples: int = RESAMPLES, seed: int = SEE
             row = {"a": first.label, "b": stage.label, "users_a": len(base.users), "users_b": len(other.users),
                    "common_users": len(ia), "metrics": {}}
             if len(ia):
-                diff = np.stack([values[m][ib] - per_user[0][m][ia] for m in names], axis=1)
-                for name, iv in zip(names, paired_bootstrap(diff, base.users[ia], resamples, seed, level)):
+                diff = np.stack([values[m][ib] - per_user[0][m][ia] for m in paired], axis=1)
+                intervals = paired_bootstrap(diff, base.users[ia], resamples, seed, level)
+                if k:
+                    intervals.append(coverage_bootstrap(base.top[ia, :k], other.top[ib, :k], base.users[ia],
+                                                        first.ranks.items, resamples, seed, level))
+                for name, iv in zip(names, intervals):
                     row["metrics"][name] = {"diff": iv.diff, "low": iv.low, "high": iv.high, "verdict": iv.verdict}
             comparisons.append(row)
         out["splits"][split] = {
             "users": [len(s.ranks.splits[split].users) for s in stages],
-            "values": {m: [float(v[m].mean()) for v in per_user] for m in names},
+            "values": {**{m: [float(v[m].mean()) for v in per_user] for m in paired},
+                       **{m: [coverage(s.ranks.splits[split].top[:, :k], s.ranks.items) for s in stages]
+                          for m in covered}},
             "comparisons": comparisons}
     return out
 
@@ -154,13 +183,14 @@ def format_tables(result: dict) -> str:
             lines.append(f"\n{split}: A = {row['a']} ({row['users_a']} users), B = {row['b']} ({row['users_b']} users)")
             if row["users_a"] != row["common_users"] or row["users_b"] != row["common_users"]:
                 lines.append(f"  note: not the same users; B-A on the {row['common_users']} users both hold")
-            lines.append(f"  {'metric':<10}{'A':>9}{'B':>9}{'B-A':>10}  {f'{level}% CI':<21} verdict")
+            width = max(10, *(len(name) + 1 for name in result["metrics"]))
+            lines.append(f"  {'metric':<{width}}{'A':>9}{'B':>9}{'B-A':>10}  {f'{level}% CI':<21} verdict")
             for name in result["metrics"]:
                 a, b = values[name][0], values[name][i]
                 m = row["metrics"].get(name)
                 tail = (f"{m['diff']:>+10.4f}  [{m['low']:+.4f}, {m['high']:+.4f}]   {m['verdict']}" if m
                         else f"{'-':>10}  no common users")
-                lines.append(f"  {name:<10}{a:>9.4f}{b:>9.4f}{tail}")
+                lines.append(f"  {name:<{width}}{a:>9.4f}{b:>9.4f}{tail}")
     return "\n".join(lines)
 
 

@@ -53,6 +53,7 @@ PAGE = r"""<!doctype html>
 <main>
   <section><h2>Reward (mean &plusmn; std)</h2><div id="plot-reward"></div></section>
   <section><h2>Validation (steps that ran it)</h2><div id="plot-val"></div><div id="val-best"></div></section>
+  <section><h2>Validation lists: tail share, coverage (what rl.objectives aim at)</h2><div id="plot-val-lists"></div></section>
   <section><h2>Exact-hit rate</h2><div id="plot-hit"></div></section>
   <section><h2>Dropped groups (share of sampled)</h2><div id="plot-dropped"></div></section>
   <section><h2 id="lcp-title">LCP histogram</h2><div id="plot-lcp"></div></section>
@@ -60,7 +61,7 @@ PAGE = r"""<!doctype html>
   <section><h2>Entropy</h2><div id="plot-entropy"></div></section>
   <section><h2>Step time (s)</h2><div id="plot-time"></div></section>
   <section><h2>Rollout throughput (tokens/s)</h2><div id="plot-throughput"></div></section>
-  <section><h2>Evaluation (Pass@K, Recall, NDCG)</h2><div id="eval"></div></section>
+  <section><h2>Evaluation (Pass@K, Recall, NDCG, beyond accuracy)</h2><div id="eval"></div></section>
   <section><h2>Rollout workers</h2><div id="workers"></div></section>
   <section><h2>SFT loss</h2><div id="plot-sft"></div></section>
 </main>
@@ -224,7 +225,7 @@ function evalTable(evals) {
     for (const [split, m] of Object.entries(splits)) runs.push([`${stage}/${split}`, m]);
   if (!runs.length) { el.innerHTML = '<div class="empty">no eval.json yet (run the eval stage)</div>'; return; }
   const keys = [...new Set(runs.flatMap(r => Object.keys(r[1])))]
-    .filter(k => /^(pass|recall|ndcg)@/.test(k) || k === "format_ok");
+    .filter(k => /^(pass|recall|ndcg|tail_share|coverage|novelty|distinct_codes|ild)@/.test(k) || k === "format_ok");
   el.innerHTML = "<table><tr><th>metric</th>" + runs.map(r => `<th>${esc(r[0])}</th>`).join("") + "</tr>" +
     keys.map(k => `<tr class="eval-row" data-key="${esc(k)}"><td>${esc(k)}</td>` +
       runs.map(([name, m]) => `<td data-run="${esc(name)}">${num(m[k])}</td>`).join("") + "</tr>").join("") +
@@ -262,11 +263,16 @@ function workers(status, driver, now) {
 }
 
 // Validation runs on some steps only: plot just those, so each metric's points join up across the
-// steps between; below, each metric's best and the checkpoint rl/model was selected from.
+// steps between; below, each metric's best and the checkpoint rl/model was selected from. Accuracy
+// and the lists' shares (0..1 alike, but an order of magnitude apart) get a plot each; novelty (bits)
+// and distinct codes (a count) are in the best-of list only.
 function validation(steps, v, summary, selection) {
   const keys = Object.keys(v).filter(k => k.startsWith("val/"));
   const at = steps.map((_, i) => i).filter(i => keys.some(k => v[k][i] !== null));
-  linePlot("plot-val", at.map(i => steps[i]), keys.map(k => ({key: k, label: k.slice(4), values: at.map(i => v[k][i])})));
+  const plot = (id, re) => linePlot(id, at.map(i => steps[i]), keys.filter(k => re.test(k))
+    .map(k => ({key: k, label: k.slice(4), values: at.map(i => v[k][i])})));
+  plot("plot-val", /^val\/(recall|ndcg)@/);
+  plot("plot-val-lists", /^val\/(tail_share|coverage)@/);
   const best = Object.entries(summary || {}).map(([k, s]) => `best ${esc(k.slice(4))} ${num(s.best_value)} at step ${esc(s.best_step)}`);
   if (selection) best.push(`rl/model: step ${num(selection.step)} checkpoint, selected by ${esc(selection.metric)} ${num(selection.value)}`);
   document.getElementById("val-best").innerHTML = best.map(b => `<div>${b}</div>`).join("");

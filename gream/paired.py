@@ -78,3 +78,45 @@ def paired_bootstrap(diff: np.ndarray, users: np.ndarray, resamples: int = RESAM
     low, high = np.quantile(np.concatenate(means), [(1 - level) / 2, 1 - (1 - level) / 2], axis=0)
     point = sums.sum(0) / counts.sum()
     return [Interval(float(d), float(lo), float(hi)) for d, lo, hi in zip(point, low, high)]
+
+
+def coverage_bootstrap(top_a: np.ndarray, top_b: np.ndarray, users: np.ndarray, items: int,
+                       resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL) -> Interval:
+    """Interval of coverage(B) - coverage(A): the distinct items of all the top lists [examples, K]
+    (paired rows; -1 an empty slot) over the catalogue's `items`, resampling the distinct `users` as
+    paired_bootstrap does. Coverage is a figure of the whole set of lists, and a resample holds only
+    about 63% of the users (the rest drawn twice or more), so every resampled difference runs short
+    of the full sample's; the percentiles are shifted by that bias (the resamples' mean minus the
+    full-sample difference)."""
+    users = np.asarray(users)
+    if len(users) == 0 or not len(top_a) == len(top_b) == len(users):
+        raise ValueError(f"need one user per pair of lists and at least one pair, got {len(top_a)} and "
+                         f"{len(top_b)} lists for {len(users)} users")
+    if resamples < 1 or not 0.0 < level < 1.0:
+        raise ValueError(f"resamples must be >= 1 and level in (0, 1), got {resamples} and {level}")
+    _, group = np.unique(users, return_inverse=True)
+    n = group.max() + 1
+    stages = []
+    for top in (np.asarray(top_a), np.asarray(top_b)):
+        filled = top >= 0
+        owner = np.broadcast_to(group[:, None], top.shape)[filled]  # the user of each listed item
+        _, item = np.unique(top[filled], return_inverse=True)
+        stages.append((owner, item, int(item.max(initial=-1)) + 1))
+    rng = np.random.default_rng(seed)
+    chunk = max(1, CHUNK_ELEMENTS // max(n, *(len(owner) for owner, _, _ in stages)))
+    diffs = []
+    for start in range(0, resamples, chunk):
+        size = min(chunk, resamples - start)
+        drawn = np.zeros((size, n), dtype=bool)
+        drawn[np.arange(size)[:, None], rng.integers(0, n, size=(size, n))] = True
+        covered = []
+        for owner, item, distinct in stages:
+            rows, pairs = np.nonzero(drawn[:, owner])
+            seen = np.zeros((size, distinct), dtype=bool)
+            seen[rows, item[pairs]] = True
+            covered.append(seen.sum(1) / items)
+        diffs.append(covered[1] - covered[0])
+    diffs = np.concatenate(diffs)
+    point = (stages[1][2] - stages[0][2]) / items
+    low, high = np.quantile(diffs, [(1 - level) / 2, 1 - (1 - level) / 2]) - (diffs.mean() - point)
+    return Interval(float(point), float(low), float(high))

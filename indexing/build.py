@@ -130,6 +130,14 @@ def item_text_embeddings(spec: JobSpec, ds: Dataset) -> np.ndarray:
     return _text_embeddings(spec, ds, spec.layout.stage("index"), _Phases())[0]
 
 
+def built_text_embeddings(spec: JobSpec, ds: Dataset) -> np.ndarray | None:
+    """item_text_embeddings where the index stage embedded the items' text (from its cache), for the
+    intra-list distance of evaluation; None for an imported index, or before the index is built."""
+    if spec.index.import_file or not index_path(spec).exists():
+        return None
+    return item_text_embeddings(spec, ds)
+
+
 def _related(spec: JobSpec, emb: np.ndarray, phase: _Phases) -> None:
     with phase("related"):
         write_related(spec.layout.related_items, emb)

@@ -9,6 +9,7 @@ a history (the history of a user's first training example).
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -52,3 +53,31 @@ def segment_masks(examples: Sequence[Example], train: Sequence[Example]) -> dict
     is_head = np.array([ex.target in head for ex in examples], dtype=bool)
     is_long = np.array([users.get(ex.user, 0) > median for ex in examples], dtype=bool)
     return {"head": is_head, "tail": ~is_head, "short": ~is_long, "long": is_long}
+
+
+@dataclass(frozen=True)
+class Popularity:
+    """Per item id (arrays of one length covering every id of the catalogue): training interactions
+    and head membership, what tail share, novelty and the popularity-aware RL rewards read."""
+
+    counts: np.ndarray  # int64 [ids]
+    head: np.ndarray  # bool [ids], head_items of the counts
+
+    @classmethod
+    def from_train(cls, train: Sequence[Example], ids: int) -> "Popularity":
+        """From the training split; `ids`: at least one more than the largest item id in use."""
+        items, _ = training_interactions(train)
+        counts = np.zeros(max(ids, max(items, default=-1) + 1), dtype=np.int64)
+        counts[list(items)] = list(items.values())
+        head = np.zeros(len(counts), dtype=bool)
+        head[sorted(head_items(items))] = True
+        return cls(counts, head)
+
+    def share(self) -> np.ndarray:
+        """Each item's share of the training interactions."""
+        return self.counts / max(1, int(self.counts.sum()))
+
+    def self_information(self) -> np.ndarray:
+        """-log2 of each item's add-one share of the training interactions, (count + 1) / (interactions
+        + ids): the smoothing keeps an item never seen in training finite (the most novel)."""
+        return -np.log2((self.counts + 1) / (self.counts.sum() + len(self.counts)))

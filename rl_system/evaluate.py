@@ -12,7 +12,9 @@ this process (the default on CPUs) or the rollout workers' vLLM engines; both ra
 
 `gream eval SPEC` evaluates every trained stage present (sft, rl) and writes `<stage>/eval.json` and
 the per-user beam ranks beside it, `<stage>/ranks.json` (ranks-<mode>.json for the other modes;
-cluster.eval_record).
+cluster.eval_record). With the training split, each mode's figures also hold the beyond-accuracy
+metrics of the users' top-K lists (K = max(eval.ks); sft.beyond_accuracy), and ranks.json the lists
+and each user's values.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from indexing.segments import segment_masks
 from indexing.sid import SidIndex
 from rl_system.answer_modes import AnswerConfig, Answers, answer, check_think_ahead
 from rl_system.reward.functions import sid_of
+from sft.beyond_accuracy import EMPTY, Catalogue, per_user, summary
 from sft.metrics import metrics_from_ranks, rank_of, segment_report
 from sft.prompts import EvalPrompts, build_prompts
 from sft.related import related_table
@@ -83,13 +86,15 @@ def token_mapper(tokenizer, index: SidIndex):
 def beam_ranks(pool, prompts: EvalPrompts, token_to_item, width: int) -> np.ndarray:
     """0-based rank of each target in its trie-constrained beam of `width` items, -1 when absent."""
     direct_only = AnswerConfig(width, think_tokens=0, ahead_tokens=0, answer_open_id=None)
-    return mode_ranks(pool, direct_only, "direct", prompts, None, token_to_item)
+    return mode_answers(pool, direct_only, "direct", prompts, None, token_to_item, width)[0]
 
 
-def mode_ranks(pool, acfg: AnswerConfig, mode: str, direct: EvalPrompts, reasoning: EvalPrompts | None,
-               token_to_item) -> np.ndarray:
-    """0-based rank of each target among its candidates in answer mode `mode`, -1 when absent."""
-    return np.array(_answer_modes(pool, acfg, [mode], direct, reasoning, token_to_item)[mode].ranks, dtype=np.int64)
+def mode_answers(pool, acfg: AnswerConfig, mode: str, direct: EvalPrompts, reasoning: EvalPrompts | None,
+                 token_to_item, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """0-based rank of each target among its candidates in answer mode `mode` (-1 when absent), and
+    each user's top-k items (EMPTY past the candidates)."""
+    run = _answer_modes(pool, acfg, [mode], direct, reasoning, token_to_item)[mode]
+    return np.array(run.ranks, dtype=np.int64), run.top(k)
 
 
 def beam_metrics(pool, prompts: EvalPrompts, token_to_item, width: int, ks: Sequence[int]) -> dict:
@@ -133,6 +138,7 @@ class _ModeRun:
 
     ranks: list[int] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    ranked: list[list[int]] = field(default_factory=list)  # each user's candidates' items, best first
 
     def add(self, answers: Answers, targets: Sequence[int], token_to_item) -> None:
         for a, target in zip(answers.answers, targets):
@@ -140,6 +146,7 @@ class _ModeRun:
             if any(item is None for item in ranked):
                 raise RuntimeError("a beam candidate is not a real SID: the trie constraint is broken")
             self.ranks.append(rank_of(ranked, target))
+            self.ranked.append(ranked)
         for key, secs in answers.seconds.items():
             self.seconds[key] = self.seconds.get(key, 0.0) + secs
 
@@ -148,6 +155,10 @@ class _ModeRun:
         is `latency_s/offline`."""
         names = {"online": "latency_s", "offline": "latency_s/offline"}
         return {names[k]: v / max(1, users) for k, v in self.seconds.items()}
+
+    def top(self, k: int) -> np.ndarray:
+        """[users, k] item ids, EMPTY where a user's beam held fewer than k items."""
+        return np.array([(r + [EMPTY] * k)[:k] for r in self.ranked], dtype=np.int64).reshape(len(self.ranked), k)
 
 
 def _answer_modes(pool, acfg: AnswerConfig, modes: Sequence[str], direct: EvalPrompts,
@@ -168,15 +179,18 @@ def _answer_modes(pool, acfg: AnswerConfig, modes: Sequence[str], direct: EvalPr
 
 def evaluate(cfg: EvalConfig, pool, tokenizer, index: SidIndex, splits: dict[str, Sequence[Example]],
              sampling: bool = True, train: Sequence[Example] | None = None,
-             related: np.ndarray | None = None) -> tuple[dict, RankRecord]:
+             related: np.ndarray | None = None, embeddings: np.ndarray | None = None) -> tuple[dict, RankRecord]:
     """Metrics per split, e.g. {"valid": {"recall@10": ...}, "test": {...}}, and the beam rank of
     every user's target (ranks.json), of the direct mode; without `sampling`, the beam metrics only
     (Pass@K sampling costs `eval.pass_samples` times the beam's generation). With the `train`
-    split, also the beam metrics per long-tail segment (indexing.segments) under "segments", and
-    each example's segments in the ranks. `related`: sft.related's table, which the model's prompts
-    carried in training. The other modes of `eval.modes` go under "modes" (README, "Evaluation
-    modes"), their ranks in the record's `modes`."""
+    split, also the beam metrics per long-tail segment (indexing.segments) under "segments", each
+    example's segments in the ranks, and the beyond-accuracy metrics of the top-K lists (with the
+    items' text `embeddings`, their intra-list distance too). `related`: sft.related's table, which
+    the model's prompts carried in training. The other modes of `eval.modes` go under "modes"
+    (README, "Evaluation modes"), their ranks in the record's `modes`."""
     e = cfg.eval
+    k = max(e.ks)
+    catalogue = Catalogue.build(train, index.num_items, index, embeddings) if train is not None else None
     token_to_item = token_mapper(tokenizer, index)
     if "think_ahead" in e.modes:
         check_think_ahead(e.think_ahead_tokens, index.depth)
@@ -205,8 +219,12 @@ def evaluate(cfg: EvalConfig, pool, tokenizer, index: SidIndex, splits: dict[str
             return sampled.get(mode, {})
 
         for mode, run in _answer_modes(pool, acfg, e.modes, direct, reasoning, token_to_item).items():
-            ranks[mode][name] = split_ranks([ex.user for ex in examples], run.ranks, e.beam_width, segments)
+            top = run.top(k) if catalogue is not None else None
+            values = per_user(top, catalogue, k) if catalogue is not None else {}
+            ranks[mode][name] = split_ranks([ex.user for ex in examples], run.ranks, e.beam_width, segments, top, values)
             metrics = metrics_from_ranks(ranks[mode][name].ranks, e.ks)
+            if catalogue is not None:
+                metrics.update(summary(values, top, catalogue.items, k))
             if mode == "direct":
                 metrics.update(sample(cfg.mode))
             if mode == "reasoning":
@@ -216,13 +234,14 @@ def evaluate(cfg: EvalConfig, pool, tokenizer, index: SidIndex, splits: dict[str
             metrics.update(users=len(examples), **run.latency(len(examples)))
             (out if mode == "direct" else out.setdefault("modes", {}).setdefault(mode, {}))[name] = metrics
             log.info("evaluated", extra=fields(split=name, mode=mode, **{k: round(v, 4) for k, v in metrics.items()}))
-    record = {mode: RankRecord(e.beam_width, tuple(e.ks), r) for mode, r in ranks.items()}
+    items = None if catalogue is None else catalogue.items
+    record = {mode: RankRecord(e.beam_width, tuple(e.ks), r, items=items) for mode, r in ranks.items()}
     if train is not None:
         out["segments"] = segment_report(ranks["direct"], e.ks)
         for mode in out.get("modes", {}):
             out["modes"][mode]["segments"] = segment_report(ranks[mode], e.ks)
     direct_record = record.pop("direct")
-    return out, RankRecord(direct_record.depth, direct_record.ks, direct_record.splits, record)
+    return out, RankRecord(direct_record.depth, direct_record.ks, direct_record.splits, record, items)
 
 
 def print_table(title: str, result: dict) -> None:
@@ -250,12 +269,16 @@ def evaluate_model(spec: JobSpec, model: Path, index: SidIndex, split, sampling:
     """`evaluate` of one model folder on valid and test, on an answerer of its own (`eval.backend`)."""
     from transformers import AutoTokenizer
 
+    from indexing.build import built_text_embeddings
+    from indexing.dataset import load_from_spec
     from rl_system.rollout.torch_answerer import answerer_from_spec
 
+    embeddings = built_text_embeddings(spec, load_from_spec(spec))
     pool = answerer_from_spec(spec, model, index)
     try:
         return evaluate(EvalConfig.from_spec(spec), pool, AutoTokenizer.from_pretrained(model), index,
-                        {"valid": split.valid, "test": split.test}, sampling, split.train, related_table(spec))
+                        {"valid": split.valid, "test": split.test}, sampling, split.train, related_table(spec),
+                        embeddings)
     finally:
         pool.shutdown()
 

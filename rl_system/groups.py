@@ -3,7 +3,8 @@
 The driver's loop calls `GroupSampler.sample(n)` through dynamic sampling; each call draws the next
 `n` prompts from the data cursor, fills each prompt's group on the rollout pool with samples, beam
 candidates or both (`rl.rollout`), optionally expands Rollout-Beam candidates after `<answer>`, and
-scores everything in one request to the reward service (plus the ranking term, `rl.rank_penalty`).
+scores everything in one request to the reward service (plus the ranking term, `rl.rank_penalty`,
+and the rewards beyond accuracy, `rl.objectives`).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from rl_system.answer_modes import through_answer_open
 from rl_system.messages import Completion, Prompt, RewardReply, RolloutGroup, ScoredGroup, TrainBatch
 from rl_system.prompt_source import PromptSource
 from rl_system.reward.functions import ranking_penalty, teacher_reward
+from rl_system.reward.objectives import objective_rewards
 from rl_system.reward.pool import RewardPool
 from rl_system.rollout.pool import RolloutPool
 from rl_system.seeding import request_seed
@@ -105,6 +107,7 @@ class GroupSampler:
         if rl.rank_penalty:
             seq_logprobs = sequence_logprobs(groups).reshape(shape)
             chosen = chosen + rl.rank_penalty * ranking_penalty(reply.exact.reshape(shape), seq_logprobs).ravel()
+        chosen = chosen + objective_rewards(rl.objectives, reply, rl.group_size)
         out = [ScoredGroup(p, g, r, h, lcp, f) for p, g, r, h, lcp, f in zip(
             prompts, groups, chosen.reshape(shape), reply.exact.reshape(shape), reply.lcp.reshape(shape),
             reply.format_ok.reshape(shape))]

@@ -130,6 +130,11 @@ class RewardReply:
     beam: np.ndarray | None
     teacher_logp: np.ndarray | None = None  # log p_T(item | history), -inf where no item
     teacher_rank: np.ndarray | None = None  # the item's 0-based catalogue rank under the teacher, -1 where none
+    # What a replica with the items' training popularity says of each completion's item
+    # (rl_system.reward.objectives.popularity_fields): novelty in (0, 1], tail or head, training share.
+    novelty: np.ndarray | None = None
+    tail: np.ndarray | None = None
+    share: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.residual)
@@ -143,7 +148,8 @@ class RewardReply:
                    item=np.asarray(msg["item"], dtype=np.int64), exact=np.asarray(msg["exact"], dtype=bool),
                    lcp=np.asarray(msg["lcp"], dtype=np.int64), residual=np.asarray(msg["residual"], dtype=np.float64),
                    binary=np.asarray(msg["binary"], dtype=np.float64), beam=optional("beam", np.float64),
-                   teacher_logp=optional("teacher_logp", np.float64), teacher_rank=optional("teacher_rank", np.int64))
+                   teacher_logp=optional("teacher_logp", np.float64), teacher_rank=optional("teacher_rank", np.int64),
+                   novelty=optional("novelty", np.float64), tail=optional("tail", bool), share=optional("share", np.float64))
 
     @classmethod
     def concat(cls, parts: Sequence["RewardReply"]) -> "RewardReply":
@@ -153,4 +159,4 @@ class RewardReply:
 
         return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in
                      ("format_ok", "codes", "item", "exact", "lcp", "residual", "binary")),
-                   beam=optional("beam"), teacher_logp=optional("teacher_logp"), teacher_rank=optional("teacher_rank"))
+                   **{key: optional(key) for key in ("beam", "teacher_logp", "teacher_rank", "novelty", "tail", "share")})

@@ -38,6 +38,7 @@ from cluster.metrics_log import MetricsLog
 from cluster.placement import init_ray, ranks_group
 from cluster.spec import JobSpec, SpecError
 from indexing.dataset import load_from_spec, split_from_spec
+from indexing.segments import Popularity
 from indexing.sid import SidIndex
 from rl_system.dynamic_sampling import BatchFiller
 from rl_system.groups import GroupSampler, rollout_metrics, train_batch
@@ -202,10 +203,10 @@ def run(spec: JobSpec, resume: bool = False, force: bool = False) -> Path:
     if resume:
         check_spec(ckpts.latest(), spec.section_hash(*CHECKPOINT_SECTIONS), CHECKPOINT_SECTIONS, spec.source, force)
     with _status_at_end(spec.run_path):
-        return _train(spec, ckpts, prompts, split.valid, resume)
+        return _train(spec, ckpts, prompts, split, resume)
 
 
-def _train(spec: JobSpec, ckpts: CheckpointManager, prompts, valid, resume: bool) -> Path:
+def _train(spec: JobSpec, ckpts: CheckpointManager, prompts, split, resume: bool) -> Path:
     from transformers import AutoTokenizer
 
     from indexing.build import index_path
@@ -214,16 +215,18 @@ def _train(spec: JobSpec, ckpts: CheckpointManager, prompts, valid, resume: bool
     start_model, idx_path = sft_model_dir(spec), index_path(spec)
     init_ray(spec.cluster)
     index = SidIndex.load(idx_path)
+    if problem := rl.objectives.level_problem(index.depth):
+        raise SpecError(f"{spec.source or 'spec'}: {problem}")
     tokenizer = AutoTokenizer.from_pretrained(start_model)
 
     learner_pg = ranks_group(spec.name, "learner", spec.cluster.learner)
     with _stop_on_learner_death(None, ckpts):
         learner = LearnerGroup.from_spec(spec, start_model, learner_pg)
     pool = RolloutPool.from_spec(spec, start_model, index)
-    rewards = RewardPool.from_spec(spec, idx_path)
+    rewards = RewardPool.from_spec(spec, idx_path, Popularity.from_train(split.train, max(index.items()) + 1))
     related = related_table(spec)
     source = PromptSource(prompts, index, tokenizer, rl.seed, rl.mode == "reasoning", related)
-    validate = in_run_validation(spec, learner, pool, tokenizer, index, valid, related, start_model)
+    validate = in_run_validation(spec, learner, pool, tokenizer, index, split, related, start_model)
     sampler = GroupSampler(rl, pool, rewards, source, tokenizer.get_vocab().get("<answer>"))
     filler = BatchFiller(rl.prompts_per_step, rl.max_resample_rounds, rl.drop_flat_groups)
     anchor_end = tokenizer.eos_token_id if rl.ce_coef else None  # each group's target row for the CE anchor

@@ -122,7 +122,7 @@ class Grasp(Plugin):
 
 
 def plugin(k: int):
-    """For sft.sasrec.run: GRASP's features on the spec's items and training split."""
+    """For sft.sasrec_eval.run: GRASP's features on the spec's items and training split."""
     def build(spec: JobSpec, ds: Dataset, split: Split, cfg: SasrecConfig) -> Grasp:
         from indexing.build import item_text_embeddings
 

@@ -12,32 +12,28 @@ all users, stopping after `patience` epochs without a better one; the test figur
 model. The reported figures cover the same users as `gream eval` (the first `eval.max_users` of each
 split), so the two tables compare like with like; the all-user figures are kept under `meta`.
 `ranks.json` beside eval.json holds the per-user ranks of the reported users, capped at `eval.beam_width`
-as the generative model's are (cluster.eval_record).
+as the generative model's are (cluster.eval_record); sft/sasrec_eval.py runs the baseline and writes both.
 """
 from __future__ import annotations
 
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from dataclasses import fields as fields_of
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Iterator, Literal
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from cluster.device import resolve
 from cluster.errors import BadRequest
-from cluster.eval_record import RankRecord, split_ranks, write_eval
 from cluster.logs import fields
 from cluster.spec import JobSpec
-from indexing.dataset import Dataset, Example, Split, load_from_spec, split_from_spec
-from indexing.segments import segment_masks
-from sft.metrics import metrics_from_ranks, segment_report, selection_metric
-from sft.sasrec_scorer import save_scorer
+from indexing.dataset import Example, Split
+from sft.metrics import metrics_from_ranks, selection_metric
 
 log = logging.getLogger(__name__)
 
@@ -215,21 +211,26 @@ def drop_history(scores: torch.Tensor, seqs: torch.Tensor, targets: torch.Tensor
 
 
 @torch.no_grad()
-def target_ranks(model: SASRec, seqs: torch.Tensor, targets: torch.Tensor, batch_size: int, device,
-                 exclude_history: bool = False, context: torch.Tensor | None = None) -> np.ndarray:
-    """0-based rank of each target among all items (items scoring strictly higher come first), or
-    among the items outside the history with `exclude_history`. `context`: the plug-in's per-row
-    features, aligned with `seqs`."""
+def batch_scores(model: SASRec, seqs: torch.Tensor, targets: torch.Tensor, batch_size: int, device,
+                 exclude_history: bool = False, context: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
+    """(scores over every item [B, items], targets [B]) batch by batch, in eval mode; with
+    `exclude_history` the history items (the target kept) score -inf. `context`: the plug-in's
+    per-row features, aligned with `seqs`."""
     model.eval()
-    ranks = []
     for start in range(0, len(seqs), batch_size):
         (batch,) = trim_padding(seqs[start:start + batch_size], model.pad)
         batch = batch.to(device)
         s = model.scores(batch, None if context is None else context[start:start + batch_size].to(device))
         t = targets[start:start + batch_size].to(device)
-        if exclude_history:
-            s = drop_history(s, batch, t, model.pad)
-        ranks.append((s > s.gather(1, t[:, None])).sum(1).cpu())
+        yield (drop_history(s, batch, t, model.pad) if exclude_history else s), t
+
+
+def target_ranks(model: SASRec, seqs: torch.Tensor, targets: torch.Tensor, batch_size: int, device,
+                 exclude_history: bool = False, context: torch.Tensor | None = None) -> np.ndarray:
+    """0-based rank of each target among all items (items scoring strictly higher come first), or
+    among the items outside the history with `exclude_history`."""
+    ranks = [(s > s.gather(1, t[:, None])).sum(1).cpu()
+             for s, t in batch_scores(model, seqs, targets, batch_size, device, exclude_history, context)]
     return torch.cat(ranks).numpy()
 
 
@@ -364,37 +365,3 @@ def train_and_evaluate(split: Split, num_items: int, max_len: int, ks: list[int]
 
 def out_dir(spec: JobSpec, name: str = "sasrec") -> Path:
     return spec.layout.baseline(name)
-
-
-def write_result(spec: JobSpec, ds: Dataset, split: Split, result: dict, cfg: SasrecConfig, secs: float,
-                 name: str = "sasrec", **meta) -> Path:
-    """eval.json (reported users, their segments, all-user figures, settings under `meta`), ranks.json, the scorer."""
-    depth, users = spec.eval.beam_width, spec.eval.max_users
-    ranks = RankRecord(depth, tuple(spec.eval.ks), {
-        name: split_ranks([ex.user for ex in examples][:users], result["ranks"][name][:users], depth,
-                          segment_masks(examples[:users], split.train))
-        for name, examples in (("valid", split.valid), ("test", split.test))})
-    out = {"valid": result["valid"], "test": result["test"], "segments": segment_report(ranks.splits, spec.eval.ks),
-           "meta": {"all_users": result["all_users"], "best_epoch": result["best_epoch"], "train_secs": round(secs, 1),
-                    **({"with_history": result["with_history"]} if "with_history" in result else {}),
-                    "dataset": ds.name, "split": spec.data.split, "config": asdict(cfg), **meta}}
-    path = write_eval(out_dir(spec, name), out, ranks)
-    if result["fitted"].plugin.name == Plugin.name:  # a variant reads features a teacher request lacks
-        save_scorer(path.parent, result["fitted"].model, cfg, ds.name, ds.num_items)
-    log.info("sasrec done", extra=fields(path=str(path), **{f"test_{k}": round(v, 4) for k, v in out["test"].items()}))
-    return path
-
-
-def run(spec: JobSpec, cfg: SasrecConfig | None = None,
-        plugin: Callable[[JobSpec, Dataset, Split, SasrecConfig], Plugin] | None = None) -> Path:
-    """Train and evaluate SASRec (or the variant `plugin` builds for these settings) on the spec's
-    split; writes `<run_dir>/baselines/<sasrec or the variant's name>/eval.json` and `ranks.json`."""
-    cfg = cfg or SasrecConfig()
-    ds = load_from_spec(spec)
-    split = split_from_spec(spec, ds)
-    device = resolve(spec.cluster.device).torch_device()
-    t0 = time.perf_counter()
-    variant = plugin(spec, ds, split, cfg) if plugin else Plugin()
-    result = train_and_evaluate(split, ds.num_items, spec.data.max_history, spec.eval.ks, cfg, device,
-                                spec.eval.max_users, variant)
-    return write_result(spec, ds, split, result, cfg, time.perf_counter() - t0, variant.name)

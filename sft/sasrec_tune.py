@@ -29,7 +29,8 @@ from cluster.logs import fields
 from cluster.spec import JobSpec
 from indexing.dataset import Split, load_from_spec, split_from_spec
 from sft.metrics import metrics_from_ranks, selection_metric
-from sft.sasrec import Fitted, SasrecConfig, evaluation, fit, out_dir, ranks_on, write_result
+from sft.sasrec import Fitted, SasrecConfig, evaluation, fit, out_dir, ranks_on
+from sft.sasrec_eval import write_result
 
 log = logging.getLogger(__name__)
 

@@ -52,13 +52,18 @@ class Validator:
     def users(self) -> int:
         return len(self.prompts.targets)
 
-    def ranks(self, model, device: torch.device, amp_dtype: torch.dtype = torch.float32) -> np.ndarray:
-        """0-based rank of each target in its beam, MISSING when not in it."""
+    def answers(self, model, device: torch.device, amp_dtype: torch.dtype = torch.float32) -> tuple[np.ndarray, np.ndarray]:
+        """0-based rank of each target in its beam (MISSING when not in it), and each beam's items,
+        best first [users, width] (MISSING past the items it found)."""
         rows = beam_search(model, self.prompts.prompt_ids, self.trie, self.width, self.pad_id, device,
                            amp_dtype).rows.numpy()
         items = np.where(rows >= 0, self.items[rows.clip(min=0)], MISSING)
         hits = items == np.asarray(self.prompts.targets)[:, None]
-        return np.where(hits.any(1), hits.argmax(1), MISSING)
+        return np.where(hits.any(1), hits.argmax(1), MISSING), items
+
+    def ranks(self, model, device: torch.device, amp_dtype: torch.dtype = torch.float32) -> np.ndarray:
+        """0-based rank of each target in its beam, MISSING when not in it."""
+        return self.answers(model, device, amp_dtype)[0]
 
     def score(self, model, device: torch.device, amp_dtype: torch.dtype = torch.float32) -> dict[str, float]:
         """Recall@K / NDCG@K over the sample; the model is put in eval mode (no dropout) and left so."""

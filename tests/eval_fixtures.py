@@ -73,7 +73,8 @@ def evaluated_run(root: Path, worker, tiny_policy) -> JobSpec:
     """sft/: the tiny policy on the first SFT_USERS users of each split; rl/: the same model on the
     first RL_USERS (so the two share SFT_USERS users and agree on them); baselines/sasrec/: SASRec,
     one epoch, every user. Returns the spec (eval.max_users unset)."""
-    from sft.sasrec import SasrecConfig, run
+    from sft.sasrec import SasrecConfig
+    from sft.sasrec_eval import run
 
     spec = rl_test_spec(root)
     stage_inputs(spec, tiny_policy)

@@ -201,19 +201,20 @@ class Learner:
         """This rank's sft.validation.Validator (its share of the validation users)."""
         self.validator = validator
 
-    def validation_ranks(self, all_cores: bool = False) -> list[int]:
+    def validation_answers(self, all_cores: bool = False) -> tuple[list[int], list[list[int]]]:
         """Each of this rank's validation users' target rank in the current policy's beam (eval
-        mode: no dropout). Under ZeRO-3 every rank holds the same users, as each forward gathers.
-        `all_cores`: nothing else runs meanwhile (synchronous RL), so the beam may use every core
-        this process may run on, not only the rank's share of Ray's CPUs."""
+        mode: no dropout), and the beam's items. Under ZeRO-3 every rank holds the same users, as
+        each forward gathers. `all_cores`: nothing else runs meanwhile (synchronous RL), so the beam
+        may use every core this process may run on, not only the rank's share of Ray's CPUs."""
         if self.validator is None:  # fewer users than ranks
-            return []
+            return [], []
         threads = torch.get_num_threads()
         if all_cores and not self.placement.is_gpu:
             torch.set_num_threads(max(threads, len(os.sched_getaffinity(0))))
         self.engine.eval()
         try:
-            return self.validator.ranks(self.engine.module, self.device).tolist()
+            ranks, items = self.validator.answers(self.engine.module, self.device)
+            return ranks.tolist(), items.tolist()
         finally:
             self.engine.train()
             torch.set_num_threads(threads)

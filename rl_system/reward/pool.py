@@ -17,6 +17,7 @@ import ray
 
 from cluster.logs import fields
 from cluster.spec import JobSpec
+from indexing.segments import Popularity
 from rl_system.messages import RewardReply
 from rl_system.reward import wire
 from rl_system.reward.client import RewardClient, RewardTimeout
@@ -37,16 +38,19 @@ class RewardPool:
     def __init__(self, index_path: str | Path, replicas: int, mode: str = "direct", beta: float = 0.5,
                  host: str = "127.0.0.1", token: str | None = None, timeout_s: float = 30.0,
                  max_request_bytes: int = MAX_REQUEST_BYTES, resources: dict[str, float] | None = None,
-                 teacher: tuple[str, str] | None = None):
+                 teacher: tuple[str, str] | None = None, popularity: Popularity | None = None):
         self._start = dict(index_path=index_path, mode=mode, beta=beta, host=host, token=token,
-                           max_request_bytes=max_request_bytes, resources=resources, teacher=teacher)
+                           max_request_bytes=max_request_bytes, resources=resources, teacher=teacher,
+                           popularity=popularity)
         self.token, self.timeout_s = token, timeout_s
         self.actors, self.endpoints = start_replicas(replicas=replicas, **self._start)
         self.client = RewardClient(self.endpoints, token=token, timeout_s=timeout_s)
         self.replaced = 0
 
     @classmethod
-    def from_spec(cls, spec: JobSpec, index_path: str | Path) -> "RewardPool":
+    def from_spec(cls, spec: JobSpec, index_path: str | Path, popularity: Popularity | None = None) -> "RewardPool":
+        """`popularity`: the items' training interactions, handed to the replicas when the spec's
+        objective rewards read them."""
         r = spec.cluster.reward
         host = bind_host(r.host, sum(1 for node in ray.nodes() if node["Alive"]))
         token = r.token
@@ -55,7 +59,8 @@ class RewardPool:
             log.info("reward service off loopback: a token was generated for this run", extra=fields(host=host))
         teacher = None if spec.rl.teacher is None else (spec.rl.teacher.path, spec.data.name)
         return cls(index_path, r.replicas, spec.rl.mode, spec.rl.beta, host, token, r.timeout_s,
-                   int(r.max_request_mib * (1 << 20)), r.resources, teacher)
+                   int(r.max_request_mib * (1 << 20)), r.resources, teacher,
+                   popularity if spec.rl.objectives.needs_popularity else None)
 
     def _replace_unresponsive(self) -> int:
         lost = [i for i, answered in enumerate(self.client.ping()) if not answered]

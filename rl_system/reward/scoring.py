@@ -6,8 +6,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from indexing.segments import Popularity
 from indexing.sid import SidIndex
 from rl_system.reward import functions as rewards
+from rl_system.reward.objectives import popularity_fields
 
 
 class RequestError(ValueError):
@@ -20,10 +22,12 @@ class RewardScorer:
     """The in-process scorer the service wraps: item ids -> target codes, completions -> rewards."""
 
     def __init__(self, index: SidIndex, mode: rewards.Mode = "direct", beta: float = 0.5,
-                 semantic_levels: int | None = None, teacher=None):
-        """`teacher`: a rl_system.reward.teacher.Teacher; requests then carry `histories`."""
+                 semantic_levels: int | None = None, teacher=None, popularity: Popularity | None = None):
+        """`teacher`: a rl_system.reward.teacher.Teacher; requests then carry `histories`.
+        `popularity`: the items' training interactions; replies then carry popularity_fields."""
         self.index = index
         self.teacher = teacher
+        self.popularity = popularity
         self.mode = mode
         self.beta = beta
         items = np.array(index.items(), dtype=np.int64)
@@ -113,6 +117,8 @@ class RewardScorer:
         if self.teacher is not None:
             logp, rank = self.teacher.score(histories, items)
             reply.update(teacher_logp=logp.tolist(), teacher_rank=rank.tolist())
+        if self.popularity is not None:
+            reply.update({k: v.tolist() for k, v in popularity_fields(self.popularity, items).items()})
         return reply
 
 

@@ -4,6 +4,8 @@ Wire format: rl_system/reward/wire.py (a header frame with the token, then a msg
 to a scoring request:
   {"id": int, "ok": true, "format_ok": [bool], "codes": [[int] * D] (-1 = none), "item": [item id or -1],
    "exact": [bool], "lcp": [int], "residual": [float], "binary": [float], "beam": [float] | null}
+and, from a replica with a teacher, "teacher_logp" and "teacher_rank"; from one with the items'
+popularity, "novelty", "tail" and "share" (rl_system.reward.objectives.popularity_fields).
 A request that cannot be served, whatever its bytes, gets an error reply and the service keeps serving.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ import msgpack
 import zmq
 
 from cluster.logs import fields
+from indexing.segments import Popularity
 from indexing.sid import SidIndex
 from rl_system.reward import functions as rewards
 from rl_system.reward import wire
@@ -47,13 +50,16 @@ class RewardServer:
 
     def __init__(self, index_path: str, mode: rewards.Mode = "direct", beta: float = 0.5,
                  semantic_levels: int | None = None, host: str = "127.0.0.1", token: str | None = None,
-                 max_request_bytes: int = MAX_REQUEST_BYTES, teacher: tuple[str, str] | None = None):
-        """`teacher`: (folder of a trained SASRec, the data set's name), loaded before serving starts."""
+                 max_request_bytes: int = MAX_REQUEST_BYTES, teacher: tuple[str, str] | None = None,
+                 popularity: Popularity | None = None):
+        """`teacher`: (folder of a trained SASRec, the data set's name), loaded before serving starts;
+        `popularity`: the items' training interactions, which the objective rewards read."""
         wire.check_token(host, token)
         self.max_request_bytes = max_request_bytes
         index = SidIndex.load(index_path)
         model = None if teacher is None else Teacher(teacher[0], index.num_items, teacher[1])
-        self.scorer = RewardScorer(index, mode=mode, beta=beta, semantic_levels=semantic_levels, teacher=model)
+        self.scorer = RewardScorer(index, mode=mode, beta=beta, semantic_levels=semantic_levels, teacher=model,
+                                   popularity=popularity)
         self.teacher = None if model is None else model.folder
         self._token = token.encode() if token else None
         self._stop = threading.Event()
@@ -151,15 +157,16 @@ def reward_service_actor(num_cpus: float = 0):
 def start_replicas(index_path: str | Path, replicas: int, mode: rewards.Mode = "direct", beta: float = 0.5,
                    semantic_levels: int | None = None, host: str = "127.0.0.1", token: str | None = None,
                    max_request_bytes: int = MAX_REQUEST_BYTES, num_cpus: float = 0,
-                   resources: dict[str, float] | None = None,
-                   teacher: tuple[str, str] | None = None) -> tuple[list[Any], list[str]]:
+                   resources: dict[str, float] | None = None, teacher: tuple[str, str] | None = None,
+                   popularity: Popularity | None = None) -> tuple[list[Any], list[str]]:
     """Start M replica actors, spread over the nodes that have `resources` (custom Ray resources,
     cluster.reward.resources); returns (handles, endpoints)."""
     import ray
 
     wire.check_token(host, token)  # here too, so the driver gets the message rather than a dead actor
     actor_cls = reward_service_actor(num_cpus).options(resources=resources or {}, scheduling_strategy="SPREAD")
-    actors = [actor_cls.remote(str(index_path), mode, beta, semantic_levels, host, token, max_request_bytes, teacher)
-              for _ in range(replicas)]
+    shared = None if popularity is None else ray.put(popularity)  # one copy in the object store for every replica
+    actors = [actor_cls.remote(str(index_path), mode, beta, semantic_levels, host, token, max_request_bytes, teacher,
+                               shared) for _ in range(replicas)]
     endpoints = ray.get([a.endpoint.remote() for a in actors])
     return actors, endpoints

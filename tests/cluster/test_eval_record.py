@@ -19,7 +19,8 @@ from cluster.eval_record import (
     write_eval,
 )
 from indexing.dataset import split_from_spec
-from sft.metrics import metrics_from_ranks
+from indexing.segments import head_items, training_interactions
+from sft.metrics import metric_names, metrics_from_ranks
 from tests.eval_fixtures import SFT_USERS
 
 
@@ -51,6 +52,23 @@ def test_segment_labels_round_trip_and_restrict():
         SplitRanks(ranks.users, ranks.ranks, {"head": np.array([1, 0, 1])})
 
 
+def test_top_lists_and_their_values_round_trip_and_restrict(tmp_path):
+    head = np.array([True, False, True])
+    ranks = split_ranks([7, 8, 9], [0, 4, 30], 10, {"head": head, "tail": ~head}, top=[[3, 4], [5, -1], [6, 3]],
+                        lists={"tail_share@2": np.array([0.5, 1.0, 0.0])})
+    write_eval(tmp_path, {}, RankRecord(10, (1, 2), {"test": ranks}, items=12))
+    back = read_ranks(tmp_path)
+    assert back.items == 12 and back.splits["test"].top.tolist() == [[3, 4], [5, -1], [6, 3]]
+    assert back.splits["test"].lists["tail_share@2"].tolist() == [0.5, 1.0, 0.0]
+    tail = back.splits["test"].only("tail")
+    assert tail.top.tolist() == [[5, -1]] and tail.lists["tail_share@2"].tolist() == [1.0]
+    assert "\n" not in (tmp_path / "ranks.json").read_text()  # written for a program: no line per number
+    with pytest.raises(ValueError, match=r"top: expected \[3, K\] item ids"):
+        SplitRanks(ranks.users, ranks.ranks, top=np.zeros(3, dtype=np.int64))
+    with pytest.raises(ValueError, match="list metric 'novelty@2': expected 3 values"):
+        SplitRanks(ranks.users, ranks.ranks, lists={"novelty@2": np.zeros(2)})
+
+
 def test_segment_labels_are_stored_as_0_1(tmp_path):
     head = np.array([True, False])
     write_eval(tmp_path, {}, RankRecord(10, (10,), {"test": split_ranks([1, 2], [0, 3], 10, {"head": head})}))
@@ -66,6 +84,14 @@ def test_segment_labels_are_stored_as_0_1(tmp_path):
     ({"depth": 5, "ks": [1], "splits": {"test": {"users": ["a"], "ranks": [1]}}}, "'splits.test.users' must be a list"),
     ({"depth": 5, "ks": [1], "splits": {"test": {"users": [1], "ranks": [1], "segments": {"head": [2]}}}},
      "'splits.test.segments.head' must hold 1 values of 0 or 1"),
+    ({"depth": 5, "ks": [1], "splits": {"test": {"users": [1, 2], "ranks": [1, 0], "top": [[1, 2], [3]]}}},
+     "'splits.test.top' must hold 2 lists of item ids of one length"),
+    ({"depth": 5, "ks": [1], "splits": {"test": {"users": [1], "ranks": [1], "top": [[-2]]}}},
+     "'splits.test.top': item ids are >= 0, or -1 for an empty slot"),
+    ({"depth": 5, "ks": [1], "splits": {"test": {"users": [1], "ranks": [1], "lists": {"novelty@1": [1, 2]}}}},
+     "'splits.test.lists.novelty@1' must hold 1 numbers"),
+    ({"depth": 5, "ks": [1], "items": 0, "splits": {"test": {"users": [1], "ranks": [1]}}},
+     "key 'items' must be a positive integer"),
 ])
 def test_malformed_ranks_name_the_file_and_key(tmp_path, payload, message):
     (tmp_path / "ranks.json").write_text(json.dumps(payload))
@@ -84,16 +110,29 @@ def test_missing_files_say_what_to_run(tmp_path):
 def test_real_evaluations_give_back_their_figures_from_the_ranks(evaluated_run):
     spec = evaluated_run
     split = split_from_spec(spec)
+    head = head_items(training_interactions(split.train)[0])
     for stage, users in (("sft", SFT_USERS), ("baselines/sasrec", None)):
         folder = spec.run_path / stage
         figures, ranks = read_eval(folder), read_ranks(folder)
         assert ranks.depth == spec.eval.beam_width and ranks.ks == tuple(spec.eval.ks)
         for name in ("valid", "test"):
             examples = getattr(split, name)[:users]
-            assert ranks.splits[name].users.tolist() == [ex.user for ex in examples]
-            expected = {k: v for k, v in figures[name].items() if "@" in k}
-            assert metrics_from_ranks(ranks.splits[name].ranks, spec.eval.ks) == pytest.approx(expected, abs=1e-12)
+            s = ranks.splits[name]
+            assert s.users.tolist() == [ex.user for ex in examples]
+            expected = {k: figures[name][k] for k in metric_names(spec.eval.ks)}
+            assert metrics_from_ranks(s.ranks, spec.eval.ks) == pytest.approx(expected, abs=1e-12)
             assert figures[name]["users"] == len(examples)
+            # Each top-10 list agrees with its rank: the target is at the rank, or not in the list.
+            assert s.top.shape == (len(examples), 10) and ranks.items == 2420
+            for ex, rank, top in zip(examples, s.ranks.tolist(), s.top.tolist()):
+                assert (top.index(ex.target) if ex.target in top else -1) == rank
+            # The beyond-accuracy figures are the stored lists': tail share recounted from the head items.
+            tail = [np.mean([item not in head for item in top]) for top in s.top.tolist()]
+            assert s.lists["tail_share@10"] == pytest.approx(tail) and figures[name]["tail_share@10"] == pytest.approx(
+                np.mean(tail), abs=1e-12)
+            assert figures[name]["coverage@10"] == len(set(s.top.ravel().tolist())) / ranks.items
+            assert {m: figures[name][m] for m in s.lists} == pytest.approx({m: v.mean() for m, v in s.lists.items()})
     sasrec = read_eval(spec.run_path / "baselines/sasrec")
     assert sasrec["valid"]["recall@10"] > 0  # a trained model, so the check above is not all zeros
-    assert sasrec["meta"]["all_users"]["test"] == sasrec["test"]  # every user: the headline is all of them
+    every = sasrec["meta"]["all_users"]["test"]  # every user: the headline is all of them
+    assert every == {k: sasrec["test"][k] for k in every}

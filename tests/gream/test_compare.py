@@ -15,6 +15,7 @@ from sft.metrics import per_example_metrics
 from tests.eval_fixtures import RL_USERS, SFT_USERS
 
 NAMES = ["recall@1", "recall@5", "recall@10", "ndcg@5", "ndcg@10"]
+LISTS = ["tail_share@10", "novelty@10", "distinct_codes@10", "coverage@10"]  # an imported index: no text distance
 
 
 def test_stage_argument_is_run_dir_colon_stage(tmp_path):
@@ -26,11 +27,12 @@ def test_compare_json_on_real_runs(evaluated_run, capsys):
     run = evaluated_run.run_path
     assert main(["compare", f"{run}:sft", f"{run}:rl", f"{run}:baselines/sasrec", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["metrics"] == NAMES and set(out["splits"]) == {"valid", "test"}
+    assert out["metrics"] == NAMES + LISTS and set(out["splits"]) == {"valid", "test"}
     for split, data in out["splits"].items():
         for i, stage in enumerate(("sft", "rl", "baselines/sasrec")):
             figures = read_eval(run / stage)[split]
-            assert {m: data["values"][m][i] for m in NAMES} == pytest.approx({m: figures[m] for m in NAMES}, abs=1e-12)
+            assert {m: data["values"][m][i] for m in NAMES + LISTS} == pytest.approx(
+                {m: figures[m] for m in NAMES + LISTS}, abs=1e-12)
         same_model, sasrec = data["comparisons"]
         # rl/ holds the same model on more users: compared on the SFT_USERS both hold, it differs by nothing.
         assert (same_model["users_a"], same_model["users_b"], same_model["common_users"]) == (SFT_USERS, RL_USERS, SFT_USERS)
@@ -57,6 +59,32 @@ def test_compare_table_notes_different_users(evaluated_run, capsys):
     row = next(line for line in text.splitlines() if line.strip().startswith("recall@10"))
     assert row.split()[-2:] == ["no", "difference"] and "[+0.0000, +0.0000]" in row
     assert "200 resamples of users, seed 0, 95% intervals" in text
+
+
+def test_compare_beyond_accuracy_with_paired_intervals(evaluated_run, capsys):
+    """SFT model against SASRec: each per-user metric's difference is the mean over the common users of
+    the stored values, coverage's is that of the two sets of lists over those users."""
+    run = evaluated_run.run_path
+    assert main(["compare", f"{run}:sft", f"{run}:baselines/sasrec", "--resamples", "300"]) == 0
+    table = capsys.readouterr().out
+    for name in LISTS:
+        row = next(line for line in table.splitlines() if line.strip().startswith(name))
+        low, high = (float(x) for x in row.split("[")[1].split("]")[0].split(","))
+        assert low <= float(row.split()[3]) <= high
+    assert main(["compare", f"{run}:sft", f"{run}:baselines/sasrec", "--json", "--resamples", "300"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for split, data in out["splits"].items():
+        a, b = read_ranks(run / "sft"), read_ranks(run / "baselines/sasrec")
+        ia, ib = align(a.splits[split].users, b.splits[split].users)
+        got = data["comparisons"][0]["metrics"]
+        for name in LISTS[:-1]:
+            want = float(np.mean(b.splits[split].lists[name][ib] - a.splits[split].lists[name][ia]))
+            assert got[name]["diff"] == pytest.approx(want)
+        covered = [len(set(r.splits[split].top[i].ravel().tolist())) for r, i in ((a, ia), (b, ib))]
+        assert got["coverage@10"]["diff"] == pytest.approx((covered[1] - covered[0]) / a.items)
+        assert got["coverage@10"]["low"] <= got["coverage@10"]["diff"] <= got["coverage@10"]["high"]
+        assert got["coverage@10"]["verdict"] == ("higher" if got["coverage@10"]["low"] > 0 else
+                                                 "lower" if got["coverage@10"]["high"] < 0 else "no difference")
 
 
 def test_compare_one_segment_uses_the_labelled_examples_only(evaluated_run, capsys):

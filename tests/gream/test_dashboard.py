@@ -72,8 +72,9 @@ def step_record(step: int, rng: np.random.Generator) -> dict:
 
 
 def val_record(step: int) -> dict:
-    """Rising to step 4, then falling: the best is not the last."""
-    return {"val/recall@10": 0.1 + 0.02 * min(step, 10 - step), "val/ndcg@10": 0.05 + 0.01 * min(step, 10 - step)}
+    """Rising to step 4, then falling: the best is not the last. The lists' figures rise throughout."""
+    return {"val/recall@10": 0.1 + 0.02 * min(step, 10 - step), "val/ndcg@10": 0.05 + 0.01 * min(step, 10 - step),
+            "val/tail_share@10": 0.3 + 0.05 * step, "val/coverage@10": 0.1 + 0.01 * step, "val/novelty@10": 9.0 + step}
 
 
 def eval_result(rng: np.random.Generator, sampled: bool = True) -> dict:
@@ -203,7 +204,7 @@ def test_dashboard_renders_every_plot_with_the_run_data(run_dir, server, tmp_pat
     series = {a["data-key"]: a for a in page.having("path", "series")}
     expected = {"reward/mean", "reward/std", "hit_rate", "dropped/all_miss", "dropped/all_hit",
                 "dropped/constant", "kl", "entropy", "throughput/rollout_tokens_per_s", "loss_align",
-                "val/recall@10", "val/ndcg@10"}
+                "val/recall@10", "val/ndcg@10", "val/tail_share@10", "val/coverage@10"}
     assert expected <= set(series), f"missing plots: {expected - set(series)}"
     for key in expected - {"loss_align"}:
         logged = sum(1 for r in records if isinstance(r.get(key), (int, float)))
@@ -213,6 +214,10 @@ def test_dashboard_renders_every_plot_with_the_run_data(run_dir, server, tmp_pat
     assert int(series["val/ndcg@10"]["data-points"]) == 3 and series["val/ndcg@10"]["d"].count("M") == 1
     ys = [y for _, y in path_points(series["val/ndcg@10"]["d"])]
     assert ys[1] < ys[0] and ys[1] < ys[2]
+    # The lists' shares in a plot of their own; novelty, in bits, in neither.
+    plots = {name: set(re.findall(r'data-key="([^"]+)"', plot(dom, name))) for name in ("plot-val", "plot-val-lists")}
+    assert plots == {"plot-val": {"val/recall@10", "val/ndcg@10"},
+                     "plot-val-lists": {"val/tail_share@10", "val/coverage@10"}}
     best = re.search(r'id="val-best">(.*?)</section>', dom, re.S).group(1)
     assert f"best ndcg@10 {val_record(SELECTED)['val/ndcg@10']:.4f} at step {SELECTED}" in best
     assert f"rl/model: step {SELECTED} checkpoint, selected by val/ndcg@10" in best

@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from gream.paired import Interval, align, example_keys, paired_bootstrap
+from gream.paired import Interval, align, coverage_bootstrap, example_keys, paired_bootstrap
 
 
 def exact_percentiles(diff: list[float], level: float = 0.95) -> tuple[float, float]:
@@ -70,3 +70,21 @@ def test_align_pairs_users_and_their_nth_examples():
     assert ia.size == ib.size == 0
     ia, ib, ic = align(np.array([1, 2, 3]), np.array([3, 2]), np.array([2, 3, 4]))
     assert (ia.tolist(), ib.tolist(), ic.tolist()) == ([1, 2], [1, 0], [0, 1])
+
+
+def test_coverage_interval_by_hand():
+    # Two users, 10 items. A lists items 1, 2 for both; B lists 1, 2 for user 1 and 3, 4 for user 2:
+    # coverage 0.2 against 0.4. A resample of two users draws both (p 1/2: B - A = 0.2) or one twice
+    # (p 1/2: both cover 2 items, 0): mean 0.1, short of the full sample's 0.2 by 0.1, so the
+    # percentiles 0 and 0.2 move up to 0.1 and 0.3.
+    a, b = np.array([[1, 2], [1, 2]]), np.array([[1, 2], [3, 4]])
+    iv = coverage_bootstrap(a, b, np.array([1, 2]), items=10, resamples=4000)
+    assert iv.diff == pytest.approx(0.2) and iv.verdict == "higher"
+    assert (iv.low, iv.high) == pytest.approx((0.1, 0.3), abs=0.01)
+    same = coverage_bootstrap(a, a, np.array([1, 2]), items=10)
+    assert (same.diff, same.low, same.high, same.verdict) == (0.0, 0.0, 0.0, "no difference")
+    # One user's two examples are drawn together (a temporal split); -1 is an empty slot.
+    one = coverage_bootstrap(np.array([[1, -1], [1, -1]]), np.array([[1, -1], [2, -1]]), np.array([5, 5]), items=10)
+    assert (one.diff, one.low, one.high) == pytest.approx((0.1, 0.1, 0.1))
+    with pytest.raises(ValueError, match="one user per pair of lists"):
+        coverage_bootstrap(a, b[:1], np.array([1, 2]), items=10)

@@ -17,11 +17,13 @@ pytestmark = pytest.mark.heavy
 
 @pytest.fixture(scope="module")
 def validated_run(ray_cluster, tiny_policy, tmp_path_factory):
-    """Beam-group rollouts with the ranking term, validated every 2 steps on 16 users."""
+    """Beam-group rollouts with the ranking term and every reward beyond accuracy (the replicas
+    holding the items' popularity), validated every 2 steps on 16 users."""
     from rl_system import train
 
     spec = rl_test_spec(tmp_path_factory.mktemp("validated"), steps=4, rollout="beam", rank_penalty=1.0,
-                        eval_every=2, eval_users=16)
+                        eval_every=2, eval_users=16,
+                        objectives={"tail": 0.5, "diversity": 0.1, "head_exposure": 0.1})
     spec.checkpoint.every = 10
     spec.cluster.rollout.num_workers = 1  # one engine start instead of two: the suite's time is the budget
     stage_inputs(spec, tiny_policy)
@@ -41,6 +43,10 @@ def test_in_run_validation_logs_the_keys_on_evaluated_steps(validated_run):
     for step in evaluated:
         row = rows[step]
         assert 0.0 <= row["val/ndcg@10"] <= row["val/recall@10"] <= 1.0
+        # The lists' figures beside accuracy: 16 lists of 10 cover at most 160 of the catalogue's items.
+        assert 0.0 <= row["val/tail_share@10"] <= 1.0 and 0.0 < row["val/coverage@10"] <= 160 / 2420
+        assert 1.0 <= row["val/distinct_codes@10"] <= 10.0 and row["val/novelty@10"] > 0
+    assert all(rows[step]["val/tail_share@10"] is None for step in (1, 3))
 
 
 def test_learner_side_validation_is_the_vllm_figure_of_the_same_weights(validated_run, rollout_worker, tiny_policy):
