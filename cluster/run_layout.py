@@ -93,6 +93,11 @@ class RunLayout:
         return self.stage("sft") / "checkpoints"
 
     @property
+    def sft_tune(self) -> Path:
+        """`gream sft --tune`: a run folder per trial, and tune.json."""
+        return self.root / "sft_tune"
+
+    @property
     def status(self) -> Path:
         return self.stage("rl") / "status.json"
 

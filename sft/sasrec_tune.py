@@ -1,36 +1,34 @@
 """`gream baseline sasrec --tune`: SASRec's settings chosen on validation within a wall-time budget.
 
-The grid (hidden size, blocks, dropout, lr, full vs sampled softmax) is tried in an order shuffled by
-a fixed seed, so a budget that covers part of it samples every axis rather than the first values of
-the first ones. Each trial trains with early stopping on validation NDCG@10 (sft/sasrec.py `fit`);
-the budget is checked after every epoch, and a trial cut by it keeps its best epoch so far (marked
-`out_of_time`). The best trial by validation NDCG@10 is then evaluated on test, once; `tune.json`
-lists every trial beside eval.json and ranks.json.
+The grid (hidden size, blocks, dropout, lr, full vs sampled softmax) is searched as sft/tuning.py
+does. Each trial trains with early stopping on validation NDCG@10 (sft/sasrec.py `fit`); the budget is
+checked after every epoch, and a trial cut by it keeps its best epoch so far (marked `out_of_time`).
+The best trial by validation NDCG@10 is then evaluated on test, once; `tune.json` lists every trial
+beside eval.json and ranks.json.
 
 The budget defaults to the wall time of the run's SFT stage (`sft/train_summary.json`), so the
 baseline gets as much time as the model it is compared with.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import logging
-import random
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 
 from cluster.device import resolve
-from cluster.errors import BadRequest, MissingArtefact
+from cluster.errors import MissingArtefact
 from cluster.logs import fields
 from cluster.spec import JobSpec
 from indexing.dataset import Split, load_from_spec, split_from_spec
 from sft.metrics import metrics_from_ranks, selection_metric
 from sft.sasrec import Fitted, SasrecConfig, evaluation, fit, out_dir, ranks_on
 from sft.sasrec_eval import write_result
+from sft.tuning import budgeted_search, grid_configs
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +39,6 @@ GRID: dict[str, tuple] = {
     "lr": (1e-3, 3e-3),
     "loss": ("full", "sampled"),
 }
-ORDER_SEED = 0
-
-
-def grid_configs(base: SasrecConfig, grid: Mapping[str, Sequence] = GRID, seed: int = ORDER_SEED) -> list[SasrecConfig]:
-    """Every combination of the grid's values over `base`, in a seeded random order."""
-    unknown = set(grid) - set(asdict(base))
-    if unknown:
-        raise BadRequest(f"SASRec grid keys {sorted(unknown)} are not SasrecConfig fields")
-    keys = list(grid)
-    configs = [replace(base, **dict(zip(keys, values))) for values in itertools.product(*(grid[k] for k in keys))]
-    random.Random(seed).shuffle(configs)
-    return configs
 
 
 def default_budget(spec: JobSpec) -> float:
@@ -67,27 +53,18 @@ def tune(split: Split, num_items: int, max_len: int, ks: list[int], configs: Seq
          device: torch.device, budget_s: float) -> tuple[Fitted, SasrecConfig, list[dict]]:
     """Train the configs in order until the budget is spent (at least one trial runs); returns the
     best trial's fitted model and config, and one record per trial."""
-    if budget_s <= 0:
-        raise BadRequest(f"--budget-s must be positive, got {budget_s}")
     key = selection_metric(ks)
-    deadline = time.perf_counter() + budget_s
-    best: tuple[float, Fitted, SasrecConfig] | None = None
-    trials = []
-    for cfg in configs:
-        if trials and time.perf_counter() >= deadline:
-            break
-        t0 = time.perf_counter()
+
+    def trial(cfg: SasrecConfig, deadline: float) -> tuple[float, Fitted, dict]:
         fitted = fit(split, num_items, max_len, ks, cfg, device, deadline)
         valid = metrics_from_ranks(fitted.valid_ranks, ks)
-        trials.append({"config": asdict(cfg), "valid": valid, "best_epoch": fitted.best_epoch,
-                       "epochs": fitted.epochs, "out_of_time": fitted.out_of_time,
-                       "secs": round(time.perf_counter() - t0, 1)})
-        log.info("sasrec trial", extra=fields(trial=len(trials), **{k: v for k, v in asdict(cfg).items()
-                                                                    if k in GRID}, **{f"valid_{key}": round(valid[key], 4)}))
-        if best is None or valid[key] > best[0]:
-            best = (valid[key], fitted, cfg)
-    assert best is not None  # the loop always runs its first config
-    return best[1], best[2], trials
+        log.info("sasrec trial", extra=fields(**{k: v for k, v in asdict(cfg).items() if k in GRID},
+                                              **{f"valid_{key}": round(valid[key], 4)}))
+        return valid[key], fitted, {"config": asdict(cfg), "valid": valid, "best_epoch": fitted.best_epoch,
+                                    "epochs": fitted.epochs, "out_of_time": fitted.out_of_time}
+
+    cfg, fitted, trials = budgeted_search(configs, budget_s, trial)
+    return fitted, cfg, trials
 
 
 def run(spec: JobSpec, base: SasrecConfig | None = None, budget_s: float | None = None,

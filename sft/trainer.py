@@ -228,7 +228,9 @@ class Trainer:
         return (MetricsLog(self.out_dir, tensorboard=self.spec.logging.tensorboard, resume_from_step=resume_from_step,
                            wandb_project=self.spec.logging.wandb_project) if self.rank == 0 else None)
 
-    def train(self) -> Path:
+    def train(self, deadline: float | None = None) -> Path:
+        """`deadline` (time.perf_counter(), one process only): no epoch starts after it; the last one run
+        is validated, as the last planned epoch is (sft/sft_tune.py's trials)."""
         s = self.spec.sft
         t_start = time.perf_counter()
         # Dropout and LoRA's initial weights draw from torch's RNG: seeded, a run repeats (and a resumed one
@@ -250,7 +252,7 @@ class Trainer:
             self.average = WeightAverage(trainable, s.weight_average)
         best = (BestWeights(trainable, self.rank, self.device, lambda modifier: self._gathered(trainable, modifier))
                 if self.validator is not None else None)
-        done, secs_before = 0, 0.0
+        done, secs_before, out_of_time = 0, 0.0, False
         if state is not None:
             done, step, secs_before, self.tokens_per_s = state["epochs"], state["step"], state["train_secs"], \
                 state["tokens_per_s"]
@@ -264,13 +266,17 @@ class Trainer:
             plan, batches = plans[epoch]
             steps = ((st.kind, batches[st.kind][st.batch]) for st in plan)
             step = self._train_steps(engine, steps, len(plan), f"epoch {epoch}", metrics, step)
-            if best is not None and ((epoch + 1) % s.eval_every == 0 or epoch + 1 == s.epochs):
+            done = epoch + 1
+            out_of_time = deadline is not None and time.perf_counter() >= deadline and done < s.epochs
+            if best is not None and (done % s.eval_every == 0 or done == s.epochs or out_of_time):
                 self.validate(engine, best, epoch, step, metrics)
             saver.save(engine, {
                 "epochs": epoch + 1, "step": step, "engine_micro_steps": engine.micro_steps,
                 "train_secs": secs_before + time.perf_counter() - t_start, "tokens_per_s": self.tokens_per_s,
                 "average": self.average.state_dict() if self.average is not None else None,
                 "best": best.state_dict() if best is not None else None})
+            if out_of_time:
+                break
         train_secs = secs_before + time.perf_counter() - t_start  # validation and checkpoints included
         if best is not None:
             best.restore()
@@ -280,7 +286,8 @@ class Trainer:
         summary = {"train_secs": round(train_secs, 1), "ranks": self.world,
                    "tokens_per_s": round(self.tokens_per_s, 1),  # rank 0 alone
                    "autocast": str(self.amp_dtype).removeprefix("torch."),
-                   "micro_steps": step, "align_examples": len(self.align), "reason_examples": len(self.reason),
+                   "epochs": done, "out_of_time": out_of_time, "micro_steps": step,
+                   "align_examples": len(self.align), "reason_examples": len(self.reason),
                    # what the curriculum fed this rank: its share of every epoch's planned batches, by kind
                    "batches": dict(Counter(st.kind for plan, _ in plans for st in plan)),
                    "task_examples": dict(Counter(e.task for e in (*self.align, *self.reason))), "model": str(path)}
