@@ -56,9 +56,11 @@ METRICS = tuple(f"{m}@{k}" for m in ("recall", "ndcg") for k in KS)
 
 
 def per_user(stage: Stage, split: str) -> dict:
+    """Each user's Recall/NDCG@5/10 and beyond-accuracy values (those the ranks hold)."""
     from sft.metrics import per_example_metrics
 
-    return per_example_metrics(stage.ranks.splits[split].ranks, KS)
+    s = stage.ranks.splits[split]
+    return {**per_example_metrics(s.ranks, KS), **s.lists}
 
 
 def column(stage: Stage) -> dict[str, float]:
@@ -66,18 +68,19 @@ def column(stage: Stage) -> dict[str, float]:
     return {f"{split} {m}": float(per_user(stage, split)[m].mean()) for split in SPLITS for m in METRICS}
 
 
-def pooled(left: Sequence[Stage], right: Sequence[Stage], split: str, resamples: int, seed: int) -> dict:
+def pooled(left: Sequence[Stage], right: Sequence[Stage], split: str, resamples: int, seed: int,
+           metrics: Sequence[str] = METRICS) -> dict:
     """left - right on per-user means over each model's seeds, users every run holds."""
     stages = [*left, *right]
     rows = align(*(s.ranks.splits[split].users for s in stages))
     values = [per_user(s, split) for s in stages]
     mean = {m: [sum(values[i][m][rows[i]] for i in part) / len(part)
-                for part in (range(len(left)), range(len(left), len(stages)))] for m in METRICS}
+                for part in (range(len(left)), range(len(left), len(stages)))] for m in metrics}
     out = {"users": len(rows[0]), "metrics": {}}
     if len(rows[0]):
-        diff = np.stack([mean[m][0] - mean[m][1] for m in METRICS], axis=1)
+        diff = np.stack([mean[m][0] - mean[m][1] for m in metrics], axis=1)
         users = stages[0].ranks.splits[split].users[rows[0]]
-        for m, iv in zip(METRICS, paired_bootstrap(diff, users, resamples, seed)):
+        for m, iv in zip(metrics, paired_bootstrap(diff, users, resamples, seed)):
             out["metrics"][m] = {"diff": iv.diff, "low": iv.low, "high": iv.high, "verdict": iv.verdict}
     return out
 

@@ -34,6 +34,7 @@ if str(REPO) not in sys.path:  # run as a script: benchmarks/ is not an installe
 
 from benchmarks.advantage_compare import median_column  # noqa: E402
 from benchmarks.quality import SPLITS, pooled  # noqa: E402
+from cluster.eval_record import EvalRecordError, read_ranks  # noqa: E402
 from cluster.metrics_log import read_metrics  # noqa: E402
 from cluster.run_layout import EVAL_FILE, RANKS_FILE, RunLayout  # noqa: E402
 from gream.compare import load_stage  # noqa: E402
@@ -159,6 +160,49 @@ def screen_line(recipe: str, run_dir: Path, secs: float) -> str:
             f"at step {best}; curve {json.dumps({s: round(v, 4) for s, v in pts.items()})}; {secs:.0f} s")
 
 
+def train_runs(spec: Path, base: Path, out: Path, recipes: dict[str, list[str]], seeds: Sequence[int],
+               sets: Sequence[str]) -> dict[str, list[Path]]:
+    """Each recipe (its overrides, `{base}` the SFT run folder) and seed: `gream rl` in
+    `out/<recipe>/seed<k>`, unless that run already selected its model; returns each recipe's runs."""
+    runs: dict[str, list[Path]] = {}
+    for recipe, overrides in recipes.items():
+        for seed in seeds:
+            run_dir = (out / recipe / f"seed{seed}").resolve()
+            if not RunLayout(run_dir).selection.exists():
+                prepare(base, run_dir)
+                recipe_sets = [s.replace("{base}", str(base.resolve())) for s in overrides]
+                secs = run_rl(spec, run_dir, seed, [*sets, *recipe_sets], run_dir / "rl.log")
+                print(screen_line(recipe, run_dir, secs), flush=True)
+            runs.setdefault(recipe, []).append(run_dir)
+    return runs
+
+
+def evaluated(run_dir: Path, stage: str) -> bool:
+    """Whether the stage holds an evaluation with the users' top lists (one written before
+    evaluations kept them has no beyond-accuracy figures, and is done again)."""
+    try:
+        return all(s.top is not None for s in read_ranks(RunLayout(run_dir).stage(stage)).splits.values())
+    except EvalRecordError:
+        return False
+
+
+def evaluate_runs(spec: Path, sets: Sequence[str], base: Path, runs: dict[str, list[Path]], sampling: bool) -> None:
+    """The SFT model and every run's selected model on every user of both splits, each once: a run
+    that selected step 0 serves the SFT weights, so it takes the SFT model's evaluation."""
+    if not evaluated(base, "sft"):
+        evaluate_stage(spec, sets, base, "sft", sampling)
+    for dirs in runs.values():
+        for run_dir in dirs:
+            layout = RunLayout(run_dir)
+            if evaluated(run_dir, "rl"):
+                continue
+            if curve(run_dir)["selected_step"] == 0:
+                for name in (EVAL_FILE, RANKS_FILE):
+                    shutil.copy2(RunLayout(base).stage("sft") / name, layout.stage("rl") / name)
+            else:
+                evaluate_stage(spec, sets, run_dir, "rl", sampling)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--spec", type=Path, default=REPO / "configs/demo.yaml")
@@ -172,31 +216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--resamples", type=int, default=2000)
     args = p.parse_args(argv)
     sets = ["rl.eval_every=10", *args.set]  # validation inside the run unless overridden
-    runs: dict[str, list[Path]] = {}
-    for recipe in args.recipes:
-        for seed in args.seeds:
-            run_dir = (args.out / recipe / f"seed{seed}").resolve()
-            if not RunLayout(run_dir).selection.exists():
-                prepare(args.base, run_dir)
-                recipe_sets = [s.replace("{base}", str(args.base.resolve())) for s in RECIPES[recipe]]
-                secs = run_rl(args.spec, run_dir, seed, [*sets, *recipe_sets], run_dir / "rl.log")
-                print(screen_line(recipe, run_dir, secs), flush=True)
-            runs.setdefault(recipe, []).append(run_dir)
+    runs = train_runs(args.spec, args.base, args.out, {r: RECIPES[r] for r in args.recipes}, args.seeds, sets)
     if args.screen:
         return 0
     base = args.base.resolve()
-    if not RunLayout(base).eval_file("sft").exists():
-        evaluate_stage(args.spec, sets, base, "sft", not args.no_pass)
-    for dirs in runs.values():
-        for run_dir in dirs:
-            layout = RunLayout(run_dir)
-            if layout.eval_file("rl").exists():
-                continue
-            if curve(run_dir)["selected_step"] == 0:  # rl/model holds the SFT weights: its evaluation is SFT's
-                for name in (EVAL_FILE, RANKS_FILE):
-                    shutil.copy2(RunLayout(base).stage("sft") / name, layout.stage("rl") / name)
-            else:
-                evaluate_stage(args.spec, sets, run_dir, "rl", not args.no_pass)
+    evaluate_runs(args.spec, sets, base, runs, not args.no_pass)
     result = report(base, runs, args.resamples)
     (args.out / "rl_gain.json").write_text(json.dumps(result, indent=1))
     print(format_report(result))

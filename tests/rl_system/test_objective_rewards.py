@@ -110,3 +110,11 @@ def test_a_replica_with_popularity_answers_with_it_through_zmq(index_path):  # n
     assert without.novelty is None and without.tail is None and without.share is None
     np.testing.assert_allclose(objective_rewards(ObjectivesSpec(tail=1.0, near_levels=2), reply, 4),
                                [NOVELTY[0], 2 / 3 * NOVELTY[1], 0.0, 0.0])
+
+
+def test_the_tail_spec_is_the_demo_with_a_tail_aware_rl_recipe():
+    demo, tail = (load_spec(REPO / "configs" / f"{name}.yaml").model_dump() for name in ("demo", "office_tail"))
+    assert tail["rl"]["objectives"]["tail"] > 0 and tail["rl"]["ce_coef"] > 0
+    differing = {key for key in demo if demo[key] != tail[key]}
+    assert differing == {"name", "run_dir", "rl"}
+    assert {k for k in demo["rl"] if demo["rl"][k] != tail["rl"][k]} == {"ce_coef", "objectives"}

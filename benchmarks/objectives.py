@@ -1,0 +1,155 @@
+"""What does the tail reward (rl.objectives.tail) buy, and at what accuracy? One SFT model, RL at
+several weights of the tail reward and several seeds, every user of both splits.
+
+From one SFT run folder (`index/`, `model/`, `sft/model/`): for each weight and seed, `gream rl`
+with a likelihood-anchored recipe (`--recipe`, benchmarks/rl_gain.py's recipes; by default
+`ce_anchor`) plus `rl.objectives.tail=<weight>`, in a run folder of its own, validated inside the
+run, so `rl/model` is the checkpoint `checkpoint.best_metric` selects (val NDCG@10 unless `--set`
+says otherwise); then every selected model and the SFT model on every user of both splits (beam
+metrics; benchmarks/rl_gain.py does both). Per weight: the seed-mean figures and the paired 95%
+interval of RL - SFT (per user averaged over the weight's seeds, users resampled;
+benchmarks/quality.py's pooled) of overall NDCG@10, tail share of the top 10 and tail-item
+Recall@10 (the users whose target is a tail item). Choose the weight on the valid rows; test is read
+once. Writes objectives.json and objectives.png (NDCG@10 against tail share and against tail
+Recall@10, valid and test, a point per weight with its intervals, the SFT model for reference).
+
+  python benchmarks/objectives.py --base runs/base --out runs/objectives --weights 0 0.25 0.5 1 2 \\
+      --seeds 0 1 2 --set rl.steps=60
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: benchmarks/ is not an installed package
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.quality import SPLITS, per_user, pooled  # noqa: E402
+from benchmarks.rl_gain import RECIPES, curve, evaluate_runs, train_runs  # noqa: E402
+from gream.compare import Stage, in_segment, load_stage  # noqa: E402
+from sft.beyond_accuracy import coverage  # noqa: E402
+
+ACCURACY, TAIL_SHARE, TAIL_RECALL = "ndcg@10", "tail_share@10", "tail recall@10"
+SHOWN = (ACCURACY, TAIL_SHARE, TAIL_RECALL)
+
+
+def recipe_name(weight: float) -> str:
+    return f"tail{weight:g}"
+
+
+def means(stages: Sequence[Stage], split: str) -> dict[str, float]:
+    """Seed means of the shown figures and coverage@10, each run on its own users."""
+    out = {ACCURACY: [], TAIL_SHARE: [], TAIL_RECALL: [], "coverage@10": []}
+    for stage in stages:
+        values = per_user(stage, split)
+        out[ACCURACY].append(values[ACCURACY].mean())
+        out[TAIL_SHARE].append(values[TAIL_SHARE].mean())
+        out[TAIL_RECALL].append(per_user(in_segment(stage, "tail"), split)["recall@10"].mean())
+        out["coverage@10"].append(coverage(stage.ranks.splits[split].top[:, :10], stage.ranks.items))
+    return {name: float(sum(v) / len(v)) for name, v in out.items()}
+
+
+def against_sft(rl: Sequence[Stage], sft: Stage, resamples: int) -> dict[str, dict]:
+    """Per split, RL - SFT of each shown figure: the pooled paired interval over the seeds."""
+    out = {}
+    for split in SPLITS:
+        overall = pooled(rl, [sft], split, resamples, 0, (ACCURACY, TAIL_SHARE))
+        tail = pooled([in_segment(s, "tail") for s in rl], [in_segment(sft, "tail")], split, resamples, 0,
+                      ("recall@10",))
+        out[split] = {**overall["metrics"], TAIL_RECALL: tail["metrics"]["recall@10"],
+                      "users": overall["users"], "tail_users": tail["users"]}
+    return out
+
+
+def report(base: Path, runs: dict[str, list[Path]], weights: Sequence[float], resamples: int) -> dict:
+    sft = load_stage(f"{base}:sft")
+    out = {"date": time.strftime("%Y-%m-%d %H:%M"), "load": [round(x, 2) for x in os.getloadavg()],
+           "sft": {split: means([sft], split) for split in SPLITS}, "weights": {}}
+    for weight in weights:
+        dirs = runs[recipe_name(weight)]
+        rl = [load_stage(f"{d}:rl") for d in dirs]
+        out["weights"][f"{weight:g}"] = {
+            "runs": [str(d) for d in dirs], "selected_steps": [curve(d)["selected_step"] for d in dirs],
+            "figures": {split: means(rl, split) for split in SPLITS}, "rl_minus_sft": against_sft(rl, sft, resamples)}
+    return out
+
+
+def format_report(r: dict) -> str:
+    lines = [f"tail reward sweep, {r['date']}, load average {' / '.join(map(str, r['load']))}",
+             "RL - SFT per user averaged over seeds, 95% paired bootstrap interval; seed means in brackets"]
+    for split in SPLITS:
+        sft = r["sft"][split]
+        lines.append(f"\n{split}: SFT " + ", ".join(f"{k} {v:.4f}" for k, v in sft.items()))
+        for weight, w in r["weights"].items():
+            diffs = w["rl_minus_sft"][split]
+            parts = [f"{m} {diffs[m]['diff']:+.4f} [{diffs[m]['low']:+.4f}, {diffs[m]['high']:+.4f}] "
+                     f"({w['figures'][split][m]:.4f})" for m in SHOWN]
+            lines.append(f"  tail {weight:>5} (steps {w['selected_steps']}): " + "; ".join(parts)
+                         + f"; coverage@10 {w['figures'][split]['coverage@10']:.4f}")
+    return "\n".join(lines)
+
+
+def plot(r: dict, path: Path) -> None:
+    """NDCG@10 against tail share (left) and tail Recall@10 (right), valid above test: each weight at
+    the SFT figure plus its paired difference, bars spanning the intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(SPLITS), 2, figsize=(11, 4.5 * len(SPLITS)), squeeze=False)
+    for row, split in zip(axes, SPLITS):
+        sft = r["sft"][split]
+        for ax, x_name in zip(row, (TAIL_SHARE, TAIL_RECALL)):
+            ax.plot(sft[x_name], sft[ACCURACY], "k*", markersize=12, label="SFT", zorder=5)
+            for weight, w in r["weights"].items():
+                d = w["rl_minus_sft"][split]
+                x, y = sft[x_name] + d[x_name]["diff"], sft[ACCURACY] + d[ACCURACY]["diff"]
+                ax.errorbar(x, y, xerr=[[d[x_name]["diff"] - d[x_name]["low"]], [d[x_name]["high"] - d[x_name]["diff"]]],
+                            yerr=[[d[ACCURACY]["diff"] - d[ACCURACY]["low"]], [d[ACCURACY]["high"] - d[ACCURACY]["diff"]]],
+                            fmt="o", capsize=3, label=f"tail weight {weight}")
+            ax.set_xlabel(f"{split} {x_name}")
+            ax.set_ylabel(f"{split} NDCG@10")
+            ax.grid(alpha=0.3)
+        row[0].legend(fontsize=8)
+    fig.suptitle("Tail reward: accuracy against the long tail (paired 95% intervals against SFT)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--spec", type=Path, default=REPO / "configs/demo.yaml")
+    p.add_argument("--base", type=Path, required=True, help="SFT run folder (index/, model/, sft/model/)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--weights", nargs="+", type=float, default=[0.0, 0.25, 0.5, 1.0, 2.0])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--recipe", default="ce_anchor", choices=sorted(RECIPES), help="the RL recipe the tail reward joins")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every RL run")
+    p.add_argument("--resamples", type=int, default=2000)
+    args = p.parse_args(argv)
+    sets = ["rl.eval_every=10", *args.set]  # validation inside the run unless overridden
+    recipes = {recipe_name(w): [*RECIPES[args.recipe], f"rl.objectives.tail={w}"] for w in args.weights}
+    runs = train_runs(args.spec, args.base, args.out, recipes, args.seeds, sets)
+    base = args.base.resolve()
+    evaluate_runs(args.spec, sets, base, runs, sampling=False)
+    result = {"recipe": args.recipe, "sets": sets, **report(base, runs, args.weights, args.resamples)}
+    (args.out / "objectives.json").write_text(json.dumps(result, indent=1))
+    print(format_report(result))
+    try:
+        plot(result, args.out / "objectives.png")
+    except ModuleNotFoundError as exc:
+        raise SystemExit(f"no objectives.png: {exc}; install matplotlib and run the same command again (it "
+                         "reuses the runs and evaluations)") from exc
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
