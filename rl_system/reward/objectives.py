@@ -4,7 +4,7 @@ over-exposure of popular items (SMORL, arXiv 2110.15097; OneRec's mixed reward m
 
 Pure functions over a scored batch, in the layout of rl_system/reward/functions.py: codes [N, D]
 (-1 rows: no SID), item ids (-1: none), and per completion what the reward service knows of its
-item's training popularity (`popularity_fields`, computed once per replica from the training split).
+item's training popularity (`popularity_fields` of the `item_tables` each replica computes once).
 Group-relative advantages cancel a reward that is the same for a whole group, so each term here
 differs between the completions of one group.
 """
@@ -16,17 +16,20 @@ from cluster.objectives_spec import ObjectivesSpec
 from indexing.segments import Popularity
 
 
-def popularity_fields(popularity: Popularity, items: np.ndarray) -> dict[str, np.ndarray]:
-    """Per completion (items -1 where it names none): `novelty`, the item's self-information over the
-    catalogue's highest (in (0, 1], 0 for none); `tail`, whether the item is outside the head; `share`,
-    its share of the training interactions (0 for none)."""
-    items = np.asarray(items, dtype=np.int64)
-    named = (items >= 0) & (items < len(popularity.counts))
-    at = np.where(named, items, 0)
+def item_tables(popularity: Popularity) -> dict[str, np.ndarray]:
+    """Per item id, once per replica: `novelty`, the item's self-information over the catalogue's
+    highest (in (0, 1]); `tail`, whether it is outside the head; `share`, its share of the training
+    interactions."""
     information = popularity.self_information()
-    return {"novelty": np.where(named, information[at] / information.max(), 0.0),
-            "tail": named & ~popularity.head[at],
-            "share": np.where(named, popularity.share()[at], 0.0)}
+    return {"novelty": information / information.max(), "tail": ~popularity.head, "share": popularity.share()}
+
+
+def popularity_fields(tables: dict[str, np.ndarray], items: np.ndarray) -> dict[str, np.ndarray]:
+    """item_tables' entries for each completion's item (-1: it names none, and gets 0 / False)."""
+    items = np.asarray(items, dtype=np.int64)
+    named = (items >= 0) & (items < len(tables["tail"]))
+    at = np.where(named, items, 0)
+    return {name: np.where(named, table[at], table.dtype.type(0)) for name, table in tables.items()}
 
 
 def tail_bonus(exact: np.ndarray, lcp: np.ndarray, value: np.ndarray, depth: int, near_levels: int) -> np.ndarray:

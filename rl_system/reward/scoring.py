@@ -9,7 +9,7 @@ import numpy as np
 from indexing.segments import Popularity
 from indexing.sid import SidIndex
 from rl_system.reward import functions as rewards
-from rl_system.reward.objectives import popularity_fields
+from rl_system.reward.objectives import item_tables, popularity_fields
 
 
 class RequestError(ValueError):
@@ -27,7 +27,7 @@ class RewardScorer:
         `popularity`: the items' training interactions; replies then carry popularity_fields."""
         self.index = index
         self.teacher = teacher
-        self.popularity = popularity
+        self.popularity = None if popularity is None else item_tables(popularity)
         self.mode = mode
         self.beta = beta
         items = np.array(index.items(), dtype=np.int64)

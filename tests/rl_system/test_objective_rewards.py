@@ -17,6 +17,7 @@ from rl_system.messages import RewardReply
 from rl_system.reward.client import RewardClient
 from rl_system.reward.objectives import (
     head_exposure_penalty,
+    item_tables,
     objective_rewards,
     popularity_fields,
     prefix_diversity,
@@ -55,7 +56,7 @@ def test_head_exposure_penalises_misses_on_head_items_named_beyond_their_share()
 
 
 def test_popularity_fields_by_hand():
-    got = popularity_fields(Popularity.from_train(TRAIN, 4), np.array([0, 1, 3, -1]))
+    got = popularity_fields(item_tables(Popularity.from_train(TRAIN, 4)), np.array([0, 1, 3, -1]))
     np.testing.assert_allclose(got["novelty"], [NOVELTY[0], NOVELTY[1], 1.0, 0.0])
     assert got["tail"].tolist() == [False, True, True, False]
     np.testing.assert_allclose(got["share"], [0.6, 0.2, 0.0, 0.0])
@@ -65,8 +66,8 @@ def test_weights_add_the_objectives_the_spec_turns_on():
     codes = np.array([[1, 2, 0], [1, 2, 1], [4, 2, 0], [-1, -1, -1]])  # items 0, 1, 3, none; the target 0
     reply = RewardReply(format_ok=codes[:, 0] >= 0, codes=codes, item=np.array([0, 1, 3, -1]),
                         exact=np.array([True, False, False, False]), lcp=np.array([3, 2, 0, 0]), residual=np.zeros(4),
-                        binary=np.zeros(4), beam=None, **popularity_fields(Popularity.from_train(TRAIN, 4),
-                                                                           np.array([0, 1, 3, -1])))
+                        binary=np.zeros(4), beam=None,
+                        **popularity_fields(item_tables(Popularity.from_train(TRAIN, 4)), np.array([0, 1, 3, -1])))
     assert objective_rewards(ObjectivesSpec(), reply, 4).tolist() == [0.0] * 4
     tail = [NOVELTY[0], 2 / 3 * NOVELTY[1], 0.0, 0.0]  # near_levels 1: item 3 (lcp 0) earns nothing
     diversity = [0.5, 0.5, 1.0, 0.0]
