@@ -15,6 +15,7 @@ Recall@10, valid and test, a point per weight with its intervals, the SFT model 
 
   python benchmarks/objectives.py --base runs/base --out runs/objectives --weights 0 0.25 0.5 1 2 \\
       --seeds 0 1 2 --set rl.steps=60
+  python benchmarks/objectives.py ... --screen     # RL runs and their validation curves only, no test
 """
 from __future__ import annotations
 
@@ -134,10 +135,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--recipe", default="ce_anchor", choices=sorted(RECIPES), help="the RL recipe the tail reward joins")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every RL run")
     p.add_argument("--resamples", type=int, default=2000)
+    p.add_argument("--screen", action="store_true", help="RL runs and their validation curves only")
     args = p.parse_args(argv)
     sets = ["rl.eval_every=10", *args.set]  # validation inside the run unless overridden
     recipes = {recipe_name(w): [*RECIPES[args.recipe], f"rl.objectives.tail={w}"] for w in args.weights}
     runs = train_runs(args.spec, args.base, args.out, recipes, args.seeds, sets)
+    if args.screen:
+        return 0
     base = args.base.resolve()
     evaluate_runs(args.spec, sets, base, runs, sampling=False)
     result = {"recipe": args.recipe, "sets": sets, **report(base, runs, args.weights, args.resamples)}
