@@ -190,16 +190,17 @@ def prefix_loss(blocks: list[Block | None], logp: torch.Tensor, items: torch.Ten
     pos = logp[items].cumsum(1)  # [M, L]: the target's prefix scores
     losses, has = [], []
     for j, block in enumerate(blocks):
+        cand = block.logp
+        allowed = torch.isfinite(cand) & (torch.arange(cand.shape[1], device=cand.device) != block.col[:, None])
+        # Distinct siblings at random: the top `negatives` of uniform draws over the allowed codes, drawn
+        # for the whole block and then picked by item, so that no [M, C] copy enters the graph.
+        picked, idx = torch.rand(cand.shape, device=cand.device).masked_fill(~allowed, -1.0).topk(
+            min(prefix.negatives, cand.shape[1]), dim=1)
         where = torch.empty_like(logp, dtype=torch.long)
         where[block.rows] = torch.arange(len(block.rows), device=where.device)
         at = where[items[:, j]]
-        cand, col = block.logp[at], block.col[at]
-        allowed = torch.isfinite(cand) & (torch.arange(cand.shape[1], device=cand.device) != col[:, None])
-        # Distinct siblings at random: the top `negatives` of uniform draws over the allowed codes.
-        picked, idx = torch.rand(cand.shape, device=cand.device).masked_fill(~allowed, -1.0).topk(
-            min(prefix.negatives, cand.shape[1]), dim=1)
-        real = picked >= 0  # [M, K]
-        neg = (pos[:, j] - logp[items[:, j]])[:, None] + cand.gather(1, idx).masked_fill(~real, 0.0)
+        real = picked[at] >= 0  # [M, K]
+        neg = (pos[:, j] - logp[items[:, j]])[:, None] + cand.gather(1, idx)[at].masked_fill(~real, 0.0)
         if prefix.kind == "pairwise":
             level_loss = (F.softplus(neg - pos[:, j, None]) * real).sum(1) / real.sum(1).clamp(min=1)
         else:
