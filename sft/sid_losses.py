@@ -4,7 +4,7 @@ logits and targets at the supervised positions, so each can be checked by hand o
 Trie-masked cross-entropy (MSL): a SID token's softmax is normalised over the codes the trie allows
 after that SID's earlier tokens, as the constrained beam normalises them (sft/hf_beam.py), so no
 probability is spent on tokens decoding never offers. Targets that are not SID tokens (the end of
-turn, titles, thoughts) keep the full softmax.
+turn, titles, thoughts), and SID tokens that do not continue a SID of the trie, keep the full softmax.
 
 Prefix-aware loss (after APAO, arXiv 2603.02730): a beam drops the target when a prefix of it scores
 below other prefixes of that length, however well its later tokens would score, so a loss on the
@@ -117,6 +117,15 @@ def prefix_states(trie: SidTrie, level: torch.Tensor, targets: torch.Tensor) -> 
     return trie.states_for_prefixes(targets[b[:, None], window.clamp(0, targets.shape[1] - 1)], lengths)
 
 
+def sid_paths(trie: SidTrie, level: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`level` with -1 where a SID token does not continue a path of the trie (a code in free text, a
+    SID the index lacks): those targets keep the full softmax. Also the remaining ones' prefix states."""
+    states = prefix_states(trie, level, targets)
+    b, p = (level >= 0).nonzero(as_tuple=True)
+    follows = trie.advance(states, targets[b, p]) >= 0
+    return level.index_put((b[~follows], p[~follows]), torch.tensor(-1, device=level.device)), states[follows]
+
+
 class Block(NamedTuple):
     """The SID targets of one level: which (rows of the SID targets), their constrained log-probs
     over the level's codes [n, C] (-inf where the trie forbids), and each target's column."""
@@ -130,8 +139,6 @@ def level_blocks(trie: SidTrie, view: HeadView, flat: torch.Tensor, level: torch
                  tokens: torch.Tensor) -> list[Block | None]:
     """Per level, the constrained log-probs of the SID targets at flat positions `flat` (levels
     `level`, prefix `states`, ids `tokens`); None for a level without targets."""
-    if not bool((states >= 0).all()):
-        raise ValueError("a SID target's earlier tokens are not a SID prefix: the batch's SIDs are not the index's")
     blocks = []
     for depth in range(trie.depth):
         rows = (level == depth).nonzero()[:, 0]
@@ -151,16 +158,13 @@ def sid_token_loss(trie: SidTrie, levels: torch.Tensor, view: HeadView, targets:
     SID tokens trie-masked when `masked`, plus the prefix loss."""
     flat_targets = targets.reshape(-1)
     supervised = flat_targets != IGNORE_INDEX
-    level = sid_levels(levels, targets)
+    level, states = sid_paths(trie, sid_levels(levels, targets), targets.clamp(min=0))
     sid = level.reshape(-1) >= 0
     flat = sid.nonzero()[:, 0]
-    blocks = level_blocks(trie, view, flat, level.reshape(-1)[flat], prefix_states(trie, level, targets.clamp(min=0)),
-                          flat_targets[flat])
+    blocks = level_blocks(trie, view, flat, level.reshape(-1)[flat], states, flat_targets[flat])
     present = [b for b in blocks if b is not None]
     sid_logp = (torch.cat([b.logp.gather(1, b.col[:, None])[:, 0] for b in present])[torch.argsort(torch.cat(
         [b.rows for b in present]))] if present else torch.zeros(0, device=targets.device))
-    if not torch.isfinite(sid_logp).all():
-        raise ValueError("a SID target is not a child of its prefix in the trie: the batch's SIDs are not the index's")
     full = (supervised & ~sid if masked else supervised).nonzero()[:, 0]
     total = F.cross_entropy(view.rows(full), flat_targets[full], reduction="sum")
     if masked:

@@ -73,12 +73,16 @@ def test_each_sid_of_a_history_starts_again_at_the_root(trie):
     assert items.tolist() == [[0, 1, 2], [3, 4, 5], [6, 7, 8]]
 
 
-def test_a_target_outside_the_trie_is_refused(trie):
+def test_a_code_off_the_trie_keeps_the_full_softmax(trie):
+    # 2 has no child 3, and (2, 3) is no prefix for 6: both are scored over the whole vocabulary
+    # (position 2: 13 in all, position 3: 10), as codes a thought mentions would be; 2 itself is masked.
     logits, _ = batch()
-    with pytest.raises(ValueError, match="not a child of its prefix"):  # 2 has no child 3
-        sid_token_loss(trie, token_levels(trie), logits, torch.tensor([[2, 3, IGNORE_INDEX, 0]]), masked=True)
-    with pytest.raises(ValueError, match="earlier tokens are not a SID prefix"):  # 6 after (2, 3)
-        sid_token_loss(trie, token_levels(trie), logits, torch.tensor([[2, 3, 6, 0]]), masked=True)
+    levels = token_levels(trie)
+    got = sid_token_loss(trie, levels, logits, torch.tensor([[2, 3, IGNORE_INDEX, 0]]), masked=True)
+    assert float(got) == pytest.approx((LN(4) + LN(13) + LN(14 / 5)) / 3)
+    got = sid_token_loss(trie, levels, logits, torch.tensor([[2, 3, 6, 0]]), masked=True, prefix=prefix("pairwise"))
+    # No complete SID is left for the prefix loss.
+    assert float(got) == pytest.approx((LN(4) + LN(13) + LN(10) + LN(14 / 5)) / 4)
 
 
 def prefix(kind: str, **kw) -> PrefixLoss:
