@@ -12,7 +12,6 @@ import socket
 from pathlib import Path
 from typing import Any
 
-
 # Ray's workers listen on 10002-19999 by default; a store port is drawn above them.
 LISTEN_FLOOR = 20000
 

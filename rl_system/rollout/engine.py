@@ -1,8 +1,9 @@
 """Build the rollout `vllm.LLM` from the job spec: device, memory, the trie logits processor,
 processed logprobs, prefix caching and the weight-receiving worker extension.
 
-vLLM spawns its engine process and reads some settings from the environment at that moment, so
-`build_llm` must run inside the process that will own the engine (a Ray actor), never in the driver.
+vLLM reads some settings from the environment when the engine starts, and on CPU the engine runs
+in the calling process with its threads bound to the engine's cores, so `build_llm` must run inside
+the process that will own the engine (a Ray actor), never in the driver.
 """
 from __future__ import annotations
 
@@ -42,6 +43,14 @@ class EngineConfig:
     # picks which cores the engine binds (see `cpu_bind_list`).
     cpu_threads: int = 1
     cpu_slot: int = 0
+    # None: the engine runs in the owning process on CPU with one rank, in vLLM's own processes otherwise.
+    in_process: bool | None = None
+
+    @property
+    def runs_in_process(self) -> bool:
+        if self.in_process is not None:
+            return self.in_process
+        return not self.placement.is_gpu and self.tensor_parallel == 1
 
     @property
     def use_model_runner_v2(self) -> bool:
@@ -129,8 +138,14 @@ def build_llm(cfg: EngineConfig):
         # of a prompt's end, vLLM rewinds that request's generator, which a CPU generator cannot do
         # ("CPU Generator does not use offset"): whole prompts per step keep seeded sampling alive.
         kwargs["enable_chunked_prefill"] = False
+    # In process, vLLM spawns neither an engine-core process nor its worker, each of which imports torch
+    # and vLLM again (most of a CPU engine's start); on CPU both would share the worker's cores anyway.
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if cfg.runs_in_process else "1"
+    if cfg.runs_in_process:
+        kwargs["distributed_executor_backend"] = "uni"
     log.info("starting vLLM engine", extra=fields(model=cfg.model, device=cfg.placement.device_type, dtype=cfg.dtype,
                                                    tp=cfg.tensor_parallel, model_runner_v2=use_v2,
+                                                   in_process=cfg.runs_in_process,
                                                    cpu_bind=os.environ.get(BIND_VAR)))
     return LLM(
         model=cfg.model,

@@ -1,7 +1,7 @@
 """vLLM loads the folders this project writes (embedded tiny Qwen3 with SID tokens, imported SmolLM2),
 tokenizes prompts exactly like transformers and picks the same greedy next token.
 
-vLLM spawns an engine process, so the engines run in a subprocess: this file doubles as that
+vLLM binds the threads of the process that runs its CPU engine, so the engines run in a subprocess: this file doubles as that
 script (see the `__main__` block), which keeps the check to one interpreter start for both models.
 """
 from __future__ import annotations
@@ -29,7 +29,8 @@ OFFICE = REPO / "data/office"
 
 
 def probe_with_vllm(jobs: dict[str, list[str]]) -> dict[str, list[dict]]:
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
+    # The engine in the probe's own process, as gream runs one on CPU (rl_system/rollout/engine.py).
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
     proc = subprocess.run([sys.executable, __file__, json.dumps(jobs)], capture_output=True, text=True, env=env,
                           timeout=900)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("PROBE")]
@@ -83,7 +84,7 @@ if __name__ == "__main__":
     for model_dir, prompts in json.loads(sys.argv[1]).items():
         # Eager mode: compiling the graph costs minutes on a small CPU and tests nothing here.
         llm = LLM(model=model_dir, dtype="float32", max_model_len=512, seed=0, enforce_eager=True,
-                  compilation_config={"mode": 0})
+                  compilation_config={"mode": 0}, distributed_executor_backend="uni")
         outs = llm.generate(prompts, SamplingParams(max_tokens=1, temperature=0.0))
         results[model_dir] = [{"prompt_ids": list(o.prompt_token_ids), "next": o.outputs[0].token_ids[0]} for o in outs]
         del llm
