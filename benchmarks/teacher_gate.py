@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,52 @@ def gate_rates(target_logp: np.ndarray, negative_logp: np.ndarray) -> dict[str, 
             "users": int(len(target_logp))}
 
 
+@dataclass
+class Candidates:
+    """The SFT model's beam for every user of a split, with the teacher's view of each candidate."""
+    examples: list  # indexing.dataset.Example, in split order
+    train: list
+    items: np.ndarray  # [U, W] item ids, best first; -1 an empty slot
+    policy_logp: np.ndarray  # [U, W] the beam's sequence log-probabilities
+    teacher_logp: np.ndarray  # [U, W] log p_T(item | history); -inf on an empty slot
+    target_logp: np.ndarray  # [U] log p_T(target | history)
+    teacher: object
+
+
+def beam_candidates(spec_path: Path, base: Path, split_name: str, width: int) -> Candidates:
+    """Run folder `base`'s SFT model (sft/model), its beam of `width` on every user of `split_name`,
+    and its `gream baseline sasrec` teacher's log-probabilities of the candidates and the targets."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cluster.spec import load_spec
+    from indexing.dataset import load_from_spec, split_from_spec
+    from indexing.sid import SidIndex
+    from indexing.trie import SidTrie
+    from rl_system.reward.teacher import Teacher
+    from sft.hf_beam import beam_search
+    from sft.prompts import build_prompts
+
+    spec = load_spec(spec_path, [f"run_dir={base}"])
+    ds = load_from_spec(spec)
+    split = split_from_spec(spec, ds)
+    examples = list(getattr(split, split_name))
+    model_dir = base / "sft/model"
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    index = SidIndex.load(base / f"index/{spec.data.name}.index.json")
+    trie = SidTrie.from_index(index, tok.get_vocab(), model.get_output_embeddings().weight.shape[0], [tok.eos_token_id])
+    prompts = build_prompts(tok, index, examples, False).prompt_ids
+    beams = beam_search(model, prompts, trie, width, tok.pad_token_id, torch.device("cpu"))
+    rows = beams.rows.numpy()
+    items = np.where(rows >= 0, np.asarray(index.items(), dtype=np.int64)[rows.clip(min=0)], -1)
+    teacher = Teacher(base / "baselines/sasrec", ds.num_items, ds.name)
+    histories = [list(ex.history) for ex in examples]
+    target_logp, _ = teacher.score(histories, np.array([ex.target for ex in examples]))
+    flat, _ = teacher.score([h for h in histories for _ in range(width)], items.ravel())
+    return Candidates(examples, split.train, items, beams.scores.numpy(), flat.reshape(items.shape), target_logp, teacher)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", type=Path, default=REPO / "configs/demo.yaml")
@@ -43,45 +90,20 @@ def main() -> int:
     ap.add_argument("--uncertain", type=float, default=0.5, help="top candidate's share of the beam's probability")
     args = ap.parse_args()
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from cluster.spec import load_spec
-    from indexing.dataset import load_from_spec, split_from_spec
     from indexing.segments import segment_masks
-    from indexing.sid import SidIndex
-    from indexing.trie import SidTrie
-    from rl_system.reward.teacher import Teacher
-    from sft.hf_beam import beam_search
-    from sft.prompts import build_prompts
 
-    spec = load_spec(args.spec, [f"run_dir={args.base}"])
-    ds = load_from_spec(spec)
-    split = split_from_spec(spec, ds)
-    examples = list(getattr(split, args.split))
-    model_dir = args.base / "sft/model"
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    index = SidIndex.load(args.base / f"index/{spec.data.name}.index.json")
-    trie = SidTrie.from_index(index, tok.get_vocab(), model.get_output_embeddings().weight.shape[0], [tok.eos_token_id])
-    prompts = build_prompts(tok, index, examples, False).prompt_ids
-    beams = beam_search(model, prompts, trie, args.width, tok.pad_token_id, torch.device("cpu"))
-    items = np.asarray(index.items(), dtype=np.int64)[beams.rows.numpy().clip(min=0)]
-    items = np.where(beams.rows.numpy() >= 0, items, -1)
+    c = beam_candidates(args.spec, args.base, args.split, args.width)
+    examples, target_logp = c.examples, c.target_logp
     targets = np.array([ex.target for ex in examples])
-    teacher = Teacher(args.base / "baselines/sasrec", ds.num_items, ds.name)
-    histories = [list(ex.history) for ex in examples]
-    target_logp, _ = teacher.score(histories, targets)
-    negatives = np.where(items == targets[:, None], -1, items)
-    order = np.argsort(negatives < 0, axis=1, kind="stable")  # the negatives first, in the policy's order
-    negatives = np.take_along_axis(negatives, order, 1)
-    flat, _ = teacher.score([h for h in histories for _ in range(args.width)], negatives.ravel())
-    negative_logp = flat.reshape(len(examples), args.width)
-    scores = beams.scores.numpy()
+    is_target = c.items == targets[:, None]
+    # the negatives first, in the policy's order
+    order = np.argsort(is_target | (c.items < 0), axis=1, kind="stable")
+    negative_logp = np.take_along_axis(np.where(is_target, -np.inf, c.teacher_logp), order, 1)
+    scores = c.policy_logp
     share = np.exp(scores[:, 0]) / np.exp(scores).sum(1)
     uncertain = share < args.uncertain
-    segments = {"all": np.ones(len(examples), dtype=bool), **segment_masks(examples, split.train)}
-    print(f"{args.split}: {len(examples)} users, beam width {args.width}; teacher {teacher.folder}; "
+    segments = {"all": np.ones(len(examples), dtype=bool), **segment_masks(examples, c.train)}
+    print(f"{args.split}: {len(examples)} users, beam width {args.width}; teacher {c.teacher.folder}; "
           f"policy uncertain (top share < {args.uncertain}) for {uncertain.mean():.1%} of users")
     print(f"{'segment':<22}{'users':>7}{'> top negative':>16}{'> all negatives':>17}")
     for name, mask in segments.items():

@@ -1,0 +1,34 @@
+"""benchmarks/teacher_rerank.py's re-scoring of a beam, against ranks worked out by hand."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from benchmarks.teacher_rerank import rerank
+
+ITEMS = np.array([[7, 3, 9, -1],
+                  [4, 5, 6, 8]])
+POLICY = np.log(np.array([[0.5, 0.3, 0.2, 1.0],
+                          [0.4, 0.3, 0.2, 0.1]]))
+TEACHER = np.log(np.array([[0.01, 0.2, 0.05, 0.9],  # the empty slot's score must never count
+                           [0.1, 0.1, 0.4, 0.3]]))
+TARGETS = np.array([3, 8])
+
+
+def test_weight_zero_keeps_the_beams_order():
+    assert rerank(ITEMS, POLICY, TEACHER, TARGETS, 0.0).tolist() == [1, 3]
+
+
+def test_mixed_scores_by_hand():
+    # user 0: 0.5*0.01^1 = 0.005, 0.3*0.2 = 0.06, 0.2*0.05 = 0.01 -> item 3 first
+    # user 1: 0.4*0.1 = 0.04, 0.3*0.1 = 0.03, 0.2*0.4 = 0.08, 0.1*0.3 = 0.03 -> 6, 4, then 5 and 8 tie: beam order
+    assert rerank(ITEMS, POLICY, TEACHER, TARGETS, 1.0).tolist() == [0, 3]
+    # weight 2: user 1: 0.4*0.01 = 0.004, 0.3*0.01 = 0.003, 0.2*0.16 = 0.032, 0.1*0.09 = 0.009 -> 6, 8, 4, 5
+    assert rerank(ITEMS, POLICY, TEACHER, TARGETS, 2.0).tolist() == [0, 1]
+
+
+def test_teacher_alone_and_a_target_outside_the_beam():
+    assert rerank(ITEMS, POLICY, TEACHER, TARGETS, math.inf).tolist() == [0, 1]
+    # weight 0.25, user 1: 0.4*0.1^0.25 = 0.225 leads 0.3*0.1^0.25 = 0.169, 0.2*0.4^0.25 = 0.159, 0.1*0.3^0.25 = 0.074
+    assert rerank(ITEMS, POLICY, TEACHER, np.array([11, 4]), 0.25).tolist() == [-1, 0]
