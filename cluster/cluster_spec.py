@@ -57,7 +57,10 @@ class RewardCluster(Section):
     resources: Resources = {}
     token: str | None = None  # required off loopback: every request's header frame carries it
     timeout_s: float = Field(30.0, gt=0)  # a replica silent this long is pinged, then replaced if still silent
-    max_request_mib: float = Field(64.0, gt=0)  # a larger request body is answered "too large", never unpacked
+    # A larger request body is refused by the client; a replica's socket drops a larger frame unread.
+    max_request_mib: float = Field(64.0, gt=0)
+    # Replicas not serving this long after their start (no node with cluster.reward.resources, or no room) are refused.
+    start_timeout_s: float = Field(300.0, gt=0)
 
 
 class ClusterSpec(Section):

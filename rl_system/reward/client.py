@@ -24,10 +24,11 @@ class RewardUnauthorized(RewardServiceError, GreamError):
 
 
 class RewardRequestTooLarge(RewardServiceError, GreamError):
-    """A request over the service's cluster.reward.max_request_mib."""
+    """A request over the service's cluster.reward.max_request_mib, refused before it is sent: the
+    replica's socket would drop the connection without a reply."""
 
 
-_RAISES = {wire.BAD_TOKEN: RewardUnauthorized, wire.TOO_LARGE: RewardRequestTooLarge}
+_RAISES = {wire.BAD_TOKEN: RewardUnauthorized}
 
 
 class RewardTimeout(TimeoutError):
@@ -41,13 +42,14 @@ class RewardClient:
     """
 
     def __init__(self, endpoints: Sequence[str], token: str | None = None, timeout_s: float = 30.0,
-                 min_chunk: int = 256):
+                 min_chunk: int = 256, max_request_bytes: int = wire.MAX_REQUEST_BYTES):
         if not endpoints:
             raise ValueError("RewardClient needs at least one endpoint")
         self.endpoints = list(endpoints)
         self.token = token
         self.timeout_s = timeout_s
         self.min_chunk = min_chunk
+        self.max_request_bytes = max_request_bytes
         self._ctx = zmq.Context.instance()
         self._socks = []
         for ep in self.endpoints:
@@ -111,11 +113,9 @@ class RewardClient:
         n = len(completions)
         chunks = max(1, min(len(self._socks), n // self.min_chunk))
         bounds = np.linspace(0, n, chunks + 1).astype(int)
-        sent = []
+        requests = []  # all packed and checked before any is sent
         for c in range(chunks):
             lo, hi = bounds[c], bounds[c + 1]
-            replica = (self._next + c) % len(self._socks)
-            request_id = next(self._ids)
             request = {"completions": list(completions[lo:hi]), "targets": [int(t) for t in targets[lo:hi]]}
             if mode is not None:
                 request["mode"] = mode
@@ -123,7 +123,17 @@ class RewardClient:
                 request["beams"] = [list(b) for b in beams[lo:hi]]
             if histories is not None:  # for a replica with a teacher model
                 request["histories"] = [[int(i) for i in h] for h in histories[lo:hi]]
-            self._socks[replica].send_multipart(wire.pack_request(request_id, self.token, request))
+            request_id = next(self._ids)
+            frames = wire.pack_request(request_id, self.token, request)
+            if len(frames[1]) > self.max_request_bytes:
+                raise RewardRequestTooLarge(f"a reward request of {hi - lo} completions packs into {len(frames[1])} "
+                                            f"bytes, over the limit of {self.max_request_bytes} "
+                                            "(cluster.reward.max_request_mib); raise it or score fewer at once")
+            requests.append((request_id, frames))
+        sent = []
+        for c, (request_id, frames) in enumerate(requests):
+            replica = (self._next + c) % len(self._socks)
+            self._socks[replica].send_multipart(frames)
             sent.append((replica, request_id))
         self._next = (self._next + chunks) % len(self._socks)
         parts = []

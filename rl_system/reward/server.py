@@ -6,7 +6,8 @@ to a scoring request:
    "exact": [bool], "lcp": [int], "residual": [float], "binary": [float], "beam": [float] | null}
 and, from a replica with a teacher, "teacher_logp" and "teacher_rank"; from one with the items'
 popularity, "novelty", "tail" and "share" (rl_system.reward.objectives.popularity_fields).
-A request that cannot be served, whatever its bytes, gets an error reply and the service keeps serving.
+A request that cannot be served gets an error reply and the service keeps serving; a frame over
+the size limit (wire.frame_limit) is not read at all: ZMQ drops the connection that sent it.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import msgpack
 import zmq
 
 from cluster.logs import fields
+from cluster.placement import Unplaceable
 from indexing.segments import Popularity
 from indexing.sid import SidIndex
 from rl_system.reward import functions as rewards
@@ -31,14 +33,31 @@ from rl_system.reward.teacher import Teacher
 log = logging.getLogger(__name__)
 
 
-MAX_REQUEST_BYTES = 64 << 20
-# A frame up to this many times the limit is received and answered "too large"; above it ZMQ drops
-# the connection before buffering it, so no peer can make a replica hold an arbitrary amount of memory.
-RECEIVE_CUTOFF = 4
 POLL_MS = 100  # how often the serving loop checks for a stop request
+# Messages a connection may queue while the serving loop is busy; past it ZMQ stops reading that
+# peer's socket, so a flood from anyone who can connect costs a replica one message, not thousands.
+RECEIVE_HWM = 1
+START_TIMEOUT_S = 300.0  # cluster.reward.start_timeout_s's default
 
 
 NODE_ADDRESS = "node"  # cluster.reward.host meaning "the address of the node this replica runs on"
+WILDCARDS = ("0.0.0.0", "*")  # bound on every interface: advertised as the node's address
+
+
+def serving_socket(ctx: zmq.Context, max_request_bytes: int) -> zmq.Socket:
+    """A replica's ROUTER socket: a frame over the limit drops its connection unread (ZMQ_MAXMSGSIZE),
+    and each connection queues at most RECEIVE_HWM messages, whatever its peer sends."""
+    sock = ctx.socket(zmq.ROUTER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, wire.frame_limit(max_request_bytes))
+    sock.setsockopt(zmq.RCVHWM, RECEIVE_HWM)
+    return sock
+
+
+def _node_address() -> str:
+    import ray
+
+    return ray.util.get_node_ip_address()
 
 
 class RewardServer:
@@ -50,12 +69,11 @@ class RewardServer:
 
     def __init__(self, index_path: str, mode: rewards.Mode = "direct", beta: float = 0.5,
                  semantic_levels: int | None = None, host: str = "127.0.0.1", token: str | None = None,
-                 max_request_bytes: int = MAX_REQUEST_BYTES, teacher: tuple[str, str] | None = None,
+                 max_request_bytes: int = wire.MAX_REQUEST_BYTES, teacher: tuple[str, str] | None = None,
                  popularity: Popularity | None = None):
         """`teacher`: (folder of a trained SASRec, the data set's name), loaded before serving starts;
         `popularity`: the items' training interactions, which the objective rewards read."""
         wire.check_token(host, token)
-        self.max_request_bytes = max_request_bytes
         index = SidIndex.load(index_path)
         model = None if teacher is None else Teacher(teacher[0], index.num_items, teacher[1])
         self.scorer = RewardScorer(index, mode=mode, beta=beta, semantic_levels=semantic_levels, teacher=model,
@@ -67,7 +85,8 @@ class RewardServer:
         self._endpoint: str | None = None
         self._bind_error: BaseException | None = None
         self._stats = {"requests": 0, "completions": 0, "errors": 0, "rejected": 0, "busy_s": 0.0}
-        self._thread = threading.Thread(target=self._serve, args=(host,), name="reward-service", daemon=True)
+        self._thread = threading.Thread(target=self._serve, args=(host, max_request_bytes), name="reward-service",
+                                        daemon=True)
         self._thread.start()
         self._ready.wait()
         if self._bind_error is not None:
@@ -90,18 +109,14 @@ class RewardServer:
         self._stop.set()
         self._thread.join(timeout=5)
 
-    def _serve(self, host: str) -> None:
+    def _serve(self, host: str, max_request_bytes: int) -> None:
         if host == NODE_ADDRESS:  # resolved here: the replica's node, not the driver's
-            import ray
-
-            host = ray.util.get_node_ip_address()
-        ctx = zmq.Context.instance()
-        sock = ctx.socket(zmq.ROUTER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.MAXMSGSIZE, RECEIVE_CUTOFF * self.max_request_bytes)
+            host = _node_address()
+        sock = serving_socket(zmq.Context.instance(), max_request_bytes)
         try:
             port = sock.bind_to_random_port(f"tcp://{host}")
-            self._endpoint = f"tcp://{host}:{port}"
+            # Clients connect to the endpoint: a wildcard names no host they could reach from another node.
+            self._endpoint = f"tcp://{_node_address() if host in WILDCARDS else host}:{port}"
         except zmq.ZMQError as exc:
             self._bind_error = exc
             sock.close()
@@ -124,7 +139,7 @@ class RewardServer:
 
     def _reply_to(self, parts: list[bytes]) -> dict[str, Any]:
         try:
-            request_id, request = wire.check_request(parts, self._token, self.max_request_bytes)
+            request_id, request = wire.check_request(parts, self._token)
         except wire.FrameError as exc:
             self._stats["rejected" if exc.code == wire.BAD_TOKEN else "errors"] += 1
             return {"id": exc.request_id, "ok": False, "code": exc.code, "error": str(exc)}
@@ -156,17 +171,27 @@ def reward_service_actor(num_cpus: float = 0):
 
 def start_replicas(index_path: str | Path, replicas: int, mode: rewards.Mode = "direct", beta: float = 0.5,
                    semantic_levels: int | None = None, host: str = "127.0.0.1", token: str | None = None,
-                   max_request_bytes: int = MAX_REQUEST_BYTES, num_cpus: float = 0,
+                   max_request_bytes: int = wire.MAX_REQUEST_BYTES, num_cpus: float = 0,
                    resources: dict[str, float] | None = None, teacher: tuple[str, str] | None = None,
-                   popularity: Popularity | None = None) -> tuple[list[Any], list[str]]:
+                   popularity: Popularity | None = None,
+                   start_timeout_s: float = START_TIMEOUT_S) -> tuple[list[Any], list[str]]:
     """Start M replica actors, spread over the nodes that have `resources` (custom Ray resources,
-    cluster.reward.resources); returns (handles, endpoints)."""
+    cluster.reward.resources); returns (handles, endpoints). Replicas not serving within
+    `start_timeout_s` (no node has the resources, or none has room) are killed and Unplaceable raised."""
     import ray
+    from ray.exceptions import GetTimeoutError
 
     wire.check_token(host, token)  # here too, so the driver gets the message rather than a dead actor
     actor_cls = reward_service_actor(num_cpus).options(resources=resources or {}, scheduling_strategy="SPREAD")
     shared = None if popularity is None else ray.put(popularity)  # one copy in the object store for every replica
     actors = [actor_cls.remote(str(index_path), mode, beta, semantic_levels, host, token, max_request_bytes, teacher,
                                shared) for _ in range(replicas)]
-    endpoints = ray.get([a.endpoint.remote() for a in actors])
+    try:
+        endpoints = ray.get([a.endpoint.remote() for a in actors], timeout=start_timeout_s)
+    except GetTimeoutError:
+        for actor in actors:
+            ray.kill(actor)
+        raise Unplaceable(f"{replicas} reward replica(s) needing {resources or 'no custom resources'} did not start "
+                          f"within {start_timeout_s:.0f}s (cluster.reward.start_timeout_s); the cluster has "
+                          f"{ray.available_resources()} free") from None
     return actors, endpoints

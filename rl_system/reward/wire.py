@@ -6,7 +6,9 @@ an empty delimiter):
   body    msgpack map {"completions": [str], "targets": [item id], "mode": str?, "beams": [[str]]?}
           or {"ping": true}, answered without scoring (the pool's health check)
 The header has a fixed layout, so the token is compared before anything in the body is read; the
-body is unpacked only after the token matched and its size is within the service's limit.
+body is unpacked only after the token matched. No frame over `frame_limit` gets this far: the
+replica's socket drops the connection that sends one before buffering it (ZMQ_MAXMSGSIZE), and the
+client refuses to send a body over the limit, with an error that names it.
 A reply is one msgpack frame: {"id", "ok": true, ...} or {"id", "ok": false, "code", "error"}, where
 "id" is the header's (null when the header itself is malformed) and "code" one of the constants below.
 """
@@ -25,10 +27,10 @@ MAGIC = b"GRW1"
 _ID = struct.Struct(">Q")
 HEADER_BYTES = len(MAGIC) + _ID.size
 MAX_TOKEN_BYTES = 1024  # bounds the header frame, so a malformed one is refused before anything else is read
+MAX_REQUEST_BYTES = 64 << 20  # cluster.reward.max_request_mib's default
 
 BAD_FRAME = "bad frame"
 BAD_TOKEN = "bad token"
-TOO_LARGE = "too large"
 BAD_REQUEST = "bad request"
 INTERNAL = "internal error"
 
@@ -51,7 +53,12 @@ def split_envelope(frames: Sequence[bytes]) -> tuple[list[bytes], list[bytes]]:
     return list(frames[:size]), list(frames[size:])
 
 
-def check_request(parts: Sequence[bytes], token: bytes | None, max_body_bytes: int) -> tuple[int, Any]:
+def frame_limit(max_request_bytes: int) -> int:
+    """The largest frame a replica receives: the body limit, or a full header where that is larger."""
+    return max(max_request_bytes, HEADER_BYTES + MAX_TOKEN_BYTES)
+
+
+def check_request(parts: Sequence[bytes], token: bytes | None) -> tuple[int, Any]:
     """(request id, unpacked body) of the frames after the envelope, or FrameError."""
     if len(parts) != 2:
         raise FrameError(BAD_FRAME, f"expected 2 frames (header, body) after the envelope, got {len(parts)}")
@@ -62,9 +69,6 @@ def check_request(parts: Sequence[bytes], token: bytes | None, max_body_bytes: i
     (request_id,) = _ID.unpack_from(header, len(MAGIC))
     if token is not None and not hmac.compare_digest(header[HEADER_BYTES:], token):
         raise FrameError(BAD_TOKEN, "missing or wrong reward service token (cluster.reward.token)", request_id)
-    if len(body) > max_body_bytes:
-        raise FrameError(TOO_LARGE, f"the body frame has {len(body)} bytes, over the service's limit of "
-                                    f"{max_body_bytes} (cluster.reward.max_request_mib)", request_id)
     try:
         return request_id, msgpack.unpackb(body, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several types for undecodable bytes; each is the sender's fault

@@ -1,18 +1,23 @@
 """Real Ray actors serving real ZMQ sockets."""
+import json
 import os
 import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import ray
 import zmq
 
+from cluster.placement import Unplaceable
 from rl_system.reward import wire
 from rl_system.reward.client import RewardClient, RewardServiceError, RewardTimeout, RewardUnauthorized
 from rl_system.reward.pool import RewardPool
 from rl_system.reward.scoring import RewardScorer
 from rl_system.reward.server import start_replicas
-from tests.reward_fixtures import TOKEN, index_path  # noqa: F401
+from tests.reward_fixtures import REPO, TOKEN, index_path  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +128,51 @@ def test_lost_replica_is_replaced_and_the_batch_scored(index_path, ray_cluster, 
             os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
+
+
+def test_replicas_that_cannot_start_are_refused_as_unplaceable(index_path, ray_cluster):  # noqa: F811
+    start = time.monotonic()
+    with pytest.raises(Unplaceable, match=r"1 reward replica\(s\) needing \{'no_such_node': 1.0\} did not start "
+                                          r"within 2s \(cluster.reward.start_timeout_s\); the cluster has "):
+        start_replicas(index_path, 1, token=TOKEN, resources={"no_such_node": 1.0}, start_timeout_s=2)
+    assert time.monotonic() - start < 30
+
+
+# A head node, a pool on it (loopback), then a second node joins and the replica hangs.
+_GROWING_CLUSTER = """
+import json, os, signal, sys
+import ray
+from ray.cluster_utils import Cluster
+from cluster.spec import JobSpec
+from rl_system.reward.pool import RewardPool
+
+cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+try:
+    ray.init(address=cluster.address, log_to_driver=False)
+    spec = JobSpec(name="grow", run_dir=sys.argv[2], cluster={"reward": {"timeout_s": 3}})
+    pool = RewardPool.from_spec(spec, sys.argv[1])
+    first = pool.endpoints[0]
+    cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    os.kill(ray.get(pool.actors[0].pid.remote()), signal.SIGSTOP)
+    reply = pool.score(["<a_1><b_2><c_0>"], [0])
+    print(json.dumps({"first": first, "second": pool.endpoints[0], "replaced": pool.replaced,
+                      "exact": reply.exact.tolist(), "node": ray.util.get_node_ip_address()}))
+    pool.shutdown()
+finally:
+    ray.shutdown()
+    cluster.shutdown()
+"""
+
+
+@pytest.mark.heavy  # a Ray cluster of its own, in a child process
+def test_replacement_binds_for_the_cluster_it_starts_in(index_path, tmp_path):  # noqa: F811
+    """cluster.reward.host "auto" is resolved at each (re)start: a replica replaced after a second node
+    joined binds its node's address, which that node's workers reach, not the loopback it began on."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_WAIT_POLICY": "PASSIVE"}
+    done = subprocess.run([sys.executable, "-c", _GROWING_CLUSTER, str(index_path), str(tmp_path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["first"].startswith("tcp://127.0.0.1:") and result["replaced"] == 1 and result["exact"] == [True]
+    assert result["second"].startswith(f"tcp://{result['node']}:") and result["node"] != "127.0.0.1"

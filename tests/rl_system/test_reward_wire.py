@@ -1,6 +1,7 @@
 """The reward service's wire format against real servers on real ZMQ sockets: the token is checked
-before a body is unpacked, oversized and malformed frames are answered, an off-loopback replica
-needs a token, and 10,000+ bad frames leave a server process answering valid requests correctly."""
+before a body is unpacked, malformed frames are answered, an oversized one drops its connection
+unread, a flood queues one message, an off-loopback replica needs a token, and 10,000+ bad frames
+leave a server process answering valid requests correctly."""
 import random
 import time
 
@@ -12,7 +13,7 @@ import zmq
 from cluster.spec import SpecError
 from rl_system.reward import wire
 from rl_system.reward.client import RewardClient, RewardRequestTooLarge, RewardUnauthorized
-from rl_system.reward.server import RECEIVE_CUTOFF, RewardServer, start_replicas
+from rl_system.reward.server import RewardServer, serving_socket, start_replicas
 from tests.reward_fixtures import COMPLETIONS, LCP, RESIDUAL, TOKEN, index_path, server_process  # noqa: F401
 
 MAX = 4096
@@ -41,22 +42,19 @@ def test_header_is_magic_id_and_token():
 def test_token_is_checked_before_the_body():
     wrong, _ = wire.pack_request(7, "wrong", {})
     right, _ = wire.pack_request(7, TOKEN, {})
-    for body in (NOT_MSGPACK, bytes(MAX + 1)):
-        with pytest.raises(wire.FrameError, match="^bad token: .*cluster.reward.token") as err:
-            wire.check_request([wrong, body], TOKEN.encode(), MAX)
-        assert err.value.request_id == 7
+    with pytest.raises(wire.FrameError, match="^bad token: .*cluster.reward.token") as err:
+        wire.check_request([wrong, NOT_MSGPACK], TOKEN.encode())
+    assert err.value.request_id == 7
     with pytest.raises(wire.FrameError, match="^bad frame: the body is not valid msgpack"):
-        wire.check_request([right, NOT_MSGPACK], TOKEN.encode(), MAX)
-    with pytest.raises(wire.FrameError, match=f"^too large: the body frame has {MAX + 1} bytes, over .* {MAX} "):
-        wire.check_request([right, bytes(MAX + 1)], TOKEN.encode(), MAX)
-    assert wire.check_request([wrong, b"\x81\xa1a\x01"], None, MAX) == (7, {"a": 1})  # a service without a token
+        wire.check_request([right, NOT_MSGPACK], TOKEN.encode())
+    assert wire.check_request([wrong, b"\x81\xa1a\x01"], None) == (7, {"a": 1})  # a service without a token
 
 
 @pytest.mark.parametrize("parts", [[b"GRW1" + bytes(8)], [b"GRW1" + bytes(8), b"\x80", b"\x80"], [b"GRW1", b"\x80"],
                                    [b"XXXX" + bytes(8), b"\x80"], [b"GRW1" + bytes(8 + wire.MAX_TOKEN_BYTES + 1), b"\x80"]])
 def test_malformed_frames_are_bad_frames_without_an_id(parts):
     with pytest.raises(wire.FrameError, match="^bad frame: ") as err:
-        wire.check_request(parts, None, MAX)
+        wire.check_request(parts, None)
     assert err.value.request_id is None
 
 
@@ -76,11 +74,62 @@ def test_wrong_token_is_refused_without_reading_the_body(server):
     assert server.stats()["rejected"] == rejected + 2
 
 
-def test_oversized_request_raises_a_clear_error_and_the_service_goes_on(server):
-    with RewardClient([server.endpoint()], token=TOKEN, timeout_s=10) as client:
-        with pytest.raises(RewardRequestTooLarge, match=f"limit of {MAX} .cluster.reward.max_request_mib"):
+def test_oversized_request_is_refused_before_it_is_sent(server):
+    before = server.stats()
+    with RewardClient([server.endpoint()], token=TOKEN, timeout_s=10, max_request_bytes=MAX) as client:
+        with pytest.raises(RewardRequestTooLarge, match=f"300 completions packs into .* over the limit of {MAX} "
+                                                        r"\(cluster.reward.max_request_mib\)"):
             client.score(COMPLETIONS[:1] * 300, [0] * 300)
+        assert server.stats() == before  # nothing reached the replica
         assert client.score(COMPLETIONS[:1], [0]).exact.tolist() == [True]
+
+
+def test_frame_over_the_limit_drops_its_connection_unread(server):
+    """An unauthenticated peer's oversized frame is never buffered whole: ZMQ closes the connection
+    at the frame's size header, so no reply comes, and the replica goes on serving others."""
+    before = server.stats()
+    peer = zmq.Context.instance().socket(zmq.DEALER)
+    peer.setsockopt(zmq.LINGER, 0)
+    peer.connect(server.endpoint())
+    try:
+        peer.send_multipart([wire.pack_request(9, "wrong", {})[0], bytes(MAX + 1)])
+        assert not peer.poll(1000), "an oversized frame was read and answered"
+    finally:
+        peer.close()
+    assert server.stats() == before
+    with RewardClient([server.endpoint()], token=TOKEN, timeout_s=10) as client:
+        assert client.score(COMPLETIONS, [0] * 4).lcp.tolist() == LCP
+
+
+def test_a_flooding_peer_queues_one_message_not_thousands():
+    """While the serving loop is busy (here: never reads), a peer that keeps sending full-size
+    frames is stopped by back-pressure once the replica holds RECEIVE_HWM of them: what it gets
+    out of its own send queue then sits in the kernel's socket buffers (tens of MiB at most here,
+    tcp_rmem), not in the replica's memory."""
+    limit = 4 << 20
+    ctx = zmq.Context.instance()
+    replica = serving_socket(ctx, limit)
+    port = replica.bind_to_random_port("tcp://127.0.0.1")
+    flood = ctx.socket(zmq.DEALER)
+    flood.setsockopt(zmq.LINGER, 0)
+    flood.setsockopt(zmq.SNDHWM, 1)
+    flood.connect(f"tcp://127.0.0.1:{port}")
+    frames = [wire.pack_request(1, "wrong", {})[0], bytes(limit)]
+    sent, stalled_since = 0, time.monotonic()
+    try:
+        while sent < 48 and time.monotonic() - stalled_since < 2:
+            try:
+                flood.send_multipart(frames, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                time.sleep(0.02)
+                continue
+            sent, stalled_since = sent + 1, time.monotonic()
+    finally:
+        flood.close()
+        replica.close()
+    # 36 MiB of kernel buffers (tcp_rmem + tcp_wmem maxima here) hold 9 frames; a default high-water
+    # mark (1,000 messages) would have taken all 48 (192 MiB) into the replica.
+    assert sent <= 16, f"{sent} frames of {limit >> 20} MiB were taken while the replica read none"
 
 
 def test_off_loopback_service_needs_a_token(index_path):  # noqa: F811
@@ -91,6 +140,18 @@ def test_off_loopback_service_needs_a_token(index_path):  # noqa: F811
     with pytest.raises(SpecError, match="cluster.reward.token is 1025 bytes in UTF-8; at most 1024 fit"):
         wire.check_token("127.0.0.1", "x" * 1025)
     wire.check_token("0.0.0.0", "x" * 1024)
+
+
+def test_wildcard_bind_is_advertised_as_the_node_address(index_path):  # noqa: F811
+    import ray
+
+    server = RewardServer(str(index_path), host="0.0.0.0", token=TOKEN)
+    try:
+        assert server.endpoint().startswith(f"tcp://{ray.util.get_node_ip_address()}:")  # not tcp://0.0.0.0
+        with RewardClient([server.endpoint()], token=TOKEN, timeout_s=10) as client:
+            assert client.score(COMPLETIONS, [0] * 4).lcp.tolist() == LCP
+    finally:
+        server.stop()
 
 
 def test_ping_tells_a_serving_replica_from_a_silent_one(server):
@@ -115,10 +176,10 @@ def bad_message(rng: random.Random, request_id: int) -> tuple[list[bytes], set[s
         return [header, body[:rng.randrange(len(body))]], {wire.BAD_FRAME}, request_id
     if kind == 3:
         token = rng.randbytes(rng.randrange(1, 40))
-        junk = rng.choice([body, rng.randbytes(50), bytes(MAX + 1)])
+        junk = rng.choice([body, rng.randbytes(50), bytes(MAX)])
         return [header[:wire.HEADER_BYTES] + token, junk], {wire.BAD_TOKEN}, request_id
-    if kind == 4:
-        return [header, rng.randbytes(rng.randrange(MAX + 1, 3 * MAX))], {wire.TOO_LARGE}, request_id
+    if kind == 4:  # a body of the largest size the socket takes
+        return [header, rng.randbytes(MAX)], {wire.BAD_FRAME, wire.BAD_REQUEST}, request_id
     if kind == 5:
         return [header[:rng.randrange(1, wire.HEADER_BYTES)], body], {wire.BAD_FRAME}, None
     return rng.choice([[header], [header, body, body], [header, body, b""]]), {wire.BAD_FRAME}, None
@@ -155,8 +216,8 @@ def test_fuzzed_frames_are_all_answered_and_valid_requests_still_scored(index_pa
                 if reply["ok"]:
                     assert reply["lcp"] == LCP and np.allclose(reply["residual"], RESIDUAL)
             sent += len(batch)
-            if window % 10 == 0:  # a peer that leaves before its replies, and one over ZMQ's own cutoff
-                for frames in ([b"GRW1"], [wire.pack_request(1, TOKEN, {})[0], bytes(RECEIVE_CUTOFF * MAX + 1)]):
+            if window % 10 == 0:  # a peer that leaves before its replies, and one over the frame limit
+                for frames in ([b"GRW1"], [wire.pack_request(1, TOKEN, {})[0], bytes(MAX + 1)]):
                     gone = ctx.socket(zmq.DEALER)
                     gone.connect(endpoint)
                     gone.send_multipart(frames)
