@@ -147,11 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {"recipe": args.recipe, "sets": sets, **report(base, runs, args.weights, args.resamples)}
     (args.out / "objectives.json").write_text(json.dumps(result, indent=1))
     print(format_report(result))
-    try:
-        plot(result, args.out / "objectives.png")
-    except ModuleNotFoundError as exc:
-        raise SystemExit(f"no objectives.png: {exc}; install matplotlib and run the same command again (it "
-                         "reuses the runs and evaluations)") from exc
+    plot(result, args.out / "objectives.png")
     return 0
 
 

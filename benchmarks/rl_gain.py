@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: benchmarks/ is not an installed package
     sys.path.insert(0, str(REPO))
@@ -152,6 +154,34 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(r: dict, path: Path) -> None:
+    """Validation NDCG@10 by RL step, one line per recipe and seed, against the SFT model's (step 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    sft = []
+    for i, (recipe, rec) in enumerate(r["recipes"].items()):
+        for j, c in enumerate(rec["curves"].values()):
+            points = sorted((int(step), value) for step, value in c["val_ndcg@10"].items())
+            sft += [value for step, value in points if step == 0]
+            ax.plot(*zip(*points), marker="o", markersize=3, color=colours[i % len(colours)], alpha=0.8,
+                    label=recipe if j == 0 else None)
+    if sft:
+        ax.axhline(float(np.median(sft)), color="k", linestyle="--", label="SFT (step 0)")
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("validation NDCG@10")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(f"RL validation curves, every recipe and seed ({r['date']})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def screen_line(recipe: str, run_dir: Path, secs: float) -> str:
     c = curve(run_dir)
     pts = c["val_ndcg@10"]
@@ -214,7 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--screen", action="store_true", help="RL runs and validation curves only")
     p.add_argument("--no-pass", action="store_true", help="beam metrics only (no Pass@K sampling)")
     p.add_argument("--resamples", type=int, default=2000)
+    p.add_argument("--plot-only", action="store_true", help="redraw rl_gain.png from --out/rl_gain.json; run nothing")
     args = p.parse_args(argv)
+    if args.plot_only:
+        plot(json.loads((args.out / "rl_gain.json").read_text()), args.out / "rl_gain.png")
+        return 0
     sets = ["rl.eval_every=10", *args.set]  # validation inside the run unless overridden
     runs = train_runs(args.spec, args.base, args.out, {r: RECIPES[r] for r in args.recipes}, args.seeds, sets)
     if args.screen:
@@ -224,6 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = report(base, runs, args.resamples)
     (args.out / "rl_gain.json").write_text(json.dumps(result, indent=1))
     print(format_report(result))
+    plot(result, args.out / "rl_gain.png")
     return 0
 
 

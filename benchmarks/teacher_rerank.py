@@ -4,7 +4,7 @@ inference-time control (issue rl-signal, control c).
 
 The weight is chosen on every validation user (NDCG@10); test is read once, for the chosen weight.
 Paired 95% intervals (per-user bootstrap) against the SFT beam's own order (weight 0, the same beam)
-and against the SASRec's evaluation of the same users (its ranks.json).
+and against the SASRec itself on every user (its catalogue ranks, checked against its ranks.json).
 
     python benchmarks/teacher_rerank.py --base runs/demo --width 50
 """
@@ -47,16 +47,21 @@ def compare(ranks_a: np.ndarray, ranks_b: np.ndarray, users: np.ndarray) -> dict
     return {n: {"diff": i.diff, "low": i.low, "high": i.high} for n, i in zip(names, intervals)}
 
 
-def sasrec_ranks(base: Path, split: str, users: np.ndarray) -> np.ndarray:
+def sasrec_ranks(base: Path, split: str, c) -> np.ndarray:
+    """The teacher's own catalogue rank of every target (a SASRec evaluated on every user), checked
+    against the users its ranks.json holds: the scorer loaded is the one `gream baseline sasrec` evaluated."""
     from cluster.eval_record import read_ranks
     from gream.paired import align
 
-    record = read_ranks(base / "baselines/sasrec").splits[split]
-    mine, theirs = align(users, record.users)
-    if len(mine) != len(users):
-        raise SystemExit(f"{base}/baselines/sasrec/ranks.json holds {len(mine)} of the {len(users)} {split} users; "
-                         "evaluate the SASRec on every user (eval.max_users: null)")
-    return record.ranks[theirs]
+    users = np.array([ex.user for ex in c.examples])
+    _, ranks = c.teacher.score([list(ex.history) for ex in c.examples], np.array([ex.target for ex in c.examples]))
+    record = read_ranks(base / "baselines/sasrec")
+    kept = record.splits[split]
+    mine, theirs = align(users, kept.users)
+    capped = np.where(ranks[mine] < record.depth, ranks[mine], -1)
+    if len(mine) == 0 or (capped != kept.ranks[theirs]).mean() > 0.01:
+        raise SystemExit(f"{base}/baselines/sasrec: the scorer's ranks differ from its ranks.json on {split}")
+    return ranks
 
 
 def main() -> int:
@@ -86,7 +91,7 @@ def main() -> int:
         targets = np.array([ex.target for ex in c.examples])
         sft = rerank(c.items, c.policy_logp, c.teacher_logp, targets, 0.0)
         mixed = rerank(c.items, c.policy_logp, c.teacher_logp, targets, chosen)
-        teacher = sasrec_ranks(args.base, split, users)
+        teacher = sasrec_ranks(args.base, split, c)
         result[split + "_chosen"] = {"sft_beam": metrics_from_ranks(sft, KS), "reranked": metrics_from_ranks(mixed, KS),
                                      "sasrec": metrics_from_ranks(teacher, KS), "users": len(users),
                                      "reranked_minus_sft": compare(sft, mixed, users),
