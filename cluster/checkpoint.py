@@ -14,6 +14,14 @@ Fenced: a writer opens a run first. A fresh run takes a new run id, kept in `run
 checkpoints, and refuses a folder that already holds checkpoints, since they are another run's; a
 resumed run keeps its id. Every manifest records its run id, and a writer loads, ranks and prunes
 only its own run's checkpoints, so keep-last-k never trades one of them for an older run's.
+One writer at a time: opening takes `writer.lock` (flock, held until the writer closes or its
+process ends, kill -9 included), so `--resume` while the old driver lives is refused. Where a file
+system does not share flock between machines, the writer number in `run.json` (one more at each
+open) still fences: a writer checks it is still the latest before it renames and before it prunes,
+and stops (CheckpointError) when a later one has opened the run.
+
+A manifest is input like any file in the folder: one of the wrong shape, or naming a file outside
+the folder (absolute, or through `..`), makes its checkpoint incomplete, as a torn one is.
 
 The last `keep` complete checkpoints stay on disk, and so does the best one: with a `BestRule`,
 every save ranks the complete checkpoints by the metric value their manifests record
@@ -30,16 +38,18 @@ import os
 import shutil
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable, Literal, TypeVar
+from pathlib import Path, PurePosixPath
+from typing import IO, Any, Callable, Literal, TypeVar
 
 from cluster.errors import GreamError
 from cluster.logs import fields
+from cluster.writer_lock import name_holder, take_lock
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 BEST_FILE = "best.json"
 RUN_FILE = "run.json"
+LOCK_FILE = "writer.lock"
 TMP_PREFIX = ".tmp-"
 T = TypeVar("T")
 
@@ -127,16 +137,35 @@ def _write_atomic(path: Path, text: str) -> None:
     _sync_dir(path.parent)
 
 
-def _size_problem(path: Path, files: Any) -> str | None:
+def _shape_problem(meta: Any) -> str | None:
+    """What makes parsed manifest JSON unusable, or None. Its file names are joined to the folder's
+    path, so one that is absolute or climbs out (`..`) would have gream read, hash or load elsewhere."""
+    if not isinstance(meta, dict):
+        return "unreadable manifest"
+    step = meta.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return f"the manifest's step is {step!r}, not a step number"
+    if not isinstance(meta.get("metrics", {}), dict):
+        return "the manifest's metrics are not a mapping"
+    files = meta.get("files")
     if not isinstance(files, dict):
         return "the manifest records no file sizes and hashes (written before gream verified checkpoints)"
+    for name, want in files.items():
+        if not name or PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+            return f"the manifest names {name!r}, a path outside the checkpoint folder"
+        if not (isinstance(want, dict) and isinstance(want.get("bytes"), int) and isinstance(want.get("sha256"), str)):
+            return f"the manifest's entry for {name} is {want!r}, not {{bytes: int, sha256: str}}"
+    return None
+
+
+def _size_problem(path: Path, files: dict[str, Any]) -> str | None:
     for name, want in files.items():
         try:
             size = (path / name).stat().st_size
         except OSError:
             return f"{name} is missing"
-        if size != want.get("bytes"):
-            return f"{name} has {size} bytes, the manifest records {want.get('bytes')}"
+        if size != want["bytes"]:
+            return f"{name} has {size} bytes, the manifest records {want['bytes']}"
     return None
 
 
@@ -150,19 +179,53 @@ class CheckpointManager:
         self.keep = keep
         self.rule = best
         self.run_id: str | None = None
+        self.writer = 0  # this writer's number in run.json
+        self._lock: IO[str] | None = None
         root.mkdir(parents=True, exist_ok=True)
 
-    def open_run(self, resume: bool) -> str:
-        """This run's id: kept from `run.json` on resume, else new. Refuses (CheckpointError) a fresh
-        run in a folder holding checkpoints, changing nothing; else removes what a crashed writer
-        left half done."""
+    def __getstate__(self) -> dict[str, Any]:
+        # A copy sent to another process (an SFT rank) saves under the opener's lock, fenced by `writer`.
+        return {**self.__dict__, "_lock": None}
+
+    def close(self) -> None:
+        """Release the writer lock (a process's end releases it too)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def open_run(self, resume: bool, check: Callable[[Checkpoint | None], None] | None = None) -> str:
+        """This run's id: kept from `run.json` on resume, else new. Refuses (CheckpointError) a folder
+        another live writer holds, and a fresh run in a folder holding checkpoints, changing nothing;
+        else removes what a crashed writer left half done. `check` (check_spec) sees a resumed run's
+        latest checkpoint before anything is written: what it raises refuses the run as well."""
+        lock = take_lock(self.root / LOCK_FILE, CheckpointError)
+        try:
+            self._open(resume, check)
+        except BaseException:
+            self.run_id = None
+            lock.close()
+            raise
+        name_holder(lock)
+        self._lock = lock
+        for stale in sorted(self.root.glob(f"{TMP_PREFIX}*")):
+            log.warning("removing what a crashed checkpoint write left", extra=fields(path=str(stale)))
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+        return self.run_id
+
+    def _open(self, resume: bool, check: Callable[[Checkpoint | None], None] | None) -> None:
         run_file, held = self.root / RUN_FILE, sorted(p.name for p in self.root.glob("step-*"))
         if resume and run_file.exists():
             try:
-                self.run_id = str(json.loads(run_file.read_text())["run_id"])
-            except (ValueError, KeyError, TypeError) as exc:
+                record = json.loads(run_file.read_text())
+                self.run_id, self.writer = str(record["run_id"]), int(record.get("writer", 0)) + 1
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise CheckpointError(f"{run_file}: unreadable ({exc}); it names the run the checkpoints beside it "
                                       "belong to, so --resume cannot tell which to load") from exc
+            if check is not None:
+                check(self.latest())
         elif held:
             found = f"{self.root} holds checkpoints ({', '.join(held)})"
             if resume:
@@ -171,16 +234,20 @@ class CheckpointManager:
             raise CheckpointError(f"{found} of another run; pass --resume to continue that run, or choose a new "
                                   "run_dir (or remove that folder yourself); nothing there was deleted")
         else:
-            self.run_id = uuid.uuid4().hex
-            _write_atomic(run_file, json.dumps({"run_id": self.run_id}))
+            self.run_id, self.writer = uuid.uuid4().hex, 1
             log.info("checkpoint run opened", extra=fields(run_id=self.run_id, folder=str(self.root)))
-        for stale in sorted(self.root.glob(f"{TMP_PREFIX}*")):
-            log.warning("removing what a crashed checkpoint write left", extra=fields(path=str(stale)))
-            if stale.is_dir():
-                shutil.rmtree(stale)
-            else:
-                stale.unlink()
-        return self.run_id
+        _write_atomic(run_file, json.dumps({"run_id": self.run_id, "writer": self.writer}))
+
+    def _check_writer(self) -> None:
+        """CheckpointError when a later writer has opened this run since: its checkpoints are no
+        longer this writer's to replace or prune."""
+        try:
+            record = json.loads((self.root / RUN_FILE).read_text())
+        except (OSError, ValueError):
+            record = None
+        if record != {"run_id": self.run_id, "writer": self.writer}:
+            raise CheckpointError(f"{self.root}: another writer opened this run after this one (writer {self.writer}; "
+                                  f"{RUN_FILE} now holds {record}); this one stops without renaming or pruning")
 
     def save(self, step: int, write: Callable[[Path], None], meta: dict[str, Any]) -> Path:
         if self.run_id is None:
@@ -199,6 +266,7 @@ class CheckpointManager:
                 fh.flush()
                 os.fsync(fh.fileno())
             _sync_dir(tmp)
+            self._check_writer()
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -213,6 +281,7 @@ class CheckpointManager:
         _sync_dir(self.root)
         done = self.complete()
         best = self._record_best(done)
+        self._check_writer()
         self._prune(done, best)
         log.info("checkpoint saved", extra=fields(step=step, path=str(final),
                                                   best=best.step if best is not None else None))
@@ -226,9 +295,9 @@ class CheckpointManager:
             return {}, "no manifest"
         except ValueError:
             return {}, "unreadable manifest"
-        if not isinstance(meta, dict):
-            return {}, "unreadable manifest"
-        return meta, _size_problem(path, meta.get("files"))
+        if (problem := _shape_problem(meta)) is not None:
+            return meta if isinstance(meta, dict) else {}, problem
+        return meta, _size_problem(path, meta["files"])
 
     def complete(self) -> list[Checkpoint]:
         """Complete checkpoints by step; for a writer only its own run's."""
@@ -246,13 +315,18 @@ class CheckpointManager:
         return done[-1] if done else None
 
     def verify(self, ckpt: Checkpoint) -> str | None:
-        """What is wrong with the checkpoint's files (a hash that differs), or None."""
+        """What is wrong with the checkpoint's files (a hash that differs, a file the manifest does not
+        list), or None: a folder that verifies is exactly what its manifest's hashes describe."""
+        listed = {*ckpt.meta["files"], MANIFEST}
+        if extra := sorted(n for p in ckpt.path.rglob("*") if p.is_file() and (n := p.relative_to(ckpt.path).as_posix())
+                           not in listed):
+            return f"{extra[0]} is in the folder but not in the manifest"
         for name, want in ckpt.meta["files"].items():
             try:
                 got = file_digest(ckpt.path / name)
             except OSError as exc:
                 return f"{name}: {exc.strerror or exc}"
-            if got != {"bytes": want.get("bytes"), "sha256": want.get("sha256")}:
+            if got != {"bytes": want["bytes"], "sha256": want["sha256"]}:
                 return f"{name} does not match the size and sha256 in the manifest"
         return None
 

@@ -199,11 +199,13 @@ def run(spec: JobSpec, resume: bool = False, force: bool = False) -> Path:
     # Before any start-up, so that a refused run costs nothing and changes nothing.
     ckpts = CheckpointManager(spec.layout.checkpoints, spec.checkpoint.keep,
                               BestRule(spec.checkpoint.best_metric, spec.checkpoint.best_mode))
-    ckpts.open_run(resume)
-    if resume:
-        check_spec(ckpts.latest(), spec.section_hash(*CHECKPOINT_SECTIONS), CHECKPOINT_SECTIONS, spec.source, force)
-    with _status_at_end(spec.run_path):
-        return _train(spec, ckpts, prompts, split, resume)
+    spec_hash = spec.section_hash(*CHECKPOINT_SECTIONS)
+    ckpts.open_run(resume, lambda latest: check_spec(latest, spec_hash, CHECKPOINT_SECTIONS, spec.source, force))
+    try:  # the writer lock goes with the run, also where a caller (a test) keeps its traceback
+        with _status_at_end(spec.run_path):
+            return _train(spec, ckpts, prompts, split, resume)
+    finally:
+        ckpts.close()
 
 
 def _train(spec: JobSpec, ckpts: CheckpointManager, prompts, split, resume: bool) -> Path:

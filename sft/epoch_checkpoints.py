@@ -36,9 +36,8 @@ def open_checkpoints(spec: JobSpec, resume: bool, force: bool) -> CheckpointMana
     """The SFT run's checkpoint folder, fenced as RL's: a fresh run refuses another run's checkpoints,
     --resume one written under another spec unless `force` (CheckpointError / SpecChanged, exit 2)."""
     ckpts = CheckpointManager(spec.layout.sft_checkpoints, spec.checkpoint.keep)
-    ckpts.open_run(resume)
-    if resume:
-        check_spec(ckpts.latest(), spec.section_hash(*SECTIONS), SECTIONS, spec.source, force)
+    spec_hash = spec.section_hash(*SECTIONS)
+    ckpts.open_run(resume, lambda latest: check_spec(latest, spec_hash, SECTIONS, spec.source, force))
     return ckpts
 
 

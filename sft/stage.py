@@ -28,8 +28,12 @@ def run(spec: JobSpec, reasoning: Sequence[ReasoningRecord] | None = None, prefe
         reasoning, preferences = read_for_sft(spec)
     # The folder is rank 0's alone (a launcher's other ranks get theirs from it).
     ckpts = open_checkpoints(spec, resume, force) if int(os.environ.get("RANK", "0")) == 0 else None
-    if spec.cluster.sft.num_ranks > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        from sft.distributed import train_on_ray
+    try:
+        if spec.cluster.sft.num_ranks > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+            from sft.distributed import train_on_ray
 
-        return train_on_ray(spec, reasoning or [], preferences, ckpts)
-    return Trainer(spec, reasoning or [], preferences, ckpts).train()
+            return train_on_ray(spec, reasoning or [], preferences, ckpts)
+        return Trainer(spec, reasoning or [], preferences, ckpts).train()
+    finally:
+        if ckpts is not None:  # the writer lock goes with the run
+            ckpts.close()

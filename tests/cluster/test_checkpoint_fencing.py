@@ -1,16 +1,21 @@
-"""Checkpoints that cannot betray a run, on hand-made folders with real files: run fencing, sizes
-and hashes in the manifest, fallback past a checkpoint that fails to verify or load, stale
-temporary folders."""
+"""Checkpoints that cannot betray a run, on hand-made folders with real files: run fencing, one
+writer at a time (a live driver's lock, the writer number), sizes and hashes in the manifest,
+manifests of the wrong shape or naming files outside the folder, fallback past a checkpoint that
+fails to verify or load, stale temporary folders."""
 import hashlib
 import json
 import logging
+import os
 import pickle
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from cluster.checkpoint import RUN_FILE, CheckpointError, CheckpointManager
+from cluster.checkpoint import RUN_FILE, CheckpointError, CheckpointManager, file_digest
 
 SHARD = "learner/model_states.pt"
 LOAD_FAILURES = (OSError, RuntimeError, EOFError, pickle.UnpicklingError)  # what torch.load raises on bad bytes
@@ -60,6 +65,7 @@ def test_fresh_run_refuses_a_folder_with_another_runs_checkpoints(tmp_path):
     first = _writer(tmp_path)
     for step in (1, 2):
         _save_state(first, step)
+    first.close()  # that run's driver ended
     (tmp_path / ".tmp-step-0000003-4242").mkdir()  # that run's crash debris is its own to clean up
     before = _snapshot(tmp_path)
     with pytest.raises(CheckpointError) as err:
@@ -165,9 +171,119 @@ def test_stale_temporary_folders_are_removed_when_a_run_opens(tmp_path, caplog):
     (crashed / "learner").mkdir(parents=True)
     (crashed / SHARD).write_bytes(b"partial")
     (tmp_path / ".tmp-best.json-4242").write_text("{")
+    mgr.close()
     with caplog.at_level(logging.WARNING):
         resumed = _writer(tmp_path, resume=True)
     assert not list(tmp_path.glob(".tmp-*"))
     assert sum("crashed checkpoint write" in r.getMessage() for r in caplog.records) == 2
     assert resumed.latest().step == 1
 
+
+
+# The old driver of a run, alive: it opens the run and waits.
+_LIVE_WRITER = """
+import sys
+from pathlib import Path
+from cluster.checkpoint import CheckpointManager
+
+writer = CheckpointManager(Path(sys.argv[1]), keep=2)
+writer.open_run(resume=True)
+print("open", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_resume_while_the_old_driver_lives_is_refused(tmp_path):
+    first = _writer(tmp_path, keep=2)
+    for step in (1, 2):
+        _save_state(first, step)
+    first.close()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    old = subprocess.Popen([sys.executable, "-c", _LIVE_WRITER, str(tmp_path)], stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert old.stdout.readline().strip() == "open"
+        before = _snapshot(tmp_path)
+        with pytest.raises(CheckpointError, match=f"^{tmp_path} is being written by another driver \\(pid {old.pid} "
+                                                  "on .*\\); stop it .* first; nothing was changed$") as err:
+            _writer(tmp_path, keep=2, resume=True)
+        assert err.value.exit_code == 2 and _snapshot(tmp_path) == before
+    finally:
+        old.kill()  # as kill -9 would: the kernel releases its lock
+        old.wait()
+    assert _writer(tmp_path, keep=2, resume=True).latest().step == 2
+
+
+def test_a_writer_a_later_one_replaced_stops_before_renaming_or_pruning(tmp_path):
+    """Where the lock is not shared (machines on a file system without flock), the writer number in
+    run.json fences: the replaced writer neither renames its checkpoint nor prunes the new one's."""
+    old = _writer(tmp_path, keep=2)
+    for step in (1, 2):
+        _save_state(old, step)
+    old.close()  # its lock unseen by the next writer, as on such a file system
+    new = _writer(tmp_path, keep=2, resume=True)
+    _save_state(new, 3)
+    before = _snapshot(tmp_path)
+    with pytest.raises(CheckpointError, match=f"another writer opened this run after this one .writer 1; {RUN_FILE} "
+                                              "now holds .* this one stops without renaming or pruning"):
+        _save_state(old, 4)
+    assert _snapshot(tmp_path) == before and not list(tmp_path.glob(".tmp-*"))
+    _save_state(new, 4)
+    assert [c.step for c in new.complete()] == [3, 4]
+
+
+WRONG_SHAPES = {
+    "a list": lambda m: [m],
+    "step a string": lambda m: {**m, "step": "2"},
+    "no step": lambda m: {k: v for k, v in m.items() if k != "step"},
+    "files a list": lambda m: {**m, "files": list(m["files"])},
+    "sizes alone": lambda m: {**m, "files": {n: e["bytes"] for n, e in m["files"].items()}},
+    "bytes a string": lambda m: {**m, "files": {n: {**e, "bytes": str(e["bytes"])} for n, e in m["files"].items()}},
+    "metrics a list": lambda m: {**m, "metrics": [0.5]},
+}
+
+
+@pytest.mark.parametrize("shape", WRONG_SHAPES)
+def test_manifest_of_the_wrong_shape_is_skipped_like_a_torn_one(tmp_path, caplog, shape):
+    mgr = _writer(tmp_path)
+    _save_state(mgr, 1)
+    manifest = _save_state(mgr, 2) / "manifest.json"
+    manifest.write_text(json.dumps(WRONG_SHAPES[shape](json.loads(manifest.read_text()))))
+    with caplog.at_level(logging.WARNING):
+        assert [c.step for c in mgr.complete()] == [1]
+        ckpt, state = mgr.load_latest(_load, LOAD_FAILURES)
+    assert ckpt.step == 1 and torch.equal(state["w"], _state(1)["w"])
+    assert [c.step for c in CheckpointManager(tmp_path, keep=1 << 30).complete()] == [1]  # gream status, export
+    assert any("incomplete checkpoint" in r.getMessage() and r.fields["path"].endswith("step-0000002")
+               for r in caplog.records)
+
+
+@pytest.mark.parametrize("outside", ["absolute", "climbing"])
+def test_manifest_naming_a_file_outside_the_folder_is_refused(tmp_path, caplog, outside):
+    mgr = _writer(tmp_path / "ckpt")
+    _save_state(mgr, 1)
+    manifest = _save_state(mgr, 2) / "manifest.json"
+    secret = tmp_path / "secret.pt"
+    torch.save(_state(9), secret)
+    name = str(secret) if outside == "absolute" else "../../secret.pt"
+    meta = json.loads(manifest.read_text())
+    meta["files"][name] = file_digest(secret)  # its size and hash agree: only the name is wrong
+    manifest.write_text(json.dumps(meta))
+    with caplog.at_level(logging.WARNING):
+        ckpt, _ = mgr.load_latest(_load, LOAD_FAILURES)
+    assert ckpt.step == 1
+    problems = [r.fields["problem"] for r in caplog.records if "incomplete checkpoint" in r.getMessage()]
+    assert problems[0] == f"the manifest names {name!r}, a path outside the checkpoint folder"
+
+
+def test_a_file_the_manifest_does_not_list_fails_verification(tmp_path, caplog):
+    """A folder that verifies holds exactly what its manifest hashes: one manifest's sha256 vouches for it."""
+    mgr = _writer(tmp_path)
+    _save_state(mgr, 1)
+    path = _save_state(mgr, 2)
+    torch.save(_state(9), path / "learner" / "extra_states.pt")  # dropped into a copy on its way
+    with caplog.at_level(logging.WARNING):
+        ckpt, _ = mgr.load_latest(_load, LOAD_FAILURES)
+    assert ckpt.step == 1
+    problems = [r.fields["problem"] for r in caplog.records if "cannot be loaded" in r.getMessage()]
+    assert problems == ["learner/extra_states.pt is in the folder but not in the manifest"]
