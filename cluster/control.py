@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import time
 from pathlib import Path
 
 from cluster.errors import BadRequest, MissingArtefact
+from cluster.logs import fields
 from cluster.run_layout import RunLayout
+
+log = logging.getLogger(__name__)
 
 
 def control_path(run_dir: Path) -> Path:
@@ -43,24 +47,45 @@ def request_scale(run_dir: Path, rollout_workers: int) -> Path:
 
 
 class ControlWatcher:
-    """Returns a new requested pool size once per request (compared by request time)."""
+    """Returns a new requested pool size once per request. Each request's file differs from the one
+    before (`requested` is its time), and the file the driver found at start is an earlier run's."""
 
     def __init__(self, run_dir: Path):
         self.path = control_path(run_dir)
-        self.seen = self._requested() or 0.0
+        self._last = self._read()
 
-    def _requested(self) -> float | None:
+    def _read(self) -> bytes | None:
         try:
-            return float(json.loads(self.path.read_text())["requested"])
-        except (OSError, ValueError, KeyError):
+            return self.path.read_bytes()
+        except OSError:
             return None
 
     def pending_scale(self) -> int | None:
-        requested = self._requested()
-        if requested is None or requested <= self.seen:
+        """The size a new request asks for; None when there is none, or when the file is not a request
+        (a warning names the file, the value and what was expected, once per content): a hand-edited
+        control file must not end the job."""
+        content = self._read()
+        if content is None or content == self._last:
             return None
-        self.seen = requested
-        return int(json.loads(self.path.read_text())["rollout_workers"])
+        self._last = content
+        try:
+            return _requested_size(self.path, content)
+        except BadRequest as exc:
+            log.warning("scale request ignored", extra=fields(reason=str(exc)))
+            return None
+
+
+def _requested_size(path: Path, content: bytes) -> int:
+    try:
+        request = json.loads(content.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"{path}: not UTF-8 JSON ({exc}); expected {{\"rollout_workers\": N}}") from None
+    if not isinstance(request, dict):
+        raise BadRequest(f"{path}: holds {request!r}; expected a JSON object {{\"rollout_workers\": N}}")
+    size = request.get("rollout_workers")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise BadRequest(f"{path}: rollout_workers is {size!r}; expected an integer >= 1")
+    return size
 
 
 def write_status(run_dir: Path, step: int, versions: list[int | None], restarts: int) -> None:

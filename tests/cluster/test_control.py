@@ -2,9 +2,12 @@
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from cluster.control import ControlWatcher, request_scale, status_path, write_end, write_status
+import pytest
+
+from cluster.control import ControlWatcher, control_path, request_scale, status_path, write_end, write_status
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -24,6 +27,48 @@ def test_watcher_ignores_requests_older_than_the_driver(tmp_path):
     (tmp_path / "rl").mkdir()
     request_scale(tmp_path, 4)
     assert ControlWatcher(tmp_path).pending_scale() is None
+
+
+def _request(size) -> bytes:
+    """What `gream scale` writes, with the size edited by hand."""
+    return json.dumps({"rollout_workers": size, "requested": time.time()}).encode()
+
+
+NOT_A_REQUEST = {
+    "0": (b"0", "holds 0; expected a JSON object {\"rollout_workers\": N}"),
+    "a string": (b'"4"', "holds '4'; expected a JSON object {\"rollout_workers\": N}"),
+    "a list": (b"[2]", "holds [2]; expected a JSON object {\"rollout_workers\": N}"),
+    "size 0": (_request(0), "rollout_workers is 0; expected an integer >= 1"),
+    "size a string": (_request("2"), "rollout_workers is '2'; expected an integer >= 1"),
+    "size a list": (_request([2]), "rollout_workers is [2]; expected an integer >= 1"),
+    "size true": (_request(True), "rollout_workers is True; expected an integer >= 1"),
+    "size 2.5": (_request(2.5), "rollout_workers is 2.5; expected an integer >= 1"),
+    "no size": (json.dumps({"requested": 1.0}).encode(), "rollout_workers is None; expected an integer >= 1"),
+}
+
+
+@pytest.mark.parametrize("case", NOT_A_REQUEST)
+def test_a_control_file_that_is_not_a_request_is_ignored_with_a_warning(tmp_path, caplog, case):
+    content, why = NOT_A_REQUEST[case]
+    (tmp_path / "rl").mkdir()
+    watcher = ControlWatcher(tmp_path)
+    control_path(tmp_path).write_bytes(content)
+    with caplog.at_level("WARNING", logger="cluster.control"):
+        assert watcher.pending_scale() is None
+        assert watcher.pending_scale() is None  # one warning per content, not one per step
+    assert [r.fields["reason"] for r in caplog.records] == [f"{control_path(tmp_path)}: {why}"]
+    request_scale(tmp_path, 2)
+    assert watcher.pending_scale() == 2  # the next request goes through
+
+
+def test_a_control_file_that_is_not_json_is_ignored_with_a_warning(tmp_path, caplog):
+    (tmp_path / "rl").mkdir()
+    watcher = ControlWatcher(tmp_path)
+    control_path(tmp_path).write_bytes(b"\xff{")
+    with caplog.at_level("WARNING", logger="cluster.control"):
+        assert watcher.pending_scale() is None
+    [reason] = [r.fields["reason"] for r in caplog.records]
+    assert reason.startswith(f"{control_path(tmp_path)}: not UTF-8 JSON (") and 'expected {"rollout_workers": N}' in reason
 
 
 def test_status_file(tmp_path):
