@@ -160,6 +160,12 @@ def cmd_status(args) -> None:
     print(format_status(read_run_state(args.run)))
 
 
+def cmd_report(args) -> None:
+    from gream.report import write_report
+
+    print(write_report(args.run, args.out, args.against, args.resamples))
+
+
 def cmd_export(args) -> None:
     from gream.export import export, parse_step
 
@@ -308,6 +314,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="a run at a glance: step, reward, hit rate, timings, workers, checkpoint")
     p.add_argument("run", help="run directory (the spec's run_dir, e.g. runs/NAME)")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("report", help="one HTML page about a run (plots embedded, evaluation with intervals) "
+                       "to attach to a review")
+    p.add_argument("run", help="run directory (the spec's run_dir, e.g. runs/NAME)")
+    p.add_argument("--against", metavar="RUN_DIR:STAGE", help="paired per-user differences of this run's "
+                   "evaluated stages against that stage, e.g. runs/base:sft or runs/x:baselines/sasrec")
+    p.add_argument("--out", help="where to write the page (default RUN/report.html)")
+    p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples of the users")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("export", help="write a Hugging Face folder (model, tokenizer, SID index, trie) for vLLM")
     p.add_argument("run", help="run directory (the spec's run_dir, e.g. runs/NAME)")
