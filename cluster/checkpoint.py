@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, Callable, Literal, TypeVar
 
-from cluster.errors import GreamError
+from cluster.errors import GreamError, first_line
 from cluster.logs import fields
 from cluster.writer_lock import name_holder, take_lock
 
@@ -342,7 +342,7 @@ class CheckpointManager:
                 try:
                     return ckpt, load(ckpt)
                 except failures as exc:
-                    problem = f"loading failed: {type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+                    problem = f"loading failed: {type(exc).__name__}: {first_line(exc)}"
             log.warning("checkpoint cannot be loaded; trying the one before it",
                         extra=fields(path=str(ckpt.path), problem=problem))
             tried.append(f"{ckpt.path.name} ({problem})")

@@ -5,6 +5,11 @@ codes through it alone, so anything else that escapes is a bug and keeps its tra
 """
 
 
+def first_line(exc: BaseException) -> str:
+    """An error's message for a one-line report: Ray's goes on with the remote traceback."""
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
 class GreamError(Exception):
     """Base of every user-facing error; `exit_code` 2 means bad input (spec, data, request)."""
 

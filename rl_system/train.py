@@ -32,7 +32,7 @@ from safetensors import SafetensorError, safe_open
 
 from cluster.checkpoint import BestRule, Checkpoint, CheckpointManager, check_spec
 from cluster.control import ControlWatcher, write_end, write_status
-from cluster.errors import GreamError, MissingArtefact, Resumable
+from cluster.errors import GreamError, MissingArtefact, Resumable, first_line
 from cluster.logs import fields
 from cluster.metrics_log import MetricsLog
 from cluster.placement import init_ray, ranks_group
@@ -133,10 +133,6 @@ def _resume_hint(ckpts: CheckpointManager) -> str:
     return f"the last complete checkpoint is step {latest.step} ({latest.path}); --resume continues from it"
 
 
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [""])[0]  # Ray's message goes on for a dozen lines
-
-
 @contextmanager
 def _stop_on_learner_death(learner: LearnerGroup | None, ckpts: CheckpointManager):
     """A dead or silent learner rank ends the job as LearnerFailed; any other actor's death passes
@@ -146,14 +142,14 @@ def _stop_on_learner_death(learner: LearnerGroup | None, ckpts: CheckpointManage
     try:
         yield
     except GetTimeoutError as exc:
-        raise LearnerFailed(f"the learner did not answer ({_first_line(exc)}; cluster.learner.call_timeout_s); "
+        raise LearnerFailed(f"the learner did not answer ({first_line(exc)}; cluster.learner.call_timeout_s); "
                             f"the job stopped; {_resume_hint(ckpts)}") from exc
     except RayActorError as exc:
         rank = None if learner is None else learner.rank_of(exc)
         if learner is not None and rank is None:
             raise
         who = "a learner rank died during set-up" if learner is None else f"learner rank {rank} died"
-        raise LearnerFailed(f"{who} ({type(exc).__name__}: {_first_line(exc)}); the job stopped; "
+        raise LearnerFailed(f"{who} ({type(exc).__name__}: {first_line(exc)}); the job stopped; "
                             f"{_resume_hint(ckpts)}") from exc
 
 

@@ -30,6 +30,7 @@ from ray.exceptions import (
 )
 
 from cluster.cluster_spec import RolloutCluster
+from cluster.errors import first_line
 from cluster.logs import fields
 from cluster.placement import RoleGroup, Unplaceable, rollout_group
 from cluster.spec import JobSpec
@@ -48,6 +49,10 @@ PUSH_FAILURES = (*WORKER_FAILURES, RayTaskError, GetTimeoutError)
 MAX_RESTARTS_PER_CALL = 3
 # A live worker answers a version query at once, even mid-generation or mid-push (no engine lock).
 PROBE_TIMEOUT_S = 60
+
+
+class EngineStartFailed(RuntimeError):
+    """New rollout workers whose engines did not come up (the pool removed them again)."""
 
 
 def _value_or_none(ref):
@@ -120,21 +125,50 @@ class RolloutPool:
                                      gpus=r.gpus_per_worker * r.tensor_parallel, scheduling_strategy=group.strategy())
         return _Slot(actor, group, node, cpu_slot)
 
-    def _add(self, count: int, place_timeout_s: float = 120) -> None:
+    def _reserve(self, count: int, timeout_s: float) -> list[RoleGroup]:
         # All reservations before any engine starts: a request the cluster cannot hold is undone
         # whole, and costs no engine start.
         groups: list[RoleGroup] = []
         try:
             for i in range(count):
-                groups.append(rollout_group(self.job, self.rollout, len(self.slots) + i, place_timeout_s))
+                groups.append(rollout_group(self.job, self.rollout, len(self.slots) + i, timeout_s))
         except Unplaceable:
             for group in groups:
                 group.remove()
             raise
-        for group in groups:
+        return groups
+
+    def _add(self, count: int) -> None:
+        for group in self._reserve(count, 120):
             self.slots.append(self._start(self.slots, group))
         # Engines are up once this answers; one that died starting is replaced like any other.
         self._replace_failed(timeout_s=self.rollout.call_timeout_s)
+        log.info("rollout workers started", extra=fields(added=count, total=len(self.slots)))
+
+    def _grow(self, count: int) -> None:
+        """Add `count` workers, all or none: the cluster cannot hold them (Unplaceable), or an engine
+        does not come up (EngineStartFailed; a new engine that failed once will fail again, as its
+        model, node or memory are the same): either way the pool is left as it was."""
+        first = len(self.slots)
+        for group in self._reserve(count, self.rollout.scale_timeout_s):
+            self.slots.append(self._start(self.slots, group))
+        refs = [s.actor.weight_version.remote() for s in self.slots[first:]]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.rollout.call_timeout_s)
+        problems = []
+        for i, ref in enumerate(refs, start=first):
+            if ref not in ready:
+                problems.append(f"worker {i}: no answer within {self.rollout.call_timeout_s:.0f}s "
+                                "(cluster.rollout.call_timeout_s)")
+                continue
+            try:
+                ray.get(ref)
+            except WORKER_FAILURES as exc:
+                problems.append(f"worker {i}: {first_line(exc)}")
+        if problems:
+            for slot in self.slots[first:]:
+                self._kill_quietly(slot)
+            del self.slots[first:]
+            raise EngineStartFailed("; ".join(problems))
         log.info("rollout workers started", extra=fields(added=count, total=len(self.slots)))
 
     def _kill(self, slot: _Slot) -> None:
@@ -152,15 +186,16 @@ class RolloutPool:
     @_serialized
     def scale(self, num_workers: int) -> bool:
         """Grow or shrink the pool; new workers get the current weights before they serve. A size
-        the cluster cannot place within `cluster.rollout.scale_timeout_s` is refused with a warning
-        (False) and the pool stays as it was: a scale request must never end the job."""
+        the cluster cannot place within `cluster.rollout.scale_timeout_s`, or whose new engines do not
+        all start, is refused with a warning (False) and the pool stays as it was: a scale request must
+        never end the job."""
         if num_workers < 1:
             raise ValueError(f"a rollout pool needs at least one worker, got {num_workers}")
         if num_workers > len(self.slots):
             try:
-                self._add(num_workers - len(self.slots), self.rollout.scale_timeout_s)
-            except Unplaceable as exc:
-                log.warning("scale request refused: the cluster cannot place it; the pool stays as it is",
+                self._grow(num_workers - len(self.slots))
+            except (Unplaceable, EngineStartFailed) as exc:
+                log.warning("scale request refused; the pool stays as it is",
                             extra=fields(requested=num_workers, workers=len(self.slots), reason=str(exc)))
                 return False
         while len(self.slots) > num_workers:

@@ -114,6 +114,29 @@ def test_unplaceable_scale_is_refused_and_the_pool_goes_on(learner_and_pool, cap
     _serves(pool, pool.version)
 
 
+def test_scale_whose_new_engine_fails_to_start_is_rolled_back(learner_and_pool, tmp_path, caplog):
+    from dataclasses import replace
+
+    spec, learner, pool = learner_and_pool
+    before, restarts, cfg = [s.actor for s in pool.slots], pool.restarts, pool.cfg
+    groups_before = _live_placement_groups()
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{")  # a model the engine cannot build, as a wrong path or a torn copy
+    pool.cfg = replace(cfg, model=str(broken))
+    try:
+        with caplog.at_level("WARNING", logger="rl_system.rollout.pool"):
+            assert pool.scale(len(before) + 1) is False
+    finally:
+        pool.cfg = cfg
+    refused = [r for r in caplog.records if r.getMessage().startswith("scale request refused")]
+    assert refused and refused[0].fields["requested"] == len(before) + 1
+    assert refused[0].fields["reason"].startswith(f"worker {len(before)}: ")
+    assert [s.actor for s in pool.slots] == before and pool.restarts == restarts
+    assert _live_placement_groups() == groups_before
+    _serves(pool, pool.version)
+
+
 def _live_placement_groups() -> int:
     return sum(g["state"] != "REMOVED" for g in ray.util.placement_group_table().values())
 
