@@ -25,17 +25,6 @@ KS = (1, 5, 10)
 WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, float("inf"))  # inf: the teacher's order within the beam
 
 
-def rerank(items: np.ndarray, policy_logp: np.ndarray, teacher_logp: np.ndarray, targets: np.ndarray,
-           weight: float) -> np.ndarray:
-    """0-based rank of each target after re-scoring its beam [U, W] (-1 slots hold no item), -1 when the
-    beam lacks it. weight = inf orders by the teacher alone; ties keep the beam's order."""
-    score = teacher_logp if np.isinf(weight) else policy_logp + weight * teacher_logp
-    score = np.where(items >= 0, score, -np.inf)
-    order = np.argsort(-score, axis=1, kind="stable")
-    hit = np.take_along_axis(items, order, 1) == targets[:, None]
-    return np.where(hit.any(1), hit.argmax(1), -1)
-
-
 def compare(ranks_a: np.ndarray, ranks_b: np.ndarray, users: np.ndarray) -> dict:
     """B - A per metric with its paired interval (users aligned already)."""
     from gream.paired import paired_bootstrap
@@ -73,6 +62,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from benchmarks.teacher_gate import beam_candidates
+    from rl_system.rerank import rerank
     from sft.metrics import metrics_from_ranks
 
     result: dict = {"width": args.width, "base": str(args.base)}

@@ -20,6 +20,7 @@ from cluster.errors import GreamError
 from cluster.files import read_text
 from cluster.index_spec import IndexSpec
 from cluster.objectives_spec import ObjectivesSpec
+from cluster.rerank_spec import RerankSpec
 from cluster.run_layout import RunLayout
 from cluster.sft_loss_spec import PrefixLossSpec
 from cluster.teach_spec import PreferenceSpec, ReasoningSpec, teacher_problem
@@ -250,11 +251,15 @@ class EvalSpec(_Section):
     # validation: auto = torch on a CPU, vLLM on an accelerator (cluster.device.eval_backend). Both
     # rank alike; reasoning thoughts are always vLLM's.
     backend: Literal["auto", "torch", "vllm"] = "auto"
+    rerank: RerankSpec = RerankSpec()  # generate, then re-rank by a SASRec (cluster/rerank_spec.py)
 
     @model_validator(mode="after")
     def _beam_covers_k(self) -> "EvalSpec":
         if self.beam_width < max(self.ks):
             raise ValueError(f"beam_width ({self.beam_width}) must be >= max(ks) ({max(self.ks)})")
+        if self.rerank.path is not None and self.rerank.width < self.beam_width:
+            raise ValueError(f"rerank.width ({self.rerank.width}) must be >= beam_width ({self.beam_width}), "
+                             "the candidates kept after re-ranking")
         return self
 
     @field_validator("modes")

@@ -16,6 +16,9 @@ Where every stage's ranks.json holds the users' top-K lists, the beyond-accuracy
 (sft.beyond_accuracy): the per-user ones (tail share, novelty, distinct codes, text distance) paired
 as the accuracy metrics are, and coverage@K, a figure of the whole set of lists, by resampling the
 same users (gream.paired.coverage_bootstrap).
+
+A stage evaluated with `eval.rerank` (generate, then re-rank) says so in eval.json's "meta"; the
+header names its teacher, weight and beam width, and `--json` has them under "reranked".
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ class Stage:
     label: str  # as given on the command line
     folder: Path
     ranks: RankRecord
+    rerank: dict | None = None  # eval.json's meta.rerank: the teacher that re-ranked its beams
 
 
 def parse_stage(text: str) -> Path:
@@ -79,6 +83,7 @@ def load_stage(text: str) -> Stage:
     stage, mode = parse_mode(text)
     folder = parse_stage(stage)
     ranks, figures = read_ranks(folder, mode), mode_figures(folder, mode)
+    meta = read_eval(folder).get("meta")
     for split, s in ranks.splits.items():
         recomputed = {k: float(v.mean()) for k, v in {**per_example_metrics(s.ranks, ranks.ks), **s.lists}.items()}
         if s.top is not None and ranks.items:
@@ -88,7 +93,7 @@ def load_stage(text: str) -> Stage:
             if key in reported and not math.isclose(value, reported[key], rel_tol=0, abs_tol=AGREEMENT):
                 raise BadRequest(f"{folder}: {ranks_file(mode)} gives {split} {key} {value:.6f} but eval.json says "
                                  f"{reported[key]:.6f}; evaluate the stage again")
-    return Stage(text, folder, ranks)
+    return Stage(text, folder, ranks, meta.get("rerank") if isinstance(meta, dict) else None)
 
 
 def shared_metrics(stages: Sequence[Stage]) -> tuple[list[int], list[str]]:
@@ -111,7 +116,8 @@ def in_segment(stage: Stage, segment: str) -> Stage:
             raise BadRequest(f"{stage.folder}: ranks.json labels no '{segment}' segment on {split} (labels: {known}); "
                              "evaluate the stage again to write the long-tail labels")
     splits = {name: s.only(segment) for name, s in stage.ranks.splits.items()}
-    return Stage(stage.label, stage.folder, RankRecord(stage.ranks.depth, stage.ranks.ks, splits, items=stage.ranks.items))
+    return Stage(stage.label, stage.folder, RankRecord(stage.ranks.depth, stage.ranks.ks, splits, items=stage.ranks.items),
+                 stage.rerank)
 
 
 def list_metrics(stages: Sequence[Stage]) -> tuple[list[str], int | None]:
@@ -140,7 +146,8 @@ def compare(stages: Sequence[Stage], resamples: int = RESAMPLES, seed: int = SEE
     names = paired + covered
     first = stages[0]
     out = {"stages": [s.label for s in stages], "folders": [str(s.folder) for s in stages], "metrics": names,
-           "resamples": resamples, "seed": seed, "level": level, "segment": segment, "splits": {}}
+           "resamples": resamples, "seed": seed, "level": level, "segment": segment,
+           "reranked": [s.rerank for s in stages], "splits": {}}
     for split in first.ranks.splits:
         # A split must be held by every stage, and (within a segment) hold examples in every one.
         if not all(split in s.ranks.splits and len(s.ranks.splits[split].users) for s in stages):
@@ -177,6 +184,10 @@ def format_tables(result: dict) -> str:
     lines = [f"paired bootstrap: {result['resamples']} resamples of users, seed {result['seed']}, {level}% intervals; "
              "figures on each stage's own users, B-A on the users both hold"
              + (f"; only the '{result['segment']}' segment" if result.get("segment") else "")]
+    for label, rerank in zip(result["stages"], result.get("reranked", ())):
+        if rerank:
+            lines.append(f"{label}: generated, then re-ranked by the SASRec {rerank['path']} "
+                         f"(weight {rerank['weight']}, beam of {rerank['width']})")
     for split, data in result["splits"].items():
         values = data["values"]
         for i, row in enumerate(data["comparisons"], start=1):

@@ -90,5 +90,9 @@ def launch(spec: JobSpec, **resume_options) -> None:
         from sft.teach import preflight
 
         preflight(spec)
+    if "eval" in spec.stages:  # a bad eval.rerank.path is refused now, not after training
+        from rl_system.evaluate import rerank_teacher
+
+        rerank_teacher(spec)
     for stage in spec.stages:
         run_stage(spec, stage, **(resume_options if stage in RESUMABLE else {}))

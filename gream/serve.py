@@ -7,8 +7,10 @@
 Answers come from rl_system.answer_modes, the functions `gream eval` scores, over prompts from
 sft.prompts.build_prompts (with `sft.retrieved_items` when the spec has them), so a served answer
 is an evaluated one. `score` is the candidate's constrained log-probability (think_ahead: of the
-tokens after the offline prefix). `reasons[i]` is the rationale's first line or sentence naming item
-i's SID or title, else null. Concurrent requests are batched (gream.serve_requests.Batcher).
+tokens after the offline prefix). With `eval.rerank.path` every mode's candidates are re-ranked by
+that SASRec as `gream eval` ranks them: the items come in that order, `score` stays the policy's.
+`reasons[i]` is the rationale's first line or sentence naming item i's SID or title, else null.
+Concurrent requests are batched (gream.serve_requests.Batcher).
 
 Errors: 400 names the field (reasoning modes on a model without `<answer>` too), 401 without the
 bearer token when one is set (`--token` or GREAM_SERVE_TOKEN; checked on the headers, before the
@@ -50,7 +52,7 @@ from gream.serve_requests import (
 from indexing.dataset import Example
 from indexing.sid import SidIndex
 from rl_system.answer_modes import MODES, AnswerConfig, answer, check_think_ahead, rationale
-from rl_system.evaluate import token_mapper
+from rl_system.evaluate import rerank_teacher, reranker, token_mapper
 from rl_system.rollout.constraint import ANSWER_OPEN
 from sft.prompts import build_prompts
 
@@ -86,7 +88,9 @@ class Recommender:
     stage: str
 
     @classmethod
-    def build(cls, spec: JobSpec, model_dir: Path, index: SidIndex, pool, stage: str) -> "Recommender":
+    def build(cls, spec: JobSpec, model_dir: Path, index: SidIndex, pool, stage: str, teacher=None) -> "Recommender":
+        """`teacher`: eval.rerank's (rl_system.evaluate.rerank_teacher), loaded here when the spec
+        has one and it is not given."""
         from transformers import AutoTokenizer
 
         from sft.related import related_table
@@ -94,7 +98,8 @@ class Recommender:
         check_think_ahead(spec.eval.think_ahead_tokens, index.depth, spec.source)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         catalogue = Catalogue.load(index, Path(spec.data.path) / f"{spec.data.name}.item.json")
-        return cls(pool, tokenizer, catalogue, AnswerConfig.build(spec.eval, spec.rl.reasoning_tokens, tokenizer),
+        rerank = reranker(spec.eval, teacher or rerank_teacher(spec), token_mapper(tokenizer, index))
+        return cls(pool, tokenizer, catalogue, AnswerConfig.build(spec.eval, spec.rl.reasoning_tokens, tokenizer, rerank),
                    related_table(spec), spec.data.max_history, str(model_dir), stage)
 
     def __post_init__(self) -> None:
@@ -114,7 +119,8 @@ class Recommender:
         direct = build_prompts(self.tokenizer, index, users, False, self.related).prompt_ids
         reasoning = None if mode == "direct" else build_prompts(self.tokenizer, index, users, True, self.related).prompt_ids
         replies = []
-        for request, a in zip(requests, answer(self.pool, self.cfg, mode, direct, reasoning).answers):
+        found = answer(self.pool, self.cfg, mode, direct, reasoning, histories=[list(r.history) for r in requests])
+        for request, a in zip(requests, found.answers):
             items = []
             for c in a.candidates[:request.k]:
                 item = self.to_item(c.token_ids)
@@ -227,11 +233,12 @@ def serve(run: str | Path, stage: str, host: str, port: int, spec_path: str | No
 
     spec, model, index_file = served_model(Path(run), stage, spec_path, overrides or [])
     index = SidIndex.load(index_file)
+    teacher = rerank_teacher(spec)  # a bad eval.rerank.path is refused before any engine starts
     init_ray(spec.cluster)
     pool = answerer_from_spec(spec, model, index)
     server = None
     try:
-        server = RecommendServer(Recommender.build(spec, model, index, pool, stage), host, port, limits, token)
+        server = RecommendServer(Recommender.build(spec, model, index, pool, stage, teacher), host, port, limits, token)
         log.info("serving", extra=fields(url=server.url, model=str(model), stage=stage))
         print(f"serving {model} on {server.url} (POST /recommend, GET /health)", flush=True)
         server.serve_forever()

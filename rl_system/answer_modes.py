@@ -11,18 +11,25 @@
 
 Latency is the wall time of the engine calls: `online` is what a request waits for; think_ahead's
 thought pass is `offline` (done ahead of the request in deployment).
+
+With a Reranker (eval.rerank), each mode's beam is `rerank.width` wide and its candidates are
+re-ordered by the teacher (rl_system.rerank), W of them kept; the teacher's time counts as online.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
+
+import numpy as np
 
 from cluster.spec import ANSWER_MODES, EvalSpec, SpecError
 from rl_system.messages import BeamCandidate, Completion
+from rl_system.rerank import rerank_order
 from rl_system.rollout.constraint import ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 
 MODES = ANSWER_MODES
+TEACHER_ROWS = 4096  # candidates per teacher call: each holds a catalogue-wide row of scores
 
 
 @dataclass(frozen=True)
@@ -31,11 +38,16 @@ class AnswerConfig:
     think_tokens: int  # max_tokens of the greedy reasoning completion: thought budget + answer
     ahead_tokens: int  # think_ahead: SID tokens taken from the thought
     answer_open_id: int | None  # the `<answer>` token; None: a model without reasoning tags
+    rerank: Reranker | None = None  # generate rerank.width, answer the teacher's best `width` of them
 
     @classmethod
-    def build(cls, e: EvalSpec, reasoning_tokens: int, tokenizer) -> "AnswerConfig":
+    def build(cls, e: EvalSpec, reasoning_tokens: int, tokenizer, rerank: Reranker | None = None) -> "AnswerConfig":
         """`e`: the spec's eval section; `reasoning_tokens`: rl.reasoning_tokens."""
-        return cls(e.beam_width, reasoning_tokens, e.think_ahead_tokens, tokenizer.get_vocab().get(ANSWER_OPEN))
+        return cls(e.beam_width, reasoning_tokens, e.think_ahead_tokens, tokenizer.get_vocab().get(ANSWER_OPEN), rerank)
+
+    @property
+    def beam_width(self) -> int:
+        return self.width if self.rerank is None else self.rerank.width
 
 
 def check_think_ahead(k: int, sid_depth: int, source: str | None = None) -> None:
@@ -66,6 +78,43 @@ class Answers:
     answers: list[Answer]
     seconds: dict[str, float]  # "online" (+ "offline" for think_ahead): wall seconds of the engine calls
     thoughts: Thoughts | None = field(default=None, repr=False)  # to reuse for another mode of the same users
+
+
+@dataclass(frozen=True)
+class Reranker:
+    """eval.rerank, loaded (rl_system.evaluate.reranker): the teacher that re-scores each
+    user's beam of `width` candidates, policy log p + `weight` x teacher log p."""
+
+    teacher: object  # rl_system.reward.teacher.Teacher
+    weight: float
+    width: int
+    to_item: Callable[[Sequence[int]], int | None]  # a candidate's token ids -> its item
+
+    def teacher_logp(self, histories: Sequence[Sequence[int]], items: np.ndarray) -> np.ndarray:
+        """log p_T(item | history) of `items` [U, W] (-1: an empty slot, -inf)."""
+        out = np.full(items.shape, -np.inf)
+        users = max(1, TEACHER_ROWS // max(1, items.shape[1]))
+        for start in range(0, len(items), users):
+            block = items[start:start + users]
+            repeated = [h for h in histories[start:start + users] for _ in range(block.shape[1])]
+            out[start:start + users] = self.teacher.score(repeated, block.ravel())[0].reshape(block.shape)
+        return out
+
+    def apply(self, answers: Sequence[Answer], histories: Sequence[Sequence[int]], depth: int) -> list[Answer]:
+        """The answers with their candidates re-ordered, the best `depth` kept."""
+        width = max((len(a.candidates) for a in answers), default=0)
+        if width == 0:  # no user has a candidate (thoughts that never answered): nothing to score
+            return list(answers)
+        items = np.full((len(answers), width), -1, dtype=np.int64)
+        policy = np.zeros((len(answers), width))
+        for row, a in enumerate(answers):
+            named = [self.to_item(c.token_ids) for c in a.candidates]
+            if any(item is None for item in named):
+                raise RuntimeError("a beam candidate is not a real SID: the trie constraint is broken")
+            items[row, :len(named)] = named
+            policy[row, :len(named)] = [c.logprob for c in a.candidates]
+        order = rerank_order(items, policy, self.teacher_logp(histories, items), self.weight, depth)
+        return [replace(a, candidates=[a.candidates[j] for j in row if j >= 0]) for a, row in zip(answers, order.tolist())]
 
 
 def answer_start(completion_ids: Sequence[int], answer_open_id: int) -> int | None:
@@ -108,14 +157,31 @@ def _beam(pool, prompts: list, width: int, prefixes: list | None = None) -> tupl
 
 
 def answer(pool, cfg: AnswerConfig, mode: str, direct: Sequence[Sequence[int]],
-           reasoning: Sequence[Sequence[int]] | None = None, thoughts: Thoughts | None = None) -> Answers:
+           reasoning: Sequence[Sequence[int]] | None = None, thoughts: Thoughts | None = None,
+           histories: Sequence[Sequence[int]] | None = None) -> Answers:
     """Each user's candidates in `mode`. `direct` / `reasoning`: the users' prompts (token ids) of
     sft.prompts' two kinds, in one order (`reasoning` unused in direct mode). `thoughts`: these
-    users' greedy thoughts when already computed (evaluating reasoning and think_ahead)."""
+    users' greedy thoughts when already computed (evaluating reasoning and think_ahead).
+    `histories`: the users' item ids, which a `cfg.rerank` teacher reads."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if cfg.rerank is not None and (histories is None or len(histories) != len(direct)):
+        raise ValueError("re-ranking (eval.rerank) needs one history per user")
+    found = _candidates(pool, cfg, mode, direct, reasoning, thoughts)
+    if cfg.rerank is None:
+        return found
+    start = time.perf_counter()
+    ranked = cfg.rerank.apply(found.answers, list(histories), cfg.width)
+    return Answers(ranked, {**found.seconds, "online": found.seconds["online"] + time.perf_counter() - start},
+                   found.thoughts)
+
+
+def _candidates(pool, cfg: AnswerConfig, mode: str, direct: Sequence[Sequence[int]],
+                reasoning: Sequence[Sequence[int]] | None, thoughts: Thoughts | None) -> Answers:
+    """`answer`'s beams of `cfg.beam_width`, in the policy's order."""
+    width = cfg.beam_width
     if mode == "direct":
-        beams, secs = _beam(pool, list(direct), cfg.width)
+        beams, secs = _beam(pool, list(direct), width)
         return Answers([Answer(beams[i]) for i in range(len(direct))], {"online": secs})
     if reasoning is None or len(reasoning) != len(direct):
         raise ValueError(f"mode {mode} needs one reasoning prompt per user")
@@ -129,12 +195,12 @@ def answer(pool, cfg: AnswerConfig, mode: str, direct: Sequence[Sequence[int]],
     # no answer and gets no candidates (a miss).
     if mode == "reasoning":
         beams, secs = _beam(pool, [through_answer_open(p, t.token_ids, cfg.answer_open_id)
-                                   for p, t in zip(reasoning, done)], cfg.width)
+                                   for p, t in zip(reasoning, done)], width)
         return Answers([Answer(beams.get(i, []), t) for i, t in enumerate(done)],
                        {"online": thoughts.seconds + secs}, thoughts)
     cuts = [answer_start(t.token_ids, cfg.answer_open_id) for t in done]
     heads = [() if cut is None else tuple(t.token_ids[cut:cut + cfg.ahead_tokens]) for t, cut in zip(done, cuts)]
     beams, secs = _beam(pool, [list(d) if len(h) == cfg.ahead_tokens else None for d, h in zip(direct, heads)],
-                        cfg.width, [list(h) for h in heads])
+                        width, [list(h) for h in heads])
     return Answers([Answer(beams.get(i, []), t, h) for i, (t, h) in enumerate(zip(done, heads))],
                    {"online": secs, "offline": thoughts.seconds}, thoughts)

@@ -9,6 +9,9 @@ this process (the default on CPUs) or the rollout workers' vLLM engines; both ra
 - `eval.modes` adds reasoning (beam after a greedy thought, + Pass@K sampled in reasoning mode) and
   think_ahead (beam under the thought's first SID tokens) by rl_system.answer_modes, each with its
   engine seconds per user, under eval.json's "modes".
+- `eval.rerank.path` (generate, then re-rank): every mode's beam is `eval.rerank.width` wide and
+  re-ordered by that SASRec (rl_system.rerank), its best `eval.beam_width` ranked; eval.json's
+  "meta" names the teacher, weight and width. Pass@K samples and is not re-ranked.
 
 `gream eval SPEC` evaluates every trained stage present (sft, rl) and writes `<stage>/eval.json` and
 the per-user beam ranks beside it, `<stage>/ranks.json` (ranks-<mode>.json for the other modes;
@@ -28,14 +31,14 @@ import numpy as np
 from tqdm import tqdm
 
 from cluster.checkpoint import file_digest
-from cluster.errors import MissingArtefact
+from cluster.errors import BadRequest, MissingArtefact
 from cluster.eval_record import RankRecord, split_ranks, write_eval
 from cluster.logs import fields
 from cluster.spec import EvalSpec, JobSpec
 from indexing.dataset import Example, split_from_spec
 from indexing.segments import segment_masks
 from indexing.sid import SidIndex
-from rl_system.answer_modes import AnswerConfig, Answers, answer, check_think_ahead
+from rl_system.answer_modes import AnswerConfig, Answers, Reranker, answer, check_think_ahead
 from rl_system.reward.functions import sid_of
 from sft.beyond_accuracy import EMPTY, Catalogue, per_user, summary
 from sft.metrics import metrics_from_ranks, rank_of, segment_report
@@ -83,6 +86,29 @@ def token_mapper(tokenizer, index: SidIndex):
     return token_to_item
 
 
+def rerank_teacher(spec: JobSpec):
+    """eval.rerank.path's SASRec (rl_system.reward.teacher.Teacher), None when re-ranking is off;
+    refused (exit 2 naming the key) unless it is a scorer of this catalogue that loads."""
+    path = spec.eval.rerank.path
+    if path is None:
+        return None
+    from indexing.dataset import load_from_spec
+    from rl_system.reward.teacher import Teacher
+    from sft.sasrec_scorer import check_teacher
+
+    num_items = load_from_spec(spec).num_items
+    check_teacher(path, num_items, spec.data.name, where="eval.rerank.path")
+    try:
+        return Teacher(path, num_items, spec.data.name)
+    except BadRequest as exc:
+        raise BadRequest(f"eval.rerank.path: {exc}") from exc
+
+
+def reranker(e: EvalSpec, teacher, token_to_item) -> Reranker | None:
+    """`teacher` (rerank_teacher) re-ranking by the spec's eval.rerank; None without one."""
+    return None if teacher is None else Reranker(teacher, e.rerank.weight, e.rerank.width, token_to_item)
+
+
 def beam_ranks(pool, prompts: EvalPrompts, token_to_item, width: int) -> np.ndarray:
     """0-based rank of each target in its trie-constrained beam of `width` items, -1 when absent."""
     direct_only = AnswerConfig(width, think_tokens=0, ahead_tokens=0, answer_open_id=None)
@@ -93,7 +119,7 @@ def mode_answers(pool, acfg: AnswerConfig, mode: str, direct: EvalPrompts, reaso
                  token_to_item, k: int) -> tuple[np.ndarray, np.ndarray]:
     """0-based rank of each target among its candidates in answer mode `mode` (-1 when absent), and
     each user's top-k items (EMPTY past the candidates)."""
-    run = _answer_modes(pool, acfg, [mode], direct, reasoning, token_to_item)[mode]
+    run = _answer_modes(pool, acfg, [mode], direct, reasoning, token_to_item, None)[mode]
     return np.array(run.ranks, dtype=np.int64), run.top(k)
 
 
@@ -161,9 +187,10 @@ class _ModeRun:
         return np.array([(r + [EMPTY] * k)[:k] for r in self.ranked], dtype=np.int64).reshape(len(self.ranked), k)
 
 
-def _answer_modes(pool, acfg: AnswerConfig, modes: Sequence[str], direct: EvalPrompts,
-                  reasoning: EvalPrompts | None, token_to_item) -> dict[str, _ModeRun]:
-    """Every mode over the users, chunk by chunk; reasoning and think_ahead share one greedy thought."""
+def _answer_modes(pool, acfg: AnswerConfig, modes: Sequence[str], direct: EvalPrompts, reasoning: EvalPrompts | None,
+                  token_to_item, histories: Sequence[Sequence[int]] | None) -> dict[str, _ModeRun]:
+    """Every mode over the users, chunk by chunk; reasoning and think_ahead share one greedy thought.
+    `histories`: the users' items, for acfg.rerank."""
     runs = {mode: _ModeRun() for mode in modes}
     size = CHUNK * pool.num_workers
     for start in tqdm(range(0, len(direct.targets), size), desc=f"eval {'/'.join(modes)}", unit="chunk", leave=False):
@@ -171,7 +198,8 @@ def _answer_modes(pool, acfg: AnswerConfig, modes: Sequence[str], direct: EvalPr
         thoughts = None
         for mode in modes:
             answers = answer(pool, acfg, mode, direct.prompt_ids[start:end],
-                             reasoning.prompt_ids[start:end] if reasoning else None, thoughts)
+                             reasoning.prompt_ids[start:end] if reasoning else None, thoughts,
+                             histories[start:end] if histories is not None else None)
             thoughts = answers.thoughts or thoughts
             runs[mode].add(answers, direct.targets[start:end], token_to_item)
     return runs
@@ -179,7 +207,8 @@ def _answer_modes(pool, acfg: AnswerConfig, modes: Sequence[str], direct: EvalPr
 
 def evaluate(cfg: EvalConfig, pool, tokenizer, index: SidIndex, splits: dict[str, Sequence[Example]],
              sampling: bool = True, train: Sequence[Example] | None = None,
-             related: np.ndarray | None = None, embeddings: np.ndarray | None = None) -> tuple[dict, RankRecord]:
+             related: np.ndarray | None = None, embeddings: np.ndarray | None = None,
+             teacher=None) -> tuple[dict, RankRecord]:
     """Metrics per split, e.g. {"valid": {"recall@10": ...}, "test": {...}}, and the beam rank of
     every user's target (ranks.json), of the direct mode; without `sampling`, the beam metrics only
     (Pass@K sampling costs `eval.pass_samples` times the beam's generation). With the `train`
@@ -187,15 +216,16 @@ def evaluate(cfg: EvalConfig, pool, tokenizer, index: SidIndex, splits: dict[str
     example's segments in the ranks, and the beyond-accuracy metrics of the top-K lists (with the
     items' text `embeddings`, their intra-list distance too). `related`: sft.related's table, which
     the model's prompts carried in training. The other modes of `eval.modes` go under "modes"
-    (README, "Evaluation modes"), their ranks in the record's `modes`."""
+    (README, "Evaluation modes"), their ranks in the record's `modes`. `teacher`: eval.rerank's
+    (rerank_teacher), which re-ranks every mode's beam."""
     e = cfg.eval
     k = max(e.ks)
     catalogue = Catalogue.build(train, index.num_items, index, embeddings) if train is not None else None
     token_to_item = token_mapper(tokenizer, index)
     if "think_ahead" in e.modes:
         check_think_ahead(e.think_ahead_tokens, index.depth)
-    acfg = AnswerConfig.build(e, cfg.reasoning_tokens, tokenizer)
-    out: dict = {}
+    acfg = AnswerConfig.build(e, cfg.reasoning_tokens, tokenizer, reranker(e, teacher, token_to_item))
+    out: dict = {} if teacher is None else {"meta": {"rerank": e.rerank.model_dump()}}
     ranks: dict[str, dict] = {mode: {} for mode in e.modes}
     for name, examples in splits.items():
         examples = list(examples)[: e.max_users] if e.max_users else list(examples)
@@ -218,7 +248,8 @@ def evaluate(cfg: EvalConfig, pool, tokenizer, index: SidIndex, splits: dict[str
                 sampled[mode]["pass_users"] = len(rows)
             return sampled.get(mode, {})
 
-        for mode, run in _answer_modes(pool, acfg, e.modes, direct, reasoning, token_to_item).items():
+        histories = [list(ex.history) for ex in examples]
+        for mode, run in _answer_modes(pool, acfg, e.modes, direct, reasoning, token_to_item, histories).items():
             top = run.top(k) if catalogue is not None else None
             values = per_user(top, catalogue, k) if catalogue is not None else {}
             ranks[mode][name] = split_ranks([ex.user for ex in examples], run.ranks, e.beam_width, segments, top, values)
@@ -245,7 +276,7 @@ def evaluate(cfg: EvalConfig, pool, tokenizer, index: SidIndex, splits: dict[str
 
 
 def print_table(title: str, result: dict) -> None:
-    tables = {"direct": {k: v for k, v in result.items() if k not in ("segments", "modes")}}
+    tables = {"direct": {k: v for k, v in result.items() if k not in ("segments", "modes", "meta")}}
     tables.update({mode: {k: v for k, v in splits.items() if k != "segments"}
                    for mode, splits in result.get("modes", {}).items()})
     print(f"\n{title}")
@@ -265,8 +296,10 @@ def trained_stages(spec: JobSpec) -> list[tuple[str, Path]]:
     return found
 
 
-def evaluate_model(spec: JobSpec, model: Path, index: SidIndex, split, sampling: bool = True) -> tuple[dict, RankRecord]:
-    """`evaluate` of one model folder on valid and test, on an answerer of its own (`eval.backend`)."""
+def evaluate_model(spec: JobSpec, model: Path, index: SidIndex, split, sampling: bool = True,
+                   teacher=None) -> tuple[dict, RankRecord]:
+    """`evaluate` of one model folder on valid and test, on an answerer of its own (`eval.backend`).
+    `teacher`: eval.rerank's, loaded here when the spec has one and it is not given."""
     from transformers import AutoTokenizer
 
     from indexing.build import built_text_embeddings
@@ -274,11 +307,12 @@ def evaluate_model(spec: JobSpec, model: Path, index: SidIndex, split, sampling:
     from rl_system.rollout.torch_answerer import answerer_from_spec
 
     embeddings = built_text_embeddings(spec, load_from_spec(spec))
+    teacher = teacher or rerank_teacher(spec)
     pool = answerer_from_spec(spec, model, index)
     try:
         return evaluate(EvalConfig.from_spec(spec), pool, AutoTokenizer.from_pretrained(model), index,
                         {"valid": split.valid, "test": split.test}, sampling, split.train, related_table(spec),
-                        embeddings)
+                        embeddings, teacher)
     finally:
         pool.shutdown()
 
@@ -295,6 +329,7 @@ def run(spec: JobSpec) -> dict:
     index = SidIndex.load(index_path(spec))
     if "think_ahead" in spec.eval.modes:  # before any engine starts
         check_think_ahead(spec.eval.think_ahead_tokens, index.depth, spec.source)
+    teacher = rerank_teacher(spec)
     init_ray(spec.cluster)
     split = split_from_spec(spec)
     results = {}
@@ -306,7 +341,7 @@ def run(spec: JobSpec) -> dict:
         if weights in done:
             log.info("same weights as a stage already evaluated: its evaluation is reused", extra=fields(stage=stage))
         else:
-            done[weights] = evaluate_model(spec, model, index, split)
+            done[weights] = evaluate_model(spec, model, index, split, teacher=teacher)
         result, ranks = done[weights]
         write_eval(spec.layout.stage(stage), result, ranks)
         print_table(f"{stage}: {model}", result)

@@ -83,3 +83,23 @@ def evaluated_run(rollout_worker, tiny_policy, tmp_path_factory):
     from tests.eval_fixtures import evaluated_run as build
 
     return build(tmp_path_factory.mktemp("evaluated"), rollout_worker, tiny_policy)
+
+
+# =====================================================================================
+# Generate, then re-rank (eval.rerank): a run folder served and evaluated by the torch backend.
+# =====================================================================================
+@pytest.fixture(scope="session")
+def rerank_run(tiny_policy, tmp_path_factory):
+    """A run folder with the tiny policy as its SFT model, the Office SID index, and a SASRec trained
+    one epoch on the full split (baselines/sasrec: the scorer eval.rerank.path names). No Ray, no vLLM."""
+    from sft.sasrec import SasrecConfig
+    from sft.sasrec_eval import run
+    from tests.eval_fixtures import one_thread
+    from tests.rl_fixtures import rl_test_spec, stage_inputs
+
+    spec = rl_test_spec(tmp_path_factory.mktemp("rerank") / "run")
+    spec = spec.model_copy(update={"eval": spec.eval.model_copy(update={"max_users": 64, "backend": "torch"})})
+    stage_inputs(spec, tiny_policy)
+    with one_thread():
+        run(spec, SasrecConfig(max_epochs=1, batch_size=256, lr=3e-3))
+    return spec

@@ -18,10 +18,12 @@ from tests.rl_fixtures import rl_test_spec, stage_inputs
 WIDTH = 3
 
 
-def torch_recommender(root: Path, tiny_policy) -> Recommender:
-    """A run folder under `root` holding the tiny policy as its SFT model, and its Recommender."""
+def torch_recommender(root: Path, tiny_policy, **rerank) -> Recommender:
+    """A run folder under `root` holding the tiny policy as its SFT model, and its Recommender;
+    `rerank`: the spec's eval.rerank keys (none: not re-ranked)."""
     run = root / "run"
-    spec = rl_test_spec(run).model_copy(update={"eval": EvalSpec(ks=[1, WIDTH], beam_width=WIDTH, backend="torch")})
+    spec = rl_test_spec(run).model_copy(update={"eval": EvalSpec(ks=[1, WIDTH], beam_width=WIDTH, backend="torch",
+                                                                 rerank=rerank)})
     stage_inputs(spec, tiny_policy)
     spec.layout.spec_file.write_text(dump_spec(spec))
     spec, model, index_file = served_model(run, "sft", None, [])

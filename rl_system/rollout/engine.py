@@ -66,6 +66,8 @@ class EngineConfig:
         rollout = spec.cluster.rollout
         placement = resolve(spec.cluster.device)
         completion = spec.rl.max_think_tokens + spec.rl.max_new_tokens
+        # The evaluation beam: eval.rerank generates its own width before keeping eval.beam_width.
+        beam = spec.eval.rerank.width if spec.eval.rerank.path else spec.eval.beam_width
         return cls(
             model=str(model_path),
             constraint_path=str(constraint_path),
@@ -75,9 +77,9 @@ class EngineConfig:
             kv_cache_gib=rollout.kv_cache_gib,
             gpu_memory_utilization=rollout.gpu_memory_utilization,
             max_model_len=spec.sft.max_len + completion,
-            max_num_seqs=max(spec.rl.prompts_per_step * spec.rl.group_size, spec.eval.beam_width * 16, 64),
+            max_num_seqs=max(spec.rl.prompts_per_step * spec.rl.group_size, beam * 16, 64),
             seed=spec.rl.seed,
-            max_logprobs=max(20, spec.eval.beam_width, spec.rl.beam_width),
+            max_logprobs=max(20, beam, spec.rl.beam_width),
             # CPU: compiling buys little and costs minutes at start; GPU: keep torch.compile + CUDA graphs.
             enforce_eager=not placement.is_gpu,
             cpu_threads=max(1, int(rollout.cpus_per_worker)),

@@ -1,11 +1,12 @@
-"""benchmarks/teacher_rerank.py's re-scoring of a beam, against ranks worked out by hand."""
+"""rl_system.rerank's re-scoring of a beam (eval.rerank, benchmarks/teacher_rerank.py), against ranks
+and orders worked out by hand."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from benchmarks.teacher_rerank import rerank
+from rl_system.rerank import rerank, rerank_order
 
 ITEMS = np.array([[7, 3, 9, -1],
                   [4, 5, 6, 8]])
@@ -32,3 +33,12 @@ def test_teacher_alone_and_a_target_outside_the_beam():
     assert rerank(ITEMS, POLICY, TEACHER, TARGETS, math.inf).tolist() == [0, 1]
     # weight 0.25, user 1: 0.4*0.1^0.25 = 0.225 leads 0.3*0.1^0.25 = 0.169, 0.2*0.4^0.25 = 0.159, 0.1*0.3^0.25 = 0.074
     assert rerank(ITEMS, POLICY, TEACHER, np.array([11, 4]), 0.25).tolist() == [-1, 0]
+
+
+def test_the_order_keeps_the_best_depth_and_marks_a_short_beam():
+    # weight 1, by the products above: user 0 ranks columns 1 (0.06), 2 (0.01), 0 (0.005), then its
+    # empty slot; user 1 ranks 2 (0.08), 0 (0.04), then 1 and 3 tie at 0.03 and keep the beam's order.
+    assert rerank_order(ITEMS, POLICY, TEACHER, 1.0, 4).tolist() == [[1, 2, 0, -1], [2, 0, 1, 3]]
+    assert rerank_order(ITEMS, POLICY, TEACHER, 1.0, 2).tolist() == [[1, 2], [2, 0]]
+    # weight 0: the beam's own order, the empty slot last even though its policy score is the highest.
+    assert rerank_order(ITEMS, POLICY, TEACHER, 0.0, 4).tolist() == [[0, 1, 2, -1], [0, 1, 2, 3]]
