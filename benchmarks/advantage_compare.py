@@ -31,11 +31,11 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from cluster.run_layout import RunLayout
-
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/advantage_compare.py` puts benchmarks/ on the path, not the repo
     sys.path.insert(0, str(REPO))
+from benchmarks.results import record  # noqa: E402
+from cluster.run_layout import RunLayout  # noqa: E402
 
 ADVANTAGES = ("srpo", "grpo", "dr_grpo")
 DROPPED = ("all_miss", "all_hit", "constant")
@@ -234,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(format_table(columns, f"\n{args.steps} RL steps per estimator from {sft_model} ({args.spec.name}); "
                                 f"median over RL seeds {args.seeds}; eval users {users or '-'}; runs in {out}"))
     print(format_table(per_seed, "\ntest recall@10 per RL seed"))
+    record("advantage_compare", {"median": columns, "test recall@10 per seed": per_seed, "users": users},
+           script=__file__, argv=argv, model=sft_model, data=REPO / spec.data.path,
+           settings={"steps": args.steps, "seeds": args.seeds, "set": args.set})
     return 0
 
 

@@ -28,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: benchmarks/ is not an installed package
     sys.path.insert(0, str(REPO))
 
+from benchmarks.results import record, spec_data  # noqa: E402
 from benchmarks.rl_gain import prepare, run_rl  # noqa: E402
 from cluster.metrics_log import read_metrics  # noqa: E402
 from cluster.run_layout import RunLayout  # noqa: E402
@@ -115,6 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               "load_after": [round(x, 2) for x in os.getloadavg()], "runs": runs, "summary": summary(runs)}
     (args.out / "async_rl.json").write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1) if args.json else format_summary(result))
+    record("async_rl", {"summary": result["summary"], "runs": runs}, script=__file__, argv=argv,
+           model=args.base / "sft/model", data=spec_data(args.spec, args.set),
+           settings={"staleness": args.staleness, "seeds": args.seeds, "set": args.set, "tis_cap": TIS_CAP})
     return 0
 
 

@@ -34,6 +34,8 @@ from typing import Iterable, Sequence
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/beam_eval.py` puts benchmarks/, not the repo, on the path
     sys.path.insert(0, str(REPO))
+from benchmarks.results import record  # noqa: E402
+
 DEFAULT_MODEL = REPO / "runs/demo/sft/model"
 DEFAULT_INDEX = REPO / "runs/demo/index/Office.index.json"
 KS = (1, 5, 10)
@@ -250,6 +252,16 @@ def main() -> int:
     same = int((ranks["torch"] == ranks["gream"]).sum())
     print(f"target ranks identical on torch and vLLM for {same} of {n} users")
     print("\n".join(profile))
+    record("beam_eval", {
+        "users": n, "width": args.width, "depth": index.depth,
+        "sides": {side: {"median_s": statistics.median(t), "min_s": min(t), "max_s": max(t), "runs_s": t,
+                         "users_per_s": ups[side], "metrics": metrics[side]} for side, t in times.items()},
+        "ratio_to_hf": {side: {"median": ups[side] / ups["hf"], "runs": [h / g for g, h in zip(times[side], times["hf"])]}
+                        for side in ("gream", "torch")},
+        "ranks_identical": same, "metrics_agree": not disagreements, "profile": profile},
+        script=__file__, model=args.model, data=spec.data.path,
+        settings={"threads": torch.get_num_threads(), "hf_batch": args.hf_batch, "torch_batch": BATCH,
+                  "renormalize": not args.hf_raw_scores, "vllm": threads, "dtype": spec.model.dtype})
     if disagreements:
         for rep, side, k, a, b in disagreements:
             print(f"run {rep + 1}: {k} {side} {a:.4f} vs HF {b:.4f} (|diff| > {args.tolerance})", file=sys.stderr)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+from benchmarks.results import record  # noqa: E402
+
 MARK = "engine_process: "  # the child's result line among vLLM's own output
 
 
@@ -55,6 +57,10 @@ def child(args) -> dict:
     return {"in_process": cfg.runs_in_process, "start_s": started,
             "generate_s": timed(lambda: worker.generate(prompts, n=args.n, max_tokens=8, seeds=seeds)),
             "beam_s": timed(lambda: worker.beam(prompts, args.width))}
+
+
+def summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
 
 
 def spread(values: list[float]) -> str:
@@ -97,10 +103,15 @@ def main() -> None:
     print(f"\nhidden={args.hidden} layers={args.layers}; {args.prompts} prompts, groups of {args.n}, beam width "
           f"{args.width}; median (min-max) of {args.repeats} alternating runs, seconds")
     print(f"{'engine':<22} {'start':>18} {'generate':>18} {'beam':>18}")
+    sides = {}
     for side, name in ((0, "vLLM's processes"), (1, "in the owning process")):
         r = rows[side]
         print(f"{name:<22} {spread([x['start_s'] for x in r]):>18} {spread([x['generate_s'] for x in r]):>18} "
               f"{spread([x['beam_s'] for x in r]):>18}")
+        sides[name] = {key: summary([x[key] for x in r]) for key in ("start_s", "generate_s", "beam_s")}
+    record("engine_process", {"sides": sides}, script=__file__, data=REPO / "data/office",
+           settings={"hidden": args.hidden, "layers": args.layers, "prompts": args.prompts, "n": args.n,
+                     "width": args.width, "repeats": args.repeats})
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ NDCG@5/10 and Pass@1/10 beside the published rows.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +22,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/letter_quality.py` puts benc
     sys.path.insert(0, str(REPO))
 
 from benchmarks.advantage_compare import format_table, median_column  # noqa: E402
+from benchmarks.results import record  # noqa: E402
 from benchmarks.sft_seeds import seed_evaluations  # noqa: E402
 
 DATASETS = ("beauty", "instruments")
@@ -57,10 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from cluster.spec import load_spec
 
-    tables = []
+    tables, figures, folders = [], {}, []
     for name in args.datasets:
         spec_path = REPO / "configs" / f"{name}_letter.yaml"
         data = (REPO / load_spec(spec_path).data.path).resolve()
+        folders.append(str(data))
         if not args.table_only and not data.is_dir():
             print(f"{spec_path.name}: data.path {data} does not exist; the LETTER sets live in ../shared/data "
                   "beside the repository", file=sys.stderr)
@@ -71,10 +74,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                             f"{name} ").values())
         runs = sum(e is not None for e in evaluations)
         columns = {"gream": median_test_metrics(evaluations)} | PUBLISHED[name]
+        figures[name] = {"runs": runs, "test": columns}
         tables.append(format_table({k: {m: col.get(m) for m in KEYS} for k, col in columns.items()},
                                    f"\n{name}: test metrics, gream = median of {runs} SFT run(s) "
                                    f"(embedded model, {args.epochs or 'config'} epochs); others published"))
     print("\n".join(tables))
+    record("letter_quality", figures, script=__file__, argv=argv, data=os.path.commonpath(folders),
+           settings={"datasets": args.datasets, "seeds": args.seeds, "epochs": args.epochs, "max_users": args.max_users})
     return 0
 
 

@@ -21,6 +21,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/level_accuracy.py` puts benc
     sys.path.insert(0, str(REPO))
 
 from benchmarks.beam_eval import add_model_args, missing_model_inputs  # noqa: E402
+from benchmarks.results import record, spec_data  # noqa: E402
 
 KS = (1, 10)
 
@@ -79,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'level':<7}{'codes':>7}" + "".join(f"{f'top {k}':>9}" for k in KS))
     for letter, codes, rate in zip(letters, level_codes, rates):
         print(f"{letter:<7}{len(codes):>7}" + "".join(f"{rate[k]:>9.3f}" for k in KS))
+    record("level_accuracy", {"users": len(examples), "split": args.split,
+                              "levels": {letter: {"codes": len(codes), **{f"top {k}": rate[k] for k in KS}}
+                                         for letter, codes, rate in zip(letters, level_codes, rates)}},
+           script=__file__, argv=argv, model=args.model, data=spec_data(args.spec))
     return 0
 
 

@@ -10,8 +10,9 @@ metrics; benchmarks/rl_gain.py does both). Per weight: the seed-mean figures and
 interval of RL - SFT (per user averaged over the weight's seeds, users resampled;
 benchmarks/quality.py's pooled) of overall NDCG@10, tail share of the top 10 and tail-item
 Recall@10 (the users whose target is a tail item). Choose the weight on the valid rows; test is read
-once. Writes objectives.json and objectives.png (NDCG@10 against tail share and against tail
-Recall@10, valid and test, a point per weight with its intervals, the SFT model for reference).
+once. Writes objectives.json and the results file benchmarks/results/objectives.json, from which
+benchmarks/report.py draws the long-tail trade-off (NDCG@10 against tail share and against tail
+Recall@10, a point per weight with its intervals, the SFT model for reference).
 
   python benchmarks/objectives.py --base runs/base --out runs/objectives --weights 0 0.25 0.5 1 2 \\
       --seeds 0 1 2 --set rl.steps=60
@@ -32,6 +33,7 @@ if str(REPO) not in sys.path:  # run as a script: benchmarks/ is not an installe
     sys.path.insert(0, str(REPO))
 
 from benchmarks.quality import SPLITS, per_user, pooled  # noqa: E402
+from benchmarks.results import record, spec_data  # noqa: E402
 from benchmarks.rl_gain import RECIPES, curve, evaluate_runs, train_runs  # noqa: E402
 from gream.compare import Stage, in_segment, load_stage  # noqa: E402
 from sft.beyond_accuracy import coverage  # noqa: E402
@@ -96,35 +98,6 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(r: dict, path: Path) -> None:
-    """NDCG@10 against tail share (left) and tail Recall@10 (right), valid above test: each weight at
-    the SFT figure plus its paired difference, bars spanning the intervals."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(SPLITS), 2, figsize=(11, 4.5 * len(SPLITS)), squeeze=False)
-    for row, split in zip(axes, SPLITS):
-        sft = r["sft"][split]
-        for ax, x_name in zip(row, (TAIL_SHARE, TAIL_RECALL)):
-            ax.plot(sft[x_name], sft[ACCURACY], "k*", markersize=12, label="SFT", zorder=5)
-            for weight, w in r["weights"].items():
-                d = w["rl_minus_sft"][split]
-                x, y = sft[x_name] + d[x_name]["diff"], sft[ACCURACY] + d[ACCURACY]["diff"]
-                ax.errorbar(x, y, xerr=[[d[x_name]["diff"] - d[x_name]["low"]], [d[x_name]["high"] - d[x_name]["diff"]]],
-                            yerr=[[d[ACCURACY]["diff"] - d[ACCURACY]["low"]], [d[ACCURACY]["high"] - d[ACCURACY]["diff"]]],
-                            fmt="o", capsize=3, label=f"tail weight {weight}")
-            ax.set_xlabel(f"{split} {x_name}")
-            ax.set_ylabel(f"{split} NDCG@10")
-            ax.grid(alpha=0.3)
-        row[0].legend(fontsize=8)
-    fig.suptitle("Tail reward: accuracy against the long tail (paired 95% intervals against SFT)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--spec", type=Path, default=REPO / "configs/demo.yaml")
@@ -140,14 +113,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     sets = ["rl.eval_every=10", *args.set]  # validation inside the run unless overridden
     recipes = {recipe_name(w): [*RECIPES[args.recipe], f"rl.objectives.tail={w}"] for w in args.weights}
     runs = train_runs(args.spec, args.base, args.out, recipes, args.seeds, sets)
+    provenance = {"script": __file__, "argv": argv, "model": args.base / "sft/model", "data": spec_data(args.spec),
+                  "settings": {"recipe": args.recipe, "sets": sets, "seeds": args.seeds}}
     if args.screen:
+        record("objectives_screen", {"recipes": {r: {"curves": {d.name: curve(d) for d in dirs}}
+                                                 for r, dirs in runs.items()}}, **provenance)
         return 0
     base = args.base.resolve()
     evaluate_runs(args.spec, sets, base, runs, sampling=False)
     result = {"recipe": args.recipe, "sets": sets, **report(base, runs, args.weights, args.resamples)}
     (args.out / "objectives.json").write_text(json.dumps(result, indent=1))
     print(format_report(result))
-    plot(result, args.out / "objectives.png")
+    intervals = {w: entry.pop("rl_minus_sft") for w, entry in result["weights"].items()}
+    record("objectives", {"recipe": args.recipe, "sft": result["sft"], "weights": result["weights"]},
+           intervals=intervals, **provenance)
     return 0
 
 

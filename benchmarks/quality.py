@@ -45,6 +45,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/quality.py` puts benchmarks/
     sys.path.insert(0, str(REPO))
 
 from benchmarks.advantage_compare import format_table, gream, median_column, read_json  # noqa: E402
+from benchmarks.results import record, spec_data  # noqa: E402
 from cluster.run_layout import RANKS_FILE, RunLayout  # noqa: E402
 from gream.compare import Stage, compare, in_segment, labels, load_stage  # noqa: E402
 from gream.paired import RESAMPLES, SEED, align, paired_bootstrap  # noqa: E402
@@ -220,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "(its SFT's time as budget), the chosen settings for the others")
     ap.add_argument("--resamples", type=int, default=RESAMPLES)
     ap.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    ap.add_argument("--name", default="quality", help="the results file (benchmarks/results/NAME.json)")
     args = ap.parse_args(argv)
 
     if args.run:
@@ -236,6 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"quality: {exc}", file=sys.stderr)
         return exc.exit_code
     print(json.dumps(result, indent=2) if args.json else format_report(result))
+    intervals = {key: result.pop(key) for key in ("pairs", "pooled", "segments")}
+    record(args.name, result, intervals=intervals, script=__file__, argv=argv, data=spec_data(args.spec, args.set),
+           settings={"left": left, "right": right, "set": args.set})
     return 0
 
 

@@ -16,19 +16,22 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from indexing.importer import import_index
-from indexing.sid import SidIndex
-from rl_system.reward.client import RewardClient
-from rl_system.reward.scoring import RewardScorer
-from rl_system.reward.server import start_replicas
-
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: benchmarks/ is not an installed package
+    sys.path.insert(0, str(ROOT))
+from benchmarks.results import record  # noqa: E402
+from indexing.importer import import_index  # noqa: E402
+from indexing.sid import SidIndex  # noqa: E402
+from rl_system.reward.client import RewardClient  # noqa: E402
+from rl_system.reward.scoring import RewardScorer  # noqa: E402
+from rl_system.reward.server import start_replicas  # noqa: E402
 
 
 def make_batch(index: SidIndex, n: int, mode: str, seed: int = 0) -> tuple[list[str], list[int]]:
@@ -73,6 +76,7 @@ def main() -> None:
     import ray
 
     index = import_index(args.index).index
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         index_path = index.save(Path(tmp) / "bench.index.json")
         ray.init(address="local", num_cpus=max(args.replicas) + 1, include_dashboard=False, log_to_driver=False)
@@ -85,6 +89,7 @@ def main() -> None:
                 completions, targets = make_batch(index, args.n, mode)
                 local = median_rate(lambda: scorer.score(completions, targets, mode=mode), args.n, args.repeats)
                 print(f"{mode:<10} {'in process':<22} {local:>12,.0f} {1.0:>14.2f}")
+                rows.append({"mode": mode, "variant": "in process", "rewards_per_s": local, "vs_in_process": 1.0})
                 rng = np.random.default_rng(1)
                 groups = [rng.choice(index.items(), 20).tolist() for _ in range(-(-args.n // args.group))]
                 histories = [groups[i // args.group] for i in range(args.n)]
@@ -101,8 +106,12 @@ def main() -> None:
                             ray.kill(a)
                         label = f"zmq, {m} replica(s)" + (" + teacher" if teacher else "")
                         print(f"{mode:<10} {label:<22} {remote:>12,.0f} {remote / local:>14.2f}")
+                        rows.append({"mode": mode, "variant": label, "rewards_per_s": remote,
+                                     "vs_in_process": remote / local})
         finally:
             ray.shutdown()
+    record("reward", {"rows": rows}, script=__file__, model=args.teacher, data=args.index,
+           settings={"n": args.n, "repeats": args.repeats, "group": args.group, "items": index.num_items})
 
 
 if __name__ == "__main__":

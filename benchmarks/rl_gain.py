@@ -28,14 +28,13 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: benchmarks/ is not an installed package
     sys.path.insert(0, str(REPO))
 
 from benchmarks.advantage_compare import median_column  # noqa: E402
 from benchmarks.quality import SPLITS, pooled  # noqa: E402
+from benchmarks.results import record, spec_data  # noqa: E402
 from cluster.eval_record import EvalRecordError, read_ranks  # noqa: E402
 from cluster.metrics_log import read_metrics  # noqa: E402
 from cluster.run_layout import EVAL_FILE, RANKS_FILE, RunLayout  # noqa: E402
@@ -107,11 +106,14 @@ def evaluate_stage(spec: Path, sets: Sequence[str], run_dir: Path, stage: str, s
 
 
 def curve(run_dir: Path) -> dict:
-    """The run's validation curve and the checkpoint it selected."""
+    """The run's validation curve, reward and share of sampled groups kept by step, and the
+    checkpoint it selected."""
     rows = read_metrics(RunLayout(run_dir).metrics("rl"))
     points = {r["step"]: r["val/ndcg@10"] for r in rows if r.get("val/ndcg@10") is not None}
     selection = json.loads(RunLayout(run_dir).selection.read_text())
-    return {"val_ndcg@10": points, "selected_step": selection["step"], "last_step": selection["last_step"]}
+    return {"val_ndcg@10": points, "selected_step": selection["step"], "last_step": selection["last_step"],
+            "reward": {r["step"]: r["reward/mean"] for r in rows if r.get("reward/mean") is not None},
+            "kept_share": {r["step"]: r["kept_groups"] / r["sampled_groups"] for r in rows if r.get("sampled_groups")}}
 
 
 def figures(run_dir: Path, stage: str) -> dict[str, float]:
@@ -152,34 +154,6 @@ def format_report(r: dict) -> str:
                      for m, v in res["metrics"].items()]
             lines.append(f"  {recipe} {split} ({res['users']} users): " + "; ".join(parts))
     return "\n".join(lines)
-
-
-def plot(r: dict, path: Path) -> None:
-    """Validation NDCG@10 by RL step, one line per recipe and seed, against the SFT model's (step 0)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 5))
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    sft = []
-    for i, (recipe, rec) in enumerate(r["recipes"].items()):
-        for j, c in enumerate(rec["curves"].values()):
-            points = sorted((int(step), value) for step, value in c["val_ndcg@10"].items())
-            sft += [value for step, value in points if step == 0]
-            ax.plot(*zip(*points), marker="o", markersize=3, color=colours[i % len(colours)], alpha=0.8,
-                    label=recipe if j == 0 else None)
-    if sft:
-        ax.axhline(float(np.median(sft)), color="k", linestyle="--", label="SFT (step 0)")
-    ax.set_xlabel("RL step")
-    ax.set_ylabel("validation NDCG@10")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(f"RL validation curves, every recipe and seed ({r['date']})")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def screen_line(recipe: str, run_dir: Path, secs: float) -> str:
@@ -244,21 +218,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--screen", action="store_true", help="RL runs and validation curves only")
     p.add_argument("--no-pass", action="store_true", help="beam metrics only (no Pass@K sampling)")
     p.add_argument("--resamples", type=int, default=2000)
-    p.add_argument("--plot-only", action="store_true", help="redraw rl_gain.png from --out/rl_gain.json; run nothing")
+    p.add_argument("--name", default="rl_gain", help="the results file (benchmarks/results/NAME.json; "
+                   "NAME_screen.json with --screen)")
     args = p.parse_args(argv)
-    if args.plot_only:
-        plot(json.loads((args.out / "rl_gain.json").read_text()), args.out / "rl_gain.png")
-        return 0
     sets = ["rl.eval_every=10", *args.set]  # validation inside the run unless overridden
     runs = train_runs(args.spec, args.base, args.out, {r: RECIPES[r] for r in args.recipes}, args.seeds, sets)
+    provenance = {"script": __file__, "argv": argv, "model": args.base / "sft/model", "data": spec_data(args.spec),
+                  "settings": {"sets": sets, "recipes": {r: RECIPES[r] for r in args.recipes}}}
     if args.screen:
+        record(f"{args.name}_screen", {"recipes": {r: {"curves": {d.name: curve(d) for d in dirs}}
+                                                   for r, dirs in runs.items()}}, **provenance)
         return 0
     base = args.base.resolve()
     evaluate_runs(args.spec, sets, base, runs, not args.no_pass)
     result = report(base, runs, args.resamples)
     (args.out / "rl_gain.json").write_text(json.dumps(result, indent=1))
     print(format_report(result))
-    plot(result, args.out / "rl_gain.png")
+    intervals = {r: rec.pop("rl_minus_sft") for r, rec in result["recipes"].items()}
+    record(args.name, {"sft": result["sft"], "recipes": result["recipes"]}, intervals=intervals, **provenance)
     return 0
 
 

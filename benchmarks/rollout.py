@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: benchmarks/ is not an installed package
+    sys.path.insert(0, str(REPO))
+from benchmarks.results import record  # noqa: E402
 
 
 def processor_step_seconds(constraint_path: Path, vocab_size: int, rows: int, repeats: int) -> float:
@@ -114,6 +118,7 @@ def main() -> None:
     print(f"\nmodel hidden={args.hidden} layers={args.layers} dtype={args.dtype} device={cfg.placement.device_type}; "
           f"{args.prompts} prompts x n={args.n}; median of {args.repeats} runs")
     print(f"{'tokens':>7} {'unconstrained s':>16} {'constrained s':>14} {'ratio':>7} {'tok/s constrained':>18}")
+    rows = []
     for tokens in args.tokens:
         times = {True: [], False: []}
         for _ in range(args.repeats):
@@ -122,9 +127,15 @@ def main() -> None:
         free, cons = statistics.median(times[False]), statistics.median(times[True])
         total = args.prompts * args.n * tokens
         print(f"{tokens:>7} {free:>16.3f} {cons:>14.3f} {cons / free:>7.3f} {total / cons:>18.0f}")
+        rows.append({"tokens": tokens, "unconstrained_s": free, "constrained_s": cons, "ratio": cons / free,
+                     "runs_unconstrained_s": times[False], "runs_constrained_s": times[True]})
     per_step = free / max(args.tokens)
     print(f"processor alone: {step * 1e3:.2f} ms per step for {args.prompts * args.n} rows x {vocab_size} tokens "
           f"= {step / per_step:.1%} of an unconstrained step ({per_step * 1e3:.0f} ms at {max(args.tokens)} tokens)")
+    record("rollout", {"lengths": rows, "processor_ms_per_step": step * 1e3, "processor_share": step / per_step},
+           script=__file__, model=model_dir, data=REPO / "data/office",
+           settings={"prompts": args.prompts, "n": args.n, "repeats": args.repeats, "dtype": args.dtype,
+                     "device": cfg.placement.device_type, "vocab": vocab_size})
 
 
 if __name__ == "__main__":

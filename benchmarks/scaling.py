@@ -39,6 +39,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/scaling.py` puts benchmarks/
     sys.path.insert(0, str(REPO))
 
 from benchmarks.beam_eval import add_model_args, missing_model_inputs  # noqa: E402
+from benchmarks.results import record  # noqa: E402
 from cluster.run_layout import METRICS_FILE, RunLayout  # noqa: E402
 
 SIDES = (1, 2)
@@ -101,7 +102,8 @@ def format_shares(result: dict, source: str = "") -> str:
     return "\n".join(lines)
 
 
-def project(path: str | Path, skip: int) -> str:
+def project(path: str | Path, skip: int) -> tuple[str, dict]:
+    """The split printed, and as figures."""
     from gream.run_state import read_jsonl
 
     source = metrics_path(path)
@@ -109,7 +111,8 @@ def project(path: str | Path, skip: int) -> str:
     run = last_run(records)
     earlier = len(records) - len(run)
     note = f" (the last run in the file; {earlier} earlier records ignored)" if earlier else ""
-    return format_shares(phase_shares(run, skip), f"{source}{note}")
+    shares = phase_shares(run, skip)
+    return format_shares(shares, f"{source}{note}"), {**shares, "source": str(source)}
 
 
 # --------------------------------------------------------------------------- tables for the measurements
@@ -249,7 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.project:
-        print(project(args.project, args.skip))
+        text, shares = project(args.project, args.skip)
+        print(text)
+        record("rl_phases", shares, script=__file__, argv=argv, settings={"skip": args.skip})
         return 0
     if problem := missing_model_inputs(args):
         print(problem, file=sys.stderr)
@@ -300,7 +305,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "completions/s", learn_s, len(batch), "ranks"))
         step = {k: statistics.median(v) for k, v in learn_s.items()}
         print(f"learner step time 1 rank / 2 ranks: {step[1] / step[2]:.2f}x")
+    record("scaling", {"rollout": sides(roll_s, completions),
+                       "learner": None if learn_s is None else sides(learn_s, len(batch))},
+           script=__file__, argv=argv, model=args.model, data=spec.data.path,
+           settings={"prompts": args.prompts, "n": args.n, "repeats": args.repeats,
+                     "learner_cores": args.learner_cores, "threads_per_rank": threads, "workers": bound})
     return 0
+
+
+def sides(seconds: dict[int, list[float]], work: int) -> dict:
+    """Per side (1 or 2 workers or ranks): median seconds, [min, max], completions/s and each repeat."""
+    return {str(k): {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "runs_s": v,
+                     "completions_per_s": work / statistics.median(v)} for k, v in seconds.items()}
 
 
 if __name__ == "__main__":

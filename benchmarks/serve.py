@@ -42,6 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.results import record  # noqa: E402
 from cluster.ranks import free_port  # noqa: E402
 from gream.serve import TOKEN_ENV  # noqa: E402
 
@@ -252,9 +253,12 @@ def main() -> None:
     for r in ratios:
         print(f"{r['mode']} {r['clients']} clients, {r['slow']} slow: p50 {r['p50_ratio']:.2f}x, "
               f"p99 {r['p99_ratio']:.2f}x of the others alone; {r['lost']} lost")
+    result = {"model": server["model"], "stage": server["stage"], "k": args.k, "rows": rows, "slow_vs_alone": ratios}
     if args.out:
-        args.out.write_text(json.dumps({"model": server["model"], "stage": server["stage"], "k": args.k,
-                                        "rows": rows, "slow_vs_alone": ratios}, indent=2))
+        args.out.write_text(json.dumps(result, indent=2))
+    model = args.run if args.stage == "export" else args.run / args.stage / "model"
+    record("serve", result, script=__file__, model=None if args.url else model,
+           settings={"requests": args.requests, "url": args.url, "set": args.set})
 
 
 if __name__ == "__main__":

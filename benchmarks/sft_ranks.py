@@ -22,6 +22,7 @@ if str(REPO) not in sys.path:  # `python benchmarks/sft_ranks.py` puts benchmark
     sys.path.insert(0, str(REPO))
 
 from benchmarks.advantage_compare import gream, run_stage  # noqa: E402
+from benchmarks.results import record, spec_data  # noqa: E402
 from cluster.run_layout import RunLayout  # noqa: E402
 
 
@@ -50,6 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         secs[ranks] = json.loads(RunLayout(run_dir).train_summary.read_text())["train_secs"]
         print(f"{ranks} rank(s): {secs[ranks]:.1f} s for {args.epochs} epochs", flush=True)
     print(f"SFT speed-up, {args.ranks} ranks / 1 rank on {cores} cores: {secs[1] / secs[args.ranks]:.2f}x")
+    record("sft_ranks", {"train_s": {str(k): v for k, v in secs.items()}, "speedup": secs[1] / secs[args.ranks]},
+           script=__file__, argv=argv, data=spec_data(args.spec, args.set),
+           settings={"ranks": args.ranks, "epochs": args.epochs, "cores": cores, "set": args.set})
     return 0
 
 

@@ -22,6 +22,7 @@ from benchmarks.advantage_compare import (  # noqa: E402
     read_json,
     run_stage,
 )
+from benchmarks.results import record, spec_data  # noqa: E402
 from cluster.run_layout import RunLayout  # noqa: E402
 
 KEYS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "pass@1", "pass@10")
@@ -55,12 +56,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="where the runs go (one seed<k> folder each)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="spec override for every run")
     ap.add_argument("--table-only", action="store_true", help="print the table from what --out holds; run nothing")
+    ap.add_argument("--name", default="sft_seeds", help="the results file (benchmarks/results/NAME.json)")
     args = ap.parse_args(argv)
 
     evaluations = seed_evaluations(args.spec, args.set, args.out, args.seeds, not args.table_only)
     columns = {f"seed {seed}": metric_column(e) for seed, e in evaluations.items()}
     table = {"median": median_column(list(columns.values())), **columns}
     print(format_table(table, f"\n{args.spec.name} {' '.join(args.set)}: SFT eval per seed and median; runs in {args.out}"))
+    record(args.name, table, script=__file__, argv=argv, data=spec_data(args.spec, args.set),
+           settings={"seeds": args.seeds, "set": args.set, "out": str(args.out)})
     return 0
 
 

@@ -26,6 +26,7 @@ from benchmarks.advantage_compare import (  # noqa: E402
     median_column,
     read_json,
 )
+from benchmarks.results import record, spec_data  # noqa: E402
 from cluster.run_layout import RunLayout  # noqa: E402
 
 KEYS = ("recall@1", "recall@5", "recall@10", "ndcg@5", "ndcg@10")
@@ -81,6 +82,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sasrec {i}: {run}")
     ratio = sft_median["test recall@10"] / sasrec_median["test recall@10"]
     print(f"test Recall@10, SFT median / SASRec median: {ratio:.3f}")
+    record("sft_vs_sasrec", {"table": table, "test recall@10 ratio": ratio}, script=__file__, argv=argv,
+           data=spec_data(args.spec, args.set),
+           settings={"sft": [str(r) for r in args.sft], "sasrec": [str(r) for r in args.sasrec], "set": args.set})
     return 0
 
 

@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/split_drift.py` puts benchmarks/, not the repo, on the path
     sys.path.insert(0, str(REPO))
 
+from benchmarks.results import record  # noqa: E402
 from gream.paired import paired_bootstrap  # noqa: E402
 from indexing.dataset import load_dataset  # noqa: E402
 
@@ -80,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"{'':<24}{'Recall@10':>10}{'NDCG@10':>10}")
     for key, g in scores.items():
         print(f"{key:<24}{g[:, 0].mean():>10.4f}{g[:, 1].mean():>10.4f}")
+    intervals = {}
     for rec in ("popularity", "transition"):
         for test in ("test", "test +valid"):
             diff = scores[f"{rec} {test}"] - scores[f"{rec} valid"]
@@ -88,6 +90,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{rec} {test} - valid: Recall@10 {r.diff:+.4f} [{r.low:+.4f}, {r.high:+.4f}] "
                   f"({r.diff / base[0]:+.0%}), NDCG@10 {n.diff:+.4f} [{n.low:+.4f}, {n.high:+.4f}] "
                   f"({n.diff / base[1]:+.0%})")
+            intervals[f"{rec} {test} - valid"] = {"recall@10": vars(r), "ndcg@10": vars(n)}
+    record(f"split_drift_{args.name.lower()}", {
+        "users": len(seqs), "items": ds.num_items, "interactions": ds.num_interactions,
+        "scores": {key: {"recall@10": g[:, 0].mean(), "ndcg@10": g[:, 1].mean()} for key, g in scores.items()}},
+        intervals=intervals, script=__file__, argv=argv, data=args.data)
     return 0
 
 

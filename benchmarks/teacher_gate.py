@@ -23,6 +23,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+from benchmarks.results import record, spec_data  # noqa: E402
 
 
 def gate_rates(target_logp: np.ndarray, negative_logp: np.ndarray) -> dict[str, float]:
@@ -106,11 +107,15 @@ def main() -> int:
     print(f"{args.split}: {len(examples)} users, beam width {args.width}; teacher {c.teacher.folder}; "
           f"policy uncertain (top share < {args.uncertain}) for {uncertain.mean():.1%} of users")
     print(f"{'segment':<22}{'users':>7}{'> top negative':>16}{'> all negatives':>17}")
+    rates = {}
     for name, mask in segments.items():
         for label, rows in ((name, mask), (f"{name}, uncertain", mask & uncertain)):
             if rows.any():
-                r = gate_rates(target_logp[rows], negative_logp[rows])
+                r = rates[label] = gate_rates(target_logp[rows], negative_logp[rows])
                 print(f"{label:<22}{r['users']:>7}{r['above_top_negative']:>16.3f}{r['above_all_negatives']:>17.3f}")
+    record("teacher_gate", {"split": args.split, "users": len(examples), "uncertain_share": uncertain.mean(),
+                            "segments": rates}, script=__file__, model=args.base / "sft/model", data=spec_data(args.spec),
+           settings={"width": args.width, "uncertain": args.uncertain, "teacher": str(c.teacher.folder)})
     return 0
 
 

@@ -20,6 +20,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+from benchmarks.results import record, spec_data  # noqa: E402
 
 KS = (1, 5, 10)
 WEIGHTS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, float("inf"))  # inf: the teacher's order within the beam
@@ -94,6 +95,10 @@ def main() -> int:
                   f"SASRec {r['sasrec']['ndcg@10']:.4f})")
     if args.out:
         args.out.write_text(json.dumps(result, indent=1))
+    intervals = {split: {name: result[f"{split}_chosen"].pop(name) for name in ("reranked_minus_sft", "reranked_minus_sasrec")}
+                 for split in ("valid", "test")}
+    record("teacher_rerank", result, intervals=intervals, script=__file__, model=args.base / "sft/model",
+           data=spec_data(args.spec), settings={"teacher": str(args.base / "baselines/sasrec")})
     return 0
 
 

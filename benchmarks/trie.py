@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -25,9 +26,13 @@ from typing import Callable
 
 import torch
 
-from cluster.device import resolve
-from indexing.importer import import_index
-from indexing.trie import SidTrie, TrieMasker
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: benchmarks/ is not an installed package
+    sys.path.insert(0, str(REPO))
+from benchmarks.results import record  # noqa: E402
+from cluster.device import resolve  # noqa: E402
+from indexing.importer import import_index  # noqa: E402
+from indexing.trie import SidTrie, TrieMasker  # noqa: E402
 
 
 def naive_table(rows: list[list[int]], end_ids: list[int]) -> dict[tuple[int, ...], list[int]]:
@@ -182,6 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
                   f"   [trie build {build_s:.2f} s]")
         results["by_vocab"].append(row)
     print(json.dumps(results))
+    record("trie", results, script=__file__, argv=argv, data=files[0],
+           settings={"repeats": args.repeats, "threads": torch.get_num_threads()})
     return results
 
 

@@ -64,6 +64,7 @@ from benchmarks.beam_eval import (  # noqa: E402
     prefix_allowed_table,
     prefix_allowed_tokens_fn,
 )
+from benchmarks.results import record  # noqa: E402
 from benchmarks.rl_windows import SideRun, Step, summarize  # noqa: E402
 from cluster.run_layout import RunLayout  # noqa: E402
 
@@ -366,6 +367,9 @@ def main(argv=None) -> int:
         for key in ("completions/s", "informative/s", "trained/s"):
             print(f"  per-run ratio {name} / TRL {key}: " + ", ".join(
                 f"{g[key] / max(t[key], 1e-9):.2f}" for g, t in zip(gr["per run"], tr["per run"])))
+    record("trl_grpo", {"sides": results, "variants": args.variants}, script=__file__, argv=argv, model=args.model,
+           data=args.spec_obj.data.path, settings={"trl_threads": args.trl_threads, "runs": args.runs,
+                                                   "windows": args.windows, "window_steps": args.window_steps})
     return 0
 
 

@@ -21,6 +21,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from benchmarks.results import record  # noqa: E402
+
 LINKED = ("index", "model", "sft")
 
 
@@ -42,7 +46,7 @@ def main() -> int:
         print(f"no SFT model under {args.base}: run `gream index SPEC && gream sft SPEC` first", file=sys.stderr)
         return 2
     gream = Path(sys.executable).with_name("gream")
-    shares, walls, totals = [], [], []
+    shares, walls, totals, runs = [], [], [], []
     for rep in range(args.repeats):
         run_dir = args.out / f"run{rep}"
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -59,10 +63,15 @@ def main() -> int:
         shares.append(sum(seconds) / wall)
         walls.append(wall)
         totals.append(sum(seconds))
+        runs.append({"load_before": round(load, 2), "wall_s": wall, "validations_s": seconds, "share": shares[-1]})
         print(f"run {rep + 1}/{args.repeats}: load {load:.1f} before; wall {wall:.1f} s; {len(seconds)} validations "
               f"{', '.join(f'{s:.2f}' for s in seconds)} s = {sum(seconds):.1f} s, {shares[-1]:.1%} of the run", flush=True)
     print(f"median share {statistics.median(shares):.1%} [{min(shares):.1%}, {max(shares):.1%}]; median wall "
           f"{statistics.median(walls):.1f} s, validation {statistics.median(totals):.1f} s")
+    record("validation_cost", {"runs": runs, "share": {"median": statistics.median(shares), "min": min(shares),
+                                                        "max": max(shares)},
+                               "wall_s": statistics.median(walls), "validation_s": statistics.median(totals)},
+           script=__file__, model=args.base / "sft/model", settings={"spec": str(args.spec), "set": args.set})
     return 0
 
 

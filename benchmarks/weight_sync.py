@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: benchmarks/ is not an installed package
+    sys.path.insert(0, str(REPO))
+from benchmarks.results import record  # noqa: E402
 
 
 def main() -> None:
@@ -94,6 +98,12 @@ def main() -> None:
     versions = ray.get([w.weight_version.remote() for w in workers])
     assert versions == [version] * args.workers, versions
     ray.shutdown()
+    record("weight_sync", {"push_s": p, "raw_s": r, "ratio": p / r, "load_s": lo, "round_ratios": ratios,
+                           "runs_push_s": push, "runs_raw_s": raw, "mib": mib, "in_place": all(in_place)},
+           script=__file__, settings={"hidden": args.hidden, "layers": args.layers, "workers": args.workers,
+                                      "bucket_mib": args.bucket_mib, "repeats": args.repeats,
+                                      "backend": placement.dist_backend,
+                                      "parameters_m": sum(t.numel() for _, t in named) / 1e6})
 
 
 if __name__ == "__main__":

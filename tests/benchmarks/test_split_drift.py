@@ -26,3 +26,19 @@ def test_drift_by_hand():
     # refit on every item but the last: 3 -> [4], 2 -> [3, 4]; 4 is never followed.
     assert scores["transition test +valid"][:, 0].tolist() == [1.0, 0.0, 0.0, 0.0]
     assert scores["popularity valid"][:, 0].tolist() == [1.0, 0.0, 0.0, 1.0]  # top items 1, 2, 3, 5, 7
+
+
+def test_main_records_the_figures_it_prints(results_folder, capsys):
+    import json
+
+    from benchmarks.results import REPO
+    from benchmarks.split_drift import main
+
+    assert main(["--data", str(REPO / "data/office"), "--name", "Office"]) == 0
+    printed = capsys.readouterr().out
+    rec = json.loads((results_folder / "split_drift_office.json").read_text())
+    valid = rec["figures"]["scores"]["transition valid"]
+    assert f"transition valid{valid['recall@10']:>18.4f}{valid['ndcg@10']:>10.4f}" in printed
+    iv = rec["intervals"]["transition test - valid"]["recall@10"]
+    assert iv["low"] <= iv["diff"] <= iv["high"] and rec["data"]["path"] == "data/office"
+    assert rec["command"] == f"python benchmarks/split_drift.py --data {REPO / 'data/office'} --name Office"

@@ -1,0 +1,232 @@
+"""BENCHMARKS.md's sections: for each question, the summary row and the section body, both written
+from results records (benchmarks/results/*.json). What a section says in words is what the method
+of its script fixes (what is compared, how, what limits it); every figure comes from its records."""
+from __future__ import annotations
+
+import statistics
+
+from benchmarks.report_md import Row, Section, figure, interval, provenance, spread, table, verdict
+
+
+# --------------------------------------------------------------------------- RL over SFT
+def best(curve: dict) -> float:
+    return max(curve["val_ndcg@10"].values())
+
+
+def rl_rows(r: dict[str, dict]) -> list[Row]:
+    f, iv = r["rl_gain"]["figures"], r["rl_gain"]["intervals"]
+    sft = f["sft"]["test ndcg@10"]
+    rows = []
+    for recipe, rec in f["recipes"].items():
+        m = iv[recipe]["test"]["metrics"]["ndcg@10"]
+        seeds = len(rec["seeds"])
+        control = recipe.endswith("_sft")
+        rows.append(Row(f"{'equal-compute CE-only control' if control else 'RL recipe ' + recipe} beats the SFT "
+                        f"model on test NDCG@10 (every user, {seeds} seeds, paired CI above 0)",
+                        f"{recipe} {rec['median']['test ndcg@10']:.4f}", f"SFT {sft:.4f}", interval(m),
+                        ("met" if m["low"] > 0 else "not met") + (" (the control)" if control else "")))
+    return rows
+
+
+def rl_body(r: dict[str, dict]) -> str:
+    g = r["rl_gain"]
+    f, iv = g["figures"], g["intervals"]
+    screen = r.get("rl_gain_screen", {}).get("figures", {}).get("recipes", {})
+    recipes = {**screen, **f["recipes"]}
+    curves = [[recipe, str(len(rec["curves"])), " / ".join(f"{best(c):.4f}" for c in rec["curves"].values()),
+               " / ".join(str(c["selected_step"]) for c in rec["curves"].values())] for recipe, rec in recipes.items()]
+    diffs = [[f"{recipe} ({len(f['recipes'][recipe]['seeds'])} seeds)",
+              *(interval(iv[recipe][split]["metrics"][m]) for split, m in
+                (("valid", "ndcg@10"), ("test", "ndcg@10"), ("test", "recall@10"), ("test", "recall@5")))]
+             for recipe in f["recipes"]]
+    out = [
+        "Does RL post-training raise the demo SFT model's ranking on held-out users, beyond what the same "
+        "training compute spent on cross-entropy gives? Each recipe is `gream rl` from the demo's SFT model "
+        "(`runs/demo`), validated every 10 steps on every validation user; `rl/model` is the validation-"
+        "selected checkpoint (step 0 = the SFT weights). Recipes are overrides of the demo spec "
+        "(`benchmarks/rl_gain.py`, `RECIPES`); `beam_inject_sft` is the equal-compute control of "
+        "`beam_inject_pairwise`: the same rollouts, groups, targets and steps with `rl.pg_coef=0`.",
+        "", provenance(g), ""]
+    if "rl_gain_screen" in r:
+        out += ["Single-seed screens of the other recipes: " + provenance(r["rl_gain_screen"]), ""]
+    out += [figure("rl_validation.png", "RL validation curves against the SFT model"), "",
+            table(["recipe", "seeds", "best validation NDCG@10 per seed", "selected step per seed"], curves), "",
+            f"SFT model: validation NDCG@10 {f['sft']['valid ndcg@10']:.4f}; test NDCG@10 "
+            f"{f['sft']['test ndcg@10']:.4f}, Recall@10 {f['sft']['test recall@10']:.4f}. Every user of both splits, "
+            "each run's selected checkpoint, per-user differences to the SFT model averaged over the recipe's "
+            "seeds, 95% bootstrap intervals (users resampled):", "",
+            table(["recipe", "valid NDCG@10 - SFT", "test NDCG@10 - SFT", "test Recall@10 - SFT",
+                   "test Recall@5 - SFT"], diffs), "",
+            "On test, against the SFT model: " + "; ".join(
+                f"{recipe} NDCG@10 {verdict(iv[recipe]['test']['metrics']['ndcg@10'])}" for recipe in f["recipes"])
+            + ". Median share of sampled groups kept for training (their rewards differ), over steps and seeds: "
+            + "; ".join(f"{recipe} {share:.0%}" for recipe, share in kept_shares(recipes).items()) + ".", "",
+            figure("rl_reward.png", "Reward by step"), figure("rl_kept.png", "Kept groups by step"), "",
+            "Limits: the embedded 0.9M-parameter policy; a recipe whose groups are repaired with the target trains "
+            "mostly on that target, as its CE-only control does."]
+    return "\n".join(out)
+
+
+def kept_shares(recipes: dict) -> dict[str, float]:
+    return {recipe: statistics.median(v for c in rec["curves"].values() for v in c.get("kept_share", {}).values())
+            for recipe, rec in recipes.items() if any(c.get("kept_share") for c in rec["curves"].values())}
+
+
+# --------------------------------------------------------------------------- control (c)
+def rerank_rows(r: dict[str, dict]) -> list[Row]:
+    f, iv = r["teacher_rerank"]["figures"], r["teacher_rerank"]["intervals"]["test"]
+    t = f["test_chosen"]
+    return [Row("generate, then re-rank with the teacher SASRec (control c), against the SASRec, test NDCG@10",
+                f"re-ranked beam {t['reranked']['ndcg@10']:.4f}", f"SASRec {t['sasrec']['ndcg@10']:.4f}",
+                interval(iv["reranked_minus_sasrec"]["ndcg@10"]), "measured: the bar for a teacher-reward RL recipe")]
+
+
+def rerank_body(r: dict[str, dict]) -> str:
+    rec = r["teacher_rerank"]
+    f, iv = rec["figures"], rec["intervals"]
+    weights = ", ".join(f"{w}: {m['ndcg@10']:.4f}" for w, m in f["valid"].items())
+    rows = []
+    for split, metric in (("valid", "ndcg@10"), ("test", "ndcg@10"), ("test", "recall@10"), ("test", "recall@1")):
+        c, d = f[f"{split}_chosen"], iv[split]
+        rows.append([f"{split} {metric}", f"{c['reranked'][metric]:.4f}", f"{c['sft_beam'][metric]:.4f}",
+                     f"{c['sasrec'][metric]:.4f}", interval(d["reranked_minus_sft"][metric]),
+                     interval(d["reranked_minus_sasrec"][metric])])
+    return "\n".join([
+        "Does the teacher's knowledge help at inference, without RL? The SFT model's torch beam of width "
+        f"{f['width']} on every user of both splits, each candidate re-scored by policy sequence log p + w x "
+        "SASRec log p(item | history) (`rl_system/rerank.py`); the SASRec is the teacher of the RL recipes "
+        "(`configs/sasrec_office.json`, seed 0). The weight is chosen on every validation user, test read once.",
+        "", provenance(rec), "",
+        f"Validation NDCG@10 by weight (inf: the teacher alone within the beam): {weights}; chosen "
+        f"w = {f['chosen_weight']}. Paired per-user bootstrap, {f['test_chosen']['users']:,} users each:", "",
+        table(["split", "re-ranked", "SFT beam (w = 0)", "SASRec", "re-ranked - SFT", "re-ranked - SASRec"], rows),
+        "", "SASRec's figures are its own catalogue ranks on every user, checked against its `ranks.json`. "
+        "Limits: one SFT seed and one SASRec seed; the seed spread is not measured."])
+
+
+# --------------------------------------------------------------------------- speed
+def beam_rows(r: dict[str, dict]) -> list[Row]:
+    f = r["beam_eval"]["figures"]
+    s, ratio = f["sides"], f["ratio_to_hf"]["torch"]
+    return [Row(f"constrained beam evaluation >= 10x HF's prefix-constrained beam search ({f['users']:,} users, "
+                "equal cores)", f"torch beam {s['torch']['median_s']:.2f} s", f"HF generate {s['hf']['median_s']:.2f} s",
+                f"{ratio['median']:.2f}x (runs {spread(ratio['runs'])})",
+                "met" if min(ratio["runs"]) >= 10 else "not met in every run" if ratio["median"] >= 10 else "not met")]
+
+
+def beam_body(r: dict[str, dict]) -> str:
+    rec = r["beam_eval"]
+    f, st = rec["figures"], rec["settings"]
+    names = {"torch": "gream torch beam (`eval.backend: torch`, the CPU default)",
+             "gream": "gream vLLM trie beam (`eval.backend: vllm`)",
+             "hf": f"HF generate + prefix_allowed_tokens_fn, {st.get('threads', '?')} threads"}
+    rows = [[names[k], f"{s['median_s']:.2f} [{s['min_s']:.2f}, {s['max_s']:.2f}]", f"{s['users_per_s']:,.0f}",
+             (f"{f['ratio_to_hf'][k]['median']:.2f}x ({spread(f['ratio_to_hf'][k]['runs'])})" if k in f["ratio_to_hf"]
+              else "1")] for k, s in f["sides"].items() if k in names]
+    metrics = f["sides"]["hf"]["metrics"]
+    return "\n".join([
+        f"Is gream's constrained beam evaluation faster than Hugging Face's? Every Office test user "
+        f"({f['users']:,}), width {f['width']}, the demo index (depth {f['depth']}) and the demo spec's SFT model, "
+        "float32. HF `generate` and the torch beam run in this process on the same threads; the vLLM beam in its "
+        "rollout worker on the same cores. The sides alternate.", "", provenance(rec), "",
+        table(["side", "median s [min, max]", "users/s", "ratio to HF (runs)"], rows), "",
+        figure("beam_eval.png", "Beam evaluation time per user"), "",
+        f"The metrics agree on every run ({'yes' if f['metrics_agree'] else 'NO'}: Recall@10 {metrics['recall@10']:.4f}, "
+        f"NDCG@10 {metrics['ndcg@10']:.4f} on each side); each user's target rank is the same on the torch and "
+        f"vLLM beams for {f['ranks_identical']:,} of {f['users']:,} users. Where the time goes (`--profile`):", "",
+        *(f"    {line}" for line in f["profile"]), "",
+        "Limits: a 0.9M-parameter model on 2 CPU cores, where the engine's fixed cost per request dominates the "
+        "vLLM beam; a larger model on a GPU, where vLLM's batching is expected to pay, was not measured."])
+
+
+def validation_rows(r: dict[str, dict]) -> list[Row]:
+    f = r["validation_cost"]["figures"]
+    share = f["share"]
+    return [Row("RL in-run validation on every validation user <= 15% of the run",
+                f"{f['validation_s']:.1f} s of validation", f"{f['wall_s']:.1f} s of RL run",
+                f"{share['median']:.1%} [{share['min']:.1%}, {share['max']:.1%}]",
+                "met" if share["median"] <= 0.15 else "not met")]
+
+
+def validation_body(r: dict[str, dict]) -> str:
+    rec = r["validation_cost"]
+    f = rec["figures"]
+    rows = [[str(i + 1), f"{run['wall_s']:.1f}", f"{spread(run['validations_s'])} = {sum(run['validations_s']):.1f}",
+             f"{run['share']:.1%}"] for i, run in enumerate(f["runs"])]
+    return "\n".join([
+        "What does validating on every user cost an RL run? The demo spec's RL stage from its SFT model with "
+        "`rl.eval_users: all`, each run a fresh `gream rl` process (Ray, the vLLM engine and DeepSpeed start "
+        "inside the wall time); the validations (`time/validate` in `rl/metrics.jsonl`) use the torch beam on the "
+        "learner rank.", "", provenance(rec), "",
+        table(["run", "wall s", "validations s", "share"], rows), "",
+        f"Median {f['share']['median']:.1%} [{f['share']['min']:.1%}, {f['share']['max']:.1%}] of the run. "
+        "Limits: the demo's 30 steps with `rl.eval_every: 10`; a longer run validating as often spends the same "
+        "share."])
+
+
+def stage_rows(r: dict[str, dict]) -> list[Row]:
+    f = r["stage_time_demo"]["figures"]
+    rows = []
+    if "index" in f:
+        rows.append(Row("Office index (demo spec) <= 3 min", f"{seconds(f['index'])} s", "-", "-",
+                        "met" if seconds(f["index"]) <= 180 else "not met"))
+    if "sft" in f:
+        train = f["sft"].get("train_secs")
+        rows.append(Row("SFT on the demo spec <= 15 min", f"{train:.0f} s of training", "-", "-",
+                        "met" if train <= 900 else "not met"))
+    return rows
+
+
+def seconds(stage: dict) -> float:
+    """The stage's wall time where it was timed from outside, else its own."""
+    return round(stage.get("wall_s") or stage.get("stage_s") or stage["seconds"]["total"], 1)
+
+
+def stage_body(r: dict[str, dict]) -> str:
+    rec = r["stage_time_demo"]
+    f = rec["figures"]
+    lines = ["How long do the demo spec's index and SFT stages take on this machine? Each stage from an empty "
+             "run folder (no cached embeddings).", "", provenance(rec), ""]
+    if "index" in f:
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in f["index"]["seconds"].items() if k != "total")
+        lines.append(f"Index: {seconds(f['index'])} s for {f['index']['items']:,} items ({parts} s).")
+    if "sft" in f:
+        s = f["sft"]
+        sel = s.get("selection") or {}
+        lines.append(f"SFT: {s['train_secs']:.0f} s of training at {s['tokens_per_s']:,.0f} tokens/s"
+                     + (f", {seconds(s)} s for the stage" if s.get("stage_s") or s.get("wall_s") else "")
+                     + (f"; validation chose epoch {sel['epoch']} by {sel['metric']}" if sel else "") + ".")
+    return "\n".join(lines + ["", "Limits: one run each; the times are this machine's (2 cores, float32)."])
+
+
+def flexcode_rows(r: dict[str, dict]) -> list[Row]:
+    f = r["stage_time_flexcode"]["figures"]["index"]
+    return [Row("FlexCode Office index with default settings <= 3 min", f"{seconds(f)} s", "-", "-",
+                "met" if seconds(f) <= 180 else "not met")]
+
+
+def flexcode_body(r: dict[str, dict]) -> str:
+    rec = r["stage_time_flexcode"]
+    f = rec["figures"]["index"]
+    parts = ", ".join(f"{k} {v:.2f}" for k, v in f["seconds"].items() if k != "total")
+    fc = f.get("flexcode") or {}
+    alloc = "; ".join(f"{k} collaborative tokens: {v['items']:,} items ({v['mean_training_interactions']:.1f} mean "
+                      "training interactions)" for k, v in fc.get("allocation", {}).items())
+    return "\n".join([
+        "Does the FlexCode index build in time with its defaults? `index.flexcode.sasrec` at its default (the "
+        "settings of `configs/sasrec_office.json`), the collaborative SASRec trained inside the stage.", "",
+        provenance(rec), "", f"Wall time {seconds(f)} s ({parts} s). {alloc}.", "",
+        "Limits: one run."])
+
+
+SECTIONS: list[Section] = [
+    Section("RL over SFT", "rl_gain", rl_rows, rl_body, uses=("rl_gain_screen",),
+            plots=("rl_validation.png", "rl_reward.png", "rl_kept.png")),
+    Section("Generate, then re-rank with the teacher", "teacher_rerank", rerank_rows, rerank_body),
+    Section("Constrained beam evaluation vs Hugging Face generate", "beam_eval", beam_rows, beam_body,
+            plots=("beam_eval.png",)),
+    Section("In-run validation on every validation user", "validation_cost", validation_rows, validation_body),
+    Section("Index and SFT time on the demo spec", "stage_time_demo", stage_rows, stage_body),
+    Section("FlexCode index on Office with its defaults", "stage_time_flexcode", flexcode_rows, flexcode_body),
+]
+
