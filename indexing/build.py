@@ -170,7 +170,7 @@ def _one_to_one(spec: JobSpec, codes: np.ndarray, sizes: tuple[int, ...], last_d
     before = collision_stats(codes)
     unique = codes
     # Without collisions a dedup level would be one constant token per item: a quarter of every
-    # 3-level history spent on nothing, and 14% of the SFT time (BENCHMARKS.md, session 6).
+    # 3-level history spent on nothing, and 14% of the SFT time (2026-12-01; BENCHMARKS.md at e098204).
     if before.duplicate_groups and spec.index.collisions == "reassign":
         unique = reassign_last_level(codes, last_dist())
         info["reassigned_items"] = int((unique[:, -1] != codes[:, -1]).sum())
