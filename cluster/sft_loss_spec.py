@@ -15,3 +15,14 @@ class PrefixLossSpec(_Section):
     negatives: int = Field(4, ge=1)  # sibling prefixes drawn per target prefix
     # Level weights softmax(level loss / temperature) per target: towards 0 only its worst prefix counts.
     temperature: float = Field(1.0, gt=0)
+
+
+class DistillSpec(_Section):
+    """Offline distillation from a trained SASRec (sft/distill.py): each next-item SID token's target
+    mixes the one-hot code with the teacher's distribution marginalised onto the trie."""
+
+    # A `gream baseline sasrec` folder (model.safetensors, scorer.json) of this catalogue; None: off.
+    # Relative to the working directory, as rl.teacher.path is.
+    path: str | None = None
+    alpha: float = Field(0.5, ge=0, le=1)  # the teacher's share of each distilled token's target
+    temperature: float = Field(1.0, gt=0)  # p_T^(1/T), renormalised, before marginalising

@@ -22,7 +22,7 @@ from cluster.index_spec import IndexSpec
 from cluster.objectives_spec import ObjectivesSpec
 from cluster.rerank_spec import RerankSpec
 from cluster.run_layout import RunLayout
-from cluster.sft_loss_spec import PrefixLossSpec
+from cluster.sft_loss_spec import DistillSpec, PrefixLossSpec
 from cluster.teach_spec import PreferenceSpec, ReasoningSpec, teacher_problem
 
 
@@ -98,6 +98,7 @@ class SftSpec(_Section):
     # ce: each token's softmax over the vocabulary; trie_ce: a SID token's over the codes the trie allows after its prefix
     loss: Literal["ce", "trie_ce"] = "ce"
     prefix_loss: PrefixLossSpec = PrefixLossSpec()
+    distill: DistillSpec = DistillSpec()  # offline distillation from a SASRec (cluster/sft_loss_spec.py)
     curriculum: Literal["gream", "uniform", "sequential"] = "gream"
     gamma: float = Field(1.5, gt=0)
     max_train_examples: int | None = Field(None, ge=1)  # cap per alignment task, for quick runs

@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 
 from cluster.device import autocast
-from sft.sid_losses import Objective, head_view
+from sft.sid_losses import Objective, TeacherTargets, head_view
 from sft.tasks import IGNORE_INDEX, TokenizedExample
 
 BUCKET_BATCHES = 32  # batches sorted by length together: little padding, still a random order
@@ -55,16 +55,18 @@ def make_batches(examples: Sequence[TokenizedExample], batch_size: int, rng: ran
 
 
 def token_loss(model, batch: Batch, device: torch.device, amp_dtype: torch.dtype = torch.float32,
-               objective: Objective | None = None) -> torch.Tensor:
-    """Mean cross-entropy over the supervised tokens, or the `objective`'s loss. The LM head runs only
-    at positions where some row has a target (through the model's own forward, so ZeRO-3 gathering and
-    peft wrappers apply, unless the objective computes it itself: sft/sid_losses.py `head_view`)."""
+               objective: Objective | None = None, teacher: TeacherTargets | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the supervised tokens, or the `objective`'s loss (distilled from the
+    `teacher`'s targets of the batch, sft/distill.py). The LM head runs only at positions where some
+    row has a target (through the model's own forward, so ZeRO-3 gathering and peft wrappers apply,
+    unless the objective computes it itself: sft/sid_losses.py `head_view`)."""
     targets = batch.targets.to(device)
     positions = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)
     inputs = {"input_ids": batch.input_ids.to(device), "attention_mask": batch.attention_mask.to(device),
               "position_ids": batch.position_ids.to(device)}
     if objective is not None:
-        return objective(head_view(model, inputs, positions, device, amp_dtype), targets[:, positions])
+        kept = None if teacher is None else teacher._replace(rows=teacher.rows.to(device)[:, positions])
+        return objective(head_view(model, inputs, positions, device, amp_dtype), targets[:, positions], teacher=kept)
     with autocast(device.type, amp_dtype):
         out = model(**inputs, logits_to_keep=positions, use_cache=False)
     logits = out.logits.float()

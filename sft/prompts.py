@@ -61,6 +61,7 @@ class RenderedExample:
     task: str
     prompt: str
     completion: str
+    items: tuple[int, ...] = ()  # seqrec: the history then the target, what a teacher reads (sft/distill.py)
 
 
 def template_corpus() -> list[str]:

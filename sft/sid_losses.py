@@ -20,6 +20,16 @@ of one target are weighted softmax(level loss / temperature), held constant in t
 closed-form worst case over level weights with a KL penalty towards uniform, so the prefix most at
 risk of pruning gets the most weight (temperature -> 0: only it).
 
+Offline distillation (`sft.distill`, sft/distill.py runs the teacher): a next-item SID token's
+target becomes (1 - alpha) one-hot + alpha q_l, where q_l(c) is the teacher's p_T(item | history)
+(tempered: p_T^(1/T) renormalised) summed over the items whose SID starts with the target's own
+first l codes and then c, renormalised over those items (teacher forcing, as the token loss). It is
+one cross-entropy against a mixed target, under the normalisation `sft.loss` gives the token term:
+over the trie's allowed codes with trie_ce (q_l lies on exactly those codes), over the vocabulary
+with ce, where the soft term also pushes down every token outside the level, as the one-hot term
+does. So alpha = 0 is the objective without distillation, and the two terms never disagree about
+what a probability is.
+
 Cost: where the model's logits are its output layer on the decoder's last hidden state (hf_beam's
 `head_split`), a SID target's logits are computed over its level's codes only, never over the whole
 vocabulary; the output layer is the largest share of a small backbone's step.
@@ -67,8 +77,28 @@ class HeadView:
             return F.linear(self.hidden[idx], self.head.weight[cols], bias).float()
 
 
-# (the kept positions' HeadView, their targets [B, P]) -> the batch's loss
-Objective = Callable[[HeadView, torch.Tensor], torch.Tensor]
+class TeacherTargets(NamedTuple):
+    """One batch's teacher (sft/distill.py): `rows` [B, P] the row of `logits` each target is
+    distilled from, -1 where it keeps its one-hot target alone; `logits` [R, S] the teacher's
+    tempered log-scores over the SIDs of the Distill tables, each row up to a constant."""
+
+    rows: torch.Tensor
+    logits: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Distill:
+    """`sft.distill.alpha` and the trie seen from its SIDs: `nodes` [S, depth] the trie node after
+    each SID's first l tokens (column l), `cols` [S, depth] its level-l token's column among that
+    level's codes (trie.columns[l])."""
+
+    alpha: float
+    nodes: torch.Tensor
+    cols: torch.Tensor
+
+
+# (the kept positions' HeadView, their targets [B, P], teacher=TeacherTargets | None) -> the batch's loss
+Objective = Callable[..., torch.Tensor]
 
 
 def head_view(model, inputs: dict, positions: torch.Tensor, device: torch.device, amp_dtype: torch.dtype) -> HeadView:
@@ -82,13 +112,56 @@ def head_view(model, inputs: dict, positions: torch.Tensor, device: torch.device
     return HeadView(hidden=hidden, head=split[1], device_type=device.type, amp_dtype=amp_dtype)
 
 
-def sft_objective(sft: SftSpec, trie: SidTrie) -> Objective | None:
-    """The batch loss `sft.loss` and `sft.prefix_loss` ask for; None for plain cross-entropy."""
+def sft_objective(sft: SftSpec, trie: SidTrie, distill: Distill | None = None) -> Objective | None:
+    """The batch loss `sft.loss`, `sft.prefix_loss` and `distill` (distill_tables) ask for; None for
+    plain cross-entropy."""
     p = sft.prefix_loss
-    if sft.loss == "ce" and p.kind == "none":
+    if sft.loss == "ce" and p.kind == "none" and distill is None:
         return None
     prefix = None if p.kind == "none" else PrefixLoss(p.kind, p.weight, p.negatives, p.temperature)
-    return partial(sid_token_loss, trie, token_levels(trie), masked=sft.loss == "trie_ce", prefix=prefix)
+    return partial(sid_token_loss, trie, token_levels(trie), masked=sft.loss == "trie_ce", prefix=prefix,
+                   distill=distill)
+
+
+def distill_tables(trie: SidTrie, sids: torch.Tensor, alpha: float) -> Distill:
+    """Distill of `sids` [S, depth] (token ids of SIDs of the trie), in their row order."""
+    sids = sids.to(trie.device)
+    nodes = [trie.states_for_prefixes(sids, torch.full((len(sids),), d, device=trie.device))
+             for d in range(trie.depth)]
+    cols = [torch.searchsorted(trie.columns[d], sids[:, d].contiguous()) for d in range(trie.depth)]
+    return Distill(alpha, torch.stack(nodes, 1), torch.stack(cols, 1))
+
+
+def sid_marginals(logits: torch.Tensor, nodes: torch.Tensor, cols: torch.Tensor, states: torch.Tensor,
+                  width: int) -> torch.Tensor:
+    """q [N, width]: per target, the teacher's distribution (`logits` [N, S]) over the SIDs below its
+    prefix node (`states` [N]; `nodes` [S] each SID's node at that level), summed by the SIDs' code at
+    the level (their column `cols` [S]) and renormalised."""
+    below = nodes[None, :] == states[:, None]
+    z = logits.masked_fill(~below, float("-inf"))
+    w = torch.exp(z - z.amax(1, keepdim=True))  # the likeliest SID below weighs 1: the sum cannot underflow
+    q = torch.zeros(len(states), width, dtype=w.dtype, device=w.device).scatter_add_(1, cols.expand(len(states), -1), w)
+    return q / q.sum(1, keepdim=True)
+
+
+def distill_gap(trie: SidTrie, distill: Distill, teacher: TeacherTargets, rows: torch.Tensor, level: torch.Tensor,
+                states: torch.Tensor, tokens: torch.Tensor, level_logp: Callable) -> torch.Tensor:
+    """Sum over the distilled SID targets of CE(q_l, p) - CE(one-hot, p): alpha times it turns their
+    token loss into (1 - alpha) CE(one-hot) + alpha CE(q_l). `rows` [N]: each SID target's teacher
+    row (-1: none), `level`, `states`, `tokens` [N] as in level_blocks; `level_logp(d, idx)`: the
+    model's log-probs [n, level d's codes] of SID targets `idx`."""
+    total = teacher.logits.new_zeros(())
+    for depth in range(trie.depth):
+        idx = ((level == depth) & (rows >= 0)).nonzero()[:, 0]
+        if not idx.numel():
+            continue
+        codes = trie.columns[depth]
+        q = sid_marginals(teacher.logits[rows[idx]], distill.nodes[:, depth], distill.cols[:, depth], states[idx],
+                          codes.numel())
+        logp = level_logp(depth, idx)
+        own = logp.gather(1, torch.searchsorted(codes, tokens[idx])[:, None])[:, 0]
+        total = total + (own - (q * logp.masked_fill(q == 0, 0.0)).sum(1)).sum()  # 0 x -inf off the trie
+    return total
 
 
 def token_levels(trie: SidTrie) -> torch.Tensor:
@@ -153,22 +226,47 @@ def level_blocks(trie: SidTrie, view: HeadView, flat: torch.Tensor, level: torch
 
 
 def sid_token_loss(trie: SidTrie, levels: torch.Tensor, view: HeadView, targets: torch.Tensor,
-                   masked: bool, prefix: PrefixLoss | None = None) -> torch.Tensor:
+                   masked: bool, prefix: PrefixLoss | None = None, distill: Distill | None = None,
+                   teacher: TeacherTargets | None = None) -> torch.Tensor:
     """Mean negative log-likelihood of the supervised targets ([B, P], IGNORE_INDEX where unsupervised),
-    SID tokens trie-masked when `masked`, plus the prefix loss."""
+    SID tokens trie-masked when `masked`, plus the prefix loss; with `distill` and the batch's
+    `teacher`, its distilled SID targets' loss is the cross-entropy against the mixed target."""
     flat_targets = targets.reshape(-1)
     supervised = flat_targets != IGNORE_INDEX
     level, states = sid_paths(trie, sid_levels(levels, targets), targets.clamp(min=0))
     sid = level.reshape(-1) >= 0
     flat = sid.nonzero()[:, 0]
-    blocks = level_blocks(trie, view, flat, level.reshape(-1)[flat], states, flat_targets[flat])
+    sid_level = level.reshape(-1)[flat]
+    blocks = (level_blocks(trie, view, flat, sid_level, states, flat_targets[flat])
+              if masked or prefix is not None else [])
     present = [b for b in blocks if b is not None]
     sid_logp = (torch.cat([b.logp.gather(1, b.col[:, None])[:, 0] for b in present])[torch.argsort(torch.cat(
         [b.rows for b in present]))] if present else torch.zeros(0, device=targets.device))
-    full = (supervised & ~sid if masked else supervised).nonzero()[:, 0]
+    rows = None if distill is None or teacher is None else teacher.rows.reshape(-1)[flat]  # of the SID targets
+    # Scored apart from the cross-entropy over the vocabulary: every SID target when masked, else the
+    # distilled ones, whose softmax is read at their level's codes too.
+    apart = torch.zeros_like(supervised)
+    if masked:
+        apart[flat] = True
+    elif rows is not None:
+        apart[flat[rows >= 0]] = True
+    full = (supervised & ~apart).nonzero()[:, 0]
     total = F.cross_entropy(view.rows(full), flat_targets[full], reduction="sum")
     if masked:
         total = total - sid_logp.sum()
+    if rows is not None:
+        if masked:
+            def level_logp(depth: int, idx: torch.Tensor) -> torch.Tensor:
+                return blocks[depth].logp[torch.searchsorted(blocks[depth].rows, idx)]
+        else:
+            own = (rows >= 0).nonzero()[:, 0]
+            logp = torch.log_softmax(view.rows(flat[own]), -1)
+            total = total - logp.gather(1, flat_targets[flat[own]][:, None]).sum()
+
+            def level_logp(depth: int, idx: torch.Tensor) -> torch.Tensor:
+                return logp[torch.searchsorted(own, idx)[:, None], trie.columns[depth]]
+        total = total + distill.alpha * distill_gap(trie, distill, teacher, rows, sid_level, states, flat_targets[flat],
+                                                    level_logp)
     loss = total / supervised.sum()
     if prefix is None:
         return loss

@@ -7,6 +7,7 @@ from typing import Sequence
 
 from cluster.spec import JobSpec
 from indexing.dataset import load_from_spec
+from sft.distill import check_distill
 from sft.epoch_checkpoints import open_checkpoints
 from sft.tasks import ReasoningRecord
 from sft.teach import read_for_sft, require_item_text
@@ -23,7 +24,9 @@ def run(spec: JobSpec, reasoning: Sequence[ReasoningRecord] | None = None, prefe
     sections changed since."""
     # Checked and read before the checkpoints are fenced and Ray or DeepSpeed start, so that a refused
     # run costs nothing and leaves nothing behind.
-    require_item_text(spec, load_from_spec(spec))
+    ds = load_from_spec(spec)
+    require_item_text(spec, ds)
+    check_distill(spec, ds.num_items)
     if reasoning is None and preferences is None:
         reasoning, preferences = read_for_sft(spec)
     # The folder is rank 0's alone (a launcher's other ranks get theirs from it).

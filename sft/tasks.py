@@ -58,6 +58,7 @@ class TokenizedExample:
     task: str
     input_ids: list[int]
     labels: list[int]  # IGNORE_INDEX on prompt tokens
+    items: tuple[int, ...] = ()  # RenderedExample.items
 
 
 def title_of(items: dict[int, dict], item: int) -> str | None:
@@ -90,8 +91,9 @@ def longest_history(examples: Iterable[Example]) -> dict[int, Example]:
     return longest
 
 
-def _render(tokenizer, task: str, instruction: str, answer: str) -> RenderedExample:
-    return RenderedExample(task, render_prompt(tokenizer, instruction), render_completion(tokenizer, instruction, answer))
+def _render(tokenizer, task: str, instruction: str, answer: str, items: tuple[int, ...] = ()) -> RenderedExample:
+    return RenderedExample(task, render_prompt(tokenizer, instruction), render_completion(tokenizer, instruction, answer),
+                           items)
 
 
 class AlignmentBuilder:
@@ -123,7 +125,7 @@ class AlignmentBuilder:
             template = self.rng.randrange(len(TEMPLATES["seqrec"]))
             instruction = seqrec_instruction([self.index.text(i) for i in ex.history], template, False,
                                              related_sids(self.index, self.related, ex.history))
-            out.append(_render(self.tok, "seqrec", instruction, self.index.text(ex.target)))
+            out.append(_render(self.tok, "seqrec", instruction, self.index.text(ex.target), (*ex.history, ex.target)))
         return out
 
     def item2index(self) -> list[RenderedExample]:
@@ -266,7 +268,7 @@ def tokenize(tokenizer, examples: Sequence[RenderedExample], max_len: int,
             continue
         dense = history_tokens if ex.task == "seqrec" else frozenset()
         prompt_labels = [t if t in dense else IGNORE_INDEX for t in p]
-        out.append(TokenizedExample(ex.task, p + c, prompt_labels + c))
+        out.append(TokenizedExample(ex.task, p + c, prompt_labels + c, ex.items))
     if dropped:
         log.warning("dropped over-long examples", extra=fields(dropped=dropped, max_len=max_len))
     return out

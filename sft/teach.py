@@ -25,6 +25,7 @@ from cluster.teach_spec import OFFLINE_TEACHER
 from indexing.dataset import Dataset, load_from_spec, reserve_latest, split_from_spec
 from indexing.rewrite import Teacher, make_teacher
 from indexing.sid import SidIndex
+from sft.distill import check_distill
 from sft.preference_data import generate_preferences, read_summaries, select_users
 from sft.reasoning_data import generate_reasoning, read_records, select_examples
 from sft.tasks import ReasoningRecord, TaskError, item_text_problem, title_of
@@ -52,6 +53,8 @@ def preflight(spec: JobSpec) -> None:
     recipe that cannot train should not first spend the index stage."""
     if kinds(spec) or any(t != "seqrec" for t in spec.sft.tasks):
         require_item_text(spec, load_from_spec(spec))
+    if spec.sft.distill.path is not None:
+        check_distill(spec, load_from_spec(spec).num_items)
 
 
 def spec_teacher(spec: JobSpec) -> Teacher:

@@ -41,6 +41,7 @@ from indexing.trie import SidTrie
 from sft.backbone import REASONING_TOKENS, add_sid_tokens, resolve_backbone
 from sft.batches import collate, make_batches, token_loss
 from sft.curriculum import ALIGN, REASON, Step, epoch_plan
+from sft.distill import Distiller
 from sft.engine_setup import SftError, apply_lora, deepspeed_config, freeze_all_but_rows, init_distributed
 from sft.epoch_checkpoints import EpochCheckpoints, open_checkpoints
 from sft.hf_folder import load_backbone, save_backbone, torch_dtype
@@ -144,7 +145,9 @@ class Trainer:
         add_dropout(model, spec.sft.dropout)
         self.model, self.tok = model, tok
         trie = SidTrie.from_index(index, tok.get_vocab(), model.config.vocab_size, [tok.eos_token_id], self.device)
-        self.objective = sft_objective(spec.sft, trie)
+        self.distiller = (Distiller(spec, ds.num_items, index, self.token_ids, trie, self.device)
+                          if spec.sft.distill.path is not None else None)
+        self.objective = sft_objective(spec.sft, trie, None if self.distiller is None else self.distiller.tables)
         self.validator = (Validator(tok, index, validation_sample(split.valid, spec.sft.eval_users), spec.eval.ks,
                                     model.config.vocab_size, related) if spec.sft.eval_every else None)
         log.info("sft data", extra=fields(align=len(self.align), reason=len(self.reason), new_tokens=len(self.new_rows),
@@ -176,7 +179,8 @@ class Trainer:
         bar = tqdm(total=total, desc=desc, disable=self.rank != 0)
         for kind, examples in steps:
             batch = collate(examples, pad)
-            loss = token_loss(engine, batch, self.device, self.amp_dtype, self.objective)
+            teacher = None if self.distiller is None else self.distiller.targets(examples, batch.targets)
+            loss = token_loss(engine, batch, self.device, self.amp_dtype, self.objective, teacher)
             engine.backward(loss)
             stepped = engine.is_gradient_accumulation_boundary()  # asked before step() counts this micro-step
             engine.step()

@@ -13,7 +13,17 @@ import pytest
 import torch
 
 from indexing.trie import SidTrie
-from sft.sid_losses import HeadView, PrefixLoss, sid_items, sid_levels, sid_token_loss, token_levels
+from sft.sid_losses import (
+    HeadView,
+    PrefixLoss,
+    TeacherTargets,
+    distill_tables,
+    sid_items,
+    sid_levels,
+    sid_marginals,
+    sid_token_loss,
+    token_levels,
+)
 from sft.tasks import IGNORE_INDEX
 
 LN = math.log
@@ -140,9 +150,64 @@ def test_negatives_are_drawn_among_the_siblings_only():
     assert both == pytest.approx((LN(3 / 2) + LN(7 / 2)) / 2)
 
 
+# A teacher over the four SIDs, in the order the trie was built from: p_T = 0.4, 0.2, 0.3, 0.1.
+SIDS = torch.tensor([[1, 3, 6], [1, 3, 7], [1, 4, 8], [2, 5, 6]])
+P_TEACHER = torch.tensor([[0.4, 0.2, 0.3, 0.1]])
+
+
+def test_the_teacher_is_marginalised_onto_the_trie_below_the_targets_prefix(trie):
+    tables = distill_tables(trie, SIDS, 0.5)
+    # (1,3,6): level 1 over codes {1,2}: 0.4+0.2+0.3 against 0.1; level 2 below 1 over {3,4,5}: 0.6 : 0.3
+    # renormalised; level 3 below (1,3) over {6,7,8}: 0.4 : 0.2.
+    prefix_nodes = trie.states_for_prefixes(torch.tensor([[1, 3], [1, 3], [1, 3]]), torch.tensor([0, 1, 2]))
+    expected = [[0.9, 0.1], [2 / 3, 1 / 3, 0.0], [2 / 3, 1 / 3, 0.0]]
+    for depth, want in enumerate(expected):
+        q = sid_marginals(P_TEACHER.log(), tables.nodes[:, depth], tables.cols[:, depth], prefix_nodes[depth:depth + 1],
+                          len(want))
+        assert q[0].tolist() == pytest.approx(want)
+    # Tempered at T = 1/2: p_T^2 = 0.16, 0.04, 0.09, 0.01; below the root 0.29 : 0.01.
+    q = sid_marginals(P_TEACHER.log() / 0.5, tables.nodes[:, 0], tables.cols[:, 0], prefix_nodes[:1], 2)
+    assert q[0].tolist() == pytest.approx([29 / 30, 1 / 30])
+    # Below 2 only (2,5,6) lies: the forced code takes all the mass, however unlikely the item.
+    q = sid_marginals(P_TEACHER.log(), tables.nodes[:, 1], tables.cols[:, 1],
+                      trie.states_for_prefixes(torch.tensor([[2]])), 3)
+    assert q[0].tolist() == [0.0, 0.0, 1.0]
+
+
+def distilled(trie, masked: bool, alpha: float) -> float:
+    logits, targets = batch()
+    teacher = TeacherTargets(torch.tensor([[0, 0, 0, -1]]), P_TEACHER.log())
+    return float(sid_token_loss(trie, token_levels(trie), logits, targets, masked,
+                                distill=distill_tables(trie, SIDS, alpha), teacher=teacher))
+
+
+def test_distilled_loss_by_hand(trie):
+    # (1,3,6) then the end of turn, which keeps its one-hot target. Per level: CE(one-hot), CE(q).
+    # trie_ce: model 3/4 : 1/4, then 1/4 : 3/4, then 1/2 : 1/2 (see ROWS).
+    one_hot = [LN(4 / 3), LN(4), LN(2)]
+    soft = [0.9 * LN(4 / 3) + 0.1 * LN(4), 2 / 3 * LN(4) + 1 / 3 * LN(4 / 3), LN(2)]
+    end = LN(14 / 5)
+    mixed = sum(0.5 * a + 0.5 * b for a, b in zip(one_hot, soft))
+    assert distilled(trie, True, 0.5) == pytest.approx((mixed + end) / 4)
+    assert distilled(trie, True, 1.0) == pytest.approx((sum(soft) + end) / 4)
+    # ce: the full softmax: 3/15 and 1/15 for codes 1, 2; 1/13 and 3/13 for 3, 4; 1/10 each for 6, 7.
+    one_hot = [LN(5), LN(13), LN(10)]
+    soft = [0.9 * LN(5) + 0.1 * LN(15), 2 / 3 * LN(13) + 1 / 3 * LN(13 / 3), LN(10)]
+    mixed = sum(0.5 * a + 0.5 * b for a, b in zip(one_hot, soft))
+    assert distilled(trie, False, 0.5) == pytest.approx((mixed + end) / 4)
+    # alpha = 0 is the objective without a teacher.
+    logits, targets = batch()
+    for masked in (True, False):
+        assert distilled(trie, masked, 0.0) == pytest.approx(float(sid_token_loss(trie, token_levels(trie), logits, targets,
+                                                                                  masked)), rel=1e-6)
+
+
 @pytest.mark.parametrize("setting, key", [("sft.loss=msl", "sft.loss"), ("sft.prefix_loss.kind=listwise", "sft.prefix_loss.kind"),
                                           ("sft.prefix_loss.negatives=0", "sft.prefix_loss.negatives"),
-                                          ("sft.prefix_loss.temperature=0", "sft.prefix_loss.temperature")])
+                                          ("sft.prefix_loss.temperature=0", "sft.prefix_loss.temperature"),
+                                          ("sft.distill.alpha=1.5", "sft.distill.alpha"),
+                                          ("sft.distill.temperature=0", "sft.distill.temperature"),
+                                          ("sft.distill.weight=1", "sft.distill.weight")])
 def test_a_bad_objective_setting_exits_2_naming_its_key(setting, key, capsys):
     from gream.cli import main
 
