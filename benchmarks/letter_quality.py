@@ -6,7 +6,7 @@ run into `--out/<name>/seed<k>` (`sft.seed` = k; a stage whose `stage.json` matc
 so an interrupted run continues). The table puts the median over seeds of test Recall@5/10,
 NDCG@5/10 and Pass@1/10 beside the published rows.
 
-    python benchmarks/letter_quality.py --epochs 4 --seeds 0       # the BENCHMARKS.md rows
+    python benchmarks/letter_quality.py --epochs 4 --seeds 0       # the rows of BENCHMARKS.md at 1878e6b
     python benchmarks/letter_quality.py --seeds 0 1 2              # the configs' 12 epochs, median of 3
 """
 from __future__ import annotations

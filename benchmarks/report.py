@@ -25,13 +25,12 @@ from benchmarks.report_sections import SECTIONS  # noqa: E402
 from benchmarks.results import load_all, results_dir  # noqa: E402
 
 RELIABILITY = Path(__file__).with_name("report_reliability.md")
-INTRO = """# Benchmarks
-
-What gream achieves today, against what, on which machine and commit. This file is written by
-`python benchmarks/report.py` from the results files in `benchmarks/results/`, which the benchmark
-scripts write when they finish; each section names its results file, command, date and commit.
-To change a figure, run its command again; to change the words, edit `benchmarks/report_sections.py`
-and run the report again (a test checks that this file is what the results render)."""
+TITLE = "# Benchmarks"
+HOW = """How this file is made: `python benchmarks/report.py` writes it from the results files in
+`benchmarks/results/`, which the benchmark scripts write when they finish; each section names its
+results file, command, date, commit and machine. To change a figure, run its command again; to
+change the words, edit `benchmarks/report_sections.py` and run the report again (a test checks that
+this file is what the results render)."""
 
 # Questions whose results file is missing: the command that measures each (and writes the file).
 PENDING: dict[str, tuple[str, str]] = {
@@ -114,8 +113,8 @@ def render(records: dict[str, dict]) -> str:
     shown += [generic(name, rec) for name, rec in records.items() if name not in used]
     summary = [[r.question, r.gream, r.alternative, r.difference, r.status, f"[{title}]({anchor(title)})"]
                for title, rows, _ in shown for r in rows]
-    parts = [INTRO, "", table(["question", "gream", "the alternative", "difference or ratio [interval]",
-                               "status against the target", "section"], summary)]
+    parts = [TITLE, "", table(["question", "gream", "the alternative", "difference or ratio [interval]",
+                               "status against the target", "section"], summary), "", HOW]
     for title, _, body in shown:
         parts += ["", f"## {title}", "", wrap(body)]
     pending = [(title, cmd) for name, (title, cmd) in PENDING.items() if name not in records]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 
@@ -26,7 +26,6 @@ class Section:
     rows: Callable[[dict[str, dict]], list[Row]]
     body: Callable[[dict[str, dict]], str]
     uses: tuple[str, ...] = ()  # records read besides `needs`, when present
-    plots: Sequence[str] = field(default_factory=tuple)  # benchmarks/plots/ files shown in the section
 
 
 def anchor(title: str) -> str:

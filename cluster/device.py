@@ -61,7 +61,7 @@ def autocast_dtype(requested: str):
     """The spec's precision name as a torch dtype. No "auto": bfloat16 rounds differently on CPUs with
     and without AVX512-BF16/AMX, so a machine-dependent default made the SIDs and the SFT model depend
     on the processor (issue 22). bfloat16 stays an opt-in: on this machine's EPYC the demo's SFT trains
-    1.2x faster with it (BENCHMARKS.md) and MiniLM embeds 1.6x faster, at cosine 0.9999 to float32."""
+    1.2x faster with it (BENCHMARKS.md at 1878e6b) and MiniLM embeds 1.6x faster, at cosine 0.9999 to float32."""
     import torch
 
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[requested]

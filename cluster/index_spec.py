@@ -32,7 +32,7 @@ class FlexcodeSpec(_Section):
     # co-occurrence PPMI vectors (index.collaborative's dim and window), which need no training.
     cf_source: Literal["sasrec", "cooccurrence"] = "sasrec"
     # SASRec settings (fields of sft/sasrec.py SasrecConfig) for cf_source sasrec; the default is
-    # configs/sasrec_office.json, the validation-best SASRec on Office (BENCHMARKS.md, "Office quality"),
+    # configs/sasrec_office.json, the validation-best SASRec on Office (BENCHMARKS.md at 1878e6b, "Office quality"),
     # small enough that the Office index builds in minutes on two cores (the SasrecConfig defaults
     # were still training after 17 CPU-minutes).
     sasrec: dict[str, Any] = {"hidden": 64, "blocks": 1, "dropout": 0.2, "lr": 0.001}

@@ -1,7 +1,7 @@
 """Scaffolded 5-stage reasoning for a teacher too small to write it whole (`sft.reasoning.format: scaffold`).
 
 SmolLM2-135M, the offline default teacher, never writes the five stages and the answer tag when asked
-for them in one reply (BENCHMARKS.md, "Reasoning on Office"). It does answer one short question at a
+for them in one reply (BENCHMARKS.md at 1878e6b, "Reasoning on Office"). It does answer one short question at a
 time. So the data writes what it knows, the teacher what it does not:
 1. Behavioural evidence: the pruned history (`prune_history`), as SIDs with short titles;
 2-4. Latent preferences, intent, recommendation: one teacher sentence each, asked separately with the

@@ -54,7 +54,7 @@ class SasrecConfig:
     # "last": every training example (each prefix) once per epoch, its target at the last position
     # only, where evaluation reads the prediction (8x the rows per epoch on Office); "shifted":
     # SASRec's, each user's latest window once per epoch, the next item at every position. Chosen on
-    # Office validation (BENCHMARKS.md, "Office quality").
+    # Office validation (BENCHMARKS.md at 1878e6b, "Office quality").
     objective: Literal["shifted", "last"] = "last"
     # Rank only items outside the user's history (the target kept), as RecTools' filter_viewed and
     # RecBole's full-sort evaluation do. Off by default: gream's generative evaluation ranks every
