@@ -41,6 +41,9 @@ class LearnerCluster(Section):
     gpus_per_rank: float = Field(0, ge=0)
     cpus_per_rank: float = Field(1, gt=0)
     resources: Resources = {}
+    # A collective (gradient all-reduce, barrier, the group's rendezvous) not done this long raises on
+    # every rank waiting in it, so a hung or lost rank ends the group instead of stalling it.
+    collective_timeout_s: float = Field(1800.0, gt=0)
 
 
 class RLLearnerCluster(LearnerCluster):

@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 import ray
+from ray.exceptions import GetTimeoutError
 from ray.util.placement_group import (
     PlacementGroup,
     placement_group,
@@ -57,6 +59,17 @@ def init_ray(cluster: ClusterSpec, address: str | None = None) -> None:
 class Unplaceable(GreamError, RuntimeError):
     """A reservation the cluster could not hold within its wait: the job (or a scale request) asks
     for more than the cluster's free resources."""
+
+
+def get_started(actors: list, refs: list, timeout_s: float, failure: Callable[[], Exception]) -> list:
+    """`ray.get(refs)` on actors just started; past `timeout_s` (not placed, or stuck starting) the
+    actors are killed and `failure()` raised."""
+    try:
+        return ray.get(refs, timeout=timeout_s)
+    except GetTimeoutError:
+        for actor in actors:
+            ray.kill(actor)
+        raise failure() from None
 
 
 @dataclass

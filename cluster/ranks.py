@@ -14,6 +14,7 @@ from typing import Any
 
 # Ray's workers listen on 10002-19999 by default; a store port is drawn above them.
 LISTEN_FLOOR = 20000
+START_TIMEOUT_S = 600.0  # for rank 0 to be placed and answer; a rank imports torch and DeepSpeed first
 
 
 def listen_range() -> tuple[int, int]:
@@ -68,11 +69,15 @@ def ensure_rank_env() -> tuple[int, int]:
 
 
 def start_rank_actors(actor_cls: type, world_size: int, cpus_per_rank: float, gpus_per_rank: float,
-                      role_group=None, args: tuple = ()) -> tuple[list, str, int]:
+                      role_group=None, args: tuple = (), timeout_s: float = START_TIMEOUT_S) -> tuple[list, str, int]:
     """One Ray actor per rank, `actor_cls(*args, rank, world_size)`, rank r on bundle r of `role_group`
     when one is given; returns the actors and rank 0's rendezvous (`actor_cls` has a `rendezvous`
-    method that calls this module's)."""
+    method that calls this module's). Ranks whose rank 0 has not answered within `timeout_s` (not
+    placed, or stuck starting) are killed and GetTimeoutError raised."""
     import ray
+    from ray.exceptions import GetTimeoutError
+
+    from cluster.placement import get_started
 
     remote_cls = ray.remote(actor_cls)
     actors = []
@@ -82,5 +87,7 @@ def start_rank_actors(actor_cls: type, world_size: int, cpus_per_rank: float, gp
             options["scheduling_strategy"] = role_group.strategy(rank)
         actors.append(remote_cls.options(**options).remote(*args, rank, world_size))
     # Rank 0 may land on any node of a cluster: its own address and port host the store.
-    master_addr, master_port = ray.get(actors[0].rendezvous.remote())
+    [(master_addr, master_port)] = get_started(actors, [actors[0].rendezvous.remote()], timeout_s, lambda: GetTimeoutError(
+        f"rank 0 of {world_size} {actor_cls.__name__} ranks did not start within {timeout_s:.0f}s ({cpus_per_rank} "
+        f"CPUs and {gpus_per_rank} GPUs per rank); the cluster has {ray.available_resources()} free"))
     return actors, master_addr, master_port

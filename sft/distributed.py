@@ -1,6 +1,11 @@
 """SFT over several DeepSpeed ranks (`cluster.sft.num_ranks` > 1), each a Ray actor in one placement
 group: every rank builds the same examples and batch plan and trains its share of each epoch's
 plan (see `Trainer._epoch_batches`); rank 0 writes the model and the metrics.
+
+A rank that fails ends the run at once: its peers would wait for it in their next collective (until
+`cluster.sft.collective_timeout_s`), and a rank hung for good would never answer at all, so the
+driver does not wait for every rank but stops them all at the first failure (SftRankFailed, exit 4;
+`--resume` goes on from the last complete epoch).
 """
 from __future__ import annotations
 
@@ -10,12 +15,36 @@ from typing import Sequence
 
 from cluster import ranks
 from cluster.checkpoint import CheckpointManager
+from cluster.errors import Resumable, first_line
 from cluster.logs import fields, setup_logging
 from cluster.spec import JobSpec
 from sft.tasks import ReasoningRecord
 from sft.trainer import Trainer
 
 log = logging.getLogger(__name__)
+
+
+class SftRankFailed(Resumable):
+    """An SFT rank failed (or timed out in a collective, waiting for a hung one); every rank was stopped."""
+
+    exit_code = 4
+
+
+def _all_or_first_failure(refs: list) -> list:
+    """Every rank's result, or SftRankFailed as soon as one rank fails, whatever the others are doing."""
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        try:
+            ray.get(done)
+        except (RayTaskError, RayActorError) as exc:  # what a rank raised, or its actor's death
+            rank = refs.index(done[0])
+            raise SftRankFailed(f"SFT rank {rank} failed ({type(exc).__name__}: {first_line(exc)}); every rank "
+                                "was stopped; the last complete epoch checkpoint stands") from exc
+    return ray.get(refs)
 
 
 class SftRank:
@@ -49,7 +78,8 @@ def train_on_ray(spec: JobSpec, reasoning: Sequence[ReasoningRecord], preference
         actors, addr, port = ranks.start_rank_actors(SftRank, c.num_ranks, c.cpus_per_rank, c.gpus_per_rank, group)
         log.info("sft ranks started", extra=fields(ranks=c.num_ranks, cpus_per_rank=c.cpus_per_rank,
                                                     gpus_per_rank=c.gpus_per_rank))
-        paths = ray.get([a.train.remote(spec, list(reasoning), preferences, checkpoints, addr, port) for a in actors])
+        paths = _all_or_first_failure([a.train.remote(spec, list(reasoning), preferences, checkpoints, addr, port)
+                                       for a in actors])
     finally:
         for actor in actors:
             ray.kill(actor)

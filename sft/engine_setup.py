@@ -1,6 +1,8 @@
 """The SFT DeepSpeed engine's set-up: the process group, the config, LoRA and the warm-up freeze."""
 from __future__ import annotations
 
+from datetime import timedelta
+
 import torch
 
 from cluster.device import Placement
@@ -17,12 +19,13 @@ WARMUP_SHARE = 0.03
 MIN_LR_RATIO = 0.1
 
 
-def init_distributed(placement: Placement) -> tuple[int, int]:
-    """Join the launcher's group (Ray actors of sft.distributed, torchrun) or a one-rank group of our own."""
+def init_distributed(placement: Placement, timeout_s: float) -> tuple[int, int]:
+    """Join the launcher's group (Ray actors of sft.distributed, torchrun) or a one-rank group of our own;
+    `timeout_s`: cluster.sft.collective_timeout_s."""
     import deepspeed
 
     rank, world = ensure_rank_env()
-    deepspeed.init_distributed(dist_backend=placement.dist_backend)
+    deepspeed.init_distributed(dist_backend=placement.dist_backend, timeout=timedelta(seconds=timeout_s))
     return rank, world
 
 

@@ -115,7 +115,7 @@ class Trainer:
         self.spec, self.checkpoints = spec, checkpoints
         self.placement = resolve(spec.cluster.device)
         os.environ.setdefault("DS_ACCELERATOR", self.placement.ds_accelerator)
-        self.rank, self.world = init_distributed(self.placement)
+        self.rank, self.world = init_distributed(self.placement, spec.cluster.sft.collective_timeout_s)
         self.device = self.placement.torch_device(int(os.environ.get("LOCAL_RANK", 0)))
         # Weights stored in bf16/fp16 (model.dtype) train in that precision already.
         self.amp_dtype = autocast_dtype(spec.sft.autocast) if spec.model.dtype == "float32" else torch.float32

@@ -26,6 +26,7 @@ class LearnerConfig:
     temperature: float = 1.0
     grad_clip: float = 1.0
     seed: int = 0
+    collective_timeout_s: float = 1800.0  # cluster.learner.collective_timeout_s
 
     @classmethod
     def from_spec(cls, spec: JobSpec, model_path: str | Path) -> "LearnerConfig":
@@ -34,7 +35,7 @@ class LearnerConfig:
                    offload=rl.offload, micro_batch_size=rl.micro_batch_size, clip_low=rl.clip_low,
                    clip_high=rl.clip_high, kl_coef=rl.kl_coef, ce_coef=rl.ce_coef, pg_coef=rl.pg_coef,
                    tis_cap=rl.tis_cap, temperature=rl.temperature,
-                   seed=rl.seed)
+                   seed=rl.seed, collective_timeout_s=spec.cluster.learner.collective_timeout_s)
 
 
 def deepspeed_config(cfg: LearnerConfig, placement: device_mod.Placement) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from cluster.spec import JobSpec
 from rl_system.learner.config import LearnerConfig
 from rl_system.learner.rank import Learner
 from rl_system.messages import TrainBatch
+from rl_system.weight_sync.sender import SILENT_AFTER_S
 
 
 class LearnerGroup:
@@ -23,7 +24,8 @@ class LearnerGroup:
         self.config = config
         self.call_timeout_s = call_timeout_s  # None: wait forever; a call past it raises GetTimeoutError
         self.actors, master_addr, master_port = ranks.start_rank_actors(
-            Learner, world_size, cpus_per_rank, gpus_per_rank, role_group, (config,))
+            Learner, world_size, cpus_per_rank, gpus_per_rank, role_group, (config,),
+            ranks.START_TIMEOUT_S if call_timeout_s is None else call_timeout_s)
         self.call("setup", master_addr, master_port)
 
     @classmethod
@@ -40,10 +42,10 @@ class LearnerGroup:
     def _num_micro(self, shards: list[TrainBatch]) -> int:
         return -(-max(len(s) for s in shards) // self.config.micro_batch_size)
 
-    def _get(self, refs: list) -> list:
+    def _get(self, refs: list, extra_s: float = 0.0) -> list:
         import ray
 
-        return ray.get(refs, timeout=self.call_timeout_s)
+        return ray.get(refs, timeout=None if self.call_timeout_s is None else self.call_timeout_s + extra_s)
 
     def train_step(self, batch: TrainBatch) -> dict:
         shards = self._shards(batch)
@@ -93,8 +95,12 @@ class LearnerGroup:
         receivers' joins (the rendezvous completes only when all have joined)."""
         return self.actors[0].init_weight_sender.remote(master_addr, port, world_size, **kwargs)
 
-    def push_weights(self, version: int, receivers: Sequence[Any]) -> dict:
-        return self.call("push_weights", version, list(receivers))[0]
+    def push_weights(self, version: int, receivers: Sequence[Any], receivers_s: float = 0.0) -> dict:
+        """`receivers_s`: how long the sender may wait on the receivers (its group's timeout), on top of
+        the learner's own call timeout, so that a hung receiver is named by the sender (ReceiversSilent)
+        rather than taken for a hung learner."""
+        return self._get([a.push_weights.remote(version, list(receivers)) for a in self.actors],
+                         receivers_s + SILENT_AFTER_S)[0]
 
     def save_hf(self, path: str | Path) -> str:
         return self.call("save_hf", str(path))[0]

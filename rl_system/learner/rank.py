@@ -16,6 +16,7 @@ import gc
 import logging
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -82,7 +83,8 @@ class Learner:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.integrations import HfDeepSpeedConfig
 
-        deepspeed.init_distributed(dist_backend=self.placement.dist_backend, verbose=False)
+        deepspeed.init_distributed(dist_backend=self.placement.dist_backend, verbose=False,
+                                   timeout=timedelta(seconds=config.collective_timeout_s))
         torch.manual_seed(config.seed)
         self.device = self.placement.torch_device()
         dtype = torch.bfloat16 if self.placement.is_gpu else torch.float32

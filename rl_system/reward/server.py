@@ -22,7 +22,7 @@ import msgpack
 import zmq
 
 from cluster.logs import fields
-from cluster.placement import Unplaceable
+from cluster.placement import Unplaceable, get_started
 from indexing.segments import Popularity
 from indexing.sid import SidIndex
 from rl_system.reward import functions as rewards
@@ -179,19 +179,13 @@ def start_replicas(index_path: str | Path, replicas: int, mode: rewards.Mode = "
     cluster.reward.resources); returns (handles, endpoints). Replicas not serving within
     `start_timeout_s` (no node has the resources, or none has room) are killed and Unplaceable raised."""
     import ray
-    from ray.exceptions import GetTimeoutError
 
     wire.check_token(host, token)  # here too, so the driver gets the message rather than a dead actor
     actor_cls = reward_service_actor(num_cpus).options(resources=resources or {}, scheduling_strategy="SPREAD")
     shared = None if popularity is None else ray.put(popularity)  # one copy in the object store for every replica
     actors = [actor_cls.remote(str(index_path), mode, beta, semantic_levels, host, token, max_request_bytes, teacher,
                                shared) for _ in range(replicas)]
-    try:
-        endpoints = ray.get([a.endpoint.remote() for a in actors], timeout=start_timeout_s)
-    except GetTimeoutError:
-        for actor in actors:
-            ray.kill(actor)
-        raise Unplaceable(f"{replicas} reward replica(s) needing {resources or 'no custom resources'} did not start "
-                          f"within {start_timeout_s:.0f}s (cluster.reward.start_timeout_s); the cluster has "
-                          f"{ray.available_resources()} free") from None
+    endpoints = get_started(actors, [a.endpoint.remote() for a in actors], start_timeout_s, lambda: Unplaceable(
+        f"{replicas} reward replica(s) needing {resources or 'no custom resources'} did not start within "
+        f"{start_timeout_s:.0f}s (cluster.reward.start_timeout_s); the cluster has {ray.available_resources()} free"))
     return actors, endpoints

@@ -241,13 +241,18 @@ class RolloutPool:
         if self.learner is None:
             return {}
         for _ in range(MAX_RESTARTS_PER_CALL + 1):
+            # A receiver the sender names as silent is hung (ReceiversSilent), whether or not its
+            # actor still answers: replaced like a dead one.
+            silent = list(getattr(failure, "silent", ()))
+            for i in silent:
+                self._replace(i)
             # Probed before forming too: the live members would wait for a dead one to join until
             # the group's timeout.
-            replaced = self._replace_failed()
+            replaced = silent + self._replace_failed()
             if failure is not None:
                 if not replaced:
                     raise failure  # no worker at fault: the learner's own (a dead rank ends the job)
-                log.warning("weight push failed on a lost rollout worker; re-forming the push group",
+                log.warning("weight push failed on a lost or hung rollout worker; re-forming the push group",
                             extra=fields(slots=replaced, version=self.version, error=type(failure).__name__))
             try:
                 return self._form_group_and_push()
@@ -263,11 +268,12 @@ class RolloutPool:
         world = 1 + sum(ranks)
         offsets = [1 + sum(ranks[:i]) for i in range(len(ranks))]
         backend = self.cfg.placement.dist_backend
-        refs = [self.learner.init_weight_sender(master_addr, port, world)]
-        refs += [w.init_weight_group.remote(master_addr, port, off, world, backend)
+        timeout_s = self.rollout.call_timeout_s  # the group's joins and broadcasts, and a push's receipts
+        refs = [self.learner.init_weight_sender(master_addr, port, world, timeout_s=timeout_s)]
+        refs += [w.init_weight_group.remote(master_addr, port, off, world, backend, timeout_s)
                  for w, off in zip(self.workers, offsets)]
-        ray.get(refs, timeout=self.rollout.call_timeout_s)
-        return self.learner.push_weights(self.version, self.workers)
+        ray.get(refs, timeout=timeout_s)
+        return self.learner.push_weights(self.version, self.workers, timeout_s)
 
     @_serialized
     def push(self, version: int) -> dict:
@@ -275,7 +281,7 @@ class RolloutPool:
         if self.learner is None:
             raise RuntimeError("RolloutPool.push before attach_learner")
         try:
-            stats = self.learner.push_weights(version, self.workers)
+            stats = self.learner.push_weights(version, self.workers, self.rollout.call_timeout_s)
         except PUSH_FAILURES as exc:
             self.version = version
             return self._resync(failure=exc)

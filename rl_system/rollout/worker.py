@@ -22,6 +22,7 @@ from rl_system.rollout.constraint import (
     ConstraintTable,
 )
 from rl_system.rollout.engine import EngineConfig, build_llm
+from rl_system.weight_sync.group import GROUP_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,10 @@ class RolloutWorker:
         """Ranks this worker adds to the weight group: one per tensor-parallel vLLM worker."""
         return self.cfg.tensor_parallel
 
-    def init_weight_group(self, master_addr: str, port: int, rank_offset: int, world_size: int, backend: str) -> list[int]:
-        return self.llm.collective_rpc("init_weight_group", args=(master_addr, port, rank_offset, world_size, backend))
+    def init_weight_group(self, master_addr: str, port: int, rank_offset: int, world_size: int, backend: str,
+                          timeout_s: float = GROUP_TIMEOUT_S) -> list[int]:
+        return self.llm.collective_rpc("init_weight_group",
+                                       args=(master_addr, port, rank_offset, world_size, backend, timeout_s))
 
     def receive_weights(self, wire: list[dict], version: int) -> dict:
         """Load a push (plan `wire`, bytes over the weight group); returns the slowest rank's receipt

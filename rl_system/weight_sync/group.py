@@ -8,15 +8,17 @@ import torch.distributed as dist
 
 from rl_system.weight_sync.plan import WeightSyncError
 
-GROUP_TIMEOUT = timedelta(minutes=10)
+# A join, and every broadcast, not done this long raises on every member that waits for it.
+GROUP_TIMEOUT_S = 600.0
 _STORE_PREFIX = "gream-weights"
 
 
 # --------------------------------------------------------------------------- group
 def join_group(master_addr: str, port: int, rank: int, world_size: int, backend: str,
-               timeout: timedelta = GROUP_TIMEOUT):
+               timeout_s: float = GROUP_TIMEOUT_S):
     """A process group of its own (not the default group, which DeepSpeed or vLLM already own).
     Blocks until all `world_size` ranks have joined."""
+    timeout = timedelta(seconds=timeout_s)
     store = dist.TCPStore(master_addr, port, world_size, is_master=rank == 0, timeout=timeout,
                           wait_for_workers=False)
     store = dist.PrefixStore(_STORE_PREFIX, store)

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import torch
 
-from rl_system.weight_sync.group import broadcast_async, join_group
+from rl_system.weight_sync.group import GROUP_TIMEOUT_S, broadcast_async, join_group
 from rl_system.weight_sync.plan import Bucket, WeightSyncError, dtype_of, unpack
 
 
@@ -123,9 +123,10 @@ class WeightReceiverExtension:
     """Mixed into vLLM's worker class (`worker_extension_cls`); methods run in every vLLM worker
     through `LLM.collective_rpc`. `self.rank` is the worker's rank inside its engine."""
 
-    def init_weight_group(self, master_addr: str, port: int, rank_offset: int, world_size: int, backend: str) -> int:
+    def init_weight_group(self, master_addr: str, port: int, rank_offset: int, world_size: int, backend: str,
+                          timeout_s: float = GROUP_TIMEOUT_S) -> int:
         rank = rank_offset + self.rank
-        self._weight_group = join_group(master_addr, port, rank, world_size, backend)
+        self._weight_group = join_group(master_addr, port, rank, world_size, backend, timeout_s)
         return rank
 
     def _post_bucket(self, bucket: Bucket) -> tuple[torch.Tensor, list]:

@@ -1,9 +1,13 @@
-"""The store port of a training group: drawn where no outgoing connection of the job can take it."""
+"""The store port of a training group: drawn where no outgoing connection of the job can take it; ranks
+that cannot start end the wait for them."""
 from __future__ import annotations
 
 import socket
+import time
 
-from cluster.ranks import LISTEN_FLOOR, free_port, listen_range
+import pytest
+
+from cluster.ranks import LISTEN_FLOOR, free_port, listen_range, start_rank_actors
 
 
 def _ephemeral_low() -> int:
@@ -36,3 +40,21 @@ def test_a_taken_port_is_not_drawn(monkeypatch):
         draws = iter([taken, taken, LISTEN_FLOOR + 7])
         monkeypatch.setattr(random.SystemRandom, "randrange", lambda self, a, b: next(draws))
         assert free_port() == LISTEN_FLOOR + 7
+
+
+class _Rank:
+    def __init__(self, rank: int, world_size: int):
+        self.rank = rank
+
+    def rendezvous(self) -> tuple[str, int]:
+        return "127.0.0.1", free_port()
+
+
+def test_ranks_that_cannot_start_are_given_up_after_the_timeout(ray_cluster):
+    from ray.exceptions import GetTimeoutError
+
+    start = time.monotonic()
+    with pytest.raises(GetTimeoutError, match=r"rank 0 of 2 _Rank ranks did not start within 2s \(10000 CPUs and 0 "
+                                              r"GPUs per rank\); the cluster has .* free"):
+        start_rank_actors(_Rank, 2, cpus_per_rank=10_000, gpus_per_rank=0, timeout_s=2)
+    assert time.monotonic() - start < 30

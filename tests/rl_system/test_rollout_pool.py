@@ -162,6 +162,25 @@ def test_hung_worker_times_out_and_is_replaced(learner_and_pool):
     _serves(pool, pool.version)
 
 
+def test_hung_receiver_is_replaced_not_taken_for_the_learner(learner_and_pool):
+    """A worker wedged holding its engine lock (a generation that never ends, say) answers version
+    queries but never takes a push: the sender names it once cluster.rollout.call_timeout_s has
+    passed, and the pool replaces it and pushes again; the learner is not blamed."""
+    spec, learner, pool = learner_and_pool
+    restarts, rollout, version = pool.restarts, pool.rollout, pool.version
+    pool.rollout = rollout.model_copy(update={"call_timeout_s": 8})
+    try:
+        assert pool.scale(len(pool.slots))  # the push group formed again, under the short timeout
+        wedged = pool.workers[0]
+        ray.get(wedged.__ray_call__.remote(lambda self: self._lock.acquire()))
+        assert ray.get(wedged.weight_version.remote(), timeout=5) == version  # alive, to every probe
+        stats = pool.push(version=version + 1)
+    finally:
+        pool.rollout = rollout
+    assert stats["version"] == version + 1 and pool.restarts == restarts + 1 and pool.workers[0] != wedged
+    _serves(pool, version + 1)
+
+
 def test_set_cpu_bind_replaces_its_own_value_but_keeps_the_users(monkeypatch):
     import os
 

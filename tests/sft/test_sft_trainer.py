@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -194,6 +195,43 @@ def test_two_ranks_on_ray_share_each_epoch_and_save_one_model(run_dir, ray_clust
     summary = json.loads((tmp_path / "sft/train_summary.json").read_text())
     assert summary["ranks"] == 2 and summary["selection"]["epoch"] == 1
     assert summary["micro_steps"] == sum(len(single._epoch_batches(e)[0]) // 2 for e in range(spec.sft.epochs))
+
+
+def _stop_a_training_rank(stopped: list) -> None:
+    """SIGSTOP one of the two ranks as soon as both run `train`: alive to Ray, silent to its peer."""
+    import os
+    import signal
+
+    import psutil
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        ranks = sorted(p.pid for p in psutil.process_iter(["cmdline"])
+                       if (p.info["cmdline"] or [""])[0].startswith("ray::SftRank.train"))
+        if len(ranks) == 2:
+            os.kill(ranks[-1], signal.SIGSTOP)
+            stopped.append(ranks[-1])
+            return
+        time.sleep(0.2)
+
+
+def test_a_hung_rank_ends_the_run_instead_of_stalling_it(run_dir, ray_cluster, tmp_path):
+    """The live rank times out in its collective (cluster.sft.collective_timeout_s) and the driver
+    stops every rank at that first failure, instead of waiting on the hung one for good."""
+    import threading
+
+    from sft.distributed import SftRankFailed
+
+    shutil.copytree(run_dir / "index", tmp_path / "index")
+    spec = make_spec(tmp_path, sft_ranks=2)
+    spec.cluster.sft.collective_timeout_s = 10
+    stopped: list[int] = []
+    stopper = threading.Thread(target=_stop_a_training_rank, args=(stopped,), daemon=True)
+    stopper.start()
+    start = time.monotonic()
+    with pytest.raises(SftRankFailed, match="SFT rank [01] failed .*; every rank was stopped") as err:
+        run(spec)
+    assert stopped and err.value.exit_code == 4 and time.monotonic() - start < 240
 
 
 def test_validation_every_epoch_logs_and_saves_the_best_epoch(run_dir, tmp_path):
