@@ -25,10 +25,14 @@ from sft.sasrec import SasrecConfig, check_settings, fit
 log = logging.getLogger(__name__)
 
 
+def sasrec_config(spec: JobSpec) -> SasrecConfig:
+    settings = check_settings(spec.index.flexcode.sasrec, f"{spec.source or 'spec'}: key 'index.flexcode.sasrec'")
+    return SasrecConfig(**{"seed": spec.index.seed, **settings})
+
+
 def sasrec_item_vectors(spec: JobSpec, ds: Dataset, split: Split) -> np.ndarray:
     """[items, hidden] item embeddings of SASRec trained on split.train (early stopping on valid)."""
-    settings = check_settings(spec.index.flexcode.sasrec, f"{spec.source or 'spec'}: key 'index.flexcode.sasrec'")
-    cfg = SasrecConfig(**{"seed": spec.index.seed, **settings})
+    cfg = sasrec_config(spec)
     key = json.dumps({"data": spec.section_hash("data"), "sasrec": asdict(cfg), "ks": spec.eval.ks}, sort_keys=True)
     cache = spec.layout.stage("index") / "cache" / f"sasrec-items-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npy"
     if cache.exists():
@@ -44,4 +48,6 @@ def sasrec_item_vectors(spec: JobSpec, ds: Dataset, split: Split) -> np.ndarray:
 
 
 def run(spec: JobSpec) -> dict:
+    if spec.index.scheme == "flexcode":
+        sasrec_config(spec)  # a bad setting exits before minutes of text embedding, not after
     return build.run(spec, cf_vectors=sasrec_item_vectors)
