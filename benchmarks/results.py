@@ -135,7 +135,8 @@ def write(rec: dict) -> Path:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(plain(rec), indent=1, allow_nan=False) + "\n")
     tmp.replace(path)
-    print(f"results: {_shown(path)}", flush=True)
+    # stderr: a script's stdout may be its --json output
+    print(f"results: {_shown(path)}", file=sys.stderr, flush=True)
     return path
 
 
