@@ -99,6 +99,9 @@ def scalars(value, prefix: str = ""):
     if isinstance(value, dict):
         for key, v in value.items():
             yield from scalars(v, f"{prefix}{key}" if not prefix else f"{prefix} / {key}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from scalars(v, f"{prefix} / {i}")
     elif isinstance(value, (int, float, str, bool)) or value is None:
         yield prefix, value
 
