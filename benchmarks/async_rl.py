@@ -15,7 +15,6 @@ left out. Validation: `rl.eval_every` = steps, the same 500 users for every run.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -29,7 +28,7 @@ if str(REPO) not in sys.path:  # run as a script: benchmarks/ is not an installe
     sys.path.insert(0, str(REPO))
 
 from benchmarks.results import record, spec_data  # noqa: E402
-from benchmarks.rl_gain import prepare, run_rl  # noqa: E402
+from benchmarks.rl_gain import prepare, run_parser, run_rl  # noqa: E402
 from cluster.metrics_log import read_metrics  # noqa: E402
 from cluster.run_layout import RunLayout  # noqa: E402
 
@@ -84,10 +83,7 @@ def format_summary(r: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--spec", type=Path, default=REPO / "configs/demo.yaml")
-    p.add_argument("--base", type=Path, required=True, help="SFT run folder (index/, model/, sft/model/)")
-    p.add_argument("--out", type=Path, required=True)
+    p = run_parser(__doc__.splitlines()[0])
     p.add_argument("--staleness", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seeds", nargs="+", type=int, default=[0],

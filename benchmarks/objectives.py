@@ -20,7 +20,6 @@ Recall@10, a point per weight with its intervals, the SFT model for reference).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -34,7 +33,7 @@ if str(REPO) not in sys.path:  # run as a script: benchmarks/ is not an installe
 
 from benchmarks.quality import SPLITS, per_user, pooled  # noqa: E402
 from benchmarks.results import record, spec_data  # noqa: E402
-from benchmarks.rl_gain import RECIPES, curve, evaluate_runs, train_runs  # noqa: E402
+from benchmarks.rl_gain import RECIPES, curve, evaluate_runs, record_screen, run_parser, train_runs  # noqa: E402
 from gream.compare import Stage, in_segment, load_stage  # noqa: E402
 from sft.beyond_accuracy import coverage  # noqa: E402
 
@@ -99,10 +98,7 @@ def format_report(r: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--spec", type=Path, default=REPO / "configs/demo.yaml")
-    p.add_argument("--base", type=Path, required=True, help="SFT run folder (index/, model/, sft/model/)")
-    p.add_argument("--out", type=Path, required=True)
+    p = run_parser(__doc__.splitlines()[0])
     p.add_argument("--weights", nargs="+", type=float, default=[0.0, 0.25, 0.5, 1.0, 2.0])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--recipe", default="ce_anchor", choices=sorted(RECIPES), help="the RL recipe the tail reward joins")
@@ -116,8 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     provenance = {"script": __file__, "argv": argv, "model": args.base / "sft/model", "data": spec_data(args.spec),
                   "settings": {"recipe": args.recipe, "sets": sets, "seeds": args.seeds}}
     if args.screen:
-        record("objectives_screen", {"recipes": {r: {"curves": {d.name: curve(d) for d in dirs}}
-                                                 for r, dirs in runs.items()}}, **provenance)
+        record_screen("objectives_screen", runs, **provenance)
         return 0
     base = args.base.resolve()
     evaluate_runs(args.spec, sets, base, runs, sampling=False)

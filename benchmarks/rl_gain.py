@@ -207,11 +207,23 @@ def evaluate_runs(spec: Path, sets: Sequence[str], base: Path, runs: dict[str, l
                 evaluate_stage(spec, sets, run_dir, "rl", sampling)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def run_parser(description: str) -> argparse.ArgumentParser:
+    """The arguments every RL-from-one-SFT-run benchmark takes (rl_gain, objectives, async_rl)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--spec", type=Path, default=REPO / "configs/demo.yaml")
     p.add_argument("--base", type=Path, required=True, help="SFT run folder (index/, model/, sft/model/)")
     p.add_argument("--out", type=Path, required=True)
+    return p
+
+
+def record_screen(name: str, runs: dict[str, list[Path]], **provenance) -> None:
+    """A screen's results file: each recipe's validation curves."""
+    record(name, {"recipes": {r: {"curves": {d.name: curve(d) for d in dirs}} for r, dirs in runs.items()}},
+           **provenance)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = run_parser(__doc__.splitlines()[0])
     p.add_argument("--recipes", nargs="+", default=["sample_srpo", "beam_srpo", "beam_rank"], choices=sorted(RECIPES))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every RL run")
@@ -226,8 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     provenance = {"script": __file__, "argv": argv, "model": args.base / "sft/model", "data": spec_data(args.spec),
                   "settings": {"sets": sets, "recipes": {r: RECIPES[r] for r in args.recipes}}}
     if args.screen:
-        record(f"{args.name}_screen", {"recipes": {r: {"curves": {d.name: curve(d) for d in dirs}}
-                                                   for r, dirs in runs.items()}}, **provenance)
+        record_screen(f"{args.name}_screen", runs, **provenance)
         return 0
     base = args.base.resolve()
     evaluate_runs(args.spec, sets, base, runs, not args.no_pass)
