@@ -78,8 +78,8 @@ def beam_candidates(spec_path: Path, base: Path, split_name: str, width: int) ->
     teacher = Teacher(base / "baselines/sasrec", ds.num_items, ds.name)
     histories = [list(ex.history) for ex in examples]
     target_logp, _ = teacher.score(histories, np.array([ex.target for ex in examples]))
-    flat, _ = teacher.score([h for h in histories for _ in range(width)], items.ravel())
-    return Candidates(examples, split.train, items, beams.scores.numpy(), flat.reshape(items.shape), target_logp, teacher)
+    return Candidates(examples, split.train, items, beams.scores.numpy(), teacher.candidate_logp(histories, items),
+                      target_logp, teacher)
 
 
 def main() -> int:

@@ -29,7 +29,6 @@ from rl_system.rerank import rerank_order
 from rl_system.rollout.constraint import ANSWER_OPEN, THINK_CLOSE, THINK_OPEN
 
 MODES = ANSWER_MODES
-TEACHER_ROWS = 4096  # candidates per teacher call: each holds a catalogue-wide row of scores
 
 
 @dataclass(frozen=True)
@@ -90,16 +89,6 @@ class Reranker:
     width: int
     to_item: Callable[[Sequence[int]], int | None]  # a candidate's token ids -> its item
 
-    def teacher_logp(self, histories: Sequence[Sequence[int]], items: np.ndarray) -> np.ndarray:
-        """log p_T(item | history) of `items` [U, W] (-1: an empty slot, -inf)."""
-        out = np.full(items.shape, -np.inf)
-        users = max(1, TEACHER_ROWS // max(1, items.shape[1]))
-        for start in range(0, len(items), users):
-            block = items[start:start + users]
-            repeated = [h for h in histories[start:start + users] for _ in range(block.shape[1])]
-            out[start:start + users] = self.teacher.score(repeated, block.ravel())[0].reshape(block.shape)
-        return out
-
     def apply(self, answers: Sequence[Answer], histories: Sequence[Sequence[int]], depth: int) -> list[Answer]:
         """The answers with their candidates re-ordered, the best `depth` kept."""
         width = max((len(a.candidates) for a in answers), default=0)
@@ -113,7 +102,7 @@ class Reranker:
                 raise RuntimeError("a beam candidate is not a real SID: the trie constraint is broken")
             items[row, :len(named)] = named
             policy[row, :len(named)] = [c.logprob for c in a.candidates]
-        order = rerank_order(items, policy, self.teacher_logp(histories, items), self.weight, depth)
+        order = rerank_order(items, policy, self.teacher.candidate_logp(histories, items), self.weight, depth)
         return [replace(a, candidates=[a.candidates[j] for j in row if j >= 0]) for a, row in zip(answers, order.tolist())]
 
 

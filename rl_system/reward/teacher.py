@@ -17,6 +17,8 @@ import torch
 
 from sft.sasrec_scorer import check_teacher, load_scorer
 
+CANDIDATE_ROWS = 4096  # candidates per scoring call: each holds a catalogue-wide row of scores
+
 
 class Teacher:
     def __init__(self, folder: str | Path, num_items: int, dataset: str):
@@ -44,3 +46,14 @@ class Teacher:
         rank = (scores > own).sum(1).numpy()
         return (np.where(named, logp.gather(1, pick)[:, 0].numpy(), -np.inf),
                 np.where(named, rank, -1).astype(np.int64))
+
+    def candidate_logp(self, histories: Sequence[Sequence[int]], items: np.ndarray) -> np.ndarray:
+        """log p_T(item | history) of each user's candidates `items` [U, W] (-1: an empty slot, -inf),
+        scored in blocks of users so that memory stays bounded."""
+        out = np.full(items.shape, -np.inf)
+        users = max(1, CANDIDATE_ROWS // max(1, items.shape[1]))
+        for start in range(0, len(items), users):
+            block = items[start:start + users]
+            repeated = [h for h in histories[start:start + users] for _ in range(block.shape[1])]
+            out[start:start + users] = self.score(repeated, block.ravel())[0].reshape(block.shape)
+        return out
