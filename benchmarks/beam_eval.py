@@ -102,17 +102,20 @@ def hf_beam(model, prompts: Sequence[Sequence[int]], table, eos_id: int, pad_id:
     return out
 
 
-def vllm_threads(pool) -> str:
-    """What the rollout worker's vLLM engine process is bound to (vLLM picks its own OpenMP threads)."""
+def engine_binding(worker) -> str:
+    """What a rollout worker's vLLM engine is bound to: the worker's own process when the engine runs
+    in it (`EngineConfig.in_process`), and each engine process vLLM started (it picks its own OpenMP
+    threads). Informative only: an error is reported, not raised."""
     try:
         import psutil
         import ray
 
-        pid = ray.get(pool.workers[0].__ray_call__.remote(lambda self: os.getpid()))
-        procs = psutil.Process(pid).children(recursive=True)
-        return "; ".join(f"{p.name()} pid {p.pid}: cores {p.cpu_affinity()}, {p.num_threads()} threads, "
-                         f"OMP_NUM_THREADS={p.environ().get('OMP_NUM_THREADS', '-')}" for p in procs) or "no engine process"
-    except Exception as exc:  # informative only
+        worker_pid = ray.get(worker.__ray_call__.remote(lambda self: os.getpid()))
+        me = psutil.Process(worker_pid)
+        return "; ".join(f"{p.name()} pid {p.pid}: cores {sorted(p.cpu_affinity())}, {p.num_threads()} threads, "
+                         f"OMP_NUM_THREADS={p.environ().get('OMP_NUM_THREADS', '-')}"
+                         for p in [me, *me.children(recursive=True)])
+    except Exception as exc:
         return f"unknown ({type(exc).__name__}: {exc})"
 
 
@@ -207,7 +210,7 @@ def main() -> int:
         beam_metrics(pool, warm, token_to_item, args.width, KS)
         run_hf(warm.prompt_ids)
         run_torch(len(warm.prompt_ids))
-        threads = vllm_threads(pool)
+        threads = engine_binding(pool.workers[0])
 
         sides = {"gream": run_gream, "torch": run_torch, "hf": run_hf}
         times: dict[str, list[float]] = {side: [] for side in sides}

@@ -4,15 +4,17 @@ several weights of the tail reward and several seeds, every user of both splits.
 From one SFT run folder (`index/`, `model/`, `sft/model/`): for each weight and seed, `gream rl`
 with a likelihood-anchored recipe (`--recipe`, benchmarks/rl_gain.py's recipes; by default
 `ce_anchor`) plus `rl.objectives.tail=<weight>`, in a run folder of its own, validated inside the
-run, so `rl/model` is the checkpoint `checkpoint.best_metric` selects (val NDCG@10 unless `--set`
-says otherwise); then every selected model and the SFT model on every user of both splits (beam
-metrics; benchmarks/rl_gain.py does both). Per weight: the seed-mean figures and the paired 95%
+run for the curves; `rl/model` is the last step (`checkpoint.select=last`), because picking
+each run's checkpoint by validation NDCG@10 would undo the trade-off being measured: the weight is
+what is chosen, on validation. Then every run's model and the SFT model on every user of both
+splits (beam metrics; benchmarks/rl_gain.py does both). Per weight: the seed-mean figures and the paired 95%
 interval of RL - SFT (per user averaged over the weight's seeds, users resampled;
 benchmarks/quality.py's pooled) of overall NDCG@10, tail share of the top 10 and tail-item
-Recall@10 (the users whose target is a tail item). Choose the weight on the valid rows; test is read
-once. Writes objectives.json and the results file benchmarks/results/objectives.json, from which
-benchmarks/report.py draws the long-tail trade-off (NDCG@10 against tail share and against tail
-Recall@10, a point per weight with its intervals, the SFT model for reference).
+Recall@10 (the users whose target is a tail item). The weight is chosen on the valid rows
+(`choose`): the largest tail-share gain among the weights whose validation NDCG@10 interval stays
+above -MARGIN; test is read once. Writes objectives.json and the results file
+benchmarks/results/objectives.json, from which benchmarks/report.py draws the long-tail trade-off
+(NDCG@10 against tail share and against tail Recall@10, a point per weight with its intervals, the SFT model for reference).
 
   python benchmarks/objectives.py --base runs/base --out runs/objectives --weights 0 0.25 0.5 1 2 \\
       --seeds 0 1 2 --set rl.steps=60
@@ -39,6 +41,7 @@ from sft.beyond_accuracy import coverage  # noqa: E402
 
 ACCURACY, TAIL_SHARE, TAIL_RECALL = "ndcg@10", "tail_share@10", "tail recall@10"
 SHOWN = (ACCURACY, TAIL_SHARE, TAIL_RECALL)
+MARGIN = 0.003  # non-inferiority margin on NDCG@10: about 5% of the demo SFT model's figure
 
 
 def recipe_name(weight: float) -> str:
@@ -82,6 +85,16 @@ def report(base: Path, runs: dict[str, list[Path]], weights: Sequence[float], re
     return out
 
 
+def choose(intervals: dict[str, dict]) -> dict:
+    """The weight chosen on validation: of the weights whose valid NDCG@10 interval (RL - SFT) has its
+    low end above -MARGIN, the one with the largest valid tail-share gain; None when no weight is
+    non-inferior."""
+    held = {w: d["valid"] for w, d in intervals.items() if d["valid"][ACCURACY]["low"] > -MARGIN}
+    weight = max(held, key=lambda w: held[w][TAIL_SHARE]["diff"]) if held else None
+    return {"weight": weight, "margin": MARGIN,
+            "rule": f"largest valid {TAIL_SHARE} gain with the valid {ACCURACY} interval above -{MARGIN}"}
+
+
 def format_report(r: dict) -> str:
     lines = [f"tail reward sweep, {r['date']}, load average {' / '.join(map(str, r['load']))}",
              "RL - SFT per user averaged over seeds, 95% paired bootstrap interval; seed means in brackets"]
@@ -94,6 +107,8 @@ def format_report(r: dict) -> str:
                      f"({w['figures'][split][m]:.4f})" for m in SHOWN]
             lines.append(f"  tail {weight:>5} (steps {w['selected_steps']}): " + "; ".join(parts)
                          + f"; coverage@10 {w['figures'][split]['coverage@10']:.4f}")
+    chosen = r["chosen"]
+    lines.append(f"\nchosen on validation ({chosen['rule']}): tail weight {chosen['weight']}")
     return "\n".join(lines)
 
 
@@ -106,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--resamples", type=int, default=2000)
     p.add_argument("--screen", action="store_true", help="RL runs and their validation curves only")
     args = p.parse_args(argv)
-    sets = ["rl.eval_every=10", *args.set]  # validation inside the run unless overridden
+    sets = ["rl.eval_every=10", "checkpoint.select=last", *args.set]  # curves in the run; the last step
     recipes = {recipe_name(w): [*RECIPES[args.recipe], f"rl.objectives.tail={w}"] for w in args.weights}
     runs = train_runs(args.spec, args.base, args.out, recipes, args.seeds, sets)
     provenance = {"script": __file__, "argv": argv, "model": args.base / "sft/model", "data": spec_data(args.spec),
@@ -117,10 +132,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     base = args.base.resolve()
     evaluate_runs(args.spec, sets, base, runs, sampling=False)
     result = {"recipe": args.recipe, "sets": sets, **report(base, runs, args.weights, args.resamples)}
+    result["chosen"] = choose({w: entry["rl_minus_sft"] for w, entry in result["weights"].items()})
     (args.out / "objectives.json").write_text(json.dumps(result, indent=1))
     print(format_report(result))
     intervals = {w: entry.pop("rl_minus_sft") for w, entry in result["weights"].items()}
-    record("objectives", {"recipe": args.recipe, "sft": result["sft"], "weights": result["weights"]},
+    record("objectives", {"recipe": args.recipe, "sft": result["sft"], "weights": result["weights"],
+                          "chosen": result["chosen"]},
            intervals=intervals, **provenance)
     return 0
 

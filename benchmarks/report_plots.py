@@ -87,18 +87,19 @@ def scaling(records: dict[str, dict]):
                       title="RL throughput against the number of rollout workers and learner ranks")
 
 
-def long_tail(split: str) -> Callable[[dict[str, dict]], object]:
+def long_tail(split: str, x: str) -> Callable[[dict[str, dict]], object]:
+    """NDCG@10 against one long-tail figure (`x`: "tail_share@10" or "tail recall@10"), a point per tail
+    weight at the SFT figure plus its paired difference, with the difference's interval on both axes."""
     def plot(records: dict[str, dict]):
         f, iv = records["objectives"]["figures"], records["objectives"]["intervals"]
         sft = f["sft"][split]
-        items = [("SFT", sft["tail_share@10"], sft["ndcg@10"], None, None)]
+        items = [("SFT", sft[x], sft["ndcg@10"], None, None)]
         for weight, d in iv.items():
-            d = d[split]
-            x, y = d["tail_share@10"], d["ndcg@10"]
-            items.append((f"tail weight {weight}", sft["tail_share@10"] + x["diff"], sft["ndcg@10"] + y["diff"],
-                          (sft["tail_share@10"] + x["low"], sft["tail_share@10"] + x["high"]),
-                          (sft["ndcg@10"] + y["low"], sft["ndcg@10"] + y["high"])))
-        return draw.points(items, xlabel=f"{split} tail share of the top 10", ylabel=f"{split} NDCG@10",
+            dx, dy = d[split][x], d[split]["ndcg@10"]
+            items.append((f"tail weight {weight}", sft[x] + dx["diff"], sft["ndcg@10"] + dy["diff"],
+                          (sft[x] + dx["low"], sft[x] + dx["high"]), (sft["ndcg@10"] + dy["low"], sft["ndcg@10"] + dy["high"])))
+        label = {"tail_share@10": "tail share of the top 10", "tail recall@10": "Recall@10 of tail-item targets"}[x]
+        return draw.points(items, xlabel=f"{split} {label}", ylabel=f"{split} NDCG@10",
                            title=f"Long-tail trade-off on {split}: the tail reward's weights against the SFT model")
     return plot
 
@@ -116,8 +117,8 @@ PLOTS: dict[str, Plot] = {
     "rl_test.png": Plot(("teacher_rerank",), test_differences),  # shown in the re-rank section
     "beam_eval.png": Plot(("beam_eval",), beam_eval),
     "scaling.png": Plot(("scaling",), scaling),
-    "long_tail_valid.png": Plot(("objectives",), long_tail("valid")),
-    "long_tail_test.png": Plot(("objectives",), long_tail("test")),
+    **{f"long_tail_{kind}_{split}.png": Plot(("objectives",), long_tail(split, x))
+       for kind, x in (("share", "tail_share@10"), ("recall", "tail recall@10")) for split in ("valid", "test")},
 }
 
 

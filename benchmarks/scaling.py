@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/scaling.py` puts benchmarks/, not the repo, on the path
     sys.path.insert(0, str(REPO))
 
-from benchmarks.beam_eval import add_model_args, missing_model_inputs  # noqa: E402
+from benchmarks.beam_eval import add_model_args, engine_binding, missing_model_inputs  # noqa: E402
 from benchmarks.results import record  # noqa: E402
 from cluster.run_layout import METRICS_FILE, RunLayout  # noqa: E402
 
@@ -130,20 +130,6 @@ def scaling_table(title: str, unit: str, seconds: dict[int, list[float]], work: 
 
 
 # --------------------------------------------------------------------------- measurements (Ray, vLLM, DeepSpeed)
-def engine_processes(worker) -> list:
-    import psutil
-    import ray
-
-    pid = ray.get(worker.__ray_call__.remote(lambda self: os.getpid()))
-    return psutil.Process(pid).children(recursive=True)
-
-
-def binding(worker) -> str:
-    procs = engine_processes(worker)
-    return "; ".join(f"{p.name()} cores {sorted(p.cpu_affinity())}, {p.num_threads()} threads, "
-                     f"OMP_NUM_THREADS={p.environ().get('OMP_NUM_THREADS', '-')}" for p in procs) or "no engine process"
-
-
 def single_worker_view(pool):
     """The pool restricted to its first worker: `generate` then sends every prompt to that worker."""
     view = copy.copy(pool)
@@ -187,7 +173,7 @@ def measure_rollout(spec, model: Path, index, prompts, repeats: int):
 
         for k in SIDES:  # warm-up: first-call allocations on every engine
             run(k)
-        bound = [binding(w) for w in pool.workers]
+        bound = [engine_binding(w) for w in pool.workers]
         seconds: dict[int, list[float]] = {k: [] for k in SIDES}
         for rep in range(repeats):
             for k in SIDES:

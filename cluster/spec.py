@@ -285,6 +285,10 @@ class CheckpointSpec(_Section):
     # None: `val/ndcg@10` when rl.eval_every is set, else `reward/mean`.
     best_metric: str | None = None
     best_mode: Literal["max", "min"] = "max"
+    # What rl/model is: with in-run validation, `best` exports that best checkpoint, as SFT and the
+    # SASRec are early-stopped; `last` exports the last step's weights, for objectives that trade
+    # accuracy on purpose (a tail reward), where picking by accuracy would undo the objective.
+    select: Literal["best", "last"] = "best"
 
 
 class JobSpec(_Section):

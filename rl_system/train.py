@@ -293,7 +293,7 @@ def _train(spec: JobSpec, ckpts: CheckpointManager, prompts, split, resume: bool
             if step % spec.checkpoint.every == 0 or last or stopping or evaluated:
                 _save(spec, ckpts, learner, trained_data, step, window.take())  # save
         if not stopping:
-            _export_selected(spec, ckpts, learner, step, selected=validate is not None)
+            _export_selected(spec, ckpts, learner, step, selected=exports_best(spec, validate is not None))
     if stopping:
         raise Stopped(stop.raised, _resume_hint(ckpts))
     return spec.layout.model("rl")
@@ -303,11 +303,17 @@ def _trained_enough(rl, epochs_drawn: float) -> bool:
     return rl.epochs is not None and epochs_drawn >= rl.epochs
 
 
+def exports_best(spec: JobSpec, validated: bool) -> bool:
+    """Whether rl/model is the best checkpoint (else the last weights): only a run validated in-run
+    ranks its checkpoints by accuracy, and `checkpoint.select: last` opts out of that."""
+    return validated and spec.checkpoint.select == "best"
+
+
 def _export_selected(spec: JobSpec, ckpts: CheckpointManager, learner: LearnerGroup, step: int,
                      selected: bool) -> None:
-    """rl/model: with in-run validation the best checkpoint by `checkpoint.best_metric` (step 0 =
-    the SFT weights, when no step beat them), as SFT and SASRec are early-stopped; else the last
-    weights. `selection.json` beside it says which."""
+    """rl/model: with in-run validation and `checkpoint.select: best`, the best checkpoint by
+    `checkpoint.best_metric` (step 0 = the SFT weights, when no step beat them), as SFT and SASRec
+    are early-stopped; else the last weights. `selection.json` beside it says which."""
     best = ckpts.best() if selected else None
     if best is not None and best.step != step:
         learner.load_checkpoint(best.path / "learner")

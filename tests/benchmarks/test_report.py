@@ -8,9 +8,11 @@ import struct
 from benchmarks.report import PENDING, main, render
 from benchmarks.report_sections import SECTIONS
 from benchmarks.results import REPO, write
+from benchmarks.scaling import sides
 
 CURVE = {"val_ndcg@10": {"0": 0.05, "10": 0.052}, "reward": {"1": 0.1, "2": 0.2}, "kept_share": {"1": 0.25, "2": 0.5},
          "selected_step": 10, "last_step": 10}
+TAIL_FIGURES = {"ndcg@10": 0.05, "tail_share@10": 0.3, "tail recall@10": 0.02, "coverage@10": 0.4}
 DIFF = {"diff": 0.002, "low": -0.001, "high": 0.005, "verdict": "no difference"}
 
 
@@ -37,10 +39,13 @@ def fixture() -> list[dict]:
                                            "users_per_s": 40.65}},
                           "ratio_to_hf": {"torch": {"median": 12.34, "runs": [11.0, 12.34, 13.0]}}}, threads=2),
         rec("weight_sync", {"ratio": 1.44, "push_s": 0.2}),  # no section of its own: shown as its figures
-        rec("scaling", {"rollout": {k: {"completions_per_s": v} for k, v in (("1", 500.0), ("2", 580.0))},
-                        "learner": {k: {"completions_per_s": v} for k, v in (("1", 75.0), ("2", 78.0))}}),
-        rec("objectives", {"sft": {s: {"ndcg@10": 0.05, "tail_share@10": 0.3} for s in ("valid", "test")}, "weights": {}},
-            {w: {s: {"ndcg@10": DIFF, "tail_share@10": DIFF} for s in ("valid", "test")} for w in ("0.5", "1")}),
+        rec("scaling", {"rollout": sides({1: [1.0, 1.2, 1.1], 2: [0.5, 0.6, 0.55]}, 512),
+                        "learner": sides({1: [1.4, 1.5, 1.45], 2: [1.4, 1.5, 1.45]}, 512)},
+            prompts=64, n=8, repeats=3, learner_cores=2, workers=["worker 0 on core 0", "worker 1 on core 1"]),
+        rec("objectives", {"recipe": "ce_anchor", "chosen": {"weight": "1", "margin": 0.003, "rule": "the rule"},
+                           "sft": {s: TAIL_FIGURES for s in ("valid", "test")},
+                           "weights": {w: {"figures": {s: TAIL_FIGURES for s in ("valid", "test")}} for w in ("0.5", "1")}},
+            {w: {s: {m: DIFF for m in TAIL_FIGURES} for s in ("valid", "test")} for w in ("0.5", "1")}, seeds=[0, 1, 2]),
     ]
 
 
@@ -64,6 +69,9 @@ def test_report_from_a_fixture_has_its_cells_and_plots(results_folder, tmp_path,
     cells = [c.strip() for c in summary[0].strip("|").split("|")]
     assert cells[1:5] == ["torch beam 2.00 s", "HF generate 24.60 s", "12.34x (runs 11.00, 12.34, 13.00)", "met"]
     assert "| ce_anchor (2 seeds) | +0.0020 [-0.0010, +0.0050] |" in text
+    assert "| RL rollout throughput with 2 rollout workers against 1 (each worker its own core) | 2: 931 completions/s " \
+           "| 1: 465 completions/s " \
+           "| 2.00x (runs 2.00, 2.00, 2.00) | measured |" in text
     assert "| ratio | 1.44 |" in text and "## Weight push against a raw broadcast" in text  # the generic section
     assert "python benchmarks/weight_sync.py --hidden" not in text  # measured: no longer pending
     assert PENDING["trie"][1] in text  # not measured: its command is listed, no figure
@@ -71,10 +79,13 @@ def test_report_from_a_fixture_has_its_cells_and_plots(results_folder, tmp_path,
 
     drawn = {p.name for p in plots.iterdir()}
     assert drawn == {"rl_validation.png", "rl_reward.png", "rl_kept.png", "beam_eval.png", "scaling.png",
-                     "long_tail_valid.png", "long_tail_test.png"}
+                     *(f"long_tail_{kind}_{split}.png" for kind in ("share", "recall") for split in ("valid", "test"))}
     assert png_size(plots / "beam_eval.png")[0] > 400
     assert "![Beam evaluation time per user](benchmarks/plots/beam_eval.png)" in text
-    assert "![long_tail_test.png](benchmarks/plots/long_tail_test.png)" in text  # a generic section's plot
+    assert "![NDCG@10 against tail Recall@10, test](benchmarks/plots/long_tail_recall_test.png)" in text
+    tail = next(line for line in text.splitlines() if line.startswith("| the tail reward"))
+    assert tail.endswith("| not met | [Long tail: the tail reward against the SFT model]"
+                         "(#long-tail-the-tail-reward-against-the-sft-model) |")
 
     assert main(["--results", str(results_folder), "--out", str(out), "--check"]) == 0
     out.write_text(text.replace("12.34x", "12.35x"))

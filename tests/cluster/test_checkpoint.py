@@ -160,3 +160,12 @@ def test_half_written_metrics_line_is_skipped_on_resume(tmp_path, caplog):
     path.write_text('{"step": 1}\n{"step": 2, "x"\n{"step": 3}\n')  # not a crash: damage mid-file
     with pytest.raises(MetricsLogError, match="line 2 is not JSON"):
         MetricsLog(tmp_path, tensorboard=False, resume_from_step=3)
+
+
+def test_rl_model_is_the_best_checkpoint_only_when_validated_and_selected_by_best():
+    from cluster.spec import JobSpec
+    from rl_system.train import exports_best
+
+    assert exports_best(JobSpec(name="x"), validated=True)
+    assert not exports_best(JobSpec(name="x"), validated=False)  # no accuracy to rank by: the last weights
+    assert not exports_best(JobSpec(name="x", checkpoint={"select": "last"}), validated=True)
