@@ -1,9 +1,10 @@
-"""What does the tail reward (rl.objectives.tail) buy, and at what accuracy? One SFT model, RL at
-several weights of the tail reward and several seeds, every user of both splits.
+"""What does a long-tail reward (rl.objectives.<--objective>: tail, novelty, head_exposure) buy, and
+at what accuracy? One SFT model, RL at several weights of it and several seeds, every user of both
+splits.
 
 From one SFT run folder (`index/`, `model/`, `sft/model/`): for each weight and seed, `gream rl`
 with a likelihood-anchored recipe (`--recipe`, benchmarks/rl_gain.py's recipes; by default
-`ce_anchor`) plus `rl.objectives.tail=<weight>`, in a run folder of its own, validated inside the
+`ce_anchor`) plus `rl.objectives.<objective>=<weight>`, in a run folder of its own, validated inside the
 run for the curves; `rl/model` is the last step (`checkpoint.select=last`), because picking
 each run's checkpoint by validation NDCG@10 would undo the trade-off being measured: the weight is
 what is chosen, on validation. Then every run's model and the SFT model on every user of both
@@ -44,8 +45,8 @@ SHOWN = (ACCURACY, TAIL_SHARE, TAIL_RECALL)
 MARGIN = 0.003  # non-inferiority margin on NDCG@10: about 5% of the demo SFT model's figure
 
 
-def recipe_name(weight: float) -> str:
-    return f"tail{weight:g}"
+def recipe_name(objective: str, weight: float) -> str:
+    return f"{objective}{weight:g}"
 
 
 def means(stages: Sequence[Stage], split: str) -> dict[str, float]:
@@ -72,12 +73,12 @@ def against_sft(rl: Sequence[Stage], sft: Stage, resamples: int) -> dict[str, di
     return out
 
 
-def report(base: Path, runs: dict[str, list[Path]], weights: Sequence[float], resamples: int) -> dict:
+def report(base: Path, runs: dict[str, list[Path]], objective: str, weights: Sequence[float], resamples: int) -> dict:
     sft = load_stage(f"{base}:sft")
     out = {"date": time.strftime("%Y-%m-%d %H:%M"), "load": [round(x, 2) for x in os.getloadavg()],
            "sft": {split: means([sft], split) for split in SPLITS}, "weights": {}}
     for weight in weights:
-        dirs = runs[recipe_name(weight)]
+        dirs = runs[recipe_name(objective, weight)]
         rl = [load_stage(f"{d}:rl") for d in dirs]
         out["weights"][f"{weight:g}"] = {
             "runs": [str(d) for d in dirs], "selected_steps": [curve(d)["selected_step"] for d in dirs],
@@ -96,7 +97,7 @@ def choose(intervals: dict[str, dict]) -> dict:
 
 
 def format_report(r: dict) -> str:
-    lines = [f"tail reward sweep, {r['date']}, load average {' / '.join(map(str, r['load']))}",
+    lines = [f"{r['objective']} reward sweep, {r['date']}, load average {' / '.join(map(str, r['load']))}",
              "RL - SFT per user averaged over seeds, 95% paired bootstrap interval; seed means in brackets"]
     for split in SPLITS:
         sft = r["sft"][split]
@@ -105,10 +106,10 @@ def format_report(r: dict) -> str:
             diffs = w["rl_minus_sft"][split]
             parts = [f"{m} {diffs[m]['diff']:+.4f} [{diffs[m]['low']:+.4f}, {diffs[m]['high']:+.4f}] "
                      f"({w['figures'][split][m]:.4f})" for m in SHOWN]
-            lines.append(f"  tail {weight:>5} (steps {w['selected_steps']}): " + "; ".join(parts)
+            lines.append(f"  {r['objective']} {weight:>5} (steps {w['selected_steps']}): " + "; ".join(parts)
                          + f"; coverage@10 {w['figures'][split]['coverage@10']:.4f}")
     chosen = r["chosen"]
-    lines.append(f"\nchosen on validation ({chosen['rule']}): tail weight {chosen['weight']}")
+    lines.append(f"\nchosen on validation ({chosen['rule']}): {r['objective']} weight {chosen['weight']}")
     return "\n".join(lines)
 
 
@@ -116,27 +117,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = run_parser(__doc__.splitlines()[0])
     p.add_argument("--weights", nargs="+", type=float, default=[0.0, 0.25, 0.5, 1.0, 2.0])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--recipe", default="ce_anchor", choices=sorted(RECIPES), help="the RL recipe the tail reward joins")
+    p.add_argument("--objective", default="tail", choices=("tail", "novelty", "head_exposure", "diversity"),
+                   help="the rl.objectives weight swept")
+    p.add_argument("--recipe", default="ce_anchor", choices=sorted(RECIPES), help="the RL recipe the reward joins")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every RL run")
     p.add_argument("--resamples", type=int, default=2000)
     p.add_argument("--screen", action="store_true", help="RL runs and their validation curves only")
     args = p.parse_args(argv)
     sets = ["rl.eval_every=10", "checkpoint.select=last", *args.set]  # curves in the run; the last step
-    recipes = {recipe_name(w): [*RECIPES[args.recipe], f"rl.objectives.tail={w}"] for w in args.weights}
+    recipes = {recipe_name(args.objective, w): [*RECIPES[args.recipe], f"rl.objectives.{args.objective}={w}"]
+               for w in args.weights}
     runs = train_runs(args.spec, args.base, args.out, recipes, args.seeds, sets)
     provenance = {"script": __file__, "argv": argv, "model": args.base / "sft/model", "data": spec_data(args.spec),
-                  "settings": {"recipe": args.recipe, "sets": sets, "seeds": args.seeds}}
+                  "settings": {"recipe": args.recipe, "objective": args.objective, "sets": sets, "seeds": args.seeds}}
     if args.screen:
         record_screen("objectives_screen", runs, **provenance)
         return 0
     base = args.base.resolve()
     evaluate_runs(args.spec, sets, base, runs, sampling=False)
-    result = {"recipe": args.recipe, "sets": sets, **report(base, runs, args.weights, args.resamples)}
+    result = {"recipe": args.recipe, "objective": args.objective, "sets": sets,
+              **report(base, runs, args.objective, args.weights, args.resamples)}
     result["chosen"] = choose({w: entry["rl_minus_sft"] for w, entry in result["weights"].items()})
     (args.out / "objectives.json").write_text(json.dumps(result, indent=1))
     print(format_report(result))
     intervals = {w: entry.pop("rl_minus_sft") for w, entry in result["weights"].items()}
-    record("objectives", {"recipe": args.recipe, "sft": result["sft"], "weights": result["weights"],
+    record("objectives", {"recipe": args.recipe, "objective": args.objective, "sft": result["sft"], "weights": result["weights"],
                           "chosen": result["chosen"]},
            intervals=intervals, **provenance)
     return 0

@@ -88,19 +88,20 @@ def scaling(records: dict[str, dict]):
 
 
 def long_tail(split: str, x: str) -> Callable[[dict[str, dict]], object]:
-    """NDCG@10 against one long-tail figure (`x`: "tail_share@10" or "tail recall@10"), a point per tail
-    weight at the SFT figure plus its paired difference, with the difference's interval on both axes."""
+    """NDCG@10 against one long-tail figure (`x`: "tail_share@10" or "tail recall@10"), a point per
+    weight of the swept reward at the SFT figure plus its paired difference, with the difference's
+    interval on both axes."""
     def plot(records: dict[str, dict]):
         f, iv = records["objectives"]["figures"], records["objectives"]["intervals"]
         sft = f["sft"][split]
         items = [("SFT", sft[x], sft["ndcg@10"], None, None)]
         for weight, d in iv.items():
             dx, dy = d[split][x], d[split]["ndcg@10"]
-            items.append((f"tail weight {weight}", sft[x] + dx["diff"], sft["ndcg@10"] + dy["diff"],
+            items.append((f"{f['objective']} {weight}", sft[x] + dx["diff"], sft["ndcg@10"] + dy["diff"],
                           (sft[x] + dx["low"], sft[x] + dx["high"]), (sft["ndcg@10"] + dy["low"], sft["ndcg@10"] + dy["high"])))
         label = {"tail_share@10": "tail share of the top 10", "tail recall@10": "Recall@10 of tail-item targets"}[x]
         return draw.points(items, xlabel=f"{split} {label}", ylabel=f"{split} NDCG@10",
-                           title=f"Long-tail trade-off on {split}: the tail reward's weights against the SFT model")
+                           title=f"Long-tail trade-off on {split}: the {f['objective']} reward's weights against the SFT model")
     return plot
 
 

@@ -110,6 +110,10 @@ def rerank_body(r: dict[str, dict]) -> str:
 
 
 # --------------------------------------------------------------------------- objectives
+OBJECTIVES = {"tail": "a bonus on hits and near hits by the item's novelty",
+              "novelty": "every completion earns its item's novelty, hit or not",
+              "head_exposure": "a penalty on misses naming head items beyond their training share",
+              "diversity": "each completion's share of its group's distinct SID prefixes"}
 TAIL_SHOWN = (("ndcg@10", "NDCG@10"), ("tail_share@10", "tail share of the top 10"), ("tail recall@10", "tail Recall@10"))
 
 
@@ -117,8 +121,8 @@ def objectives_rows(r: dict[str, dict]) -> list[Row]:
     f, iv = r["objectives"]["figures"], r["objectives"]["intervals"]
     chosen, margin = f["chosen"]["weight"], f["chosen"]["margin"]
     seeds = len(r["objectives"]["settings"]["seeds"])
-    question = (f"the tail reward (weight chosen on validation) raises tail Recall@10 and the tail share of the top 10 "
-                f"over the SFT model, test NDCG@10 non-inferior (interval above -{margin}), every user, {seeds} seeds")
+    question = (f"the {f['objective']} reward (weight chosen on validation) raises tail Recall@10 and the tail share of "
+                f"the top 10 over the SFT model, test NDCG@10 non-inferior (interval above -{margin}), every user, {seeds} seeds")
     if chosen is None:
         return [Row(question, "no weight kept validation NDCG@10 non-inferior", "SFT model", "-", "not met")]
     d, sft, got = iv[chosen]["test"], f["sft"]["test"], f["weights"][chosen]["figures"]["test"]
@@ -137,13 +141,13 @@ def objectives_body(r: dict[str, dict]) -> str:
                     f"{v['tail recall@10']:.4f}, coverage@10 {v['coverage@10']:.4f}" for split, v in f["sft"].items())
     return "\n".join([
         "Can RL trade a little accuracy for the long tail, which cross-entropy cannot aim at? From the demo SFT model, "
-        f"`gream rl` with the `{f['recipe']}` recipe plus `rl.objectives.tail` at each weight (a bonus on hits and near "
-        "hits by the item's novelty, `rl_system/reward/objectives.py`), seeds " + ", ".join(map(str, st["seeds"]))
+        f"`gream rl` with the `{f['recipe']}` recipe plus `rl.objectives.{f['objective']}` at each weight "
+        f"({OBJECTIVES[f['objective']]}, `rl_system/reward/objectives.py`), seeds " + ", ".join(map(str, st["seeds"]))
         + "; each run's last step; every user of both splits. Differences to the SFT model per user, averaged over the "
         "seeds, 95% bootstrap intervals; tail Recall@10 over the users whose target is a tail item. The weight is "
         f"chosen on validation ({f['chosen']['rule']}): **{f['chosen']['weight']}**.", "", provenance(rec), "",
         f"SFT model: {sft}.", "",
-        table(["tail weight", "split", *(f"{label} - SFT" for _, label in TAIL_SHOWN), "coverage@10"], rows), "",
+        table([f"{f['objective']} weight", "split", *(f"{label} - SFT" for _, label in TAIL_SHOWN), "coverage@10"], rows), "",
         figure("long_tail_share_valid.png", "NDCG@10 against the tail share, validation"),
         figure("long_tail_share_test.png", "NDCG@10 against the tail share, test"),
         figure("long_tail_recall_valid.png", "NDCG@10 against tail Recall@10, validation"),
@@ -302,7 +306,7 @@ def flexcode_body(r: dict[str, dict]) -> str:
 SECTIONS: list[Section] = [
     Section("RL over SFT", "rl_gain", rl_rows, rl_body, uses=("rl_gain_screen",)),
     Section("Generate, then re-rank with the teacher", "teacher_rerank", rerank_rows, rerank_body),
-    Section("Long tail: the tail reward against the SFT model", "objectives", objectives_rows, objectives_body),
+    Section("Long tail: a tail reward against the SFT model", "objectives", objectives_rows, objectives_body),
     Section("Constrained beam evaluation vs Hugging Face generate", "beam_eval", beam_rows, beam_body),
     Section("RL throughput against rollout workers and learner ranks", "scaling", scaling_rows, scaling_body),
     Section("In-run validation on every validation user", "validation_cost", validation_rows, validation_body),

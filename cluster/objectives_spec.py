@@ -18,6 +18,11 @@ class ObjectivesSpec(_Section):
     tail: float = Field(0.0, ge=0)
     tail_form: Literal["novelty", "tail"] = "novelty"
     near_levels: int = Field(1, ge=1)
+    # Every completion naming an item earns that item's novelty, hit or not (SMORL's novelty reward).
+    # Unlike `tail`, whose bonus rides on a group's hits and so mostly scales rewards that the group's
+    # normalisation then divides out, this differs between any two completions naming items of
+    # different popularity: it moves the sampled mass towards rarer items, at some cost in accuracy.
+    novelty: float = Field(0.0, ge=0)
     # A completion earns its share of its group's distinct SID prefixes of `diversity_levels` levels:
     # 1 for a prefix no other completion of the group names, 1/m for one that m of them name, so a
     # group's rewards add up to its number of distinct prefixes.
@@ -29,7 +34,7 @@ class ObjectivesSpec(_Section):
 
     @property
     def needs_popularity(self) -> bool:
-        return bool(self.tail or self.head_exposure)
+        return bool(self.tail or self.novelty or self.head_exposure)
 
     def level_problem(self, depth: int) -> str | None:
         """What is wrong with the level settings for SIDs of `depth` levels, naming the key; None if nothing."""

@@ -69,6 +69,8 @@ def objective_rewards(spec: ObjectivesSpec, reply, group_size: int) -> np.ndarra
     if spec.tail:
         value = reply.novelty if spec.tail_form == "novelty" else reply.tail.astype(np.float64)
         out += spec.tail * tail_bonus(reply.exact, reply.lcp, value, reply.codes.shape[1], spec.near_levels)
+    if spec.novelty:
+        out += spec.novelty * np.asarray(reply.novelty, dtype=np.float64)  # 0 for a completion naming no item
     if spec.diversity:
         groups = reply.codes.reshape(-1, group_size, reply.codes.shape[1])
         out += spec.diversity * prefix_diversity(groups, spec.diversity_levels).ravel()

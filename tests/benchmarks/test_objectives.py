@@ -37,7 +37,7 @@ def test_intervals_against_sft_are_the_users_differences(evaluated_run):
         want = float(np.mean(b.lists["tail_share@10"][ib] - a.lists["tail_share@10"][ia]))
         assert got["tail_share@10"]["diff"] == pytest.approx(want)
         assert got["tail_share@10"]["low"] <= want <= got["tail_share@10"]["high"]
-    result = {"date": "today", "load": [1.0], "sft": {s: means([sft], s) for s in ("valid", "test")},
+    result = {"objective": "tail", "date": "today", "load": [1.0], "sft": {s: means([sft], s) for s in ("valid", "test")},
               "weights": {"0.5": {"selected_steps": [10], "figures": {s: means([sasrec], s) for s in ("valid", "test")},
                                   "rl_minus_sft": other}}, "chosen": {"weight": "0.5", "rule": "the rule"}}
     text = format_report(result)

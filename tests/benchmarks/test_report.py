@@ -42,7 +42,8 @@ def fixture() -> list[dict]:
         rec("scaling", {"rollout": sides({1: [1.0, 1.2, 1.1], 2: [0.5, 0.6, 0.55]}, 512),
                         "learner": sides({1: [1.4, 1.5, 1.45], 2: [1.4, 1.5, 1.45]}, 512)},
             prompts=64, n=8, repeats=3, learner_cores=2, workers=["worker 0 on core 0", "worker 1 on core 1"]),
-        rec("objectives", {"recipe": "ce_anchor", "chosen": {"weight": "1", "margin": 0.003, "rule": "the rule"},
+        rec("objectives", {"recipe": "ce_anchor", "objective": "novelty",
+                           "chosen": {"weight": "1", "margin": 0.003, "rule": "the rule"},
                            "sft": {s: TAIL_FIGURES for s in ("valid", "test")},
                            "weights": {w: {"figures": {s: TAIL_FIGURES for s in ("valid", "test")}} for w in ("0.5", "1")}},
             {w: {s: {m: DIFF for m in TAIL_FIGURES} for s in ("valid", "test")} for w in ("0.5", "1")}, seeds=[0, 1, 2]),
@@ -83,9 +84,9 @@ def test_report_from_a_fixture_has_its_cells_and_plots(results_folder, tmp_path,
     assert png_size(plots / "beam_eval.png")[0] > 400
     assert "![Beam evaluation time per user](benchmarks/plots/beam_eval.png)" in text
     assert "![NDCG@10 against tail Recall@10, test](benchmarks/plots/long_tail_recall_test.png)" in text
-    tail = next(line for line in text.splitlines() if line.startswith("| the tail reward"))
-    assert tail.endswith("| not met | [Long tail: the tail reward against the SFT model]"
-                         "(#long-tail-the-tail-reward-against-the-sft-model) |")
+    tail = next(line for line in text.splitlines() if line.startswith("| the novelty reward"))
+    assert tail.endswith("| not met | [Long tail: a tail reward against the SFT model]"
+                         "(#long-tail-a-tail-reward-against-the-sft-model) |")
 
     assert main(["--results", str(results_folder), "--out", str(out), "--check"]) == 0
     out.write_text(text.replace("12.34x", "12.35x"))

@@ -75,6 +75,9 @@ def test_weights_add_the_objectives_the_spec_turns_on():
                                2.0 * np.array(tail) + 0.5 * np.array(diversity))
     tail_items = [0.0, 2 / 3, 0.0, 0.0]  # tail_form tail: 1 for a tail item; item 0 is the head
     np.testing.assert_allclose(objective_rewards(ObjectivesSpec(tail=1.0, tail_form="tail"), reply, 4), tail_items)
+    # novelty: every named item's own novelty, hit or not; the row naming no item earns nothing
+    np.testing.assert_allclose(objective_rewards(ObjectivesSpec(novelty=0.5), reply, 4),
+                               0.5 * np.array([NOVELTY[0], NOVELTY[1], 1.0, 0.0]))
     # Item 0 is the only named head item: exposure 1/3 below its share 0.6, no penalty.
     assert objective_rewards(ObjectivesSpec(head_exposure=1.0), reply, 4).tolist() == [0.0] * 4
 
