@@ -128,6 +128,11 @@ class TeacherSpec(_Section):
     weight: float = Field(1.0, gt=0)  # added to the rule reward (residual, binary or beam) times this
     # logprob: log p_T(item | history); rank: 1 / log2(catalogue rank + 2); group_softmax: p_T over the group's items
     form: Literal["logprob", "rank", "group_softmax"] = "rank"
+    # Which groups get it (rl_system.reward.functions.teacher_gate, AdaGRPO): every group (none), those
+    # where the teacher puts the target above every rollout negative (separates), those where no item
+    # takes more than `uncertain_share` of the group (uncertain), or both.
+    gate: Literal["none", "separates", "uncertain", "both"] = "none"
+    uncertain_share: float = Field(0.5, gt=0, le=1)
 
 
 class RlSpec(_Section):

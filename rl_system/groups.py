@@ -19,7 +19,7 @@ from rl_system import advantages
 from rl_system.answer_modes import through_answer_open
 from rl_system.messages import Completion, Prompt, RewardReply, RolloutGroup, ScoredGroup, TrainBatch
 from rl_system.prompt_source import PromptSource
-from rl_system.reward.functions import ranking_penalty, teacher_reward
+from rl_system.reward.functions import ranking_penalty, teacher_gate, teacher_reward
 from rl_system.reward.objectives import objective_rewards
 from rl_system.reward.pool import RewardPool
 from rl_system.rollout.pool import RolloutPool
@@ -102,15 +102,19 @@ class GroupSampler:
         chosen = {"residual": reply.residual, "binary": reply.binary, "beam": reply.beam}[rl.reward]
         shape = (len(prompts), rl.group_size)
         if rl.teacher:
-            chosen = chosen + rl.teacher.weight * teacher_reward(
-                rl.teacher.form, reply.teacher_logp.reshape(shape), reply.teacher_rank.reshape(shape)).ravel()
+            logp = reply.teacher_logp.reshape(shape)
+            gate = teacher_gate(rl.teacher.gate, reply.teacher_target_logp.reshape(shape)[:, 0], logp,
+                                reply.item.reshape(shape), reply.exact.reshape(shape), rl.teacher.uncertain_share)
+            chosen = chosen + rl.teacher.weight * (
+                gate[:, None] * teacher_reward(rl.teacher.form, logp, reply.teacher_rank.reshape(shape))).ravel()
         if rl.rank_penalty:
             seq_logprobs = sequence_logprobs(groups).reshape(shape)
             chosen = chosen + rl.rank_penalty * ranking_penalty(reply.exact.reshape(shape), seq_logprobs).ravel()
         chosen = chosen + objective_rewards(rl.objectives, reply, rl.group_size)
-        out = [ScoredGroup(p, g, r, h, lcp, f) for p, g, r, h, lcp, f in zip(
+        gates = gate.tolist() if rl.teacher else [None] * len(prompts)
+        out = [ScoredGroup(p, g, r, h, lcp, f, t) for p, g, r, h, lcp, f, t in zip(
             prompts, groups, chosen.reshape(shape), reply.exact.reshape(shape), reply.lcp.reshape(shape),
-            reply.format_ok.reshape(shape))]
+            reply.format_ok.reshape(shape), gates)]
         self.all_groups.extend(out)
         return out
 
@@ -167,6 +171,7 @@ def rollout_metrics(groups: list[ScoredGroup], depth: int) -> dict:
     lcp = np.concatenate([g.lcp for g in groups])
     lengths = np.array([len(c.token_ids) for g in groups for c in g.rollout.completions])
     versions = {g.rollout.weight_version for g in groups}
+    gated = [g.teacher_gate for g in groups if g.teacher_gate is not None]
     return {
         "reward/mean": float(rewards.mean()),
         "reward/std": float(rewards.std()),
@@ -177,6 +182,7 @@ def rollout_metrics(groups: list[ScoredGroup], depth: int) -> dict:
         "rollout/weight_version_min": min(versions),
         "completions": int(len(rewards)),
         "rollout/digest": samples_digest(groups),
+        **({"teacher/gate_open": float(np.mean(gated))} if gated else {}),  # share of groups the teacher reached
     }
 
 

@@ -54,6 +54,7 @@ class ScoredGroup:
     hits: np.ndarray  # [G] exact hits
     lcp: np.ndarray  # [G] matched levels
     format_ok: np.ndarray  # [G]
+    teacher_gate: bool | None = None  # whether the teacher's reward reached this group (None: no teacher)
 
 
 @dataclass
@@ -130,6 +131,7 @@ class RewardReply:
     beam: np.ndarray | None
     teacher_logp: np.ndarray | None = None  # log p_T(item | history), -inf where no item
     teacher_rank: np.ndarray | None = None  # the item's 0-based catalogue rank under the teacher, -1 where none
+    teacher_target_logp: np.ndarray | None = None  # log p_T(the row's target | history)
     # What a replica with the items' training popularity says of each completion's item
     # (rl_system.reward.objectives.popularity_fields): novelty in (0, 1], tail or head, training share.
     novelty: np.ndarray | None = None
@@ -149,6 +151,7 @@ class RewardReply:
                    lcp=np.asarray(msg["lcp"], dtype=np.int64), residual=np.asarray(msg["residual"], dtype=np.float64),
                    binary=np.asarray(msg["binary"], dtype=np.float64), beam=optional("beam", np.float64),
                    teacher_logp=optional("teacher_logp", np.float64), teacher_rank=optional("teacher_rank", np.int64),
+                   teacher_target_logp=optional("teacher_target_logp", np.float64),
                    novelty=optional("novelty", np.float64), tail=optional("tail", bool), share=optional("share", np.float64))
 
     @classmethod
@@ -159,4 +162,5 @@ class RewardReply:
 
         return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in
                      ("format_ok", "codes", "item", "exact", "lcp", "residual", "binary")),
-                   **{key: optional(key) for key in ("beam", "teacher_logp", "teacher_rank", "novelty", "tail", "share")})
+                   **{key: optional(key) for key in ("beam", "teacher_logp", "teacher_rank", "teacher_target_logp", "novelty",
+                                                        "tail", "share")})

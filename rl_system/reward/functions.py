@@ -186,6 +186,26 @@ def teacher_reward(form: TeacherForm, logp: np.ndarray, rank: np.ndarray) -> np.
     raise ValueError(f"unknown teacher reward form {form!r}; expected logprob, rank or group_softmax")
 
 
+def teacher_gate(rule: str, target_logp: np.ndarray, logp: np.ndarray, items: np.ndarray, exact: np.ndarray,
+                 uncertain_share: float) -> np.ndarray:
+    """Which groups [P] of completions [P, G] get the teacher's reward (AdaGRPO, arXiv 2606.08480: a
+    ranker helps where the policy is unsure and the ranker knows better):
+    - separates: the teacher puts the target (target_logp [P]) above every negative of the group, a
+      named completion that is not the target (logp [P, G], -inf where no item); true without negatives;
+    - uncertain: no item (items [P, G], -1 for none) takes more than `uncertain_share` of the group;
+    - both: both; none: every group."""
+    logp, items, exact = np.asarray(logp, dtype=np.float64), np.asarray(items), np.asarray(exact, dtype=bool)
+    negatives = np.where((items >= 0) & ~exact, logp, -np.inf)
+    separates = np.asarray(target_logp, dtype=np.float64) > negatives.max(axis=1)
+    same = (items[:, :, None] == items[:, None, :]) & (items[:, :, None] >= 0)
+    uncertain = same.sum(-1).max(axis=1) <= uncertain_share * items.shape[1]
+    gates = {"none": np.ones(len(items), dtype=bool), "separates": separates, "uncertain": uncertain,
+             "both": separates & uncertain}
+    if rule not in gates:
+        raise ValueError(f"unknown teacher gate {rule!r}; expected one of {', '.join(gates)}")
+    return gates[rule]
+
+
 def semantic_levels(index_codes: np.ndarray) -> int:
     """Levels that carry meaning in an index [items, D]: D - 1 if the last level is a dedup ordinal, else D.
 

@@ -115,8 +115,8 @@ class RewardScorer:
                  "residual": out.residual.tolist(), "binary": out.binary.tolist(),
                  "beam": None if out.beam is None else out.beam.tolist()}
         if self.teacher is not None:
-            logp, rank = self.teacher.score(histories, items)
-            reply.update(teacher_logp=logp.tolist(), teacher_rank=rank.tolist())
+            logp, rank, target_logp = self.teacher.score_with_targets(histories, items, np.asarray(request["targets"]))
+            reply.update(teacher_logp=logp.tolist(), teacher_rank=rank.tolist(), teacher_target_logp=target_logp.tolist())
         if self.popularity is not None:
             reply.update({k: v.tolist() for k, v in popularity_fields(self.popularity, items).items()})
         return reply

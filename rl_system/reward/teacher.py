@@ -30,7 +30,12 @@ class Teacher:
     def score(self, histories: Sequence[Sequence[int]], items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(log p_T(item | history), the item's 0-based rank in the catalogue under T) per row;
         (-inf, -1) where `items` is -1 (the completion names no item). Each distinct history runs once."""
-        items = np.asarray(items, dtype=np.int64)
+        return self.score_with_targets(histories, items, None)[:2]
+
+    def score_with_targets(self, histories: Sequence[Sequence[int]], items: np.ndarray,
+                           targets: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """`score`, and from the same forward log p_T(target | history) per row (-inf for -1): what the
+        gate compares with the rollout's negatives."""
         rows: dict[tuple[int, ...], int] = {}
         which = np.array([rows.setdefault(tuple(h[-self.max_len:]), len(rows)) for h in histories], dtype=np.int64)
         seqs = torch.full((len(rows), self.max_len), self.pad, dtype=torch.long)
@@ -38,14 +43,10 @@ class Teacher:
             if history:
                 seqs[r, -len(history):] = torch.as_tensor(history)
         with torch.no_grad():
-            scores = self.model.scores(seqs)[torch.as_tensor(which)]
-            logp = torch.log_softmax(scores.float(), dim=-1)
-        named = items >= 0
-        pick = torch.as_tensor(np.where(named, items, 0))[:, None]
-        own = scores.gather(1, pick)
-        rank = (scores > own).sum(1).numpy()
-        return (np.where(named, logp.gather(1, pick)[:, 0].numpy(), -np.inf),
-                np.where(named, rank, -1).astype(np.int64))
+            logp = torch.log_softmax(self.model.scores(seqs).float(), dim=-1)[torch.as_tensor(which)]
+        item_logp = _pick(logp, items)
+        rank = np.where(item_logp > -np.inf, (logp > torch.as_tensor(item_logp)[:, None]).sum(1).numpy(), -1)
+        return item_logp, rank.astype(np.int64), None if targets is None else _pick(logp, targets)
 
     def candidate_logp(self, histories: Sequence[Sequence[int]], items: np.ndarray) -> np.ndarray:
         """log p_T(item | history) of each user's candidates `items` [U, W] (-1: an empty slot, -inf),
@@ -57,3 +58,10 @@ class Teacher:
             repeated = [h for h in histories[start:start + users] for _ in range(block.shape[1])]
             out[start:start + users] = self.score(repeated, block.ravel())[0].reshape(block.shape)
         return out
+
+
+def _pick(logp: torch.Tensor, ids: np.ndarray) -> np.ndarray:
+    """logp[row, ids[row]] per row; -inf where the id is -1."""
+    ids = np.asarray(ids, dtype=np.int64)
+    named = ids >= 0
+    return np.where(named, logp.gather(1, torch.as_tensor(np.where(named, ids, 0))[:, None])[:, 0].numpy(), -np.inf)

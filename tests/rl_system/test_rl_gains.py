@@ -171,8 +171,9 @@ def test_the_loop_fits_a_few_prompts(ray_cluster, tiny_policy, tmp_path):
 
 def test_anchored_run_with_injected_targets_and_a_teacher_trains_every_group(ray_cluster, tiny_policy, tmp_path):
     """rl.ce_coef, rl.inject_target, the pairwise advantage and a SASRec teacher in the reward
-    service, through the real loop: no group is left without a positive, and every trained step
-    reports the anchor's cross-entropy. A teacher folder that is not there stops the run first."""
+    service behind its gate, through the real loop: no group is left without a positive, and every
+    trained step reports the anchor's cross-entropy and the share of groups the gate opened to. A
+    teacher folder that is not there stops the run first."""
     from cluster.errors import BadRequest
     from cluster.metrics_log import read_metrics
     from indexing.dataset import load_from_spec
@@ -181,7 +182,7 @@ def test_anchored_run_with_injected_targets_and_a_teacher_trains_every_group(ray
     from sft.sasrec_scorer import save_scorer
 
     spec = rl_test_spec(tmp_path, steps=2, ce_coef=0.5, inject_target=True, advantage="pairwise",
-                        teacher={"path": str(tmp_path / "no-sasrec"), "form": "group_softmax"})
+                        teacher={"path": str(tmp_path / "no-sasrec"), "form": "group_softmax", "gate": "both"})
     spec.cluster.rollout.num_workers = 1
     stage_inputs(spec, tiny_policy)
     with pytest.raises(BadRequest, match="rl.teacher.path: .*no-sasrec/scorer.json does not exist"):
@@ -195,3 +196,4 @@ def test_anchored_run_with_injected_targets_and_a_teacher_trains_every_group(ray
     for row in rows:
         assert row["dropped/all_miss"] == 0.0
         assert row["ce"] is not None and row["ce"] > 0 and math.isfinite(row["loss"])
+        assert 0.0 <= row["teacher/gate_open"] <= 1.0  # the AdaGRPO gate's share of groups

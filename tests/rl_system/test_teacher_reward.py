@@ -10,7 +10,7 @@ import torch
 
 from cluster.errors import BadRequest, MissingArtefact
 from rl_system.reward.client import RewardClient, RewardServiceError
-from rl_system.reward.functions import teacher_reward
+from rl_system.reward.functions import teacher_gate, teacher_reward
 from rl_system.reward.server import RewardServer
 from rl_system.reward.teacher import Teacher, check_teacher, load_scorer
 from sft.sasrec import SASRec, SasrecConfig
@@ -51,12 +51,16 @@ def test_teacher_scores_are_the_models_softmax_over_the_catalogue(scorer_dir):
     histories = [[2, 0], [2, 0], [1, 3, 0, 2], [3]]  # the third is cut to the model's last 3 items
     items = np.array([1, 3, 0, -1])
     logp, rank = teacher.score(histories, items)
+    targets = np.array([2, -1, 3, 1])
+    _, _, target_logp = teacher.score_with_targets(histories, items, targets)
     pad = ITEMS
     for row, (history, item) in enumerate(zip(histories, items)):
         kept = history[-3:]
         seq = torch.tensor([[pad] * (3 - len(kept)) + kept])
         with torch.no_grad():
             scores = model.scores(seq)[0]
+        want = -np.inf if targets[row] < 0 else float(torch.log_softmax(scores, 0)[targets[row]])
+        assert target_logp[row] == pytest.approx(want, abs=1e-5)
         if item < 0:
             assert logp[row] == -np.inf and rank[row] == -1
             continue
@@ -95,8 +99,30 @@ def test_a_replica_with_a_teacher_says_so_and_scores_with_it(scorer_dir, index_p
             import msgpack
             pong = msgpack.unpackb(sock.recv_multipart()[-1], raw=False)
         assert pong["teacher"] == str(folder)
-        logp, rank = Teacher(folder, ITEMS, "Toy").score(histories, np.array([0, 3, -1]))
+        logp, rank, target_logp = Teacher(folder, ITEMS, "Toy").score_with_targets(
+            histories, np.array([0, 3, -1]), np.array([0, 0, 0]))
         np.testing.assert_allclose(reply.teacher_logp, logp)
+        # the target's log p from the same forward: item 0 under each history (the first row names it)
+        np.testing.assert_allclose(reply.teacher_target_logp, target_logp)
+        assert target_logp[0] == pytest.approx(logp[0])
         assert reply.teacher_rank.tolist() == rank.tolist() and reply.item.tolist() == [0, 3, -1]
     finally:
         server.stop()
+
+
+def test_the_gate_by_hand():
+    """Three groups of G=4 (items -1: no item). Group 0: the target (item 5, a hit) and negatives 1, 2,
+    the teacher's target log p above both; group 1: negative 7 above the target; group 2: no negative."""
+    items = np.array([[5, 1, 2, 1], [7, 7, 7, 3], [5, 5, -1, -1]])
+    exact = items == 5
+    logp = np.array([[-1.0, -2.0, -3.0, -2.0], [-0.5, -0.5, -0.5, -4.0], [-1.0, -1.0, -np.inf, -np.inf]])
+    target = np.array([-1.0, -1.5, -1.0])
+    # separates: group 0 (-1 > -2), not group 1 (-1.5 < -0.5), group 2 (no negative to beat)
+    assert teacher_gate("separates", target, logp, items, exact, 0.5).tolist() == [True, False, True]
+    # uncertain at 0.5: the most frequent item holds 2/4, 3/4, 2/4 of the group; at 0.25 none passes
+    assert teacher_gate("uncertain", target, logp, items, exact, 0.5).tolist() == [True, False, True]
+    assert teacher_gate("uncertain", target, logp, items, exact, 0.25).tolist() == [False, False, False]
+    assert teacher_gate("both", target, logp, items, exact, 0.5).tolist() == [True, False, True]
+    assert teacher_gate("none", target, logp, items, exact, 0.25).tolist() == [True, True, True]
+    with pytest.raises(ValueError, match="unknown teacher gate"):
+        teacher_gate("sometimes", target, logp, items, exact, 0.5)
