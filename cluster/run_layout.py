@@ -17,6 +17,7 @@ MODEL_DIR = "model"
 INDEX_SUFFIX = ".index.json"
 SID_VOCAB_FILE = "sid_vocab.txt"
 SELECTION_FILE = "selection.json"  # which checkpoint became rl/model
+STAGE_FOLDERS = {"sasrec": "baselines/sasrec"}  # launch stages whose folder is not their name
 
 
 def ranks_file(mode: str | None = None) -> str:
@@ -32,8 +33,9 @@ class RunLayout:
         object.__setattr__(self, "root", Path(self.root))
 
     def stage(self, name: str) -> Path:
-        """A stage's folder (`index`, `sft`, `rl`, `eval`) or a baseline's (`baselines/sasrec`)."""
-        return self.root / name
+        """A stage's folder (`index`, `sft`, `rl`, `eval`) or a baseline's (`baselines/sasrec`); the
+        launch stage `sasrec` writes the SASRec baseline's."""
+        return self.root / STAGE_FOLDERS.get(name, name)
 
     def model(self, stage: str) -> Path:
         return self.stage(stage) / MODEL_DIR

@@ -20,10 +20,12 @@ from cluster.errors import GreamError
 from cluster.files import read_text
 from cluster.index_spec import IndexSpec
 from cluster.objectives_spec import ObjectivesSpec
+from cluster.record_spec import CheckpointSpec, LoggingSpec
 from cluster.rerank_spec import RerankSpec
 from cluster.run_layout import RunLayout
 from cluster.sft_loss_spec import DistillSpec, PrefixLossSpec
 from cluster.teach_spec import PreferenceSpec, ReasoningSpec, teacher_problem
+from cluster.teacher_spec import SasrecStageSpec, TeacherSpec
 
 
 class SpecError(GreamError):
@@ -118,21 +120,6 @@ class SftSpec(_Section):
         if self.weight_average and self.zero_stage == 3:
             raise ValueError("weight_average needs the full weights on every rank; use zero_stage <= 2")
         return self
-
-
-class TeacherSpec(_Section):
-    """A trained scorer whose judgement of each completion's item joins the reward (DESIGN.md
-    section 11): the folder of `gream baseline sasrec` (model.safetensors, scorer.json)."""
-
-    path: str
-    weight: float = Field(1.0, gt=0)  # added to the rule reward (residual, binary or beam) times this
-    # logprob: log p_T(item | history); rank: 1 / log2(catalogue rank + 2); group_softmax: p_T over the group's items
-    form: Literal["logprob", "rank", "group_softmax"] = "rank"
-    # Which groups get it (rl_system.reward.functions.teacher_gate, AdaGRPO): every group (none), those
-    # where the teacher puts the target above every rollout negative (separates), those where no item
-    # takes more than `uncertain_share` of the group (uncertain), or both.
-    gate: Literal["none", "separates", "uncertain", "both"] = "none"
-    uncertain_share: float = Field(0.5, gt=0, le=1)
 
 
 class RlSpec(_Section):
@@ -276,37 +263,19 @@ class EvalSpec(_Section):
         return modes
 
 
-class LoggingSpec(_Section):
-    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    tensorboard: bool = True
-    wandb_project: str | None = None
-
-
-class CheckpointSpec(_Section):
-    every: int = Field(10, ge=1)  # RL steps between checkpoints (SFT writes one after every epoch)
-    keep: int = Field(2, ge=1)  # the last `keep` checkpoints stay, RL's and SFT's
-    # Besides the last `keep`, the checkpoint with the best value of this per-step RL metric (its
-    # mean over the steps since the previous checkpoint) is kept and named in checkpoints/best.json.
-    # None: `val/ndcg@10` when rl.eval_every is set, else `reward/mean`.
-    best_metric: str | None = None
-    best_mode: Literal["max", "min"] = "max"
-    # What rl/model is: with in-run validation, `best` exports that best checkpoint, as SFT and the
-    # SASRec are early-stopped; `last` exports the last step's weights, for objectives that trade
-    # accuracy on purpose (a tail reward), where picking by accuracy would undo the objective.
-    select: Literal["best", "last"] = "best"
-
-
 class JobSpec(_Section):
     name: str
     run_dir: str = "runs/${name}"
-    # `teach` (between index and sft) asks the teacher for the reasoning records and preference summaries SFT reads
-    stages: list[Literal["index", "teach", "sft", "rl", "eval"]] = ["index", "sft", "rl", "eval"]
+    # `teach` (between index and sft) asks the teacher for the reasoning records and preference summaries SFT reads;
+    # `sasrec` (before the stages that name it) trains the run's SASRec teacher
+    stages: list[Literal["index", "teach", "sasrec", "sft", "rl", "eval"]] = ["index", "sft", "rl", "eval"]
     data: DataSpec = DataSpec()
     index: IndexSpec = IndexSpec()
     model: ModelSpec = ModelSpec()
     sft: SftSpec = SftSpec()
     rl: RlSpec = RlSpec()
     eval: EvalSpec = EvalSpec()
+    sasrec: SasrecStageSpec = SasrecStageSpec()
     cluster: ClusterSpec = ClusterSpec()
     logging: LoggingSpec = LoggingSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
@@ -327,6 +296,12 @@ class JobSpec(_Section):
     @property
     def layout(self) -> RunLayout:
         return RunLayout(self.run_path)
+
+    def trains_teacher(self, path: str | None) -> bool:
+        """Whether `path` is the SASRec this spec's own `sasrec` stage trains: a launch checks such a
+        teacher when that stage has run, not before the first stage."""
+        return (path is not None and "sasrec" in self.stages
+                and Path(path).resolve() == self.layout.stage("sasrec").resolve())
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of the named sections, used to tell whether a stage's artefacts still match."""

@@ -22,6 +22,8 @@ STAGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "index": ("gream.index_stage", ("data", "index")),
     # Re-run on any sft change, but cheaply: every reply already asked comes from the teacher's cache.
     "teach": ("sft.teach", ("data", "index", "sft")),
+    # Its eval.json follows the eval settings it ran under; the model, which teachers read, does not.
+    "sasrec": ("sft.sasrec_stage", ("data", "sasrec")),
     "sft": ("sft.stage", ("data", "index", "model", "sft")),
     "rl": ("rl_system.train", ("data", "index", "model", "sft", "rl")),
     "eval": ("rl_system.evaluate", ("data", "index", "model", "sft", "rl", "eval")),
@@ -90,7 +92,7 @@ def launch(spec: JobSpec, **resume_options) -> None:
         from sft.teach import preflight
 
         preflight(spec)
-    if "eval" in spec.stages:  # a bad eval.rerank.path is refused now, not after training
+    if "eval" in spec.stages and not spec.trains_teacher(spec.eval.rerank.path):  # refused now, not after training
         from rl_system.evaluate import rerank_teacher
 
         rerank_teacher(spec)

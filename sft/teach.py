@@ -53,7 +53,7 @@ def preflight(spec: JobSpec) -> None:
     recipe that cannot train should not first spend the index stage."""
     if kinds(spec) or any(t != "seqrec" for t in spec.sft.tasks):
         require_item_text(spec, load_from_spec(spec))
-    if spec.sft.distill.path is not None:
+    if spec.sft.distill.path is not None and not spec.trains_teacher(spec.sft.distill.path):
         check_distill(spec, load_from_spec(spec).num_items)
 
 

@@ -24,7 +24,7 @@ def test_stable_key_paths_exist():
                  "rl.prompts_per_step", "rl.advantage", "rl.mode", "cluster.rollout.num_workers",
                  "cluster.sft.num_ranks", "cluster.learner.num_ranks", "cluster.reward.replicas", "sft.autocast",
                  "sft.weight_decay", "checkpoint.every", "checkpoint.keep",
-                 "checkpoint.best_metric", "checkpoint.best_mode", "checkpoint.select"]:
+                 "checkpoint.best_metric", "checkpoint.best_mode", "checkpoint.select", "sasrec.config", "sasrec.seed"]:
         node = spec
         for part in path.split("."):
             node = getattr(node, part)
