@@ -40,6 +40,12 @@ from cluster.metrics_log import read_metrics  # noqa: E402
 from cluster.run_layout import EVAL_FILE, RANKS_FILE, RunLayout  # noqa: E402
 from gream.compare import load_stage  # noqa: E402
 
+
+def teacher(form: str, gate: str = "none") -> str:
+    """The rl.teacher override: the SFT run's SASRec (`{base}`, filled in per run) at a reward form and gate."""
+    return f"rl.teacher={{path: '{{base}}/baselines/sasrec', form: {form}, gate: {gate}}}"
+
+
 # Overrides on top of the spec, per recipe (chosen on validation; BENCHMARKS.md, "RL over SFT").
 RECIPES: dict[str, list[str]] = {
     "sample_srpo": [],
@@ -55,9 +61,13 @@ RECIPES: dict[str, list[str]] = {
     # The equal-compute control of beam_inject_pairwise: its rollouts, steps and targets, CE alone.
     "beam_inject_sft": ["rl.rollout=beam", "rl.reward=binary", "rl.inject_target=true", "rl.advantage=pairwise",
                         "rl.ce_coef=1.0", "rl.pg_coef=0"],
-    "teacher_rank": ["rl.ce_coef=1.0", "rl.teacher={path: '{base}/baselines/sasrec', form: rank}"],
-    "beam_teacher": ["rl.rollout=beam", "rl.reward=binary", "rl.ce_coef=1.0",
-                     "rl.teacher={path: '{base}/baselines/sasrec', form: group_softmax}"],
+    "teacher_rank": ["rl.ce_coef=1.0", teacher("rank")],
+    # AdaGRPO's gates on the teacher term (rl.teacher.gate), chosen on validation against teacher_rank
+    **{f"teacher_rank_{gate}": ["rl.ce_coef=1.0", teacher("rank", gate)] for gate in ("separates", "uncertain", "both")},
+    # The equal-compute control of ce_anchor and the teacher_rank recipes: their sampled groups and
+    # steps, trained by the targets' cross-entropy alone.
+    "ce_only": ["rl.ce_coef=1.0", "rl.pg_coef=0"],
+    "beam_teacher": ["rl.rollout=beam", "rl.reward=binary", "rl.ce_coef=1.0", teacher("group_softmax")],
 }
 LINKED = ("index", "model", "sft")  # the SFT run's artefacts every RL run starts from
 METRICS = ("recall@5", "recall@10", "ndcg@5", "ndcg@10", "pass@10")
