@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 
 from benchmarks.report_md import Row, Section, figure, interval, provenance, spread, table, verdict
+from benchmarks.report_quality import QUALITY_SECTIONS
 
 
 # --------------------------------------------------------------------------- RL over SFT
@@ -306,6 +307,7 @@ def flexcode_body(r: dict[str, dict]) -> str:
 SECTIONS: list[Section] = [
     Section("RL over SFT", "rl_gain", rl_rows, rl_body, uses=("rl_gain_screen",)),
     Section("Generate, then re-rank with the teacher", "teacher_rerank", rerank_rows, rerank_body),
+    *QUALITY_SECTIONS,
     Section("Long tail: a tail reward against the SFT model", "objectives", objectives_rows, objectives_body),
     Section("Constrained beam evaluation vs Hugging Face generate", "beam_eval", beam_rows, beam_body),
     Section("RL throughput against rollout workers and learner ranks", "scaling", scaling_rows, scaling_body),

@@ -81,3 +81,20 @@ def test_any_two_stages_with_their_names(seed_runs, tmp_path, capsys):
     assert named["wall_secs"]["gen 0"] == {"sft train": 12.5} and "sasrec train" in named["wall_secs"]["base 0"]
     assert main(["--left", *left, "--right", *right, "--names", "Gen", "Base", *args[-2:]]) == 0
     assert "Gen - Base, paired bootstrap" in capsys.readouterr().out
+
+
+def test_the_quality_record_renders_its_section(seed_runs, results_folder, capsys):
+    """The results file quality.py writes, under a name BENCHMARKS.md has a section for: the summary
+    rows carry the pooled test interval and where the left model stands."""
+    from benchmarks.report import render
+    from benchmarks.results import load_all
+
+    _, args = seed_runs
+    assert main([*args, "--name", "quality_distill", "--names", "SFT+distill", "SASRec", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    text = render(load_all(results_folder))
+    m = r["pooled"]["test"]["metrics"]["ndcg@10"]
+    row = next(line for line in text.splitlines() if line.startswith("| SFT+distill against SASRec, test NDCG@10"))
+    assert f"{m['diff']:+.4f} [{m['low']:+.4f}, {m['high']:+.4f}]" in row
+    assert row.split("|")[5].strip() == ("ahead" if m["low"] > 0 else "behind" if m["high"] < 0 else "level (interval spans 0)")
+    assert "## SFT distilled from the SASRec against the SASRec" in text and "| tail |" in text
