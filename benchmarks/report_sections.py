@@ -65,7 +65,8 @@ def rl_body(r: dict[str, dict]) -> str:
             "On test, against the SFT model: " + "; ".join(
                 f"{recipe} NDCG@10 {verdict(iv[recipe]['test']['metrics']['ndcg@10'])}" for recipe in f["recipes"])
             + ". Median share of sampled groups kept for training (their rewards differ), over steps and seeds: "
-            + "; ".join(f"{recipe} {share:.0%}" for recipe, share in kept_shares(recipes).items()) + ".", "",
+            + "; ".join(f"{recipe} {share:.0%}" for recipe, share in kept_shares(recipes).items()) + "."
+            + gate_shares(recipes), "",
             figure("rl_reward.png", "Reward by step"), figure("rl_kept.png", "Kept groups by step"), "",
             "Limits: the embedded 0.9M-parameter policy; a recipe whose groups are repaired with the target trains "
             "mostly on that target, as its CE-only control does."]
@@ -75,6 +76,14 @@ def rl_body(r: dict[str, dict]) -> str:
 def kept_shares(recipes: dict) -> dict[str, float]:
     return {recipe: statistics.median(v for c in rec["curves"].values() for v in c.get("kept_share", {}).values())
             for recipe, rec in recipes.items() if any(c.get("kept_share") for c in rec["curves"].values())}
+
+
+def gate_shares(recipes: dict) -> str:
+    """The share of groups each gated teacher recipe's gate opened to (rl.teacher.gate), median over steps."""
+    shares = {recipe: statistics.median(v for c in rec["curves"].values() for v in c.get("gate_open", {}).values())
+              for recipe, rec in recipes.items() if any(c.get("gate_open") for c in rec["curves"].values())}
+    return (" Groups that the teacher's reward reached (`teacher/gate_open`, median over steps): "
+            + "; ".join(f"{recipe} {share:.0%}" for recipe, share in shares.items()) + ".") if shares else ""
 
 
 # --------------------------------------------------------------------------- control (c)

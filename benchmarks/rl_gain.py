@@ -125,7 +125,8 @@ def curve(run_dir: Path) -> dict:
     return {**{k: v for k, v in val.items() if v or k == "val_ndcg@10"},
             "selected_step": selection["step"], "last_step": selection["last_step"],
             "reward": {r["step"]: r["reward/mean"] for r in rows if r.get("reward/mean") is not None},
-            "kept_share": {r["step"]: r["kept_groups"] / r["sampled_groups"] for r in rows if r.get("sampled_groups")}}
+            "kept_share": {r["step"]: r["kept_groups"] / r["sampled_groups"] for r in rows if r.get("sampled_groups")},
+            "gate_open": {r["step"]: r["teacher/gate_open"] for r in rows if r.get("teacher/gate_open") is not None}}
 
 
 def figures(run_dir: Path, stage: str) -> dict[str, float]:
