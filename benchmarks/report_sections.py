@@ -87,36 +87,41 @@ def gate_shares(recipes: dict) -> str:
 
 
 # --------------------------------------------------------------------------- control (c)
-def rerank_rows(r: dict[str, dict]) -> list[Row]:
-    f, iv = r["teacher_rerank"]["figures"], r["teacher_rerank"]["intervals"]["test"]
-    t = f["test_chosen"]
-    return [Row("generate, then re-rank with the teacher SASRec (control c), against the SASRec, test NDCG@10",
-                f"re-ranked beam {t['reranked']['ndcg@10']:.4f}", f"SASRec {t['sasrec']['ndcg@10']:.4f}",
-                interval(iv["reranked_minus_sasrec"]["ndcg@10"]), "measured: the bar for a teacher-reward RL recipe")]
+def rerank_section(name: str, title: str, model: str) -> Section:
+    """The generate-then-re-rank record `name`, whose SFT model `model` names."""
 
+    def rows(r: dict[str, dict]) -> list[Row]:
+        f, iv = r[name]["figures"], r[name]["intervals"]["test"]
+        t = f["test_chosen"]
+        return [Row(f"{model} beam re-ranked by the teacher SASRec, against the SASRec, test NDCG@10",
+                    f"re-ranked beam {t['reranked']['ndcg@10']:.4f}", f"SASRec {t['sasrec']['ndcg@10']:.4f}",
+                    interval(iv["reranked_minus_sasrec"]["ndcg@10"]), "measured: the bar for a teacher-reward RL recipe")]
 
-def rerank_body(r: dict[str, dict]) -> str:
-    rec = r["teacher_rerank"]
-    f, iv = rec["figures"], rec["intervals"]
-    weights = ", ".join(f"{w}: {m['ndcg@10']:.4f}" for w, m in f["valid"].items())
-    rows = []
-    for split, metric in (("valid", "ndcg@10"), ("test", "ndcg@10"), ("test", "recall@10"), ("test", "recall@1")):
-        c, d = f[f"{split}_chosen"], iv[split]
-        rows.append([f"{split} {metric}", f"{c['reranked'][metric]:.4f}", f"{c['sft_beam'][metric]:.4f}",
-                     f"{c['sasrec'][metric]:.4f}", interval(d["reranked_minus_sft"][metric]),
-                     interval(d["reranked_minus_sasrec"][metric])])
-    return "\n".join([
-        "Does the teacher's knowledge help at inference, without RL? The SFT model's torch beam of width "
-        f"{f['width']} on every user of both splits, each candidate re-scored by policy sequence log p + w x "
-        "SASRec log p(item | history) (`rl_system/rerank.py`); the SASRec is the teacher of the RL recipes "
-        "(`configs/sasrec_office.json`, seed 0). The weight is chosen on every validation user, test read once.",
-        "", provenance(rec), "",
-        f"Validation NDCG@10 by weight (inf: the teacher alone within the beam): {weights}; chosen "
-        f"w = {f['chosen_weight']}. Paired per-user bootstrap, {f['test_chosen']['users']:,} users each:", "",
-        table(["split", "re-ranked", "SFT beam (w = 0)", "SASRec", "re-ranked - SFT", "re-ranked - SASRec"], rows),
-        "", figure("rl_test.png", "What beats the SFT model on test"),
-        "", "SASRec's figures are its own catalogue ranks on every user, checked against its `ranks.json`. "
-        "Limits: one SFT seed and one SASRec seed; the seed spread is not measured."])
+    def body(r: dict[str, dict]) -> str:
+        rec = r[name]
+        f, iv = rec["figures"], rec["intervals"]
+        weights = ", ".join(f"{w}: {m['ndcg@10']:.4f}" for w, m in f["valid"].items())
+        table_rows = []
+        for split, metric in (("valid", "ndcg@10"), ("test", "ndcg@10"), ("test", "recall@10"), ("test", "recall@1")):
+            c, d = f[f"{split}_chosen"], iv[split]
+            table_rows.append([f"{split} {metric}", f"{c['reranked'][metric]:.4f}", f"{c['sft_beam'][metric]:.4f}",
+                               f"{c['sasrec'][metric]:.4f}", interval(d["reranked_minus_sft"][metric]),
+                               interval(d["reranked_minus_sasrec"][metric])])
+        return "\n".join([
+            f"Does the teacher's knowledge help at inference, without RL? {model}'s torch beam of width "
+            f"{f['width']} on every user of both splits (`{f['base']}`), each candidate re-scored by policy sequence "
+            "log p + w x SASRec log p(item | history) (`rl_system/rerank.py`, `eval.rerank`); the SASRec is the "
+            "teacher of the RL recipes (`configs/sasrec_office.json`, seed 0). The weight is chosen on every "
+            "validation user, test read once.", "", provenance(rec), "",
+            f"Validation NDCG@10 by weight (inf: the teacher alone within the beam): {weights}; chosen "
+            f"w = {f['chosen_weight']}. Paired per-user bootstrap, {f['test_chosen']['users']:,} users each:", "",
+            table(["split", "re-ranked", "SFT beam (w = 0)", "SASRec", "re-ranked - SFT", "re-ranked - SASRec"],
+                  table_rows), "",
+            *([figure("rl_test.png", "What beats the SFT model on test"), ""] if name == "teacher_rerank" else []),
+            "SASRec's figures are its own catalogue ranks on every user, checked against its `ranks.json`. "
+            "Limits: one SFT seed and one SASRec seed; the seed spread is not measured."])
+
+    return Section(title, name, rows, body)
 
 
 # --------------------------------------------------------------------------- objectives
@@ -315,7 +320,9 @@ def flexcode_body(r: dict[str, dict]) -> str:
 
 SECTIONS: list[Section] = [
     Section("RL over SFT", "rl_gain", rl_rows, rl_body, uses=("rl_gain_screen",)),
-    Section("Generate, then re-rank with the teacher", "teacher_rerank", rerank_rows, rerank_body),
+    rerank_section("teacher_rerank", "Generate, then re-rank with the teacher", "The demo SFT model"),
+    rerank_section("teacher_rerank_distill", "Generate with the distilled SFT model, then re-rank",
+                   "The SFT model distilled from the SASRec (seed 0)"),
     *QUALITY_SECTIONS,
     Section("Long tail: a tail reward against the SFT model", "objectives", objectives_rows, objectives_body),
     Section("Constrained beam evaluation vs Hugging Face generate", "beam_eval", beam_rows, beam_body),

@@ -60,6 +60,7 @@ def main() -> int:
     ap.add_argument("--base", type=Path, default=REPO / "runs/demo")
     ap.add_argument("--width", type=int, default=50)
     ap.add_argument("--out", type=Path, help="JSON of every figure")
+    ap.add_argument("--name", default="teacher_rerank", help="the results file (benchmarks/results/NAME.json)")
     args = ap.parse_args()
 
     from benchmarks.teacher_gate import beam_candidates
@@ -97,7 +98,7 @@ def main() -> int:
         args.out.write_text(json.dumps(result, indent=1))
     intervals = {split: {name: result[f"{split}_chosen"].pop(name) for name in ("reranked_minus_sft", "reranked_minus_sasrec")}
                  for split in ("valid", "test")}
-    record("teacher_rerank", result, intervals=intervals, script=__file__, model=args.base / "sft/model",
+    record(args.name, result, intervals=intervals, script=__file__, model=args.base / "sft/model",
            data=spec_data(args.spec), settings={"teacher": str(args.base / "baselines/sasrec")})
     return 0
 
