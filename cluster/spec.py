@@ -289,6 +289,15 @@ class JobSpec(_Section):
             self.checkpoint.best_metric = "val/ndcg@10" if self.rl.eval_every else "reward/mean"
         return self
 
+    @model_validator(mode="after")
+    def _teacher_paths_in_the_run(self) -> "JobSpec":
+        """`${run_dir}` in a teacher path is this run's folder, so a spec naming the SASRec its own
+        `sasrec` stage trains (`${run_dir}/baselines/sasrec`) follows a `--set run_dir=...`."""
+        for section in (self.sft.distill, self.rl.teacher, self.eval.rerank):
+            if section is not None and section.path is not None and "${run_dir}" in section.path:
+                section.path = section.path.replace("${run_dir}", str(self.run_path))
+        return self
+
     @property
     def run_path(self) -> Path:
         return Path(self.run_dir.replace("${name}", self.name))

@@ -41,6 +41,15 @@ def test_the_sasrec_stage_trains_the_teacher_that_eval_reranks_with(ray_cluster,
     assert result["meta"]["rerank"]["path"] == str(teacher) and result["test"]["users"] == 8
 
 
+def test_a_teacher_path_in_the_run_follows_the_run_folder(tmp_path):
+    from cluster.spec import JobSpec
+
+    spec = JobSpec(name="x", run_dir=str(tmp_path / "a"), stages=["sasrec", "sft"],
+                   sft={"distill": {"path": "${run_dir}/baselines/sasrec"}}, eval={"rerank": {"path": "${run_dir}/t"}})
+    assert spec.sft.distill.path == str(tmp_path / "a/baselines/sasrec") and spec.eval.rerank.path == str(tmp_path / "a/t")
+    assert spec.trains_teacher(spec.sft.distill.path) and not spec.trains_teacher(spec.eval.rerank.path)
+
+
 def test_a_teacher_this_launch_does_not_train_is_refused_before_any_stage(tmp_path):
     spec = teacher_spec(tmp_path, tmp_path / "elsewhere")
     assert not spec.trains_teacher(spec.eval.rerank.path)
