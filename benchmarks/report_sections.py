@@ -168,7 +168,8 @@ def objectives_body(r: dict[str, dict]) -> str:
         figure("long_tail_recall_valid.png", "NDCG@10 against tail Recall@10, validation"),
         figure("long_tail_recall_test.png", "NDCG@10 against tail Recall@10, test"), "",
         "Limits: one SFT model (the demo's, 0.9M parameters); the in-run validation that draws the curves uses 500 "
-        "validation users."])
+        "validation users" + ("; the chosen weight is the largest swept" if f["chosen"]["weight"] == max(
+            iv, key=float) else "") + "."])
 
 
 # --------------------------------------------------------------------------- speed

@@ -118,7 +118,8 @@ def test_a_replica_with_popularity_answers_with_it_through_zmq(index_path):  # n
 
 def test_the_tail_spec_is_the_demo_with_a_tail_aware_rl_recipe():
     demo, tail = (load_spec(REPO / "configs" / f"{name}.yaml").model_dump() for name in ("demo", "office_tail"))
-    assert tail["rl"]["objectives"]["tail"] > 0 and tail["rl"]["ce_coef"] > 0
+    assert tail["rl"]["objectives"]["head_exposure"] > 0 and tail["checkpoint"]["select"] == "last"
     differing = {key for key in demo if demo[key] != tail[key]}
-    assert differing == {"name", "run_dir", "rl"}
-    assert {k for k in demo["rl"] if demo["rl"][k] != tail["rl"][k]} == {"ce_coef", "objectives"}
+    assert differing == {"name", "run_dir", "rl", "checkpoint"}
+    assert {k for k in demo["rl"] if demo["rl"][k] != tail["rl"][k]} == {"objectives"}
+    assert {k for k in demo["checkpoint"] if demo["checkpoint"][k] != tail["checkpoint"][k]} == {"select"}
