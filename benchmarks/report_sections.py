@@ -7,6 +7,7 @@ import statistics
 
 from benchmarks.report_md import Row, Section, figure, interval, provenance, spread, table, verdict
 from benchmarks.report_quality import QUALITY_SECTIONS
+from benchmarks.report_runtime import RUNTIME_SECTIONS
 
 
 # --------------------------------------------------------------------------- RL over SFT
@@ -331,5 +332,6 @@ SECTIONS: list[Section] = [
     Section("In-run validation on every validation user", "validation_cost", validation_rows, validation_body),
     Section("Index and SFT time on the demo spec", "stage_time_demo", stage_rows, stage_body),
     Section("FlexCode index on Office with its defaults", "stage_time_flexcode", flexcode_rows, flexcode_body),
+    *RUNTIME_SECTIONS,
 ]
 

@@ -38,7 +38,11 @@ def fixture() -> list[dict]:
                                     "hf": {**side, "median_s": 24.6, "min_s": 24.0, "max_s": 25.0,
                                            "users_per_s": 40.65}},
                           "ratio_to_hf": {"torch": {"median": 12.34, "runs": [11.0, 12.34, 13.0]}}}, threads=2),
-        rec("weight_sync", {"ratio": 1.44, "push_s": 0.2}),  # no section of its own: shown as its figures
+        rec("weight_sync", {"ratio": 1.44, "push_s": 0.2}),
+        rec("engine_process", {"sides": {side: {key: {"median": m * v, "runs": [m * v]} for key, v in
+                                                (("start_s", 10.0), ("generate_s", 1.0), ("beam_s", 0.5))}
+                                         for side, m in (("vLLM's processes", 2.0), ("in the owning process", 1.0))}},
+            hidden=256, layers=4, prompts=64, n=8, width=10, repeats=1),  # no section of its own: shown as its figures
         rec("scaling", {"rollout": sides({1: [1.0, 1.2, 1.1], 2: [0.5, 0.6, 0.55]}, 512),
                         "learner": sides({1: [1.4, 1.5, 1.45], 2: [1.4, 1.5, 1.45]}, 512)},
             prompts=64, n=8, repeats=3, learner_cores=2, workers=["worker 0 on core 0", "worker 1 on core 1"]),
@@ -73,6 +77,8 @@ def test_report_from_a_fixture_has_its_cells_and_plots(results_folder, tmp_path,
     assert "| RL rollout throughput with 2 rollout workers against 1 (each worker its own core) | 2: 931 completions/s " \
            "| 1: 465 completions/s " \
            "| 2.00x (runs 2.00, 2.00, 2.00) | measured |" in text
+    assert "| CPU rollout engine in its owning process against vLLM's own processes: engine start | 10.00 s | " \
+           "20.00 s | 2.00x faster | measured |" in text
     assert "| ratio | 1.44 |" in text and "## Weight push against a raw broadcast" in text  # the generic section
     assert "python benchmarks/weight_sync.py --hidden" not in text  # measured: no longer pending
     assert PENDING["trie"][1] in text  # not measured: its command is listed, no figure
