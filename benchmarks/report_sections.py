@@ -15,14 +15,20 @@ def best(curve: dict) -> float:
     return max(curve["val_ndcg@10"].values())
 
 
+def control_pairs(iv: dict) -> dict[str, str]:
+    """recipe -> its equal-compute control, for the pairs the record holds intervals of ("A - B")."""
+    return dict(key.split(" - ") for key in iv if " - " in key)
+
+
 def rl_rows(r: dict[str, dict]) -> list[Row]:
     f, iv = r["rl_gain"]["figures"], r["rl_gain"]["intervals"]
     sft = f["sft"]["test ndcg@10"]
+    pairs = control_pairs(iv)
     rows = []
     for recipe, rec in f["recipes"].items():
         m = iv[recipe]["test"]["metrics"]["ndcg@10"]
         seeds = len(rec["seeds"])
-        if recipe.endswith("_sft"):  # an equal-compute control: no target of its own
+        if recipe.endswith("_sft") or recipe in pairs.values():  # an equal-compute control: no target of its own
             question, status = (f"CE-only control {recipe} (the same targets and steps, no policy gradient) against "
                                 f"the SFT model, test NDCG@10, every user, {seeds} seeds"), f"measured: {verdict(m)}"
         else:
@@ -31,6 +37,12 @@ def rl_rows(r: dict[str, dict]) -> list[Row]:
             status = "met" if m["low"] > 0 else "not met"
         rows.append(Row(question, f"{recipe} {rec['median']['test ndcg@10']:.4f}", f"SFT {sft:.4f}", interval(m),
                         status))
+    for recipe, control in pairs.items():
+        m = iv[f"{recipe} - {control}"]["test"]["metrics"]["ndcg@10"]
+        rows.append(Row(f"RL ({recipe}) beats its equal-compute control ({control}) on test NDCG@10, every user, "
+                        "paired interval above 0", f"{recipe} {f['recipes'][recipe]['median']['test ndcg@10']:.4f}",
+                        f"{control} {f['recipes'][control]['median']['test ndcg@10']:.4f}", interval(m),
+                        "met" if m["low"] > 0 else "not met"))
     return rows
 
 
@@ -41,17 +53,21 @@ def rl_body(r: dict[str, dict]) -> str:
     recipes = {**screen, **f["recipes"]}
     curves = [[recipe, str(len(rec["curves"])), " / ".join(f"{best(c):.4f}" for c in rec["curves"].values()),
                " / ".join(str(c["selected_step"]) for c in rec["curves"].values())] for recipe, rec in recipes.items()]
-    diffs = [[f"{recipe} ({len(f['recipes'][recipe]['seeds'])} seeds)",
-              *(interval(iv[recipe][split]["metrics"][m]) for split, m in
-                (("valid", "ndcg@10"), ("test", "ndcg@10"), ("test", "recall@10"), ("test", "recall@5")))]
-             for recipe in f["recipes"]]
+    shown = (("valid", "ndcg@10"), ("test", "ndcg@10"), ("test", "recall@10"), ("test", "recall@5"))
+    pairs = control_pairs(iv)
+    diffs = [[f"{recipe} - SFT ({len(f['recipes'][recipe]['seeds'])} seeds)",
+              *(interval(iv[recipe][split]["metrics"][m]) for split, m in shown)] for recipe in f["recipes"]]
+    diffs += [[f"{recipe} - {control}", *(interval(iv[f"{recipe} - {control}"][split]["metrics"][m]) for split, m in shown)]
+              for recipe, control in pairs.items()]
+    controls = "; ".join(f"`{c}` is the equal-compute control of `{rcp}`" for rcp, c in pairs.items()) or (
+        "`beam_inject_sft` is the equal-compute control of `beam_inject_pairwise`")
     out = [
         "Does RL post-training raise the demo SFT model's ranking on held-out users, beyond what the same "
         "training compute spent on cross-entropy gives? Each recipe is `gream rl` from the demo's SFT model "
         "(`runs/demo`), validated every 10 steps on every validation user; `rl/model` is the validation-"
         "selected checkpoint (step 0 = the SFT weights). Recipes are overrides of the demo spec "
-        "(`benchmarks/rl_gain.py`, `RECIPES`); `beam_inject_sft` is the equal-compute control of "
-        "`beam_inject_pairwise`: the same rollouts, groups, targets and steps with `rl.pg_coef=0`.",
+        f"(`benchmarks/rl_gain.py`, `RECIPES`); {controls}: the same rollouts, groups, targets and steps with "
+        "`rl.pg_coef=0`.",
         "", provenance(g), ""]
     if "rl_gain_screen" in r:
         out += ["Single-seed screens of the other recipes, m" + provenance(r["rl_gain_screen"])[1:], ""]
@@ -59,10 +75,9 @@ def rl_body(r: dict[str, dict]) -> str:
             table(["recipe", "seeds", "best validation NDCG@10 per seed", "selected step per seed"], curves), "",
             f"SFT model: validation NDCG@10 {f['sft']['valid ndcg@10']:.4f}; test NDCG@10 "
             f"{f['sft']['test ndcg@10']:.4f}, Recall@10 {f['sft']['test recall@10']:.4f}. Every user of both splits, "
-            "each run's selected checkpoint, per-user differences to the SFT model averaged over the recipe's "
-            "seeds, 95% bootstrap intervals (users resampled):", "",
-            table(["recipe", "valid NDCG@10 - SFT", "test NDCG@10 - SFT", "test Recall@10 - SFT",
-                   "test Recall@5 - SFT"], diffs), "",
+            "each run's selected checkpoint, per-user differences (to the SFT model, or a recipe to its control) "
+            "averaged over each side's seeds, 95% bootstrap intervals (users resampled):", "",
+            table(["difference", "valid NDCG@10", "test NDCG@10", "test Recall@10", "test Recall@5"], diffs), "",
             "On test, against the SFT model: " + "; ".join(
                 f"{recipe} NDCG@10 {verdict(iv[recipe]['test']['metrics']['ndcg@10'])}" for recipe in f["recipes"])
             + ". Median share of sampled groups kept for training (their rewards differ), over steps and seeds: "

@@ -40,6 +40,11 @@ from cluster.metrics_log import read_metrics  # noqa: E402
 from cluster.run_layout import EVAL_FILE, RANKS_FILE, RunLayout  # noqa: E402
 from gream.compare import load_stage  # noqa: E402
 
+# Each recipe's equal-compute control (the same rollouts or sampled groups, targets and steps, trained
+# by cross-entropy alone): a gain counts only against it as well as against the SFT model.
+CONTROLS = {"beam_inject_pairwise": "beam_inject_sft", "teacher_rank": "ce_only", "ce_anchor": "ce_only",
+            "beam_teacher": "beam_inject_sft"}
+
 
 def teacher(form: str, gate: str = "none") -> str:
     """The rl.teacher override: the SFT run's SASRec (`{base}`, filled in per run) at a reward form and gate."""
@@ -137,7 +142,7 @@ def figures(run_dir: Path, stage: str) -> dict[str, float]:
 def report(base: Path, runs: dict[str, list[Path]], resamples: int) -> dict:
     sft = load_stage(f"{base}:sft")
     out = {"date": time.strftime("%Y-%m-%d %H:%M"), "load": [round(x, 2) for x in os.getloadavg()],
-           "sft": figures(base, "sft"), "recipes": {}}
+           "sft": figures(base, "sft"), "recipes": {}, "against_control": {}}
     for recipe, dirs in runs.items():
         columns = {d.name: figures(d, "rl") for d in dirs}
         rl = [load_stage(f"{d}:rl") for d in dirs]
@@ -145,6 +150,11 @@ def report(base: Path, runs: dict[str, list[Path]], resamples: int) -> dict:
             "seeds": columns, "median": median_column(list(columns.values())),
             "curves": {d.name: curve(d) for d in dirs},
             "rl_minus_sft": {split: pooled(rl, [sft], split, resamples, 0) for split in SPLITS}}
+    for recipe, control in CONTROLS.items():
+        if recipe in runs and control in runs:
+            rl, ctl = ([load_stage(f"{d}:rl") for d in runs[name]] for name in (recipe, control))
+            out["against_control"][f"{recipe} - {control}"] = {split: pooled(rl, ctl, split, resamples, 0)
+                                                               for split in SPLITS}
     return out
 
 
@@ -166,6 +176,13 @@ def format_report(r: dict) -> str:
             parts = [f"{m} {v['diff']:+.4f} [{v['low']:+.4f}, {v['high']:+.4f}] {v['verdict']}"
                      for m, v in res["metrics"].items()]
             lines.append(f"  {recipe} {split} ({res['users']} users): " + "; ".join(parts))
+    if r["against_control"]:
+        lines.append("\nRL - its equal-compute control, per user averaged over each side's seeds:")
+    for pair, splits in r["against_control"].items():
+        for split, res in splits.items():
+            m = res["metrics"]["ndcg@10"]
+            lines.append(f"  {pair} {split} ({res['users']} users): ndcg@10 {m['diff']:+.4f} [{m['low']:+.4f}, "
+                         f"{m['high']:+.4f}] {m['verdict']}")
     return "\n".join(lines)
 
 
@@ -258,7 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = report(base, runs, args.resamples)
     (args.out / "rl_gain.json").write_text(json.dumps(result, indent=1))
     print(format_report(result))
-    intervals = {r: rec.pop("rl_minus_sft") for r, rec in result["recipes"].items()}
+    intervals = {**{r: rec.pop("rl_minus_sft") for r, rec in result["recipes"].items()}, **result.pop("against_control")}
     record(args.name, {"sft": result["sft"], "recipes": result["recipes"]}, intervals=intervals, **provenance)
     return 0
 

@@ -28,10 +28,10 @@ def fixture() -> list[dict]:
     split = {"users": 100, "metrics": {m: DIFF for m in ("ndcg@10", "recall@10", "recall@5")}}
     side = {"min_s": 1.0, "max_s": 3.0, "runs_s": [1.0, 2.0, 3.0], "metrics": {"recall@10": 0.1, "ndcg@10": 0.05}}
     return [
-        rec("rl_gain", {"sft": metrics, "recipes": {"ce_anchor": {"seeds": {"seed0": metrics, "seed1": metrics},
-                                                                  "median": metrics,
-                                                                  "curves": {"seed0": CURVE, "seed1": CURVE}}}},
-            {"ce_anchor": {"valid": split, "test": split}}),
+        rec("rl_gain", {"sft": metrics, "recipes": {name: {"seeds": {"seed0": metrics, "seed1": metrics},
+                                                           "median": metrics, "curves": {"seed0": CURVE, "seed1": CURVE}}
+                                                    for name in ("ce_anchor", "ce_only")}},
+            {name: {"valid": split, "test": split} for name in ("ce_anchor", "ce_only", "ce_anchor - ce_only")}),
         rec("beam_eval", {"users": 1000, "width": 10, "depth": 3, "ranks_identical": 1000, "metrics_agree": True,
                           "profile": ["torch: 2 s"],
                           "sides": {"torch": {**side, "median_s": 2.0, "users_per_s": 500.0},
@@ -73,7 +73,11 @@ def test_report_from_a_fixture_has_its_cells_and_plots(results_folder, tmp_path,
     assert len(summary) == 1
     cells = [c.strip() for c in summary[0].strip("|").split("|")]
     assert cells[1:5] == ["torch beam 2.00 s", "HF generate 24.60 s", "12.34x (runs 11.00, 12.34, 13.00)", "met"]
-    assert "| ce_anchor (2 seeds) | +0.0020 [-0.0010, +0.0050] |" in text
+    assert "| ce_anchor - SFT (2 seeds) | +0.0020 [-0.0010, +0.0050] |" in text
+    assert "| ce_anchor - ce_only | +0.0020 [-0.0010, +0.0050] |" in text  # a recipe against its control
+    assert ("| RL (ce_anchor) beats its equal-compute control (ce_only) on test NDCG@10, every user, paired interval "
+            "above 0 | ce_anchor 0.0400 | ce_only 0.0400 | +0.0020 [-0.0010, +0.0050] | not met |") in text
+    assert "CE-only control ce_only" in text
     assert "| RL rollout throughput with 2 rollout workers against 1 (each worker its own core) | 2: 931 completions/s " \
            "| 1: 465 completions/s " \
            "| 2.00x (runs 2.00, 2.00, 2.00) | measured |" in text
