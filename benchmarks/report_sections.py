@@ -85,7 +85,9 @@ def rl_body(r: dict[str, dict]) -> str:
             + gate_shares(recipes), "",
             figure("rl_reward.png", "Reward by step"), figure("rl_kept.png", "Kept groups by step"), "",
             "Limits: the embedded 0.9M-parameter policy; a recipe whose groups are repaired with the target trains "
-            "mostly on that target, as its CE-only control does."]
+            "mostly on that target, as its CE-only control does; `ce_only` trains the targets of the groups dynamic "
+            "sampling keeps (rule rewards that differ), a teacher recipe those of nearly every group, at the same "
+            "number of groups per step."]
     return "\n".join(out)
 
 
