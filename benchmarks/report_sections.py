@@ -97,11 +97,20 @@ def kept_shares(recipes: dict) -> dict[str, float]:
 
 
 def gate_shares(recipes: dict) -> str:
-    """The share of groups each gated teacher recipe's gate opened to (rl.teacher.gate), median over steps."""
+    """The share of groups each gated teacher recipe's gate opened to (rl.teacher.gate), median over
+    steps, and which gate won on validation (seed 0's best NDCG@10, the seed every screen has)."""
     shares = {recipe: statistics.median(v for c in rec["curves"].values() for v in c.get("gate_open", {}).values())
               for recipe, rec in recipes.items() if any(c.get("gate_open") for c in rec["curves"].values())}
+    if not shares:
+        return ""
+    gated = {recipe: best(rec["curves"]["seed0"]) for recipe, rec in recipes.items()
+             if recipe.startswith("teacher_rank") and "seed0" in rec["curves"]}
+    top = max(gated.values())
     return (" Groups that the teacher's reward reached (`teacher/gate_open`, median over steps): "
-            + "; ".join(f"{recipe} {share:.0%}" for recipe, share in shares.items()) + ".") if shares else ""
+            + "; ".join(f"{recipe} {share:.0%}" for recipe, share in shares.items())
+            + ". The gates on validation (seed 0's best NDCG@10): "
+            + "; ".join(f"{recipe} {v:.4f}" for recipe, v in gated.items())
+            + "; best: " + ", ".join(r for r, v in gated.items() if v == top) + ".")
 
 
 # --------------------------------------------------------------------------- control (c)
