@@ -103,14 +103,14 @@ def gate_shares(recipes: dict) -> str:
               for recipe, rec in recipes.items() if any(c.get("gate_open") for c in rec["curves"].values())}
     if not shares:
         return ""
-    gated = {recipe: best(rec["curves"]["seed0"]) for recipe, rec in recipes.items()
+    gated = {recipe: round(best(rec["curves"]["seed0"]), 4) for recipe, rec in recipes.items()
              if recipe.startswith("teacher_rank") and "seed0" in rec["curves"]}
     top = max(gated.values())
     return (" Groups that the teacher's reward reached (`teacher/gate_open`, median over steps): "
             + "; ".join(f"{recipe} {share:.0%}" for recipe, share in shares.items())
             + ". The gates on validation (seed 0's best NDCG@10): "
             + "; ".join(f"{recipe} {v:.4f}" for recipe, v in gated.items())
-            + "; best: " + ", ".join(r for r, v in gated.items() if v == top) + ".")
+            + "; best (to 4 places): " + ", ".join(r for r, v in gated.items() if v == top) + ".")
 
 
 # --------------------------------------------------------------------------- control (c)
