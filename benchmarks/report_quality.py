@@ -58,7 +58,8 @@ def quality_section(name: str, title: str, why: str) -> Section:
             table(["split metric", f"{left} (median)", f"{right} (median)", f"{left} - {right} [95%]"], medians), "",
             f"By long-tail segment (`indexing/segments.py`), NDCG@10 of {left} - {right}:", "",
             table(["segment", "valid", "test"], segments), "",
-            f"Wall times the runs recorded: {walls or 'not recorded'}."])
+            f"Wall times the runs recorded: {walls or 'not recorded'}. They are the runs' own timers, not a speed "
+            "comparison: other jobs may have run beside them."])
 
     return Section(title, name, rows, body)
 
