@@ -1,5 +1,5 @@
-"""BENCHMARKS.md's sections on the runtime: where the CPU engine lives, where an RL step's time
-goes, and gream serve under slow clients."""
+"""BENCHMARKS.md's smaller sections: where the CPU engine lives, where an RL step's time goes,
+gream serve under slow clients, and what the teacher knows that the policy does not."""
 from __future__ import annotations
 
 from benchmarks.report_md import Row, Section, provenance, spread, table
@@ -70,8 +70,30 @@ def serve_body(r: dict[str, dict]) -> str:
         "Limits: one machine, the server and the clients on the same 2 cores."])
 
 
+def gate_rows(r: dict[str, dict]) -> list[Row]:
+    f = r["teacher_gate"]["figures"]
+    a = f["segments"]["all"]
+    return [Row(f"The teacher ranks the target above the policy's top beam negative ({f['split']}, every user)",
+                f"{a['above_top_negative']:.1%} of users", "-", f"above every beam negative: {a['above_all_negatives']:.1%}",
+                "measured")]
+
+
+def gate_body(r: dict[str, dict]) -> str:
+    rec = r["teacher_gate"]
+    f, st = rec["figures"], rec["settings"]
+    rows = [[seg, f"{v['users']:,}", f"{v['above_top_negative']:.1%}", f"{v['above_all_negatives']:.1%}"]
+            for seg, v in f["segments"].items()]
+    return "\n".join([
+        f"Before a teacher reward: how often does the SASRec (`{st['teacher']}`) give the target a higher probability "
+        f"than the SFT model's own beam negatives (width {st['width']}), on every {f['split']} user, per segment? "
+        f"\"uncertain\": the policy's top candidate holds under {st['uncertain']:.0%} of the beam's probability "
+        f"({f['uncertain_share']:.0%} of users), where AdaGRPO's gate would let the teacher act.", "",
+        provenance(rec), "", table(["segment", "users", "above the top negative", "above every negative"], rows)])
+
+
 RUNTIME_SECTIONS = [
     Section("A CPU rollout engine in its owning process", "engine_process", engine_rows, engine_body),
     Section("Where an RL step's time goes", "rl_phases", phase_rows, phase_body),
     Section("gream serve under load", "serve", serve_rows, serve_body),
+    Section("What the teacher knows that the policy does not", "teacher_gate", gate_rows, gate_body),
 ]
