@@ -36,6 +36,13 @@ class Teacher:
                            targets: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """`score`, and from the same forward log p_T(target | history) per row (-inf for -1): what the
         gate compares with the rollout's negatives."""
+        logp = self._log_probs(histories)
+        item_logp = _pick(logp, items)
+        rank = np.where(item_logp > -np.inf, (logp > torch.as_tensor(item_logp)[:, None]).sum(1).numpy(), -1)
+        return item_logp, rank.astype(np.int64), None if targets is None else _pick(logp, targets)
+
+    def _log_probs(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
+        """log p_T(. | history) over the catalogue, one row per history; each distinct history runs once."""
         rows: dict[tuple[int, ...], int] = {}
         which = np.array([rows.setdefault(tuple(h[-self.max_len:]), len(rows)) for h in histories], dtype=np.int64)
         seqs = torch.full((len(rows), self.max_len), self.pad, dtype=torch.long)
@@ -43,10 +50,7 @@ class Teacher:
             if history:
                 seqs[r, -len(history):] = torch.as_tensor(history)
         with torch.no_grad():
-            logp = torch.log_softmax(self.model.scores(seqs).float(), dim=-1)[torch.as_tensor(which)]
-        item_logp = _pick(logp, items)
-        rank = np.where(item_logp > -np.inf, (logp > torch.as_tensor(item_logp)[:, None]).sum(1).numpy(), -1)
-        return item_logp, rank.astype(np.int64), None if targets is None else _pick(logp, targets)
+            return torch.log_softmax(self.model.scores(seqs).float(), dim=-1)[torch.as_tensor(which)]
 
     def candidate_logp(self, histories: Sequence[Sequence[int]], items: np.ndarray) -> np.ndarray:
         """log p_T(item | history) of each user's candidates `items` [U, W] (-1: an empty slot, -inf),
@@ -56,7 +60,7 @@ class Teacher:
         for start in range(0, len(items), users):
             block = items[start:start + users]
             repeated = [h for h in histories[start:start + users] for _ in range(block.shape[1])]
-            out[start:start + users] = self.score(repeated, block.ravel())[0].reshape(block.shape)
+            out[start:start + users] = _pick(self._log_probs(repeated), block.ravel()).reshape(block.shape)
         return out
 
 
