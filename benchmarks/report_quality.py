@@ -3,7 +3,7 @@ model's seeds against another's on every user of both splits, with pooled paired
 and per long-tail segment, in one table."""
 from __future__ import annotations
 
-from benchmarks.report_md import Row, Section, interval, provenance, table
+from benchmarks.report_md import Row, Section, interval, provenance, table, verdict
 
 # The quality records this section shows, in order, and what each comparison asks.
 RECORDS = {"quality_distill": "SFT distilled from the tuned SASRec (`sft.distill`) against that SASRec",
@@ -15,7 +15,7 @@ COLUMNS = (("valid", "ndcg@10", None), ("test", "ndcg@10", None), ("test", "reca
 
 def standing(m: dict) -> str:
     """Where the left model stands against the right by the interval of left - right."""
-    return "ahead" if m["low"] > 0 else "behind" if m["high"] < 0 else "level (interval spans 0)"
+    return {"higher": "ahead", "lower": "behind", "no difference": "level (interval spans 0)"}[verdict(m)]
 
 
 def cell(iv: dict, split: str, metric: str, segment: str | None) -> dict | None:

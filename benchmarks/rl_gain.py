@@ -124,11 +124,9 @@ def curve(run_dir: Path) -> dict:
     """The run's validation curve, reward and share of sampled groups kept by step, and the
     checkpoint it selected."""
     rows = read_metrics(RunLayout(run_dir).metrics("rl"))
+    points = {r["step"]: r["val/ndcg@10"] for r in rows if r.get("val/ndcg@10") is not None}
     selection = json.loads(RunLayout(run_dir).selection.read_text())
-    val = {f"val_{key}": {r["step"]: r[f"val/{key}"] for r in rows if r.get(f"val/{key}") is not None}
-           for key in ("ndcg@10", "tail_share@10")}  # tail share: in runs validated since it was logged
-    return {**{k: v for k, v in val.items() if v or k == "val_ndcg@10"},
-            "selected_step": selection["step"], "last_step": selection["last_step"],
+    return {"val_ndcg@10": points, "selected_step": selection["step"], "last_step": selection["last_step"],
             "reward": {r["step"]: r["reward/mean"] for r in rows if r.get("reward/mean") is not None},
             "kept_share": {r["step"]: r["kept_groups"] / r["sampled_groups"] for r in rows if r.get("sampled_groups")},
             "gate_open": {r["step"]: r["teacher/gate_open"] for r in rows if r.get("teacher/gate_open") is not None}}

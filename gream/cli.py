@@ -99,12 +99,11 @@ def cmd_sft(args) -> None:
 
 def cmd_baseline_sasrec(args) -> None:
     from cluster.errors import BadRequest
-    from sft.sasrec import SasrecConfig, read_config
+    from sft.sasrec import config_from
     from sft.sasrec_eval import run
 
     given = {"loss": args.loss, "negatives": args.negatives}
-    cfg = SasrecConfig(**{**(read_config(args.config) if args.config else {}), "seed": args.seed,
-                          **{k: v for k, v in given.items() if v is not None}})
+    cfg = config_from(args.config, seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     if args.tune and args.grasp:
         raise BadRequest("--grasp trains the settings given; tune SASRec alone first and pass its tune.json as --config")
     if args.tune:

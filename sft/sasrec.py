@@ -90,6 +90,11 @@ def read_config(path: Path) -> dict:
     return check_settings(data.get("chosen", data) if isinstance(data, dict) else data, str(path))
 
 
+def config_from(path: str | Path | None, **fields) -> SasrecConfig:
+    """SasrecConfig from a settings file (`read_config`; None: the defaults), `fields` overriding it."""
+    return SasrecConfig(**{**(read_config(Path(path)) if path else {}), **fields})
+
+
 class SASRec(nn.Module):
     def __init__(self, num_items: int, max_len: int, cfg: SasrecConfig):
         super().__init__()

@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from cluster.spec import JobSpec
-from sft.sasrec import SasrecConfig, read_config
+from sft.sasrec import config_from
 from sft.sasrec_eval import run as train_and_evaluate
 
 
 def run(spec: JobSpec) -> Path:
-    settings = read_config(Path(spec.sasrec.config)) if spec.sasrec.config else {}
-    return train_and_evaluate(spec, SasrecConfig(**{**settings, "seed": spec.sasrec.seed}))
+    return train_and_evaluate(spec, config_from(spec.sasrec.config, seed=spec.sasrec.seed))
