@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from cluster.checkpoint import CheckpointManager
-from cluster.device import autocast_dtype, resolve
+from cluster.device import autocast_dtype, dropout, resolve
 from cluster.logs import fields
 from cluster.metrics_log import MetricsLog
 from cluster.run_layout import MODEL_DIR
@@ -68,8 +68,8 @@ def add_dropout(model, p: float) -> None:
 
     def drop(module, _inputs, output):
         if isinstance(output, tuple):
-            return (torch.nn.functional.dropout(output[0], p, module.training), *output[1:])
-        return torch.nn.functional.dropout(output, p, module.training)
+            return (dropout(output[0], p, module.training), *output[1:])
+        return dropout(output, p, module.training)
 
     model.get_input_embeddings().register_forward_hook(drop)
     for layer in model.get_decoder().layers:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from benchmarks.stage_time import main, own_timings
+from benchmarks.stage_time import main, median_run, own_timings, stage_command
 
 
 def test_own_timings_of_the_index_and_sft(tmp_path):
@@ -18,9 +18,33 @@ def test_own_timings_of_the_index_and_sft(tmp_path):
                                             "micro_steps": 5010}
 
 
+def test_sasrec_timings_and_command(tmp_path):
+    (tmp_path / "baselines/sasrec").mkdir(parents=True)
+    (tmp_path / "baselines/sasrec/eval.json").write_text(json.dumps(
+        {"valid": {}, "test": {}, "meta": {"train_secs": 90.5, "best_epoch": 14, "dataset": "Office"}}))
+    assert own_timings(tmp_path, "sasrec") == {"train_secs": 90.5, "best_epoch": 14}
+    cmd = stage_command("configs/office_distill.yaml", "sasrec", tmp_path, [])
+    assert cmd[3:6] == ["baseline", "sasrec", "configs/office_distill.yaml"]
+    assert cmd[-4:] == ["--config", "configs/sasrec_office.json", "--seed", "0"]
+    assert stage_command("configs/demo.yaml", "sasrec", tmp_path, [])[-2:] == ["--seed", "0"]  # SASRec's defaults
+
+
+def test_median_run_keeps_every_run():
+    runs = [{"wall_s": 5.0, "train_secs": 300.0}, {"wall_s": 4.0, "train_secs": 100.0}, {"wall_s": 9.0, "train_secs": 200.0}]
+    assert median_run(runs) == {"wall_s": 9.0, "train_secs": 200.0, "runs": runs}
+    assert median_run([{"wall_s": 3.0}, {"wall_s": 1.0}]) == {"wall_s": 3.0, "runs": [{"wall_s": 3.0}, {"wall_s": 1.0}]}
+
+
 def test_a_folder_holding_the_stage_is_refused(tmp_path, capsys, results_folder):
     (tmp_path / "index").mkdir()
     with pytest.raises(SystemExit) as stop:
         main(["configs/demo.yaml", "index", "--out", str(tmp_path)])
     assert stop.value.code == 2 and "already holds index" in capsys.readouterr().err
     assert not results_folder.exists()
+
+
+def test_a_repeat_folder_holding_sasrec_is_refused(tmp_path, capsys, results_folder):
+    (tmp_path / "rep1/baselines/sasrec").mkdir(parents=True)
+    with pytest.raises(SystemExit) as stop:
+        main(["configs/office_distill.yaml", "sasrec", "--repeats", "2", "--out", str(tmp_path)])
+    assert stop.value.code == 2 and "already holds sasrec" in capsys.readouterr().err
