@@ -6,7 +6,7 @@ the SASRec that `sft.distill.path` names, if any); nothing is written there. Aft
 `--steps` steps are timed by phase (collate, teacher targets, forward with the loss, backward,
 optimizer step), then a few more run under torch's profiler for the operators' share of the time.
 
-    python benchmarks/sft_profile.py configs/office_distill.yaml --run-dir runs/stage_time/rep0
+    python benchmarks/sft_profile.py configs/demo.yaml --run-dir runs/stage_time/rep0
 """
 from __future__ import annotations
 

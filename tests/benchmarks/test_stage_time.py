@@ -23,10 +23,11 @@ def test_sasrec_timings_and_command(tmp_path):
     (tmp_path / "baselines/sasrec/eval.json").write_text(json.dumps(
         {"valid": {}, "test": {}, "meta": {"train_secs": 90.5, "best_epoch": 14, "dataset": "Office"}}))
     assert own_timings(tmp_path, "sasrec") == {"train_secs": 90.5, "best_epoch": 14}
-    cmd = stage_command("configs/office_distill.yaml", "sasrec", tmp_path, [])
-    assert cmd[3:6] == ["baseline", "sasrec", "configs/office_distill.yaml"]
+    cmd = stage_command("configs/demo.yaml", "sasrec", tmp_path, [])
+    assert cmd[3:6] == ["baseline", "sasrec", "configs/demo.yaml"]
     assert cmd[-4:] == ["--config", "configs/sasrec_office.json", "--seed", "0"]
-    assert stage_command("configs/demo.yaml", "sasrec", tmp_path, [])[-2:] == ["--seed", "0"]  # SASRec's defaults
+    bare = stage_command("configs/demo.yaml", "sasrec", tmp_path, ["sasrec.config=null", "sasrec.seed=3"])
+    assert "--config" not in bare and bare[-2:] == ["--seed", "3"]  # SASRec's defaults
 
 
 def test_median_run_keeps_every_run():
@@ -46,5 +47,5 @@ def test_a_folder_holding_the_stage_is_refused(tmp_path, capsys, results_folder)
 def test_a_repeat_folder_holding_sasrec_is_refused(tmp_path, capsys, results_folder):
     (tmp_path / "rep1/baselines/sasrec").mkdir(parents=True)
     with pytest.raises(SystemExit) as stop:
-        main(["configs/office_distill.yaml", "sasrec", "--repeats", "2", "--out", str(tmp_path)])
+        main(["configs/demo.yaml", "sasrec", "--repeats", "2", "--out", str(tmp_path)])
     assert stop.value.code == 2 and "already holds sasrec" in capsys.readouterr().err

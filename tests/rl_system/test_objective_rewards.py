@@ -116,8 +116,11 @@ def test_a_replica_with_popularity_answers_with_it_through_zmq(index_path):  # n
                                [NOVELTY[0], 2 / 3 * NOVELTY[1], 0.0, 0.0])
 
 
-def test_the_tail_spec_is_the_demo_with_a_tail_aware_rl_recipe():
-    demo, tail = (load_spec(REPO / "configs" / f"{name}.yaml").model_dump() for name in ("demo", "office_tail"))
+def test_the_tail_spec_is_the_demo_with_plain_sft_and_a_tail_aware_rl_recipe():
+    """The tail sweep ran from the plain SFT model: the demo without its SASRec stage and distillation."""
+    plain = ["stages=[index,sft,rl,eval]", "sft.distill.path=null", "sasrec.config=null"]
+    demo = load_spec(REPO / "configs/demo.yaml", plain).model_dump()
+    tail = load_spec(REPO / "configs/office_tail.yaml").model_dump()
     assert tail["rl"]["objectives"]["head_exposure"] > 0 and tail["checkpoint"]["select"] == "last"
     differing = {key for key in demo if demo[key] != tail[key]}
     assert differing == {"name", "run_dir", "rl", "checkpoint"}

@@ -105,14 +105,11 @@ def test_a_path_that_is_no_scorer_of_the_catalogue_exits_2_naming_the_key(tmp_pa
     assert not (tmp_path / "run/sft").exists()  # refused before anything was written
 
 
-def test_the_distill_spec_is_the_demo_with_its_own_teacher():
-    """configs/office_distill.yaml: the demo plus a SASRec stage before SFT and SFT distilling from it."""
+def test_the_demo_distils_from_the_sasrec_it_trains():
+    """configs/demo.yaml: a SASRec stage with the tuned settings before SFT, and SFT distilling from it."""
     from cluster.spec import load_spec
 
-    repo = Path(__file__).resolve().parents[2]
-    demo, distill = (load_spec(repo / "configs" / f"{name}.yaml") for name in ("demo", "office_distill"))
-    assert distill.stages == ["index", "sasrec", "sft", "rl", "eval"]
-    assert distill.trains_teacher(distill.sft.distill.path) and Path(distill.sasrec.config).is_file()
-    a, b = demo.model_dump(), distill.model_dump()
-    assert {key for key in a if a[key] != b[key]} == {"name", "run_dir", "stages", "sft", "sasrec"}
-    assert {key for key in a["sft"] if a["sft"][key] != b["sft"][key]} == {"distill"}
+    demo = load_spec(Path(__file__).resolve().parents[2] / "configs/demo.yaml")
+    assert demo.stages == ["index", "sasrec", "sft", "rl", "eval"]
+    assert demo.trains_teacher(demo.sft.distill.path) and Path(demo.sasrec.config).is_file()
+    assert demo.sft.distill.alpha == 0.5 and demo.sft.distill.temperature == 1.0
