@@ -90,14 +90,14 @@ def test_the_quality_record_renders_its_section(seed_runs, results_folder, capsy
     from benchmarks.results import load_all
 
     _, args = seed_runs
-    assert main([*args, "--name", "quality_distill", "--names", "SFT+distill", "SASRec", "--json"]) == 0
+    assert main([*args, "--name", "quality_triece", "--names", "SFT+distill", "SASRec", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     text = render(load_all(results_folder))
     m = r["pooled"]["test"]["metrics"]["ndcg@10"]
     row = next(line for line in text.splitlines() if line.startswith("| SFT+distill against SASRec, test NDCG@10"))
     assert f"{m['diff']:+.4f} [{m['low']:+.4f}, {m['high']:+.4f}]" in row
     assert row.split("|")[5].strip() == ("ahead" if m["low"] > 0 else "behind" if m["high"] < 0 else "level (interval spans 0)")
-    assert "## Office quality: SFT, distilled SFT and the tuned SASRec" in text
+    assert "## Office quality: SFT objectives, distillation and the tuned SASRec" in text
     tail = r["segments"]["tail"]["test"]["metrics"]["ndcg@10"]
     diffs = next(line for line in text.splitlines() if line.startswith("| SFT+distill - SASRec |"))
     assert f"{tail['diff']:+.4f} [{tail['low']:+.4f}, {tail['high']:+.4f}]" in diffs  # the tail column
