@@ -34,8 +34,6 @@ this file is what the results render)."""
 
 # Questions whose results file is missing: the command that measures each (and writes the file).
 PENDING: dict[str, tuple[str, str]] = {
-    "quality": ("Office quality: SFT against a tuned SASRec, every user, 3 seeds each",
-                "python benchmarks/quality.py --run --seeds 0 1 2 --out runs/quality --sasrec-tune"),
     "quality_grasp": ("SASRec+GRASP against SASRec on Office (long tail)",
                       "python benchmarks/quality.py --name quality_grasp --names SASRec+GRASP SASRec "
                       "--left runs/quality_grasp/grasp{0,1,2}:baselines/sasrec_grasp "

@@ -81,14 +81,19 @@ def gate_rows(r: dict[str, dict]) -> list[Row]:
 def gate_body(r: dict[str, dict]) -> str:
     rec = r["teacher_gate"]
     f, st = rec["figures"], rec["settings"]
-    rows = [[seg, f"{v['users']:,}", f"{v['above_top_negative']:.1%}", f"{v['above_all_negatives']:.1%}"]
-            for seg, v in f["segments"].items()]
+    def cells(v: dict) -> list[str]:
+        return [f"{v['users']:,}", f"{v['above_top_negative']:.1%}", f"{v['above_all_negatives']:.1%}"]
+
+    segs = f["segments"]
+    rows = [[seg, *cells(v), *cells(segs[f"{seg}, uncertain"])] for seg, v in segs.items()
+            if not seg.endswith(", uncertain")]
     return "\n".join([
         f"Before a teacher reward: how often does the SASRec (`{st['teacher']}`) give the target a higher probability "
         f"than the SFT model's own beam negatives (width {st['width']}), on every {f['split']} user, per segment? "
         f"\"uncertain\": the policy's top candidate holds under {st['uncertain']:.0%} of the beam's probability "
         f"({f['uncertain_share']:.0%} of users), where AdaGRPO's gate would let the teacher act.", "",
-        provenance(rec), "", table(["segment", "users", "above the top negative", "above every negative"], rows)])
+        provenance(rec), "", table(["segment", "users", "above the top negative", "above every negative",
+                                    "uncertain users", "uncertain: above the top", "uncertain: above every"], rows)])
 
 
 RUNTIME_SECTIONS = [

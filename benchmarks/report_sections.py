@@ -313,12 +313,11 @@ def seconds(stage: dict) -> float:
 def stage_body(r: dict[str, dict]) -> str:
     rec = r["stage_time_demo"]
     f = rec["figures"]
-    lines = ["How long do the demo spec's stages take on this machine, and SFT against training its SASRec? Each "
-             "stage from an empty run folder (no cached embeddings); with repeats, the stages run in turn, so "
-             "SASRec and SFT alternate; each figure is the median run.", "", provenance(rec), ""]
+    lines = ["How long do the demo spec's stages take, SFT against its SASRec? Each stage from an empty run folder, "
+             "the repeats in turn (SASRec and SFT alternate); each figure is the median run.", "", provenance(rec), ""]
     if "index" in f:
-        parts = ", ".join(f"{k} {v:.2f}" for k, v in f["index"]["seconds"].items() if k != "total")
-        lines.append(f"Index: {seconds(f['index'])} s for {f['index']['items']:,} items ({parts} s).")
+        lines.append(f"Index: {seconds(f['index'])} s for {f['index']['items']:,} items (embedding "
+                     f"{f['index']['seconds']['embed']:.1f} s).")
     if "sasrec" in f:
         runs = f["sasrec"]["runs"]
         lines.append(f"SASRec: {f['sasrec']['train_secs']:.0f} s of training (runs "
@@ -334,12 +333,18 @@ def stage_body(r: dict[str, dict]) -> str:
     profile = r.get("sft_profile")
     if profile:
         p = profile["figures"]
-        lines += ["", f"Where an SFT step goes (`{p['command']}`, {p['steps']} steps of batch {p['batch']}, "
-                  f"{p['tokens']:.0f} tokens each, alone): " + ", ".join(f"{k} {v:.1f} ms" for k, v in p["ms"].items())
-                  + f"; {p['total_ms']:.1f} ms a step. Operators by own time: "
-                  + ", ".join(f"{k} {v:.0%}" for k, v in p["ops"].items()) + "."]
-    return "\n".join(lines + ["", "Limits: the times are this machine's (2 cores, float32); SASRec's training stops "
-                              "early (patience 5), SFT runs its 30 epochs."])
+        changed = len(profile.get("changed_files") or [])
+        lines += ["", f"Where an SFT step goes (`{profile['command']}`, {profile['date']} at {profile['commit']}"
+                  + (f" with {changed} changed files" if changed else "") + f", load {profile['load_before'][0]:.1f}; "
+                  f"{p['steps']} steps of batch {p['batch']}, {p['tokens']:.0f} tokens each, alone): "
+                  + ", ".join(f"{k} {v:.1f} ms" for k, v in p["ms"].items()) + f"; {p['total_ms']:.1f} ms a step. "
+                  "Operators by own time: " + ", ".join(f"{k} {v:.0%}" for k, v in p["ops"].items()) + "."]
+    if "sft_over_sasrec" in f:
+        s = f["sft"]
+        lines.append(f"Why the ratio: in twice SASRec's training time SFT would run "
+                     f"{2 * f['sasrec']['train_secs'] / s['train_secs'] * s['micro_steps']:,.0f} of its "
+                     f"{s['micro_steps']:,} steps at this step cost.")
+    return "\n".join(lines + ["", "Limits: this machine's times (2 cores, float32); SASRec stops early (patience 5)."])
 
 
 def flexcode_rows(r: dict[str, dict]) -> list[Row]:

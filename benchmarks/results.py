@@ -44,7 +44,7 @@ def _git(*args: str) -> str:
 
 def commit() -> dict:
     """HEAD and the tracked files that differ from it: a measurement of uncommitted code says so."""
-    changed = [line[3:] for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    changed = _git("diff", "--name-only", "HEAD").splitlines()
     return {"commit": _git("rev-parse", "--short=7", "HEAD") or None, "changed_files": sorted(changed)}
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import numpy as np
 
@@ -21,6 +22,8 @@ def test_record_holds_figures_and_what_they_depend_on(results_folder, tmp_path):
     assert rec["figures"] == {"ratio": 1.5, "runs": [1.0, None], "n": 3}  # NaN: a figure that could not be had
     assert rec["intervals"]["diff"]["high"] == 0.2
     assert len(rec["commit"]) == 7 and isinstance(rec["changed_files"], list)
+    for name in rec["changed_files"]:  # whole paths: present, or deleted from HEAD's tree
+        assert (REPO / name).exists() or subprocess.run(["git", "cat-file", "-e", f"HEAD:{name}"], cwd=REPO).returncode == 0
     assert rec["machine"]["cores"] >= 1 and rec["machine"]["python"].count(".") == 2
     assert len(rec["load_before"]) == 3 and rec["date"][:2] == "20"
     assert rec["data"]["path"] == "data/office" and len(rec["data"]["sha256"]) == 16

@@ -49,3 +49,16 @@ def test_a_repeat_folder_holding_sasrec_is_refused(tmp_path, capsys, results_fol
     with pytest.raises(SystemExit) as stop:
         main(["configs/demo.yaml", "sasrec", "--repeats", "2", "--out", str(tmp_path)])
     assert stop.value.code == 2 and "already holds sasrec" in capsys.readouterr().err
+
+
+def test_the_sft_against_sasrec_row():
+    from benchmarks.report_sections import stage_rows
+
+    runs = [{"wall_s": 1.0, "train_secs": s} for s in (360.0, 350.0, 370.0)]
+    sasrec = [{"wall_s": 1.0, "train_secs": 50.0, "best_epoch": 15}] * 3
+    figures = {"sft": median_run(runs), "sasrec": median_run(sasrec), "sft_over_sasrec": [7.2, 7.0, 7.4]}
+    (*_, row) = stage_rows({"stage_time_demo": {"figures": figures}})
+    assert (row.gream, row.alternative) == ("SFT 360 s", "SASRec 50 s")
+    assert row.difference == "7.20x (runs 7.20, 7.00, 7.40)" and row.status == "not met: 3.60x the target"
+    figures["sft_over_sasrec"] = [1.9, 2.1, 1.5]
+    assert stage_rows({"stage_time_demo": {"figures": figures}})[-1].status == "met"
