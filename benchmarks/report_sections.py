@@ -319,7 +319,7 @@ def stage_body(r: dict[str, dict]) -> str:
         lines.append(f"Index: {seconds(f['index'])} s for {f['index']['items']:,} items (embedding "
                      f"{f['index']['seconds']['embed']:.1f} s).")
     if "sasrec" in f:
-        runs = f["sasrec"]["runs"]
+        runs = f["sasrec"].get("runs", [f["sasrec"]])  # one run without --repeats
         lines.append(f"SASRec: {f['sasrec']['train_secs']:.0f} s of training (runs "
                      f"{spread([x['train_secs'] for x in runs], '{:.0f}')} s; early stopping chose epochs "
                      f"{spread([x['best_epoch'] for x in runs], '{}')}).")

@@ -62,3 +62,15 @@ def test_the_sft_against_sasrec_row():
     assert row.difference == "7.20x (runs 7.20, 7.00, 7.40)" and row.status == "not met: 3.60x the target"
     figures["sft_over_sasrec"] = [1.9, 2.1, 1.5]
     assert stage_rows({"stage_time_demo": {"figures": figures}})[-1].status == "met"
+
+
+def test_the_section_reads_one_run_without_repeats():
+    from benchmarks.report_sections import stage_body
+
+    rec = {"figures": {"sasrec": {"wall_s": 55.0, "train_secs": 50.0, "best_epoch": 14},
+                       "sft": {"wall_s": 370.0, "train_secs": 360.0, "tokens_per_s": 2e4, "micro_steps": 5010},
+                       "sft_over_sasrec": [7.2]},
+           "name": "stage_time_demo", "date": "2026-12-05 00:00", "command": "python benchmarks/stage_time.py", "settings": {}}
+    text = stage_body({"stage_time_demo": rec})
+    assert "SASRec: 50 s of training (runs 50 s; early stopping chose epochs 14)" in text
+    assert "SFT would run 1,392 of its 5,010 steps" in text
