@@ -10,10 +10,11 @@ import os
 import random
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 # Ray's workers listen on 10002-19999 by default; a store port is drawn above them.
 LISTEN_FLOOR = 20000
+STORE_ATTEMPTS = 5
 START_TIMEOUT_S = 600.0  # for rank 0 to be placed and answer; a rank imports torch and DeepSpeed first
 
 
@@ -28,29 +29,45 @@ def listen_range() -> tuple[int, int]:
     return LISTEN_FLOOR, max(ephemeral_low, LISTEN_FLOOR + 1024)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free on `host` now, drawn at random from `listen_range` so that concurrent jobs on one
-    machine rarely draw the same one; bind(0) only when every draw is taken."""
+def free_port() -> int:
+    """A port free on every address of this machine now (the store listens on all of them), drawn at
+    random from `listen_range` so that concurrent jobs on one machine rarely draw the same one; bind(0)
+    only when every draw is taken."""
     low, high = listen_range()
     draw = random.SystemRandom()
     for _ in range(64):
         port = draw.randrange(low, high)
         with socket.socket() as s:
             try:
-                s.bind((host, port))
+                s.bind(("", port))
             except OSError:
                 continue
             return port
     with socket.socket() as s:
-        s.bind((host, 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
+
+
+def join_group(init: Callable[[], None], own_port: bool) -> None:
+    """Run `init` (the process group's rendezvous). A port this process drew for a group of its own
+    can still be taken between the draw and the store's bind (EADDRINUSE): then it draws another, up
+    to STORE_ATTEMPTS times. A port the launcher gave every rank is not changed here."""
+    from torch.distributed import DistNetworkError
+
+    for attempt in range(STORE_ATTEMPTS):
+        try:
+            return init()
+        except DistNetworkError as exc:
+            if not own_port or "EADDRINUSE" not in str(exc) or attempt == STORE_ATTEMPTS - 1:
+                raise
+            os.environ["MASTER_PORT"] = str(free_port())
 
 
 def rendezvous() -> tuple[str, int]:
     """(this node's address, a free port on it), called on rank 0, which hosts the store."""
     import ray
 
-    return ray.util.get_node_ip_address(), free_port("")
+    return ray.util.get_node_ip_address(), free_port()
 
 
 def set_rank_env(rank: int, world_size: int, master_addr: str, master_port: int) -> None:

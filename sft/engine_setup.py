@@ -1,13 +1,14 @@
 """The SFT DeepSpeed engine's set-up: the process group, the config, LoRA and the warm-up freeze."""
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import torch
 
 from cluster.device import Placement
 from cluster.errors import GreamError
-from cluster.ranks import ensure_rank_env
+from cluster.ranks import ensure_rank_env, join_group
 from cluster.spec import LoraSpec, SftSpec
 
 
@@ -24,8 +25,10 @@ def init_distributed(placement: Placement, timeout_s: float) -> tuple[int, int]:
     `timeout_s`: cluster.sft.collective_timeout_s."""
     import deepspeed
 
+    own_port = "RANK" not in os.environ
     rank, world = ensure_rank_env()
-    deepspeed.init_distributed(dist_backend=placement.dist_backend, timeout=timedelta(seconds=timeout_s))
+    join_group(lambda: deepspeed.init_distributed(dist_backend=placement.dist_backend,
+                                                  timeout=timedelta(seconds=timeout_s)), own_port)
     return rank, world
 
 

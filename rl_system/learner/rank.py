@@ -83,8 +83,9 @@ class Learner:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.integrations import HfDeepSpeedConfig
 
-        deepspeed.init_distributed(dist_backend=self.placement.dist_backend, verbose=False,
-                                   timeout=timedelta(seconds=config.collective_timeout_s))
+        ranks.join_group(lambda: deepspeed.init_distributed(
+            dist_backend=self.placement.dist_backend, verbose=False,
+            timeout=timedelta(seconds=config.collective_timeout_s)), own_port=master_port is None)
         torch.manual_seed(config.seed)
         self.device = self.placement.torch_device()
         dtype = torch.bfloat16 if self.placement.is_gpu else torch.float32
