@@ -39,7 +39,7 @@ def own_timings(run_dir: Path, stage: str) -> dict:
         report = json.loads((layout.stage("index") / "report.json").read_text())
         return {"seconds": report["seconds"], "items": report["items"]}
     if stage == "sasrec":
-        meta = json.loads(layout.eval_file("baselines/sasrec").read_text())["meta"]
+        meta = json.loads(layout.eval_file("sasrec").read_text())["meta"]
         return {"train_secs": meta["train_secs"], "best_epoch": meta["best_epoch"]}
     summary = json.loads(layout.train_summary.read_text())
     return {key: summary.get(key) for key in ("train_secs", "tokens_per_s", "selection", "micro_steps")}
@@ -75,8 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
     folders = [args.out] if args.repeats == 1 else [args.out / f"rep{k}" for k in range(args.repeats)]
-    held = sorted({s for f in folders for s in args.stages
-                   if RunLayout(f).stage("baselines/sasrec" if s == "sasrec" else s).exists()})
+    held = sorted({s for f in folders for s in args.stages if RunLayout(f).stage(s).exists()})
     if held:
         ap.error(f"{args.out} already holds {', '.join(held)}: a cached stage would be timed; choose a new --out")
     runs: dict[str, list[dict]] = {stage: [] for stage in args.stages}
