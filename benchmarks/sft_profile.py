@@ -54,10 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = load_spec(args.spec, sets)
     trainer = Trainer(spec)
     s = spec.sft
-    engine = trainer._engine(trainer.model, [p for p in trainer.model.parameters() if p.requires_grad],
-                             args.warmup + args.steps + args.profiled, s.lr, s.weight_decay, s.zero_stage)
-    engine.train()
     need = args.warmup + args.steps + args.profiled
+    engine = trainer._engine(trainer.model, [p for p in trainer.model.parameters() if p.requires_grad], need, s.lr,
+                             s.weight_decay, s.zero_stage)
+    engine.train()
     batches = []
     while len(batches) < need:
         batches += make_batches(trainer.align, s.batch_size, random.Random(len(batches)))
