@@ -59,10 +59,10 @@ class Distiller:
             raise BadRequest(f"{WHERE}: {exc}") from exc
         self.model, self.device = model.to(device), device
         self.temperature = spec.sft.distill.temperature
-        items = index.items()
+        self.sid_of = {i: tuple(token_ids[t] for t in index.tokens(i)) for i in index.items()}
+        items = sorted(self.sid_of, key=self.sid_of.__getitem__)  # lexicographic, as distill_tables needs
         self.items = torch.tensor(items, device=device)  # the teacher's columns in the tables' row order
-        sids = torch.tensor([[token_ids[t] for t in index.tokens(i)] for i in items])
-        self.sid_of = dict(zip(items, map(tuple, sids.tolist())))
+        sids = torch.tensor([self.sid_of[i] for i in items])
         self.tables = distill_tables(trie, sids, spec.sft.distill.alpha)
         self.first_level = (token_levels(trie) == 0).tolist()
         self.depth = trie.depth

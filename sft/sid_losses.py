@@ -88,13 +88,18 @@ class TeacherTargets(NamedTuple):
 
 @dataclass(frozen=True)
 class Distill:
-    """`sft.distill.alpha` and the trie seen from its SIDs: `nodes` [S, depth] the trie node after
-    each SID's first l tokens (column l), `cols` [S, depth] its level-l token's column among that
-    level's codes (trie.columns[l])."""
+    """`sft.distill.alpha` and the trie seen from its SIDs, which are in lexicographic order (the
+    teacher's columns follow it), so the SIDs below any trie node are one run of rows: `nodes` [S,
+    depth] the trie node after each SID's first l tokens (column l), `cols` [S, depth] its level-l
+    token's column among that level's codes (trie.columns[l]); per trie node, `start` the first SID
+    below it and `count` how many; `spans[l]` the most SIDs below one node at depth l."""
 
     alpha: float
     nodes: torch.Tensor
     cols: torch.Tensor
+    start: torch.Tensor
+    count: torch.Tensor
+    spans: tuple[int, ...]
 
 
 # (the kept positions' HeadView, their targets [B, P], teacher=TeacherTargets | None) -> the batch's loss
@@ -124,23 +129,35 @@ def sft_objective(sft: SftSpec, trie: SidTrie, distill: Distill | None = None) -
 
 
 def distill_tables(trie: SidTrie, sids: torch.Tensor, alpha: float) -> Distill:
-    """Distill of `sids` [S, depth] (token ids of SIDs of the trie), in their row order."""
+    """Distill of `sids` [S, depth] (token ids of SIDs of the trie, in lexicographic order)."""
+    rows = sids.tolist()
+    if rows != sorted(rows):
+        raise ValueError("distill_tables needs the SIDs in lexicographic order (the teacher's columns follow it)")
     sids = sids.to(trie.device)
-    nodes = [trie.states_for_prefixes(sids, torch.full((len(sids),), d, device=trie.device))
-             for d in range(trie.depth)]
+    nodes = torch.stack([trie.states_for_prefixes(sids, torch.full((len(sids),), d, device=trie.device))
+                         for d in range(trie.depth)], 1)
     cols = [torch.searchsorted(trie.columns[d], sids[:, d].contiguous()) for d in range(trie.depth)]
-    return Distill(alpha, torch.stack(nodes, 1), torch.stack(cols, 1))
+    order = torch.arange(len(sids), device=trie.device)
+    start = torch.full((trie.num_nodes,), len(sids), dtype=torch.long, device=trie.device)
+    count = torch.zeros(trie.num_nodes, dtype=torch.long, device=trie.device)
+    for d in range(trie.depth):
+        start.scatter_reduce_(0, nodes[:, d], order, "amin")
+        count.index_add_(0, nodes[:, d], torch.ones_like(order))
+    spans = tuple(int(count[nodes[:, d]].max()) for d in range(trie.depth))
+    return Distill(alpha, nodes, torch.stack(cols, 1), start, count, spans)
 
 
-def sid_marginals(logits: torch.Tensor, nodes: torch.Tensor, cols: torch.Tensor, states: torch.Tensor,
+def sid_marginals(logits: torch.Tensor, rows: torch.Tensor, states: torch.Tensor, distill: Distill, depth: int,
                   width: int) -> torch.Tensor:
-    """q [N, width]: per target, the teacher's distribution (`logits` [N, S]) over the SIDs below its
-    prefix node (`states` [N]; `nodes` [S] each SID's node at that level), summed by the SIDs' code at
-    the level (their column `cols` [S]) and renormalised."""
-    below = nodes[None, :] == states[:, None]
-    z = logits.masked_fill(~below, float("-inf"))
+    """q [N, width]: per level-`depth` target, the teacher's distribution (row `rows` [N] of `logits`
+    [R, S]) over the SIDs below its prefix node (`states` [N]), summed by the SIDs' code at the level
+    and renormalised. Those SIDs are one run of columns, read through a window of the level's span."""
+    offsets = torch.arange(distill.spans[depth], device=states.device)
+    window = (distill.start[states][:, None] + offsets).clamp(max=logits.shape[1] - 1)
+    below = offsets < distill.count[states][:, None]
+    z = logits[rows[:, None], window].masked_fill(~below, float("-inf"))
     w = torch.exp(z - z.amax(1, keepdim=True))  # the likeliest SID below weighs 1: the sum cannot underflow
-    q = torch.zeros(len(states), width, dtype=w.dtype, device=w.device).scatter_add_(1, cols.expand(len(states), -1), w)
+    q = torch.zeros(len(states), width, dtype=w.dtype, device=w.device).scatter_add_(1, distill.cols[window, depth], w)
     return q / q.sum(1, keepdim=True)
 
 
@@ -156,8 +173,7 @@ def distill_gap(trie: SidTrie, distill: Distill, teacher: TeacherTargets, rows: 
         if not idx.numel():
             continue
         codes = trie.columns[depth]
-        q = sid_marginals(teacher.logits[rows[idx]], distill.nodes[:, depth], distill.cols[:, depth], states[idx],
-                          codes.numel())
+        q = sid_marginals(teacher.logits, rows[idx], states[idx], distill, depth, codes.numel())
         logp = level_logp(depth, idx)
         own = logp.gather(1, torch.searchsorted(codes, tokens[idx])[:, None])[:, 0]
         total = total + (own - (q * logp.masked_fill(q == 0, 0.0)).sum(1)).sum()  # 0 x -inf off the trie

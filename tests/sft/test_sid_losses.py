@@ -153,6 +153,7 @@ def test_negatives_are_drawn_among_the_siblings_only():
 # A teacher over the four SIDs, in the order the trie was built from: p_T = 0.4, 0.2, 0.3, 0.1.
 SIDS = torch.tensor([[1, 3, 6], [1, 3, 7], [1, 4, 8], [2, 5, 6]])
 P_TEACHER = torch.tensor([[0.4, 0.2, 0.3, 0.1]])
+ROW = torch.tensor([0])  # the targets' row of P_TEACHER
 
 
 def test_the_teacher_is_marginalised_onto_the_trie_below_the_targets_prefix(trie):
@@ -162,16 +163,25 @@ def test_the_teacher_is_marginalised_onto_the_trie_below_the_targets_prefix(trie
     prefix_nodes = trie.states_for_prefixes(torch.tensor([[1, 3], [1, 3], [1, 3]]), torch.tensor([0, 1, 2]))
     expected = [[0.9, 0.1], [2 / 3, 1 / 3, 0.0], [2 / 3, 1 / 3, 0.0]]
     for depth, want in enumerate(expected):
-        q = sid_marginals(P_TEACHER.log(), tables.nodes[:, depth], tables.cols[:, depth], prefix_nodes[depth:depth + 1],
-                          len(want))
+        q = sid_marginals(P_TEACHER.log(), ROW, prefix_nodes[depth:depth + 1], tables, depth, len(want))
         assert q[0].tolist() == pytest.approx(want)
     # Tempered at T = 1/2: p_T^2 = 0.16, 0.04, 0.09, 0.01; below the root 0.29 : 0.01.
-    q = sid_marginals(P_TEACHER.log() / 0.5, tables.nodes[:, 0], tables.cols[:, 0], prefix_nodes[:1], 2)
+    q = sid_marginals(P_TEACHER.log() / 0.5, ROW, prefix_nodes[:1], tables, 0, 2)
     assert q[0].tolist() == pytest.approx([29 / 30, 1 / 30])
     # Below 2 only (2,5,6) lies: the forced code takes all the mass, however unlikely the item.
-    q = sid_marginals(P_TEACHER.log(), tables.nodes[:, 1], tables.cols[:, 1],
-                      trie.states_for_prefixes(torch.tensor([[2]])), 3)
+    q = sid_marginals(P_TEACHER.log(), ROW, trie.states_for_prefixes(torch.tensor([[2]])), tables, 1, 3)
     assert q[0].tolist() == [0.0, 0.0, 1.0]
+
+
+def test_the_sids_below_each_prefix_are_one_run_of_the_tables_rows(trie):
+    tables = distill_tables(trie, SIDS, 0.5)
+    root, one, two, one_three = trie.states_for_prefixes(torch.tensor([[1, 3], [1, 3], [2, 5], [1, 3]]),
+                                                         torch.tensor([0, 1, 1, 2])).tolist()
+    assert [(int(tables.start[n]), int(tables.count[n])) for n in (root, one, two, one_three)] == [
+        (0, 4), (0, 3), (3, 1), (0, 2)]
+    assert tables.spans == (4, 3, 2)  # below the root, below 1, below (1,3)
+    with pytest.raises(ValueError, match="lexicographic"):
+        distill_tables(trie, SIDS.flip(0), 0.5)
 
 
 def distilled(trie, masked: bool, alpha: float) -> float:
