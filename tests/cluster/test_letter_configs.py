@@ -15,6 +15,7 @@ def test_letter_config_loads_and_points_at_the_shared_data(name, monkeypatch):
     spec = load_spec(REPO / "configs" / f"{name}.yaml")
     assert spec.name == name and spec.data.name == CONFIGS[name]
     assert spec.sft.tasks == ["seqrec"] and spec.index.levels == 4
+    assert spec.sasrec.config is None or (REPO / spec.sasrec.config).is_file()  # the tuned teacher ships
     data = Path(spec.data.path)
     if not data.is_dir():
         pytest.skip(f"{data} is absent (the shared data sets live in ../shared/data beside the repository)")
