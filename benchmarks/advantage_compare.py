@@ -151,6 +151,9 @@ def gream(command: str, spec: Path, sets: list[str], log: Path, extra: Sequence[
     return seconds
 
 
+COMMANDS = ("index", "sft", "rl", "eval")  # the stages with a `gream` command of their own
+
+
 def run_stage(stage: str, spec_path: Path, sets: list[str], run_dir: Path, what: str) -> None:
     from cluster.spec import load_spec
     from gream.launch import RESUMABLE, is_done
@@ -160,8 +163,10 @@ def run_stage(stage: str, spec_path: Path, sets: list[str], run_dir: Path, what:
         return
     print(f"{what}: gream {stage} ...", end=" ", flush=True)
     # An SFT or RL run cut short continues from its checkpoints (a fresh run into them is refused);
-    # with none, --resume starts the stage afresh.
-    seconds = gream(stage, spec_path, sets, run_dir / f"{stage}.log", ["--resume"] if stage in RESUMABLE else [])
+    # with none, --resume starts the stage afresh. A stage without a command of its own (sasrec) runs
+    # as `gream launch` of that stage alone.
+    command, sets = (stage, sets) if stage in COMMANDS else ("launch", [*sets, f"stages=[{stage}]"])
+    seconds = gream(command, spec_path, sets, run_dir / f"{stage}.log", ["--resume"] if stage in RESUMABLE else [])
     print(f"{seconds:.0f} s (log {run_dir / f'{stage}.log'})", flush=True)
 
 

@@ -24,10 +24,9 @@ OFFICE = Catalogue(
     "Office",
     {"quality_triece": "the demo's SFT (trie-masked cross-entropy, `sft.loss: trie_ce`, distilled from the tuned "
                        "SASRec, `sft.distill`) against that SASRec",
-     "quality_triece_distill": "what the trie-masked loss adds to the distilled SFT",
-     "quality_distill_plain": "what distillation adds to the plain cross-entropy SFT"},
-    ("quality_triece", "quality_triece_distill"),
-    "SFT runs: `benchmarks/sft_seeds.py --seeds 0 1 2 --set eval.max_users=null`, the teacher `runs/demo`'s SASRec "
+     "quality_triece_distill": "what the trie-masked loss adds to the distilled SFT"},
+    ("quality_triece",),
+    "SFT runs `benchmarks/sft_seeds.py --seeds 0 1 2 --set eval.max_users=null`, the teacher `runs/demo`'s SASRec "
     "(seed 0 of the same settings, `configs/sasrec_office.json`, tuned on validation earlier). Their wall times are "
     "in the results files (not a speed comparison).")
 INSTRUMENTS = Catalogue(
@@ -36,11 +35,9 @@ INSTRUMENTS = Catalogue(
                             "LETTER's IDs, trie-masked cross-entropy distilled from a SASRec tuned on Instruments' "
                             "validation, 12 epochs) against that SASRec"},
     ("quality_instruments",),
-    "SASRec: `gream baseline sasrec configs/instruments_letter.yaml --tune --budget-s 900 --config "
-    "configs/sasrec_office.json` chose `configs/sasrec_instruments.json` on validation; its seeds 0-2 with "
-    "`--config configs/sasrec_instruments.json --seed K`. SFT: `benchmarks/sft_seeds.py --spec "
-    "configs/instruments_letter.yaml --seeds 0 1 2 --set eval.max_users=null`, distilled from SASRec seed 0. Two "
-    "runs shared the machine at a time, one thread each: their wall times are no speed figure.")
+    "SASRec with the settings of `configs/sasrec_office.json`, which beat the two trials of a 900 s `gream baseline "
+    "sasrec --tune` (sampled softmax) on Instruments validation, seeds 0-2; SFT `benchmarks/sft_seeds.py --spec "
+    "configs/instruments_letter.yaml`, distilled from SASRec seed 0, two runs at a time on one thread each.")
 
 
 def standing(m: dict) -> str:
@@ -53,52 +50,50 @@ def cell(iv: dict, split: str, metric: str, segment: str | None) -> dict | None:
     return None if block is None else block[split]["metrics"][metric]
 
 
-def rows(cat: Catalogue, r: dict[str, dict]) -> list[Row]:
+def rows(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> list[Row]:
     out = []
-    for name in (n for n in cat.headline if n in r):
-        f, iv = r[name]["figures"], r[name]["intervals"]
-        left, right = f["names"]
-        for split, metric, segment in COLUMNS[:2]:
-            m = cell(iv, split, metric, segment)
-            out.append(Row(f"{left} against {right}, {split} NDCG@10, every {cat.name} user, {len(iv['pairs'])} seeds "
-                           f"each", f"{left} {f['medians'][f'{left} med'][f'{split} {metric}']:.4f}",
-                           f"{right} {f['medians'][f'{right} med'][f'{split} {metric}']:.4f}", interval(m), standing(m)))
+    for cat in cats:
+        for name in (n for n in cat.headline if n in r):
+            f, iv = r[name]["figures"], r[name]["intervals"]
+            left, right = f["names"]
+            for split, metric, segment in COLUMNS[:2]:
+                m = cell(iv, split, metric, segment)
+                out.append(Row(f"{left} against {right}, {split} NDCG@10, every {cat.name} user, {len(iv['pairs'])} "
+                               f"seeds each", f"{left} {f['medians'][f'{left} med'][f'{split} {metric}']:.4f}",
+                               f"{right} {f['medians'][f'{right} med'][f'{split} {metric}']:.4f}", interval(m),
+                               standing(m)))
     return out
 
 
-def body(cat: Catalogue, r: dict[str, dict]) -> str:
-    shown = [n for n in cat.records if n in r]
+def body(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> str:
+    shown = [(cat, n) for cat in cats for n in cat.records if n in r]
     models: dict[str, dict] = {}
-    for name in shown:
-        f = r[name]["figures"]
-        for label in f["names"]:
-            models.setdefault(label, f["medians"][f"{label} med"])
-    medians = [[label, *(f"{m[f'{split} {metric}']:.4f}" for split, metric, _ in COLUMNS[:3])] for label, m in models.items()]
     diffs = []
-    for name in shown:
+    for cat, name in shown:
         f, iv = r[name]["figures"], r[name]["intervals"]
-        diffs.append([f"{f['names'][0]} - {f['names'][1]}",
+        for label in f["names"]:
+            models.setdefault(f"{cat.name}: {label}", f["medians"][f"{label} med"])
+        diffs.append([f"{cat.name}: {f['names'][0]} - {f['names'][1]}",
                       *(interval(m) if (m := cell(iv, *c)) else "-" for c in COLUMNS)])
-    sizes = ", ".join(f"{split} {n:,}" for split, n in r[shown[0]]["figures"]["split_sizes"].items())
-    parts = [f"Does the generative model rank as well as a tuned SASRec? Every {cat.name} user of both splits "
+    medians = [[label, *(f"{m[f'{split} {metric}']:.4f}" for split, metric, _ in COLUMNS[:3])] for label, m in models.items()]
+    sizes = "; ".join(f"{cat.name} " + ", ".join(f"{split} {n:,}" for split, n in r[name]["figures"]["split_sizes"].items())
+                      for cat, name in shown if name == next(iter(cat.records)))
+    parts = ["Does the generative model rank as well as a tuned SASRec? Every user of both splits "
              f"({sizes}), 3 seeds of each model; per user, each model's metric averaged over its seeds, then the "
              "bootstrap interval of the difference (users resampled): it covers the users, with the seed noise "
              "averaged out. Segments (`indexing/segments.py`): tail = targets outside the 20% most bought items, "
              "long = users above the median history. The comparisons: "
-             + "; ".join(f"{cat.records[n]} (`{n}`)" for n in shown) + ".", "",
+             + "; ".join(f"{cat.name}, {cat.records[n]} (`{n}`)" for cat, n in shown) + ".", "",
              table(["model (median of seeds)", "valid NDCG@10", "test NDCG@10", "test Recall@10"], medians), "",
              table(["difference [95%]", "valid NDCG@10", "test NDCG@10", "test Recall@10", "tail test NDCG@10",
                     "long test NDCG@10"], diffs), ""]
-    for name in shown:
+    for _, name in shown:
         parts += [f"`{name}`: m" + provenance(r[name])[1:], ""]
-    parts.append(cat.runs)
+    parts.append(" ".join(f"{cat.name}: {cat.runs}" for cat in cats if any(c is cat for c, _ in shown)))
     return "\n".join(parts)
 
 
-def section(title: str, cat: Catalogue) -> Section:
-    first, *others = cat.records
-    return Section(title, first, partial(rows, cat), partial(body, cat), uses=tuple(others))
-
-
-QUALITY_SECTIONS = [section("Office quality: SFT objectives, distillation and the tuned SASRec", OFFICE),
-                    section("Instruments quality: the Office recipe against a tuned SASRec", INSTRUMENTS)]
+CATALOGUES = (OFFICE, INSTRUMENTS)
+QUALITY_SECTIONS = [Section("SFT quality against the tuned SASRec: Office and Instruments", "quality_triece",
+                            partial(rows, CATALOGUES), partial(body, CATALOGUES),
+                            uses=tuple(n for cat in CATALOGUES for n in cat.records if n != "quality_triece"))]

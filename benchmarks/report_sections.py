@@ -127,19 +127,21 @@ def rerank_section(name: str, title: str, model: str) -> Section:
             table_rows.append([f"{split} {metric}", f"{c['reranked'][metric]:.4f}", f"{c['sft_beam'][metric]:.4f}",
                                f"{c['sasrec'][metric]:.4f}", interval(d["reranked_minus_sft"][metric]),
                                interval(d["reranked_minus_sasrec"][metric])])
-        return "\n".join([
-            f"Does the teacher's knowledge help at inference, without RL? {model}'s torch beam of width "
-            f"{f['width']} on every user of both splits (`{f['base']}`), each candidate re-scored by policy sequence "
-            "log p + w x SASRec log p(item | history) (`rl_system/rerank.py`, `eval.rerank`); the SASRec is the "
-            "teacher of the RL recipes (`configs/sasrec_office.json`, seed 0). The weight is chosen on every "
-            "validation user, test read once.", "", provenance(rec), "",
+        first = name == "teacher_rerank"  # the other re-rank section reads as its sequel
+        intro = (f"Does the teacher's knowledge help at inference, without RL? {model}'s torch beam of width "
+                 f"{f['width']} on every user of both splits (`{f['base']}`), each candidate re-scored by policy "
+                 "sequence log p + w x SASRec log p(item | history) (`rl_system/rerank.py`, `eval.rerank`); the SASRec "
+                 "is the teacher of the RL recipes (`configs/sasrec_office.json`, seed 0). The weight is chosen on "
+                 "every validation user, test read once." if first else
+                 f"As in the section above, from {model[0].lower() + model[1:]}'s beam of width {f['width']} (`{f['base']}`).")
+        return "\n".join([intro, "", provenance(rec), "",
             f"Validation NDCG@10 by weight (inf: the teacher alone within the beam): {weights}; chosen "
             f"w = {f['chosen_weight']}. Paired per-user bootstrap, {f['test_chosen']['users']:,} users each:", "",
             table(["split", "re-ranked", "SFT beam (w = 0)", "SASRec", "re-ranked - SFT", "re-ranked - SASRec"],
                   table_rows), "",
-            *([figure("rl_test.png", "What beats the SFT model on test"), ""] if name == "teacher_rerank" else []),
-            "SASRec's figures are its own catalogue ranks on every user, checked against its `ranks.json`. "
-            "Limits: one SFT seed and one SASRec seed; the seed spread is not measured."])
+            *([figure("rl_test.png", "What beats the SFT model on test"), "",
+               "SASRec's figures are its own catalogue ranks on every user, checked against its `ranks.json`. "
+               "Limits: one SFT seed and one SASRec seed; the seed spread is not measured."] if first else [])]).rstrip()
 
     return Section(title, name, rows, body)
 

@@ -33,17 +33,27 @@ def metric_column(evaluation: dict | None) -> dict[str, float | None]:
     return {f"{split} {key}": (evaluation or {}).get(split, {}).get(key) for split in ("valid", "test") for key in KEYS}
 
 
+def seed_stages(spec_path: Path, sets: list[str]) -> list[str]:
+    """The stages one seed runs: index, the spec's sasrec stage if it lists one, sft, eval."""
+    from cluster.spec import load_spec
+
+    listed = load_spec(spec_path, sets).stages
+    return [s for s in ("index", "sasrec", "sft", "eval") if s != "sasrec" or s in listed]
+
+
 def seed_evaluations(spec_path: Path, sets: list[str], out: Path, seeds: Sequence[int], run: bool,
                      label: str = "") -> dict[int, dict | None]:
-    """Per seed k: with `run`, `gream index`, `sft`, `eval` of `spec_path` into `out/seed<k>` with
-    `sft.seed=k` (finished stages skipped); then that run's SFT `eval.json` (None while missing)."""
+    """Per seed k: with `run`, `gream index`, the spec's `sasrec` stage when it lists one (the teacher
+    `sft.distill` may name), `sft`, `eval` of `spec_path` into `out/seed<k>` with `sft.seed=k`
+    (finished stages skipped); then that run's SFT `eval.json` (None while missing)."""
+    stages = seed_stages(spec_path, sets)
     evaluations = {}
     for seed in seeds:
         run_dir = (out / f"seed{seed}").resolve()
         seed_sets = sets + [f"run_dir={run_dir}", f"sft.seed={seed}"]
         if run:
             run_dir.mkdir(parents=True, exist_ok=True)
-            for stage in ("index", "sft", "eval"):
+            for stage in stages:
                 run_stage(stage, spec_path.resolve(), seed_sets, run_dir, f"{label}seed {seed}")
         evaluations[seed] = read_json(RunLayout(run_dir).eval_file("sft"))
     return evaluations

@@ -1,7 +1,10 @@
 """benchmarks/sft_seeds.py: the per-seed table and its median from tiny eval files (pure, no runs)."""
 import json
+from pathlib import Path
 
-from benchmarks.sft_seeds import main, metric_column
+from benchmarks.sft_seeds import main, metric_column, seed_stages
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_metric_column_orders_valid_before_test_and_marks_missing():
@@ -20,3 +23,9 @@ def test_table_only_prints_median_and_seeds(tmp_path, capsys):
     assert lines[2].split() == ["median", "seed", "0", "seed", "1", "seed", "2"]
     row = next(x for x in lines if x.startswith("test recall@10")).split()[-4:]
     assert row == ["0.0800", "0.0700", "0.0900", "0.0800"]
+
+
+def test_a_spec_that_trains_its_teacher_runs_that_stage_before_sft():
+    demo = REPO / "configs/demo.yaml"  # sft.distill names the SASRec its stage sasrec trains
+    assert seed_stages(demo, []) == ["index", "sasrec", "sft", "eval"]
+    assert seed_stages(demo, ["stages=[index,sft,eval]", "sft.distill.path=null"]) == ["index", "sft", "eval"]
