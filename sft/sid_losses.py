@@ -89,13 +89,12 @@ class TeacherTargets(NamedTuple):
 @dataclass(frozen=True)
 class Distill:
     """`sft.distill.alpha` and the trie seen from its SIDs, which are in lexicographic order (the
-    teacher's columns follow it), so the SIDs below any trie node are one run of rows: `nodes` [S,
-    depth] the trie node after each SID's first l tokens (column l), `cols` [S, depth] its level-l
-    token's column among that level's codes (trie.columns[l]); per trie node, `start` the first SID
-    below it and `count` how many; `spans[l]` the most SIDs below one node at depth l."""
+    teacher's columns follow it), so the SIDs below any trie node are one run of rows: `cols` [S,
+    depth] each SID's level-l token's column among that level's codes (trie.columns[l]); per trie
+    node, `start` the first SID below it and `count` how many; `spans[l]` the most SIDs below one node
+    at depth l."""
 
     alpha: float
-    nodes: torch.Tensor
     cols: torch.Tensor
     start: torch.Tensor
     count: torch.Tensor
@@ -144,7 +143,7 @@ def distill_tables(trie: SidTrie, sids: torch.Tensor, alpha: float) -> Distill:
         start.scatter_reduce_(0, nodes[:, d], order, "amin")
         count.index_add_(0, nodes[:, d], torch.ones_like(order))
     spans = tuple(int(count[nodes[:, d]].max()) for d in range(trie.depth))
-    return Distill(alpha, nodes, torch.stack(cols, 1), start, count, spans)
+    return Distill(alpha, torch.stack(cols, 1), start, count, spans)
 
 
 def sid_marginals(logits: torch.Tensor, rows: torch.Tensor, states: torch.Tensor, distill: Distill, depth: int,
