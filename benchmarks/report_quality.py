@@ -18,26 +18,27 @@ class Catalogue:
     records: dict[str, str]  # the quality records shown, in order, and what each comparison asks
     headline: tuple[str, ...]  # the records with rows in the summary table
     runs: str  # how the compared runs were made
+    beam: str = ""  # the record of the beam width chosen for its SFT model (benchmarks/beam_width.py), if any
 
 
 OFFICE = Catalogue(
     "Office",
     {"quality_triece": "the demo's SFT (trie-masked cross-entropy, `sft.loss: trie_ce`, distilled from the tuned "
-                       "SASRec, `sft.distill`) against that SASRec",
-     "quality_triece_distill": "what the trie-masked loss adds to the distilled SFT"},
+                       "SASRec, `sft.distill`) against that SASRec"},
     ("quality_triece",),
-    "SFT runs `benchmarks/sft_seeds.py --seeds 0 1 2 --set eval.max_users=null`, the teacher `runs/demo`'s SASRec "
-    "(seed 0 of the same settings, `configs/sasrec_office.json`, tuned on validation earlier). Their wall times are "
-    "in the results files (not a speed comparison).")
+    "SFT `benchmarks/sft_seeds.py --seeds 0 1 2 --set eval.max_users=null`, distilled from `runs/demo`'s SASRec "
+    "(`configs/sasrec_office.json`, seed 0).",
+    "beam_width_office")
 INSTRUMENTS = Catalogue(
     "Instruments",
     {"quality_instruments": "the demo's SFT recipe carried to Instruments (`configs/instruments_letter.yaml`: "
                             "LETTER's IDs, trie-masked cross-entropy distilled from a SASRec tuned on Instruments' "
-                            "validation, 12 epochs) against that SASRec"},
+                            "validation, 12 epochs, the top 10 of a beam of 50) against that SASRec"},
     ("quality_instruments",),
-    "SASRec with the settings of `configs/sasrec_office.json`, which beat the two trials of a 900 s `gream baseline "
-    "sasrec --tune` (sampled softmax) on Instruments validation, seeds 0-2; SFT `benchmarks/sft_seeds.py --spec "
-    "configs/instruments_letter.yaml`, distilled from SASRec seed 0, two runs at a time on one thread each.")
+    "SASRec seeds 0-2 with the settings of `configs/sasrec_office.json` (above the two trials of a 900 s `gream "
+    "baseline sasrec --tune` on validation); SFT `benchmarks/sft_seeds.py --spec configs/instruments_letter.yaml`, "
+    "distilled from SASRec seed 0, two runs at a time on one thread each.",
+    "beam_width_instruments")
 
 
 def standing(m: dict) -> str:
@@ -65,6 +66,29 @@ def rows(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> list[Row]:
     return out
 
 
+def beam_notes(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> str:
+    """One paragraph on each catalogue's chosen beam width, its records' provenance and commands."""
+    shown = [(cat, r[cat.beam]) for cat in cats if cat.beam in r]
+    if not shown:
+        return ""
+    parts = []
+    for cat, rec in shown:
+        f, iv, m = rec["figures"], rec["intervals"], rec.get("machine") or {}
+        base = f["base_width"]
+        widths = ", ".join(f"{w}: {v['mean_ndcg@10']:.4f}" for w, v in f["widths"].items())
+        diffs = "; ".join(f"{k} {interval(v)}" for k, v in iv.items() if not k.startswith(f"width {base} "))
+        load = rec.get("load_before")
+        n = len(rec.get("changed_files") or ())
+        changed = f" with {n} changed file{'s' if n > 1 else ''}" if n else ""
+        parts.append(f"{cat.name} ({f['users']:,} users, {len(f['runs'])} seeds) {widths}; {diffs}; chosen "
+                     f"{f['chosen']} (results `{rec['name']}`, measured {rec['date']} at "
+                     f"{rec.get('commit') or 'no commit'}{changed}, {m.get('cores', '?')} cores, load average "
+                     f"{f'{load[0]:.1f}' if load else '?'} at the start)")
+    return "\n".join(["Beam width (`eval.beam_width`, `benchmarks/beam_width.py`), chosen per catalogue on every "
+                      "validation user; valid NDCG@10 averaged over the SFT seeds, by width: "
+                      + "; ".join(parts) + ".", "", *(f"    {rec['command']}" for _, rec in shown), ""])
+
+
 def body(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> str:
     shown = [(cat, n) for cat in cats for n in cat.records if n in r]
     models: dict[str, dict] = {}
@@ -89,6 +113,7 @@ def body(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> str:
                     "long test NDCG@10"], diffs), ""]
     for _, name in shown:
         parts += [f"`{name}`: m" + provenance(r[name])[1:], ""]
+    parts.append(beam_notes(cats, r))
     parts.append(" ".join(f"{cat.name}: {cat.runs}" for cat in cats if any(c is cat for c, _ in shown)))
     return "\n".join(parts)
 
@@ -96,4 +121,5 @@ def body(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> str:
 CATALOGUES = (OFFICE, INSTRUMENTS)
 QUALITY_SECTIONS = [Section("SFT quality against the tuned SASRec: Office and Instruments", "quality_triece",
                             partial(rows, CATALOGUES), partial(body, CATALOGUES),
-                            uses=tuple(n for cat in CATALOGUES for n in cat.records if n != "quality_triece"))]
+                            uses=tuple(n for cat in CATALOGUES for n in (*cat.records, cat.beam)
+                                       if n and n != "quality_triece"))]

@@ -48,9 +48,20 @@ class Candidates:
     teacher: object
 
 
-def beam_candidates(spec_path: Path, base: Path, split_name: str, width: int) -> Candidates:
-    """Run folder `base`'s SFT model (sft/model), its beam of `width` on every user of `split_name`,
-    and its `gream baseline sasrec` teacher's log-probabilities of the candidates and the targets."""
+@dataclass
+class Beam:
+    """A run folder's SFT model's trie-constrained beam on every user of a split."""
+    spec: object  # cluster.spec.JobSpec
+    dataset: object  # indexing.dataset.Dataset
+    examples: list  # indexing.dataset.Example, in split order
+    train: list
+    items: np.ndarray  # [U, W] item ids, best first; -1 an empty slot
+    logp: np.ndarray  # [U, W] the beam's sequence log-probabilities
+
+
+def beam(spec_path: Path, base: Path, split_name: str, width: int, sets: tuple[str, ...] = ()) -> Beam:
+    """Run folder `base`'s SFT model (sft/model), its beam of `width` (the torch beam of `gream eval`)
+    on every user of `split_name`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -58,11 +69,10 @@ def beam_candidates(spec_path: Path, base: Path, split_name: str, width: int) ->
     from indexing.dataset import load_from_spec, split_from_spec
     from indexing.sid import SidIndex
     from indexing.trie import SidTrie
-    from rl_system.reward.teacher import Teacher
     from sft.hf_beam import beam_search
     from sft.prompts import build_prompts
 
-    spec = load_spec(spec_path, [f"run_dir={base}"])
+    spec = load_spec(spec_path, [*sets, f"run_dir={base}"])
     ds = load_from_spec(spec)
     split = split_from_spec(spec, ds)
     examples = list(getattr(split, split_name))
@@ -75,10 +85,18 @@ def beam_candidates(spec_path: Path, base: Path, split_name: str, width: int) ->
     beams = beam_search(model, prompts, trie, width, tok.pad_token_id, torch.device("cpu"))
     rows = beams.rows.numpy()
     items = np.where(rows >= 0, np.asarray(index.items(), dtype=np.int64)[rows.clip(min=0)], -1)
-    teacher = Teacher(base / "baselines/sasrec", ds.num_items, ds.name)
-    histories = [list(ex.history) for ex in examples]
-    target_logp, _ = teacher.score(histories, np.array([ex.target for ex in examples]))
-    return Candidates(examples, split.train, items, beams.scores.numpy(), teacher.candidate_logp(histories, items),
+    return Beam(spec, ds, examples, split.train, items, beams.scores.numpy())
+
+
+def beam_candidates(spec_path: Path, base: Path, split_name: str, width: int) -> Candidates:
+    """`beam` with its `gream baseline sasrec` teacher's log-probabilities of the candidates and the targets."""
+    from rl_system.reward.teacher import Teacher
+
+    b = beam(spec_path, base, split_name, width)
+    teacher = Teacher(base / "baselines/sasrec", b.dataset.num_items, b.dataset.name)
+    histories = [list(ex.history) for ex in b.examples]
+    target_logp, _ = teacher.score(histories, np.array([ex.target for ex in b.examples]))
+    return Candidates(b.examples, b.train, b.items, b.logp, teacher.candidate_logp(histories, b.items),
                       target_logp, teacher)
 
 
