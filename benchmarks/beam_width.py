@@ -25,12 +25,6 @@ from benchmarks.results import record, spec_data  # noqa: E402
 KS = (1, 5, 10)
 
 
-def target_ranks(items: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """0-based position of each target in its beam `items` [U, W] (best first), -1 when absent."""
-    hit = items == targets[:, None]
-    return np.where(hit.any(1), hit.argmax(1), -1)
-
-
 def choose(means: dict[int, float]) -> int:
     """The width of highest mean NDCG@10; the narrower of a tie (the cheaper beam)."""
     return max(sorted(means), key=lambda w: (means[w], -w))
@@ -48,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from benchmarks.teacher_gate import beam
     from cluster.spec import load_spec
     from gream.paired import paired_bootstrap
-    from sft.metrics import metrics_from_ranks, per_example_metrics
+    from sft.metrics import metrics_from_ranks, per_example_metrics, ranks_in_rows
 
     base_width = load_spec(args.spec, args.sets).eval.beam_width
     widths = sorted(set(args.widths) | {base_width})
@@ -63,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             start = time.perf_counter()
             b = beam(args.spec, run, "valid", width, tuple(args.sets))
             seconds.append(time.perf_counter() - start)
-            ranks = target_ranks(b.items, np.array([ex.target for ex in b.examples]))
+            ranks = ranks_in_rows(b.items, np.array([ex.target for ex in b.examples]))
             users = np.array([ex.user for ex in b.examples])
             runs.append(metrics_from_ranks(ranks, KS) | {"ndcg": per_example_metrics(ranks, KS)["ndcg@10"]})
         per_user[width] = np.mean([r.pop("ndcg") for r in runs], 0)

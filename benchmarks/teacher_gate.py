@@ -51,7 +51,6 @@ class Candidates:
 @dataclass
 class Beam:
     """A run folder's SFT model's trie-constrained beam on every user of a split."""
-    spec: object  # cluster.spec.JobSpec
     dataset: object  # indexing.dataset.Dataset
     examples: list  # indexing.dataset.Example, in split order
     train: list
@@ -85,7 +84,7 @@ def beam(spec_path: Path, base: Path, split_name: str, width: int, sets: tuple[s
     beams = beam_search(model, prompts, trie, width, tok.pad_token_id, torch.device("cpu"))
     rows = beams.rows.numpy()
     items = np.where(rows >= 0, np.asarray(index.items(), dtype=np.int64)[rows.clip(min=0)], -1)
-    return Beam(spec, ds, examples, split.train, items, beams.scores.numpy())
+    return Beam(ds, examples, split.train, items, beams.scores.numpy())
 
 
 def beam_candidates(spec_path: Path, base: Path, split_name: str, width: int) -> Candidates:

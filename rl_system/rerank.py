@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sft.metrics import ranks_in_rows
+
 
 def rerank_order(items: np.ndarray, policy_logp: np.ndarray, teacher_logp: np.ndarray, weight: float,
                  depth: int) -> np.ndarray:
@@ -24,5 +26,4 @@ def rerank(items: np.ndarray, policy_logp: np.ndarray, teacher_logp: np.ndarray,
     """0-based rank of each target after re-scoring its beam [U, W], -1 when the beam lacks it."""
     order = rerank_order(items, policy_logp, teacher_logp, weight, items.shape[1])
     ranked = np.where(order >= 0, np.take_along_axis(items, order.clip(min=0), 1), -1)
-    hit = ranked == targets[:, None]
-    return np.where(hit.any(1), hit.argmax(1), -1)
+    return ranks_in_rows(ranked, targets)

@@ -22,6 +22,12 @@ def rank_of(ranked: Sequence[int], target: int) -> int:
     return MISSING
 
 
+def ranks_in_rows(items: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """`rank_of` for each row of `items` [U, W] (candidates best first) and its target [U]."""
+    hit = items == np.asarray(targets)[:, None]
+    return np.where(hit.any(1), hit.argmax(1), MISSING)
+
+
 def recall_at_k(rank: int, k: int) -> float:
     return 1.0 if 0 <= rank < k else 0.0
 

@@ -17,7 +17,7 @@ from indexing.dataset import Example
 from indexing.sid import SidIndex
 from indexing.trie import SidTrie
 from sft.hf_beam import beam_search
-from sft.metrics import MISSING, metrics_from_ranks
+from sft.metrics import MISSING, metrics_from_ranks, ranks_in_rows
 from sft.prompts import build_prompts
 
 SAMPLE_SEED = 0
@@ -58,8 +58,7 @@ class Validator:
         rows = beam_search(model, self.prompts.prompt_ids, self.trie, self.width, self.pad_id, device,
                            amp_dtype).rows.numpy()
         items = np.where(rows >= 0, self.items[rows.clip(min=0)], MISSING)
-        hits = items == np.asarray(self.prompts.targets)[:, None]
-        return np.where(hits.any(1), hits.argmax(1), MISSING), items
+        return ranks_in_rows(items, self.prompts.targets), items
 
     def ranks(self, model, device: torch.device, amp_dtype: torch.dtype = torch.float32) -> np.ndarray:
         """0-based rank of each target in its beam, MISSING when not in it."""

@@ -1,4 +1,4 @@
-"""benchmarks/beam_width.py: its ranks and choice by hand, and a real run's beams on every Office
+"""benchmarks/beam_width.py: its choice by hand, and a real run's beams on every Office
 validation user, where each width's NDCG@10 is checked against the same beam ranked here."""
 from __future__ import annotations
 
@@ -6,13 +6,8 @@ import json
 
 import numpy as np
 
-from benchmarks.beam_width import choose, main, target_ranks
+from benchmarks.beam_width import choose, main
 from cluster.spec import dump_spec
-
-
-def test_target_ranks_by_hand():
-    items = np.array([[5, 7, 9], [7, -1, -1], [1, 2, 3]])
-    assert target_ranks(items, np.array([9, 7, 4])).tolist() == [2, 0, -1]
 
 
 def test_choose_highest_mean_narrower_on_a_tie():
@@ -22,7 +17,7 @@ def test_choose_highest_mean_narrower_on_a_tie():
 
 def test_widths_on_every_validation_user(rerank_run, results_folder, tmp_path):
     from benchmarks.teacher_gate import beam
-    from sft.metrics import metrics_from_ranks
+    from sft.metrics import metrics_from_ranks, ranks_in_rows
 
     spec = tmp_path / "spec.yaml"
     spec.write_text(dump_spec(rerank_run))
@@ -35,5 +30,5 @@ def test_widths_on_every_validation_user(rerank_run, results_folder, tmp_path):
     assert figures["chosen"] == choose(means)
     assert rec["intervals"][f"width {base} - width {base}"]["diff"] == 0.0
     b = beam(spec, run, "valid", 12)
-    by_hand = metrics_from_ranks(target_ranks(b.items, np.array([ex.target for ex in b.examples])), (10,))
+    by_hand = metrics_from_ranks(ranks_in_rows(b.items, np.array([ex.target for ex in b.examples])), (10,))
     assert abs(figures["widths"]["12"]["runs"][0]["ndcg@10"] - by_hand["ndcg@10"]) < 1e-12

@@ -1,6 +1,7 @@
 """Ranking metrics against hand-computed values."""
 import math
 
+import numpy as np
 import pytest
 
 from sft.metrics import (
@@ -10,8 +11,14 @@ from sft.metrics import (
     ndcg_at_k,
     rank_of,
     ranking_metrics,
+    ranks_in_rows,
     recall_at_k,
 )
+
+
+def test_ranks_in_rows_by_hand():
+    items = np.array([[5, 7, 9], [7, -1, -1], [1, 2, 3]])  # -1: an empty beam slot
+    assert ranks_in_rows(items, np.array([9, 7, 4])).tolist() == [2, 0, MISSING]
 
 
 def test_single_example_values():
