@@ -1,6 +1,6 @@
 """`gream rl SPEC`: the RL driver.
 
-    placement groups -> learner + rollout pool + reward service
+    placement groups -> learner + rollout pool + reward service (started side by side)
     for each step: generate -> reward -> filter -> train -> push weights -> log -> save
     (with rl.max_staleness N > 0 the next batches generate on a thread while this one trains:
     rl_system/rollout_ahead.py)
@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -218,10 +219,16 @@ def _train(spec: JobSpec, ckpts: CheckpointManager, prompts, split, resume: bool
     tokenizer = AutoTokenizer.from_pretrained(start_model)
 
     learner_pg = ranks_group(spec.name, "learner", spec.cluster.learner)
-    with _stop_on_learner_death(None, ckpts):
-        learner = LearnerGroup.from_spec(spec, start_model, learner_pg)
-    pool = RolloutPool.from_spec(spec, start_model, index)
-    rewards = RewardPool.from_spec(spec, idx_path, Popularity.from_train(split.train, max(index.items()) + 1))
+    popularity = Popularity.from_train(split.train, max(index.items()) + 1)
+    # Side by side: each role's start-up is its own processes importing and building (DeepSpeed, the
+    # vLLM engine, the replicas), so none waits for another's.
+    with ThreadPoolExecutor(3, thread_name_prefix="start") as starting:
+        learner = starting.submit(LearnerGroup.from_spec, spec, start_model, learner_pg)
+        pool = starting.submit(RolloutPool.from_spec, spec, start_model, index)
+        rewards = starting.submit(RewardPool.from_spec, spec, idx_path, popularity)
+        with _stop_on_learner_death(None, ckpts):
+            learner = learner.result()
+        pool, rewards = pool.result(), rewards.result()
     related = related_table(spec)
     source = PromptSource(prompts, index, tokenizer, rl.seed, rl.mode == "reasoning", related)
     validate = in_run_validation(spec, learner, pool, tokenizer, index, split, related, start_model)
