@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Iterable
 
@@ -222,9 +223,12 @@ def resolve_backbone(spec: JobSpec) -> Path:
 
 
 def _import_smollm2(spec: JobSpec, out_dir: Path) -> Path:
-    from sft.import_smollm2 import import_smollm2
+    from sft.import_smollm2 import cached_smollm2
 
-    return import_smollm2(out_dir)
+    # The GGUF is dequantized once per machine (the model cache, tens of seconds); each run gets a
+    # copy of its own, which SFT extends with SID tokens.
+    shutil.copytree(cached_smollm2(), out_dir, dirs_exist_ok=True)
+    return out_dir
 
 
 EMBEDDED = {"tiny-qwen3": build_embedded, "smollm2-135m": _import_smollm2}

@@ -26,6 +26,17 @@ def pytest_collection_modifyitems(items):
 # Ray starts once per session; modules that need Ray should take `ray_cluster` instead of calling
 # ray.init / ray.shutdown themselves, which would tear down the shared rollout worker.
 # =====================================================================================
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory) -> Path:
+    """The model cache (imported SmolLM2) for this session only, shared by its tests and the gream
+    processes they start: one import per session, never the user's ~/.cache/gream."""
+    from sft.import_smollm2 import CACHE_ENV
+
+    root = tmp_path_factory.mktemp("model_cache")
+    os.environ[CACHE_ENV] = str(root)
+    return root
+
+
 @dataclass(frozen=True)
 class TinyPolicy:
     model_dir: Path  # Hugging Face folder (tiny Qwen3 + SID and reasoning tokens)

@@ -19,7 +19,7 @@ from cluster.spec import JobSpec
 from indexing.sid import SidIndex
 from sft.backbone import add_sid_tokens, build_embedded
 from sft.hf_folder import load_backbone, save_backbone
-from sft.import_smollm2 import import_smollm2
+from sft.import_smollm2 import cached_smollm2
 from sft.prompts import render_seqrec_prompt
 
 pytestmark = pytest.mark.heavy  # starts DeepSpeed, vLLM or a training run
@@ -58,7 +58,7 @@ def test_transformers_and_vllm_agree(tmp_path):
     index = SidIndex({0: (12, 200, 7), 1: (3, 4, 5)})
     add_sid_tokens(model, tok, index.vocab())
     save_backbone(model, tok, tmp_path / "tiny")
-    smol = import_smollm2(tmp_path / "smollm2")
+    smol = cached_smollm2()  # the session's cache (tests/conftest.py): imported once
 
     tiny_prompts = [render_seqrec_prompt(tok, [index.text(0), index.text(1)]),
                     render_seqrec_prompt(tok, [index.text(1)], reasoning=True)]
