@@ -75,11 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     figures["users"] = int(len(users))
     print(f"chosen width {figures['chosen']} ({len(users)} validation users, {len(args.runs)} runs)")
     record(args.name, figures, intervals=intervals, script=__file__, argv=argv, model=args.runs[0] / "sft/model",
-           data=spec_data(args.spec, args.sets), settings={"split": "valid", "threads": _threads()})
+           data=spec_data(args.spec, args.sets), settings={"split": "valid", "threads": torch_threads()})
     return 0
 
 
-def _threads() -> int:
+def torch_threads() -> int:
     import torch
 
     return torch.get_num_threads()

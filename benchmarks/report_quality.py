@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-from benchmarks.report_md import Row, Section, interval, provenance, table, verdict
+from benchmarks.report_md import Row, Section, interval, table, verdict
 
 COLUMNS = (("valid", "ndcg@10", None), ("test", "ndcg@10", None), ("test", "recall@10", None),
            ("test", "ndcg@10", "tail"), ("test", "ndcg@10", "long"))
@@ -19,21 +19,21 @@ class Catalogue:
     headline: tuple[str, ...]  # the records with rows in the summary table
     runs: str  # how the compared runs were made
     beam: str = ""  # the record of the beam width chosen for its SFT model (benchmarks/beam_width.py), if any
+    popularity: str = ""  # the record of its popularity correction's weight (benchmarks/popularity_rerank.py), if any
 
 
 OFFICE = Catalogue(
     "Office",
-    {"quality_triece": "the demo's SFT (trie-masked cross-entropy, `sft.loss: trie_ce`, distilled from the tuned "
-                       "SASRec, `sft.distill`) against that SASRec"},
+    {"quality_triece": "the demo's SFT (`sft.loss: trie_ce`, distilled from the tuned SASRec, `sft.distill`; its "
+                       "beam of 50 re-scored by the popularity correction, `eval.rerank`) against that SASRec"},
     ("quality_triece",),
     "SFT `benchmarks/sft_seeds.py --seeds 0 1 2 --set eval.max_users=null`, distilled from `runs/demo`'s SASRec "
     "(`configs/sasrec_office.json`, seed 0).",
-    "beam_width_office")
+    popularity="popularity_rerank_office")
 INSTRUMENTS = Catalogue(
     "Instruments",
-    {"quality_instruments": "the demo's SFT recipe carried to Instruments (`configs/instruments_letter.yaml`: "
-                            "LETTER's IDs, trie-masked cross-entropy distilled from a SASRec tuned on Instruments' "
-                            "validation, 12 epochs, the top 10 of a beam of 50) against that SASRec"},
+    {"quality_instruments": "the demo's SFT recipe on Instruments (`configs/instruments_letter.yaml`: LETTER's IDs, "
+                            "12 epochs, the top 10 of a beam of 50) against the SASRec it distils from"},
     ("quality_instruments",),
     "SASRec seeds 0-2 with the settings of `configs/sasrec_office.json` (above the two trials of a 900 s `gream "
     "baseline sasrec --tune` on validation); SFT `benchmarks/sft_seeds.py --spec configs/instruments_letter.yaml`, "
@@ -66,27 +66,50 @@ def rows(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> list[Row]:
     return out
 
 
-def beam_notes(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> str:
-    """One paragraph on each catalogue's chosen beam width, its records' provenance and commands."""
+def measured(rec: dict) -> str:
+    """A record's name and provenance in a parenthesis's words."""
+    m, load = rec.get("machine") or {}, rec.get("load_before")
+    n = len(rec.get("changed_files") or ())
+    changed = f" with {n} changed file{'s' if n > 1 else ''}" if n else ""
+    return (f"`{rec['name']}` measured {rec['date']} at {rec.get('commit') or 'no commit'}{changed}, "
+            f"{m.get('cores', '?')} cores, load average {f'{load[0]:.1f}' if load else '?'} at the start")
+
+
+def beam_notes(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> tuple[str, list[str]]:
+    """Each catalogue's chosen beam width with its record's provenance, and the records' commands
+    (("", []) without one)."""
     shown = [(cat, r[cat.beam]) for cat in cats if cat.beam in r]
     if not shown:
-        return ""
+        return "", []
     parts = []
     for cat, rec in shown:
-        f, iv, m = rec["figures"], rec["intervals"], rec.get("machine") or {}
+        f, iv = rec["figures"], rec["intervals"]
         base = f["base_width"]
         widths = ", ".join(f"{w}: {v['mean_ndcg@10']:.4f}" for w, v in f["widths"].items())
         diffs = "; ".join(f"{k} {interval(v)}" for k, v in iv.items() if not k.startswith(f"width {base} "))
-        load = rec.get("load_before")
-        n = len(rec.get("changed_files") or ())
-        changed = f" with {n} changed file{'s' if n > 1 else ''}" if n else ""
         parts.append(f"{cat.name} ({f['users']:,} users, {len(f['runs'])} seeds) {widths}; {diffs}; chosen "
-                     f"{f['chosen']} (results `{rec['name']}`, measured {rec['date']} at "
-                     f"{rec.get('commit') or 'no commit'}{changed}, {m.get('cores', '?')} cores, load average "
-                     f"{f'{load[0]:.1f}' if load else '?'} at the start)")
-    return "\n".join(["Beam width (`eval.beam_width`, `benchmarks/beam_width.py`), chosen per catalogue on every "
-                      "validation user; valid NDCG@10 averaged over the SFT seeds, by width: "
-                      + "; ".join(parts) + ".", "", *(f"    {rec['command']}" for _, rec in shown), ""])
+                     f"{f['chosen']} ({measured(rec)})")
+    return ("Beam width (`eval.beam_width`, `benchmarks/beam_width.py`), chosen per catalogue on every validation "
+            "user; valid NDCG@10 averaged over the SFT seeds, by width: " + "; ".join(parts) + ".",
+            [rec["command"] for _, rec in shown])
+
+
+def popularity_notes(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> tuple[str, list[str]]:
+    """As beam_notes, for each catalogue's popularity-correction weight, chosen on validation."""
+    shown = [(cat, r[cat.popularity]) for cat in cats if cat.popularity in r]
+    if not shown:
+        return "", []
+    parts = []
+    for cat, rec in shown:
+        f, iv = rec["figures"], rec["intervals"]
+        taus = "; ".join(f"{t}: {interval(iv[f'tau {float(t):g} - tau 0, all'])} / "
+                         f"{interval(iv[f'tau {float(t):g} - tau 0, tail'])}" for t in f["taus"] if float(t))
+        parts.append(f"{cat.name} ({f['users']:,} users, {f['tail_users']:,} tail, {len(f['runs'])} seeds, beam of "
+                     f"{f['width']}) {taus}; chosen {f['chosen']:g} ({measured(rec)})")
+    return ("Popularity correction (`eval.rerank.path: popularity`, `benchmarks/popularity_rerank.py`), chosen on "
+            "every validation user: valid NDCG@10 against tau 0 (the beam's own order), every user / tail, by weight "
+            "tau; the choice is the best tail among the weights with no loss on every user. " + "; ".join(parts) + ".",
+            [rec["command"] for _, rec in shown])
 
 
 def body(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> str:
@@ -104,16 +127,18 @@ def body(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> str:
                       for cat, name in shown if name == next(iter(cat.records)))
     parts = ["Does the generative model rank as well as a tuned SASRec? Every user of both splits "
              f"({sizes}), 3 seeds of each model; per user, each model's metric averaged over its seeds, then the "
-             "bootstrap interval of the difference (users resampled): it covers the users, with the seed noise "
-             "averaged out. Segments (`indexing/segments.py`): tail = targets outside the 20% most bought items, "
-             "long = users above the median history. The comparisons: "
+             "bootstrap interval of the difference (users resampled, the seed noise averaged out). Segments "
+             "(`indexing/segments.py`): tail = targets outside the 20% most bought items, long = users above the "
+             "median history. The comparisons: "
              + "; ".join(f"{cat.name}, {cat.records[n]} (`{n}`)" for cat, n in shown) + ".", "",
              table(["model (median of seeds)", "valid NDCG@10", "test NDCG@10", "test Recall@10"], medians), "",
              table(["difference [95%]", "valid NDCG@10", "test NDCG@10", "test Recall@10", "tail test NDCG@10",
                     "long test NDCG@10"], diffs), ""]
-    for _, name in shown:
-        parts += [f"`{name}`: m" + provenance(r[name])[1:], ""]
-    parts.append(beam_notes(cats, r))
+    parts += ["Results (`benchmarks/results/`): " + "; ".join(measured(r[name]) for _, name in shown) + ".", "",
+              *(f"    {r[name]['command']}" for _, name in shown), ""]
+    notes = [n for n in (beam_notes(cats, r), popularity_notes(cats, r)) if n[0]]
+    if notes:
+        parts += [" ".join(text for text, _ in notes), "", *(f"    {c}" for _, cmds in notes for c in cmds), ""]
     parts.append(" ".join(f"{cat.name}: {cat.runs}" for cat in cats if any(c is cat for c, _ in shown)))
     return "\n".join(parts)
 
@@ -121,5 +146,5 @@ def body(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> str:
 CATALOGUES = (OFFICE, INSTRUMENTS)
 QUALITY_SECTIONS = [Section("SFT quality against the tuned SASRec: Office and Instruments", "quality_triece",
                             partial(rows, CATALOGUES), partial(body, CATALOGUES),
-                            uses=tuple(n for cat in CATALOGUES for n in (*cat.records, cat.beam)
+                            uses=tuple(n for cat in CATALOGUES for n in (*cat.records, cat.beam, cat.popularity)
                                        if n and n != "quality_triece"))]

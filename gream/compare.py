@@ -32,6 +32,7 @@ import numpy as np
 
 from cluster.errors import BadRequest
 from cluster.eval_record import RankRecord, read_eval, read_ranks
+from cluster.rerank_spec import POPULARITY
 from cluster.run_layout import ranks_file
 from cluster.spec import ANSWER_MODES
 from gream.paired import LEVEL, RESAMPLES, SEED, align, coverage_bootstrap, paired_bootstrap
@@ -186,7 +187,9 @@ def format_tables(result: dict) -> str:
              + (f"; only the '{result['segment']}' segment" if result.get("segment") else "")]
     for label, rerank in zip(result["stages"], result.get("reranked", ())):
         if rerank:
-            lines.append(f"{label}: generated, then re-ranked by the SASRec {rerank['path']} "
+            scorer = ("the inverse-popularity prior" if rerank["path"] == POPULARITY
+                      else f"the SASRec {rerank['path']}")
+            lines.append(f"{label}: generated, then re-ranked by {scorer} "
                          f"(weight {rerank['weight']}, beam of {rerank['width']})")
     for split, data in result["splits"].items():
         values = data["values"]

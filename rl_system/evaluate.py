@@ -34,11 +34,13 @@ from cluster.checkpoint import file_digest
 from cluster.errors import BadRequest, MissingArtefact
 from cluster.eval_record import RankRecord, split_ranks, write_eval
 from cluster.logs import fields
+from cluster.rerank_spec import POPULARITY
 from cluster.spec import EvalSpec, JobSpec
 from indexing.dataset import Example, split_from_spec
-from indexing.segments import segment_masks
+from indexing.segments import Popularity, segment_masks
 from indexing.sid import SidIndex
 from rl_system.answer_modes import AnswerConfig, Answers, Reranker, answer, check_think_ahead
+from rl_system.rerank import PopularityPrior
 from rl_system.reward.functions import sid_of
 from sft.beyond_accuracy import EMPTY, Catalogue, per_user, summary
 from sft.metrics import metrics_from_ranks, rank_of, segment_report
@@ -87,8 +89,9 @@ def token_mapper(tokenizer, index: SidIndex):
 
 
 def rerank_teacher(spec: JobSpec):
-    """eval.rerank.path's SASRec (rl_system.reward.teacher.Teacher), None when re-ranking is off;
-    refused (exit 2 naming the key) unless it is a scorer of this catalogue that loads."""
+    """eval.rerank.path's SASRec (rl_system.reward.teacher.Teacher), or the training split's
+    inverse-popularity prior (path "popularity"); None when re-ranking is off; refused (exit 2 naming
+    the key) unless it is a scorer of this catalogue that loads."""
     path = spec.eval.rerank.path
     if path is None:
         return None
@@ -96,7 +99,10 @@ def rerank_teacher(spec: JobSpec):
     from rl_system.reward.teacher import Teacher
     from sft.sasrec_scorer import check_teacher
 
-    num_items = load_from_spec(spec).num_items
+    dataset = load_from_spec(spec)
+    num_items = dataset.num_items
+    if path == POPULARITY:
+        return PopularityPrior(Popularity.from_train(split_from_spec(spec, dataset).train, num_items + 1).counts)
     check_teacher(path, num_items, spec.data.name, where="eval.rerank.path")
     try:
         return Teacher(path, num_items, spec.data.name)

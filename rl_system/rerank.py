@@ -5,9 +5,27 @@ weight inf is the teacher's order within the beam. Pure functions over [users, w
 `gream eval` and `gream serve` apply them through rl_system.answer_modes (eval.rerank)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Sequence
+
 import numpy as np
 
 from sft.metrics import ranks_in_rows
+
+
+@dataclass(frozen=True)
+class PopularityPrior:
+    """The inverse-popularity prior as a re-ranking scorer (eval.rerank.path "popularity"): log
+    p(item) = -log(1 + its training interactions), up to a constant, whatever the history. With
+    weight tau a beam's score becomes policy log p - tau log(1 + count): the items the model ranks
+    high only for being bought often give way to rarer ones it ranks nearly as high."""
+
+    counts: np.ndarray  # int [ids]: training interactions per item id (indexing.segments.Popularity)
+
+    def candidate_logp(self, histories: Sequence[Sequence[int]] | None, items: np.ndarray) -> np.ndarray:
+        """[U, W] log prior of each candidate; -inf in an empty slot (-1)."""
+        named = items >= 0
+        return np.where(named, -np.log1p(self.counts[np.where(named, items, 0)]), -np.inf)
 
 
 def rerank_order(items: np.ndarray, policy_logp: np.ndarray, teacher_logp: np.ndarray, weight: float,

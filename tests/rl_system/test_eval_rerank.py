@@ -5,6 +5,7 @@ was re-ranked; a path that is not a scorer of this catalogue exits 2 naming the 
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -12,9 +13,11 @@ import pytest
 import torch
 
 from cluster.eval_record import write_eval
+from cluster.rerank_spec import POPULARITY
 from cluster.spec import dump_spec
 from gream.cli import main
 from indexing.dataset import load_from_spec, split_from_spec
+from indexing.segments import training_items
 from indexing.sid import SidIndex
 from rl_system.answer_modes import AnswerConfig, Thoughts, answer
 from rl_system.evaluate import evaluate_model, reranker, token_mapper
@@ -43,8 +46,8 @@ def evaluated(rerank_run):
     return spec, index, result, ranks
 
 
-def by_hand(spec, index, examples) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The plain beam of WIDTH (policy log p, items) and the SASRec's log p of each candidate."""
+def plain_beam(spec, index, examples) -> tuple[np.ndarray, np.ndarray]:
+    """The plain beam of WIDTH: items and policy log p."""
     model = spec.layout.model("sft")
     answerer = TorchAnswerer(model, index, torch.device("cpu"))
     vocab = {i: t for t, i in answerer.tokenizer.get_vocab().items()}
@@ -54,6 +57,12 @@ def by_hand(spec, index, examples) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     for row, beam in enumerate(answerer.beam(prompts, WIDTH)):
         items[row, :len(beam)] = [index.item_of([vocab[t] for t in c.token_ids]) for c in beam]
         policy[row, :len(beam)] = [sum(c.token_logprobs) for c in beam]
+    return items, policy
+
+
+def by_hand(spec, index, examples) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The plain beam of WIDTH (items, policy log p) and the SASRec's log p of each candidate."""
+    items, policy = plain_beam(spec, index, examples)
     teacher = Teacher(spec.eval.rerank.path, load_from_spec(spec).num_items, spec.data.name)
     logp, _ = teacher.score([list(ex.history) for ex in examples for _ in range(WIDTH)], items.ravel())
     return items, policy, logp.reshape(items.shape)
@@ -80,6 +89,29 @@ def test_eval_ranks_are_the_plain_beam_reranked_by_hand(evaluated):
         assert result[name]["users"] == len(examples)
     assert changed > 0  # the teacher did re-order this beam
     assert result["meta"]["rerank"] == {"path": spec.eval.rerank.path, "weight": WEIGHT, "width": WIDTH}
+
+
+def test_popularity_rerank_is_the_plain_beam_less_weight_x_log_training_count(rerank_run, capsys):
+    spec = rerank_spec(rerank_run, POPULARITY)
+    index = SidIndex.load(spec.layout.index_file(spec.data.name))
+    split = split_from_spec(spec)
+    result, ranks = evaluate_model(spec, spec.layout.model("sft"), index, split, sampling=False)
+    # by hand: each item's training interactions, a user's first history included (indexing.segments)
+    bought = Counter(item for seq in training_items(split.train).values() for item in seq)
+    k, changed = max(spec.eval.ks), 0
+    for name, examples in (("valid", split.valid[:64]), ("test", split.test[:64])):
+        items, policy = plain_beam(spec, index, examples)
+        prior = -np.log1p(np.array([[bought[i] for i in row] for row in items], dtype=float))
+        score = np.where(items >= 0, policy + WEIGHT * prior, -np.inf)
+        top = np.take_along_axis(items, np.argsort(-score, axis=1, kind="stable")[:, :k], 1)
+        assert ranks.splits[name].top.tolist() == top.tolist()
+        changed += int((top != items[:, :k]).any(1).sum())
+    assert changed > 0  # the prior did re-order this beam
+    assert result["meta"]["rerank"] == {"path": POPULARITY, "weight": WEIGHT, "width": WIDTH}
+    write_eval(spec.layout.stage("sft"), result, ranks)
+    assert main(["compare", f"{spec.run_path}:baselines/sasrec", f"{spec.run_path}:sft"]) == 0
+    assert (f"{spec.run_path}:sft: generated, then re-ranked by the inverse-popularity prior (weight {WEIGHT}, "
+            f"beam of {WIDTH})") in capsys.readouterr().out
 
 
 def test_reasoning_and_think_ahead_beams_are_reranked_too(evaluated):

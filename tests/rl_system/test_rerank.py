@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from rl_system.rerank import rerank, rerank_order
+from rl_system.rerank import PopularityPrior, rerank, rerank_order
 
 ITEMS = np.array([[7, 3, 9, -1],
                   [4, 5, 6, 8]])
@@ -42,3 +42,15 @@ def test_the_order_keeps_the_best_depth_and_marks_a_short_beam():
     assert rerank_order(ITEMS, POLICY, TEACHER, 1.0, 2).tolist() == [[1, 2], [2, 0]]
     # weight 0: the beam's own order, the empty slot last even though its policy score is the highest.
     assert rerank_order(ITEMS, POLICY, TEACHER, 0.0, 4).tolist() == [[0, 1, 2, -1], [0, 1, 2, 3]]
+
+
+def test_popularity_prior_by_hand():
+    # training interactions per item id 0..9; items 3 and 7 popular, 9 never bought
+    counts = np.array([0, 0, 0, 9, 2, 2, 0, 19, 1, 0])
+    prior = PopularityPrior(counts).candidate_logp(None, ITEMS)
+    assert prior[0, :3].tolist() == [-math.log(20), -math.log(10), 0.0] and prior[0, 3] == -math.inf
+    # weight 1: user 0: 0.5/20 = 0.025, 0.3/10 = 0.03, 0.2/1 = 0.2 -> 9, 3, 7
+    # user 1: 0.4/3, 0.3/3 = 0.1, 0.2/1 = 0.2, 0.1/2 = 0.05 -> 6, 4, 5, 8
+    assert rerank_order(ITEMS, POLICY, prior, 1.0, 4).tolist() == [[2, 1, 0, -1], [2, 0, 1, 3]]
+    # weight 0.5: user 0: 0.5/sqrt(20) = 0.112, 0.3/sqrt(10) = 0.095, 0.2 -> 9, 7, 3
+    assert rerank_order(ITEMS, POLICY, prior, 0.5, 2).tolist()[0] == [2, 0]
