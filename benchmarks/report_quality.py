@@ -75,41 +75,44 @@ def measured(rec: dict) -> str:
             f"{m.get('cores', '?')} cores, load average {f'{load[0]:.1f}' if load else '?'} at the start")
 
 
-def beam_notes(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> tuple[str, list[str]]:
-    """Each catalogue's chosen beam width with its record's provenance, and the records' commands
-    (("", []) without one)."""
-    shown = [(cat, r[cat.beam]) for cat in cats if cat.beam in r]
-    if not shown:
-        return "", []
-    parts = []
-    for cat, rec in shown:
-        f, iv = rec["figures"], rec["intervals"]
-        base = f["base_width"]
-        widths = ", ".join(f"{w}: {v['mean_ndcg@10']:.4f}" for w, v in f["widths"].items())
-        diffs = "; ".join(f"{k} {interval(v)}" for k, v in iv.items() if not k.startswith(f"width {base} "))
-        parts.append(f"{cat.name} ({f['users']:,} users, {len(f['runs'])} seeds) {widths}; {diffs}; chosen "
-                     f"{f['chosen']} ({measured(rec)})")
-    return ("Beam width (`eval.beam_width`, `benchmarks/beam_width.py`), chosen per catalogue on every validation "
-            "user; valid NDCG@10 averaged over the SFT seeds, by width: " + "; ".join(parts) + ".",
-            [rec["command"] for _, rec in shown])
+def width_choice(cat: Catalogue, rec: dict) -> str:
+    """A catalogue's beam-width record (benchmarks/beam_width.py) in a sentence's words."""
+    f, iv = rec["figures"], rec["intervals"]
+    widths = ", ".join(f"{w}: {v['mean_ndcg@10']:.4f}" for w, v in f["widths"].items())
+    diffs = "; ".join(f"{k} {interval(v)}" for k, v in iv.items() if not k.startswith(f"width {f['base_width']} "))
+    return f"{cat.name} ({f['users']:,} users, {len(f['runs'])} seeds) {widths}; {diffs}; chosen {f['chosen']} ({measured(rec)})"
 
 
-def popularity_notes(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> tuple[str, list[str]]:
-    """As beam_notes, for each catalogue's popularity-correction weight, chosen on validation."""
-    shown = [(cat, r[cat.popularity]) for cat in cats if cat.popularity in r]
-    if not shown:
-        return "", []
-    parts = []
-    for cat, rec in shown:
-        f, iv = rec["figures"], rec["intervals"]
-        taus = "; ".join(f"{t}: {interval(iv[f'tau {float(t):g} - tau 0, all'])} / "
-                         f"{interval(iv[f'tau {float(t):g} - tau 0, tail'])}" for t in f["taus"] if float(t))
-        parts.append(f"{cat.name} ({f['users']:,} users, {f['tail_users']:,} tail, {len(f['runs'])} seeds, beam of "
-                     f"{f['width']}) {taus}; chosen {f['chosen']:g} ({measured(rec)})")
-    return ("Popularity correction (`eval.rerank.path: popularity`, `benchmarks/popularity_rerank.py`), chosen on "
-            "every validation user: valid NDCG@10 against tau 0 (the beam's own order), every user / tail, by weight "
-            "tau; the choice is the best tail among the weights with no loss on every user. " + "; ".join(parts) + ".",
-            [rec["command"] for _, rec in shown])
+def tau_choice(cat: Catalogue, rec: dict) -> str:
+    """A catalogue's popularity-correction record (benchmarks/popularity_rerank.py) in a sentence's words."""
+    f, iv = rec["figures"], rec["intervals"]
+    taus = "; ".join(f"{t}: {interval(iv[f'tau {float(t):g} - tau 0, all'])} / "
+                     f"{interval(iv[f'tau {float(t):g} - tau 0, tail'])}" for t in f["taus"] if float(t))
+    return (f"{cat.name} ({f['users']:,} users, {f['tail_users']:,} tail, {len(f['runs'])} seeds, beam of {f['width']}) "
+            f"{taus}; chosen {f['chosen']:g} ({measured(rec)})")
+
+
+# The decoding choices made on validation: the Catalogue field naming each one's record, the lead of
+# its sentence, and how a record reads.
+CHOICES = (
+    ("beam", "Beam width (`eval.beam_width`, `benchmarks/beam_width.py`), chosen per catalogue on every validation "
+             "user; valid NDCG@10 averaged over the SFT seeds, by width: ", width_choice),
+    ("popularity", "Popularity correction (`eval.rerank.path: popularity`, `benchmarks/popularity_rerank.py`), "
+                   "chosen on every validation user: valid NDCG@10 against tau 0 (the beam's own order), every user "
+                   "/ tail, by weight tau; the choice is the best tail among the weights with no loss on every user. ",
+     tau_choice),
+)
+
+
+def choice_notes(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> list[str]:
+    """One paragraph on the decoding choices every catalogue's records hold, then their commands."""
+    texts, commands = [], []
+    for field, lead, describe in CHOICES:
+        shown = [(cat, r[getattr(cat, field)]) for cat in cats if getattr(cat, field) in r]
+        if shown:
+            texts.append(lead + "; ".join(describe(cat, rec) for cat, rec in shown) + ".")
+            commands += [rec["command"] for _, rec in shown]
+    return [" ".join(texts), "", *(f"    {c}" for c in commands), ""] if texts else []
 
 
 def body(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> str:
@@ -136,9 +139,7 @@ def body(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> str:
                     "long test NDCG@10"], diffs), ""]
     parts += ["Results (`benchmarks/results/`): " + "; ".join(measured(r[name]) for _, name in shown) + ".", "",
               *(f"    {r[name]['command']}" for _, name in shown), ""]
-    notes = [n for n in (beam_notes(cats, r), popularity_notes(cats, r)) if n[0]]
-    if notes:
-        parts += [" ".join(text for text, _ in notes), "", *(f"    {c}" for _, cmds in notes for c in cmds), ""]
+    parts += choice_notes(cats, r)
     parts.append(" ".join(f"{cat.name}: {cat.runs}" for cat in cats if any(c is cat for c, _ in shown)))
     return "\n".join(parts)
 
