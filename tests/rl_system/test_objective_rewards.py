@@ -118,8 +118,9 @@ def test_a_replica_with_popularity_answers_with_it_through_zmq(index_path):  # n
 
 def test_the_tail_spec_is_the_demo_with_plain_sft_and_a_tail_aware_rl_recipe():
     """The tail sweep ran from the plain SFT model: the demo without its SASRec stage, distillation and
-    trie-masked loss."""
-    plain = ["stages=[index,sft,rl,eval]", "sft.distill.path=null", "sasrec.config=null", "sft.loss=ce"]
+    trie-masked loss, evaluated by the plain beam (no popularity correction)."""
+    plain = ["stages=[index,sft,rl,eval]", "sft.distill.path=null", "sasrec.config=null", "sft.loss=ce",
+             "eval.rerank={path: null}"]
     demo = load_spec(REPO / "configs/demo.yaml", plain).model_dump()
     tail = load_spec(REPO / "configs/office_tail.yaml").model_dump()
     assert tail["rl"]["objectives"]["head_exposure"] > 0 and tail["checkpoint"]["select"] == "last"
