@@ -40,6 +40,16 @@ INSTRUMENTS = Catalogue(
     "distilled from SASRec seed 0, two runs at a time on one thread each.",
     "beam_width_instruments")
 
+BEAUTY = Catalogue(
+    "Beauty",
+    {"quality_beauty": "the same recipe on Beauty (`configs/beauty_letter.yaml`) against the SASRec it distils from"},
+    ("quality_beauty",),
+    "SASRec seeds 0-2 with the settings of `configs/sasrec_office.json` (above `configs/sasrec_beauty.json` and the "
+    "one trial of a 900 s `gream baseline sasrec --tune` on validation); SFT seeds 0-2 (`gream index` and `gream sft "
+    "configs/beauty_letter.yaml --set sft.seed=K`, then `benchmarks/sft_seeds.py`'s eval), distilled from SASRec "
+    "seed 0, two runs at a time on one thread each.",
+    "beam_width_beauty")
+
 
 def standing(m: dict) -> str:
     """Where the left model stands against the right by the interval of left - right."""
@@ -144,8 +154,8 @@ def body(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> str:
     return "\n".join(parts)
 
 
-CATALOGUES = (OFFICE, INSTRUMENTS)
-QUALITY_SECTIONS = [Section("SFT quality against the tuned SASRec: Office and Instruments", "quality_triece",
+CATALOGUES = (OFFICE, INSTRUMENTS, BEAUTY)
+QUALITY_SECTIONS = [Section("SFT quality against the tuned SASRec: Office, Instruments and Beauty", "quality_triece",
                             partial(rows, CATALOGUES), partial(body, CATALOGUES),
                             uses=tuple(n for cat in CATALOGUES for n in (*cat.records, cat.beam, cat.popularity)
                                        if n and n != "quality_triece"))]

@@ -97,7 +97,7 @@ def test_the_quality_record_renders_its_section(seed_runs, results_folder, capsy
     row = next(line for line in text.splitlines() if line.startswith("| SFT+distill against SASRec, test NDCG@10"))
     assert f"{m['diff']:+.4f} [{m['low']:+.4f}, {m['high']:+.4f}]" in row
     assert row.split("|")[5].strip() == ("ahead" if m["low"] > 0 else "behind" if m["high"] < 0 else "level (interval spans 0)")
-    assert "## SFT quality against the tuned SASRec: Office and Instruments" in text
+    assert "## SFT quality against the tuned SASRec: Office, Instruments and Beauty" in text
     tail = r["segments"]["tail"]["test"]["metrics"]["ndcg@10"]
     diffs = next(line for line in text.splitlines() if line.startswith("| Office: SFT+distill - SASRec |"))
     assert f"{tail['diff']:+.4f} [{tail['low']:+.4f}, {tail['high']:+.4f}]" in diffs  # the tail column
