@@ -45,10 +45,10 @@ BEAUTY = Catalogue(
     {"quality_beauty": "the same recipe on Beauty (`configs/beauty_letter.yaml`) against the SASRec it distils from"},
     ("quality_beauty",),
     "SASRec seeds 0-2 with the settings of `configs/sasrec_office.json` (above `configs/sasrec_beauty.json` and the "
-    "one trial of a 900 s `gream baseline sasrec --tune` on validation); SFT seeds 0-2 (`gream index` and `gream sft "
-    "configs/beauty_letter.yaml --set sft.seed=K`, then `benchmarks/sft_seeds.py`'s eval), distilled from SASRec "
-    "seed 0, two runs at a time on one thread each.",
-    "beam_width_beauty")
+    "two trials of a 900 s `gream baseline sasrec --tune` on validation); SFT seeds 0-2 (`gream index`, `gream sft` "
+    "with `sft.seed` = K), distilled from SASRec seed 0, two or three runs at a time on one thread each, then "
+    "evaluated by `benchmarks/sft_seeds.py --spec configs/beauty_letter.yaml --seeds 0 1 2 --set eval.max_users=null`.",
+    "beam_width_beauty", "popularity_rerank_beauty")
 
 
 def standing(m: dict) -> str:
