@@ -17,13 +17,13 @@ from pydantic import BaseModel, Field, PositiveFloat, ValidationError, field_val
 from cluster.cluster_spec import ClusterSpec
 from cluster.cluster_spec import Section as _Section
 from cluster.errors import GreamError
-from cluster.files import read_text
 from cluster.index_spec import IndexSpec
 from cluster.objectives_spec import ObjectivesSpec
 from cluster.record_spec import CheckpointSpec, LoggingSpec
 from cluster.rerank_spec import RerankSpec
 from cluster.run_layout import RunLayout
 from cluster.sft_loss_spec import DistillSpec, PrefixLossSpec
+from cluster.spec_base import read_raw
 from cluster.teach_spec import PreferenceSpec, ReasoningSpec, teacher_problem
 from cluster.teacher_spec import SasrecStageSpec, TeacherSpec
 
@@ -370,16 +370,7 @@ def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     path = Path(path)
     source = str(path)
-    text = read_text(path, SpecError, "spec")
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(f"{source}: malformed YAML{where}: {getattr(exc, 'problem', exc)}") from exc
-    if not isinstance(raw, dict):
-        raise SpecError(f"{source}: top level must be a mapping of keys, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides or [], source)
+    raw = apply_overrides(read_raw(path, SpecError), overrides or [], source)
     try:
         spec = JobSpec.model_validate(raw)
     except ValidationError as exc:
