@@ -33,12 +33,15 @@ OFFICE = Catalogue(
 INSTRUMENTS = Catalogue(
     "Instruments",
     {"quality_instruments": "the demo's SFT recipe on Instruments (`configs/instruments_letter.yaml`: LETTER's IDs, "
-                            "12 epochs, the top 10 of a beam of 50) against the SASRec it distils from"},
+                            "20 epochs with the average validated on every validation user, the top 10 of a beam of "
+                            "50 re-scored by the popularity correction) against the SASRec it distils from"},
     ("quality_instruments",),
     "SASRec seeds 0-2 with the settings of `configs/sasrec_office.json` (above the two trials of a 900 s `gream "
-    "baseline sasrec --tune` on validation); SFT `benchmarks/sft_seeds.py --spec configs/instruments_letter.yaml`, "
-    "distilled from SASRec seed 0, two runs at a time on one thread each.",
-    "beam_width_instruments")
+    "baseline sasrec --tune` on validation), every user reported (`--set eval.max_users=null`); SFT seeds 0-2 "
+    "(`gream index`, `gream sft` with `sft.seed` = K), distilled from SASRec seed 0, three runs at a time on one "
+    "thread each, then `gream eval` with `--set eval.max_users=null`. Its beam width was chosen on the seeds of the "
+    "earlier 12-epoch schedule (the widths above).",
+    "beam_width_instruments", "popularity_rerank_instruments")
 
 BEAUTY = Catalogue(
     "Beauty",
