@@ -369,8 +369,9 @@ def apply_overrides(raw: dict, overrides: list[str], source: str) -> dict:
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     path = Path(path)
-    source = str(path)
-    raw = apply_overrides(read_raw(path, SpecError), overrides or [], source)
+    raw, bases = read_raw(path, SpecError)
+    source = f"{path} (on base {' -> '.join(map(str, bases))})" if bases else str(path)
+    raw = apply_overrides(raw, overrides or [], source)
     try:
         spec = JobSpec.model_validate(raw)
     except ValidationError as exc:

@@ -24,10 +24,11 @@ def merged(base: dict, own: dict) -> dict:
     return out
 
 
-def read_raw(path: Path, error: type[GreamError], chain: tuple[Path, ...] = ()) -> dict:
+def read_raw(path: Path, error: type[GreamError], chain: tuple[Path, ...] = ()) -> tuple[dict, tuple[Path, ...]]:
     """The keys of the spec at `path` over those of the spec its `base:` names, and so on down the
-    chain; `error` names the file and the key for a file that is not a mapping, a `base` that is not
-    a path to a spec, or a chain that comes back to a spec already in it."""
+    chain, and the bases read (nearest first), so that a later error on a key can name every file it
+    may come from; `error` names the file and the key for a file that is not a mapping, a `base` that
+    is not a path to a spec, or a chain that comes back to a spec already in it."""
     source = str(path)
     try:
         raw = yaml.safe_load(read_text(path, error, "spec")) or {}
@@ -38,7 +39,7 @@ def read_raw(path: Path, error: type[GreamError], chain: tuple[Path, ...] = ()) 
     if not isinstance(raw, dict):
         raise error(f"{source}: top level must be a mapping of keys, got {type(raw).__name__}")
     if "base" not in raw:
-        return raw
+        return raw, ()
     base = raw.pop("base")
     if not isinstance(base, str) or not base.strip():
         raise error(f"{source}: key 'base': expected the path of the spec this one starts from, got {base!r}")
@@ -50,4 +51,5 @@ def read_raw(path: Path, error: type[GreamError], chain: tuple[Path, ...] = ()) 
     if not base_path.is_file():
         raise error(f"{source}: key 'base': no spec file at {base} (paths in a spec are read from the working "
                     f"directory, {Path.cwd()})")
-    return merged(read_raw(base_path, error, chain), raw)
+    below, bases = read_raw(base_path, error, chain)
+    return merged(below, raw), (base_path, *bases)

@@ -44,8 +44,16 @@ def test_a_bad_base_names_the_file_and_the_key(tmp_path, monkeypatch, text, expe
     assert (tmp_path / "other.yaml").read_text() == "base: leaf.yaml\n"  # nothing rewritten
 
 
-def test_a_base_with_a_bad_key_is_named_in_the_error(tmp_path, monkeypatch):
+def test_a_base_with_malformed_yaml_is_named_in_the_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "recipe.yaml", "sft: {epochs: [1\n")
     with pytest.raises(SpecError, match=r"recipe\.yaml: malformed YAML at line"):
         load_spec(write(tmp_path / "leaf.yaml", "base: recipe.yaml\n"))
+
+
+def test_an_unknown_key_names_the_spec_and_its_bases(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "recipe.yaml", "sft: {epochz: 3}\n")
+    write(tmp_path / "mid.yaml", "base: recipe.yaml\n")
+    with pytest.raises(SpecError, match=r"leaf\.yaml \(on base mid\.yaml -> recipe\.yaml\): unknown key 'sft\.epochz'"):
+        load_spec(write(tmp_path / "leaf.yaml", "base: mid.yaml\n"))
