@@ -64,9 +64,9 @@ def per_user(stage: Stage, split: str) -> dict:
     return {**per_example_metrics(s.ranks, KS), **s.lists}
 
 
-def column(stage: Stage) -> dict[str, float]:
+def column(stage: Stage, splits: Sequence[str] = SPLITS) -> dict[str, float]:
     """"split metric" -> the run's figure, from its ranks."""
-    return {f"{split} {m}": float(per_user(stage, split)[m].mean()) for split in SPLITS for m in METRICS}
+    return {f"{split} {m}": float(per_user(stage, split)[m].mean()) for split in splits for m in METRICS}
 
 
 def pooled(left: Sequence[Stage], right: Sequence[Stage], split: str, resamples: int, seed: int,
@@ -86,13 +86,14 @@ def pooled(left: Sequence[Stage], right: Sequence[Stage], split: str, resamples:
     return out
 
 
-def pooled_segments(left: Sequence[Stage], right: Sequence[Stage], resamples: int, seed: int) -> dict:
+def pooled_segments(left: Sequence[Stage], right: Sequence[Stage], resamples: int, seed: int,
+                    splits: Sequence[str] = SPLITS) -> dict:
     """`pooled` within each long-tail segment that every run labels."""
     out = {}
     for segment in SEGMENTS:
         if all(labels(s, segment) for s in (*left, *right)):
             parts = [in_segment(s, segment) for s in (*left, *right)]
-            out[segment] = {split: pooled(parts[:len(left)], parts[len(left):], split, resamples, seed) for split in SPLITS}
+            out[segment] = {split: pooled(parts[:len(left)], parts[len(left):], split, resamples, seed) for split in splits}
     return out
 
 
@@ -119,22 +120,23 @@ def split_sizes(spec_path: Path, sets: list[str]) -> dict[str, int]:
 
 
 def report(left_specs: Sequence[str], right_specs: Sequence[str], names: Sequence[str], sizes: dict[str, int],
-           resamples: int = RESAMPLES, seed: int = SEED) -> dict:
-    """Seeds of `names[0]` (RUN_DIR:STAGE each) against seeds of `names[1]`: left - right."""
+           resamples: int = RESAMPLES, seed: int = SEED, splits: Sequence[str] = SPLITS) -> dict:
+    """Seeds of `names[0]` (RUN_DIR:STAGE each) against seeds of `names[1]`: left - right, on `splits`
+    (valid alone to choose a setting without reading test)."""
     left = [load_stage(s) for s in left_specs]
     right = [load_stage(s) for s in right_specs]
     lname, rname = names
     runs = {f"{lname.lower()} {i}": s for i, s in enumerate(left)} | {f"{rname.lower()} {i}": s for i, s in enumerate(right)}
-    columns = {name: column(s) for name, s in runs.items()}
+    columns = {name: column(s, splits) for name, s in runs.items()}
     pairs = []
     for i, (a, b) in enumerate(zip(left, right)):
         result = compare([b, a], resamples, seed)  # B - A = left - right
-        pairs.append({"pair": i, "splits": {split: result["splits"][split]["comparisons"][0] for split in SPLITS}})
+        pairs.append({"pair": i, "splits": {split: result["splits"][split]["comparisons"][0] for split in splits}})
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "cores": os.cpu_count(), "load": [round(x, 2) for x in os.getloadavg()],
         "folders": {name: str(s.folder) for name, s in runs.items()},
-        "users": {name: {split: len(s.ranks.splits[split].users) for split in SPLITS} for name, s in runs.items()},
+        "users": {name: {split: len(s.ranks.splits[split].users) for split in splits} for name, s in runs.items()},
         "split_sizes": sizes,
         "wall_secs": dict(zip(runs, map(wall_times, [*left_specs, *right_specs]))),
         "names": [lname, rname],
@@ -142,8 +144,8 @@ def report(left_specs: Sequence[str], right_specs: Sequence[str], names: Sequenc
         "medians": {f"{lname} med": median_column([columns[f"{lname.lower()} {i}"] for i in range(len(left))]),
                     f"{rname} med": median_column([columns[f"{rname.lower()} {i}"] for i in range(len(right))])},
         "pairs": pairs,
-        "pooled": {split: pooled(left, right, split, resamples, seed) for split in SPLITS},
-        "segments": pooled_segments(left, right, resamples, seed),
+        "pooled": {split: pooled(left, right, split, resamples, seed) for split in splits},
+        "segments": pooled_segments(left, right, resamples, seed, splits),
         "resamples": resamples, "seed": seed,
     }
 
@@ -166,7 +168,7 @@ def format_report(r: dict) -> str:
     blocks.append(("pooled (per-user mean over seeds)", r["pooled"]))
     blocks += [(f"pooled, {segment} segment", splits) for segment, splits in r["segments"].items()]
     for title, splits in blocks:
-        for split in SPLITS:
+        for split in splits:
             data = splits[split]
             users = data.get("common_users", data.get("users"))
             lines.append(f"  {title}, {split}, {users} users:")
@@ -219,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "runs/quality", help="with --run")
     ap.add_argument("--sasrec-tune", action="store_true", help="with --run: SASRec tuned on the first seed "
                     "(its SFT's time as budget), the chosen settings for the others")
+    ap.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS),
+                    help="valid alone to choose between settings without reading test")
     ap.add_argument("--resamples", type=int, default=RESAMPLES)
     ap.add_argument("--json", action="store_true", help="print JSON instead of tables")
     ap.add_argument("--name", default="quality", help="the results file (benchmarks/results/NAME.json)")
@@ -231,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not left or not right:
         ap.error("give --sft and --sasrec run dirs (or --left and --right stages), or --run")
     try:
-        result = report(left, right, args.names, split_sizes(args.spec, args.set), args.resamples)
+        result = report(left, right, args.names, split_sizes(args.spec, args.set), args.resamples, splits=args.splits)
     except Exception as exc:  # missing or stale evaluations name their file and exit 2; anything else is a bug
         if getattr(exc, "exit_code", None) is None:
             raise

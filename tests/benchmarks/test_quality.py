@@ -101,3 +101,20 @@ def test_the_quality_record_renders_its_section(seed_runs, results_folder, capsy
     tail = r["segments"]["tail"]["test"]["metrics"]["ndcg@10"]
     diffs = next(line for line in text.splitlines() if line.startswith("| Office: SFT+distill - SASRec |"))
     assert f"{tail['diff']:+.4f} [{tail['low']:+.4f}, {tail['high']:+.4f}]" in diffs  # the tail column
+
+
+def test_valid_alone_leaves_test_unread(seed_runs, capsys):
+    """--splits valid: every figure and interval of valid as before, none of test (a setting is chosen
+    without reading test)."""
+    _, args = seed_runs
+    assert main([*args, "--json"]) == 0
+    both = json.loads(capsys.readouterr().out)
+    assert main([*args, "--splits", "valid", "--json"]) == 0
+    valid = json.loads(capsys.readouterr().out)
+    assert valid["pooled"] == {"valid": both["pooled"]["valid"]}
+    assert all(set(seg) == {"valid"} for seg in valid["segments"].values())
+    assert all(not key.startswith("test") for column in valid["columns"].values() for key in column)
+    assert set(valid["pairs"][0]["splits"]) == {"valid"} and set(valid["users"]["sft 0"]) == {"valid"}
+    assert main([*args, "--splits", "valid"]) == 0
+    text = capsys.readouterr().out
+    assert "pooled (per-user mean over seeds), valid" in text and ", test" not in text

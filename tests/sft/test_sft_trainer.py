@@ -198,7 +198,8 @@ def test_two_ranks_on_ray_share_each_epoch_and_save_one_model(run_dir, ray_clust
 
 
 def _stop_a_training_rank(stopped: list) -> None:
-    """SIGSTOP one of the two ranks as soon as both run `train`: alive to Ray, silent to its peer."""
+    """SIGSTOP one of the two ranks as soon as both run `train`: alive to Ray, silent to its peer.
+    Appends (its pid, the monotonic time of the stop)."""
     import os
     import signal
 
@@ -210,7 +211,7 @@ def _stop_a_training_rank(stopped: list) -> None:
                        if (p.info["cmdline"] or [""])[0].startswith("ray::SftRank.train"))
         if len(ranks) == 2:
             os.kill(ranks[-1], signal.SIGSTOP)
-            stopped.append(ranks[-1])
+            stopped.append((ranks[-1], time.monotonic()))
             return
         time.sleep(0.2)
 
@@ -225,13 +226,15 @@ def test_a_hung_rank_ends_the_run_instead_of_stalling_it(run_dir, ray_cluster, t
     shutil.copytree(run_dir / "index", tmp_path / "index")
     spec = make_spec(tmp_path, sft_ranks=2)
     spec.cluster.sft.collective_timeout_s = 10
-    stopped: list[int] = []
+    stopped: list[tuple[int, float]] = []
     stopper = threading.Thread(target=_stop_a_training_rank, args=(stopped,), daemon=True)
     stopper.start()
-    start = time.monotonic()
     with pytest.raises(SftRankFailed, match="SFT rank [01] failed .*; every rank was stopped") as err:
         run(spec)
-    assert stopped and err.value.exit_code == 4 and time.monotonic() - start < 240
+    # Timed from the stop: what comes before it (starting the actors, the driver building DeepSpeed's
+    # CPU collective op on a cold cache: cluster/comm_op.py) stretches with the machine's load and is
+    # not the wait this guards against.
+    assert stopped and err.value.exit_code == 4 and time.monotonic() - stopped[0][1] < 240
 
 
 def test_validation_every_epoch_logs_and_saves_the_best_epoch(run_dir, tmp_path):
