@@ -20,6 +20,7 @@ class Catalogue:
     runs: str  # how the compared runs were made
     beam: str = ""  # the record of the beam width chosen for its SFT model (benchmarks/beam_width.py), if any
     popularity: str = ""  # the record of its popularity correction's weight (benchmarks/popularity_rerank.py), if any
+    distill: str = ""  # a valid-only quality record of two distillation weights (benchmarks/quality.py --splits valid)
 
 
 OFFICE = Catalogue(
@@ -40,8 +41,9 @@ INSTRUMENTS = Catalogue(
     "baseline sasrec --tune` on validation), every user reported (`--set eval.max_users=null`); SFT seeds 0-2 "
     "(`gream index`, `gream sft` with `sft.seed` = K), distilled from SASRec seed 0, three runs at a time on one "
     "thread each, then `gream eval` with `--set eval.max_users=null`. Its beam width was chosen on the seeds of the "
-    "earlier 12-epoch schedule (the widths above).",
-    "beam_width_instruments", "popularity_rerank_instruments")
+    "earlier 12-epoch schedule (the widths above). The alpha 0.8 seeds: the same runs with `--set "
+    "sft.distill.alpha=0.8`, evaluated alike.",
+    "beam_width_instruments", "popularity_rerank_instruments", "distill_alpha_instruments")
 
 BEAUTY = Catalogue(
     "Beauty",
@@ -106,7 +108,19 @@ def tau_choice(cat: Catalogue, rec: dict) -> str:
             f"{taus}; chosen {f['chosen']:g} ({measured(rec)})")
 
 
-# The decoding choices made on validation: the Catalogue field naming each one's record, the lead of
+def alpha_choice(cat: Catalogue, rec: dict) -> str:
+    """A catalogue's valid-only comparison of two distillation weights in a sentence's words: the left
+    one is taken when it loses nothing on every user and gains on the tail."""
+    f, iv = rec["figures"], rec["intervals"]
+    left, right = f["names"]
+    every, tail = iv["pooled"]["valid"]["metrics"]["ndcg@10"], iv["segments"]["tail"]["valid"]["metrics"]["ndcg@10"]
+    chosen = left if verdict(every) != "lower" and verdict(tail) == "higher" else right
+    return (f"{cat.name} ({iv['pooled']['valid']['users']:,} users, {len(iv['pairs'])} seeds each) {left} - {right}: "
+            f"{interval(every)} / {interval(tail)}, medians {f['medians'][f'{left} med']['valid ndcg@10']:.4f} against "
+            f"{f['medians'][f'{right} med']['valid ndcg@10']:.4f}; chosen {chosen} ({measured(rec)})")
+
+
+# The choices made on validation: the Catalogue field naming each one's record, the lead of
 # its sentence, and how a record reads.
 CHOICES = (
     ("beam", "Beam width (`eval.beam_width`, `benchmarks/beam_width.py`), chosen per catalogue on every validation "
@@ -115,11 +129,14 @@ CHOICES = (
                    "chosen on every validation user: valid NDCG@10 against tau 0 (the beam's own order), every user "
                    "/ tail, by weight tau; the choice is the best tail among the weights with no loss on every user. ",
      tau_choice),
+    ("distill", "Distillation weight (`sft.distill.alpha`, `benchmarks/quality.py --splits valid`), chosen on every "
+                "validation user: valid NDCG@10, every user / tail; the larger weight is taken when it loses nothing "
+                "on every user and gains on the tail. ", alpha_choice),
 )
 
 
 def choice_notes(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> list[str]:
-    """One paragraph on the decoding choices every catalogue's records hold, then their commands."""
+    """One paragraph on the choices on validation that every catalogue's records hold, then their commands."""
     texts, commands = [], []
     for field, lead, describe in CHOICES:
         shown = [(cat, r[getattr(cat, field)]) for cat in cats if getattr(cat, field) in r]
@@ -161,5 +178,5 @@ def body(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> str:
 CATALOGUES = (OFFICE, INSTRUMENTS, BEAUTY)
 QUALITY_SECTIONS = [Section("SFT quality against the tuned SASRec: Office, Instruments and Beauty", "quality_triece",
                             partial(rows, CATALOGUES), partial(body, CATALOGUES),
-                            uses=tuple(n for cat in CATALOGUES for n in (*cat.records, cat.beam, cat.popularity)
+                            uses=tuple(n for cat in CATALOGUES for n in (*cat.records, cat.beam, cat.popularity, cat.distill)
                                        if n and n != "quality_triece"))]
