@@ -35,6 +35,7 @@ import datetime
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -54,6 +55,11 @@ from indexing.segments import SEGMENTS  # noqa: E402
 SPLITS = ("valid", "test")
 KS = (5, 10)
 METRICS = tuple(f"{m}@{k}" for m in ("recall", "ndcg") for k in KS)
+
+
+def on_splits(stage: Stage, splits: Sequence[str]) -> Stage:
+    """The stage with only `splits`' ranks, so that no comparison computes a split left out."""
+    return replace(stage, ranks=replace(stage.ranks, splits={name: stage.ranks.splits[name] for name in splits}))
 
 
 def per_user(stage: Stage, split: str) -> dict:
@@ -123,8 +129,8 @@ def report(left_specs: Sequence[str], right_specs: Sequence[str], names: Sequenc
            resamples: int = RESAMPLES, seed: int = SEED, splits: Sequence[str] = SPLITS) -> dict:
     """Seeds of `names[0]` (RUN_DIR:STAGE each) against seeds of `names[1]`: left - right, on `splits`
     (valid alone to choose a setting without reading test)."""
-    left = [load_stage(s) for s in left_specs]
-    right = [load_stage(s) for s in right_specs]
+    left = [on_splits(load_stage(s), splits) for s in left_specs]
+    right = [on_splits(load_stage(s), splits) for s in right_specs]
     lname, rname = names
     runs = {f"{lname.lower()} {i}": s for i, s in enumerate(left)} | {f"{rname.lower()} {i}": s for i, s in enumerate(right)}
     columns = {name: column(s, splits) for name, s in runs.items()}

@@ -32,7 +32,6 @@ from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 from safetensors import SafetensorError, safe_open
 
 from cluster.checkpoint import BestRule, Checkpoint, CheckpointManager, check_spec
-from cluster.comm_op import prebuild_comm_op
 from cluster.control import ControlWatcher, write_end, write_status
 from cluster.errors import GreamError, MissingArtefact, Resumable, first_line
 from cluster.logs import fields
@@ -219,7 +218,6 @@ def _train(spec: JobSpec, ckpts: CheckpointManager, prompts, split, resume: bool
         raise SpecError(f"{spec.source or 'spec'}: {problem}")
     tokenizer = AutoTokenizer.from_pretrained(start_model)
 
-    prebuild_comm_op(spec.cluster.device)  # before the learner ranks: cluster/comm_op.py says why
     learner_pg = ranks_group(spec.name, "learner", spec.cluster.learner)
     popularity = Popularity.from_train(split.train, max(index.items()) + 1)
     # Side by side: each role's start-up is its own processes importing and building (DeepSpeed, the
