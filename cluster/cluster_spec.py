@@ -42,7 +42,9 @@ class LearnerCluster(Section):
     cpus_per_rank: float = Field(1, gt=0)
     resources: Resources = {}
     # A collective (gradient all-reduce, barrier, the group's rendezvous) not done this long raises on
-    # every rank waiting in it, so a hung or lost rank ends the group instead of stalling it.
+    # every rank waiting in it, so a hung or lost rank ends the group instead of stalling it. gloo does
+    # not always keep it (a peer frozen mid all-reduce), so the SFT driver also ends the run when a
+    # rank has not answered a health call for this long (sft.distributed).
     collective_timeout_s: float = Field(1800.0, gt=0)
 
 

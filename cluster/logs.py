@@ -27,12 +27,24 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(event, default=str)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is when a record comes, not as it was when the handler was made:
+    a test runner or notebook that swaps and closes it would otherwise get every later record."""
+
+    def __init__(self):
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+
 def setup_logging(level: str = "INFO", json_path: Path | None = None) -> None:
     root = logging.getLogger()
     root.setLevel(level)
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    console = logging.StreamHandler(sys.stderr)
+    console = _StderrHandler()
     console.setFormatter(_KeyValueFormatter())
     root.addHandler(console)
     if json_path is not None:

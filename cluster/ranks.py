@@ -86,11 +86,13 @@ def ensure_rank_env() -> tuple[int, int]:
 
 
 def start_rank_actors(actor_cls: type, world_size: int, cpus_per_rank: float, gpus_per_rank: float,
-                      role_group=None, args: tuple = (), timeout_s: float = START_TIMEOUT_S) -> tuple[list, str, int]:
+                      role_group=None, args: tuple = (), timeout_s: float = START_TIMEOUT_S,
+                      max_concurrency: int = 1) -> tuple[list, str, int]:
     """One Ray actor per rank, `actor_cls(*args, rank, world_size)`, rank r on bundle r of `role_group`
     when one is given; returns the actors and rank 0's rendezvous (`actor_cls` has a `rendezvous`
     method that calls this module's). Ranks whose rank 0 has not answered within `timeout_s` (not
-    placed, or stuck starting) are killed and GetTimeoutError raised."""
+    placed, or stuck starting) are killed and GetTimeoutError raised. `max_concurrency` > 1: a rank
+    answers other calls (a health check) while one runs."""
     import ray
     from ray.exceptions import GetTimeoutError
 
@@ -99,7 +101,8 @@ def start_rank_actors(actor_cls: type, world_size: int, cpus_per_rank: float, gp
     remote_cls = ray.remote(actor_cls)
     actors = []
     for rank in range(world_size):
-        options: dict[str, Any] = {"num_cpus": cpus_per_rank, "num_gpus": gpus_per_rank}
+        options: dict[str, Any] = {"num_cpus": cpus_per_rank, "num_gpus": gpus_per_rank,
+                                   "max_concurrency": max_concurrency}
         if role_group is not None:
             options["scheduling_strategy"] = role_group.strategy(rank)
         actors.append(remote_cls.options(**options).remote(*args, rank, world_size))

@@ -5,7 +5,9 @@ plan (see `Trainer._epoch_batches`); rank 0 writes the model and the metrics.
 A rank that fails ends the run at once: its peers would wait for it in their next collective (until
 `cluster.sft.collective_timeout_s`), and a rank hung for good would never answer at all, so the
 driver does not wait for every rank but stops them all at the first failure (SftRankFailed, exit 4;
-`--resume` goes on from the last complete epoch).
+`--resume` goes on from the last complete epoch). A rank that stops answering a health call for
+`collective_timeout_s` counts as failed too: gloo's timeout does not cover every wait (a peer
+frozen in the middle of a gradient all-reduce leaves the other waiting in it for good).
 """
 from __future__ import annotations
 
@@ -30,14 +32,34 @@ class SftRankFailed(Resumable):
     exit_code = 4
 
 
-def _all_or_first_failure(refs: list) -> list:
-    """Every rank's result, or SftRankFailed as soon as one rank fails, whatever the others are doing."""
+HEALTH_EVERY_S = 10.0  # how often the driver asks every rank to answer while none has finished
+
+
+def _check_answering(actors: list, hang_s: float) -> None:
+    """SftRankFailed naming the first rank that does not answer a health call within `hang_s`."""
+    import ray
+
+    calls = [a.alive.remote() for a in actors]
+    answered, _ = ray.wait(calls, num_returns=len(calls), timeout=hang_s)
+    silent = [rank for rank, call in enumerate(calls) if call not in answered]
+    if silent:
+        raise SftRankFailed(f"SFT rank {silent[0]} did not answer for {hang_s:.0f}s "
+                            "(cluster.sft.collective_timeout_s): hung; every rank was stopped; the last complete "
+                            "epoch checkpoint stands")
+
+
+def _all_or_first_failure(refs: list, actors: list, hang_s: float) -> list:
+    """Every rank's result, or SftRankFailed as soon as one rank fails or stops answering (`hang_s`),
+    whatever the others are doing."""
     import ray
     from ray.exceptions import RayActorError, RayTaskError
 
     pending = list(refs)
     while pending:
-        done, pending = ray.wait(pending, num_returns=1)
+        done, pending = ray.wait(pending, num_returns=1, timeout=HEALTH_EVERY_S)
+        if not done:
+            _check_answering(actors, hang_s)
+            continue
         try:
             ray.get(done)
         except (RayTaskError, RayActorError) as exc:  # what a rank raised, or its actor's death
@@ -53,6 +75,10 @@ class SftRank:
 
     def rendezvous(self) -> tuple[str, int]:
         return ranks.rendezvous()
+
+    def alive(self) -> bool:
+        """Answered beside `train` (two calls at a time): a frozen process answers nothing."""
+        return True
 
     def train(self, spec: JobSpec, reasoning: Sequence[ReasoningRecord], preferences: dict[int, str] | None,
               checkpoints: CheckpointManager, master_addr: str, master_port: int) -> str:
@@ -75,11 +101,12 @@ def train_on_ray(spec: JobSpec, reasoning: Sequence[ReasoningRecord], preference
     group = ranks_group(spec.name, "sft", spec.cluster.sft)
     actors: list = []
     try:
-        actors, addr, port = ranks.start_rank_actors(SftRank, c.num_ranks, c.cpus_per_rank, c.gpus_per_rank, group)
+        actors, addr, port = ranks.start_rank_actors(SftRank, c.num_ranks, c.cpus_per_rank, c.gpus_per_rank, group,
+                                                     max_concurrency=2)
         log.info("sft ranks started", extra=fields(ranks=c.num_ranks, cpus_per_rank=c.cpus_per_rank,
                                                     gpus_per_rank=c.gpus_per_rank))
         paths = _all_or_first_failure([a.train.remote(spec, list(reasoning), preferences, checkpoints, addr, port)
-                                       for a in actors])
+                                       for a in actors], actors, c.collective_timeout_s)
     finally:
         for actor in actors:
             ray.kill(actor)

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 
 import torch
 
+from cluster.deepspeed_group import join_deepspeed_group
 from cluster.device import Placement
 from cluster.errors import GreamError
-from cluster.ranks import ensure_rank_env, join_group
+from cluster.ranks import ensure_rank_env
 from cluster.spec import LoraSpec, SftSpec
 
 
@@ -23,12 +23,9 @@ MIN_LR_RATIO = 0.1
 def init_distributed(placement: Placement, timeout_s: float) -> tuple[int, int]:
     """Join the launcher's group (Ray actors of sft.distributed, torchrun) or a one-rank group of our own;
     `timeout_s`: cluster.sft.collective_timeout_s."""
-    import deepspeed
-
     own_port = "RANK" not in os.environ
     rank, world = ensure_rank_env()
-    join_group(lambda: deepspeed.init_distributed(dist_backend=placement.dist_backend,
-                                                  timeout=timedelta(seconds=timeout_s)), own_port)
+    join_deepspeed_group(placement, timeout_s, own_port)
     return rank, world
 
 

@@ -5,7 +5,6 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from cluster.comm_op import prebuild_comm_op
 from cluster.spec import JobSpec
 from indexing.dataset import load_from_spec
 from sft.distill import check_distill
@@ -33,7 +32,6 @@ def run(spec: JobSpec, reasoning: Sequence[ReasoningRecord] | None = None, prefe
     # The folder is rank 0's alone (a launcher's other ranks get theirs from it).
     ckpts = open_checkpoints(spec, resume, force) if int(os.environ.get("RANK", "0")) == 0 else None
     try:
-        prebuild_comm_op(spec.cluster.device)  # before any rank: cluster/comm_op.py says why
         if spec.cluster.sft.num_ranks > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
             from sft.distributed import train_on_ray
 

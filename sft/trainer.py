@@ -114,7 +114,6 @@ class Trainer:
         """`checkpoints`: rank 0's, opened by the stage (fresh or --resume); without it rank 0 opens a fresh run."""
         self.spec, self.checkpoints = spec, checkpoints
         self.placement = resolve(spec.cluster.device)
-        os.environ.setdefault("DS_ACCELERATOR", self.placement.ds_accelerator)
         self.rank, self.world = init_distributed(self.placement, spec.cluster.sft.collective_timeout_s)
         self.device = self.placement.torch_device(int(os.environ.get("LOCAL_RANK", 0)))
         # Weights stored in bf16/fp16 (model.dtype) train in that precision already.

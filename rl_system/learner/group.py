@@ -7,7 +7,6 @@ from typing import Any, Sequence
 import torch
 
 from cluster import ranks
-from cluster.comm_op import prebuild_comm_op
 from cluster.spec import JobSpec
 from rl_system.learner.config import LearnerConfig
 from rl_system.learner.rank import Learner
@@ -31,9 +30,6 @@ class LearnerGroup:
 
     @classmethod
     def from_spec(cls, spec: JobSpec, model_path: str | Path, role_group=None) -> "LearnerGroup":
-        # Here, in the learner's own start (beside the rollout and reward starts), before its ranks:
-        # cluster/comm_op.py says why.
-        prebuild_comm_op(spec.cluster.device)
         c = spec.cluster.learner
         return cls(LearnerConfig.from_spec(spec, model_path), c.num_ranks, role_group, c.cpus_per_rank, c.gpus_per_rank,
                    c.call_timeout_s)

@@ -16,7 +16,6 @@ import gc
 import logging
 import os
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -24,6 +23,7 @@ import torch
 
 from cluster import device as device_mod
 from cluster import ranks
+from cluster.deepspeed_group import join_deepspeed_group
 from cluster.logs import fields
 from rl_system import losses
 from rl_system.learner.batching import Packed, completion_logits, micro_batches, pack
@@ -77,15 +77,12 @@ class Learner:
     def setup(self, master_addr: str = "127.0.0.1", master_port: int | None = None) -> None:
         """Join the DeepSpeed group (collective: all ranks at once) and build policy and reference."""
         config, rank, world_size = self.config, self.rank, self.world_size
-        os.environ.setdefault("DS_ACCELERATOR", self.placement.ds_accelerator)
         ranks.set_rank_env(rank, world_size, master_addr, master_port or ranks.free_port())
+        join_deepspeed_group(self.placement, config.collective_timeout_s, own_port=master_port is None)
         import deepspeed
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.integrations import HfDeepSpeedConfig
 
-        ranks.join_group(lambda: deepspeed.init_distributed(
-            dist_backend=self.placement.dist_backend, verbose=False,
-            timeout=timedelta(seconds=config.collective_timeout_s)), own_port=master_port is None)
         torch.manual_seed(config.seed)
         self.device = self.placement.torch_device()
         dtype = torch.bfloat16 if self.placement.is_gpu else torch.float32
