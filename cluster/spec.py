@@ -99,6 +99,9 @@ class SftSpec(_Section):
         "seqrec", "item2index", "index2item", "fusion_title", "fusion_sid"]
     # ce: each token's softmax over the vocabulary; trie_ce: a SID token's over the codes the trie allows after its prefix
     loss: Literal["ce", "trie_ce"] = "ce"
+    # tau of the popularity logit adjustment (sft/logit_adjust.py): SID tokens train on logits + tau log
+    # prior (their codes' share of the training interactions), decoding reads them without it. 0 = off.
+    logit_adjust: float = Field(0.0, ge=0)
     prefix_loss: PrefixLossSpec = PrefixLossSpec()
     distill: DistillSpec = DistillSpec()  # offline distillation from a SASRec (cluster/sft_loss_spec.py)
     curriculum: Literal["gream", "uniform", "sequential"] = "gream"
@@ -117,6 +120,9 @@ class SftSpec(_Section):
         if self.answer_prefixes and not self.history_loss:
             raise ValueError("answer_prefixes adds to the covering windows of history_loss; "
                              "set history_loss: true or answer_prefixes: 0")
+        if self.logit_adjust and self.loss != "trie_ce":
+            raise ValueError(f"logit_adjust {self.logit_adjust} adjusts the trie-masked SID softmax; set loss: trie_ce "
+                             "or logit_adjust: 0")
         if self.weight_average and self.zero_stage == 3:
             raise ValueError("weight_average needs the full weights on every rank; use zero_stage <= 2")
         return self

@@ -47,6 +47,7 @@ from cluster.device import autocast
 from cluster.spec import SftSpec
 from indexing.trie import Cols, SidTrie
 from sft.hf_beam import head_split
+from sft.logit_adjust import code_bias
 from sft.tasks import IGNORE_INDEX
 
 
@@ -116,15 +117,17 @@ def head_view(model, inputs: dict, positions: torch.Tensor, device: torch.device
     return HeadView(hidden=hidden, head=split[1], device_type=device.type, amp_dtype=amp_dtype)
 
 
-def sft_objective(sft: SftSpec, trie: SidTrie, distill: Distill | None = None) -> Objective | None:
-    """The batch loss `sft.loss`, `sft.prefix_loss` and `distill` (distill_tables) ask for; None for
-    plain cross-entropy."""
+def sft_objective(sft: SftSpec, trie: SidTrie, distill: Distill | None = None,
+                  log_mass: torch.Tensor | None = None) -> Objective | None:
+    """The batch loss `sft.loss`, `sft.prefix_loss`, `distill` (distill_tables) and `sft.logit_adjust`
+    (over `log_mass`, sft/logit_adjust.py) ask for; None for plain cross-entropy."""
     p = sft.prefix_loss
     if sft.loss == "ce" and p.kind == "none" and distill is None:
         return None
     prefix = None if p.kind == "none" else PrefixLoss(p.kind, p.weight, p.negatives, p.temperature)
+    bias = code_bias(trie, sft.logit_adjust * log_mass) if sft.logit_adjust and log_mass is not None else None
     return partial(sid_token_loss, trie, token_levels(trie), masked=sft.loss == "trie_ce", prefix=prefix,
-                   distill=distill)
+                   distill=distill, bias=bias)
 
 
 def distill_tables(trie: SidTrie, sids: torch.Tensor, alpha: float) -> Distill:
@@ -224,9 +227,10 @@ class Block(NamedTuple):
 
 
 def level_blocks(trie: SidTrie, view: HeadView, flat: torch.Tensor, level: torch.Tensor, states: torch.Tensor,
-                 tokens: torch.Tensor) -> list[Block | None]:
+                 tokens: torch.Tensor, bias: list[torch.Tensor] | None = None) -> list[Block | None]:
     """Per level, the constrained log-probs of the SID targets at flat positions `flat` (levels
-    `level`, prefix `states`, ids `tokens`); None for a level without targets."""
+    `level`, prefix `states`, ids `tokens`); None for a level without targets. `bias`: added to the
+    logits, per depth [its nodes, its codes] (sft/logit_adjust.py code_bias)."""
     blocks = []
     for depth in range(trie.depth):
         rows = (level == depth).nonzero()[:, 0]
@@ -235,24 +239,28 @@ def level_blocks(trie: SidTrie, view: HeadView, flat: torch.Tensor, level: torch
             continue
         (_, cols, bits), = trie.groups(states[rows])  # one depth, so one block of columns
         ids = torch.arange(cols.start, cols.stop, device=tokens.device) if isinstance(cols, slice) else cols
-        logp = torch.log_softmax(view.rows(flat[rows], cols).masked_fill(~bits, float("-inf")), dim=-1)
+        logits = view.rows(flat[rows], cols)
+        if bias is not None:
+            logits = logits + bias[depth][states[rows] - trie.level_start[depth]]
+        logp = torch.log_softmax(logits.masked_fill(~bits, float("-inf")), dim=-1)
         blocks.append(Block(rows, logp, torch.searchsorted(ids, tokens[rows])))
     return blocks
 
 
 def sid_token_loss(trie: SidTrie, levels: torch.Tensor, view: HeadView, targets: torch.Tensor,
                    masked: bool, prefix: PrefixLoss | None = None, distill: Distill | None = None,
-                   teacher: TeacherTargets | None = None) -> torch.Tensor:
+                   teacher: TeacherTargets | None = None, bias: list[torch.Tensor] | None = None) -> torch.Tensor:
     """Mean negative log-likelihood of the supervised targets ([B, P], IGNORE_INDEX where unsupervised),
     SID tokens trie-masked when `masked`, plus the prefix loss; with `distill` and the batch's
-    `teacher`, its distilled SID targets' loss is the cross-entropy against the mixed target."""
+    `teacher`, its distilled SID targets' loss is the cross-entropy against the mixed target; with
+    `bias` (masked only), the SID tokens' logits are popularity-adjusted (sft/logit_adjust.py)."""
     flat_targets = targets.reshape(-1)
     supervised = flat_targets != IGNORE_INDEX
     level, states = sid_paths(trie, sid_levels(levels, targets), targets.clamp(min=0))
     sid = level.reshape(-1) >= 0
     flat = sid.nonzero()[:, 0]
     sid_level = level.reshape(-1)[flat]
-    blocks = (level_blocks(trie, view, flat, sid_level, states, flat_targets[flat])
+    blocks = (level_blocks(trie, view, flat, sid_level, states, flat_targets[flat], bias if masked else None)
               if masked or prefix is not None else [])
     present = [b for b in blocks if b is not None]
     sid_logp = (torch.cat([b.logp.gather(1, b.col[:, None])[:, 0] for b in present])[torch.argsort(torch.cat(

@@ -36,6 +36,7 @@ from cluster.metrics_log import MetricsLog
 from cluster.run_layout import MODEL_DIR
 from cluster.spec import JobSpec
 from indexing.dataset import load_from_spec, reserve_latest, split_from_spec
+from indexing.segments import Popularity
 from indexing.sid import SidIndex, read_vocab
 from indexing.trie import SidTrie
 from sft.backbone import REASONING_TOKENS, add_sid_tokens, resolve_backbone
@@ -45,6 +46,7 @@ from sft.distill import Distiller
 from sft.engine_setup import SftError, apply_lora, deepspeed_config, freeze_all_but_rows, init_distributed
 from sft.epoch_checkpoints import EpochCheckpoints, open_checkpoints
 from sft.hf_folder import load_backbone, save_backbone, torch_dtype
+from sft.logit_adjust import log_mass
 from sft.metrics import selection_metric
 from sft.related import related_table
 from sft.selection import BestWeights
@@ -146,11 +148,21 @@ class Trainer:
         trie = SidTrie.from_index(index, tok.get_vocab(), model.config.vocab_size, [tok.eos_token_id], self.device)
         self.distiller = (Distiller(spec, ds.num_items, index, self.token_ids, trie, self.device)
                           if spec.sft.distill.path is not None else None)
-        self.objective = sft_objective(spec.sft, trie, None if self.distiller is None else self.distiller.tables)
+        self.objective = sft_objective(spec.sft, trie, None if self.distiller is None else self.distiller.tables,
+                                       self._log_mass(trie, index, split.train, ds.num_items))
         self.validator = (Validator(tok, index, validation_sample(split.valid, spec.sft.eval_users), spec.eval.ks,
                                     model.config.vocab_size, related) if spec.sft.eval_every else None)
         log.info("sft data", extra=fields(align=len(self.align), reason=len(self.reason), new_tokens=len(self.new_rows),
                                           vocab=len(tok)))
+
+    def _log_mass(self, trie: SidTrie, index: SidIndex, train, num_items: int) -> torch.Tensor | None:
+        """The trie's log add-one training interactions per node, when sft.logit_adjust asks for them."""
+        if not self.spec.sft.logit_adjust:
+            return None
+        items = index.items()
+        sids = torch.tensor([[self.token_ids[t] for t in index.tokens(i)] for i in items])
+        counts = Popularity.from_train(train, num_items).counts
+        return log_mass(trie, sids, torch.as_tensor(counts[items]))
 
     def _engine(self, model, params, total_steps: int, lr: float, weight_decay: float, zero_stage: int):
         import deepspeed

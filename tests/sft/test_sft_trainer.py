@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from indexing.build import run as build_index
 from indexing.sid import SidIndex
 from sft.batches import collate, token_loss
 from sft.hf_folder import load_backbone
+from sft.sid_losses import sft_objective
 from sft.stage import run
 from sft.trainer import Trainer, add_dropout
 
@@ -168,6 +170,38 @@ def test_trie_masked_and_prefix_objectives_on_real_batches(run_dir, tmp_path):
     assert float(masked_only(HeadView(logits), batch.targets[:, positions])) == pytest.approx(masked, rel=1e-5)
     model, _ = load_backbone(trainer.train())
     assert losses(model)[2] < with_prefix - 0.3
+
+
+def test_logit_adjustment_on_office_is_the_item_prior_split_over_levels(run_dir, tmp_path):
+    """With sft.logit_adjust, the additions along each item's SID sum to tau log(1 + its training
+    interactions) less tau log of all add-one interactions: the prior the popularity re-ranking
+    subtracts after decoding."""
+    from indexing.dataset import load_from_spec, split_from_spec
+    from indexing.segments import Popularity
+
+    shutil.copytree(run_dir / "index", tmp_path / "index")
+    spec = make_spec(tmp_path, loss="trie_ce", logit_adjust=0.5)
+    trainer = Trainer(spec)
+    trie, bias = trainer.objective.args[0], trainer.objective.keywords["bias"]
+    index = SidIndex.load(tmp_path / "index/Office.index.json")
+    items = index.items()
+    sids = torch.tensor([[trainer.token_ids[t] for t in index.tokens(i)] for i in items])
+    # Each level's addition, read off the tables at the item's own prefix node and code, summed.
+    added = torch.zeros(len(items))
+    for d in range(trie.depth):
+        nodes = trie.states_for_prefixes(sids, torch.full((len(items),), d)) - trie.level_start[d]
+        added += bias[d][nodes, torch.searchsorted(trie.columns[d], sids[:, d])]
+    counts = Popularity.from_train(split_from_spec(spec).train, load_from_spec(spec).num_items).counts[items]
+    total = float((torch.as_tensor(counts) + 1).sum())
+    expected = 0.5 * (torch.log1p(torch.as_tensor(counts, dtype=torch.float32)) - math.log(total))
+    assert torch.allclose(added, expected, atol=1e-4) and len(set(counts.tolist())) > 3
+    batch = collate([e for e in trainer.align if e.task == "seqrec"][:8], trainer.tok.pad_token_id)
+    plain = sft_objective(spec.sft.model_copy(update={"logit_adjust": 0.0}), trie)
+    with torch.no_grad():
+        cpu = torch.device("cpu")
+        adjusted, unadjusted = (float(token_loss(trainer.model.eval(), batch, cpu, objective=o))
+                                for o in (trainer.objective, plain))
+    assert math.isfinite(adjusted) and adjusted != pytest.approx(unadjusted)
 
 
 def test_bfloat16_autocast_changes_the_matmuls_not_the_loss(run_dir):

@@ -223,3 +223,27 @@ def test_a_bad_objective_setting_exits_2_naming_its_key(setting, key, capsys):
 
     assert main(["config", "show", "configs/demo.yaml", "--set", setting]) == 2
     assert f"key '{key}'" in capsys.readouterr().err
+
+
+def test_logit_adjustment_trains_on_logits_plus_the_log_prior(trie):
+    from cluster.spec import SftSpec
+    from sft.logit_adjust import log_mass
+    from sft.sid_losses import sft_objective
+
+    # Training interactions 3, 0, 1, 5 of (1,3,6) (1,3,7) (1,4,8) (2,5,6): add-one masses 4, 1, 2, 6,
+    # so node 1 holds 7, node 2 6, (1,3) 5, (1,4) 2, the root 13.
+    sids = torch.tensor([[1, 3, 6], [1, 3, 7], [1, 4, 8], [2, 5, 6]])
+    mass = log_mass(trie, sids, torch.tensor([3, 0, 1, 5])).exp()
+    at = {p: float(mass[trie.states_for_prefixes(torch.tensor([list(p) + [0] * (3 - len(p))]),
+                                                   torch.tensor([len(p)]))[0]]) for p in
+          [(), (1,), (2,), (1, 3), (1, 4), (1, 3, 6), (1, 3, 7)]}
+    assert at == pytest.approx({(): 13, (1,): 7, (2,): 6, (1, 3): 5, (1, 4): 2, (1, 3, 6): 4, (1, 3, 7): 1})
+    # tau 1: the constrained weights of (1,3,6) become 3x7 : 1x6 -> p(1) = 7/9; 1x5 : 3x2 -> p(3) = 5/11;
+    # 1x4 : 1x1 -> p(6) = 4/5; the end of turn keeps its full softmax.
+    logits, targets = batch()
+    objective = sft_objective(SftSpec(loss="trie_ce", logit_adjust=1.0), trie, None, log_mass(
+        trie, sids, torch.tensor([3, 0, 1, 5])))
+    expected = (LN(9 / 7) + LN(11 / 5) + LN(5 / 4) + LN(14 / 5)) / 4
+    assert float(objective(logits, targets)) == pytest.approx(expected)
+    with pytest.raises(ValueError, match="logit_adjust 0.5 adjusts the trie-masked SID softmax; set loss: trie_ce"):
+        SftSpec(logit_adjust=0.5)
