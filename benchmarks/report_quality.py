@@ -21,6 +21,7 @@ class Catalogue:
     beam: str = ""  # the record of the beam width chosen for its SFT model (benchmarks/beam_width.py), if any
     popularity: str = ""  # the record of its popularity correction's weight (benchmarks/popularity_rerank.py), if any
     distill: str = ""  # a valid-only quality record of two distillation weights (benchmarks/quality.py --splits valid)
+    logit_adjust: str = ""  # a valid-only quality record of sft.logit_adjust against none (the same script)
 
 
 OFFICE = Catalogue(
@@ -42,8 +43,9 @@ INSTRUMENTS = Catalogue(
     "(`gream index`, `gream sft` with `sft.seed` = K), distilled from SASRec seed 0, three runs at a time on one "
     "thread each, then `gream eval` with `--set eval.max_users=null`. Its beam width was chosen on the seeds of the "
     "earlier 12-epoch schedule (the widths above). The alpha 0.8 seeds: the same runs with `--set "
-    "sft.distill.alpha=0.8`, evaluated alike.",
-    "beam_width_instruments", "popularity_rerank_instruments", "distill_alpha_instruments")
+    "sft.distill.alpha=0.8`, evaluated alike. The logit adjustment screen: seed 0 with `--set "
+    "sft.logit_adjust=0.5`, evaluated with `--set eval.rerank.weight=0`.",
+    "beam_width_instruments", "popularity_rerank_instruments", "distill_alpha_instruments", "logit_adjust_instruments")
 
 BEAUTY = Catalogue(
     "Beauty",
@@ -108,14 +110,15 @@ def tau_choice(cat: Catalogue, rec: dict) -> str:
             f"{taus}; chosen {f['chosen']:g} ({measured(rec)})")
 
 
-def alpha_choice(cat: Catalogue, rec: dict) -> str:
-    """A catalogue's valid-only comparison of two distillation weights in a sentence's words: the left
-    one is taken when it loses nothing on every user and gains on the tail."""
+def setting_choice(cat: Catalogue, rec: dict) -> str:
+    """A catalogue's valid-only comparison of two settings in a sentence's words: the left one is
+    taken when it loses nothing on every user and gains on the tail."""
     f, iv = rec["figures"], rec["intervals"]
     left, right = f["names"]
     every, tail = iv["pooled"]["valid"]["metrics"]["ndcg@10"], iv["segments"]["tail"]["valid"]["metrics"]["ndcg@10"]
     chosen = left if verdict(every) != "lower" and verdict(tail) == "higher" else right
-    return (f"{cat.name} ({iv['pooled']['valid']['users']:,} users, {len(iv['pairs'])} seeds each) {left} - {right}: "
+    seeds = len(iv["pairs"])
+    return (f"{cat.name} ({iv['pooled']['valid']['users']:,} users, {seeds} seed{'s' * (seeds > 1)} each) {left} - {right}: "
             f"{interval(every)} / {interval(tail)}, medians {f['medians'][f'{left} med']['valid ndcg@10']:.4f} against "
             f"{f['medians'][f'{right} med']['valid ndcg@10']:.4f}; chosen {chosen} ({measured(rec)})")
 
@@ -131,7 +134,10 @@ CHOICES = (
      tau_choice),
     ("distill", "Distillation weight (`sft.distill.alpha`, `benchmarks/quality.py --splits valid`), chosen on every "
                 "validation user: valid NDCG@10, every user / tail; the larger weight is taken when it loses nothing "
-                "on every user and gains on the tail. ", alpha_choice),
+                "on every user and gains on the tail. ", setting_choice),
+    ("logit_adjust", "Popularity logit adjustment in training (`sft.logit_adjust`, `benchmarks/quality.py --splits "
+                     "valid`), screened on every validation user against the recipe with its popularity correction: "
+                     "valid NDCG@10, every user / tail; taken on the same rule. ", setting_choice),
 )
 
 
@@ -178,5 +184,6 @@ def body(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> str:
 CATALOGUES = (OFFICE, INSTRUMENTS, BEAUTY)
 QUALITY_SECTIONS = [Section("SFT quality against the tuned SASRec: Office, Instruments and Beauty", "quality_triece",
                             partial(rows, CATALOGUES), partial(body, CATALOGUES),
-                            uses=tuple(n for cat in CATALOGUES for n in (*cat.records, cat.beam, cat.popularity, cat.distill)
+                            uses=tuple(n for cat in CATALOGUES for n in (*cat.records, cat.beam, cat.popularity, cat.distill,
+                                                                  cat.logit_adjust)
                                        if n and n != "quality_triece"))]
