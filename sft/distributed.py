@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 
 class SftRankFailed(Resumable):
-    """An SFT rank failed (or timed out in a collective, waiting for a hung one); every rank was stopped."""
+    """An SFT rank failed (or timed out in a collective, waiting for a hung one), or left the driver's
+    health call unanswered; every rank was stopped."""
 
     exit_code = 4
 
