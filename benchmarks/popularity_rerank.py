@@ -35,6 +35,49 @@ def choose(intervals: dict[float, dict[str, dict]], tail_means: dict[float, floa
     return max(sorted(held), key=lambda t: (tail_means[t], -t))
 
 
+def sweep(spec: Path, runs: Sequence[Path], width: int, weights: Sequence[float], sets: Sequence[str],
+          scorer) -> tuple[dict, dict[float, dict[str, dict]], dict[float, float]]:
+    """Every run's beam of `width` on every validation user re-scored at each weight, policy log p +
+    w x scorer(beam) ([U, W] log-probabilities of the candidates); per user, NDCG@10 averaged over
+    the runs. Returns the figures, each weight's paired interval against weight 0 on every user and
+    on the tail, and each weight's mean NDCG@10 on every user and on the tail."""
+    from benchmarks.teacher_gate import beam
+    from gream.paired import paired_bootstrap
+    from indexing.segments import segment_masks
+    from rl_system.rerank import rerank
+    from sft.metrics import metrics_from_ranks, per_example_metrics
+
+    weights = sorted(set(weights) | {0.0})
+    ndcg: dict[float, list[np.ndarray]] = {w: [] for w in weights}  # weight -> per run, [U] NDCG@10
+    figures: dict = {"width": width, "runs": [str(r) for r in runs], "taus": {}}
+    for run in runs:
+        b = beam(spec, run, "valid", width, tuple(sets))
+        targets = np.array([ex.target for ex in b.examples])
+        scores = scorer(b)
+        for w in weights:
+            ranks = rerank(b.items, b.logp, scores, targets, w)  # past 10: a miss at every k of KS
+            ndcg[w].append(per_example_metrics(ranks, KS)["ndcg@10"])
+            figures["taus"].setdefault(str(w), {"runs": []})["runs"].append(metrics_from_ranks(ranks, KS))
+    users = np.array([ex.user for ex in b.examples])
+    masks = {"all": np.ones(len(users), dtype=bool), "tail": segment_masks(b.examples, b.train)["tail"]}
+    mean = {w: np.mean(v, 0) for w, v in ndcg.items()}
+    intervals: dict[float, dict[str, dict]] = {}
+    for w in weights:
+        f = figures["taus"][str(w)]
+        intervals[w] = {}
+        for seg in SEGMENTS:
+            m = masks[seg]
+            i = paired_bootstrap(mean[w][m] - mean[0.0][m], users[m])[0]
+            intervals[w][seg] = {"diff": i.diff, "low": i.low, "high": i.high}
+            f[f"{seg} mean_ndcg@10"] = float(mean[w][m].mean())
+        print(f"weight {w:g}: valid NDCG@10 {f['all mean_ndcg@10']:.4f}, tail {f['tail mean_ndcg@10']:.4f}; - weight 0: "
+              + ", ".join(f"{seg} {intervals[w][seg]['diff']:+.4f} [{intervals[w][seg]['low']:+.4f}, "
+                          f"{intervals[w][seg]['high']:+.4f}]" for seg in SEGMENTS), flush=True)
+    figures["users"], figures["tail_users"] = int(len(users)), int(masks["tail"].sum())
+    return figures, intervals, {f"{seg} {w}": figures["taus"][str(w)][f"{seg} mean_ndcg@10"]
+                                for w in weights for seg in SEGMENTS}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--spec", type=Path, default=REPO / "configs/demo.yaml")
@@ -47,41 +90,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.width < max(KS) or min(args.taus) < 0:
         raise SystemExit(f"--width must be >= {max(KS)} and --taus >= 0, got {args.width} and {min(args.taus)}")
 
-    from benchmarks.teacher_gate import beam
-    from gream.paired import paired_bootstrap
-    from indexing.segments import Popularity, segment_masks
-    from rl_system.rerank import PopularityPrior, rerank
-    from sft.metrics import metrics_from_ranks, per_example_metrics
+    from indexing.segments import Popularity
+    from rl_system.rerank import PopularityPrior
 
-    taus = sorted(set(args.taus) | {0.0})
-    ndcg: dict[float, list[np.ndarray]] = {t: [] for t in taus}  # tau -> per run, [U] NDCG@10
-    figures: dict = {"width": args.width, "runs": [str(r) for r in args.runs], "taus": {}}
-    for run in args.runs:
-        b = beam(args.spec, run, "valid", args.width, tuple(args.sets))
-        targets = np.array([ex.target for ex in b.examples])
-        prior = PopularityPrior(Popularity.from_train(b.train, b.dataset.num_items + 1).counts).candidate_logp(None, b.items)
-        for tau in taus:
-            ranks = rerank(b.items, b.logp, prior, targets, tau)  # past 10: a miss at every k of KS
-            ndcg[tau].append(per_example_metrics(ranks, KS)["ndcg@10"])
-            figures["taus"].setdefault(str(tau), {"runs": []})["runs"].append(metrics_from_ranks(ranks, KS))
-    users = np.array([ex.user for ex in b.examples])
-    masks = {"all": np.ones(len(users), dtype=bool), "tail": segment_masks(b.examples, b.train)["tail"]}
-    mean = {t: np.mean(v, 0) for t, v in ndcg.items()}
-    intervals: dict[float, dict[str, dict]] = {}
-    for tau in taus:
-        f = figures["taus"][str(tau)]
-        intervals[tau] = {}
-        for seg in SEGMENTS:
-            m = masks[seg]
-            i = paired_bootstrap(mean[tau][m] - mean[0.0][m], users[m])[0]
-            intervals[tau][seg] = {"diff": i.diff, "low": i.low, "high": i.high}
-            f[f"{seg} mean_ndcg@10"] = float(mean[tau][m].mean())
-        print(f"tau {tau:g}: valid NDCG@10 {f['all mean_ndcg@10']:.4f}, tail {f['tail mean_ndcg@10']:.4f}; - tau 0: "
-              + ", ".join(f"{seg} {intervals[tau][seg]['diff']:+.4f} [{intervals[tau][seg]['low']:+.4f}, "
-                          f"{intervals[tau][seg]['high']:+.4f}]" for seg in SEGMENTS), flush=True)
-    figures["chosen"] = choose(intervals, {t: figures["taus"][str(t)]["tail mean_ndcg@10"] for t in taus})
-    figures["users"], figures["tail_users"] = int(len(users)), int(masks["tail"].sum())
-    print(f"chosen tau {figures['chosen']:g} ({len(users)} validation users, {len(args.runs)} runs)")
+    def prior(b) -> np.ndarray:
+        return PopularityPrior(Popularity.from_train(b.train, b.dataset.num_items + 1).counts).candidate_logp(None, b.items)
+
+    figures, intervals, means = sweep(args.spec, args.runs, args.width, args.taus, args.sets, prior)
+    figures["chosen"] = choose(intervals, {t: means[f"tail {t}"] for t in intervals})
+    print(f"chosen tau {figures['chosen']:g} ({figures['users']} validation users, {len(args.runs)} runs)")
     record(args.name, figures, intervals={f"tau {t:g} - tau 0, {seg}": i[seg] for t, i in intervals.items() for seg in SEGMENTS},
            script=__file__, argv=argv, model=args.runs[0] / "sft/model", data=spec_data(args.spec, args.sets),
            settings={"split": "valid", "threads": torch_threads()})

@@ -22,6 +22,7 @@ class Catalogue:
     popularity: str = ""  # the record of its popularity correction's weight (benchmarks/popularity_rerank.py), if any
     distill: str = ""  # a valid-only quality record of two distillation weights (benchmarks/quality.py --splits valid)
     logit_adjust: str = ""  # a valid-only quality record of sft.logit_adjust against none (the same script)
+    teacher: str = ""  # the record of its teacher re-rank's weight (benchmarks/teacher_weight.py), if any
 
 
 OFFICE = Catalogue(
@@ -36,16 +37,22 @@ INSTRUMENTS = Catalogue(
     "Instruments",
     {"quality_instruments": "the demo's SFT recipe on Instruments (`configs/instruments_letter.yaml`: LETTER's IDs, "
                             "20 epochs with the average validated on every validation user, the top 10 of a beam of "
-                            "50 re-scored by the popularity correction) against the SASRec it distils from"},
-    ("quality_instruments",),
+                            "50 re-scored by the popularity correction) against the SASRec it distils from",
+     "quality_instruments_teacher": "the same SFT models with their beam of 50 re-ranked by that SASRec (seed 0, "
+                                    "`eval.rerank` at the weight chosen on validation) instead of the popularity "
+                                    "correction, against the SASRec: a system with the SASRec inside, not the SFT "
+                                    "model alone"},
+    ("quality_instruments", "quality_instruments_teacher"),
     "SASRec seeds 0-2 with the settings of `configs/sasrec_office.json` (above the two trials of a 900 s `gream "
     "baseline sasrec --tune` on validation), every user reported (`--set eval.max_users=null`); SFT seeds 0-2 "
     "(`gream index`, `gream sft` with `sft.seed` = K), distilled from SASRec seed 0, three runs at a time on one "
     "thread each, then `gream eval` with `--set eval.max_users=null`. Its beam width was chosen on the seeds of the "
     "earlier 12-epoch schedule (the widths above). The alpha 0.8 seeds: the same runs with `--set "
     "sft.distill.alpha=0.8`, evaluated alike. The logit adjustment screen: seed 0 with `--set "
-    "sft.logit_adjust=0.5`, evaluated with `--set eval.rerank.weight=0`.",
-    "beam_width_instruments", "popularity_rerank_instruments", "distill_alpha_instruments", "logit_adjust_instruments")
+    "sft.logit_adjust=0.5`, evaluated with `--set eval.rerank.weight=0`. The teacher re-rank: the same SFT models, "
+    "`gream eval` with `--set eval.rerank.path=runs/instr/sasrec/seed0/baselines/sasrec --set eval.rerank.weight=1.0`.",
+    "beam_width_instruments", "popularity_rerank_instruments", "distill_alpha_instruments", "logit_adjust_instruments",
+    "teacher_weight_instruments")
 
 BEAUTY = Catalogue(
     "Beauty",
@@ -101,11 +108,12 @@ def width_choice(cat: Catalogue, rec: dict) -> str:
     return f"{cat.name} ({f['users']:,} users, {len(f['runs'])} seeds) {widths}; {diffs}; chosen {f['chosen']} ({measured(rec)})"
 
 
-def tau_choice(cat: Catalogue, rec: dict) -> str:
-    """A catalogue's popularity-correction record (benchmarks/popularity_rerank.py) in a sentence's words."""
+def weight_choice(word: str, cat: Catalogue, rec: dict) -> str:
+    """A catalogue's re-rank weight record (benchmarks/popularity_rerank.py: `word` tau;
+    benchmarks/teacher_weight.py: weight) in a sentence's words."""
     f, iv = rec["figures"], rec["intervals"]
-    taus = "; ".join(f"{t}: {interval(iv[f'tau {float(t):g} - tau 0, all'])} / "
-                     f"{interval(iv[f'tau {float(t):g} - tau 0, tail'])}" for t in f["taus"] if float(t))
+    taus = "; ".join(f"{t}: {interval(iv[f'{word} {float(t):g} - {word} 0, all'])} / "
+                     f"{interval(iv[f'{word} {float(t):g} - {word} 0, tail'])}" for t in f["taus"] if float(t))
     return (f"{cat.name} ({f['users']:,} users, {f['tail_users']:,} tail, {len(f['runs'])} seeds, beam of {f['width']}) "
             f"{taus}; chosen {f['chosen']:g} ({measured(rec)})")
 
@@ -131,7 +139,10 @@ CHOICES = (
     ("popularity", "Popularity correction (`eval.rerank.path: popularity`, `benchmarks/popularity_rerank.py`), "
                    "chosen on every validation user: valid NDCG@10 against tau 0 (the beam's own order), every user "
                    "/ tail, by weight tau; the choice is the best tail among the weights with no loss on every user. ",
-     tau_choice),
+     partial(weight_choice, "tau")),
+    ("teacher", "Teacher re-rank (`eval.rerank.path`: the SASRec the SFT model distils from, `benchmarks/teacher_weight.py`), "
+                "its weight chosen on every validation user: valid NDCG@10 against weight 0 (the beam's own order), every "
+                "user / tail, by weight; the choice is the highest on every user. ", partial(weight_choice, "weight")),
     ("distill", "Distillation weight (`sft.distill.alpha`, `benchmarks/quality.py --splits valid`), chosen on every "
                 "validation user: valid NDCG@10, every user / tail; the larger weight is taken when it loses nothing "
                 "on every user and gains on the tail. ", setting_choice),
@@ -185,5 +196,5 @@ CATALOGUES = (OFFICE, INSTRUMENTS, BEAUTY)
 QUALITY_SECTIONS = [Section("SFT quality against the tuned SASRec: Office, Instruments and Beauty", "quality_triece",
                             partial(rows, CATALOGUES), partial(body, CATALOGUES),
                             uses=tuple(n for cat in CATALOGUES for n in (*cat.records, cat.beam, cat.popularity, cat.distill,
-                                                                  cat.logit_adjust)
+                                                                  cat.logit_adjust, cat.teacher)
                                        if n and n != "quality_triece"))]
