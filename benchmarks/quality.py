@@ -62,12 +62,17 @@ def on_splits(stage: Stage, splits: Sequence[str]) -> Stage:
     return replace(stage, ranks=replace(stage.ranks, splits={name: stage.ranks.splits[name] for name in splits}))
 
 
-def per_user(stage: Stage, split: str) -> dict:
-    """Each user's Recall/NDCG@5/10 and beyond-accuracy values (those the ranks hold)."""
+def per_user(stage: Stage, split: str, ks: Sequence[int] = KS) -> dict:
+    """Each user's Recall/NDCG at `ks` and beyond-accuracy values (those the ranks hold)."""
     from sft.metrics import per_example_metrics
 
     s = stage.ranks.splits[split]
-    return {**per_example_metrics(s.ranks, KS), **s.lists}
+    return {**per_example_metrics(s.ranks, ks), **s.lists}
+
+
+def cutoffs(metrics: Sequence[str]) -> list[int]:
+    """The K of each "name@K" metric."""
+    return sorted({int(m.split("@")[1]) for m in metrics if "@" in m})
 
 
 def column(stage: Stage, splits: Sequence[str] = SPLITS) -> dict[str, float]:
@@ -80,7 +85,7 @@ def pooled(left: Sequence[Stage], right: Sequence[Stage], split: str, resamples:
     """left - right on per-user means over each model's seeds, users every run holds."""
     stages = [*left, *right]
     rows = align(*(s.ranks.splits[split].users for s in stages))
-    values = [per_user(s, split) for s in stages]
+    values = [per_user(s, split, cutoffs(metrics) or KS) for s in stages]
     mean = {m: [sum(values[i][m][rows[i]] for i in part) / len(part)
                 for part in (range(len(left)), range(len(left), len(stages)))] for m in metrics}
     out = {"users": len(rows[0]), "metrics": {}}
@@ -93,13 +98,14 @@ def pooled(left: Sequence[Stage], right: Sequence[Stage], split: str, resamples:
 
 
 def pooled_segments(left: Sequence[Stage], right: Sequence[Stage], resamples: int, seed: int,
-                    splits: Sequence[str] = SPLITS) -> dict:
+                    splits: Sequence[str] = SPLITS, metrics: Sequence[str] = METRICS) -> dict:
     """`pooled` within each long-tail segment that every run labels."""
     out = {}
     for segment in SEGMENTS:
         if all(labels(s, segment) for s in (*left, *right)):
             parts = [in_segment(s, segment) for s in (*left, *right)]
-            out[segment] = {split: pooled(parts[:len(left)], parts[len(left):], split, resamples, seed) for split in splits}
+            out[segment] = {split: pooled(parts[:len(left)], parts[len(left):], split, resamples, seed, metrics)
+                            for split in splits}
     return out
 
 

@@ -24,6 +24,7 @@ class Catalogue:
     logit_adjust: str = ""  # a valid-only quality record of sft.logit_adjust against none (the same script)
     teacher: str = ""  # the record of its teacher re-rank's weight (benchmarks/teacher_weight.py), if any
     size: str = ""  # a valid-only quality record of a smaller, cheaper SFT model against the recipe
+    coverage: str = ""  # the record of the targets each model's ranked list holds (benchmarks/beam_coverage.py)
 
 
 OFFICE = Catalogue(
@@ -56,7 +57,7 @@ INSTRUMENTS = Catalogue(
     "sft.logit_adjust=0.5`, evaluated with `--set eval.rerank.weight=0`. The teacher re-rank: the same SFT models, "
     "`gream eval` with `--set eval.rerank.path=runs/instr/sasrec/seed0/baselines/sasrec --set eval.rerank.weight=1.0`.",
     "beam_width_instruments", "popularity_rerank_instruments", "distill_alpha_instruments", "logit_adjust_instruments",
-    "teacher_weight_instruments")
+    "teacher_weight_instruments", coverage="beam_coverage_instruments")
 
 BEAUTY = Catalogue(
     "Beauty",
@@ -135,6 +136,18 @@ def setting_choice(cat: Catalogue, rec: dict) -> str:
             f"{f['medians'][f'{right} med']['valid ndcg@10']:.4f}; chosen {chosen} ({measured(rec)})")
 
 
+def coverage_note(cat: Catalogue, rec: dict) -> str:
+    """A catalogue's beam-coverage record (benchmarks/beam_coverage.py) in a sentence's words."""
+    f, iv = rec["figures"], rec["intervals"]
+    left, right = f["names"]
+    metric = f"recall@{f['depth']}"
+    split = next(iter(iv["all"]))
+    parts = "; ".join(f"{seg} {f['recall'][left][split][seg]:.4f} against {f['recall'][right][split][seg]:.4f}, "
+                      f"{interval(iv[seg][split]['metrics'][metric])}" for seg in ("all", "head", "tail") if seg in iv)
+    return (f"{cat.name} ({iv['all'][split]['users']:,} {split} users, {f['seeds'][0]} seeds each), {left} / {right}, "
+            f"Recall@{f['depth']}: {parts} ({measured(rec)})")
+
+
 # The choices made on validation: the Catalogue field naming each one's record, the lead of
 # its sentence, and how a record reads.
 CHOICES = (
@@ -156,6 +169,9 @@ CHOICES = (
     ("size", "A smaller model for the training time (64 wide, one layer of one head, batches of 128 at twice the "
              "learning rate: a quarter of the recipe's steps, each cheaper), screened on every validation user against "
              "the recipe: valid NDCG@10, every user / tail; taken on the same rule. ", setting_choice),
+    ("coverage", "Where the tail gap comes from (`benchmarks/beam_coverage.py`): the targets each model holds anywhere "
+                 "in its ranked list (the SFT model's beam, the SASRec's first as many items), out of reach of any "
+                 "re-ranking when missing; each model's mean over its seeds, then the difference [95%]. ", coverage_note),
 )
 
 
@@ -203,5 +219,6 @@ CATALOGUES = (OFFICE, INSTRUMENTS, BEAUTY)
 QUALITY_SECTIONS = [Section("SFT quality against the tuned SASRec: Office, Instruments and Beauty", "quality_triece",
                             partial(rows, CATALOGUES), partial(body, CATALOGUES),
                             uses=tuple(n for cat in CATALOGUES for n in (*cat.records, cat.beam, cat.popularity, cat.distill,
-                                                                  cat.logit_adjust, cat.teacher, cat.size)
+                                                                  cat.logit_adjust, cat.teacher, cat.size,
+                                                                  cat.coverage)
                                        if n and n != "quality_triece"))]
