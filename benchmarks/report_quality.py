@@ -3,7 +3,7 @@ records (benchmarks/quality.py), each one model's seeds against another's on eve
 splits, with pooled paired intervals overall and per long-tail segment, in one table."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 
 from benchmarks.report_md import Row, Section, interval, table, verdict
@@ -18,14 +18,9 @@ class Catalogue:
     records: dict[str, str]  # the quality records shown, in order, and what each comparison asks
     headline: tuple[str, ...]  # the records with rows in the summary table
     runs: str  # how the compared runs were made
-    beam: str = ""  # the record of the beam width chosen for its SFT model (benchmarks/beam_width.py), if any
-    popularity: str = ""  # the record of its popularity correction's weight (benchmarks/popularity_rerank.py), if any
-    distill: str = ""  # a valid-only quality record of two distillation weights (benchmarks/quality.py --splits valid)
-    logit_adjust: str = ""  # a valid-only quality record of sft.logit_adjust against none (the same script)
-    teacher: str = ""  # the record of its teacher re-rank's weight (benchmarks/teacher_weight.py), if any
-    size: str = ""  # a valid-only quality record of a smaller, cheaper SFT model against the recipe
-    coverage: str = ""  # the record of the targets each model's ranked list holds (benchmarks/beam_coverage.py)
-
+    # The records behind the choices made on validation and the diagnoses, by kind (CHOICES' first
+    # column: beam, popularity, teacher, distill, logit_adjust, size, coverage), those it has.
+    notes: dict[str, str] = field(default_factory=dict)
 
 OFFICE = Catalogue(
     "Office",
@@ -37,7 +32,7 @@ OFFICE = Catalogue(
     "model.hidden_size=64 --set model.num_heads=1 --set model.num_layers=1 --set sft.batch_size=128 --set "
     "sft.lr=4e-3` and of the recipe, each on one demo run's index and SASRec, three at a time on one thread each, "
     "then `gream eval` with `--set eval.max_users=null`.",
-    popularity="popularity_rerank_office", size="sft_small_office")
+    {"popularity": "popularity_rerank_office", "size": "sft_small_office"})
 INSTRUMENTS = Catalogue(
     "Instruments",
     {"quality_instruments": "the demo's SFT recipe on Instruments (`configs/instruments_letter.yaml`: LETTER's IDs, "
@@ -56,8 +51,9 @@ INSTRUMENTS = Catalogue(
     "sft.distill.alpha=0.8`, evaluated alike. The logit adjustment screen: seed 0 with `--set "
     "sft.logit_adjust=0.5`, evaluated with `--set eval.rerank.weight=0`. The teacher re-rank: the same SFT models, "
     "`gream eval` with `--set eval.rerank.path=runs/instr/sasrec/seed0/baselines/sasrec --set eval.rerank.weight=1.0`.",
-    "beam_width_instruments", "popularity_rerank_instruments", "distill_alpha_instruments", "logit_adjust_instruments",
-    "teacher_weight_instruments", coverage="beam_coverage_instruments")
+    {"beam": "beam_width_instruments", "popularity": "popularity_rerank_instruments",
+     "teacher": "teacher_weight_instruments", "distill": "distill_alpha_instruments",
+     "logit_adjust": "logit_adjust_instruments", "coverage": "beam_coverage_instruments"})
 
 BEAUTY = Catalogue(
     "Beauty",
@@ -68,7 +64,7 @@ BEAUTY = Catalogue(
     "two trials of a 900 s `gream baseline sasrec --tune` on validation); SFT seeds 0-2 (`gream index`, `gream sft` "
     "with `sft.seed` = K), distilled from SASRec seed 0, two or three runs at a time on one thread each, then "
     "evaluated by `benchmarks/sft_seeds.py --spec configs/beauty_letter.yaml --seeds 0 1 2 --set eval.max_users=null`.",
-    "beam_width_beauty", "popularity_rerank_beauty")
+    {"beam": "beam_width_beauty", "popularity": "popularity_rerank_beauty"})
 
 
 def standing(m: dict) -> str:
@@ -148,8 +144,8 @@ def coverage_note(cat: Catalogue, rec: dict) -> str:
             f"Recall@{f['depth']}: {parts} ({measured(rec)})")
 
 
-# The choices made on validation: the Catalogue field naming each one's record, the lead of
-# its sentence, and how a record reads.
+# The choices made on validation and the diagnoses, in the order they read: the kind (a key of
+# Catalogue.notes), the lead of its sentence, and how a record of it reads.
 CHOICES = (
     ("beam", "Beam width (`eval.beam_width`, `benchmarks/beam_width.py`), chosen per catalogue on every validation "
              "user; valid NDCG@10 averaged over the SFT seeds, by width: ", width_choice),
@@ -178,8 +174,8 @@ CHOICES = (
 def choice_notes(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> list[str]:
     """One paragraph on the choices on validation that every catalogue's records hold, then their commands."""
     texts, commands = [], []
-    for field, lead, describe in CHOICES:
-        shown = [(cat, r[getattr(cat, field)]) for cat in cats if getattr(cat, field) in r]
+    for kind, lead, describe in CHOICES:
+        shown = [(cat, r[cat.notes[kind]]) for cat in cats if cat.notes.get(kind) in r]
         if shown:
             texts.append(lead + "; ".join(describe(cat, rec) for cat, rec in shown) + ".")
             commands += [rec["command"] for _, rec in shown]
@@ -218,7 +214,5 @@ def body(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> str:
 CATALOGUES = (OFFICE, INSTRUMENTS, BEAUTY)
 QUALITY_SECTIONS = [Section("SFT quality against the tuned SASRec: Office, Instruments and Beauty", "quality_triece",
                             partial(rows, CATALOGUES), partial(body, CATALOGUES),
-                            uses=tuple(n for cat in CATALOGUES for n in (*cat.records, cat.beam, cat.popularity, cat.distill,
-                                                                  cat.logit_adjust, cat.teacher, cat.size,
-                                                                  cat.coverage)
-                                       if n and n != "quality_triece"))]
+                            uses=tuple(n for cat in CATALOGUES for n in (*cat.records, *cat.notes.values())
+                                       if n != "quality_triece"))]
