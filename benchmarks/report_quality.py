@@ -19,7 +19,7 @@ class Catalogue:
     headline: tuple[str, ...]  # the records with rows in the summary table
     runs: str  # how the compared runs were made
     # The records behind the choices made on validation and the diagnoses, by kind (CHOICES' first
-    # column: beam, popularity, teacher, distill, logit_adjust, size, coverage), those it has.
+    # column: beam, popularity, teacher, distill, logit_adjust, temperature, size, coverage), those it has.
     notes: dict[str, str] = field(default_factory=dict)
 
 OFFICE = Catalogue(
@@ -49,11 +49,13 @@ INSTRUMENTS = Catalogue(
     "thread each, then `gream eval` with `--set eval.max_users=null`. Its beam width was chosen on the seeds of the "
     "earlier 12-epoch schedule (the widths above). The alpha 0.8 seeds: the same runs with `--set "
     "sft.distill.alpha=0.8`, evaluated alike. The logit adjustment screen: seed 0 with `--set "
-    "sft.logit_adjust=0.5`, evaluated with `--set eval.rerank.weight=0`. The teacher re-rank: the same SFT models, "
+    "sft.logit_adjust=0.5`, evaluated with `--set eval.rerank.weight=0`. The temperature screen: seed 0 with `--set "
+    "sft.distill.temperature=2.0`, evaluated alike. The teacher re-rank: the same SFT models, "
     "`gream eval` with `--set eval.rerank.path=runs/instr/sasrec/seed0/baselines/sasrec --set eval.rerank.weight=1.0`.",
     {"beam": "beam_width_instruments", "popularity": "popularity_rerank_instruments",
      "teacher": "teacher_weight_instruments", "distill": "distill_alpha_instruments",
-     "logit_adjust": "logit_adjust_instruments", "coverage": "beam_coverage_instruments"})
+     "logit_adjust": "logit_adjust_instruments", "temperature": "distill_temperature_instruments",
+     "coverage": "beam_coverage_instruments"})
 
 BEAUTY = Catalogue(
     "Beauty",
@@ -162,6 +164,10 @@ CHOICES = (
     ("logit_adjust", "Popularity logit adjustment in training (`sft.logit_adjust`, `benchmarks/quality.py --splits "
                      "valid`), screened on every validation user against the recipe with its popularity correction: "
                      "valid NDCG@10, every user / tail; taken on the same rule. ", setting_choice),
+    ("temperature", "Teacher temperature (`sft.distill.temperature`, `benchmarks/quality.py --splits valid`): a softer "
+                    "teacher spreads its mass over more items, rarer ones among them; screened on every validation "
+                    "user against the recipe's 1: valid NDCG@10, every user / tail; taken on the same rule. ",
+     setting_choice),
     ("size", "A smaller model for the training time (64 wide, one layer of one head, batches of 128 at twice the "
              "learning rate: a quarter of the recipe's steps, each cheaper), screened on every validation user against "
              "the recipe: valid NDCG@10, every user / tail; taken on the same rule. ", setting_choice),
