@@ -36,11 +36,11 @@ def choose(intervals: dict[float, dict[str, dict]], tail_means: dict[float, floa
 
 
 def sweep(spec: Path, runs: Sequence[Path], width: int, weights: Sequence[float], sets: Sequence[str],
-          scorer) -> tuple[dict, dict[float, dict[str, dict]], dict[float, float]]:
+          scorer) -> tuple[dict, dict[float, dict[str, dict]]]:
     """Every run's beam of `width` on every validation user re-scored at each weight, policy log p +
     w x scorer(beam) ([U, W] log-probabilities of the candidates); per user, NDCG@10 averaged over
-    the runs. Returns the figures, each weight's paired interval against weight 0 on every user and
-    on the tail, and each weight's mean NDCG@10 on every user and on the tail."""
+    the runs. Returns the figures (each weight's mean NDCG@10 on every user and on the tail among
+    them) and each weight's paired interval against weight 0 on every user and on the tail."""
     from benchmarks.teacher_gate import beam
     from gream.paired import paired_bootstrap
     from indexing.segments import segment_masks
@@ -74,8 +74,12 @@ def sweep(spec: Path, runs: Sequence[Path], width: int, weights: Sequence[float]
               + ", ".join(f"{seg} {intervals[w][seg]['diff']:+.4f} [{intervals[w][seg]['low']:+.4f}, "
                           f"{intervals[w][seg]['high']:+.4f}]" for seg in SEGMENTS), flush=True)
     figures["users"], figures["tail_users"] = int(len(users)), int(masks["tail"].sum())
-    return figures, intervals, {f"{seg} {w}": figures["taus"][str(w)][f"{seg} mean_ndcg@10"]
-                                for w in weights for seg in SEGMENTS}
+    return figures, intervals
+
+
+def mean_ndcg(figures: dict, segment: str) -> dict[float, float]:
+    """Each weight's mean NDCG@10 on `segment` ("all" or "tail") from `sweep`'s figures."""
+    return {float(w): f[f"{segment} mean_ndcg@10"] for w, f in figures["taus"].items()}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -96,8 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def prior(b) -> np.ndarray:
         return PopularityPrior(Popularity.from_train(b.train, b.dataset.num_items + 1).counts).candidate_logp(None, b.items)
 
-    figures, intervals, means = sweep(args.spec, args.runs, args.width, args.taus, args.sets, prior)
-    figures["chosen"] = choose(intervals, {t: means[f"tail {t}"] for t in intervals})
+    figures, intervals = sweep(args.spec, args.runs, args.width, args.taus, args.sets, prior)
+    figures["chosen"] = choose(intervals, mean_ndcg(figures, "tail"))
     print(f"chosen tau {figures['chosen']:g} ({figures['users']} validation users, {len(args.runs)} runs)")
     record(args.name, figures, intervals={f"tau {t:g} - tau 0, {seg}": i[seg] for t, i in intervals.items() for seg in SEGMENTS},
            script=__file__, argv=argv, model=args.runs[0] / "sft/model", data=spec_data(args.spec, args.sets),

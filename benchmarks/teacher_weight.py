@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 from benchmarks.beam_width import KS, torch_threads  # noqa: E402
-from benchmarks.popularity_rerank import SEGMENTS, sweep  # noqa: E402
+from benchmarks.popularity_rerank import SEGMENTS, mean_ndcg, sweep  # noqa: E402
 from benchmarks.results import record, spec_data  # noqa: E402
 
 
@@ -44,17 +44,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.width < max(KS) or not all(0 <= w < float("inf") for w in args.weights):
         raise SystemExit(f"--width must be >= {max(KS)} and --weights finite and >= 0, got {args.width} and {args.weights}")
-    if not (args.teacher / "scorer.json").is_file():
-        raise SystemExit(f"--teacher {args.teacher}: no scorer.json (expected a `gream baseline sasrec` folder)")
 
+    from cluster.errors import BadRequest
+    from cluster.spec import load_spec
+    from indexing.dataset import load_from_spec
     from rl_system.reward.teacher import Teacher
 
-    def teacher(b) -> np.ndarray:
-        t = Teacher(args.teacher, b.dataset.num_items, b.dataset.name)
-        return t.candidate_logp([list(ex.history) for ex in b.examples], b.items)
+    ds = load_from_spec(load_spec(args.spec, args.sets))
+    try:  # refused before any beam: a folder that is no SASRec scorer of the runs' catalogue
+        teacher = Teacher(args.teacher, ds.num_items, ds.name)
+    except BadRequest as exc:
+        raise SystemExit(f"--teacher {args.teacher}: {exc}") from exc
 
-    figures, intervals, means = sweep(args.spec, args.runs, args.width, args.weights, args.sets, teacher)
-    figures["chosen"] = choose({w: means[f"all {w}"] for w in intervals})
+    def scores(b) -> np.ndarray:
+        return teacher.candidate_logp([list(ex.history) for ex in b.examples], b.items)
+
+    figures, intervals = sweep(args.spec, args.runs, args.width, args.weights, args.sets, scores)
+    figures["chosen"] = choose(mean_ndcg(figures, "all"))
     figures["teacher"] = str(args.teacher)
     print(f"chosen weight {figures['chosen']:g} ({figures['users']} validation users, {len(args.runs)} runs)")
     named = {f"weight {w:g} - weight 0, {seg}": i[seg] for w, i in intervals.items() for seg in SEGMENTS}

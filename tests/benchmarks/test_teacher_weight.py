@@ -17,7 +17,7 @@ def test_choose_the_best_weight_on_every_user_the_lighter_of_a_tie():
 
 
 def test_a_folder_without_a_scorer_is_refused(tmp_path, capsys):
-    with pytest.raises(SystemExit, match="no scorer.json"):
+    with pytest.raises(SystemExit, match="scorer.json does not exist"):
         main(["--teacher", str(tmp_path), "--runs", str(tmp_path)])
 
 
