@@ -77,6 +77,11 @@ class SftSpec(_Section):
     # With history_loss, extra seqrec examples per user on a random (seeded) shorter prefix: the covering windows put only one
     # target per window in the answer slot, where RL and evaluation read the prediction, against several in the history.
     answer_prefixes: int = Field(0, ge=0)
+    # How a seqrec prompt writes its history: sid, each item's SID tokens; item, one token per item
+    # (`<item_N>`, its row initialised from its SID codes' rows), a quarter of the tokens, an input
+    # and output row of its own for every item as SASRec has, and with history_loss a next-item
+    # softmax over the items at every history position. Answers stay SIDs either way.
+    history_input: Literal["sid", "item"] = "sid"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # embedding + residual-branch dropout while training
     # Each user's latest N training targets left out of SFT and given to RL as its only prompts, so
     # that RL learns from targets the SFT model was not fitted to (0: both see every target).
@@ -120,6 +125,9 @@ class SftSpec(_Section):
         if self.answer_prefixes and not self.history_loss:
             raise ValueError("answer_prefixes adds to the covering windows of history_loss; "
                              "set history_loss: true or answer_prefixes: 0")
+        if self.history_input == "item" and self.loss != "trie_ce":
+            raise ValueError("history_input item normalises a history target over the items, as trie_ce normalises a SID "
+                             "token over its level's codes; set loss: trie_ce or history_input: sid")
         if self.logit_adjust and self.loss != "trie_ce":
             raise ValueError(f"logit_adjust {self.logit_adjust} adjusts the trie-masked SID softmax; set loss: trie_ce "
                              "or logit_adjust: 0")

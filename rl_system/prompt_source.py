@@ -13,7 +13,7 @@ from cluster.spec import JobSpec, SpecError
 from indexing.dataset import Example, reserve_latest
 from indexing.sid import SidIndex
 from rl_system.messages import Prompt
-from sft.prompts import related_sids, render_seqrec_prompt
+from sft.prompts import HistoryWriter, related_sids, render_seqrec_prompt
 
 
 def training_prompts(spec: JobSpec, examples: Sequence[Example]) -> list[Example]:
@@ -42,6 +42,7 @@ class PromptSource:
             raise ValueError("PromptSource needs at least one training example")
         self.examples = list(examples)
         self.index = index
+        self.writer = HistoryWriter.for_model(tokenizer, index)
         self.tokenizer = tokenizer
         self.seed = seed
         self.reasoning = reasoning
@@ -57,9 +58,8 @@ class PromptSource:
         return self._order
 
     def render(self, uid: int, example: Example) -> Prompt:
-        history = [self.index.text(i) for i in example.history]
-        text = render_seqrec_prompt(self.tokenizer, history, self.reasoning,
-                                    related_sids(self.index, self.related, example.history))
+        text = render_seqrec_prompt(self.tokenizer, self.writer.history(example.history), self.reasoning,
+                                    related_sids(self.writer, self.related, example.history))
         target_ids = tuple(self.tokenizer.convert_tokens_to_ids(self.index.tokens(example.target)))
         return Prompt(uid, example.user, text, example.target, self.index.codes(example.target),
                       tuple(example.history), target_ids)

@@ -18,7 +18,7 @@ from cluster.errors import GreamError
 from cluster.logs import fields
 from cluster.spec import JobSpec
 from sft.hf_folder import save_backbone
-from sft.prompts import template_corpus
+from sft.prompts import item_token, template_corpus
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,22 @@ def add_sid_tokens(model, tokenizer, sid_tokens: list[str], descriptions: dict[s
     log.info("added tokens", extra=fields(new=len(new), vocab=len(tokenizer), rows=emb.shape[0],
                                           from_description=len(from_desc)))
     return ids
+
+
+def add_item_tokens(model, tokenizer, index, seed: int = 0) -> dict[int, int]:
+    """One `<item_N>` token per item of `index` (sft.history_input: item), after the SID tokens: each
+    row starts along the mean of its SID codes' rows (add_sid_tokens, the SID as the description), so
+    an item starts where its codes put it and can move off on its own. Returns item -> token id; the
+    ids are one run in item order, which the item softmax (sft/sid_losses.py) reads as a slice."""
+    items = index.items()
+    tokens = [item_token(i) for i in items]
+    ids = add_sid_tokens(model, tokenizer, tokens, {item_token(i): index.text(i) for i in items}, seed)
+    out = {i: ids[t] for i, t in zip(items, tokens)}
+    first = out[items[0]] if items else 0
+    if list(out.values()) != list(range(first, first + len(items))):
+        raise BackboneError(f"{tokenizer.name_or_path}: the item tokens do not hold consecutive ids in item order "
+                            "(a backbone that already had some of them); start SFT from a backbone without item tokens")
+    return out
 
 
 def _build_marker(spec: JobSpec) -> dict:

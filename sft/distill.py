@@ -3,10 +3,10 @@ folder) gives every next-item SID target of a seqrec example its distribution p_
 before it); sft/sid_losses.py marginalises it onto the trie and mixes it into the token loss.
 
 Which targets: a seqrec example's answer (the teacher reads the whole history) and, with
-`sft.history_loss`, each history SID after the first (the teacher reads the history before it, as
-the SFT model does). The first history item keeps its one-hot target: SASRec never learnt to predict
-from an empty history. So do the SIDs of retrieved items (`sft.retrieved_items`), which are no next
-item, and every other task's tokens.
+`sft.history_loss`, each history SID (or item token, with `sft.history_input: item`) after the first
+(the teacher reads the history before it, as the SFT model does). The first history item keeps its
+one-hot target: SASRec never learnt to predict from an empty history. So do retrieved items
+(`sft.retrieved_items`), which are no next item, and every other task's tokens.
 
 The teacher runs on each batch, under no_grad, once per distinct history, rather than once for the
 run: its forward is a small share of the step it feeds (BENCHMARKS.md), while the run's soft targets,
@@ -51,7 +51,8 @@ def next_items(starts: list[int], history: int) -> list[tuple[int, int]]:
 
 class Distiller:
     def __init__(self, spec: JobSpec, num_items: int, index: SidIndex, token_ids: Mapping[str, int], trie: SidTrie,
-                 device: torch.device):
+                 device: torch.device, item_ids: Mapping[int, int] | None = None):
+        """`item_ids`: item -> its item token's id (sft.backbone.add_item_tokens), when histories are written so."""
         check_distill(spec, num_items)
         try:
             model, _ = load_scorer(spec.sft.distill.path)
@@ -66,12 +67,16 @@ class Distiller:
         self.tables = distill_tables(trie, sids, spec.sft.distill.alpha)
         self.first_level = (token_levels(trie) == 0).tolist()
         self.depth = trie.depth
+        self.item_ids = dict(item_ids or {})
+        self.item_of = {t: i for i, t in self.item_ids.items()}
+        self.item_columns = torch.tensor(sorted(self.item_ids), device=device)  # item-token order
 
     def targets(self, examples: Sequence[TokenizedExample], targets: torch.Tensor) -> TeacherTargets | None:
         """The teacher's targets of a collated batch (`targets` [B, W], sft.batches.collate); None
         when none of its examples has a next item to distil."""
         histories: dict[tuple[int, ...], int] = {}
         spans = []  # (batch row, target position where a distilled SID begins, teacher row)
+        item_spans = []  # (batch row, target position of a distilled item token, teacher row)
         for b, ex in enumerate(examples):
             if not ex.items:
                 continue
@@ -83,7 +88,16 @@ class Distiller:
                                    f"at SID {j}); the prompt layout no longer matches sft/distill.py")
                 if j:
                     spans.append((b, start, histories.setdefault(ex.items[:j], len(histories))))
-        if not spans:
+            # Item tokens: the history's come first, in order; any after them are retrieved items.
+            at = [p for p, t in enumerate(row) if t in self.item_of][:len(ex.items) - 1]
+            for j, p in enumerate(at):
+                if self.item_of[row[p]] != ex.items[j]:
+                    raise SftError(f"a seqrec example's supervised item tokens do not follow its items (item "
+                                   f"{ex.items[j]} at history position {j}); the prompt layout no longer matches "
+                                   "sft/distill.py")
+                if j:
+                    item_spans.append((b, p, histories.setdefault(ex.items[:j], len(histories))))
+        if not spans and not item_spans:
             return None
         seqs, _ = encode([Example(0, h, -1) for h in histories], self.model.max_len, self.model.pad)  # no target read
         # Positions count from the right (SASRec.states): a batch cut to its longest history scores alike.
@@ -91,6 +105,11 @@ class Distiller:
         with torch.no_grad():
             scores = self.model.scores(seqs.to(self.device)).float()
         rows = torch.full(targets.shape, -1, dtype=torch.long)
-        b, start, r = torch.tensor(spans).T
-        rows[b[:, None], start[:, None] + torch.arange(self.depth)] = r[:, None]
-        return TeacherTargets(rows, scores[:, self.items] / self.temperature)
+        if spans:
+            b, start, r = torch.tensor(spans).T
+            rows[b[:, None], start[:, None] + torch.arange(self.depth)] = r[:, None]
+        if item_spans:
+            b, p, r = torch.tensor(item_spans).T
+            rows[b, p] = r
+        items = scores[:, self.item_columns] / self.temperature if self.item_ids else None
+        return TeacherTargets(rows, scores[:, self.items] / self.temperature, items)

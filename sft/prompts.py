@@ -2,7 +2,9 @@
 
 Prompts are kept short on purpose: a history is written as bare SID tokens (the level prefix makes
 item boundaries unambiguous, so no separators), which keeps a 20-item seqrec prompt under about
-100 tokens and makes a tiny backbone cheap to train. RL and evaluation call
+100 tokens and makes a tiny backbone cheap to train; or, for a model trained with
+`sft.history_input: item`, one `<item_N>` token per item. Which one is read from the model's own
+vocabulary (`HistoryWriter.for_model`), so evaluation, RL and serving write what the model learnt. RL and evaluation call
 `render_seqrec_prompt`, which uses the first seqrec template, so they see exactly the prompt
 family the model was trained on.
 """
@@ -50,6 +52,33 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
 }
 
 TITLE_SEPARATOR = "; "
+ITEM_TOKEN = "<item_{}>"
+
+
+def item_token(item: int) -> str:
+    return ITEM_TOKEN.format(item)
+
+
+@dataclass(frozen=True)
+class HistoryWriter:
+    """How a prompt writes a history item (and a retrieved one): its SID (`index.text`), or its own
+    item token. Answers are SIDs either way."""
+
+    index: object  # indexing.sid.SidIndex
+    item_tokens: bool = False
+
+    @classmethod
+    def for_model(cls, tokenizer, index) -> "HistoryWriter":
+        """Item tokens when the tokenizer holds the first item's: SFT adds all or none (sft/backbone.py)."""
+        items = index.items()
+        probe = item_token(items[0]) if items else None
+        return cls(index, probe is not None and probe in tokenizer.get_vocab())
+
+    def text(self, item: int) -> str:
+        return item_token(item) if self.item_tokens else self.index.text(item)
+
+    def history(self, items: Sequence[int]) -> list[str]:
+        return [self.text(int(i)) for i in items]
 
 
 @dataclass(frozen=True)
@@ -107,12 +136,12 @@ def seqrec_instruction(history_sid_strings, template: int = 0, reasoning: bool =
     return text + REASONING_INSTRUCTION if reasoning else text
 
 
-def related_sids(index, related: np.ndarray | None, history: Sequence[int]) -> list[str]:
-    """SIDs of the items most similar to the history's last item (`related` [items, k], from
-    sft.related), none without a table or a history."""
+def related_sids(writer: HistoryWriter, related: np.ndarray | None, history: Sequence[int]) -> list[str]:
+    """The items most similar to the history's last item (`related` [items, k], from sft.related), as
+    `writer` writes history items; none without a table or a history."""
     if related is None or not history:
         return []
-    return [index.text(int(i)) for i in related[history[-1]]]
+    return writer.history(related[history[-1]])
 
 
 def render_seqrec_prompt(tokenizer, history_sid_strings, reasoning: bool = False,
@@ -133,10 +162,11 @@ class EvalPrompts:
 
 def build_prompts(tokenizer, index, examples: Sequence, reasoning: bool, related: np.ndarray | None = None) -> EvalPrompts:
     """Token ids of the next-item prompt of each example (indexing.dataset.Example) and its target
-    item, with histories written as the SIDs of `index` (indexing.sid.SidIndex), and with `related`
-    the SIDs of the last item's most similar items."""
-    texts = [render_seqrec_prompt(tokenizer, [index.text(i) for i in ex.history], reasoning,
-                                  related_sids(index, related, ex.history)) for ex in examples]
+    item, with histories written as the model reads them (`HistoryWriter.for_model`, over `index`, an
+    indexing.sid.SidIndex), and with `related` the last item's most similar items."""
+    writer = HistoryWriter.for_model(tokenizer, index)
+    texts = [render_seqrec_prompt(tokenizer, writer.history(ex.history), reasoning,
+                                  related_sids(writer, related, ex.history)) for ex in examples]
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     return EvalPrompts([list(x) for x in ids], [ex.target for ex in examples])
 

@@ -81,10 +81,13 @@ class HeadView:
 class TeacherTargets(NamedTuple):
     """One batch's teacher (sft/distill.py): `rows` [B, P] the row of `logits` each target is
     distilled from, -1 where it keeps its one-hot target alone; `logits` [R, S] the teacher's
-    tempered log-scores over the SIDs of the Distill tables, each row up to a constant."""
+    tempered log-scores over the SIDs of the Distill tables, each row up to a constant; with item
+    tokens (sft.history_input: item), `rows` also marks the history's item targets, distilled from
+    the row's `items`."""
 
     rows: torch.Tensor
     logits: torch.Tensor
+    items: torch.Tensor | None = None  # [R, N]: the same scores over the item tokens, in their order
 
 
 @dataclass(frozen=True)
@@ -118,16 +121,17 @@ def head_view(model, inputs: dict, positions: torch.Tensor, device: torch.device
 
 
 def sft_objective(sft: SftSpec, trie: SidTrie, distill: Distill | None = None,
-                  log_mass: torch.Tensor | None = None) -> Objective | None:
+                  log_mass: torch.Tensor | None = None, items: slice | None = None) -> Objective | None:
     """The batch loss `sft.loss`, `sft.prefix_loss`, `distill` (distill_tables) and `sft.logit_adjust`
-    (over `log_mass`, sft/logit_adjust.py) ask for; None for plain cross-entropy."""
+    (over `log_mass`, sft/logit_adjust.py) ask for; None for plain cross-entropy. `items`: the item
+    tokens' ids (sft.history_input: item), whose targets take a softmax over the items."""
     p = sft.prefix_loss
     if sft.loss == "ce" and p.kind == "none" and distill is None:
         return None
     prefix = None if p.kind == "none" else PrefixLoss(p.kind, p.weight, p.negatives, p.temperature)
     bias = code_bias(trie, sft.logit_adjust * log_mass) if sft.logit_adjust and log_mass is not None else None
     return partial(sid_token_loss, trie, token_levels(trie), masked=sft.loss == "trie_ce", prefix=prefix,
-                   distill=distill, bias=bias)
+                   distill=distill, bias=bias, items=items)
 
 
 def distill_tables(trie: SidTrie, sids: torch.Tensor, alpha: float) -> Distill:
@@ -247,15 +251,35 @@ def level_blocks(trie: SidTrie, view: HeadView, flat: torch.Tensor, level: torch
     return blocks
 
 
+def item_target_loss(view: HeadView, idx: torch.Tensor, tokens: torch.Tensor, items: slice, alpha: float = 0.0,
+                     teacher: torch.Tensor | None = None) -> torch.Tensor:
+    """Summed loss of item-token targets (flat positions `idx`, ids `tokens`): each one's softmax over
+    the item tokens `items` only, as SASRec's over its items; where `teacher` [len(idx), N] holds a
+    finite row (the teacher's tempered log-scores over the items), the cross-entropy against
+    (1 - alpha) one-hot + alpha softmax(teacher row), as a SID token's distillation."""
+    logp = torch.log_softmax(view.rows(idx, items), -1)
+    own = logp.gather(1, (tokens - items.start)[:, None])[:, 0]
+    total = -own.sum()
+    if teacher is None or not alpha:
+        return total
+    has = torch.isfinite(teacher).any(1)
+    q = torch.softmax(teacher[has], -1)
+    return total + alpha * (own[has] - (q * logp[has]).sum(1)).sum()
+
+
 def sid_token_loss(trie: SidTrie, levels: torch.Tensor, view: HeadView, targets: torch.Tensor,
                    masked: bool, prefix: PrefixLoss | None = None, distill: Distill | None = None,
-                   teacher: TeacherTargets | None = None, bias: list[torch.Tensor] | None = None) -> torch.Tensor:
+                   teacher: TeacherTargets | None = None, bias: list[torch.Tensor] | None = None,
+                   items: slice | None = None) -> torch.Tensor:
     """Mean negative log-likelihood of the supervised targets ([B, P], IGNORE_INDEX where unsupervised),
     SID tokens trie-masked when `masked`, plus the prefix loss; with `distill` and the batch's
     `teacher`, its distilled SID targets' loss is the cross-entropy against the mixed target; with
-    `bias` (masked only), the SID tokens' logits are popularity-adjusted (sft/logit_adjust.py)."""
+    `bias` (masked only), the SID tokens' logits are popularity-adjusted (sft/logit_adjust.py); item
+    tokens (ids in `items`) by item_target_loss, distilled from `teacher.items` where `teacher.rows` says."""
     flat_targets = targets.reshape(-1)
     supervised = flat_targets != IGNORE_INDEX
+    item = (supervised & (flat_targets >= items.start) & (flat_targets < items.stop) if items is not None
+            else torch.zeros_like(supervised))
     level, states = sid_paths(trie, sid_levels(levels, targets), targets.clamp(min=0))
     sid = level.reshape(-1) >= 0
     flat = sid.nonzero()[:, 0]
@@ -273,8 +297,12 @@ def sid_token_loss(trie: SidTrie, levels: torch.Tensor, view: HeadView, targets:
         apart[flat] = True
     elif rows is not None:
         apart[flat[rows >= 0]] = True
-    full = (supervised & ~apart).nonzero()[:, 0]
+    full = (supervised & ~apart & ~item).nonzero()[:, 0]
     total = F.cross_entropy(view.rows(full), flat_targets[full], reduction="sum")
+    if item.any():
+        at = item.nonzero()[:, 0]
+        total = total + item_target_loss(view, at, flat_targets[at], items, 0.0 if distill is None else distill.alpha,
+                                         _item_teacher(teacher, at))
     if masked:
         total = total - sid_logp.sum()
     if rows is not None:
@@ -294,6 +322,15 @@ def sid_token_loss(trie: SidTrie, levels: torch.Tensor, view: HeadView, targets:
     if prefix is None:
         return loss
     return loss + prefix.weight * prefix_loss(blocks, sid_logp, sid_items(level, trie.depth), prefix)
+
+
+def _item_teacher(teacher: TeacherTargets | None, at: torch.Tensor) -> torch.Tensor | None:
+    """The teacher's item log-scores of the item targets at flat positions `at`, -inf rows where none."""
+    if teacher is None or teacher.items is None:
+        return None
+    rows = teacher.rows.reshape(-1)[at]
+    out = teacher.items[rows.clamp(min=0)]
+    return out.masked_fill((rows < 0)[:, None], float("-inf"))
 
 
 def sid_items(level: torch.Tensor, depth: int) -> torch.Tensor:

@@ -22,6 +22,7 @@ from indexing.sid import SidIndex
 from sft.prompts import (
     TEMPLATES,
     TITLE_SEPARATOR,
+    HistoryWriter,
     RenderedExample,
     reasoning_answer,
     related_sids,
@@ -98,12 +99,14 @@ def _render(tokenizer, task: str, instruction: str, answer: str, items: tuple[in
 
 class AlignmentBuilder:
     """Renders the alignment tasks for one tokenizer, index and item catalogue; templates are
-    drawn with a seeded generator so a rebuild gives the same examples."""
+    drawn with a seeded generator so a rebuild gives the same examples. Histories are written as
+    the tokenizer's model reads them (SIDs, or item tokens: sft.prompts.HistoryWriter)."""
 
     def __init__(self, tokenizer, index: SidIndex, items: dict[int, dict], seed: int = 0,
                  related: np.ndarray | None = None):
         self.tok = tokenizer
         self.index = index
+        self.writer = HistoryWriter.for_model(tokenizer, index)
         self.related = related  # sft.related: similar items written into next-item prompts
         self.items = items
         self.rng = random.Random(f"tasks:{seed}")
@@ -117,14 +120,14 @@ class AlignmentBuilder:
         return self.rng.choice(TEMPLATES[task])
 
     def _history(self, history: Sequence[int]) -> str:
-        return sid_history([self.index.text(i) for i in history])
+        return sid_history(self.writer.history(history))
 
     def seqrec(self, examples: Iterable[Example]) -> list[RenderedExample]:
         out = []
         for ex in examples:
             template = self.rng.randrange(len(TEMPLATES["seqrec"]))
-            instruction = seqrec_instruction([self.index.text(i) for i in ex.history], template, False,
-                                             related_sids(self.index, self.related, ex.history))
+            instruction = seqrec_instruction(self.writer.history(ex.history), template, False,
+                                             related_sids(self.writer, self.related, ex.history))
             out.append(_render(self.tok, "seqrec", instruction, self.index.text(ex.target), (*ex.history, ex.target)))
         return out
 
@@ -163,8 +166,8 @@ class AlignmentBuilder:
     def reasoning(self, records: Iterable[ReasoningRecord]) -> list[RenderedExample]:
         out = []
         for rec in records:
-            instruction = seqrec_instruction([self.index.text(i) for i in rec.history], 0, True,
-                                             related_sids(self.index, self.related, rec.history))
+            instruction = seqrec_instruction(self.writer.history(rec.history), 0, True,
+                                             related_sids(self.writer, self.related, rec.history))
             out.append(_render(self.tok, "reasoning", instruction, reasoning_answer(rec.rationale, self.index.text(rec.target))))
         return out
 
@@ -257,8 +260,8 @@ def tokenize(tokenizer, examples: Sequence[RenderedExample], max_len: int,
     """Prompt and completion are tokenised apart, both without the tokenizer's own special tokens:
     the chat template already wrote every marker the backbone needs, and RL and evaluation tokenise
     prompts the same way. Examples longer than max_len are dropped, not cut, because a cut prompt
-    is a different task. In a seqrec prompt, tokens in `history_tokens` (the SID tokens) are
-    supervised too: each history item is then a next-item target given the items before it."""
+    is a different task. In a seqrec prompt, tokens in `history_tokens` (the SID tokens, or the item
+    tokens) are supervised too: each history item is then a next-item target given the items before it."""
     out, dropped = [], 0
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"] if examples else []
     completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"] if examples else []

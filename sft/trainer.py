@@ -39,7 +39,7 @@ from indexing.dataset import load_from_spec, reserve_latest, split_from_spec
 from indexing.segments import Popularity
 from indexing.sid import SidIndex, read_vocab
 from indexing.trie import SidTrie
-from sft.backbone import REASONING_TOKENS, add_sid_tokens, resolve_backbone
+from sft.backbone import REASONING_TOKENS, add_item_tokens, add_sid_tokens, resolve_backbone
 from sft.batches import collate, make_batches, token_loss
 from sft.curriculum import ALIGN, REASON, Step, epoch_plan
 from sft.distill import Distiller
@@ -132,24 +132,26 @@ class Trainer:
         model, tok = load_backbone(resolve_backbone(spec), "float32")
         known = len(tok)
         self.token_ids = add_sid_tokens(model, tok, vocab, code_descriptions(index, ds.items, vocab), spec.model.seed)
-        self.new_rows = sorted(i for i in self.token_ids.values() if i >= known)
+        item_ids = add_item_tokens(model, tok, index, spec.model.seed) if spec.sft.history_input == "item" else {}
+        self.new_rows = sorted(i for i in (*self.token_ids.values(), *item_ids.values()) if i >= known)
         related = related_table(spec)
         builder = AlignmentBuilder(tok, index, ds.items, spec.sft.seed, related)
         train, _ = reserve_latest(split.train, spec.sft.reserve_for_rl)
         rendered = build_alignment(builder, spec.sft.tasks, train, preferences, spec.sft.max_train_examples,
                                    spec.sft.history_loss, spec.sft.answer_prefixes, spec.sft.seed)
-        sid_ids = frozenset(self.token_ids[t] for t in vocab) if spec.sft.history_loss else frozenset()
-        self.align = tokenize(tok, rendered, spec.sft.max_len, sid_ids)
+        history_ids = frozenset(item_ids.values()) if item_ids else frozenset(self.token_ids[t] for t in vocab)
+        self.align = tokenize(tok, rendered, spec.sft.max_len, history_ids if spec.sft.history_loss else frozenset())
         self.reason = tokenize(tok, builder.reasoning(reasoning), spec.sft.max_len)
         if not self.align:
             raise SftError("no alignment examples: check sft.tasks, sft.max_len and the dataset")
         add_dropout(model, spec.sft.dropout)
         self.model, self.tok = model, tok
         trie = SidTrie.from_index(index, tok.get_vocab(), model.config.vocab_size, [tok.eos_token_id], self.device)
-        self.distiller = (Distiller(spec, ds.num_items, index, self.token_ids, trie, self.device)
+        self.distiller = (Distiller(spec, ds.num_items, index, self.token_ids, trie, self.device, item_ids)
                           if spec.sft.distill.path is not None else None)
         self.objective = sft_objective(spec.sft, trie, None if self.distiller is None else self.distiller.tables,
-                                       self._log_mass(trie, index, split.train, ds.num_items))
+                                       self._log_mass(trie, index, split.train, ds.num_items),
+                                       slice(min(item_ids.values()), max(item_ids.values()) + 1) if item_ids else None)
         self.validator = (Validator(tok, index, validation_sample(split.valid, spec.sft.eval_users), spec.eval.ks,
                                     model.config.vocab_size, related) if spec.sft.eval_every else None)
         log.info("sft data", extra=fields(align=len(self.align), reason=len(self.reason), new_tokens=len(self.new_rows),

@@ -7,18 +7,20 @@ import pytest
 import torch
 
 from cluster.spec import JobSpec
+from indexing.dataset import Example
 from indexing.sid import SidIndex, read_index_codes
 from sft.backbone import (
     BUILD_MARKER,
     REASONING_TOKENS,
     VOCAB_MULTIPLE,
     BackboneError,
+    add_item_tokens,
     add_sid_tokens,
     build_embedded,
     resolve_backbone,
 )
 from sft.hf_folder import load_backbone, save_backbone
-from sft.prompts import render_seqrec_prompt
+from sft.prompts import HistoryWriter, build_prompts, item_token, render_seqrec_prompt
 
 REPO = Path(__file__).resolve().parents[2]
 OFFICE = REPO / "data/office"
@@ -106,6 +108,26 @@ def test_new_rows_match_the_scale_of_existing_rows(base_dir):
     assert cos > 0.999
     # Padding rows score like an average token.
     assert torch.allclose(emb[len(tok):], mean.expand(emb.shape[0] - len(tok), -1))
+
+
+@torch.no_grad()
+def test_item_tokens_start_along_their_sid_codes_and_prompts_write_them(base_dir):
+    model, tok = load_backbone(base_dir)
+    index = SidIndex({3: (0, 1), 8: (1, 1), 5: (1, 0)}, level_sizes=(2, 2))
+    sid_ids = add_sid_tokens(model, tok, index.vocab())
+    assert not HistoryWriter.for_model(tok, index).item_tokens
+    known = model.get_input_embeddings().weight[: len(tok)].clone()
+    ids = add_item_tokens(model, tok, index)
+    assert list(ids) == [3, 5, 8] and list(ids.values()) == list(range(ids[3], ids[3] + 3))
+    emb, mean = model.get_input_embeddings().weight, known.mean(0)
+    for item, token in ids.items():
+        codes = known[[sid_ids[t] for t in index.tokens(item)]].mean(0)
+        assert torch.nn.functional.cosine_similarity(emb[token] - mean, codes - mean, dim=0) == pytest.approx(1.0, abs=1e-5)
+    writer = HistoryWriter.for_model(tok, index)
+    assert writer.item_tokens and writer.history([8, 3]) == [item_token(8), item_token(3)]
+    prompt = build_prompts(tok, index, [Example(0, (8, 3), 5)], False).prompt_ids[0]
+    assert [t for t in prompt if t in ids.values()] == [ids[8], ids[3]]
+    assert not set(prompt) & {sid_ids[t] for t in index.vocab()}  # no SID in the history
 
 
 def test_add_sid_tokens_rejects_bad_tokens(base_dir):

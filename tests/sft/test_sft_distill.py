@@ -72,6 +72,44 @@ def test_next_item_sids_get_the_teachers_distribution_given_the_items_before_the
 
 
 @pytest.mark.heavy
+def test_history_item_tokens_get_the_teachers_distribution_over_the_items(office, tmp_path):
+    root, teacher_dir = office
+    shutil.copytree(root / "index", tmp_path / "index")
+    spec = make_spec(tmp_path, loss="trie_ce", history_input="item",
+                     distill={"path": str(teacher_dir), "alpha": 0.5, "temperature": 2.0})
+    trainer = Trainer(spec)
+    examples = [e for e in trainer.align if e.task == "seqrec"][:8]
+    batch = collate(examples, trainer.tok.pad_token_id)
+    teacher = trainer.distiller.targets(examples, batch.targets)
+    item_ids = trainer.distiller.item_ids
+    is_item = torch.isin(batch.targets, torch.tensor(list(item_ids.values())))
+    for row, example in enumerate(examples):
+        # One token per history item, each a target; the answer is the target's SID.
+        assert [t for t in example.input_ids if t in trainer.distiller.item_of] == [item_ids[i] for i in example.items[:-1]]
+        assert batch.targets[row][is_item[row]].tolist() == [item_ids[i] for i in example.items[:-1]]
+    depth = trainer.distiller.depth
+    assert int((is_item & (teacher.rows >= 0)).sum()) == sum(len(e.items) - 2 for e in examples)
+    assert int((~is_item & (teacher.rows >= 0)).sum()) == depth * len(examples)
+    # The third history item's distribution: the SASRec's on the first two items, over the items in
+    # token order, tempered by 2.
+    model, _ = load_scorer(teacher_dir)
+    example = examples[0]
+    third = is_item[0].nonzero()[2, 0]
+    seqs, _ = encode([Example(0, example.items[:2], -1)], model.max_len, model.pad)
+    with torch.no_grad():
+        want = model.scores(seqs)[0, sorted(item_ids)] / 2.0
+    assert torch.allclose(teacher.items[teacher.rows[0, third]], want, atol=1e-5)
+    trie = trainer.objective.args[0]
+    with torch.no_grad():
+        plain = float(token_loss(trainer.model.eval(), batch, CPU, objective=trainer.objective))
+        off = sft_objective(spec.sft, trie, replace(trainer.distiller.tables, alpha=0.0),
+                            items=trainer.objective.keywords["items"])
+        alpha_zero = float(token_loss(trainer.model, batch, CPU, objective=off, teacher=teacher))
+        distilled = float(token_loss(trainer.model, batch, CPU, objective=trainer.objective, teacher=teacher))
+    assert alpha_zero == pytest.approx(plain, rel=1e-6) and distilled != plain
+
+
+@pytest.mark.heavy
 def test_a_distilled_trie_masked_run_lowers_its_loss(office, tmp_path):
     root, teacher_dir = office
     shutil.copytree(root / "index", tmp_path / "index")

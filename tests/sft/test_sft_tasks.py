@@ -173,7 +173,7 @@ def test_retrieved_items_reach_sft_rl_and_eval_prompts_alike(setup):
     from indexing.collaborative import collaborative_vectors
     from indexing.neighbours import similar_items
     from rl_system.prompt_source import PromptSource
-    from sft.prompts import build_prompts, related_sids, seqrec_instruction
+    from sft.prompts import HistoryWriter, build_prompts, related_sids, seqrec_instruction
 
     tok, index, ds, split = setup
     related = similar_items(collaborative_vectors(split.train, ds.num_items, 32, 3), 3)
@@ -185,7 +185,7 @@ def test_retrieved_items_reach_sft_rl_and_eval_prompts_alike(setup):
     canonical = 0
     for i, (ex, rendered) in enumerate(zip(examples, sft)):
         history = [index.text(h) for h in ex.history]
-        similar = related_sids(index, related, ex.history)
+        similar = related_sids(HistoryWriter(index), related, ex.history)
         assert similar == [index.text(int(j)) for j in related[ex.history[-1]]]
         assert f"\nSimilar to the last: {''.join(similar)}" in rendered.prompt
         prompt = render_seqrec_prompt(tok, history, False, similar)

@@ -247,3 +247,31 @@ def test_logit_adjustment_trains_on_logits_plus_the_log_prior(trie):
     assert float(objective(logits, targets)) == pytest.approx(expected)
     with pytest.raises(ValueError, match="logit_adjust 0.5 adjusts the trie-masked SID softmax; set loss: trie_ce"):
         SftSpec(logit_adjust=0.5)
+
+
+def test_item_targets_take_a_softmax_over_the_items_by_hand():
+    # Tokens 10-12 are item tokens (sft.history_input: item) beside the toy trie's SID tokens.
+    trie13 = SidTrie.build([[1, 3, 6], [1, 3, 7], [1, 4, 8], [2, 5, 6]], vocab_size=13, end_token_ids=[0])
+    items = slice(10, 13)
+    row = lambda **w: [LN(w.get(f"t{i}", 1.0)) for i in range(13)]  # noqa: E731
+    # Item 11 over items weighing 1:2:1 -> p = 1/2; item 12 over 1:1:3 -> p = 3/5. The word (9)
+    # and the other SID tokens, however heavy, are no item and take no share.
+    view = HeadView(torch.tensor([[row(t11=2, t9=50), row(t12=3, t1=7)]]))
+    targets = torch.tensor([[11, 12]])
+    plain = sid_token_loss(trie13, token_levels(trie13), view, targets, masked=True, items=items)
+    assert float(plain) == pytest.approx((LN(2) + LN(5 / 3)) / 2)
+    # The second distilled (teacher row 0: items weighing 1:1:2, q = 1/4, 1/4, 1/2), alpha 0.5; the
+    # first keeps its one-hot target (row -1).
+    teacher = TeacherTargets(torch.tensor([[-1, 0]]), torch.zeros(1, 4), torch.tensor([[LN(1), LN(1), LN(2)]]))
+    soft = 0.25 * LN(5) + 0.25 * LN(5) + 0.5 * LN(5 / 3)
+    got = sid_token_loss(trie13, token_levels(trie13), view, targets, masked=True, items=items,
+                         distill=distill_tables(trie13, SIDS, 0.5), teacher=teacher)
+    assert float(got) == pytest.approx((LN(2) + 0.5 * LN(5 / 3) + 0.5 * soft) / 2)
+
+
+def test_item_history_input_needs_the_trie_masked_loss(capsys):
+    from gream.cli import main
+
+    assert main(["config", "show", "configs/demo.yaml", "--set", "sft.history_input=item", "--set", "sft.loss=ce"]) == 2
+    err = capsys.readouterr().err
+    assert "history_input" in err and "trie_ce" in err
