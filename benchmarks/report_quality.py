@@ -19,8 +19,8 @@ class Catalogue:
     headline: tuple[str, ...]  # the records with rows in the summary table
     runs: str  # how the compared runs were made
     # The records behind the choices made on validation and the diagnoses, by kind (CHOICES' first
-    # column: beam, popularity, teacher, distill, logit_adjust, temperature, size, coverage), those it has.
-    notes: dict[str, str] = field(default_factory=dict)
+    # column: beam, popularity, ..., coverage), those it has: one record, or several read in turn.
+    notes: dict[str, str | tuple[str, ...]] = field(default_factory=dict)
 
 OFFICE = Catalogue(
     "Office",
@@ -31,8 +31,11 @@ OFFICE = Catalogue(
     "(`configs/sasrec_office.json`, seed 0). The smaller model: seeds 0-2 of `gream sft configs/demo.yaml --set "
     "model.hidden_size=64 --set model.num_heads=1 --set model.num_layers=1 --set sft.batch_size=128 --set "
     "sft.lr=4e-3` and of the recipe, each on one demo run's index and SASRec, three at a time on one thread each, "
-    "then `gream eval` with `--set eval.max_users=null`.",
-    {"popularity": "popularity_rerank_office", "size": "sft_small_office"})
+    "then `gream eval` with `--set eval.max_users=null`. The item-token screen: seed 0 of `--set "
+    "sft.history_input=item` (also with `--set sft.answer_prefixes=2`, and with that and `--set sft.epochs=10`) on the "
+    "same index and SASRec, evaluated alike.",
+    {"popularity": "popularity_rerank_office", "size": "sft_small_office",
+     "history_input": ("sft_item_office", "sft_item_ap2_office", "sft_item_ap2_e10_office")})
 INSTRUMENTS = Catalogue(
     "Instruments",
     {"quality_instruments": "the demo's SFT recipe on Instruments (`configs/instruments_letter.yaml`: LETTER's IDs, "
@@ -171,17 +174,26 @@ CHOICES = (
     ("size", "A smaller model for the training time (64 wide, one layer of one head, batches of 128 at twice the "
              "learning rate: a quarter of the recipe's steps, each cheaper), screened on every validation user against "
              "the recipe: valid NDCG@10, every user / tail; taken on the same rule. ", setting_choice),
+    ("history_input", "One token per history item (`sft.history_input: item`: an `<item_N>` row per item, initialised "
+                      "from its SID codes' rows, with a softmax over the items at each history target, distilled; "
+                      "answers stay SIDs), for fewer input tokens and a row of its own for every item, as SASRec has; "
+                      "screened on every validation user against the recipe: valid NDCG@10, every user / tail; taken "
+                      "on the same rule. ", setting_choice),
     ("coverage", "Where the tail gap comes from (`benchmarks/beam_coverage.py`): the targets each model holds anywhere "
                  "in its ranked list (the SFT model's beam, the SASRec's first as many items), out of reach of any "
                  "re-ranking when missing; each model's mean over its seeds, then the difference [95%]. ", coverage_note),
 )
 
 
+def names(note: str | tuple[str, ...] | None) -> tuple[str, ...]:
+    return (note,) if isinstance(note, str) else note or ()
+
+
 def choice_notes(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> list[str]:
     """One paragraph on the choices on validation that every catalogue's records hold, then their commands."""
     texts, commands = [], []
     for kind, lead, describe in CHOICES:
-        shown = [(cat, r[cat.notes[kind]]) for cat in cats if cat.notes.get(kind) in r]
+        shown = [(cat, r[name]) for cat in cats for name in names(cat.notes.get(kind)) if name in r]
         if shown:
             texts.append(lead + "; ".join(describe(cat, rec) for cat, rec in shown) + ".")
             commands += [rec["command"] for _, rec in shown]
@@ -220,5 +232,5 @@ def body(cats: tuple[Catalogue, ...], r: dict[str, dict]) -> str:
 CATALOGUES = (OFFICE, INSTRUMENTS, BEAUTY)
 QUALITY_SECTIONS = [Section("SFT quality against the tuned SASRec: Office, Instruments and Beauty", "quality_triece",
                             partial(rows, CATALOGUES), partial(body, CATALOGUES),
-                            uses=tuple(n for cat in CATALOGUES for n in (*cat.records, *cat.notes.values())
-                                       if n != "quality_triece"))]
+                            uses=tuple(n for cat in CATALOGUES for n in (*cat.records, *(
+                                m for note in cat.notes.values() for m in names(note))) if n != "quality_triece"))]

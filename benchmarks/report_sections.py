@@ -332,8 +332,7 @@ def stage_body(r: dict[str, dict]) -> str:
                      + (f" (runs {spread([x['train_secs'] for x in s['runs']], '{:.0f}')} s)" if "runs" in s else "")
                      + (f", {seconds(s)} s for the stage" if s.get("stage_s") or s.get("wall_s") else "")
                      + (f"; validation chose epoch {sel['epoch']} by {sel['metric']}" if sel else "") + ".")
-    profile = r.get("sft_profile")
-    if profile:
+    if profile := r.get("sft_profile"):
         p = profile["figures"]
         changed = len(profile.get("changed_files") or [])
         lines += ["", f"Where an SFT step goes (`{profile['command']}`, {profile['date']} at {profile['commit']}"
@@ -354,8 +353,12 @@ def stage_body(r: dict[str, dict]) -> str:
                          f"still take {model_s / f['sasrec']['train_secs']:.1f}x SASRec's training time.")
         if "sft_small_office" in r:
             lines.append("Fewer, cheaper steps cost accuracy: a 64-wide one-layer model at batches of 128 lost on every "
-                         "validation user (\"SFT quality against the tuned SASRec\", `sft_small_office`). Closing the "
-                         "ratio needs fewer input tokens per history item than a SID's, a change of the model.")
+                         "validation user (\"SFT quality against the tuned SASRec\", `sft_small_office`).")
+        if profile and (item := r.get("sft_profile_item")):
+            lines.append(f"Fewer input tokens do not close it: one token per history item (`sft.history_input: item`, "
+                         f"`{item['name']}`, {item['date']} at {item['commit']}) cuts a batch from {p['tokens']:.0f} to "
+                         f"{item['figures']['tokens']:.0f} tokens (the prompt's words and the answer stay; most covering "
+                         "windows are short), and lost on validation (`sft_item_office` and its variants).")
     return "\n".join(lines + ["", "Limits: this machine's times (2 cores, float32); SASRec stops early (patience 5)."])
 
 
@@ -390,7 +393,7 @@ SECTIONS: list[Section] = [
     Section("RL throughput against rollout workers and learner ranks", "scaling", scaling_rows, scaling_body),
     Section("In-run validation on every validation user", "validation_cost", validation_rows, validation_body),
     Section("Index, SASRec and SFT time on the demo spec", "stage_time_demo", stage_rows, stage_body,
-            uses=("sft_profile",)),
+            uses=("sft_profile", "sft_profile_item")),
     Section("FlexCode index on Office with its defaults", "stage_time_flexcode", flexcode_rows, flexcode_body),
     *RUNTIME_SECTIONS,
 ]
