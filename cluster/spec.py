@@ -78,9 +78,9 @@ class SftSpec(_Section):
     # target per window in the answer slot, where RL and evaluation read the prediction, against several in the history.
     answer_prefixes: int = Field(0, ge=0)
     # How a seqrec prompt writes its history: sid, each item's SID tokens; item, one token per item
-    # (`<item_N>`, its row initialised from its SID codes' rows), a quarter of the tokens, an input
-    # and output row of its own for every item as SASRec has, and with history_loss a next-item
-    # softmax over the items at every history position. Answers stay SIDs either way.
+    # (`<item_N>`, its row initialised from its SID codes' rows): fewer tokens, an input and output
+    # row of its own for every item as SASRec has, and with history_loss a next-item softmax over the
+    # items at every history position. Answers stay SIDs either way.
     history_input: Literal["sid", "item"] = "sid"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # embedding + residual-branch dropout while training
     # Each user's latest N training targets left out of SFT and given to RL as its only prompts, so

@@ -3,9 +3,9 @@
 Prompts are kept short on purpose: a history is written as bare SID tokens (the level prefix makes
 item boundaries unambiguous, so no separators), which keeps a 20-item seqrec prompt under about
 100 tokens and makes a tiny backbone cheap to train; or, for a model trained with
-`sft.history_input: item`, one `<item_N>` token per item. Which one is read from the model's own
-vocabulary (`HistoryWriter.for_model`), so evaluation, RL and serving write what the model learnt. RL and evaluation call
-`render_seqrec_prompt`, which uses the first seqrec template, so they see exactly the prompt
+`sft.history_input: item`, one `<item_N>` token per item, read from the model's own vocabulary
+(`HistoryWriter.for_model`) so that evaluation, RL and serving write what the model learnt. RL and
+evaluation call `render_seqrec_prompt`, which uses the first seqrec template, so they see exactly the prompt
 family the model was trained on.
 """
 from __future__ import annotations
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+from indexing.sid import SidIndex
 
 REASONING_INSTRUCTION = "\nThink it through, then answer."
 RELATED_LINE = "\nSimilar to the last: {related}"  # sft.retrieved_items
@@ -64,7 +66,7 @@ class HistoryWriter:
     """How a prompt writes a history item (and a retrieved one): its SID (`index.text`), or its own
     item token. Answers are SIDs either way."""
 
-    index: object  # indexing.sid.SidIndex
+    index: SidIndex
     item_tokens: bool = False
 
     @classmethod
