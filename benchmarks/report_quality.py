@@ -53,12 +53,13 @@ INSTRUMENTS = Catalogue(
     "earlier 12-epoch schedule (the widths above). The alpha 0.8 seeds: the same runs with `--set "
     "sft.distill.alpha=0.8`, evaluated alike. The logit adjustment screen: seed 0 with `--set "
     "sft.logit_adjust=0.5`, evaluated with `--set eval.rerank.weight=0`. The temperature screen: seed 0 with `--set "
-    "sft.distill.temperature=2.0`, evaluated alike. The teacher re-rank: the same SFT models, "
+    "sft.distill.temperature=2.0`, evaluated alike. The item-token screen: seed 0 with `--set sft.history_input=item`, "
+    "alone on two threads, evaluated alike. The teacher re-rank: the same SFT models, "
     "`gream eval` with `--set eval.rerank.path=runs/instr/sasrec/seed0/baselines/sasrec --set eval.rerank.weight=1.0`.",
     {"beam": "beam_width_instruments", "popularity": "popularity_rerank_instruments",
      "teacher": "teacher_weight_instruments", "distill": "distill_alpha_instruments",
      "logit_adjust": "logit_adjust_instruments", "temperature": "distill_temperature_instruments",
-     "coverage": "beam_coverage_instruments"})
+     "coverage": "beam_coverage_instruments", "history_input": "sft_item_instruments"})
 
 BEAUTY = Catalogue(
     "Beauty",
