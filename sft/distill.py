@@ -88,6 +88,8 @@ class Distiller:
                                    f"at SID {j}); the prompt layout no longer matches sft/distill.py")
                 if j:
                     spans.append((b, start, histories.setdefault(ex.items[:j], len(histories))))
+            if not self.item_of:  # histories written as SIDs: no second pass over the row
+                continue
             # Item tokens: the history's come first, in order; any after them are retrieved items.
             at = [p for p, t in enumerate(row) if t in self.item_of][:len(ex.items) - 1]
             for j, p in enumerate(at):

@@ -71,10 +71,11 @@ class HistoryWriter:
 
     @classmethod
     def for_model(cls, tokenizer, index) -> "HistoryWriter":
-        """Item tokens when the tokenizer holds the first item's: SFT adds all or none (sft/backbone.py)."""
+        """Item tokens when the tokenizer holds the first item's: SFT adds all or none (sft/backbone.py).
+        One token looked up, not the vocabulary copied (get_vocab): serving asks on every request."""
         items = index.items()
-        probe = item_token(items[0]) if items else None
-        return cls(index, probe is not None and probe in tokenizer.get_vocab())
+        found = tokenizer.convert_tokens_to_ids(item_token(items[0])) if items else None
+        return cls(index, found is not None and found != tokenizer.unk_token_id)
 
     def text(self, item: int) -> str:
         return item_token(item) if self.item_tokens else self.index.text(item)
