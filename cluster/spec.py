@@ -9,7 +9,7 @@ import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, Field, PositiveFloat, ValidationError, field_validator, model_validator
@@ -17,10 +17,11 @@ from pydantic import BaseModel, Field, PositiveFloat, ValidationError, field_val
 from cluster.cluster_spec import ClusterSpec
 from cluster.cluster_spec import Section as _Section
 from cluster.errors import GreamError
+from cluster.eval_spec import EvalSpec
 from cluster.index_spec import IndexSpec
+from cluster.lora_spec import LoraSpec
 from cluster.objectives_spec import ObjectivesSpec
 from cluster.record_spec import CheckpointSpec, LoggingSpec
-from cluster.rerank_spec import RerankSpec
 from cluster.run_layout import RunLayout
 from cluster.sft_loss_spec import DistillSpec, PrefixLossSpec
 from cluster.spec_base import read_raw
@@ -54,14 +55,6 @@ class ModelSpec(_Section):
     seed: int = 0  # weight init of the embedded backbone and of new token rows
 
 
-class LoraSpec(_Section):
-    enabled: bool = False
-    r: int = Field(16, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
-
-
 class SftSpec(_Section):
     epochs: int = Field(3, ge=1)
     lr: float = Field(1e-3, gt=0)
@@ -82,6 +75,11 @@ class SftSpec(_Section):
     # row of its own for every item as SASRec has, and with history_loss a next-item softmax over the
     # items at every history position. Answers stay SIDs either way.
     history_input: Literal["sid", "item"] = "sid"
+    # How a seqrec prompt is written: chat, in the backbone's chat template with template words; bare,
+    # the history's tokens alone after one end-of-turn token, answered by the next SID (its end-of-turn
+    # unsupervised): the answer is read where every history item's successor is trained, with no words.
+    # The saved tokenizer's chat template records it (sft/prompts.py), for evaluation, RL and serving.
+    prompt: Literal["chat", "bare"] = "chat"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # embedding + residual-branch dropout while training
     # Each user's latest N training targets left out of SFT and given to RL as its only prompts, so
     # that RL learns from targets the SFT model was not fitted to (0: both see every target).
@@ -128,6 +126,9 @@ class SftSpec(_Section):
         if self.history_input == "item" and self.loss != "trie_ce":
             raise ValueError("history_input item normalises a history target over the items, as trie_ce normalises a SID "
                              "token over its level's codes; set loss: trie_ce or history_input: sid")
+        if self.prompt == "bare" and (self.retrieved_items or self.reasoning.enabled):
+            raise ValueError("prompt bare writes the history alone; set sft.retrieved_items: 0 and "
+                             "sft.reasoning.enabled: false, or prompt: chat")
         if self.logit_adjust and self.loss != "trie_ce":
             raise ValueError(f"logit_adjust {self.logit_adjust} adjusts the trie-masked SID softmax; set loss: trie_ce "
                              "or logit_adjust: 0")
@@ -234,49 +235,6 @@ class RlSpec(_Section):
         return self
 
 
-# DESIGN.md section 6; rl_system/answer_modes.py answers in each, for `gream eval` and `gream serve`.
-AnswerMode = Literal["direct", "reasoning", "think_ahead"]
-ANSWER_MODES: tuple[str, ...] = get_args(AnswerMode)
-
-
-class EvalSpec(_Section):
-    ks: list[int] = [1, 5, 10]
-    beam_width: int = Field(10, ge=1)
-    max_users: int | None = Field(None, ge=1)
-    pass_samples: int = Field(10, ge=1)
-    # Pass@K on a seeded sample of this many users per split (None = every user): it costs
-    # pass_samples full completions per user, a reasoning one being a whole thought.
-    pass_users: int | None = Field(None, ge=1)
-    temperature: float = Field(0.7, gt=0)
-    top_p: float = Field(0.9, gt=0, le=1)
-    # Direct is always among them: its figures and ranks.json are what compare, the dashboard and the
-    # benchmarks read; the others go to eval.json's "modes" and ranks-<mode>.json.
-    modes: list[AnswerMode] = ["direct"]
-    # think_ahead: SID tokens the reasoning pass fixes offline (< the SID depth, checked at eval start).
-    think_ahead_tokens: int = Field(1, ge=1)
-    # Who runs the beams and the direct-mode sampling of gream eval, gream serve and RL's in-run
-    # validation: auto = torch on a CPU, vLLM on an accelerator (cluster.device.eval_backend). Both
-    # rank alike; reasoning thoughts are always vLLM's.
-    backend: Literal["auto", "torch", "vllm"] = "auto"
-    rerank: RerankSpec = RerankSpec()  # generate, then re-rank by a SASRec (cluster/rerank_spec.py)
-
-    @model_validator(mode="after")
-    def _beam_covers_k(self) -> "EvalSpec":
-        if self.beam_width < max(self.ks):
-            raise ValueError(f"beam_width ({self.beam_width}) must be >= max(ks) ({max(self.ks)})")
-        if self.rerank.path is not None and self.rerank.width < self.beam_width:
-            raise ValueError(f"rerank.width ({self.rerank.width}) must be >= beam_width ({self.beam_width}), "
-                             "the candidates kept after re-ranking")
-        return self
-
-    @field_validator("modes")
-    @classmethod
-    def _direct_and_distinct(cls, modes: list[str]) -> list[str]:
-        if "direct" not in modes or len(set(modes)) != len(modes):
-            raise ValueError("expected distinct modes including 'direct' (its figures stay eval.json's top level)")
-        return modes
-
-
 class JobSpec(_Section):
     name: str
     run_dir: str = "runs/${name}"
@@ -310,6 +268,13 @@ class JobSpec(_Section):
         for section in (self.sft.distill, self.rl.teacher, self.eval.rerank):
             if section is not None and section.path is not None and "${run_dir}" in section.path:
                 section.path = section.path.replace("${run_dir}", str(self.run_path))
+        return self
+
+    @model_validator(mode="after")
+    def _bare_prompts_answer_directly(self) -> "JobSpec":
+        if self.sft.prompt == "bare" and (self.rl.mode == "reasoning" or set(self.eval.modes) != {"direct"}):
+            raise ValueError("sft.prompt bare has no reasoning instruction; set rl.mode: direct and eval.modes: "
+                             "[direct], or sft.prompt: chat")
         return self
 
     @property

@@ -32,9 +32,9 @@ import numpy as np
 
 from cluster.errors import BadRequest
 from cluster.eval_record import RankRecord, read_eval, read_ranks
+from cluster.eval_spec import ANSWER_MODES
 from cluster.rerank_spec import POPULARITY
 from cluster.run_layout import ranks_file
-from cluster.spec import ANSWER_MODES
 from gream.paired import LEVEL, RESAMPLES, SEED, align, coverage_bootstrap, paired_bootstrap
 from sft.beyond_accuracy import coverage
 from sft.metrics import metric_names, per_example_metrics

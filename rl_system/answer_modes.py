@@ -23,7 +23,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from cluster.spec import ANSWER_MODES, EvalSpec, SpecError
+from cluster.eval_spec import ANSWER_MODES, EvalSpec
+from cluster.spec import SpecError
 from rl_system.messages import BeamCandidate, Completion
 from rl_system.rerank import rerank_order
 from rl_system.rollout.constraint import ANSWER_OPEN, THINK_CLOSE, THINK_OPEN

@@ -33,9 +33,10 @@ from tqdm import tqdm
 from cluster.checkpoint import file_digest
 from cluster.errors import BadRequest, MissingArtefact
 from cluster.eval_record import RankRecord, split_ranks, write_eval
+from cluster.eval_spec import EvalSpec
 from cluster.logs import fields
 from cluster.rerank_spec import POPULARITY
-from cluster.spec import EvalSpec, JobSpec
+from cluster.spec import JobSpec
 from indexing.dataset import Example, split_from_spec
 from indexing.segments import Popularity, segment_masks
 from indexing.sid import SidIndex

@@ -8,8 +8,9 @@ import torch
 from cluster.deepspeed_group import join_deepspeed_group
 from cluster.device import Placement
 from cluster.errors import GreamError
+from cluster.lora_spec import LoraSpec
 from cluster.ranks import ensure_rank_env
-from cluster.spec import LoraSpec, SftSpec
+from cluster.spec import SftSpec
 
 
 class SftError(GreamError):

@@ -7,6 +7,11 @@ item boundaries unambiguous, so no separators), which keeps a 20-item seqrec pro
 (`HistoryWriter.for_model`) so that evaluation, RL and serving write what the model learnt. RL and
 evaluation call `render_seqrec_prompt`, which uses the first seqrec template, so they see exactly the prompt
 family the model was trained on.
+
+Bare prompts (`sft.prompt: bare`): SFT gives the tokenizer BARE_CHAT_TEMPLATE, which writes one
+end-of-turn token and then the messages' text, and a seqrec instruction is the history alone; the
+answer SID follows the last history item as every history item follows its predecessor. The template
+is saved with the model, so `uses_bare_prompts` tells every later reader how the model was trained.
 """
 from __future__ import annotations
 
@@ -53,6 +58,10 @@ TEMPLATES: dict[str, tuple[str, ...]] = {
     ),
 }
 
+# The leading end-of-turn token gives the first history item a position that predicts it, as the
+# chat template's header does; an assistant turn ends with the end-of-turn token.
+BARE_CHAT_TEMPLATE = ("{{ eos_token }}{% for message in messages %}{{ message['content'] }}"
+                      "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}")
 TITLE_SEPARATOR = "; "
 ITEM_TOKEN = "<item_{}>"
 
@@ -102,6 +111,15 @@ def template_corpus() -> list[str]:
     return texts + [REASONING_INSTRUCTION, "user\n", "assistant\n", "system\n"]
 
 
+def use_bare_prompts(tokenizer) -> None:
+    tokenizer.chat_template = BARE_CHAT_TEMPLATE
+
+
+def uses_bare_prompts(tokenizer) -> bool:
+    """Whether the tokenizer's model was trained on bare prompts (sft.prompt: bare)."""
+    return getattr(tokenizer, "chat_template", None) == BARE_CHAT_TEMPLATE
+
+
 def _messages(instruction: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": instruction}]
 
@@ -132,7 +150,12 @@ def sid_history(history_sid_strings: list[str] | tuple[str, ...]) -> str:
 
 
 def seqrec_instruction(history_sid_strings, template: int = 0, reasoning: bool = False,
-                       related_sid_strings: Sequence[str] = ()) -> str:
+                       related_sid_strings: Sequence[str] = (), bare: bool = False) -> str:
+    if bare:
+        if reasoning or related_sid_strings:
+            raise ValueError("a model trained on bare prompts (sft.prompt: bare) reads the history alone: no reasoning "
+                             "instruction (rl.mode / eval.modes direct) and no retrieved items (sft.retrieved_items: 0)")
+        return sid_history(history_sid_strings)
     text = TEMPLATES["seqrec"][template].format(history=sid_history(history_sid_strings))
     if related_sid_strings:
         text += RELATED_LINE.format(related=sid_history(related_sid_strings))
@@ -154,7 +177,8 @@ def render_seqrec_prompt(tokenizer, history_sid_strings, reasoning: bool = False
     Direct mode: the model answers with the SID alone. Reasoning mode: the prompt asks for
     `<think>...</think><answer>SID</answer>`.
     """
-    return render_prompt(tokenizer, seqrec_instruction(history_sid_strings, 0, reasoning, related_sid_strings))
+    instruction = seqrec_instruction(history_sid_strings, 0, reasoning, related_sid_strings, uses_bare_prompts(tokenizer))
+    return render_prompt(tokenizer, instruction)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from sft.prompts import (
     render_prompt,
     seqrec_instruction,
     sid_history,
+    uses_bare_prompts,
 )
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class AlignmentBuilder:
         self.tok = tokenizer
         self.index = index
         self.writer = HistoryWriter.for_model(tokenizer, index)
+        self.bare = uses_bare_prompts(tokenizer)
         self.related = related  # sft.related: similar items written into next-item prompts
         self.items = items
         self.rng = random.Random(f"tasks:{seed}")
@@ -127,7 +129,7 @@ class AlignmentBuilder:
         for ex in examples:
             template = self.rng.randrange(len(TEMPLATES["seqrec"]))
             instruction = seqrec_instruction(self.writer.history(ex.history), template, False,
-                                             related_sids(self.writer, self.related, ex.history))
+                                             related_sids(self.writer, self.related, ex.history), self.bare)
             out.append(_render(self.tok, "seqrec", instruction, self.index.text(ex.target), (*ex.history, ex.target)))
         return out
 
@@ -261,8 +263,11 @@ def tokenize(tokenizer, examples: Sequence[RenderedExample], max_len: int,
     the chat template already wrote every marker the backbone needs, and RL and evaluation tokenise
     prompts the same way. Examples longer than max_len are dropped, not cut, because a cut prompt
     is a different task. In a seqrec prompt, tokens in `history_tokens` (the SID tokens, or the item
-    tokens) are supervised too: each history item is then a next-item target given the items before it."""
+    tokens) are supervised too: each history item is then a next-item target given the items before it.
+    A bare seqrec answer's end-of-turn is not (sft.prompt: bare): after a whole SID it would pull
+    against the next history item's first code, and the trie allows nothing else there anyway."""
     out, dropped = [], 0
+    open_end = uses_bare_prompts(tokenizer)
     prompts = tokenizer([e.prompt for e in examples], add_special_tokens=False)["input_ids"] if examples else []
     completions = tokenizer([e.completion for e in examples], add_special_tokens=False)["input_ids"] if examples else []
     for ex, p, c in zip(examples, prompts, completions):
@@ -271,7 +276,8 @@ def tokenize(tokenizer, examples: Sequence[RenderedExample], max_len: int,
             continue
         dense = history_tokens if ex.task == "seqrec" else frozenset()
         prompt_labels = [t if t in dense else IGNORE_INDEX for t in p]
-        out.append(TokenizedExample(ex.task, p + c, prompt_labels + c, ex.items))
+        labels = c[:-1] + [IGNORE_INDEX] if open_end and ex.task == "seqrec" else c
+        out.append(TokenizedExample(ex.task, p + c, prompt_labels + labels, ex.items))
     if dropped:
         log.warning("dropped over-long examples", extra=fields(dropped=dropped, max_len=max_len))
     return out

@@ -48,6 +48,7 @@ from sft.epoch_checkpoints import EpochCheckpoints, open_checkpoints
 from sft.hf_folder import load_backbone, save_backbone, torch_dtype
 from sft.logit_adjust import log_mass
 from sft.metrics import selection_metric
+from sft.prompts import use_bare_prompts
 from sft.related import related_table
 from sft.selection import BestWeights
 from sft.sid_losses import sft_objective
@@ -130,6 +131,8 @@ class Trainer:
         split = split_from_spec(spec, ds)
         index, vocab = load_index(spec)
         model, tok = load_backbone(resolve_backbone(spec), "float32")
+        if spec.sft.prompt == "bare":
+            use_bare_prompts(tok)  # saved with the model: every later prompt is written as it trained
         known = len(tok)
         self.token_ids = add_sid_tokens(model, tok, vocab, code_descriptions(index, ds.items, vocab), spec.model.seed)
         item_ids = add_item_tokens(model, tok, index, spec.model.seed) if spec.sft.history_input == "item" else {}

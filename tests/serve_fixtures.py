@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from cluster.spec import EvalSpec, dump_spec
+from cluster.eval_spec import EvalSpec
+from cluster.spec import dump_spec
 from gream.serve import Recommender, RecommendServer, served_model
 from indexing.dataset import split_from_spec
 from indexing.sid import SidIndex

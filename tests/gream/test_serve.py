@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from cluster.spec import EvalSpec, dump_spec
+from cluster.eval_spec import EvalSpec
+from cluster.spec import dump_spec
 from gream.cli import main
 from gream.serve import Recommender, RecommendServer, reasons, served_model
 from indexing.dataset import split_from_spec

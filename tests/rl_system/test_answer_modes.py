@@ -9,7 +9,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from cluster.eval_record import read_eval, read_ranks, write_eval
-from cluster.spec import EvalSpec, SpecError, dump_spec
+from cluster.eval_spec import EvalSpec
+from cluster.spec import SpecError, dump_spec
 from gream.cli import main
 from indexing.dataset import split_from_spec
 from rl_system.answer_modes import AnswerConfig, answer, check_think_ahead, rationale

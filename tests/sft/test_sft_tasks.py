@@ -1,6 +1,7 @@
 """SFT task rendering and tokenisation on the real Office data with the bundled index."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,35 @@ def test_seqrec_prompt_is_the_canonical_one_and_answer_is_the_sid(setup):
         assert "".join(history) in ex.prompt and ex.prompt.endswith("<|im_start|>assistant\n")
         canonical += ex.prompt == render_seqrec_prompt(tok, history)
     assert 0 < canonical < 200  # several templates are drawn, the RL/eval one among them
+
+
+def test_bare_prompts_write_the_history_alone_and_the_saved_tokenizer_says_so(setup, tmp_path):
+    from transformers import AutoTokenizer
+
+    from sft.prompts import build_prompts, use_bare_prompts, uses_bare_prompts
+
+    tok, index, ds, split = setup
+    bare = copy.deepcopy(tok)
+    use_bare_prompts(bare)
+    bare.save_pretrained(tmp_path)
+    reread = AutoTokenizer.from_pretrained(tmp_path)
+    assert uses_bare_prompts(reread) and not uses_bare_prompts(tok)
+    rows = split.train[:50]
+    examples = AlignmentBuilder(reread, index, ds.items, seed=0).seqrec(rows)
+    sid_ids = frozenset(tok.convert_tokens_to_ids(t) for t in index.vocab())
+    for ex, src, toks in zip(examples, rows, tokenize(reread, examples, 256, sid_ids)):
+        history = [index.text(i) for i in src.history]
+        # One end-of-turn token, then the history: every example is written as evaluation writes it.
+        assert ex.prompt == "<|im_end|>" + "".join(history) == render_seqrec_prompt(reread, history)
+        assert ex.completion == index.text(src.target) + "<|im_end|>"
+        assert len(toks.input_ids) == 1 + sum(len(index.tokens(i)) for i in (*src.history, src.target)) + 1
+        # Every SID token is a target, the first history item's included; the answer's end is not.
+        assert toks.labels == [IGNORE_INDEX, *toks.input_ids[1:-1], IGNORE_INDEX]
+    prompts = build_prompts(reread, index, rows[:3], reasoning=False)
+    answer = len(index.tokens(rows[0].target)) + 1
+    assert prompts.prompt_ids[0] == tokenize(reread, examples[:1], 256)[0].input_ids[:-answer]
+    with pytest.raises(ValueError, match="sft.prompt: bare"):
+        render_seqrec_prompt(reread, history, reasoning=True)
 
 
 def test_item_and_fusion_tasks(setup):
@@ -196,3 +226,14 @@ def test_retrieved_items_reach_sft_rl_and_eval_prompts_alike(setup):
     assert seqrec_instruction(["<a_1><b_2>"], 0, False, ["<a_3><b_4>", "<a_5><b_6>"]) == (
         "Purchase history: <a_1><b_2>\nNext item?\nSimilar to the last: <a_3><b_4><a_5><b_6>")
     assert render_seqrec_prompt(tok, history) != prompt  # without the table, no line
+
+
+@pytest.mark.parametrize("sets", [["sft.retrieved_items=3"], ["rl.mode=reasoning"], ["eval.modes=[direct,reasoning]"]])
+def test_bare_prompts_refuse_what_they_cannot_write(sets, capsys):
+    from gream.cli import main
+
+    argv = ["config", "show", "configs/demo.yaml", "--set", "sft.prompt=bare"]
+    assert main(argv + [a for s in sets for a in ("--set", s)]) == 2
+    err = capsys.readouterr().err
+    assert "bare" in err and sets[0].split("=")[0] in err
+    assert main(argv) == 0
