@@ -8,6 +8,7 @@ import statistics
 from benchmarks.report_md import Row, Section, figure, interval, provenance, spread, table, verdict
 from benchmarks.report_quality import QUALITY_SECTIONS
 from benchmarks.report_runtime import RUNTIME_SECTIONS
+from benchmarks.report_stage_time import STAGE_TIME_SECTION, seconds
 
 
 # --------------------------------------------------------------------------- RL over SFT
@@ -287,81 +288,6 @@ def validation_body(r: dict[str, dict]) -> str:
         "share."])
 
 
-def stage_rows(r: dict[str, dict]) -> list[Row]:
-    f = r["stage_time_demo"]["figures"]
-    rows = []
-    if "index" in f:
-        rows.append(Row("Office index (demo spec) <= 3 min", f"{seconds(f['index'])} s", "-", "-",
-                        "met" if seconds(f["index"]) <= 180 else "not met"))
-    if "sft" in f:
-        train = f["sft"].get("train_secs")
-        rows.append(Row("SFT on the demo spec <= 15 min", f"{train:.0f} s of training", "-", "-",
-                        "met" if train <= 900 else "not met"))
-    if "sft_over_sasrec" in f:
-        ratios = sorted(f["sft_over_sasrec"])
-        median = ratios[len(ratios) // 2]
-        rows.append(Row("SFT of the demo spec within 2x the tuned SASRec's training time (same cores, interleaved)",
-                        f"SFT {f['sft']['train_secs']:.0f} s", f"SASRec {f['sasrec']['train_secs']:.0f} s",
-                        f"{median:.2f}x (runs {spread(f['sft_over_sasrec'])})",
-                        "met" if median <= 2 else f"not met: {median / 2:.2f}x the target"))
-    return rows
-
-
-def seconds(stage: dict) -> float:
-    """The stage's wall time where it was timed from outside, else its own."""
-    return round(stage.get("wall_s") or stage.get("stage_s") or stage["seconds"]["total"], 1)
-
-
-def stage_body(r: dict[str, dict]) -> str:
-    rec = r["stage_time_demo"]
-    f = rec["figures"]
-    lines = ["How long do the demo spec's stages take, SFT against its SASRec? Each stage from an empty run folder, "
-             "the repeats in turn (SASRec and SFT alternate); each figure is the median run.", "", provenance(rec), ""]
-    if "index" in f:
-        lines.append(f"Index: {seconds(f['index'])} s for {f['index']['items']:,} items (embedding "
-                     f"{f['index']['seconds']['embed']:.1f} s).")
-    if "sasrec" in f:
-        runs = f["sasrec"].get("runs", [f["sasrec"]])  # one run without --repeats
-        lines.append(f"SASRec: {f['sasrec']['train_secs']:.0f} s of training (runs "
-                     f"{spread([x['train_secs'] for x in runs], '{:.0f}')} s; early stopping chose epochs "
-                     f"{spread([x['best_epoch'] for x in runs], '{}')}).")
-    if "sft" in f:
-        s = f["sft"]
-        sel = s.get("selection") or {}
-        lines.append(f"SFT: {s['train_secs']:.0f} s of training at {s['tokens_per_s']:,.0f} tokens/s"
-                     + (f" (runs {spread([x['train_secs'] for x in s['runs']], '{:.0f}')} s)" if "runs" in s else "")
-                     + (f", {seconds(s)} s for the stage" if s.get("stage_s") or s.get("wall_s") else "")
-                     + (f"; validation chose epoch {sel['epoch']} by {sel['metric']}" if sel else "") + ".")
-    if profile := r.get("sft_profile"):
-        p = profile["figures"]
-        changed = len(profile.get("changed_files") or [])
-        lines += ["", f"Where an SFT step goes (`{profile['command']}`, {profile['date']} at {profile['commit']}"
-                  + (f" with {changed} changed files" if changed else "") + f", load {profile['load_before'][0]:.1f}; "
-                  f"{p['steps']} steps of batch {p['batch']}, {p['tokens']:.0f} tokens each, alone): "
-                  + ", ".join(f"{k} {v:.1f} ms" for k, v in p["ms"].items()) + f"; {p['total_ms']:.1f} ms a step. "
-                  "Operators by own time: " + ", ".join(f"{k} {v:.0%}" for k, v in p["ops"].items()) + "."]
-    if "sft_over_sasrec" in f:
-        s = f["sft"]
-        lines.append(f"Why the ratio: in twice SASRec's training time SFT would run "
-                     f"{2 * f['sasrec']['train_secs'] / s['train_secs'] * s['micro_steps']:,.0f} of its "
-                     f"{s['micro_steps']:,} steps at this step cost.")
-        if profile:
-            model_ms = profile["figures"]["ms"]["forward"] + profile["figures"]["ms"]["backward"]
-            model_s = model_ms / 1e3 * s["micro_steps"]
-            lines.append(f"Forward and backward with the loss ({model_ms:.1f} ms a step) come to {model_s:.0f} s over "
-                         f"those steps: with collation, the teacher and the optimizer step cut to nothing, SFT would "
-                         f"still take {model_s / f['sasrec']['train_secs']:.1f}x SASRec's training time.")
-        if "sft_small_office" in r:
-            lines.append("Fewer, cheaper steps cost accuracy: a 64-wide one-layer model at batches of 128 lost on every "
-                         "validation user (\"SFT quality against the tuned SASRec\", `sft_small_office`).")
-        if profile and (item := r.get("sft_profile_item")):
-            lines.append(f"Fewer input tokens do not close it: one token per history item (`sft.history_input: item`, "
-                         f"`{item['name']}`, {item['date']} at {item['commit']}) cuts a batch from {p['tokens']:.0f} to "
-                         f"{item['figures']['tokens']:.0f} tokens (the prompt's words and the answer stay; most covering "
-                         "windows are short), and lost on validation (`sft_item_office` and its variants).")
-    return "\n".join(lines + ["", "Limits: this machine's times (2 cores, float32); SASRec stops early (patience 5)."])
-
-
 def flexcode_rows(r: dict[str, dict]) -> list[Row]:
     f = r["stage_time_flexcode"]["figures"]["index"]
     return [Row("FlexCode Office index with default settings <= 3 min", f"{seconds(f)} s", "-", "-",
@@ -392,8 +318,7 @@ SECTIONS: list[Section] = [
     Section("Constrained beam evaluation vs Hugging Face generate", "beam_eval", beam_rows, beam_body),
     Section("RL throughput against rollout workers and learner ranks", "scaling", scaling_rows, scaling_body),
     Section("In-run validation on every validation user", "validation_cost", validation_rows, validation_body),
-    Section("Index, SASRec and SFT time on the demo spec", "stage_time_demo", stage_rows, stage_body,
-            uses=("sft_profile", "sft_profile_item")),
+    STAGE_TIME_SECTION,
     Section("FlexCode index on Office with its defaults", "stage_time_flexcode", flexcode_rows, flexcode_body),
     *RUNTIME_SECTIONS,
 ]

@@ -90,7 +90,7 @@ def test_the_quality_record_renders_its_section(seed_runs, results_folder, capsy
     from benchmarks.results import load_all
 
     _, args = seed_runs
-    assert main([*args, "--name", "quality_triece", "--names", "SFT+distill", "SASRec", "--json"]) == 0
+    assert main([*args, "--name", "quality_office", "--names", "SFT+distill", "SASRec", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     text = render(load_all(results_folder))
     m = r["pooled"]["test"]["metrics"]["ndcg@10"]

@@ -52,7 +52,7 @@ def test_a_repeat_folder_holding_sasrec_is_refused(tmp_path, capsys, results_fol
 
 
 def test_the_sft_against_sasrec_row():
-    from benchmarks.report_sections import stage_rows
+    from benchmarks.report_stage_time import stage_rows
 
     runs = [{"wall_s": 1.0, "train_secs": s} for s in (360.0, 350.0, 370.0)]
     sasrec = [{"wall_s": 1.0, "train_secs": 50.0, "best_epoch": 15}] * 3
@@ -65,7 +65,7 @@ def test_the_sft_against_sasrec_row():
 
 
 def test_the_section_reads_one_run_without_repeats():
-    from benchmarks.report_sections import stage_body
+    from benchmarks.report_stage_time import stage_body
 
     rec = {"figures": {"sasrec": {"wall_s": 55.0, "train_secs": 50.0, "best_epoch": 14},
                        "sft": {"wall_s": 370.0, "train_secs": 360.0, "tokens_per_s": 2e4, "micro_steps": 5010},
@@ -74,3 +74,19 @@ def test_the_section_reads_one_run_without_repeats():
     text = stage_body({"stage_time_demo": rec})
     assert "SASRec: 50 s of training (runs 50 s; early stopping chose epochs 14)" in text
     assert "SFT would run 1,392 of its 5,010 steps" in text
+
+
+def test_bare_prompts_are_compared_with_chat_prompts_by_the_row():
+    """Batches of different sizes compare per training row: hand-computed from the two profiles."""
+    from benchmarks.report_stage_time import tried
+
+    def profile(name, batch, tokens, forward, teacher, total):
+        return {"name": name, "date": "2026-12-06 06:00", "commit": "abc1234",
+                "figures": {"batch": batch, "tokens": tokens, "total_ms": total,
+                            "ms": {"forward": forward, "teacher": teacher}}}
+
+    text = " ".join(tried({"sft_profile": profile("sft_profile", 64, 1600, 48.0, 12.8, 128.0),
+                           "sft_profile_chat": profile("sft_profile_chat", 32, 1440, 32.0, 8.0, 96.0)}))
+    assert "25.0 tokens a row against 45.0, 2.00 ms a row against 3.00 (33% less)" in text
+    assert "forward with the loss 0.75 against 1.00 ms a row, the teacher 0.20 against 0.25" in text
+    assert tried({"sft_profile": profile("sft_profile", 64, 1600, 48.0, 12.8, 128.0)}) == []
