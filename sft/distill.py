@@ -105,7 +105,15 @@ class Distiller:
         # Positions count from the right (SASRec.states): a batch cut to its longest history scores alike.
         (seqs,) = trim_padding(seqs, self.model.pad)
         with torch.no_grad():
-            scores = self.model.scores(seqs.to(self.device)).float()
+            # SASRec.scores, with the items read in the tables' order (and in item-token order where
+            # histories are item tokens) rather than a copy of every score gathered into it.
+            table = self.model.item_table()
+            last = self.model.states(seqs.to(self.device), None, table)[:, -1]
+            logits = (last @ table[self.items].T).float()
+            items = (last @ table[self.item_columns].T).float() if self.item_ids else None
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+            items = None if items is None else items / self.temperature
         rows = torch.full(targets.shape, -1, dtype=torch.long)
         if spans:
             b, start, r = torch.tensor(spans).T
@@ -113,5 +121,4 @@ class Distiller:
         if item_spans:
             b, p, r = torch.tensor(item_spans).T
             rows[b, p] = r
-        items = scores[:, self.item_columns] / self.temperature if self.item_ids else None
-        return TeacherTargets(rows, scores[:, self.items] / self.temperature, items)
+        return TeacherTargets(rows, logits, items)
