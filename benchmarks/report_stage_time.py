@@ -23,10 +23,10 @@ def tried(r: dict[str, dict]) -> list[str]:
                    f"against the chat-prompt recipe's batches of 32 (`{chat['name']}`, {chat['date']} at "
                    f"{chat['commit']}, run just before): {n['tokens'] / n['batch']:.1f} tokens a row against "
                    f"{c['tokens'] / c['batch']:.1f}, {row_ms(now):.2f} ms a row against {row_ms(chat):.2f} "
-                   f"({1 - row_ms(now) / row_ms(chat):.0%} less). Time falls by less than the tokens do (forward "
-                   f"with the loss {per_row(now, 'forward'):.2f} against {per_row(chat, 'forward'):.2f} ms a row, the "
-                   f"teacher {per_row(now, 'teacher'):.2f} against {per_row(chat, 'teacher'):.2f}): the loss and the "
-                   "teacher work per next-item target, and bare prompts keep every target.")
+                   f"({1 - row_ms(now) / row_ms(chat):.0%} less; forward with the loss {per_row(now, 'forward'):.2f} "
+                   f"against {per_row(chat, 'forward'):.2f} ms a row, the teacher {per_row(now, 'teacher'):.2f} against "
+                   f"{per_row(chat, 'teacher'):.2f}). The teacher and the SID loss work per next-item target, which "
+                   "bare prompts keep; batches of 64 spread their fixed costs over twice the rows.")
         if item := r.get("sft_profile_item"):
             out.append(f"One token per history item (`sft.history_input: item`, `{item['name']}`, {item['date']} at "
                        f"{item['commit']}) cut a chat-prompt batch of 32 to {item['figures']['tokens']:.0f} tokens and "

@@ -47,6 +47,28 @@ def test_direct_mode_yields_only_valid_sids_and_unconstrained_does_not(rollout_w
     assert any(not is_sid(trie, c.token_ids[:depth]) for g in free for c in g.completions)
 
 
+def test_bare_prompts_start_with_the_end_of_turn_and_still_yield_valid_sids(rollout_worker, setup):
+    """sft.prompt: bare (a model trained on the history alone): the prompt opens with the end-of-turn
+    token, which must not end the request, and the constrained completions are SIDs as before."""
+    import copy
+
+    import ray
+
+    from sft.prompts import use_bare_prompts
+
+    tokenizer, table, trie, histories = setup
+    bare = copy.deepcopy(tokenizer)
+    use_bare_prompts(bare)
+    prompts = [render_seqrec_prompt(bare, h) for h in histories[:8]]
+    assert all(p == bare.eos_token + "".join(h) for p, h in zip(prompts, histories))
+    depth = len(table.sids[0])
+    groups = ray.get(rollout_worker.generate.remote(prompts, n=4, temperature=1.0, max_tokens=depth + 4,
+                                                    mode="direct"))
+    for g in groups:
+        for c in g.completions:
+            assert is_sid(trie, c.token_ids[:depth]) and c.token_ids[depth:] == [table.eos_id], c.text
+
+
 def test_seeded_groups_repeat_whatever_they_are_batched_with(rollout_worker, setup):
     """A seeded prompt's completions are the same alone, in another batch, in another order and
     after other work: what exact resume rests on (the engine's own stream has moved on by then)."""
