@@ -117,10 +117,12 @@ def test_a_replica_with_popularity_answers_with_it_through_zmq(index_path):  # n
 
 
 def test_the_tail_spec_is_the_demo_with_plain_sft_and_a_tail_aware_rl_recipe():
-    """The tail sweep ran from the plain SFT model: the demo without its SASRec stage, distillation and
-    trie-masked loss, evaluated by the plain beam (no popularity correction)."""
+    """The tail sweep ran from the plain SFT model: the demo without its SASRec stage, distillation,
+    trie-masked loss and bare prompts in batches of 64, evaluated by the plain beam (no popularity
+    correction)."""
     plain = ["stages=[index,sft,rl,eval]", "sft.distill.path=null", "sasrec.config=null", "sft.loss=ce",
-             "eval.rerank={path: null}"]
+             "eval.rerank={path: null}", "sft.prompt=chat", "sft.batch_size=32", "sft.lr=2e-3",
+             "sft.weight_average=0.999"]
     demo = load_spec(REPO / "configs/demo.yaml", plain).model_dump()
     tail = load_spec(REPO / "configs/office_tail.yaml").model_dump()
     assert tail["rl"]["objectives"]["head_exposure"] > 0 and tail["checkpoint"]["select"] == "last"
