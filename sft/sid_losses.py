@@ -158,21 +158,19 @@ def sid_marginals(logits: torch.Tensor, rows: torch.Tensor, states: torch.Tensor
     """q [N, width]: per level-`depth` target, the teacher's distribution (row `rows` [N] of `logits`
     [R, S]) over the SIDs below its prefix node (`states` [N]), summed by the SIDs' code at the level
     and renormalised. Those SIDs are one run of columns, read through a window of the level's span."""
-    q = torch.zeros(len(states), width, dtype=logits.dtype, device=logits.device)
-    if distill.spans[depth] == logits.shape[1]:
-        # The first level: every SID lies below the root, so every row reads the whole catalogue and all
-        # share one column map; no per-target window of the catalogue's size is built.
+    # The first level: every SID lies below the root, so every row reads the whole catalogue and all
+    # share one column map; no per-target window of the catalogue's size is built.
+    root = distill.spans[depth] == logits.shape[1]
+    if root:
         z = logits[rows]
-        return _normalised(q.index_add_(1, distill.cols[:, depth], torch.exp(z - z.amax(1, keepdim=True))))
-    offsets = torch.arange(distill.spans[depth], device=states.device)
-    window = (distill.start[states][:, None] + offsets).clamp(max=logits.shape[1] - 1)
-    below = offsets < distill.count[states][:, None]
-    z = logits[rows[:, None], window].masked_fill(~below, float("-inf"))
+    else:
+        offsets = torch.arange(distill.spans[depth], device=states.device)
+        window = (distill.start[states][:, None] + offsets).clamp(max=logits.shape[1] - 1)
+        below = offsets < distill.count[states][:, None]
+        z = logits[rows[:, None], window].masked_fill(~below, float("-inf"))
     w = torch.exp(z - z.amax(1, keepdim=True))  # the likeliest SID below weighs 1: the sum cannot underflow
-    return _normalised(q.scatter_add_(1, distill.cols[window, depth], w))
-
-
-def _normalised(q: torch.Tensor) -> torch.Tensor:
+    q = torch.zeros(len(states), width, dtype=w.dtype, device=w.device)
+    q = q.index_add_(1, distill.cols[:, depth], w) if root else q.scatter_add_(1, distill.cols[window, depth], w)
     return q / q.sum(1, keepdim=True)
 
 
